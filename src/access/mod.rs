@@ -1,0 +1,220 @@
+//! Authorization (ACC-1, first cut): built-in roles, each a set of named
+//! permissions, checked on every operation.
+//!
+//! The check is a type: the only way to obtain a [`Permit`] — which the read
+//! and write paths demand — is [`authorize`], which consults the principal's
+//! role, or one of the crate-internal constructors for the CLI operator and
+//! for credential-checked authentication steps. A denied operation is a
+//! `403` and an audit event with outcome `denied`.
+
+use serde::Serialize;
+
+use crate::audit::{Actor, ActorKind, Outcome, RequestMeta};
+use crate::store::{Store, StoreError};
+use crate::tenancy::TenantScope;
+
+/// A named permission; every API operation names the one it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Permission {
+    #[serde(rename = "users.read")]
+    UsersRead,
+    #[serde(rename = "users.manage")]
+    UsersManage,
+    #[serde(rename = "collections.read")]
+    CollectionsRead,
+    #[serde(rename = "collections.manage")]
+    CollectionsManage,
+    #[serde(rename = "records.read")]
+    RecordsRead,
+    #[serde(rename = "records.write")]
+    RecordsWrite,
+    #[serde(rename = "audit.read")]
+    AuditRead,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 7] = [
+        Permission::UsersRead,
+        Permission::UsersManage,
+        Permission::CollectionsRead,
+        Permission::CollectionsManage,
+        Permission::RecordsRead,
+        Permission::RecordsWrite,
+        Permission::AuditRead,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::UsersRead => "users.read",
+            Permission::UsersManage => "users.manage",
+            Permission::CollectionsRead => "collections.read",
+            Permission::CollectionsManage => "collections.manage",
+            Permission::RecordsRead => "records.read",
+            Permission::RecordsWrite => "records.write",
+            Permission::AuditRead => "audit.read",
+        }
+    }
+}
+
+/// Built-in roles. Custom roles per tenant come with a later issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything inside the tenant.
+    Admin,
+    /// Reads collections, reads and writes records.
+    Member,
+    /// Reads collections and records.
+    Viewer,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn permissions(self) -> &'static [Permission] {
+        use Permission::*;
+        match self {
+            Role::Admin => &Permission::ALL,
+            Role::Member => &[CollectionsRead, RecordsRead, RecordsWrite],
+            Role::Viewer => &[CollectionsRead, RecordsRead],
+        }
+    }
+
+    pub fn allows(self, permission: Permission) -> bool {
+        self.permissions().contains(&permission)
+    }
+}
+
+/// An authenticated user acting inside their tenant.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub(crate) scope: TenantScope,
+    pub user_id: String,
+    pub email: String,
+    pub role: Role,
+    pub session_id: String,
+}
+
+impl Principal {
+    pub fn scope(&self) -> &TenantScope {
+        &self.scope
+    }
+
+    pub fn actor(&self) -> Actor {
+        Actor {
+            kind: ActorKind::User,
+            id: Some(self.user_id.clone()),
+            email: Some(self.email.clone()),
+        }
+    }
+}
+
+/// Proof that a permission check passed for one tenant and one actor.
+#[derive(Clone, Debug)]
+pub struct Permit {
+    scope: TenantScope,
+    actor: Actor,
+}
+
+impl Permit {
+    /// The operator at the server's console (CLI): full power over the
+    /// tenant it names, recorded as such in the audit trail.
+    pub(crate) fn operator(scope: TenantScope, actor: Actor) -> Permit {
+        Permit { scope, actor }
+    }
+
+    /// Login, refresh and invitation acceptance: the presented credential
+    /// is the check, and the work itself verifies it.
+    pub(crate) fn authentication(scope: TenantScope, actor: Actor) -> Permit {
+        Permit { scope, actor }
+    }
+
+    /// A user acting on their own account (logout, own sessions).
+    pub(crate) fn self_service(principal: &Principal) -> Permit {
+        Permit {
+            scope: principal.scope.clone(),
+            actor: principal.actor(),
+        }
+    }
+
+    pub fn scope(&self) -> &TenantScope {
+        &self.scope
+    }
+
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("this operation needs the permission {}", .0.name())]
+    Denied(Permission),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks `permission` for `principal`; a denial is recorded as an audit
+/// event of `action` with outcome `denied` before it is returned.
+pub async fn authorize(
+    store: &Store,
+    principal: &Principal,
+    permission: Permission,
+    action: &'static str,
+    meta: &RequestMeta,
+) -> Result<Permit, AccessError> {
+    if principal.role.allows(permission) {
+        return Ok(Permit {
+            scope: principal.scope.clone(),
+            actor: principal.actor(),
+        });
+    }
+    let witness = Permit {
+        scope: principal.scope.clone(),
+        actor: principal.actor(),
+    };
+    let needed = permission.name();
+    store
+        .write(&witness, meta, action, move |tx| {
+            Box::pin(async move {
+                tx.set_outcome(Outcome::Denied);
+                tx.set_target("permission", needed);
+                Ok::<_, StoreError>(())
+            })
+        })
+        .await?;
+    tracing::info!(action, permission = needed, "operation denied");
+    Err(AccessError::Denied(permission))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viewers_read_members_write_admins_manage() {
+        assert!(Role::Viewer.allows(Permission::RecordsRead));
+        assert!(!Role::Viewer.allows(Permission::RecordsWrite));
+        assert!(Role::Member.allows(Permission::RecordsWrite));
+        assert!(!Role::Member.allows(Permission::CollectionsManage));
+        assert!(!Role::Member.allows(Permission::AuditRead));
+        for p in Permission::ALL {
+            assert!(Role::Admin.allows(p));
+        }
+    }
+}

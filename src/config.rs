@@ -1,0 +1,188 @@
+//! Configuration: one TOML file plus `STRONGROOM_*` environment overrides,
+//! loaded once and passed down as a value. Every setting has a safe default:
+//! with no configuration at all the server runs on `./strongroom-data` with
+//! SQLite, bound to 127.0.0.1.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Keys that may come from `STRONGROOM_*` variables. Other variables with the
+/// prefix (e.g. test-harness settings) are ignored rather than refused.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "environment",
+    "log_format",
+    "log_level",
+    "invitation_ttl_hours",
+    "session_ttl_hours",
+    "master_key",
+    "database_max_connections",
+];
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds to.
+    pub listen: SocketAddr,
+    /// Where the SQLite database, the master key file and local files live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; defaults to `<data_dir>/strongroom.db`.
+    pub database_url: Option<SecretString>,
+    pub environment: Environment,
+    pub log_format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `strongroom=debug`.
+    pub log_level: String,
+    pub invitation_ttl_hours: u32,
+    /// Absolute lifetime of a login session (its refresh tokens).
+    pub session_ttl_hours: u32,
+    /// Base64 of 32 bytes. When unset, the key file in the data dir is used
+    /// (created with mode 0600 on first start).
+    pub master_key: Option<SecretString>,
+    pub database_max_connections: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Development,
+    Test,
+    Staging,
+    Production,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line: what log collectors and SIEMs ingest.
+    #[default]
+    Json,
+    Text,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./strongroom-data"),
+            database_url: None,
+            environment: Environment::Development,
+            log_format: LogFormat::Json,
+            log_level: "info".to_owned(),
+            invitation_ttl_hours: 72,
+            session_ttl_hours: 24 * 30,
+            master_key: None,
+            database_max_connections: 16,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Defaults, then the TOML file (when given), then `STRONGROOM_*`.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("STRONGROOM_").only(ENV_KEYS));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.invitation_ttl_hours == 0 || self.session_ttl_hours == 0 {
+            return Err(ConfigError(
+                "invitation_ttl_hours and session_ttl_hours must be at least 1".into(),
+            ));
+        }
+        if self.database_max_connections == 0 {
+            return Err(ConfigError("database_max_connections must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to the SQLite file in the data dir.
+    pub fn database_url(&self) -> SecretString {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => SecretString::from(format!(
+                "sqlite://{}",
+                self.data_dir.join("strongroom.db").display()
+            )),
+        }
+    }
+}
+
+/// Masks the database password and the master key (STYLE.md rule 5).
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &mask_url_password(self.database_url().expose_secret()),
+            )
+            .field("environment", &self.environment)
+            .field("log_format", &self.log_format)
+            .field("log_level", &self.log_level)
+            .field("invitation_ttl_hours", &self.invitation_ttl_hours)
+            .field("session_ttl_hours", &self.session_ttl_hours)
+            .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
+            .field("database_max_connections", &self.database_max_connections)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:[redacted]@host/db`.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_database_password() {
+        let config = Config {
+            database_url: Some(SecretString::from("postgres://app:hunter2hunter2@db/app")),
+            master_key: Some(SecretString::from("c2VjcmV0")),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2hunter2"), "{shown}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(shown.contains("postgres://app:[redacted]@db/app"), "{shown}");
+    }
+}

@@ -1,0 +1,153 @@
+//! The keyring (ENC-3, first cut): the master key and the keys derived from
+//! it. The master key comes from `STRONGROOM_MASTER_KEY` (base64 of 32
+//! bytes) or from `<data_dir>/master.key`, created with mode 0600 on first
+//! start; a key file readable by group or others is refused.
+//!
+//! The access-token signing key (Ed25519) is derived from the master key
+//! with HKDF-SHA256 under a fixed label, so every app server sharing the
+//! master key signs and verifies the same tokens without further state.
+//! Key material lives in `secrecy`/`zeroize` types and is never logged.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use hkdf::Hkdf;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+const KEY_FILE: &str = "master.key";
+const JWT_LABEL: &[u8] = b"strongroom/v1/access-token-signing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the master key must be base64 of exactly 32 bytes")]
+    Malformed,
+    #[error(
+        "the master key file {0} is readable by group or others; run `chmod 600 {0}` and start again"
+    )]
+    LoosePermissions(PathBuf),
+    #[error("could not read or create the master key file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct Keyring {
+    signing: SigningKey,
+    verifying: VerifyingKey,
+}
+
+impl Keyring {
+    /// Loads the master key from `configured` or the key file in
+    /// `data_dir` (creating it on first start) and derives the working keys.
+    pub fn load(data_dir: &Path, configured: Option<&SecretString>) -> Result<Keyring, KeyError> {
+        let master = match configured {
+            Some(b64) => decode_master(b64.expose_secret())?,
+            None => load_or_create_key_file(&data_dir.join(KEY_FILE))?,
+        };
+        Ok(Keyring::from_master(&master))
+    }
+
+    fn from_master(master: &SecretBox<[u8; 32]>) -> Keyring {
+        let hkdf = Hkdf::<Sha256>::new(None, master.expose_secret());
+        let mut seed = Zeroizing::new([0u8; 32]);
+        hkdf.expand(JWT_LABEL, seed.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let signing = SigningKey::from_bytes(&seed);
+        let verifying = signing.verifying_key();
+        Keyring { signing, verifying }
+    }
+
+    pub fn token_signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
+    pub fn token_verifying_key(&self) -> &VerifyingKey {
+        &self.verifying
+    }
+}
+
+fn decode_master(b64: &str) -> Result<SecretBox<[u8; 32]>, KeyError> {
+    let bytes = Zeroizing::new(STANDARD.decode(b64.trim()).map_err(|_| KeyError::Malformed)?);
+    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::Malformed)?;
+    Ok(SecretBox::new(Box::new(key)))
+}
+
+fn load_or_create_key_file(path: &Path) -> Result<SecretBox<[u8; 32]>, KeyError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(KeyError::LoosePermissions(path.to_owned()));
+            }
+            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+            decode_master(&text)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = Zeroizing::new([0u8; 32]);
+            getrandom::fill(key.as_mut()).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            let encoded = Zeroizing::new(STANDARD.encode(key.as_ref()));
+            // create_new: never overwrite a key another process just wrote.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+            file.write_all(encoded.as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            tracing::info!(path = %path.display(), "generated a new master key");
+            Ok(SecretBox::new(Box::new(*key)))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Fills a fresh buffer from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_key_file_is_created_private_and_reloaded_identically() {
+        let dir = std::env::temp_dir().join(format!("sr-key-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = Keyring::load(&dir, None).unwrap();
+        let mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Keyring::load(&dir, None).unwrap();
+        assert_eq!(first.token_verifying_key(), again.token_verifying_key());
+        std::fs::set_permissions(dir.join(KEY_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        assert!(matches!(
+            Keyring::load(&dir, None),
+            Err(KeyError::LoosePermissions(_))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_configured_key_must_be_32_bytes() {
+        let short = SecretString::from(STANDARD.encode([1u8; 16]));
+        assert!(matches!(
+            Keyring::load(Path::new("/nonexistent"), Some(&short)),
+            Err(KeyError::Malformed)
+        ));
+    }
+}

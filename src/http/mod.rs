@@ -1,0 +1,152 @@
+//! HTTP wiring only: state, middleware, the merged routers of the domains,
+//! and the server loop with graceful shutdown. Handlers live with their
+//! domains.
+
+pub mod api;
+mod error;
+mod extract;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+pub use api::{Api, Op};
+pub use error::ApiError;
+pub use extract::{ApiJson, ApiPath};
+
+use crate::config::Config;
+use crate::crypto::Keyring;
+use crate::store::Store;
+
+/// Largest JSON body accepted (NET-5 first cut).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub keyring: Arc<Keyring>,
+    pub config: Arc<Config>,
+}
+
+/// The request id of the request being served, for problem bodies and logs.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+tokio::task_local! {
+    pub(crate) static REQUEST_ID: String;
+}
+
+/// The whole application router.
+pub fn app(state: AppState) -> Router {
+    let api = Api::new()
+        .merge(system_routes())
+        .merge(crate::identity::router())
+        .merge(crate::identity::sessions_router())
+        .merge(crate::records::router())
+        .merge(crate::audit::router());
+    let (router, doc) = api.into_parts();
+    let doc = Arc::new(doc.to_string());
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc.as_str().to_owned()) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this route does not support that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+fn system_routes() -> Api {
+    Api::new()
+        .route(
+            Op::new("GET", "/healthz", "Liveness and the running version"),
+            get(healthz),
+        )
+        .route(
+            Op::new("GET", "/readyz", "Readiness: the database answers"),
+            get(readyz),
+        )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "version": crate::VERSION}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready", "database": state.store.backend().name()}))
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-ready",
+                "the database does not answer",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Gives every request an id (echoed as `X-Request-Id`, carried into audit
+/// events and problem bodies) and sets strict security headers: an API
+/// response is never cached, sniffed, framed or allowed to run scripts.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::now_v7().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = REQUEST_ID
+        .scope(id.clone(), tracing::Instrument::instrument(next.run(req), span))
+        .await;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(HeaderName::from_static("x-request-id"), value);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    response
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = state.store.clone();
+    let app = app(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Identity endpoints: authentication under `/api/v1/auth`, users under
+//! `/api/v1/users`, and `/api/v1/me`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{IdentityError, UserPatch};
+use crate::access::{Permission, Principal, authorize};
+use crate::audit::RequestMeta;
+use crate::http::{Api, ApiError, ApiJson, ApiPath, AppState, Op};
+
+pub fn sessions_router() -> Api {
+    Api::new()
+        .route(
+            Op::new("POST", "/api/v1/auth/login", "Log in with tenant, e-mail and password")
+                .tag("auth")
+                .body(json!({
+                    "type": "object", "required": ["tenant", "email", "password"],
+                    "properties": {"tenant": {"type": "string"}, "email": {"type": "string"},
+                                   "password": {"type": "string", "writeOnly": true}}
+                })),
+            post(login),
+        )
+        .route(
+            Op::new("POST", "/api/v1/auth/refresh", "Rotate a refresh token for a new token pair")
+                .tag("auth")
+                .body(json!({"type": "object", "required": ["refresh_token"],
+                             "properties": {"refresh_token": {"type": "string"}}})),
+            post(refresh),
+        )
+        .route(
+            Op::new("POST", "/api/v1/auth/logout", "Revoke the current session")
+                .tag("auth")
+                .bearer()
+                .ok(204),
+            post(logout),
+        )
+        .route(
+            Op::new(
+                "POST",
+                "/api/v1/auth/invitations/accept",
+                "Accept an invitation: choose a password and log in",
+            )
+            .tag("auth")
+            .body(json!({"type": "object", "required": ["token", "password"],
+                         "properties": {"token": {"type": "string"},
+                                        "password": {"type": "string", "writeOnly": true}}})),
+            post(accept_invitation),
+        )
+}
+
+pub fn router() -> Api {
+    Api::new()
+        .route(
+            Op::new("GET", "/api/v1/me", "The authenticated user and their permissions")
+                .tag("users")
+                .bearer(),
+            get(me),
+        )
+        .route(
+            Op::new("GET", "/api/v1/users", "List the tenant's users")
+                .tag("users")
+                .permission(Permission::UsersRead),
+            get(list_users),
+        )
+        .route(
+            Op::new("POST", "/api/v1/users", "Invite a user with a role")
+                .tag("users")
+                .permission(Permission::UsersManage)
+                .body(json!({"type": "object", "required": ["email", "role"],
+                             "properties": {"email": {"type": "string"},
+                                            "role": {"enum": ["admin", "member", "viewer"]}}}))
+                .ok(201),
+            post(create_user),
+        )
+        .route(
+            Op::new("GET", "/api/v1/users/{id}", "Read a user")
+                .tag("users")
+                .permission(Permission::UsersRead),
+            get(get_user),
+        )
+        .route(
+            Op::new("PATCH", "/api/v1/users/{id}", "Change a user's role or status")
+                .tag("users")
+                .permission(Permission::UsersManage)
+                .body(json!({"type": "object",
+                             "properties": {"role": {"enum": ["admin", "member", "viewer"]},
+                                            "status": {"enum": ["active", "disabled"]}}})),
+            axum::routing::patch(update_user),
+        )
+        .route(
+            Op::new("DELETE", "/api/v1/users/{id}", "Delete a user and their sessions")
+                .tag("users")
+                .permission(Permission::UsersManage)
+                .ok(204),
+            axum::routing::delete(delete_user),
+        )
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    tenant: String,
+    email: String,
+    password: SecretString,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tokens = super::login(
+        &state.store,
+        state.keyring.token_signing_key(),
+        state.config.session_ttl_hours,
+        &body.tenant,
+        &body.email,
+        body.password,
+        &meta,
+    )
+    .await?;
+    Ok(Json(tokens))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: SecretString,
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<RefreshBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    use secrecy::ExposeSecret;
+    let tokens = super::refresh(
+        &state.store,
+        state.keyring.token_signing_key(),
+        body.refresh_token.expose_secret(),
+        &meta,
+    )
+    .await?;
+    Ok(Json(tokens))
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+) -> Result<StatusCode, ApiError> {
+    super::logout(&state.store, &principal, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AcceptBody {
+    token: SecretString,
+    password: SecretString,
+}
+
+async fn accept_invitation(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<AcceptBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    use secrecy::ExposeSecret;
+    let tokens = super::accept_invitation(
+        &state.store,
+        state.keyring.token_signing_key(),
+        state.config.session_ttl_hours,
+        body.token.expose_secret(),
+        body.password,
+        &meta,
+    )
+    .await?;
+    Ok(Json(tokens))
+}
+
+async fn me(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut tx = state.store.read(principal.scope()).await?;
+    let user = super::users::find_user(&mut tx, principal.scope().id_str(), &principal.user_id)
+        .await
+        .map_err(|e| ApiError::from(IdentityError::from(e)))?
+        .ok_or(IdentityError::Unauthenticated)?;
+    let permissions: Vec<&str> = principal.role.permissions().iter().map(|p| p.name()).collect();
+    Ok(Json(json!({
+        "user": user,
+        "tenant_id": principal.scope().id_str(),
+        "session_id": principal.session_id,
+        "permissions": permissions,
+    })))
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit = authorize(&state.store, &principal, Permission::UsersRead, "user.list", &meta).await?;
+    let users = super::list_users(&state.store, &permit).await?;
+    Ok(Json(json!({ "items": users })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUserBody {
+    email: String,
+    role: String,
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiJson(body): ApiJson<CreateUserBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit =
+        authorize(&state.store, &principal, Permission::UsersManage, "user.create", &meta).await?;
+    let created = super::create_user(
+        &state.store,
+        &permit,
+        &meta,
+        &body.email,
+        &body.role,
+        state.config.invitation_ttl_hours,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit = authorize(&state.store, &principal, Permission::UsersRead, "user.read", &meta).await?;
+    Ok(Json(super::get_user(&state.store, &permit, &id).await?))
+}
+
+async fn update_user(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(patch): ApiJson<UserPatch>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit =
+        authorize(&state.store, &principal, Permission::UsersManage, "user.update", &meta).await?;
+    Ok(Json(super::update_user(&state.store, &permit, &meta, &id, patch).await?))
+}
+
+async fn delete_user(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let permit =
+        authorize(&state.store, &principal, Permission::UsersManage, "user.delete", &meta).await?;
+    super::delete_user(&state.store, &permit, &meta, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,141 @@
+//! Identity: users, invitations, passwords and sessions.
+//!
+//! * IAM-1: Argon2id password hashes, a password policy, no password in any
+//!   log ([`password`]).
+//! * IAM-2 (first cut): staff never set passwords — a new user gets a
+//!   single-use, expiring invitation and chooses their own.
+//! * IAM-5: 60-second EdDSA access tokens and rotating refresh tokens with
+//!   reuse detection; logout revokes the session ([`sessions`]).
+//! * IAM-6 (first cut): wrong password, unknown user and unknown tenant give
+//!   the same `401` after the same Argon2 work.
+
+mod http;
+mod password;
+mod sessions;
+mod tokens;
+mod users;
+
+use std::fmt;
+
+use serde::Serialize;
+
+pub use http::{router, sessions_router};
+pub use password::warm_up;
+pub use sessions::{TokenPair, accept_invitation, authenticate, login, logout, refresh};
+pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
+pub use users::{User, UserPatch, create_user, delete_user, get_user, list_users, update_user};
+
+pub(crate) use users::invite_user;
+
+use crate::access::AccessError;
+use crate::store::StoreError;
+use crate::tenancy::TenantId;
+use tokens::{OpaqueToken, TokenKind};
+
+/// A syntactically valid e-mail address, lower-cased.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(text: &str) -> Result<Email, IdentityError> {
+        let text = text.trim().to_lowercase();
+        let valid = text.len() <= 254
+            && text.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && local.len() <= 64
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+                    && !domain.contains('@')
+            })
+            && !text
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ','));
+        if valid {
+            Ok(Email(text))
+        } else {
+            Err(IdentityError::InvalidEmail)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("not a valid e-mail address")]
+    InvalidEmail,
+    #[error("password too weak: {0}")]
+    WeakPassword(String),
+    #[error("wrong tenant, e-mail or password")]
+    InvalidCredentials,
+    #[error("the token is invalid, expired or already used")]
+    InvalidToken,
+    #[error("refresh token reuse detected; the session has been revoked")]
+    RefreshTokenReuse,
+    #[error("missing, invalid or expired access token")]
+    Unauthenticated,
+    #[error("unknown role {0:?}: use admin, member or viewer")]
+    UnknownRole(String),
+    #[error("unknown status {0:?}: use active or disabled")]
+    UnknownStatus(String),
+    #[error("a user with this e-mail already exists")]
+    EmailTaken,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("the tenant must keep at least one active admin")]
+    LastAdmin,
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for IdentityError {
+    fn from(e: sqlx::Error) -> Self {
+        IdentityError::Store(e.into())
+    }
+}
+
+/// An invitation about to be issued: the token is shown once, to the
+/// inviter (or mailed, once a mailer exists), and only its hash is stored.
+pub struct NewInvitation {
+    token: OpaqueToken,
+    pub expires_at: String,
+}
+
+impl NewInvitation {
+    pub fn generate(tenant: TenantId, ttl_hours: u32) -> NewInvitation {
+        NewInvitation {
+            token: OpaqueToken::generate(TokenKind::Invitation, tenant),
+            expires_at: crate::clock::in_seconds(i64::from(ttl_hours) * 3600),
+        }
+    }
+
+    pub fn token_text(&self) -> String {
+        self.token.reveal()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_lowercased_and_checked() {
+        assert_eq!(Email::parse(" Anna@Acme.Test ").unwrap().as_str(), "anna@acme.test");
+        for bad in ["", "anna", "@acme.test", "anna@", "anna@acme", "a b@acme.test", "a@b@c.de"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

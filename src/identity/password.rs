@@ -1,0 +1,133 @@
+//! Passwords (IAM-1): Argon2id with the OWASP parameters (m = 19 MiB, t = 2,
+//! p = 1), a policy (12–256 characters, and a strength estimate that refuses
+//! common, dictionary and user-derived passwords), and verification that
+//! costs the same whether or not the account exists (IAM-6: no user
+//! enumeration by timing). Hashing runs on the blocking pool, never on the
+//! async workers, and never inside a write transaction.
+
+use std::sync::LazyLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::IdentityError;
+
+const MIN_CHARS: usize = 12;
+const MAX_CHARS: usize = 256;
+/// zxcvbn score 3 of 4: "safely unguessable: moderate protection from an
+/// offline slow-hash scenario".
+const MIN_SCORE: u8 = 3;
+
+fn hasher() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("OWASP Argon2id parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// A hash of a random password, verified against when the account does not
+/// exist so that both paths do the same work.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    let random = crate::crypto::random_bytes::<24>();
+    hash_blocking(&SecretString::from(
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random),
+    ))
+});
+
+/// Computes the dummy hash ahead of the first login.
+pub fn warm_up() {
+    LazyLock::force(&DUMMY_HASH);
+}
+
+/// Refuses weak passwords; `context` holds words the password must not
+/// lean on (the e-mail address, the tenant).
+pub fn check_policy(password: &SecretString, context: &[&str]) -> Result<(), IdentityError> {
+    let text = password.expose_secret();
+    let chars = text.chars().count();
+    if chars < MIN_CHARS {
+        return Err(IdentityError::WeakPassword(format!(
+            "use at least {MIN_CHARS} characters"
+        )));
+    }
+    if chars > MAX_CHARS {
+        return Err(IdentityError::WeakPassword(format!(
+            "use at most {MAX_CHARS} characters"
+        )));
+    }
+    let estimate = zxcvbn::zxcvbn(text, context);
+    if u8::from(estimate.score()) < MIN_SCORE {
+        let hint = estimate
+            .feedback()
+            .and_then(|f| f.warning())
+            .map(|w| w.to_string())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "it is too easy to guess".to_owned());
+        return Err(IdentityError::WeakPassword(format!(
+            "{hint}; add more unrelated words or characters"
+        )));
+    }
+    Ok(())
+}
+
+fn hash_blocking(password: &SecretString) -> String {
+    let salt = SaltString::encode_b64(&crate::crypto::random_bytes::<16>())
+        .expect("16 bytes is a valid salt length");
+    hasher()
+        .hash_password(password.expose_secret().as_bytes(), &salt)
+        .expect("Argon2id hashing with valid parameters cannot fail")
+        .to_string()
+}
+
+pub async fn hash(password: SecretString) -> Result<String, IdentityError> {
+    tokio::task::spawn_blocking(move || hash_blocking(&password))
+        .await
+        .map_err(|_| IdentityError::Internal("password hashing task failed"))
+}
+
+/// True when `password` matches `stored`; with no stored hash it verifies
+/// against the dummy hash and returns false, taking the same time.
+pub async fn verify(password: SecretString, stored: Option<String>) -> Result<bool, IdentityError> {
+    tokio::task::spawn_blocking(move || {
+        let (hash, real) = match stored.as_deref() {
+            Some(h) => (h, true),
+            None => (DUMMY_HASH.as_str(), false),
+        };
+        let Ok(parsed) = PasswordHash::new(hash) else {
+            return false;
+        };
+        let matches = hasher()
+            .verify_password(password.expose_secret().as_bytes(), &parsed)
+            .is_ok();
+        matches && real
+    })
+    .await
+    .map_err(|_| IdentityError::Internal("password verification task failed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_common_and_self_derived_passwords_are_refused() {
+        for weak in ["short", "password1234", "qwertyuiop123", "aaaaaaaaaaaaaaa"] {
+            assert!(
+                check_policy(&SecretString::from(weak), &[]).is_err(),
+                "{weak} accepted"
+            );
+        }
+        assert!(
+            check_policy(&SecretString::from("anna.kowalska@acme"), &["anna.kowalska@acme.test"])
+                .is_err()
+        );
+        assert!(check_policy(&SecretString::from("violet-harbour-tractor-92"), &[]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
+        let hash = hash(SecretString::from("violet-harbour-tractor-92")).await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(verify(SecretString::from("violet-harbour-tractor-92"), Some(hash.clone())).await.unwrap());
+        assert!(!verify(SecretString::from("violet-harbour-tractor-93"), Some(hash)).await.unwrap());
+        assert!(!verify(SecretString::from("anything"), None).await.unwrap());
+    }
+}

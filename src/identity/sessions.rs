@@ -1,0 +1,520 @@
+//! Sessions (IAM-5): login opens a session and returns a 60-second access
+//! token plus a refresh token. Each refresh token works once: using it
+//! returns a new pair, and presenting an already-used one means it was
+//! stolen or replayed, so the whole session is revoked (reuse detection,
+//! as in OAuth 2.0 Security BCP §4.14). Every request re-checks that the
+//! session is live, so logout and revocation take effect at once rather
+//! than after the access token expires.
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::Row;
+
+use super::tokens::{
+    ACCESS_TOKEN_TTL_SECONDS, AccessClaims, OpaqueToken, TokenKind, sign_access_token,
+    verify_access_token,
+};
+use super::{Email, IdentityError, password};
+use crate::access::{Permit, Principal, Role};
+use crate::audit::{Actor, ActorKind, Outcome, RequestMeta};
+use crate::store::{Change, JournalOp, Store, WriteTx};
+use crate::tenancy::{self, TenantId, TenantScope};
+
+/// What a successful login, refresh or invitation acceptance returns.
+#[derive(Debug, Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub refresh_token: String,
+}
+
+fn token_pair(
+    key: &SigningKey,
+    scope: &TenantScope,
+    user_id: &str,
+    session_id: &str,
+    refresh: &OpaqueToken,
+) -> TokenPair {
+    let claims = AccessClaims::new(user_id, scope.id_str(), session_id);
+    TokenPair {
+        access_token: sign_access_token(key, &claims),
+        token_type: "Bearer",
+        expires_in: ACCESS_TOKEN_TTL_SECONDS,
+        refresh_token: refresh.reveal(),
+    }
+}
+
+struct LoginAccount {
+    id: String,
+    email: String,
+    status: String,
+    password_hash: Option<String>,
+}
+
+pub async fn login(
+    store: &Store,
+    key: &SigningKey,
+    session_ttl_hours: u32,
+    tenant_slug: &str,
+    email: &str,
+    password: SecretString,
+    meta: &RequestMeta,
+) -> Result<TokenPair, IdentityError> {
+    let scope = tenancy::find_active_by_slug(store, tenant_slug).await?;
+    let email = Email::parse(email).ok();
+    let account = match (&scope, &email) {
+        (Some(scope), Some(email)) => find_account(store, scope, email).await?,
+        _ => None,
+    };
+    // Always one Argon2 verification, whether or not the account exists.
+    let matches = password::verify(password, account.as_ref().and_then(|a| a.password_hash.clone()))
+        .await?;
+    let Some(scope) = scope else {
+        tracing::info!(event = "auth.login", outcome = "failure", "login for an unknown tenant");
+        return Err(IdentityError::InvalidCredentials);
+    };
+    let account = match account {
+        Some(a) if matches && a.status == "active" => a,
+        other => {
+            let permit = Permit::authentication(
+                scope,
+                Actor::anonymous(email.map(|e| e.as_str().to_owned())),
+            );
+            let user_id = other.map(|a| a.id);
+            store
+                .write(&permit, meta, "auth.login", move |tx| {
+                    Box::pin(async move {
+                        tx.set_outcome(Outcome::Failure);
+                        if let Some(id) = user_id {
+                            tx.set_target("user", id);
+                        }
+                        Ok::<_, IdentityError>(())
+                    })
+                })
+                .await?;
+            return Err(IdentityError::InvalidCredentials);
+        }
+    };
+    let actor = Actor {
+        kind: ActorKind::User,
+        id: Some(account.id.clone()),
+        email: Some(account.email.clone()),
+    };
+    let permit = Permit::authentication(scope.clone(), actor);
+    let user_id = account.id.clone();
+    let (session_id, refresh) = store
+        .write(&permit, meta, "auth.login", move |tx| {
+            Box::pin(async move { open_session(tx, &user_id, session_ttl_hours).await })
+        })
+        .await?;
+    Ok(token_pair(key, &scope, &account.id, &session_id, &refresh))
+}
+
+async fn find_account(
+    store: &Store,
+    scope: &TenantScope,
+    email: &Email,
+) -> Result<Option<LoginAccount>, IdentityError> {
+    let mut tx = store.read(scope).await?;
+    let row = sqlx::query(
+        "SELECT id, email, status, password_hash FROM users WHERE tenant_id = $1 AND email = $2",
+    )
+    .bind(scope.id_str())
+    .bind(email.as_str())
+    .fetch_optional(tx.conn())
+    .await?;
+    row.map(|row| {
+        Ok(LoginAccount {
+            id: row.try_get("id")?,
+            email: row.try_get("email")?,
+            status: row.try_get("status")?,
+            password_hash: row.try_get("password_hash")?,
+        })
+    })
+    .transpose()
+}
+
+/// Opens a session and issues its first refresh token, inside `tx`.
+async fn open_session(
+    tx: &mut WriteTx,
+    user_id: &str,
+    ttl_hours: u32,
+) -> Result<(String, OpaqueToken), IdentityError> {
+    let tenant = tx.scope().id_str().to_owned();
+    let now = crate::clock::now();
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let expires_at = crate::clock::in_seconds(i64::from(ttl_hours) * 3600);
+    let ip = tx.meta().ip.clone();
+    let user_agent = tx.meta().user_agent.clone();
+    sqlx::query(
+        "INSERT INTO sessions (id, tenant_id, user_id, created_at, last_used_at, expires_at, ip, user_agent) \
+         VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+    )
+    .bind(&session_id)
+    .bind(&tenant)
+    .bind(user_id)
+    .bind(&now)
+    .bind(&expires_at)
+    .bind(ip.as_deref())
+    .bind(user_agent.as_deref())
+    .execute(tx.conn())
+    .await?;
+    tx.record(Change {
+        entity: "session",
+        entity_id: session_id.clone(),
+        op: JournalOp::Insert,
+        before: None,
+        after: Some(json!({
+            "id": session_id, "user_id": user_id, "created_at": now,
+            "expires_at": expires_at, "ip": ip, "user_agent": user_agent,
+        })),
+        sensitive: vec![],
+        diff_of: None,
+    });
+    let refresh = issue_refresh_token(tx, &session_id).await?;
+    tx.set_target("session", session_id.clone());
+    Ok((session_id, refresh))
+}
+
+async fn issue_refresh_token(
+    tx: &mut WriteTx,
+    session_id: &str,
+) -> Result<OpaqueToken, IdentityError> {
+    let token = OpaqueToken::generate(TokenKind::Refresh, tx.scope().tenant_id());
+    let now = crate::clock::now();
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, tenant_id, session_id, created_at) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(token.hash())
+    .bind(tx.scope().id_str().to_owned())
+    .bind(session_id)
+    .bind(&now)
+    .execute(tx.conn())
+    .await?;
+    tx.record(Change {
+        entity: "refresh_token",
+        entity_id: token.hash(),
+        op: JournalOp::Insert,
+        before: None,
+        after: Some(json!({"session_id": session_id, "created_at": now})),
+        sensitive: vec![],
+        diff_of: None,
+    });
+    Ok(token)
+}
+
+/// Accepts an invitation: sets the password the user chose, activates the
+/// account and logs them in.
+pub async fn accept_invitation(
+    store: &Store,
+    key: &SigningKey,
+    session_ttl_hours: u32,
+    token: &str,
+    password: SecretString,
+    meta: &RequestMeta,
+) -> Result<TokenPair, IdentityError> {
+    let token =
+        OpaqueToken::parse(TokenKind::Invitation, token).ok_or(IdentityError::InvalidToken)?;
+    let scope = TenantScope::trusted(token.tenant());
+    let hash = token.hash();
+    let email: Option<String> = {
+        let mut tx = store.read(&scope).await?;
+        sqlx::query_scalar(
+            "SELECT u.email FROM invitations i JOIN users u ON u.id = i.user_id \
+             WHERE i.tenant_id = $1 AND i.token_hash = $2 AND i.used_at IS NULL AND i.expires_at > $3",
+        )
+        .bind(scope.id_str())
+        .bind(&hash)
+        .bind(crate::clock::now())
+        .fetch_optional(tx.conn())
+        .await?
+    };
+    let email = email.ok_or(IdentityError::InvalidToken)?;
+    password::check_policy(&password, &[&email])?;
+    let password_hash = password::hash(password).await?;
+    let actor = Actor {
+        kind: ActorKind::User,
+        id: None,
+        email: Some(email),
+    };
+    let permit = Permit::authentication(scope.clone(), actor);
+    let (user_id, session_id, refresh) = store
+        .write(&permit, meta, "auth.invitation.accept", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let now = crate::clock::now();
+                // Re-checked inside the write: two concurrent accepts, one wins.
+                let row = sqlx::query(
+                    "SELECT id, user_id FROM invitations \
+                     WHERE tenant_id = $1 AND token_hash = $2 AND used_at IS NULL AND expires_at > $3",
+                )
+                .bind(&tenant)
+                .bind(&hash)
+                .bind(&now)
+                .fetch_optional(tx.conn())
+                .await?
+                .ok_or(IdentityError::InvalidToken)?;
+                let invitation_id: String = row.try_get("id")?;
+                let user_id: String = row.try_get("user_id")?;
+                sqlx::query("UPDATE invitations SET used_at = $1 WHERE tenant_id = $2 AND id = $3")
+                    .bind(&now)
+                    .bind(&tenant)
+                    .bind(&invitation_id)
+                    .execute(tx.conn())
+                    .await?;
+                sqlx::query(
+                    "UPDATE users SET password_hash = $1, status = 'active', updated_at = $2 \
+                     WHERE tenant_id = $3 AND id = $4",
+                )
+                .bind(&password_hash)
+                .bind(&now)
+                .bind(&tenant)
+                .bind(&user_id)
+                .execute(tx.conn())
+                .await?;
+                tx.record(Change {
+                    entity: "invitation",
+                    entity_id: invitation_id,
+                    op: JournalOp::Update,
+                    before: None,
+                    after: Some(json!({"used_at": now})),
+                    sensitive: vec![],
+                    diff_of: None,
+                });
+                tx.record(Change {
+                    entity: "user",
+                    entity_id: user_id.clone(),
+                    op: JournalOp::Update,
+                    before: Some(json!({"status": "invited", "password_hash": null})),
+                    after: Some(json!({
+                        "status": "active", "password_hash": password_hash, "updated_at": now,
+                    })),
+                    sensitive: vec!["password_hash".into()],
+                    diff_of: None,
+                });
+                let mut actor = tx.actor().clone();
+                actor.id = Some(user_id.clone());
+                tx.set_actor(actor);
+                let (session_id, refresh) = open_session(tx, &user_id, session_ttl_hours).await?;
+                tx.set_target("user", user_id.clone());
+                Ok::<_, IdentityError>((user_id, session_id, refresh))
+            })
+        })
+        .await?;
+    Ok(token_pair(key, &scope, &user_id, &session_id, &refresh))
+}
+
+enum RefreshResult {
+    Rotated {
+        user_id: String,
+        session_id: String,
+        refresh: OpaqueToken,
+    },
+    Invalid,
+    Reused,
+}
+
+pub async fn refresh(
+    store: &Store,
+    key: &SigningKey,
+    token: &str,
+    meta: &RequestMeta,
+) -> Result<TokenPair, IdentityError> {
+    let token = OpaqueToken::parse(TokenKind::Refresh, token).ok_or(IdentityError::InvalidToken)?;
+    let scope = TenantScope::trusted(token.tenant());
+    let permit = Permit::authentication(scope.clone(), Actor::anonymous(None));
+    let hash = token.hash();
+    let result = store
+        .write(&permit, meta, "auth.refresh", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let now = crate::clock::now();
+                let row = sqlx::query(
+                    "SELECT r.session_id, r.used_at, s.revoked_at, s.expires_at, u.id AS user_id, \
+                     u.email, u.status FROM refresh_tokens r \
+                     JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id \
+                     WHERE r.tenant_id = $1 AND r.token_hash = $2",
+                )
+                .bind(&tenant)
+                .bind(&hash)
+                .fetch_optional(tx.conn())
+                .await?;
+                tx.set_outcome(Outcome::Failure);
+                let Some(row) = row else {
+                    return Ok(RefreshResult::Invalid);
+                };
+                let session_id: String = row.try_get("session_id")?;
+                let used_at: Option<String> = row.try_get("used_at")?;
+                let revoked_at: Option<String> = row.try_get("revoked_at")?;
+                let expires_at: String = row.try_get("expires_at")?;
+                let user_id: String = row.try_get("user_id")?;
+                let status: String = row.try_get("status")?;
+                tx.set_actor(Actor {
+                    kind: ActorKind::User,
+                    id: Some(user_id.clone()),
+                    email: row.try_get("email")?,
+                });
+                tx.set_target("session", session_id.clone());
+                if used_at.is_some() {
+                    if revoked_at.is_none() {
+                        revoke_session(tx, &session_id, "refresh_token_reuse").await?;
+                    }
+                    tracing::warn!(
+                        event = "auth.refresh_token_reuse",
+                        session_id = %session_id,
+                        "a used refresh token was presented again; session revoked"
+                    );
+                    return Ok(RefreshResult::Reused);
+                }
+                if revoked_at.is_some() || expires_at <= now || status != "active" {
+                    return Ok(RefreshResult::Invalid);
+                }
+                sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE tenant_id = $2 AND token_hash = $3")
+                    .bind(&now)
+                    .bind(&tenant)
+                    .bind(&hash)
+                    .execute(tx.conn())
+                    .await?;
+                sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE tenant_id = $2 AND id = $3")
+                    .bind(&now)
+                    .bind(&tenant)
+                    .bind(&session_id)
+                    .execute(tx.conn())
+                    .await?;
+                tx.record(Change {
+                    entity: "refresh_token",
+                    entity_id: hash.clone(),
+                    op: JournalOp::Update,
+                    before: None,
+                    after: Some(json!({"used_at": now})),
+                    sensitive: vec![],
+                    diff_of: None,
+                });
+                let refresh = issue_refresh_token(tx, &session_id).await?;
+                tx.set_outcome(Outcome::Success);
+                Ok::<_, IdentityError>(RefreshResult::Rotated {
+                    user_id,
+                    session_id,
+                    refresh,
+                })
+            })
+        })
+        .await?;
+    match result {
+        RefreshResult::Rotated {
+            user_id,
+            session_id,
+            refresh,
+        } => Ok(token_pair(key, &scope, &user_id, &session_id, &refresh)),
+        RefreshResult::Invalid => Err(IdentityError::InvalidToken),
+        RefreshResult::Reused => Err(IdentityError::RefreshTokenReuse),
+    }
+}
+
+pub async fn logout(
+    store: &Store,
+    principal: &Principal,
+    meta: &RequestMeta,
+) -> Result<(), IdentityError> {
+    let session_id = principal.session_id.clone();
+    store
+        .write(
+            &Permit::self_service(principal),
+            meta,
+            "auth.logout",
+            move |tx| {
+                Box::pin(async move {
+                    revoke_session(tx, &session_id, "logout").await?;
+                    Ok::<_, IdentityError>(())
+                })
+            },
+        )
+        .await
+}
+
+async fn revoke_session(
+    tx: &mut WriteTx,
+    session_id: &str,
+    reason: &str,
+) -> Result<(), IdentityError> {
+    let now = crate::clock::now();
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+         WHERE tenant_id = $3 AND id = $4 AND revoked_at IS NULL",
+    )
+    .bind(&now)
+    .bind(reason)
+    .bind(tx.scope().id_str().to_owned())
+    .bind(session_id)
+    .execute(tx.conn())
+    .await?;
+    tx.record(Change {
+        entity: "session",
+        entity_id: session_id.to_owned(),
+        op: JournalOp::Update,
+        before: None,
+        after: Some(json!({"revoked_at": now, "revoked_reason": reason})),
+        sensitive: vec![],
+        diff_of: None,
+    });
+    tx.set_target("session", session_id.to_owned());
+    Ok(())
+}
+
+/// Revokes every live session of a user (disabled account).
+pub(super) async fn revoke_all(
+    tx: &mut WriteTx,
+    user_id: &str,
+    reason: &str,
+) -> Result<(), IdentityError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM sessions WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(tx.scope().id_str().to_owned())
+    .bind(user_id)
+    .fetch_all(tx.conn())
+    .await?;
+    for id in ids {
+        revoke_session(tx, &id, reason).await?;
+    }
+    Ok(())
+}
+
+/// Turns a bearer token into a principal: verifies the signature and
+/// lifetime, then checks that the session is live and the user active, and
+/// takes the user's current role (a role change applies at once).
+pub async fn authenticate(
+    store: &Store,
+    key: &VerifyingKey,
+    bearer: &SecretString,
+) -> Result<Principal, IdentityError> {
+    let claims = verify_access_token(key, bearer.expose_secret(), crate::clock::unix_now())
+        .map_err(|_| IdentityError::Unauthenticated)?;
+    let tenant = TenantId::parse(&claims.tid).ok_or(IdentityError::Unauthenticated)?;
+    let scope = TenantScope::trusted(tenant);
+    let mut tx = store.read(&scope).await?;
+    let row = sqlx::query(
+        "SELECT u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
+         AND s.expires_at > $4 AND u.status = 'active'",
+    )
+    .bind(scope.id_str())
+    .bind(&claims.sid)
+    .bind(&claims.sub)
+    .bind(crate::clock::now())
+    .fetch_optional(tx.conn())
+    .await?
+    .ok_or(IdentityError::Unauthenticated)?;
+    let role: String = row.try_get("role")?;
+    Ok(Principal {
+        scope,
+        user_id: claims.sub,
+        email: row.try_get("email")?,
+        role: Role::parse(&role).ok_or(IdentityError::Internal("unknown role stored"))?,
+        session_id: claims.sid,
+    })
+}

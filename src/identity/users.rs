@@ -1,0 +1,331 @@
+//! Users of a tenant: invite, list, read, change role or status, delete.
+//! Every function takes a [`Permit`] (the permission check already passed)
+//! and every change goes through the write path.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Email, IdentityError, NewInvitation};
+use crate::access::{Permit, Role};
+use crate::audit::RequestMeta;
+use crate::store::{Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub role: String,
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl User {
+    fn from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
+        Ok(User {
+            id: row.try_get("id")?,
+            email: row.try_get("email")?,
+            role: row.try_get("role")?,
+            status: row.try_get("status")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    /// The journal's after-image; the hash is needed to restore the account
+    /// and is redacted from the audit diff.
+    fn image(&self, password_hash: Option<&str>) -> Value {
+        json!({
+            "id": self.id, "email": self.email, "role": self.role, "status": self.status,
+            "password_hash": password_hash,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+        })
+    }
+}
+
+const USER_COLUMNS: &str = "id, email, role, status, created_at, updated_at";
+
+/// Inserts an invited user (no password yet) and their invitation.
+pub(crate) async fn invite_user(
+    tx: &mut WriteTx,
+    email: &Email,
+    role: Role,
+    invitation: &NewInvitation,
+) -> Result<User, IdentityError> {
+    let now = crate::clock::now();
+    let tenant = tx.scope().id_str().to_owned();
+    let user = User {
+        id: uuid::Uuid::now_v7().to_string(),
+        email: email.as_str().to_owned(),
+        role: role.as_str().to_owned(),
+        status: "invited".to_owned(),
+        created_at: now.clone(),
+        updated_at: now.clone(),
+    };
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, email, role, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(&user.id)
+    .bind(&tenant)
+    .bind(&user.email)
+    .bind(&user.role)
+    .bind(&user.status)
+    .bind(&now)
+    .execute(tx.conn())
+    .await
+    .map_err(|e| match StoreError::from(e) {
+        e if e.constraint().is_some_and(|c| {
+            c == "users_email_unique" || c == "unique:users.tenant_id, users.email"
+        }) =>
+        {
+            IdentityError::EmailTaken
+        }
+        e => IdentityError::Store(e),
+    })?;
+    let invitation_id = uuid::Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO invitations (id, tenant_id, user_id, token_hash, expires_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&invitation_id)
+    .bind(&tenant)
+    .bind(&user.id)
+    .bind(invitation.token.hash())
+    .bind(&invitation.expires_at)
+    .bind(&now)
+    .execute(tx.conn())
+    .await?;
+    tx.record(Change {
+        entity: "user",
+        entity_id: user.id.clone(),
+        op: JournalOp::Insert,
+        before: None,
+        after: Some(user.image(None)),
+        sensitive: vec!["password_hash".into()],
+        diff_of: None,
+    });
+    tx.record(Change {
+        entity: "invitation",
+        entity_id: invitation_id,
+        op: JournalOp::Insert,
+        before: None,
+        after: Some(json!({
+            "user_id": user.id, "token_hash": invitation.token.hash(),
+            "expires_at": invitation.expires_at, "created_at": now,
+        })),
+        sensitive: vec!["token_hash".into()],
+        diff_of: None,
+    });
+    tx.set_target("user", user.id.clone());
+    Ok(user)
+}
+
+/// A created user and the invitation token to hand to them.
+#[derive(Debug, Serialize)]
+pub struct InvitedUser {
+    #[serde(flatten)]
+    pub user: User,
+    pub invitation_token: String,
+    pub invitation_expires_at: String,
+}
+
+pub async fn create_user(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    email: &str,
+    role: &str,
+    invitation_ttl_hours: u32,
+) -> Result<InvitedUser, IdentityError> {
+    let email = Email::parse(email)?;
+    let role = Role::parse(role).ok_or_else(|| IdentityError::UnknownRole(role.to_owned()))?;
+    let invitation = NewInvitation::generate(permit.scope().tenant_id(), invitation_ttl_hours);
+    store
+        .write(permit, meta, "user.create", move |tx| {
+            Box::pin(async move {
+                let user = invite_user(tx, &email, role, &invitation).await?;
+                Ok(InvitedUser {
+                    user,
+                    invitation_token: invitation.token_text(),
+                    invitation_expires_at: invitation.expires_at.clone(),
+                })
+            })
+        })
+        .await
+}
+
+pub async fn list_users(store: &Store, permit: &Permit) -> Result<Vec<User>, IdentityError> {
+    let mut tx = store.read(permit.scope()).await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(permit.scope().id_str())
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows.iter().map(User::from_row).collect::<Result<_, _>>()?)
+}
+
+pub async fn get_user(store: &Store, permit: &Permit, id: &str) -> Result<User, IdentityError> {
+    let mut tx = store.read(permit.scope()).await?;
+    find_user(&mut tx, permit.scope().id_str(), id)
+        .await?
+        .ok_or(IdentityError::UserNotFound)
+}
+
+pub(super) async fn find_user(
+    tx: &mut ReadTx,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<User>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    row.as_ref().map(User::from_row).transpose()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    pub role: Option<String>,
+    pub status: Option<String>,
+}
+
+pub async fn update_user(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    id: &str,
+    patch: UserPatch,
+) -> Result<User, IdentityError> {
+    let role = patch
+        .role
+        .map(|r| Role::parse(&r).ok_or(IdentityError::UnknownRole(r)))
+        .transpose()?;
+    let status = match patch.status.as_deref() {
+        None => None,
+        Some(s @ ("active" | "disabled")) => Some(s.to_owned()),
+        Some(other) => return Err(IdentityError::UnknownStatus(other.to_owned())),
+    };
+    let id = id.to_owned();
+    store
+        .write(permit, meta, "user.update", move |tx| {
+            Box::pin(async move {
+                let (before, hash) = lock_user(tx, &id).await?;
+                let mut after = before.clone();
+                if let Some(role) = role {
+                    after.role = role.as_str().to_owned();
+                }
+                if let Some(status) = status {
+                    if before.status == "invited" && status == "active" {
+                        // Only accepting the invitation activates an account.
+                        return Err(IdentityError::UnknownStatus(
+                            "active (the user has not accepted the invitation yet)".into(),
+                        ));
+                    }
+                    after.status = status;
+                }
+                let stays_admin = after.role == "admin" && after.status == "active";
+                if before.role == "admin" && before.status == "active" && !stays_admin {
+                    ensure_another_admin(tx, &id).await?;
+                }
+                after.updated_at = crate::clock::now();
+                sqlx::query(
+                    "UPDATE users SET role = $1, status = $2, updated_at = $3 \
+                     WHERE tenant_id = $4 AND id = $5",
+                )
+                .bind(&after.role)
+                .bind(&after.status)
+                .bind(&after.updated_at)
+                .bind(tx.scope().id_str().to_owned())
+                .bind(&id)
+                .execute(tx.conn())
+                .await?;
+                tx.record(Change {
+                    entity: "user",
+                    entity_id: id.clone(),
+                    op: JournalOp::Update,
+                    before: Some(before.image(hash.as_deref())),
+                    after: Some(after.image(hash.as_deref())),
+                    sensitive: vec!["password_hash".into()],
+                    diff_of: None,
+                });
+                if after.status == "disabled" && before.status != "disabled" {
+                    super::sessions::revoke_all(tx, &id, "user_disabled").await?;
+                }
+                tx.set_target("user", id.clone());
+                Ok(after)
+            })
+        })
+        .await
+}
+
+pub async fn delete_user(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    id: &str,
+) -> Result<(), IdentityError> {
+    let id = id.to_owned();
+    store
+        .write(permit, meta, "user.delete", move |tx| {
+            Box::pin(async move {
+                let (before, hash) = lock_user(tx, &id).await?;
+                if before.role == "admin" && before.status == "active" {
+                    ensure_another_admin(tx, &id).await?;
+                }
+                // Sessions, refresh tokens and invitations go with the user (FK cascade).
+                sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
+                    .bind(tx.scope().id_str().to_owned())
+                    .bind(&id)
+                    .execute(tx.conn())
+                    .await?;
+                tx.record(Change {
+                    entity: "user",
+                    entity_id: id.clone(),
+                    op: JournalOp::Delete,
+                    before: Some(before.image(hash.as_deref())),
+                    after: None,
+                    sensitive: vec!["password_hash".into()],
+                    diff_of: None,
+                });
+                Ok(())
+            })
+        })
+        .await
+}
+
+async fn lock_user(tx: &mut WriteTx, id: &str) -> Result<(User, Option<String>), IdentityError> {
+    let tenant = tx.scope().id_str().to_owned();
+    let row = sqlx::query(&format!(
+        "SELECT {USER_COLUMNS}, password_hash FROM users WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(&tenant)
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?
+    .ok_or(IdentityError::UserNotFound)?;
+    Ok((User::from_row(&row)?, row.try_get("password_hash")?))
+}
+
+async fn ensure_another_admin(tx: &mut WriteTx, except: &str) -> Result<(), IdentityError> {
+    let others: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND role = 'admin' \
+         AND status = 'active' AND id <> $2",
+    )
+    .bind(tx.scope().id_str().to_owned())
+    .bind(except)
+    .fetch_one(tx.conn())
+    .await?;
+    if others == 0 {
+        Err(IdentityError::LastAdmin)
+    } else {
+        Ok(())
+    }
+}

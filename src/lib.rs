@@ -1,0 +1,67 @@
+//! Strongroom: a multi-tenant backend for B2B SaaS products whose security
+//! and privacy promises are true in code. Each domain folder says in its
+//! `//!` doc which controls of `CONTROLS.md` it implements.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod identity;
+pub mod records;
+pub mod store;
+pub mod telemetry;
+pub mod tenancy;
+
+use std::sync::Arc;
+
+use config::Config;
+use crypto::{KeyError, Keyring};
+use http::AppState;
+use store::{Store, StoreError};
+
+/// `<crate version>+<git hash>` of this build (DESIGN.md invariant 7).
+pub const VERSION: &str = env!("STRONGROOM_BUILD_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens everything the server needs: data dir (mode 0700), keyring,
+/// database (migrated) and the write path.
+pub async fn open(config: Config) -> Result<AppState, StartupError> {
+    create_private_dir(&config.data_dir).map_err(|source| StartupError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let keyring = Keyring::load(&config.data_dir, config.master_key.as_ref())?;
+    let store = Store::connect(&config.database_url(), config.database_max_connections).await?;
+    Ok(AppState {
+        store,
+        keyring: Arc::new(keyring),
+        config: Arc::new(config),
+    })
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}

@@ -1,0 +1,341 @@
+//! Collection and record endpoints under `/api/v1/collections`.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{DEFAULT_PAGE, Field, ListQuery, MAX_PAGE, Precondition, Record, RecordError};
+use crate::access::{Permission, Principal, authorize};
+use crate::audit::RequestMeta;
+use crate::http::{Api, ApiError, ApiJson, ApiPath, AppState, Op};
+
+pub fn router() -> Api {
+    let field_schema = json!({
+        "type": "object", "required": ["name", "type"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"},
+            "type": {"enum": ["text", "integer", "number", "boolean", "datetime", "email", "select", "json"]},
+            "required": {"type": "boolean"}, "unique": {"type": "boolean"},
+            "indexed": {"type": "boolean"}, "personal": {"type": "boolean"},
+            "sensitive": {"type": "boolean"},
+            "options": {"type": "array", "items": {"type": "string"}}
+        }
+    });
+    let collection_body = json!({
+        "type": "object", "required": ["name", "fields"],
+        "properties": {"name": {"type": "string"}, "fields": {"type": "array", "items": field_schema}}
+    });
+    let fields_body = json!({
+        "type": "object", "required": ["fields"],
+        "properties": {"fields": {"type": "array", "items": field_schema}}
+    });
+    let record_body = json!({"type": "object", "description": "the record's fields"});
+    Api::new()
+        .route(
+            Op::new("GET", "/api/v1/collections", "List collections")
+                .tag("collections")
+                .permission(Permission::CollectionsRead),
+            get(list_collections),
+        )
+        .route(
+            Op::new("POST", "/api/v1/collections", "Define a collection")
+                .tag("collections")
+                .permission(Permission::CollectionsManage)
+                .body(collection_body)
+                .ok(201),
+            post(create_collection),
+        )
+        .route(
+            Op::new("GET", "/api/v1/collections/{name}", "Read a collection's schema")
+                .tag("collections")
+                .permission(Permission::CollectionsRead),
+            get(get_collection),
+        )
+        .route(
+            Op::new("PATCH", "/api/v1/collections/{name}", "Replace a collection's fields")
+                .tag("collections")
+                .permission(Permission::CollectionsManage)
+                .body(fields_body),
+            axum::routing::patch(update_collection),
+        )
+        .route(
+            Op::new("DELETE", "/api/v1/collections/{name}", "Delete a collection and its records")
+                .tag("collections")
+                .permission(Permission::CollectionsManage)
+                .ok(204),
+            axum::routing::delete(delete_collection),
+        )
+        .route(
+            Op::new(
+                "GET",
+                "/api/v1/collections/{name}/records",
+                "List records: filter[field]=value, sort=created_at|-created_at, limit, cursor",
+            )
+            .tag("records")
+            .permission(Permission::RecordsRead),
+            get(list_records),
+        )
+        .route(
+            Op::new("POST", "/api/v1/collections/{name}/records", "Create a record")
+                .tag("records")
+                .permission(Permission::RecordsWrite)
+                .body(record_body.clone())
+                .ok(201),
+            post(create_record),
+        )
+        .route(
+            Op::new("GET", "/api/v1/collections/{name}/records/{id}", "Read a record (ETag)")
+                .tag("records")
+                .permission(Permission::RecordsRead),
+            get(get_record),
+        )
+        .route(
+            Op::new(
+                "PATCH",
+                "/api/v1/collections/{name}/records/{id}",
+                "Update fields of a record (If-Match for optimistic concurrency; null removes)",
+            )
+            .tag("records")
+            .permission(Permission::RecordsWrite)
+            .body(record_body),
+            axum::routing::patch(update_record),
+        )
+        .route(
+            Op::new("DELETE", "/api/v1/collections/{name}/records/{id}", "Delete a record")
+                .tag("records")
+                .permission(Permission::RecordsWrite)
+                .ok(204),
+            axum::routing::delete(delete_record),
+        )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CollectionBody {
+    name: String,
+    fields: Vec<Field>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldsBody {
+    fields: Vec<Field>,
+}
+
+async fn list_collections(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit =
+        authorize(&state.store, &principal, Permission::CollectionsRead, "collection.list", &meta).await?;
+    let items = super::list_collections(&state.store, &permit).await?;
+    Ok(Json(json!({"items": items})))
+}
+
+async fn create_collection(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiJson(body): ApiJson<CollectionBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::CollectionsManage,
+        "collection.create",
+        &meta,
+    )
+    .await?;
+    let collection =
+        super::create_collection(&state.store, &permit, &meta, &body.name, body.fields).await?;
+    Ok((StatusCode::CREATED, Json(collection)))
+}
+
+async fn get_collection(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit =
+        authorize(&state.store, &principal, Permission::CollectionsRead, "collection.read", &meta).await?;
+    Ok(Json(super::get_collection(&state.store, &permit, &name).await?))
+}
+
+async fn update_collection(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<FieldsBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::CollectionsManage,
+        "collection.update",
+        &meta,
+    )
+    .await?;
+    Ok(Json(
+        super::update_collection(&state.store, &permit, &meta, &name, body.fields).await?,
+    ))
+}
+
+async fn delete_collection(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::CollectionsManage,
+        "collection.delete",
+        &meta,
+    )
+    .await?;
+    super::delete_collection(&state.store, &permit, &meta, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn record_response(status: StatusCode, record: &Record) -> Response {
+    let mut response = (status, Json(record.to_json())).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&record.etag()) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(Precondition::None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("If-Match must be ASCII"))?;
+    Ok(Precondition::IfMatch(
+        text.split(',').map(|t| t.trim().to_owned()).collect(),
+    ))
+}
+
+fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, RecordError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|_| RecordError::InvalidQuery("malformed query string".into()))?;
+    let mut query = ListQuery {
+        descending: true,
+        limit: DEFAULT_PAGE,
+        ..ListQuery::default()
+    };
+    for (key, value) in pairs {
+        if let Some(field) = key.strip_prefix("filter[").and_then(|k| k.strip_suffix(']')) {
+            query.filters.push((field.to_owned(), value));
+            continue;
+        }
+        match key.as_str() {
+            "sort" => {
+                query.descending = match value.as_str() {
+                    "created_at" => false,
+                    "-created_at" => true,
+                    _ => {
+                        return Err(RecordError::InvalidQuery(
+                            "sort must be created_at or -created_at".into(),
+                        ));
+                    }
+                }
+            }
+            "limit" => {
+                query.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        RecordError::InvalidQuery(format!("limit must be 1-{MAX_PAGE}"))
+                    })?;
+            }
+            "cursor" => query.cursor = Some(value),
+            other => {
+                return Err(RecordError::InvalidQuery(format!(
+                    "unknown parameter {other:?}; use filter[field], sort, limit, cursor"
+                )));
+            }
+        }
+    }
+    Ok(query)
+}
+
+async fn list_records(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(name): ApiPath<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let query = parse_list_query(raw.as_deref())?;
+    let permit =
+        authorize(&state.store, &principal, Permission::RecordsRead, "record.list", &meta).await?;
+    let page = super::list_records(&state.store, &permit, &name, query).await?;
+    let items: Vec<Value> = page.items.iter().map(Record::to_json).collect();
+    Ok(Json(json!({"items": items, "next_cursor": page.next_cursor})))
+}
+
+async fn create_record(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let permit =
+        authorize(&state.store, &principal, Permission::RecordsWrite, "record.create", &meta).await?;
+    let record = super::create_record(&state.store, &permit, &meta, &name, body).await?;
+    Ok(record_response(StatusCode::CREATED, &record))
+}
+
+async fn get_record(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let permit =
+        authorize(&state.store, &principal, Permission::RecordsRead, "record.read", &meta).await?;
+    let record = super::get_record(&state.store, &permit, &name, &id).await?;
+    Ok(record_response(StatusCode::OK, &record))
+}
+
+async fn update_record(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    headers: HeaderMap,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let precondition = precondition(&headers)?;
+    let permit =
+        authorize(&state.store, &principal, Permission::RecordsWrite, "record.update", &meta).await?;
+    let record =
+        super::update_record(&state.store, &permit, &meta, &name, &id, body, precondition).await?;
+    Ok(record_response(StatusCode::OK, &record))
+}
+
+async fn delete_record(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    headers: HeaderMap,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let precondition = precondition(&headers)?;
+    let permit =
+        authorize(&state.store, &principal, Permission::RecordsWrite, "record.delete", &meta).await?;
+    super::delete_record(&state.store, &permit, &meta, &name, &id, precondition).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

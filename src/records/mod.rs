@@ -1,0 +1,757 @@
+//! Collections and records: a tenant defines collections (typed fields with
+//! `required`, `unique`, `indexed`, `personal`, `sensitive` flags) and
+//! creates, reads, lists, updates and deletes records in them.
+//!
+//! Every change goes through the one write path (journal + audit, AUD-1)
+//! inside the caller's tenant scope (TEN-1); another tenant's collection or
+//! record is simply not found — `404`, never `403`, so ids leak nothing.
+//! Values of `unique`/`indexed` fields are kept in `record_keys`, where a
+//! unique constraint enforces uniqueness on both backends.
+
+mod http;
+mod schema;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+pub use http::router;
+pub use schema::{CollectionName, Field, FieldType};
+
+use crate::access::{AccessError, Permit};
+use crate::audit::RequestMeta;
+use crate::store::{Backend, Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
+
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("invalid schema: {0}")]
+    InvalidSchema(String),
+    #[error("field {field:?}: {reason}")]
+    InvalidField { field: String, reason: String },
+    #[error("field {0:?} is not part of this collection")]
+    UnknownField(String),
+    #[error("field {0:?} is required")]
+    MissingField(String),
+    #[error("the record must be a JSON object")]
+    NotAnObject,
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("another record already has this value in unique field {0:?}")]
+    UniqueViolation(String),
+    #[error("a collection with this name already exists")]
+    CollectionExists,
+    #[error("collection not found")]
+    CollectionNotFound,
+    #[error("record not found")]
+    RecordNotFound,
+    #[error("the record has changed since you read it (If-Match does not match its ETag)")]
+    VersionMismatch,
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for RecordError {
+    fn from(e: sqlx::Error) -> Self {
+        RecordError::Store(e.into())
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Collection {
+    #[serde(skip)]
+    pub id: String,
+    pub name: String,
+    pub fields: Vec<Field>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Collection {
+    fn from_row(row: &AnyRow) -> Result<Collection, RecordError> {
+        let fields: String = row.try_get("fields")?;
+        Ok(Collection {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            fields: serde_json::from_str(&fields)
+                .map_err(|e| StoreError::Corrupt(format!("collection fields: {e}")))?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    fn sensitive(&self) -> Vec<String> {
+        self.fields
+            .iter()
+            .filter(|f| f.sensitive)
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
+    fn image(&self) -> Value {
+        json!({
+            "id": self.id, "name": self.name, "fields": self.fields,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+        })
+    }
+}
+
+/// A stored record.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub id: String,
+    pub collection: String,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub data: Map<String, Value>,
+}
+
+impl Record {
+    /// The API shape: the fields beside `id`, `collection`, `version` and
+    /// the times (field names cannot collide with those; they are reserved).
+    pub fn to_json(&self) -> Value {
+        let mut out = self.data.clone();
+        out.insert("id".into(), json!(self.id));
+        out.insert("collection".into(), json!(self.collection));
+        out.insert("version".into(), json!(self.version));
+        out.insert("created_at".into(), json!(self.created_at));
+        out.insert("updated_at".into(), json!(self.updated_at));
+        Value::Object(out)
+    }
+
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+
+    /// The journal's after-image.
+    fn image(&self) -> Value {
+        json!({
+            "id": self.id, "collection": self.collection, "version": self.version,
+            "created_at": self.created_at, "updated_at": self.updated_at, "data": self.data,
+        })
+    }
+}
+
+/// How the JSON document column is written and read on each backend
+/// (TEXT on SQLite, JSONB on PostgreSQL).
+fn data_param(backend: Backend, n: u8) -> String {
+    match backend {
+        Backend::Sqlite => format!("${n}"),
+        Backend::Postgres => format!("CAST(${n} AS jsonb)"),
+    }
+}
+
+fn data_column(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "data",
+        Backend::Postgres => "data::text AS data",
+    }
+}
+
+const COLLECTION_COLUMNS: &str = "id, name, fields, created_at, updated_at";
+
+async fn find_collection(
+    conn: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    name: &str,
+) -> Result<Collection, RecordError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLLECTION_COLUMNS} FROM collections WHERE tenant_id = $1 AND name = $2"
+    ))
+    .bind(tenant_id)
+    .bind(name)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(RecordError::CollectionNotFound)?;
+    Collection::from_row(&row)
+}
+
+// ---- collections ---------------------------------------------------------
+
+pub async fn create_collection(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    name: &str,
+    fields: Vec<Field>,
+) -> Result<Collection, RecordError> {
+    let name = CollectionName::parse(name)?;
+    schema::validate_fields(&fields)?;
+    store
+        .write(permit, meta, "collection.create", move |tx| {
+            Box::pin(async move {
+                let now = crate::clock::now();
+                let collection = Collection {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    name: name.as_str().to_owned(),
+                    fields,
+                    created_at: now.clone(),
+                    updated_at: now,
+                };
+                let tenant = tx.scope().id_str().to_owned();
+                sqlx::query(
+                    "INSERT INTO collections (id, tenant_id, name, fields, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5)",
+                )
+                .bind(&collection.id)
+                .bind(&tenant)
+                .bind(&collection.name)
+                .bind(json!(collection.fields).to_string())
+                .bind(&collection.created_at)
+                .execute(tx.conn())
+                .await
+                .map_err(|e| match StoreError::from(e) {
+                    e if e.constraint().is_some_and(|c| {
+                        c == "collections_name_unique"
+                            || c == "unique:collections.tenant_id, collections.name"
+                    }) =>
+                    {
+                        RecordError::CollectionExists
+                    }
+                    e => RecordError::Store(e),
+                })?;
+                tx.record(Change {
+                    entity: "collection",
+                    entity_id: collection.id.clone(),
+                    op: JournalOp::Insert,
+                    before: None,
+                    after: Some(collection.image()),
+                    sensitive: vec![],
+                    diff_of: None,
+                });
+                Ok(collection)
+            })
+        })
+        .await
+}
+
+pub async fn list_collections(store: &Store, permit: &Permit) -> Result<Vec<Collection>, RecordError> {
+    let mut tx = store.read(permit.scope()).await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLLECTION_COLUMNS} FROM collections WHERE tenant_id = $1 ORDER BY name"
+    ))
+    .bind(permit.scope().id_str())
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter().map(Collection::from_row).collect()
+}
+
+pub async fn get_collection(
+    store: &Store,
+    permit: &Permit,
+    name: &str,
+) -> Result<Collection, RecordError> {
+    let mut tx = store.read(permit.scope()).await?;
+    find_collection(tx.conn(), permit.scope().id_str(), name).await
+}
+
+/// Replaces the field list. Existing fields keep their type and their
+/// unique/indexed flags (changing those would need a data migration); new
+/// fields may be added and old ones removed (their values stay in stored
+/// records until each is next written, but are no longer returned).
+pub async fn update_collection(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    name: &str,
+    fields: Vec<Field>,
+) -> Result<Collection, RecordError> {
+    schema::validate_fields(&fields)?;
+    let name = name.to_owned();
+    store
+        .write(permit, meta, "collection.update", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let before = find_collection(tx.conn(), &tenant, &name).await?;
+                for field in &fields {
+                    if let Some(old) = before.field(&field.name)
+                        && (old.kind != field.kind
+                            || old.unique != field.unique
+                            || old.indexed != field.indexed)
+                    {
+                        return Err(RecordError::InvalidSchema(format!(
+                            "field {:?}: type, unique and indexed cannot change; add a new field instead",
+                            field.name
+                        )));
+                    }
+                }
+                let mut after = before.clone();
+                after.fields = fields;
+                after.updated_at = crate::clock::now();
+                for old in &before.fields {
+                    if old.is_keyed() && after.field(&old.name).is_none() {
+                        sqlx::query(
+                            "DELETE FROM record_keys WHERE tenant_id = $1 AND collection_id = $2 AND field = $3",
+                        )
+                        .bind(&tenant)
+                        .bind(&before.id)
+                        .bind(&old.name)
+                        .execute(tx.conn())
+                        .await?;
+                    }
+                }
+                sqlx::query(
+                    "UPDATE collections SET fields = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+                )
+                .bind(json!(after.fields).to_string())
+                .bind(&after.updated_at)
+                .bind(&tenant)
+                .bind(&after.id)
+                .execute(tx.conn())
+                .await?;
+                tx.record(Change {
+                    entity: "collection",
+                    entity_id: after.id.clone(),
+                    op: JournalOp::Update,
+                    before: Some(before.image()),
+                    after: Some(after.image()),
+                    sensitive: vec![],
+                    diff_of: None,
+                });
+                Ok(after)
+            })
+        })
+        .await
+}
+
+/// Deletes a collection with all its records.
+pub async fn delete_collection(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    name: &str,
+) -> Result<(), RecordError> {
+    let name = name.to_owned();
+    store
+        .write(permit, meta, "collection.delete", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let collection = find_collection(tx.conn(), &tenant, &name).await?;
+                let records: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM records WHERE tenant_id = $1 AND collection_id = $2",
+                )
+                .bind(&tenant)
+                .bind(&collection.id)
+                .fetch_one(tx.conn())
+                .await?;
+                // Records and keys go with it (FK cascade); the journal entry
+                // says so, so a replay does the same.
+                sqlx::query("DELETE FROM collections WHERE tenant_id = $1 AND id = $2")
+                    .bind(&tenant)
+                    .bind(&collection.id)
+                    .execute(tx.conn())
+                    .await?;
+                let mut before = collection.image();
+                before["records"] = json!(records);
+                tx.record(Change {
+                    entity: "collection",
+                    entity_id: collection.id.clone(),
+                    op: JournalOp::Delete,
+                    before: Some(before),
+                    after: None,
+                    sensitive: vec![],
+                    diff_of: None,
+                });
+                Ok(())
+            })
+        })
+        .await
+}
+
+// ---- records -------------------------------------------------------------
+
+fn record_from_row(row: &AnyRow, collection: &str) -> Result<Record, RecordError> {
+    let data: String = row.try_get("data")?;
+    let data = match serde_json::from_str(&data) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(StoreError::Corrupt("record data is not an object".into()).into()),
+    };
+    Ok(Record {
+        id: row.try_get("id")?,
+        collection: collection.to_owned(),
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        data,
+    })
+}
+
+/// Drops values of fields no longer in the schema from what is returned.
+fn visible(mut record: Record, collection: &Collection) -> Record {
+    record.data.retain(|k, _| collection.field(k).is_some());
+    record
+}
+
+async fn find_record(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    tenant_id: &str,
+    collection: &Collection,
+    id: &str,
+) -> Result<Record, RecordError> {
+    let row = sqlx::query(&format!(
+        "SELECT id, {}, version, created_at, updated_at FROM records \
+         WHERE tenant_id = $1 AND collection_id = $2 AND id = $3",
+        data_column(backend)
+    ))
+    .bind(tenant_id)
+    .bind(&collection.id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(RecordError::RecordNotFound)?;
+    record_from_row(&row, &collection.name)
+}
+
+/// Rewrites the `record_keys` rows of one record.
+async fn write_keys(
+    tx: &mut WriteTx,
+    collection: &Collection,
+    record: &Record,
+    replace: bool,
+) -> Result<(), RecordError> {
+    let tenant = tx.scope().id_str().to_owned();
+    if replace {
+        sqlx::query("DELETE FROM record_keys WHERE tenant_id = $1 AND record_id = $2")
+            .bind(&tenant)
+            .bind(&record.id)
+            .execute(tx.conn())
+            .await?;
+    }
+    for field in collection.fields.iter().filter(|f| f.is_keyed()) {
+        let Some(value) = record.data.get(&field.name) else {
+            continue;
+        };
+        let value = value.to_string();
+        let unique_value = field.unique.then(|| value.clone());
+        sqlx::query(
+            "INSERT INTO record_keys (tenant_id, collection_id, record_id, field, value, unique_value) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&tenant)
+        .bind(&collection.id)
+        .bind(&record.id)
+        .bind(&field.name)
+        .bind(&value)
+        .bind(unique_value)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            e if e.constraint().is_some_and(|c| c.contains("record_keys")) => {
+                RecordError::UniqueViolation(field.name.clone())
+            }
+            e => RecordError::Store(e),
+        })?;
+    }
+    Ok(())
+}
+
+pub async fn create_record(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    collection: &str,
+    body: Value,
+) -> Result<Record, RecordError> {
+    let collection = collection.to_owned();
+    store
+        .write(permit, meta, "record.create", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let backend = tx.backend();
+                let collection = find_collection(tx.conn(), &tenant, &collection).await?;
+                let data = schema::validate_record(&collection.fields, &body, None)?;
+                let now = crate::clock::now();
+                let record = Record {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    collection: collection.name.clone(),
+                    version: 1,
+                    created_at: now.clone(),
+                    updated_at: now,
+                    data,
+                };
+                sqlx::query(&format!(
+                    "INSERT INTO records (id, tenant_id, collection_id, data, version, created_at, updated_at) \
+                     VALUES ($1, $2, $3, {}, 1, $5, $5)",
+                    data_param(backend, 4)
+                ))
+                .bind(&record.id)
+                .bind(&tenant)
+                .bind(&collection.id)
+                .bind(Value::Object(record.data.clone()).to_string())
+                .bind(&record.created_at)
+                .execute(tx.conn())
+                .await?;
+                write_keys(tx, &collection, &record, false).await?;
+                tx.record(Change {
+                    entity: "record",
+                    entity_id: record.id.clone(),
+                    op: JournalOp::Insert,
+                    before: None,
+                    after: Some(record.image()),
+                    sensitive: collection.sensitive(),
+                    diff_of: Some("data"),
+                });
+                tx.set_target("record", record.id.clone());
+                Ok(record)
+            })
+        })
+        .await
+}
+
+pub async fn get_record(
+    store: &Store,
+    permit: &Permit,
+    collection: &str,
+    id: &str,
+) -> Result<Record, RecordError> {
+    let mut tx = store.read(permit.scope()).await?;
+    let backend = tx.backend();
+    let tenant = permit.scope().id_str();
+    let collection = find_collection(tx.conn(), tenant, collection).await?;
+    let record = find_record(tx.conn(), backend, tenant, &collection, id).await?;
+    Ok(visible(record, &collection))
+}
+
+/// What `If-Match` asked for.
+#[derive(Clone, Debug)]
+pub enum Precondition {
+    None,
+    /// Any of these ETags (or `*`).
+    IfMatch(Vec<String>),
+}
+
+impl Precondition {
+    fn check(&self, record: &Record) -> Result<(), RecordError> {
+        match self {
+            Precondition::None => Ok(()),
+            Precondition::IfMatch(tags) => {
+                let etag = record.etag();
+                if tags.iter().any(|t| t == "*" || *t == etag) {
+                    Ok(())
+                } else {
+                    Err(RecordError::VersionMismatch)
+                }
+            }
+        }
+    }
+}
+
+pub async fn update_record(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    collection: &str,
+    id: &str,
+    patch: Value,
+    precondition: Precondition,
+) -> Result<Record, RecordError> {
+    let (collection, id) = (collection.to_owned(), id.to_owned());
+    store
+        .write(permit, meta, "record.update", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let backend = tx.backend();
+                let collection = find_collection(tx.conn(), &tenant, &collection).await?;
+                let before = find_record(tx.conn(), backend, &tenant, &collection, &id).await?;
+                precondition.check(&before)?;
+                let before = visible(before, &collection);
+                let data = schema::validate_record(&collection.fields, &patch, Some(&before.data))?;
+                let after = Record {
+                    version: before.version + 1,
+                    updated_at: crate::clock::now(),
+                    data,
+                    ..before.clone()
+                };
+                // The version guard makes a concurrent writer on another
+                // node lose cleanly instead of overwriting.
+                let updated = sqlx::query(&format!(
+                    "UPDATE records SET data = {}, version = $2, updated_at = $3 \
+                     WHERE tenant_id = $4 AND id = $5 AND version = $6",
+                    data_param(backend, 1)
+                ))
+                .bind(Value::Object(after.data.clone()).to_string())
+                .bind(after.version)
+                .bind(&after.updated_at)
+                .bind(&tenant)
+                .bind(&after.id)
+                .bind(before.version)
+                .execute(tx.conn())
+                .await?;
+                if updated.rows_affected() != 1 {
+                    return Err(RecordError::VersionMismatch);
+                }
+                write_keys(tx, &collection, &after, true).await?;
+                tx.record(Change {
+                    entity: "record",
+                    entity_id: after.id.clone(),
+                    op: JournalOp::Update,
+                    before: Some(before.image()),
+                    after: Some(after.image()),
+                    sensitive: collection.sensitive(),
+                    diff_of: Some("data"),
+                });
+                Ok(after)
+            })
+        })
+        .await
+}
+
+pub async fn delete_record(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    collection: &str,
+    id: &str,
+    precondition: Precondition,
+) -> Result<(), RecordError> {
+    let (collection, id) = (collection.to_owned(), id.to_owned());
+    store
+        .write(permit, meta, "record.delete", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let backend = tx.backend();
+                let collection = find_collection(tx.conn(), &tenant, &collection).await?;
+                let before = find_record(tx.conn(), backend, &tenant, &collection, &id).await?;
+                precondition.check(&before)?;
+                sqlx::query("DELETE FROM records WHERE tenant_id = $1 AND id = $2")
+                    .bind(&tenant)
+                    .bind(&id)
+                    .execute(tx.conn())
+                    .await?;
+                tx.record(Change {
+                    entity: "record",
+                    entity_id: id.clone(),
+                    op: JournalOp::Delete,
+                    before: Some(before.image()),
+                    after: None,
+                    sensitive: collection.sensitive(),
+                    diff_of: Some("data"),
+                });
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// A parsed list request.
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    /// (field, value as written in the query string)
+    pub filters: Vec<(String, String)>,
+    pub descending: bool,
+    pub limit: i64,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Record>,
+    pub next_cursor: Option<String>,
+}
+
+/// Lists records in creation order (or its reverse), `(created_at, id)`
+/// being the cursor, so pages stay stable while records are added.
+pub async fn list_records(
+    store: &Store,
+    permit: &Permit,
+    collection: &str,
+    query: ListQuery,
+) -> Result<Page, RecordError> {
+    let mut tx: ReadTx = store.read(permit.scope()).await?;
+    let backend = tx.backend();
+    let tenant = permit.scope().id_str();
+    let collection = find_collection(tx.conn(), tenant, collection).await?;
+
+    let mut sql = format!(
+        "SELECT id, {}, version, created_at, updated_at FROM records \
+         WHERE tenant_id = $1 AND collection_id = $2",
+        data_column(backend)
+    );
+    let mut binds: Vec<String> = vec![tenant.to_owned(), collection.id.clone()];
+    for (name, text) in &query.filters {
+        let field = collection.field(name).ok_or_else(|| {
+            RecordError::InvalidQuery(format!("filter[{name}]: no such field"))
+        })?;
+        let value = schema::filter_value(field, text)?;
+        if field.is_keyed() {
+            sql.push_str(&format!(
+                " AND id IN (SELECT record_id FROM record_keys WHERE collection_id = $2 \
+                 AND field = ${} AND value = ${})",
+                binds.len() + 1,
+                binds.len() + 2
+            ));
+            binds.push(field.name.clone());
+        } else {
+            let n = binds.len() + 1;
+            sql.push_str(&match backend {
+                Backend::Sqlite => format!(" AND (data -> ${n}) = ${}", n + 1),
+                Backend::Postgres => format!(" AND (data -> ${n})::text = ${}", n + 1),
+            });
+            binds.push(match backend {
+                Backend::Sqlite => format!("$.\"{}\"", field.name),
+                Backend::Postgres => field.name.clone(),
+            });
+        }
+        binds.push(value);
+    }
+    let (cmp, order) = if query.descending {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    if let Some(cursor) = &query.cursor {
+        let (at, id) = decode_cursor(cursor)?;
+        let n = binds.len() + 1;
+        sql.push_str(&format!(
+            " AND (created_at {cmp} ${n} OR (created_at = ${n} AND id {cmp} ${}))",
+            n + 1
+        ));
+        binds.push(at);
+        binds.push(id);
+    }
+    sql.push_str(&format!(
+        " ORDER BY created_at {order}, id {order} LIMIT {}",
+        query.limit + 1
+    ));
+    let mut q = sqlx::query(&sql);
+    for value in &binds {
+        q = q.bind(value);
+    }
+    let rows = q.fetch_all(tx.conn()).await?;
+    let mut items = rows
+        .iter()
+        .map(|row| record_from_row(row, &collection.name).map(|r| visible(r, &collection)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() as i64 > query.limit {
+        items.truncate(query.limit as usize);
+        items.last().map(|r| encode_cursor(&r.created_at, &r.id))
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+fn encode_cursor(created_at: &str, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(String, String), RecordError> {
+    let bad = || RecordError::InvalidQuery("malformed cursor".into());
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (at, id) = text.split_once('|').ok_or_else(bad)?;
+    Ok((at.to_owned(), id.to_owned()))
+}

@@ -1,0 +1,418 @@
+//! The one write path (DESIGN.md invariant 2) and its group commit.
+//!
+//! On SQLite a single task owns the only writing connection. It takes every
+//! job waiting in its queue, runs each inside a SAVEPOINT of one shared
+//! transaction (a failing job rolls back only itself) and commits once: one
+//! fsync acknowledges the whole batch. Nobody hears "done" before that
+//! commit returned. A job keeps running even if its HTTP client goes away,
+//! so an acknowledged write and a completed write are the same thing.
+//!
+//! On PostgreSQL each job gets its own transaction from the pool; the server
+//! groups concurrent commits itself.
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde_json::{Map, Value};
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::journal::{self, JournalOp};
+use super::{Backend, StoreError, set_tenant};
+use crate::access::Permit;
+use crate::audit::{self, Actor, Outcome, RequestMeta, Target};
+use crate::tenancy::TenantScope;
+
+/// How many queued jobs one group commit takes at most.
+const MAX_BATCH: usize = 256;
+/// Queue depth; senders wait (back-pressure) beyond it.
+const QUEUE_DEPTH: usize = 4096;
+
+/// One changed row, as the journal and the audit diff see it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub entity: &'static str,
+    pub entity_id: String,
+    pub op: JournalOp,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    /// Fields whose values never reach the audit trail in clear (AUD-3).
+    pub sensitive: Vec<String>,
+    /// When set, the audit diff compares this nested object of the images
+    /// (a record's `data`) instead of the whole image.
+    pub diff_of: Option<&'static str>,
+}
+
+/// The transaction a write job works in.
+pub struct WriteTx {
+    conn: Transaction<'static, Any>,
+    backend: Backend,
+    scope: TenantScope,
+    actor: Actor,
+    meta: RequestMeta,
+    action: &'static str,
+    outcome: Outcome,
+    target: Option<Target>,
+    changes: Vec<Change>,
+}
+
+impl WriteTx {
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn scope(&self) -> &TenantScope {
+        &self.scope
+    }
+
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    pub fn meta(&self) -> &RequestMeta {
+        &self.meta
+    }
+
+    /// Describes a row change; it is journaled, and becomes the audit diff
+    /// when it concerns the event's target.
+    pub fn record(&mut self, change: Change) {
+        self.changes.push(change);
+    }
+
+    /// What the audit event is about; defaults to the first recorded change.
+    pub fn set_target(&mut self, kind: &'static str, id: impl Into<String>) {
+        self.target = Some(Target {
+            kind,
+            id: id.into(),
+        });
+    }
+
+    /// Commits the work but records the attempt as failed (e.g. a wrong
+    /// password): the audit event must survive even though the caller errs.
+    pub fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+
+    /// Identifies the actor once the work has found out who it is (login).
+    pub fn set_actor(&mut self, actor: Actor) {
+        self.actor = actor;
+    }
+
+    /// Appends the journal entries and the audit event. One counter update
+    /// reserves the whole range of sequence numbers, so both stay gap-free.
+    async fn finish(&mut self) -> Result<(), StoreError> {
+        let tenant = self.scope.id_str().to_owned();
+        let entries = self.changes.len() as i64;
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE tenant_sequences SET journal_seq = journal_seq + $1, audit_seq = audit_seq + 1 \
+             WHERE tenant_id = $2 RETURNING journal_seq, audit_seq",
+        )
+        .bind(entries)
+        .bind(&tenant)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        let (journal_last, audit_seq) =
+            row.ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant} has no sequences")))?;
+        let now = crate::clock::now();
+        for (i, change) in self.changes.iter().enumerate() {
+            let seq = journal_last - entries + 1 + i as i64;
+            journal::append(&mut self.conn, &tenant, seq, &now, change).await?;
+        }
+        let target = self.target.clone().or_else(|| {
+            self.changes.first().map(|c| Target {
+                kind: c.entity,
+                id: c.entity_id.clone(),
+            })
+        });
+        let diff = target.as_ref().and_then(|t| {
+            self.changes
+                .iter()
+                .find(|c| c.entity == t.kind && c.entity_id == t.id)
+                .map(audit_diff)
+        });
+        audit::append(
+            &mut self.conn,
+            audit::NewEvent {
+                tenant_id: &tenant,
+                seq: audit_seq,
+                occurred_at: &now,
+                action: self.action,
+                outcome: self.outcome,
+                actor: &self.actor,
+                meta: &self.meta,
+                target: target.as_ref(),
+                changes: diff,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// `{before, after}` holding only the fields that changed, with sensitive
+/// values replaced by a marker.
+fn audit_diff(change: &Change) -> Value {
+    let empty = Map::new();
+    let before = diff_view(change.before.as_ref(), change.diff_of);
+    let after = diff_view(change.after.as_ref(), change.diff_of);
+    let mut old = Map::new();
+    let mut new = Map::new();
+    let keys = before
+        .unwrap_or(&empty)
+        .keys()
+        .chain(after.unwrap_or(&empty).keys());
+    for key in keys {
+        let was = before.and_then(|m| m.get(key));
+        let is = after.and_then(|m| m.get(key));
+        if was == is || old.contains_key(key) || new.contains_key(key) {
+            continue;
+        }
+        let hide = |v: Option<&Value>| -> Value {
+            match v {
+                None => Value::Null,
+                Some(_) if change.sensitive.iter().any(|s| s == key) => {
+                    Value::String("[redacted]".into())
+                }
+                Some(v) => v.clone(),
+            }
+        };
+        if before.is_some() {
+            old.insert(key.clone(), hide(was));
+        }
+        if after.is_some() {
+            new.insert(key.clone(), hide(is));
+        }
+    }
+    let side = |present: bool, map: Map<String, Value>| {
+        if present { Value::Object(map) } else { Value::Null }
+    };
+    serde_json::json!({
+        "before": side(before.is_some(), old),
+        "after": side(after.is_some(), new),
+    })
+}
+
+fn diff_view<'a>(image: Option<&'a Value>, key: Option<&str>) -> Option<&'a Map<String, Value>> {
+    match key {
+        Some(key) => image?.get(key)?.as_object(),
+        None => image?.as_object(),
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+pub(super) struct JobDone {
+    conn: Transaction<'static, Any>,
+    ok: bool,
+    completion: Completion,
+}
+
+pub(super) type Job = Box<dyn FnOnce(Transaction<'static, Any>) -> BoxFuture<'static, JobDone> + Send>;
+
+pub(super) enum Writer {
+    GroupCommit(mpsc::Sender<Job>, AnyPool),
+    PerTransaction(AnyPool),
+}
+
+impl Writer {
+    pub(super) fn group_commit(pool: AnyPool) -> Writer {
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_group_commit(pool.clone(), receiver));
+        Writer::GroupCommit(sender, pool)
+    }
+
+    pub(super) fn per_transaction(pool: AnyPool) -> Writer {
+        Writer::PerTransaction(pool)
+    }
+
+    pub(super) async fn close(&self) {
+        match self {
+            Writer::GroupCommit(_, pool) | Writer::PerTransaction(pool) => pool.close().await,
+        }
+    }
+
+    pub(super) async fn submit<T, E, F>(
+        &self,
+        backend: Backend,
+        permit: &Permit,
+        meta: &RequestMeta,
+        action: &'static str,
+        work: F,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: for<'a> FnOnce(&'a mut WriteTx) -> BoxFuture<'a, Result<T, E>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, E>>();
+        let scope = permit.scope().clone();
+        let actor = permit.actor().clone();
+        let meta = meta.clone();
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                let mut tx = WriteTx {
+                    conn,
+                    backend,
+                    scope,
+                    actor,
+                    meta,
+                    action,
+                    outcome: Outcome::Success,
+                    target: None,
+                    changes: Vec::new(),
+                };
+                // A panicking job must not take the writer down with it.
+                let outcome = std::panic::AssertUnwindSafe(async {
+                    let value = work(&mut tx).await?;
+                    tx.finish().await?;
+                    Ok::<T, E>(value)
+                })
+                .catch_unwind()
+                .await;
+                let result = outcome.unwrap_or_else(|_| {
+                    tracing::error!(action, "write job panicked; rolled back");
+                    Err(E::from(StoreError::Corrupt("write job panicked".into())))
+                });
+                let ok = result.is_ok();
+                let completion: Completion = Box::new(move |committed| {
+                    let result = match (committed, result) {
+                        (Ok(()), result) => result,
+                        (Err(_), Err(own)) => Err(own),
+                        (Err(why), Ok(_)) => Err(E::from(StoreError::Commit(why))),
+                    };
+                    // The caller may have gone away; the write stands anyway.
+                    let _ = reply.send(result);
+                });
+                JobDone {
+                    conn: tx.conn,
+                    ok,
+                    completion,
+                }
+            })
+        });
+        match self {
+            Writer::GroupCommit(sender, _) => {
+                sender
+                    .send(job)
+                    .await
+                    .map_err(|_| E::from(StoreError::WriterStopped))?;
+            }
+            Writer::PerTransaction(pool) => {
+                let pool = pool.clone();
+                let permit_scope = permit.scope().clone();
+                // Spawned so that a client hanging up cannot cut a job in half.
+                tokio::spawn(async move {
+                    let begun = async {
+                        let mut conn = pool.begin().await?;
+                        set_tenant(&mut conn, &permit_scope).await?;
+                        Ok::<_, StoreError>(conn)
+                    }
+                    .await;
+                    let conn = match begun {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not begin a write transaction");
+                            // Dropping the job drops its reply: the caller sees WriterStopped.
+                            return;
+                        }
+                    };
+                    let done = job(conn).await;
+                    let committed = if done.ok {
+                        done.conn.commit().await.map_err(|e| e.to_string())
+                    } else {
+                        drop(done.conn);
+                        Ok(())
+                    };
+                    (done.completion)(committed);
+                });
+            }
+        }
+        answer
+            .await
+            .map_err(|_| E::from(StoreError::WriterStopped))?
+    }
+}
+
+async fn run_group_commit(pool: AnyPool, mut queue: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+        let committed = run_batch(&pool, &mut batch, &mut completions).await;
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, jobs = completions.len() + batch.len(), "group commit failed");
+        }
+        let committed = committed.map_err(|e| e.to_string());
+        for completion in completions {
+            completion(committed.clone());
+        }
+        // Jobs never started because the batch failed early hear it too.
+        for job in batch.drain(..) {
+            drop(job);
+        }
+    }
+}
+
+async fn run_batch(
+    pool: &AnyPool,
+    batch: &mut Vec<Job>,
+    completions: &mut Vec<Completion>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for job in batch.drain(..) {
+        sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
+        let done = job(tx).await;
+        tx = done.conn;
+        completions.push(done.completion);
+        if done.ok {
+            sqlx::query("RELEASE SAVEPOINT job").execute(&mut *tx).await?;
+        } else {
+            sqlx::query("ROLLBACK TO SAVEPOINT job")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT job").execute(&mut *tx).await?;
+        }
+    }
+    tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn change(before: Option<Value>, after: Option<Value>) -> Change {
+        Change {
+            entity: "record",
+            entity_id: "r1".into(),
+            op: JournalOp::Update,
+            before,
+            after,
+            sensitive: vec!["salary".into()],
+            diff_of: None,
+        }
+    }
+
+    #[test]
+    fn audit_diff_keeps_only_changed_fields_and_hides_sensitive_values() {
+        let diff = audit_diff(&change(
+            Some(json!({"title": "a", "status": "open", "salary": 1})),
+            Some(json!({"title": "a", "status": "done", "salary": 2})),
+        ));
+        assert_eq!(
+            diff,
+            json!({
+                "before": {"status": "open", "salary": "[redacted]"},
+                "after": {"status": "done", "salary": "[redacted]"},
+            })
+        );
+    }
+
+    #[test]
+    fn audit_diff_of_a_create_has_no_before() {
+        let diff = audit_diff(&change(None, Some(json!({"title": "a"}))));
+        assert_eq!(diff, json!({"before": null, "after": {"title": "a"}}));
+    }
+}
