@@ -103,9 +103,7 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         figment = figment.merge(Env::prefixed("STRONGROOM_").only(ENV_KEYS));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -117,7 +115,9 @@ impl Config {
             ));
         }
         if self.database_max_connections == 0 {
-            return Err(ConfigError("database_max_connections must be at least 1".into()));
+            return Err(ConfigError(
+                "database_max_connections must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -149,7 +149,10 @@ impl fmt::Debug for Config {
             .field("log_level", &self.log_level)
             .field("invitation_ttl_hours", &self.invitation_ttl_hours)
             .field("session_ttl_hours", &self.session_ttl_hours)
-            .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
+            .field(
+                "master_key",
+                &self.master_key.as_ref().map(|_| "[redacted]"),
+            )
             .field("database_max_connections", &self.database_max_connections)
             .finish()
     }
@@ -183,6 +186,9 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2hunter2"), "{shown}");
         assert!(!shown.contains("c2VjcmV0"), "{shown}");
-        assert!(shown.contains("postgres://app:[redacted]@db/app"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:[redacted]@db/app"),
+            "{shown}"
+        );
     }
 }

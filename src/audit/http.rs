@@ -17,9 +17,13 @@ const MAX_LIMIT: i64 = 500;
 
 pub fn router() -> Api {
     Api::new().route(
-        Op::new("GET", "/api/v1/audit", "The tenant's audit events, newest first")
-            .tag("audit")
-            .permission(Permission::AuditRead),
+        Op::new(
+            "GET",
+            "/api/v1/audit",
+            "The tenant's audit events, newest first",
+        )
+        .tag("audit")
+        .permission(Permission::AuditRead),
         get(list),
     )
 }
@@ -55,7 +59,14 @@ async fn list(
                 .map_err(|_| ApiError::validation("malformed cursor").with_field("cursor"))
         })
         .transpose()?;
-    let permit = authorize(&state.store, &principal, Permission::AuditRead, "audit.read", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::AuditRead,
+        "audit.read",
+        &meta,
+    )
+    .await?;
     let mut tx = state.store.read(permit.scope()).await?;
     let items = super::list(&mut tx, permit.scope().id_str(), before, limit + 1).await?;
     let (items, next_cursor) = if items.len() as i64 > limit {

@@ -120,7 +120,10 @@ pub(crate) struct NewEvent<'a> {
     pub changes: Option<Value>,
 }
 
-pub(crate) async fn append(conn: &mut AnyConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
+pub(crate) async fn append(
+    conn: &mut AnyConnection,
+    event: NewEvent<'_>,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, \
          actor_id, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, changes) \

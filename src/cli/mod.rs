@@ -93,9 +93,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&created)?);
             } else {
                 println!("created tenant {} ({})", created.slug, created.tenant_id);
-                println!("admin {} invited; invitation token (valid until {}):", created.admin_email, created.invitation_expires_at);
+                println!(
+                    "admin {} invited; invitation token (valid until {}):",
+                    created.admin_email, created.invitation_expires_at
+                );
                 println!("{}", created.invitation_token);
-                println!("accept with: POST /api/v1/auth/invitations/accept {{\"token\": \"…\", \"password\": \"…\"}}");
+                println!(
+                    "accept with: POST /api/v1/auth/invitations/accept {{\"token\": \"…\", \"password\": \"…\"}}"
+                );
             }
             Ok(())
         }
@@ -108,7 +113,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&tenants)?);
             } else {
                 for t in tenants {
-                    println!("{}\t{}\t{}\t{}\t{}", t.slug, t.id, t.status, t.created_at, t.name);
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        t.slug, t.id, t.status, t.created_at, t.name
+                    );
                 }
             }
             Ok(())

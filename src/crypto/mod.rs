@@ -73,8 +73,15 @@ impl Keyring {
 }
 
 fn decode_master(b64: &str) -> Result<SecretBox<[u8; 32]>, KeyError> {
-    let bytes = Zeroizing::new(STANDARD.decode(b64.trim()).map_err(|_| KeyError::Malformed)?);
-    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::Malformed)?;
+    let bytes = Zeroizing::new(
+        STANDARD
+            .decode(b64.trim())
+            .map_err(|_| KeyError::Malformed)?,
+    );
+    let key: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeyError::Malformed)?;
     Ok(SecretBox::new(Box::new(key)))
 }
 
@@ -129,7 +136,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sr-key-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let first = Keyring::load(&dir, None).unwrap();
-        let mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = Keyring::load(&dir, None).unwrap();
         assert_eq!(first.token_verifying_key(), again.token_verifying_key());

@@ -115,7 +115,9 @@ impl From<StoreError> for ApiError {
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         match e {
-            AccessError::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            AccessError::Denied(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
             AccessError::Store(e) => e.into(),
         }
     }
@@ -127,7 +129,9 @@ impl From<TenancyError> for ApiError {
             TenancyError::InvalidSlug | TenancyError::InvalidName => {
                 ApiError::validation(e.to_string())
             }
-            TenancyError::SlugTaken => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            TenancyError::SlugTaken => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             TenancyError::Store(e) => e.into(),
         }
     }
@@ -138,19 +142,31 @@ impl From<IdentityError> for ApiError {
         use IdentityError::*;
         match e {
             InvalidEmail => ApiError::validation(e.to_string()).with_field("email"),
-            WeakPassword(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "weak-password", e.to_string())
-                .with_field("password"),
+            WeakPassword(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "weak-password",
+                e.to_string(),
+            )
+            .with_field("password"),
             UnknownRole(_) => ApiError::validation(e.to_string()).with_field("role"),
             UnknownStatus(_) => ApiError::validation(e.to_string()).with_field("status"),
-            InvalidCredentials => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "invalid-credentials", e.to_string())
-            }
+            InvalidCredentials => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid-credentials",
+                e.to_string(),
+            ),
             InvalidToken => ApiError::new(StatusCode::UNAUTHORIZED, "invalid-token", e.to_string()),
-            RefreshTokenReuse => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "refresh-token-reuse", e.to_string())
+            RefreshTokenReuse => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "refresh-token-reuse",
+                e.to_string(),
+            ),
+            Unauthenticated => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
-            Unauthenticated => ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()),
-            EmailTaken | LastAdmin => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            EmailTaken | LastAdmin => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             UserNotFound => ApiError::not_found(e.to_string()),
             Internal(_) => ApiError::internal(&e),
             Access(e) => e.into(),
@@ -170,13 +186,16 @@ impl From<RecordError> for ApiError {
             InvalidSchema(_) | InvalidQuery(_) | NotAnObject => ApiError::validation(e.to_string()),
             UniqueViolation(ref field) => {
                 let field = field.clone();
-                ApiError::new(StatusCode::CONFLICT, "unique-violation", e.to_string()).with_field(field)
+                ApiError::new(StatusCode::CONFLICT, "unique-violation", e.to_string())
+                    .with_field(field)
             }
             CollectionExists => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             CollectionNotFound | RecordNotFound => ApiError::not_found(e.to_string()),
-            VersionMismatch => {
-                ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition-failed", e.to_string())
-            }
+            VersionMismatch => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                e.to_string(),
+            ),
             Access(e) => e.into(),
             Store(e) => e.into(),
         }

@@ -41,11 +41,9 @@ where
                 "unsupported-media-type",
                 "send the body as application/json",
             )),
-            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(
-                e.status(),
-                "bad-body",
-                e.body_text(),
-            )),
+            Err(JsonRejection::BytesRejection(e)) => {
+                Err(ApiError::new(e.status(), "bad-body", e.body_text()))
+            }
             Err(other) => Err(ApiError::bad_request(other.body_text())),
         }
     }

@@ -18,19 +18,27 @@ use crate::http::{Api, ApiError, ApiJson, ApiPath, AppState, Op};
 pub fn sessions_router() -> Api {
     Api::new()
         .route(
-            Op::new("POST", "/api/v1/auth/login", "Log in with tenant, e-mail and password")
-                .tag("auth")
-                .body(json!({
-                    "type": "object", "required": ["tenant", "email", "password"],
-                    "properties": {"tenant": {"type": "string"}, "email": {"type": "string"},
-                                   "password": {"type": "string", "writeOnly": true}}
-                })),
+            Op::new(
+                "POST",
+                "/api/v1/auth/login",
+                "Log in with tenant, e-mail and password",
+            )
+            .tag("auth")
+            .body(json!({
+                "type": "object", "required": ["tenant", "email", "password"],
+                "properties": {"tenant": {"type": "string"}, "email": {"type": "string"},
+                               "password": {"type": "string", "writeOnly": true}}
+            })),
             post(login),
         )
         .route(
-            Op::new("POST", "/api/v1/auth/refresh", "Rotate a refresh token for a new token pair")
-                .tag("auth")
-                .body(json!({"type": "object", "required": ["refresh_token"],
+            Op::new(
+                "POST",
+                "/api/v1/auth/refresh",
+                "Rotate a refresh token for a new token pair",
+            )
+            .tag("auth")
+            .body(json!({"type": "object", "required": ["refresh_token"],
                              "properties": {"refresh_token": {"type": "string"}}})),
             post(refresh),
         )
@@ -58,9 +66,13 @@ pub fn sessions_router() -> Api {
 pub fn router() -> Api {
     Api::new()
         .route(
-            Op::new("GET", "/api/v1/me", "The authenticated user and their permissions")
-                .tag("users")
-                .bearer(),
+            Op::new(
+                "GET",
+                "/api/v1/me",
+                "The authenticated user and their permissions",
+            )
+            .tag("users")
+            .bearer(),
             get(me),
         )
         .route(
@@ -86,19 +98,27 @@ pub fn router() -> Api {
             get(get_user),
         )
         .route(
-            Op::new("PATCH", "/api/v1/users/{id}", "Change a user's role or status")
-                .tag("users")
-                .permission(Permission::UsersManage)
-                .body(json!({"type": "object",
+            Op::new(
+                "PATCH",
+                "/api/v1/users/{id}",
+                "Change a user's role or status",
+            )
+            .tag("users")
+            .permission(Permission::UsersManage)
+            .body(json!({"type": "object",
                              "properties": {"role": {"enum": ["admin", "member", "viewer"]},
                                             "status": {"enum": ["active", "disabled"]}}})),
             axum::routing::patch(update_user),
         )
         .route(
-            Op::new("DELETE", "/api/v1/users/{id}", "Delete a user and their sessions")
-                .tag("users")
-                .permission(Permission::UsersManage)
-                .ok(204),
+            Op::new(
+                "DELETE",
+                "/api/v1/users/{id}",
+                "Delete a user and their sessions",
+            )
+            .tag("users")
+            .permission(Permission::UsersManage)
+            .ok(204),
             axum::routing::delete(delete_user),
         )
 }
@@ -191,7 +211,12 @@ async fn me(
         .await
         .map_err(|e| ApiError::from(IdentityError::from(e)))?
         .ok_or(IdentityError::Unauthenticated)?;
-    let permissions: Vec<&str> = principal.role.permissions().iter().map(|p| p.name()).collect();
+    let permissions: Vec<&str> = principal
+        .role
+        .permissions()
+        .iter()
+        .map(|p| p.name())
+        .collect();
     Ok(Json(json!({
         "user": user,
         "tenant_id": principal.scope().id_str(),
@@ -205,7 +230,14 @@ async fn list_users(
     meta: RequestMeta,
     principal: Principal,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(&state.store, &principal, Permission::UsersRead, "user.list", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::UsersRead,
+        "user.list",
+        &meta,
+    )
+    .await?;
     let users = super::list_users(&state.store, &permit).await?;
     Ok(Json(json!({ "items": users })))
 }
@@ -223,8 +255,14 @@ async fn create_user(
     principal: Principal,
     ApiJson(body): ApiJson<CreateUserBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit =
-        authorize(&state.store, &principal, Permission::UsersManage, "user.create", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::UsersManage,
+        "user.create",
+        &meta,
+    )
+    .await?;
     let created = super::create_user(
         &state.store,
         &permit,
@@ -243,7 +281,14 @@ async fn get_user(
     principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(&state.store, &principal, Permission::UsersRead, "user.read", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::UsersRead,
+        "user.read",
+        &meta,
+    )
+    .await?;
     Ok(Json(super::get_user(&state.store, &permit, &id).await?))
 }
 
@@ -254,9 +299,17 @@ async fn update_user(
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit =
-        authorize(&state.store, &principal, Permission::UsersManage, "user.update", &meta).await?;
-    Ok(Json(super::update_user(&state.store, &permit, &meta, &id, patch).await?))
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::UsersManage,
+        "user.update",
+        &meta,
+    )
+    .await?;
+    Ok(Json(
+        super::update_user(&state.store, &permit, &meta, &id, patch).await?,
+    ))
 }
 
 async fn delete_user(
@@ -265,8 +318,14 @@ async fn delete_user(
     principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let permit =
-        authorize(&state.store, &principal, Permission::UsersManage, "user.delete", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::UsersManage,
+        "user.delete",
+        &meta,
+    )
+    .await?;
     super::delete_user(&state.store, &permit, &meta, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -133,8 +133,19 @@ mod tests {
 
     #[test]
     fn emails_are_trimmed_lowercased_and_checked() {
-        assert_eq!(Email::parse(" Anna@Acme.Test ").unwrap().as_str(), "anna@acme.test");
-        for bad in ["", "anna", "@acme.test", "anna@", "anna@acme", "a b@acme.test", "a@b@c.de"] {
+        assert_eq!(
+            Email::parse(" Anna@Acme.Test ").unwrap().as_str(),
+            "anna@acme.test"
+        );
+        for bad in [
+            "",
+            "anna",
+            "@acme.test",
+            "anna@",
+            "anna@acme",
+            "a b@acme.test",
+            "a@b@c.de",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -28,9 +28,10 @@ fn hasher() -> Argon2<'static> {
 /// exist so that both paths do the same work.
 static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
     let random = crate::crypto::random_bytes::<24>();
-    hash_blocking(&SecretString::from(
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random),
-    ))
+    hash_blocking(&SecretString::from(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        random,
+    )))
 });
 
 /// Computes the dummy hash ahead of the first login.
@@ -53,7 +54,31 @@ pub fn check_policy(password: &SecretString, context: &[&str]) -> Result<(), Ide
             "use at most {MAX_CHARS} characters"
         )));
     }
-    let estimate = zxcvbn::zxcvbn(text, context);
+    // The account's own name is the first thing an attacker tries.
+    let squash = |t: &str| -> String {
+        t.chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let squashed = squash(text);
+    for word in context {
+        let local = squash(word.split('@').next().unwrap_or(word));
+        if local.len() >= 4 && squashed.contains(&local) {
+            return Err(IdentityError::WeakPassword(
+                "it contains your e-mail address or name".to_owned(),
+            ));
+        }
+    }
+    // zxcvbn matches user inputs as whole words; give it the parts of an
+    // e-mail address too, so "anna.kowalska@acme" is caught for
+    // anna.kowalska@acme.test.
+    let words: Vec<&str> = context
+        .iter()
+        .flat_map(|c| std::iter::once(*c).chain(c.split(|ch: char| !ch.is_alphanumeric())))
+        .filter(|w| w.len() >= 3)
+        .collect();
+    let estimate = zxcvbn::zxcvbn(text, &words);
     if u8::from(estimate.score()) < MIN_SCORE {
         let hint = estimate
             .feedback()
@@ -116,18 +141,37 @@ mod tests {
             );
         }
         assert!(
-            check_policy(&SecretString::from("anna.kowalska@acme"), &["anna.kowalska@acme.test"])
-                .is_err()
+            check_policy(
+                &SecretString::from("anna.kowalska@acme"),
+                &["anna.kowalska@acme.test"]
+            )
+            .is_err()
         );
         assert!(check_policy(&SecretString::from("violet-harbour-tractor-92"), &[]).is_ok());
     }
 
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
-        let hash = hash(SecretString::from("violet-harbour-tractor-92")).await.unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
-        assert!(verify(SecretString::from("violet-harbour-tractor-92"), Some(hash.clone())).await.unwrap());
-        assert!(!verify(SecretString::from("violet-harbour-tractor-93"), Some(hash)).await.unwrap());
+        let hash = hash(SecretString::from("violet-harbour-tractor-92"))
+            .await
+            .unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert!(
+            verify(
+                SecretString::from("violet-harbour-tractor-92"),
+                Some(hash.clone())
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            !verify(SecretString::from("violet-harbour-tractor-93"), Some(hash))
+                .await
+                .unwrap()
+        );
         assert!(!verify(SecretString::from("anything"), None).await.unwrap());
     }
 }

@@ -70,10 +70,17 @@ pub async fn login(
         _ => None,
     };
     // Always one Argon2 verification, whether or not the account exists.
-    let matches = password::verify(password, account.as_ref().and_then(|a| a.password_hash.clone()))
-        .await?;
+    let matches = password::verify(
+        password,
+        account.as_ref().and_then(|a| a.password_hash.clone()),
+    )
+    .await?;
     let Some(scope) = scope else {
-        tracing::info!(event = "auth.login", outcome = "failure", "login for an unknown tenant");
+        tracing::info!(
+            event = "auth.login",
+            outcome = "failure",
+            "login for an unknown tenant"
+        );
         return Err(IdentityError::InvalidCredentials);
     };
     let account = match account {

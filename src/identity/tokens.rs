@@ -186,7 +186,10 @@ mod tests {
         let claims = AccessClaims::new("u", "t", "s");
         let token = sign_access_token(&key(), &claims);
         let vk = key().verifying_key();
-        assert_eq!(verify_access_token(&vk, &token, claims.iat), Ok(claims.clone()));
+        assert_eq!(
+            verify_access_token(&vk, &token, claims.iat),
+            Ok(claims.clone())
+        );
         assert_eq!(
             verify_access_token(&vk, &token, claims.iat + 60),
             Err(TokenRejection::Expired)

@@ -50,23 +50,35 @@ pub fn router() -> Api {
             post(create_collection),
         )
         .route(
-            Op::new("GET", "/api/v1/collections/{name}", "Read a collection's schema")
-                .tag("collections")
-                .permission(Permission::CollectionsRead),
+            Op::new(
+                "GET",
+                "/api/v1/collections/{name}",
+                "Read a collection's schema",
+            )
+            .tag("collections")
+            .permission(Permission::CollectionsRead),
             get(get_collection),
         )
         .route(
-            Op::new("PATCH", "/api/v1/collections/{name}", "Replace a collection's fields")
-                .tag("collections")
-                .permission(Permission::CollectionsManage)
-                .body(fields_body),
+            Op::new(
+                "PATCH",
+                "/api/v1/collections/{name}",
+                "Replace a collection's fields",
+            )
+            .tag("collections")
+            .permission(Permission::CollectionsManage)
+            .body(fields_body),
             axum::routing::patch(update_collection),
         )
         .route(
-            Op::new("DELETE", "/api/v1/collections/{name}", "Delete a collection and its records")
-                .tag("collections")
-                .permission(Permission::CollectionsManage)
-                .ok(204),
+            Op::new(
+                "DELETE",
+                "/api/v1/collections/{name}",
+                "Delete a collection and its records",
+            )
+            .tag("collections")
+            .permission(Permission::CollectionsManage)
+            .ok(204),
             axum::routing::delete(delete_collection),
         )
         .route(
@@ -80,17 +92,25 @@ pub fn router() -> Api {
             get(list_records),
         )
         .route(
-            Op::new("POST", "/api/v1/collections/{name}/records", "Create a record")
-                .tag("records")
-                .permission(Permission::RecordsWrite)
-                .body(record_body.clone())
-                .ok(201),
+            Op::new(
+                "POST",
+                "/api/v1/collections/{name}/records",
+                "Create a record",
+            )
+            .tag("records")
+            .permission(Permission::RecordsWrite)
+            .body(record_body.clone())
+            .ok(201),
             post(create_record),
         )
         .route(
-            Op::new("GET", "/api/v1/collections/{name}/records/{id}", "Read a record (ETag)")
-                .tag("records")
-                .permission(Permission::RecordsRead),
+            Op::new(
+                "GET",
+                "/api/v1/collections/{name}/records/{id}",
+                "Read a record (ETag)",
+            )
+            .tag("records")
+            .permission(Permission::RecordsRead),
             get(get_record),
         )
         .route(
@@ -105,10 +125,14 @@ pub fn router() -> Api {
             axum::routing::patch(update_record),
         )
         .route(
-            Op::new("DELETE", "/api/v1/collections/{name}/records/{id}", "Delete a record")
-                .tag("records")
-                .permission(Permission::RecordsWrite)
-                .ok(204),
+            Op::new(
+                "DELETE",
+                "/api/v1/collections/{name}/records/{id}",
+                "Delete a record",
+            )
+            .tag("records")
+            .permission(Permission::RecordsWrite)
+            .ok(204),
             axum::routing::delete(delete_record),
         )
 }
@@ -131,8 +155,14 @@ async fn list_collections(
     meta: RequestMeta,
     principal: Principal,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit =
-        authorize(&state.store, &principal, Permission::CollectionsRead, "collection.list", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::CollectionsRead,
+        "collection.list",
+        &meta,
+    )
+    .await?;
     let items = super::list_collections(&state.store, &permit).await?;
     Ok(Json(json!({"items": items})))
 }
@@ -162,9 +192,17 @@ async fn get_collection(
     principal: Principal,
     ApiPath(name): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit =
-        authorize(&state.store, &principal, Permission::CollectionsRead, "collection.read", &meta).await?;
-    Ok(Json(super::get_collection(&state.store, &permit, &name).await?))
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::CollectionsRead,
+        "collection.read",
+        &meta,
+    )
+    .await?;
+    Ok(Json(
+        super::get_collection(&state.store, &permit, &name).await?,
+    ))
 }
 
 async fn update_collection(
@@ -234,7 +272,10 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, RecordError> {
         ..ListQuery::default()
     };
     for (key, value) in pairs {
-        if let Some(field) = key.strip_prefix("filter[").and_then(|k| k.strip_suffix(']')) {
+        if let Some(field) = key
+            .strip_prefix("filter[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
             query.filters.push((field.to_owned(), value));
             continue;
         }
@@ -278,11 +319,19 @@ async fn list_records(
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let query = parse_list_query(raw.as_deref())?;
-    let permit =
-        authorize(&state.store, &principal, Permission::RecordsRead, "record.list", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::RecordsRead,
+        "record.list",
+        &meta,
+    )
+    .await?;
     let page = super::list_records(&state.store, &permit, &name, query).await?;
     let items: Vec<Value> = page.items.iter().map(Record::to_json).collect();
-    Ok(Json(json!({"items": items, "next_cursor": page.next_cursor})))
+    Ok(Json(
+        json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
 }
 
 async fn create_record(
@@ -292,8 +341,14 @@ async fn create_record(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let permit =
-        authorize(&state.store, &principal, Permission::RecordsWrite, "record.create", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::RecordsWrite,
+        "record.create",
+        &meta,
+    )
+    .await?;
     let record = super::create_record(&state.store, &permit, &meta, &name, body).await?;
     Ok(record_response(StatusCode::CREATED, &record))
 }
@@ -304,8 +359,14 @@ async fn get_record(
     principal: Principal,
     ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let permit =
-        authorize(&state.store, &principal, Permission::RecordsRead, "record.read", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::RecordsRead,
+        "record.read",
+        &meta,
+    )
+    .await?;
     let record = super::get_record(&state.store, &permit, &name, &id).await?;
     Ok(record_response(StatusCode::OK, &record))
 }
@@ -319,8 +380,14 @@ async fn update_record(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let precondition = precondition(&headers)?;
-    let permit =
-        authorize(&state.store, &principal, Permission::RecordsWrite, "record.update", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::RecordsWrite,
+        "record.update",
+        &meta,
+    )
+    .await?;
     let record =
         super::update_record(&state.store, &permit, &meta, &name, &id, body, precondition).await?;
     Ok(record_response(StatusCode::OK, &record))
@@ -334,8 +401,14 @@ async fn delete_record(
     ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let precondition = precondition(&headers)?;
-    let permit =
-        authorize(&state.store, &principal, Permission::RecordsWrite, "record.delete", &meta).await?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::RecordsWrite,
+        "record.delete",
+        &meta,
+    )
+    .await?;
     super::delete_record(&state.store, &permit, &meta, &name, &id, precondition).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -237,7 +237,10 @@ pub async fn create_collection(
         .await
 }
 
-pub async fn list_collections(store: &Store, permit: &Permit) -> Result<Vec<Collection>, RecordError> {
+pub async fn list_collections(
+    store: &Store,
+    permit: &Permit,
+) -> Result<Vec<Collection>, RecordError> {
     let mut tx = store.read(permit.scope()).await?;
     let rows = sqlx::query(&format!(
         "SELECT {COLLECTION_COLUMNS} FROM collections WHERE tenant_id = $1 ORDER BY name"
@@ -682,9 +685,9 @@ pub async fn list_records(
     );
     let mut binds: Vec<String> = vec![tenant.to_owned(), collection.id.clone()];
     for (name, text) in &query.filters {
-        let field = collection.field(name).ok_or_else(|| {
-            RecordError::InvalidQuery(format!("filter[{name}]: no such field"))
-        })?;
+        let field = collection
+            .field(name)
+            .ok_or_else(|| RecordError::InvalidQuery(format!("filter[{name}]: no such field")))?;
         let value = schema::filter_value(field, text)?;
         if field.is_keyed() {
             sql.push_str(&format!(

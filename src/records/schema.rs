@@ -108,7 +108,10 @@ pub fn validate_fields(fields: &[Field]) -> Result<(), RecordError> {
                 if options.is_empty() || options.len() > MAX_OPTIONS {
                     return Err(bad("a select field needs 1-500 options"));
                 }
-                if options.iter().any(|o| o.is_empty() || o.chars().count() > 200) {
+                if options
+                    .iter()
+                    .any(|o| o.is_empty() || o.chars().count() > 200)
+                {
                     return Err(bad("options must be 1-200 characters"));
                 }
             }
@@ -192,7 +195,10 @@ pub fn validate_record(
             data.insert(name.clone(), check_value(field, value)?);
         }
     }
-    if let Some(missing) = fields.iter().find(|f| f.required && !data.contains_key(&f.name)) {
+    if let Some(missing) = fields
+        .iter()
+        .find(|f| f.required && !data.contains_key(&f.name))
+    {
         return Err(RecordError::MissingField(missing.name.clone()));
     }
     Ok(data)
@@ -260,8 +266,12 @@ mod tests {
             validate_record(&f, &json!({"title": "x", "status": "lost"}), None),
             Err(RecordError::InvalidField { field, .. }) if field == "status"
         ));
-        let due = validate_record(&f, &json!({"title": "x", "due": "2026-01-31T14:00:00+02:00"}), None)
-            .unwrap();
+        let due = validate_record(
+            &f,
+            &json!({"title": "x", "due": "2026-01-31T14:00:00+02:00"}),
+            None,
+        )
+        .unwrap();
         assert_eq!(due["due"], json!("2026-01-31T12:00:00.000000Z"));
     }
 
@@ -279,6 +289,8 @@ mod tests {
             let parsed: Vec<Field> = serde_json::from_value(fields.clone()).unwrap();
             assert!(validate_fields(&parsed).is_err(), "{fields} accepted");
         }
-        assert!(serde_json::from_value::<Vec<Field>>(json!([{"name": "a", "type": "blob"}])).is_err());
+        assert!(
+            serde_json::from_value::<Vec<Field>>(json!([{"name": "a", "type": "blob"}])).is_err()
+        );
     }
 }

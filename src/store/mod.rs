@@ -61,9 +61,7 @@ impl Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "unsupported database URL scheme {0:?}: use sqlite://PATH or postgres://USER@HOST/DB"
-    )]
+    #[error("unsupported database URL scheme {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedScheme(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -297,6 +295,9 @@ mod tests {
         assert!(err.to_string().contains("\"mysql\""), "{err}");
         assert!(err.to_string().contains("sqlite://"), "{err}");
         assert_eq!(Backend::from_url("sqlite://x.db").unwrap(), Backend::Sqlite);
-        assert_eq!(Backend::from_url("postgres://u@h/d").unwrap(), Backend::Postgres);
+        assert_eq!(
+            Backend::from_url("postgres://u@h/d").unwrap(),
+            Backend::Postgres
+        );
     }
 }

@@ -187,7 +187,11 @@ fn audit_diff(change: &Change) -> Value {
         }
     }
     let side = |present: bool, map: Map<String, Value>| {
-        if present { Value::Object(map) } else { Value::Null }
+        if present {
+            Value::Object(map)
+        } else {
+            Value::Null
+        }
     };
     serde_json::json!({
         "before": side(before.is_some(), old),
@@ -210,7 +214,8 @@ pub(super) struct JobDone {
     completion: Completion,
 }
 
-pub(super) type Job = Box<dyn FnOnce(Transaction<'static, Any>) -> BoxFuture<'static, JobDone> + Send>;
+pub(super) type Job =
+    Box<dyn FnOnce(Transaction<'static, Any>) -> BoxFuture<'static, JobDone> + Send>;
 
 pub(super) enum Writer {
     GroupCommit(mpsc::Sender<Job>, AnyPool),
@@ -367,12 +372,16 @@ async fn run_batch(
         tx = done.conn;
         completions.push(done.completion);
         if done.ok {
-            sqlx::query("RELEASE SAVEPOINT job").execute(&mut *tx).await?;
+            sqlx::query("RELEASE SAVEPOINT job")
+                .execute(&mut *tx)
+                .await?;
         } else {
             sqlx::query("ROLLBACK TO SAVEPOINT job")
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("RELEASE SAVEPOINT job").execute(&mut *tx).await?;
+            sqlx::query("RELEASE SAVEPOINT job")
+                .execute(&mut *tx)
+                .await?;
         }
     }
     tx.commit().await

@@ -1,0 +1,432 @@
+use std::time::Instant;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::helpers::{PASSWORD, problem, spawn_app};
+
+fn login_body(tenant: &str, email: &str, password: &str) -> Value {
+    json!({"tenant": tenant, "email": email, "password": password})
+}
+
+#[tokio::test]
+async fn ctl_iam_1_passwords_are_stored_only_as_argon2id_hashes_with_owasp_parameters() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let mut conn = app.raw().await;
+    let hash: String = sqlx::query("SELECT password_hash FROM users WHERE id = $1")
+        .bind(&admin.user_id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
+    assert!(!hash.contains(PASSWORD));
+    let res = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            login_body("acme", "admin@acme.test", PASSWORD),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ctl_iam_1_weak_passwords_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    let created = app.create_tenant("acme").await;
+    for weak in [
+        "short",
+        "password1234",
+        "qwertyuiopasdf",
+        "admin@acme.test",
+        "acmeacmeacme1",
+    ] {
+        let res = app
+            .post(
+                "/api/v1/auth/invitations/accept",
+                None,
+                json!({"token": created.invitation_token, "password": weak}),
+            )
+            .await;
+        let body = problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(
+            body["type"], "urn:strongroom:problem:weak-password",
+            "{weak}"
+        );
+        assert_eq!(body["field"], "password");
+    }
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM users WHERE password_hash IS NOT NULL")
+            .await,
+        0
+    );
+    // The invitation is still usable with a strong password.
+    app.accept(
+        &created.invitation_token,
+        &created.admin_email,
+        &created.tenant_id,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ctl_iam_1_login_does_not_reveal_whether_the_tenant_or_user_exists() {
+    let app = spawn_app().await;
+    app.admin("acme").await;
+    let attempts = [
+        login_body("acme", "admin@acme.test", "wrong-password-entirely"),
+        login_body("acme", "nobody@acme.test", "wrong-password-entirely"),
+        login_body("nowhere", "admin@acme.test", "wrong-password-entirely"),
+    ];
+    let mut bodies = Vec::new();
+    let mut timings = Vec::new();
+    for attempt in &attempts {
+        let mut samples = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let res = app.post("/api/v1/auth/login", None, attempt.clone()).await;
+            samples.push(started.elapsed());
+            let mut body = problem(res, StatusCode::UNAUTHORIZED).await;
+            body.as_object_mut().unwrap().remove("request_id");
+            bodies.push(body);
+        }
+        samples.sort();
+        timings.push(samples[1]);
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "responses differ: {bodies:?}"
+    );
+    // Every path runs one Argon2 verification: without the dummy hash an
+    // unknown user would answer many times faster than a known one.
+    let known = timings[0];
+    for other in &timings[1..] {
+        assert!(
+            *other * 2 >= known,
+            "unknown account answered in {other:?}, known in {known:?}"
+        );
+    }
+}
+
+fn claims(token: &str) -> (Value, Value) {
+    let mut parts = token.split('.');
+    let header = URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap();
+    let payload = URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap();
+    (
+        serde_json::from_slice(&header).unwrap(),
+        serde_json::from_slice(&payload).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn ctl_iam_5_access_tokens_are_eddsa_jwts_that_live_60_seconds() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let res = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            login_body("acme", "ADMIN@acme.test", PASSWORD),
+        )
+        .await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 60);
+    let (header, payload) = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(
+        payload["exp"].as_i64().unwrap() - payload["iat"].as_i64().unwrap(),
+        60
+    );
+    assert_eq!(payload["tid"], admin.tenant_id.as_str());
+    assert_eq!(payload["sub"], admin.user_id.as_str());
+    assert!(payload["sid"].is_string());
+    assert!(
+        body["refresh_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("sr_rt_")
+    );
+}
+
+#[tokio::test]
+async fn ctl_iam_5_alg_none_tampered_and_garbage_tokens_are_refused() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    assert_eq!(
+        app.get("/api/v1/me", &admin.access_token).await.status(),
+        StatusCode::OK
+    );
+    let (_, payload) = claims(&admin.access_token);
+    let payload_b64 = URL_SAFE_NO_PAD.encode(payload.to_string());
+    let none = format!(
+        "{}.{payload_b64}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#)
+    );
+    let hs256 = format!(
+        "{}.{payload_b64}.c2lnbmF0dXJl",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#)
+    );
+    let mut forged_payload = payload.clone();
+    forged_payload["sub"] = json!("00000000-0000-0000-0000-000000000000");
+    let mut parts: Vec<&str> = admin.access_token.split('.').collect();
+    let forged_b64 = URL_SAFE_NO_PAD.encode(forged_payload.to_string());
+    parts[1] = &forged_b64;
+    let tampered = parts.join(".");
+    let mut sig_flipped = admin.access_token.clone();
+    let last = sig_flipped.pop().unwrap();
+    sig_flipped.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [
+        none,
+        hs256,
+        tampered,
+        sig_flipped,
+        "garbage".to_owned(),
+        String::new(),
+    ] {
+        let res = app.get("/api/v1/me", &bad).await;
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        problem(res, StatusCode::UNAUTHORIZED).await;
+    }
+    let res = app
+        .client
+        .get(format!("{}/api/v1/me", app.address))
+        .send()
+        .await
+        .unwrap();
+    problem(res, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn ctl_iam_5_refresh_tokens_rotate_and_reuse_revokes_the_whole_session() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let first = admin.refresh_token.clone();
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": first}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let rotated: Value = res.json().await.unwrap();
+    let second = rotated["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    let access = rotated["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.get("/api/v1/me", &access).await.status(),
+        StatusCode::OK
+    );
+
+    // The first token again: a replay. The whole session dies.
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": first}),
+        )
+        .await;
+    let body = problem(res, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(body["type"], "urn:strongroom:problem:refresh-token-reuse");
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": second}),
+        )
+        .await;
+    problem(res, StatusCode::UNAUTHORIZED).await;
+    problem(
+        app.get("/api/v1/me", &access).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    problem(
+        app.get("/api/v1/me", &admin.access_token).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+
+    let mut conn = app.raw().await;
+    let reason: String = sqlx::query("SELECT revoked_reason FROM sessions WHERE user_id = $1")
+        .bind(&admin.user_id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "refresh_token_reuse");
+    // Stored hashed: the database never holds the token itself.
+    let stored: i64 = sqlx::query("SELECT COUNT(*) FROM refresh_tokens WHERE token_hash = $1")
+        .bind(&first)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0);
+    // Malformed refresh tokens are a 401, not a 500.
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": "sr_rt_nonsense"}),
+        )
+        .await;
+    problem(res, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn ctl_iam_5_logout_revokes_the_session_at_once() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let res = app
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/auth/logout",
+            Some(&admin.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // The 60-second token is dead now, not in a minute.
+    problem(
+        app.get("/api/v1/me", &admin.access_token).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": admin.refresh_token}),
+        )
+        .await;
+    problem(res, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn invitations_are_single_use_and_expire() {
+    let app = spawn_app().await;
+    let created = app.create_tenant("acme").await;
+    app.accept(
+        &created.invitation_token,
+        &created.admin_email,
+        &created.tenant_id,
+    )
+    .await;
+    let res = app
+        .post(
+            "/api/v1/auth/invitations/accept",
+            None,
+            json!({"token": created.invitation_token, "password": PASSWORD}),
+        )
+        .await;
+    problem(res, StatusCode::UNAUTHORIZED).await;
+
+    let admin_login: Value = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            login_body("acme", "admin@acme.test", PASSWORD),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = admin_login["access_token"].as_str().unwrap();
+    let invited: Value = app
+        .post(
+            "/api/v1/users",
+            Some(token),
+            json!({"email": "late@acme.test", "role": "viewer"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut conn = app.raw().await;
+    sqlx::query(
+        "UPDATE invitations SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE used_at IS NULL",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let res = app
+        .post(
+            "/api/v1/auth/invitations/accept",
+            None,
+            json!({"token": invited["invitation_token"], "password": PASSWORD}),
+        )
+        .await;
+    problem(res, StatusCode::UNAUTHORIZED).await;
+    // An invited user cannot log in before accepting.
+    let res = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            login_body("acme", "late@acme.test", PASSWORD),
+        )
+        .await;
+    problem(res, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn a_disabled_user_loses_their_sessions_and_cannot_log_in() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let member = app.user(&admin, "worker@acme.test", "member").await;
+    let res = app
+        .patch(
+            &format!("/api/v1/users/{}", member.user_id),
+            &admin.access_token,
+            json!({"status": "disabled"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    problem(
+        app.get("/api/v1/me", &member.access_token).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let res = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            login_body("acme", "worker@acme.test", PASSWORD),
+        )
+        .await;
+    problem(res, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn failed_and_successful_logins_are_audited() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    app.post(
+        "/api/v1/auth/login",
+        None,
+        login_body("acme", "admin@acme.test", "not-the-password"),
+    )
+    .await;
+    let events = app.audit(&admin).await;
+    let failure = events
+        .iter()
+        .find(|e| e["action"] == "auth.login" && e["outcome"] == "failure")
+        .expect("failed login audited");
+    assert_eq!(failure["actor"]["type"], "anonymous");
+    assert_eq!(failure["actor"]["email"], "admin@acme.test");
+    assert_eq!(failure["target"]["id"], admin.user_id.as_str());
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "auth.invitation.accept" && e["outcome"] == "success")
+    );
+}

@@ -1,0 +1,177 @@
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, ServerProcess, cli, fresh_database, temp_dir};
+
+/// Creates a tenant with the CLI, accepts the invitation against `server`
+/// and returns an access token.
+pub async fn tenant_admin_token(
+    server: &ServerProcess,
+    dir: &std::path::Path,
+    url: &str,
+) -> (String, String) {
+    let out = cli(dir, url)
+        .args([
+            "tenant",
+            "create",
+            "--slug",
+            "acme",
+            "--name",
+            "Acme",
+            "--admin-email",
+            "admin@acme.test",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let invitation = created["invitation_token"].as_str().unwrap().to_owned();
+    let res: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/auth/invitations/accept", server.address))
+        .json(&json!({"token": invitation, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (res["access_token"].as_str().unwrap().to_owned(), invitation)
+}
+
+#[tokio::test]
+async fn ctl_bak_7_no_acknowledged_write_is_lost_when_the_server_is_killed() {
+    let dir = temp_dir("kill9");
+    let url = fresh_database(&dir).await;
+    let mut server = ServerProcess::start(&dir, &url, "warn").await;
+    let (token, _) = tenant_admin_token(&server, &dir, &url).await;
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{}/api/v1/collections", server.address))
+        .bearer_auth(&token)
+        .json(&json!({"name": "work_orders", "fields": [{"name": "title", "type": "text", "required": true}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    // A burst of 200 concurrent creates; collect every acknowledgement.
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (client, address, token) = (client.clone(), server.address.clone(), token.clone());
+        burst.spawn(async move {
+            let res = client
+                .post(format!("{address}/api/v1/collections/work_orders/records"))
+                .bearer_auth(&token)
+                .json(&json!({"title": format!("burst {i}")}))
+                .send()
+                .await
+                .ok()?;
+            if res.status() != 201 {
+                return None;
+            }
+            let body: Value = res.json().await.ok()?;
+            body["id"].as_str().map(str::to_owned)
+        });
+    }
+    let mut acknowledged = Vec::new();
+    while let Some(done) = burst.join_next().await {
+        if let Some(id) = done.unwrap() {
+            acknowledged.push(id);
+        }
+    }
+    assert_eq!(acknowledged.len(), 200, "every create was acknowledged");
+    // SIGKILL right after the last acknowledgement: no chance to flush anything.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = ServerProcess::start(&dir, &url, "warn").await;
+    let (token, _) = {
+        // The old access token's session is still valid; log in again anyway.
+        let res: Value = client
+            .post(format!("{}/api/v1/auth/login", server.address))
+            .json(&json!({"tenant": "acme", "email": "admin@acme.test", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (res["access_token"].as_str().unwrap().to_owned(), ())
+    };
+    let mut found = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!(
+            "{}/api/v1/collections/work_orders/records?limit=200",
+            server.address
+        );
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client
+            .get(url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for item in page["items"].as_array().unwrap() {
+            found.insert(item["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !found.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
+}
+
+#[tokio::test]
+async fn the_server_shuts_down_gracefully_on_sigterm() {
+    let dir = temp_dir("sigterm");
+    let url = fresh_database(&dir).await;
+    let mut server = ServerProcess::start(&dir, &url, "info").await;
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("shutdown signal received"), "{log}");
+}

@@ -1,0 +1,372 @@
+//! `spawn_app()`: the real server on 127.0.0.1:0 with a fresh database —
+//! a temporary SQLite file, or a fresh PostgreSQL database when
+//! `STRONGROOM_TEST_PG_URL` names a server (the test script starts one).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::{AnyConnection, Connection, Row};
+use strongroom::config::Config;
+use strongroom::http::AppState;
+use strongroom::tenancy::CreatedTenant;
+
+pub const PASSWORD: &str = "violet-harbour-tractor-92";
+
+/// Serialises PostgreSQL database creation and first migrations: roles are
+/// cluster-wide, and concurrent `CREATE ROLE`s race.
+static PG_SETUP: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A logged-in user.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub user_id: String,
+    pub tenant_id: String,
+    pub email: String,
+}
+
+pub fn is_postgres() -> bool {
+    std::env::var("STRONGROOM_TEST_PG_URL").is_ok()
+}
+
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "strongroom-{label}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A fresh, empty database URL for the backend under test.
+pub async fn fresh_database(data_dir: &std::path::Path) -> String {
+    match std::env::var("STRONGROOM_TEST_PG_URL") {
+        Ok(admin_url) => {
+            sqlx::any::install_default_drivers();
+            let name = format!("sr_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = AnyConnection::connect(&admin_url)
+                .await
+                .expect("connect to test PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            let (base, _) = admin_url
+                .rsplit_once('/')
+                .expect("a PostgreSQL URL ends with /dbname");
+            format!("{base}/{name}")
+        }
+        Err(_) => format!("sqlite://{}/strongroom.db", data_dir.display()),
+    }
+}
+
+pub fn test_config(data_dir: &std::path::Path, database_url: &str) -> Config {
+    Config {
+        data_dir: data_dir.to_owned(),
+        database_url: Some(SecretString::from(database_url.to_owned())),
+        environment: strongroom::config::Environment::Test,
+        database_max_connections: 8,
+        ..Config::default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    let data_dir = temp_dir("app");
+    let database_url = fresh_database(&data_dir).await;
+    let state = {
+        let _guard = if is_postgres() {
+            Some(PG_SETUP.lock().await)
+        } else {
+            None
+        };
+        strongroom::open(test_config(&data_dir, &database_url))
+            .await
+            .expect("server state opens")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(strongroom::http::run(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .user_agent("strongroom-tests/1")
+            .build()
+            .unwrap(),
+        state,
+        database_url,
+        data_dir,
+        _shutdown: shutdown,
+    }
+}
+
+impl TestApp {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.address, path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Response {
+        self.request(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Creates a tenant the way the CLI does.
+    pub async fn create_tenant(&self, slug: &str) -> CreatedTenant {
+        strongroom::tenancy::create(
+            &self.state.store,
+            slug,
+            &format!("{slug} Ltd"),
+            &format!("admin@{slug}.test"),
+            72,
+        )
+        .await
+        .expect("tenant created")
+    }
+
+    pub async fn accept(&self, token: &str, email: &str, tenant_id: &str) -> Session {
+        let res = self
+            .post(
+                "/api/v1/auth/invitations/accept",
+                None,
+                json!({"token": token, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "accepting an invitation");
+        let body: Value = res.json().await.unwrap();
+        let access_token = body["access_token"].as_str().unwrap().to_owned();
+        let me: Value = self
+            .get("/api/v1/me", &access_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        Session {
+            access_token,
+            refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
+            user_id: me["user"]["id"].as_str().unwrap().to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            email: email.to_owned(),
+        }
+    }
+
+    /// A new tenant and its logged-in first admin.
+    pub async fn admin(&self, slug: &str) -> Session {
+        let created = self.create_tenant(slug).await;
+        self.accept(
+            &created.invitation_token,
+            &created.admin_email,
+            &created.tenant_id,
+        )
+        .await
+    }
+
+    /// Invites a user with `role` and logs them in.
+    pub async fn user(&self, admin: &Session, email: &str, role: &str) -> Session {
+        let res = self
+            .post(
+                "/api/v1/users",
+                Some(&admin.access_token),
+                json!({"email": email, "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        self.accept(
+            body["invitation_token"].as_str().unwrap(),
+            email,
+            &admin.tenant_id,
+        )
+        .await
+    }
+
+    pub async fn work_orders(&self, admin: &Session) {
+        let res = self
+            .post(
+                "/api/v1/collections",
+                Some(&admin.access_token),
+                json!({"name": "work_orders", "fields": [
+                    {"name": "title", "type": "text", "required": true},
+                    {"name": "status", "type": "select", "options": ["open", "done"], "indexed": true},
+                    {"name": "priority", "type": "integer"},
+                    {"name": "code", "type": "text", "unique": true},
+                    {"name": "notes", "type": "text", "sensitive": true}
+                ]}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+
+    pub async fn create_order(&self, session: &Session, body: Value) -> Value {
+        let res = self
+            .post(
+                "/api/v1/collections/work_orders/records",
+                Some(&session.access_token),
+                body,
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json().await.unwrap()
+    }
+
+    /// A connection that bypasses the application (and, on PostgreSQL,
+    /// row-level security: it is the superuser) — what an attacker or an
+    /// operator with database access would have.
+    pub async fn raw(&self) -> AnyConnection {
+        sqlx::any::install_default_drivers();
+        AnyConnection::connect(&self.database_url).await.unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let mut conn = self.raw().await;
+        let n: i64 = sqlx::query(sql)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        n
+    }
+
+    pub async fn audit(&self, admin: &Session) -> Vec<Value> {
+        let body: Value = self
+            .get("/api/v1/audit?limit=500", &admin.access_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["items"].as_array().unwrap().clone()
+    }
+}
+
+/// Asserts a problem+json response and returns its body.
+pub async fn problem(res: Response, status: StatusCode) -> Value {
+    assert_eq!(res.status(), status);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body: Value = res.json().await.unwrap();
+    for key in ["type", "title", "status", "detail", "request_id"] {
+        assert!(body.get(key).is_some(), "problem without {key}: {body}");
+    }
+    body
+}
+
+/// The `strongroom` binary running `serve` as a child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub address: String,
+    pub log: PathBuf,
+}
+
+pub fn cli(data_dir: &std::path::Path, database_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    cmd.env("STRONGROOM_DATA_DIR", data_dir)
+        .env("STRONGROOM_DATABASE_URL", database_url)
+        .env_remove("STRONGROOM_LISTEN");
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ServerProcess {
+    pub async fn start(
+        data_dir: &std::path::Path,
+        database_url: &str,
+        log_level: &str,
+    ) -> ServerProcess {
+        let port = free_port();
+        let log = data_dir.join(format!("server-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cli(data_dir, database_url)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("STRONGROOM_LOG_LEVEL", log_level)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let address = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(res) = client.get(format!("{address}/readyz")).send().await
+                && res.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not become ready; see {}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ServerProcess {
+            child,
+            address,
+            log,
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}

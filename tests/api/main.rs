@@ -1,0 +1,12 @@
+//! The integration suite: one binary, the real server, a real database
+//! (SQLite by default; PostgreSQL when STRONGROOM_TEST_PG_URL is set).
+
+mod audit;
+mod auth;
+mod durability;
+mod health;
+mod helpers;
+mod records;
+mod secrets;
+mod tenancy;
+mod users;

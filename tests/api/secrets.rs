@@ -1,0 +1,187 @@
+use serde_json::{Value, json};
+
+use crate::durability::tenant_admin_token;
+use crate::helpers::{PASSWORD, ServerProcess, fresh_database, is_postgres, temp_dir};
+
+/// Drives every flow that handles a secret against the real binary with
+/// debug logging, then searches everything the server produced — its log
+/// output, every byte of the database, every response body — for them.
+#[tokio::test]
+async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_responses() {
+    let dir = temp_dir("secrets");
+    let url = fresh_database(&dir).await;
+    let server = ServerProcess::start(&dir, &url, "debug").await;
+    let (admin_token, invitation) = tenant_admin_token(&server, &dir, &url).await;
+    let client = reqwest::Client::new();
+    let base = server.address.clone();
+    let mut secrets = vec![PASSWORD.to_owned(), invitation, admin_token.clone()];
+    let mut responses = String::new();
+    let mut call = async |method: &str, path: &str, token: Option<&str>, body: Value| -> Value {
+        let mut req = client
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let text = req.send().await.unwrap().text().await.unwrap();
+        responses.push_str(&text);
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    };
+
+    let wrong = "Wrong-Password-Never-Logged-1";
+    let weak = "password1234";
+    secrets.extend([wrong.to_owned(), weak.to_owned()]);
+    call(
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        json!({"tenant": "acme", "email": "admin@acme.test", "password": wrong}),
+    )
+    .await;
+    call(
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        json!({"tenant": "acme", "email": "nobody@acme.test", "password": wrong}),
+    )
+    .await;
+    let login = call(
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        json!({"tenant": "acme", "email": "admin@acme.test", "password": PASSWORD}),
+    )
+    .await;
+    let refresh = login["refresh_token"].as_str().unwrap().to_owned();
+    secrets.push(login["access_token"].as_str().unwrap().to_owned());
+    secrets.push(refresh.clone());
+    let rotated = call(
+        "POST",
+        "/api/v1/auth/refresh",
+        None,
+        json!({"refresh_token": refresh}),
+    )
+    .await;
+    secrets.push(rotated["refresh_token"].as_str().unwrap().to_owned());
+    secrets.push(rotated["access_token"].as_str().unwrap().to_owned());
+    call(
+        "POST",
+        "/api/v1/auth/refresh",
+        None,
+        json!({"refresh_token": refresh}),
+    )
+    .await; // reuse
+    let invited = call(
+        "POST",
+        "/api/v1/users",
+        Some(&admin_token),
+        json!({"email": "w@acme.test", "role": "member"}),
+    )
+    .await;
+    let user_invitation = invited["invitation_token"].as_str().unwrap().to_owned();
+    call(
+        "POST",
+        "/api/v1/auth/invitations/accept",
+        None,
+        json!({"token": user_invitation, "password": weak}),
+    )
+    .await;
+    let other_password = "lantern-quarry-biscuit-58";
+    secrets.push(other_password.to_owned());
+    call(
+        "POST",
+        "/api/v1/auth/invitations/accept",
+        None,
+        json!({"token": user_invitation, "password": other_password}),
+    )
+    .await;
+    call(
+        "GET",
+        "/api/v1/me",
+        Some("eyJhbGciOiJub25lIn0.e30."),
+        json!(null),
+    )
+    .await;
+    let audit = call(
+        "GET",
+        "/api/v1/audit?limit=500",
+        Some(&admin_token),
+        json!(null),
+    )
+    .await;
+    drop(server);
+
+    // The invitation tokens were handed out in exactly one response each; they
+    // must appear nowhere else. Check the audit trail and the error bodies.
+    let audit_text = audit.to_string();
+    for secret in &secrets {
+        assert!(
+            !audit_text.contains(secret.as_str()),
+            "audit trail contains a secret"
+        );
+    }
+    let log = std::fs::read_to_string(
+        dir.join(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .find(|n| n.to_string_lossy().starts_with("server-"))
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    assert!(log.contains("\"level\":\"DEBUG\""), "debug logging was on");
+    let mut database = Vec::new();
+    if is_postgres() {
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        for table in [
+            "tenants",
+            "users",
+            "invitations",
+            "sessions",
+            "refresh_tokens",
+            "collections",
+            "records",
+            "record_keys",
+            "journal",
+            "audit_events",
+        ] {
+            let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            database.extend(rows.join("\n").into_bytes());
+        }
+    } else {
+        for file in ["strongroom.db", "strongroom.db-wal"] {
+            if let Ok(bytes) = std::fs::read(dir.join(file)) {
+                database.extend(bytes);
+            }
+        }
+    }
+    assert!(!database.is_empty());
+    let database = String::from_utf8_lossy(&database);
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "the server log contains a secret ({} chars)",
+            secret.len()
+        );
+        assert!(
+            !database.contains(secret.as_str()),
+            "the database contains a secret ({} chars)",
+            secret.len()
+        );
+    }
+    // Responses echo no password (tokens are legitimately returned to their owner).
+    for password in [PASSWORD, wrong, weak, other_password] {
+        assert!(
+            !responses.contains(password),
+            "a response echoed a password"
+        );
+    }
+}
