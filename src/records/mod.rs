@@ -691,8 +691,8 @@ pub async fn list_records(
         let value = schema::filter_value(field, text)?;
         if field.is_keyed() {
             sql.push_str(&format!(
-                " AND id IN (SELECT record_id FROM record_keys WHERE collection_id = $2 \
-                 AND field = ${} AND value = ${})",
+                " AND id IN (SELECT record_id FROM record_keys WHERE tenant_id = $1 \
+                 AND collection_id = $2 AND field = ${} AND value = ${})",
                 binds.len() + 1,
                 binds.len() + 2
             ));

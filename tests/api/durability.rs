@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, ServerProcess, cli, fresh_database, temp_dir};
+use crate::helpers::{CREATE_ACME, PASSWORD, ServerProcess, cli_json, fresh_database, temp_dir};
 
 /// Creates a tenant with the CLI, accepts the invitation against `server`
 /// and returns an access token.
@@ -11,33 +11,7 @@ pub async fn tenant_admin_token(
     dir: &std::path::Path,
     url: &str,
 ) -> (String, String) {
-    let out = cli(dir, url)
-        .args([
-            "tenant",
-            "create",
-            "--slug",
-            "acme",
-            "--name",
-            "Acme",
-            "--admin-email",
-            "admin@acme.test",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: Value = serde_json::from_str(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let created = cli_json(dir, url, CREATE_ACME);
     let invitation = created["invitation_token"].as_str().unwrap().to_owned();
     let res: Value = reqwest::Client::new()
         .post(format!("{}/api/v1/auth/invitations/accept", server.address))

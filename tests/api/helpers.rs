@@ -370,3 +370,27 @@ impl Drop for TestApp {
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
+
+/// Runs the CLI with `args`, asserts success and parses its last line as JSON.
+pub fn cli_json(data_dir: &std::path::Path, database_url: &str, args: &[&str]) -> Value {
+    let out = cli(data_dir, database_url).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().expect("some output")).unwrap()
+}
+
+pub const CREATE_ACME: &[&str] = &[
+    "tenant",
+    "create",
+    "--slug",
+    "acme",
+    "--name",
+    "Acme Ltd",
+    "--admin-email",
+    "admin@acme.test",
+    "--json",
+];

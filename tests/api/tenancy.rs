@@ -3,7 +3,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::helpers::{cli, fresh_database, is_postgres, problem, spawn_app, temp_dir};
+use crate::helpers::{
+    CREATE_ACME, cli, cli_json, fresh_database, is_postgres, problem, spawn_app, temp_dir,
+};
 
 #[tokio::test]
 async fn ctl_ten_1_a_tenant_never_sees_or_touches_another_tenants_data() {
@@ -68,6 +70,34 @@ async fn ctl_ten_1_a_tenant_never_sees_or_touches_another_tenants_data() {
         .map(|e| e.to_string())
         .collect::<String>();
     assert!(!trail.contains(id) && !trail.contains(&a.user_id) && !trail.contains("Acme secret"));
+    // Collections: B's own collection is invisible to A, by listing and by name.
+    let res = app
+        .post(
+            "/api/v1/collections",
+            Some(&b.access_token),
+            json!({"name": "globex_private", "fields": [{"name": "x", "type": "text"}]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let listed = app
+        .get("/api/v1/collections", &a.access_token)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!listed.contains("globex_private"));
+    for path in [
+        "/api/v1/collections/globex_private",
+        "/api/v1/collections/globex_private/records",
+    ] {
+        problem(app.get(path, &a.access_token).await, StatusCode::NOT_FOUND).await;
+    }
+    problem(
+        app.delete("/api/v1/collections/globex_private", &a.access_token)
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     // A's record is untouched.
     let again: Value = app.get(&path, &a.access_token).await.json().await.unwrap();
     assert_eq!(again["title"], "Acme secret pump");
@@ -244,27 +274,7 @@ async fn ctl_ten_2_random_requests_with_one_tenants_token_never_reveal_the_other
 async fn cli_tenant_create_and_list_print_json_and_work_on_the_configured_database() {
     let dir = temp_dir("cli");
     let url = fresh_database(&dir).await;
-    let out = cli(&dir, &url)
-        .args([
-            "tenant",
-            "create",
-            "--slug",
-            "acme",
-            "--name",
-            "Acme Ltd",
-            "--admin-email",
-            "admin@acme.test",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let created: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let created = cli_json(&dir, &url, CREATE_ACME);
     assert!(created["tenant_id"].is_string());
     assert!(
         created["invitation_token"]
@@ -304,19 +314,7 @@ async fn cli_tenant_create_and_list_print_json_and_work_on_the_configured_databa
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("slug"));
 
-    let out = cli(&dir, &url)
-        .args(["tenant", "list", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let tenants: Value = serde_json::from_str(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let tenants = cli_json(&dir, &url, &["tenant", "list", "--json"]);
     assert_eq!(tenants.as_array().unwrap().len(), 1);
     assert_eq!(tenants[0]["slug"], "acme");
     assert_eq!(tenants[0]["id"], created["tenant_id"]);
