@@ -25,6 +25,7 @@ const ENV_KEYS: &[&str] = &[
     "session_ttl_hours",
     "master_key",
     "database_max_connections",
+    "audit_checkpoint_seconds",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -47,6 +48,8 @@ pub struct Config {
     /// (created with mode 0600 on first start).
     pub master_key: Option<SecretString>,
     pub database_max_connections: u32,
+    /// How often the head of every tenant's audit chain is signed.
+    pub audit_checkpoint_seconds: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -81,6 +84,7 @@ impl Default for Config {
             session_ttl_hours: 24 * 30,
             master_key: None,
             database_max_connections: 16,
+            audit_checkpoint_seconds: 60,
         }
     }
 }
@@ -112,6 +116,11 @@ impl Config {
         if self.invitation_ttl_hours == 0 || self.session_ttl_hours == 0 {
             return Err(ConfigError(
                 "invitation_ttl_hours and session_ttl_hours must be at least 1".into(),
+            ));
+        }
+        if self.audit_checkpoint_seconds == 0 {
+            return Err(ConfigError(
+                "audit_checkpoint_seconds must be at least 1".into(),
             ));
         }
         if self.database_max_connections == 0 {
@@ -154,6 +163,7 @@ impl fmt::Debug for Config {
                 &self.master_key.as_ref().map(|_| "[redacted]"),
             )
             .field("database_max_connections", &self.database_max_connections)
+            .field("audit_checkpoint_seconds", &self.audit_checkpoint_seconds)
             .finish()
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod identity;
+pub mod ops;
 pub mod records;
 pub mod store;
 pub mod telemetry;

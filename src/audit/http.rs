@@ -16,16 +16,65 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
 pub fn router() -> Api {
-    Api::new().route(
-        Op::new(
-            "GET",
-            "/api/v1/audit",
-            "The tenant's audit events, newest first",
+    Api::new()
+        .route(
+            Op::new(
+                "GET",
+                "/api/v1/audit",
+                "The tenant's audit events, newest first",
+            )
+            .tag("audit")
+            .permission(Permission::AuditRead),
+            get(list),
         )
-        .tag("audit")
-        .permission(Permission::AuditRead),
-        get(list),
+        .route(
+            Op::new(
+                "GET",
+                "/api/v1/audit/verify",
+                "Walk the tenant's hash chain and signed checkpoints; name the first bad seq",
+            )
+            .tag("audit")
+            .permission(Permission::AuditRead),
+            get(verify),
+        )
+        .route(
+            Op::new(
+                "GET",
+                "/api/v1/audit/checkpoint-key",
+                "The Ed25519 public key that signs audit checkpoints",
+            )
+            .tag("audit"),
+            get(checkpoint_key),
+        )
+}
+
+async fn verify(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::AuditRead,
+        "audit.verify",
+        &meta,
     )
+    .await?;
+    let key = state.keyring.checkpoint_signing_key().verifying_key();
+    Ok(Json(
+        super::verify(&state.store, permit.scope(), &key).await?,
+    ))
+}
+
+async fn checkpoint_key(State(state): State<AppState>) -> impl IntoResponse {
+    use base64::Engine;
+    let key = state.keyring.checkpoint_signing_key().verifying_key();
+    Json(json!({
+        "algorithm": "Ed25519",
+        "public_key": base64::engine::general_purpose::STANDARD.encode(key.as_bytes()),
+        "signed_message": "strongroom-audit-checkpoint/v1\n<tenant_id>\n<seq>\n<hash hex>\n<signed_at>",
+    }))
 }
 
 #[derive(Deserialize)]

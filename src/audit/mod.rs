@@ -8,13 +8,17 @@
 //! fields are replaced by `"[redacted]"` (AUD-3). Tenant admins read the
 //! trail with `GET /api/v1/audit`.
 
+pub mod chain;
 mod http;
+mod integrity;
 
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 
+pub use chain::{GENESIS, Hash, from_hex as chain_hash_from_hex, to_hex as hash_to_hex};
 pub use http::router;
+pub use integrity::{VerifyReport, checkpoint_all, verify};
 
 use crate::store::{ReadTx, StoreError};
 
@@ -120,34 +124,60 @@ pub(crate) struct NewEvent<'a> {
     pub changes: Option<Value>,
 }
 
+/// Appends `event` after the event whose hash is `prev`; returns its hash.
 pub(crate) async fn append(
     conn: &mut AnyConnection,
     event: NewEvent<'_>,
-) -> Result<(), StoreError> {
+    prev: &Hash,
+) -> Result<Hash, StoreError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let changes = event.changes.map(|c| c.to_string());
+    let chained = chain::Chained {
+        id: &id,
+        tenant_id: event.tenant_id,
+        seq: event.seq,
+        occurred_at: event.occurred_at,
+        action: event.action,
+        outcome: event.outcome.as_str(),
+        actor_type: event.actor.kind.as_str(),
+        actor_id: event.actor.id.as_deref(),
+        actor_email: event.actor.email.as_deref(),
+        ip: event.meta.ip.as_deref(),
+        user_agent: event.meta.user_agent.as_deref(),
+        request_id: &event.meta.request_id,
+        app_version: crate::VERSION,
+        target_type: event.target.map(|t| t.kind),
+        target_id: event.target.map(|t| t.id.as_str()),
+        changes: changes.as_deref(),
+    };
+    let hash = chained.hash(prev);
     sqlx::query(
         "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, \
-         actor_id, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, changes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         actor_id, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, \
+         changes, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
     )
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(event.tenant_id)
-    .bind(event.seq)
-    .bind(event.occurred_at)
-    .bind(event.action)
-    .bind(event.outcome.as_str())
-    .bind(event.actor.kind.as_str())
-    .bind(event.actor.id.as_deref())
-    .bind(event.actor.email.as_deref())
-    .bind(event.meta.ip.as_deref())
-    .bind(event.meta.user_agent.as_deref())
-    .bind(&event.meta.request_id)
-    .bind(crate::VERSION)
-    .bind(event.target.map(|t| t.kind))
-    .bind(event.target.map(|t| t.id.as_str()))
-    .bind(event.changes.map(|c| c.to_string()))
+    .bind(chained.id)
+    .bind(chained.tenant_id)
+    .bind(chained.seq)
+    .bind(chained.occurred_at)
+    .bind(chained.action)
+    .bind(chained.outcome)
+    .bind(chained.actor_type)
+    .bind(chained.actor_id)
+    .bind(chained.actor_email)
+    .bind(chained.ip)
+    .bind(chained.user_agent)
+    .bind(chained.request_id)
+    .bind(chained.app_version)
+    .bind(chained.target_type)
+    .bind(chained.target_id)
+    .bind(chained.changes)
+    .bind(chain::to_hex(prev))
+    .bind(chain::to_hex(&hash))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(hash)
 }
 
 /// An audit event as the API shows it.

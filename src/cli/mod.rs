@@ -36,6 +36,26 @@ enum Command {
     /// Manage tenants (companies).
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// The audit trail: verify its integrity, sign checkpoints.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk each tenant's hash chain and signed checkpoints; exits non-zero
+    /// naming the first bad seq when anything was modified, deleted,
+    /// inserted or reordered.
+    Verify {
+        /// Only this tenant (slug); default all.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a checkpoint of every tenant's trail now (the server does this
+    /// every `audit_checkpoint_seconds`).
+    Checkpoint,
 }
 
 #[derive(Subcommand)]
@@ -104,6 +124,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Audit(command) => {
+            let state = crate::open(config).await?;
+            let result = match command {
+                AuditCommand::Verify { tenant, json } => audit_verify(&state, tenant, json).await,
+                AuditCommand::Checkpoint => crate::audit::checkpoint_all(
+                    &state.store,
+                    state.keyring.checkpoint_signing_key(),
+                )
+                .await
+                .map(|n| println!("{n} checkpoints signed"))
+                .map_err(Into::into),
+            };
+            state.store.close().await;
+            result
+        }
         Command::Tenant(TenantCommand::List { json }) => {
             let state = crate::open(config).await?;
             let tenants = crate::tenancy::list(&state.store).await;
@@ -124,12 +159,63 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+async fn audit_verify(
+    state: &crate::http::AppState,
+    tenant: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let scopes = match tenant {
+        Some(slug) => vec![
+            crate::tenancy::find_active_by_slug(&state.store, &slug)
+                .await?
+                .with_context(|| format!("no active tenant with slug {slug:?}"))?,
+        ],
+        None => crate::tenancy::all_scopes(&state.store).await?,
+    };
+    let key = state.keyring.checkpoint_signing_key().verifying_key();
+    let mut failures = Vec::new();
+    for scope in scopes {
+        let report = crate::audit::verify(&state.store, &scope, &key).await?;
+        if json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else if report.ok {
+            println!(
+                "{}: ok ({} events from seq {}, {} signed checkpoints)",
+                report.tenant_id,
+                report.events_checked,
+                report.first_seq,
+                report.checkpoints_checked
+            );
+        } else {
+            println!(
+                "{}: TAMPERED at seq {}: {}",
+                report.tenant_id,
+                report.first_bad_seq.unwrap_or_default(),
+                report.problem.as_deref().unwrap_or_default()
+            );
+        }
+        if !report.ok {
+            failures.push(format!(
+                "tenant {} at seq {}",
+                report.tenant_id,
+                report.first_bad_seq.unwrap_or_default()
+            ));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("audit trail verification failed: {}", failures.join(", "))
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     crate::telemetry::init(config.log_format, &config.log_level);
     tracing::info!(version = crate::VERSION, config = ?config, "starting");
     let listen = config.listen;
     let state = crate::open(config).await?;
     crate::identity::warm_up();
+    start_jobs(&state);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -137,6 +223,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     crate::http::run(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The server's scheduled jobs; each records a heartbeat.
+fn start_jobs(state: &crate::http::AppState) {
+    let every = std::time::Duration::from_secs(state.config.audit_checkpoint_seconds);
+    let job_state = state.clone();
+    crate::ops::every(state.store.clone(), "audit.checkpoint", every, move || {
+        let state = job_state.clone();
+        async move {
+            crate::audit::checkpoint_all(&state.store, state.keyring.checkpoint_signing_key())
+                .await
+                .map(|n| format!("{n} checkpoints signed"))
+                .map_err(|e| e.to_string())
+        }
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM.

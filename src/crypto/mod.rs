@@ -6,6 +6,7 @@
 //! The access-token signing key (Ed25519) is derived from the master key
 //! with HKDF-SHA256 under a fixed label, so every app server sharing the
 //! master key signs and verifies the same tokens without further state.
+//! Audit checkpoints are signed with a second key derived the same way.
 //! Key material lives in `secrecy`/`zeroize` types and is never logged.
 
 use std::io::Write;
@@ -21,6 +22,7 @@ use zeroize::Zeroizing;
 
 const KEY_FILE: &str = "master.key";
 const JWT_LABEL: &[u8] = b"strongroom/v1/access-token-signing";
+const CHECKPOINT_LABEL: &[u8] = b"strongroom/v1/audit-checkpoint-signing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -40,6 +42,7 @@ pub enum KeyError {
 pub struct Keyring {
     signing: SigningKey,
     verifying: VerifyingKey,
+    checkpoint: SigningKey,
 }
 
 impl Keyring {
@@ -55,12 +58,24 @@ impl Keyring {
 
     fn from_master(master: &SecretBox<[u8; 32]>) -> Keyring {
         let hkdf = Hkdf::<Sha256>::new(None, master.expose_secret());
-        let mut seed = Zeroizing::new([0u8; 32]);
-        hkdf.expand(JWT_LABEL, seed.as_mut())
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        let signing = SigningKey::from_bytes(&seed);
+        let derive = |label: &[u8]| {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            hkdf.expand(label, seed.as_mut())
+                .expect("32 bytes is a valid HKDF-SHA256 output length");
+            SigningKey::from_bytes(&seed)
+        };
+        let signing = derive(JWT_LABEL);
         let verifying = signing.verifying_key();
-        Keyring { signing, verifying }
+        Keyring {
+            signing,
+            verifying,
+            checkpoint: derive(CHECKPOINT_LABEL),
+        }
+    }
+
+    /// Signs audit checkpoints (AUD-7); its public half is published.
+    pub fn checkpoint_signing_key(&self) -> &SigningKey {
+        &self.checkpoint
     }
 
     pub fn token_signing_key(&self) -> &SigningKey {

@@ -6,8 +6,14 @@ use sqlx::{AnyConnection, AnyPool, Connection};
 
 use super::{Backend, StoreError};
 
-const SQLITE: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
-const POSTGRES: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+const SQLITE: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_init.sql")),
+    (2, include_str!("migrations/sqlite/0002_audit_trail.sql")),
+];
+const POSTGRES: &[(i64, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_init.sql")),
+    (2, include_str!("migrations/postgres/0002_audit_trail.sql")),
+];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.
 const MIGRATION_LOCK: i64 = 0x5354_524f_4e47;

@@ -265,6 +265,29 @@ impl Store {
             .await
     }
 
+    /// Appends system records (checkpoints, access log, heartbeats) on the
+    /// writing connection, without a journal entry or audit event of their
+    /// own. Not for tenant data: that goes through [`Store::write`].
+    pub(crate) async fn append_internal<T, F>(
+        &self,
+        scope: Option<&TenantScope>,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(
+                &'a mut AnyConnection,
+            )
+                -> futures_util::future::BoxFuture<'a, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        self.inner
+            .writer
+            .submit_internal(scope.cloned(), work)
+            .await
+    }
+
     /// Readiness: the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.inner.reads).await?;

@@ -106,16 +106,24 @@ impl WriteTx {
     async fn finish(&mut self) -> Result<(), StoreError> {
         let tenant = self.scope.id_str().to_owned();
         let entries = self.changes.len() as i64;
-        let row: Option<(i64, i64)> = sqlx::query_as(
+        // RETURNING gives the new counters and the chain head before this
+        // event (the UPDATE does not touch it); the row lock it takes
+        // serialises a tenant's writers on PostgreSQL, keeping both gap-free.
+        let row: Option<(i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
             "UPDATE tenant_sequences SET journal_seq = journal_seq + $1, audit_seq = audit_seq + 1 \
-             WHERE tenant_id = $2 RETURNING journal_seq, audit_seq",
+             WHERE tenant_id = $2 RETURNING journal_seq, audit_seq, audit_head, audit_anchor_hash",
         )
         .bind(entries)
         .bind(&tenant)
         .fetch_optional(&mut *self.conn)
         .await?;
-        let (journal_last, audit_seq) =
+        let (journal_last, audit_seq, head, anchor) =
             row.ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant} has no sequences")))?;
+        let prev = match head.or(anchor) {
+            Some(hex) => audit::chain_hash_from_hex(&hex)
+                .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant}: bad audit head")))?,
+            None => audit::GENESIS,
+        };
         let now = crate::clock::now();
         for (i, change) in self.changes.iter().enumerate() {
             let seq = journal_last - entries + 1 + i as i64;
@@ -133,7 +141,7 @@ impl WriteTx {
                 .find(|c| c.entity == t.kind && c.entity_id == t.id)
                 .map(audit_diff)
         });
-        audit::append(
+        let hash = audit::append(
             &mut self.conn,
             audit::NewEvent {
                 tenant_id: &tenant,
@@ -146,8 +154,14 @@ impl WriteTx {
                 target: target.as_ref(),
                 changes: diff,
             },
+            &prev,
         )
         .await?;
+        sqlx::query("UPDATE tenant_sequences SET audit_head = $1 WHERE tenant_id = $2")
+            .bind(audit::hash_to_hex(&hash))
+            .bind(&tenant)
+            .execute(&mut *self.conn)
+            .await?;
         Ok(())
     }
 }
@@ -298,21 +312,67 @@ impl Writer {
                 }
             })
         });
+        self.enqueue(Some(permit.scope().clone()), job).await?;
+        answer
+            .await
+            .map_err(|_| E::from(StoreError::WriterStopped))?
+    }
+
+    /// Runs `work` on the writing connection with no journal entry and no
+    /// audit event: only for the append-only records the system keeps about
+    /// itself (audit checkpoints, the access log, job heartbeats).
+    pub(super) async fn submit_internal<T, F>(
+        &self,
+        scope: Option<TenantScope>,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut AnyConnection) -> BoxFuture<'a, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |mut conn| {
+            Box::pin(async move {
+                let result = work(&mut conn).await;
+                let ok = result.is_ok();
+                let completion: Completion = Box::new(move |committed| {
+                    let result = match (committed, result) {
+                        (Ok(()), result) => result,
+                        (Err(_), Err(own)) => Err(own),
+                        (Err(why), Ok(_)) => Err(StoreError::Commit(why)),
+                    };
+                    let _ = reply.send(result);
+                });
+                JobDone {
+                    conn,
+                    ok,
+                    completion,
+                }
+            })
+        });
+        self.enqueue(scope, job).await?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Hands a job to the group-commit task, or runs it in its own
+    /// transaction (PostgreSQL, with the tenant set for RLS when given).
+    async fn enqueue(&self, scope: Option<TenantScope>, job: Job) -> Result<(), StoreError> {
         match self {
-            Writer::GroupCommit(sender, _) => {
-                sender
-                    .send(job)
-                    .await
-                    .map_err(|_| E::from(StoreError::WriterStopped))?;
-            }
+            Writer::GroupCommit(sender, _) => sender
+                .send(job)
+                .await
+                .map_err(|_| StoreError::WriterStopped),
             Writer::PerTransaction(pool) => {
                 let pool = pool.clone();
-                let permit_scope = permit.scope().clone();
                 // Spawned so that a client hanging up cannot cut a job in half.
                 tokio::spawn(async move {
                     let begun = async {
                         let mut conn = pool.begin().await?;
-                        set_tenant(&mut conn, &permit_scope).await?;
+                        if let Some(scope) = &scope {
+                            set_tenant(&mut conn, scope).await?;
+                        }
                         Ok::<_, StoreError>(conn)
                     }
                     .await;
@@ -333,11 +393,9 @@ impl Writer {
                     };
                     (done.completion)(committed);
                 });
+                Ok(())
             }
         }
-        answer
-            .await
-            .map_err(|_| E::from(StoreError::WriterStopped))?
     }
 }
 

@@ -167,6 +167,11 @@ pub async fn create(
                     .bind(&tenant_id)
                     .execute(tx.conn())
                     .await?;
+                sqlx::query("INSERT INTO tenant_settings (tenant_id, updated_at) VALUES ($1, $2)")
+                    .bind(&tenant_id)
+                    .bind(&now)
+                    .execute(tx.conn())
+                    .await?;
                 tx.record(Change {
                     entity: "tenant",
                     entity_id: tenant_id.clone(),
@@ -233,6 +238,19 @@ pub async fn list(store: &Store) -> Result<Vec<Tenant>, StoreError> {
     .fetch_all(tx.conn())
     .await?;
     rows.iter().map(tenant_from_row).collect()
+}
+
+/// Every tenant's scope, for the system's own scheduled jobs.
+pub(crate) async fn all_scopes(store: &Store) -> Result<Vec<TenantScope>, StoreError> {
+    let mut tx = store.read_unscoped().await?;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
+        .fetch_all(tx.conn())
+        .await?;
+    Ok(ids
+        .iter()
+        .filter_map(|id| TenantId::parse(id))
+        .map(TenantScope::trusted)
+        .collect())
 }
 
 /// Looks a tenant up by slug, for login. Suspended tenants are not found.

@@ -1,0 +1,61 @@
+//! Scheduled jobs and their heartbeats (OPS-1, first cut): every job records
+//! when it last ran and whether it succeeded, so a stalled job is visible.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::store::{Store, StoreError};
+
+/// Records one run of `job`.
+pub async fn heartbeat(
+    store: &Store,
+    job: &'static str,
+    ok: bool,
+    detail: String,
+) -> Result<(), StoreError> {
+    store
+        .append_internal(None, move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO job_heartbeats (job, last_run_at, last_ok, detail) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (job) DO UPDATE SET last_run_at = excluded.last_run_at, \
+                     last_ok = excluded.last_ok, detail = excluded.detail",
+                )
+                .bind(job)
+                .bind(crate::clock::now())
+                .bind(i64::from(ok))
+                .bind(detail)
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// Runs `run` every `every` (the first time after one period) until the
+/// process stops, recording a heartbeat after each run.
+pub fn every<F, Fut>(store: Store, job: &'static str, every: Duration, run: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, String>> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let (ok, detail) = match run().await {
+                Ok(detail) => (true, detail),
+                Err(e) => {
+                    tracing::error!(job, error = %e, "scheduled job failed");
+                    (false, e)
+                }
+            };
+            if let Err(e) = heartbeat(&store, job, ok, detail).await {
+                tracing::warn!(job, error = %e, "could not record a heartbeat");
+            }
+        }
+    });
+}
