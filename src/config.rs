@@ -26,6 +26,10 @@ const ENV_KEYS: &[&str] = &[
     "master_key",
     "database_max_connections",
     "audit_checkpoint_seconds",
+    "trusted_proxies",
+    "access_log",
+    "retention_interval_seconds",
+    "syslog_url",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -50,6 +54,35 @@ pub struct Config {
     pub database_max_connections: u32,
     /// How often the head of every tenant's audit chain is signed.
     pub audit_checkpoint_seconds: u64,
+    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR blocks
+    /// (a TOML list, or comma-separated in the environment).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub trusted_proxies: Vec<String>,
+    /// Record every request in the access log (AUD-2). Only benchmarks turn
+    /// it off, to measure what it costs.
+    pub access_log: bool,
+    /// How often expired audit events and access-log rows are purged.
+    pub retention_interval_seconds: u64,
+    /// Ship logs, audit events and security events to syslog (RFC 5424):
+    /// `udp://host:port` or `tcp://host:port`.
+    pub syslog_url: Option<String>,
+}
+
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(list) => list,
+        Either::Text(text) => text
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -85,6 +118,10 @@ impl Default for Config {
             master_key: None,
             database_max_connections: 16,
             audit_checkpoint_seconds: 60,
+            trusted_proxies: Vec::new(),
+            access_log: true,
+            retention_interval_seconds: 3600,
+            syslog_url: None,
         }
     }
 }
@@ -118,11 +155,20 @@ impl Config {
                 "invitation_ttl_hours and session_ttl_hours must be at least 1".into(),
             ));
         }
+        if let Some(url) = &self.syslog_url {
+            crate::telemetry::SyslogTarget::parse(url).map_err(ConfigError)?;
+        }
+        if self.retention_interval_seconds == 0 {
+            return Err(ConfigError(
+                "retention_interval_seconds must be at least 1".into(),
+            ));
+        }
         if self.audit_checkpoint_seconds == 0 {
             return Err(ConfigError(
                 "audit_checkpoint_seconds must be at least 1".into(),
             ));
         }
+        crate::http::TrustedProxies::parse(&self.trusted_proxies).map_err(ConfigError)?;
         if self.database_max_connections == 0 {
             return Err(ConfigError(
                 "database_max_connections must be at least 1".into(),
@@ -164,6 +210,13 @@ impl fmt::Debug for Config {
             )
             .field("database_max_connections", &self.database_max_connections)
             .field("audit_checkpoint_seconds", &self.audit_checkpoint_seconds)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("access_log", &self.access_log)
+            .field(
+                "retention_interval_seconds",
+                &self.retention_interval_seconds,
+            )
+            .field("syslog_url", &self.syslog_url)
             .finish()
     }
 }

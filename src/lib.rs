@@ -49,10 +49,15 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     })?;
     let keyring = Keyring::load(&config.data_dir, config.master_key.as_ref())?;
     let store = Store::connect(&config.database_url(), config.database_max_connections).await?;
+    // Validated when the configuration was loaded; a hand-built Config
+    // (tests) with a bad entry trusts no proxy.
+    let proxies = http::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
     Ok(AppState {
+        access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
         keyring: Arc::new(keyring),
         config: Arc::new(config),
+        proxies: Arc::new(proxies),
     })
 }
 

@@ -30,10 +30,12 @@ pub enum Permission {
     RecordsWrite,
     #[serde(rename = "audit.read")]
     AuditRead,
+    #[serde(rename = "settings.manage")]
+    SettingsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 8] = [
         Permission::UsersRead,
         Permission::UsersManage,
         Permission::CollectionsRead,
@@ -41,6 +43,7 @@ impl Permission {
         Permission::RecordsRead,
         Permission::RecordsWrite,
         Permission::AuditRead,
+        Permission::SettingsManage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Permission {
             Permission::RecordsRead => "records.read",
             Permission::RecordsWrite => "records.write",
             Permission::AuditRead => "audit.read",
+            Permission::SettingsManage => "settings.manage",
         }
     }
 }
@@ -66,6 +70,9 @@ pub enum Role {
     Member,
     /// Reads collections and records.
     Viewer,
+    /// Reads the audit trail and the access log, nothing else: what a
+    /// forensic analyst or an external auditor gets.
+    Auditor,
 }
 
 impl Role {
@@ -74,6 +81,7 @@ impl Role {
             "admin" => Some(Role::Admin),
             "member" => Some(Role::Member),
             "viewer" => Some(Role::Viewer),
+            "auditor" => Some(Role::Auditor),
             _ => None,
         }
     }
@@ -83,6 +91,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Member => "member",
             Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
         }
     }
 
@@ -92,6 +101,7 @@ impl Role {
             Role::Admin => &Permission::ALL,
             Role::Member => &[CollectionsRead, RecordsRead, RecordsWrite],
             Role::Viewer => &[CollectionsRead, RecordsRead],
+            Role::Auditor => &[AuditRead],
         }
     }
 
@@ -136,6 +146,14 @@ impl Permit {
     /// tenant it names, recorded as such in the audit trail.
     pub(crate) fn operator(scope: TenantScope, actor: Actor) -> Permit {
         Permit { scope, actor }
+    }
+
+    /// The server's own scheduled jobs (retention), recorded as `system`.
+    pub(crate) fn system(scope: TenantScope, job: &str) -> Permit {
+        Permit {
+            scope,
+            actor: Actor::system(job),
+        }
     }
 
     /// Login, refresh and invitation acceptance: the presented credential
@@ -213,6 +231,8 @@ mod tests {
         assert!(Role::Member.allows(Permission::RecordsWrite));
         assert!(!Role::Member.allows(Permission::CollectionsManage));
         assert!(!Role::Member.allows(Permission::AuditRead));
+        assert!(Role::Auditor.allows(Permission::AuditRead));
+        assert!(!Role::Auditor.allows(Permission::RecordsRead));
         for p in Permission::ALL {
             assert!(Role::Admin.allows(p));
         }

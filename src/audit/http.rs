@@ -1,14 +1,19 @@
-//! `GET /api/v1/audit`: the tenant's audit trail, newest first, with cursor
-//! pagination. Needs `audit.read` (tenant admins).
+//! Audit endpoints under `/api/v1/audit`: the trail with filters and cursor
+//! pagination, streaming exports (JSON Lines and CSV), chain verification
+//! and the checkpoint key. Reading needs `audit.read` (admins, auditors).
 
 use axum::Json;
-use axum::extract::{Query, State};
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::RequestMeta;
+use super::access_log::{self, AccessFilter};
+use super::export::{self, Format};
+use super::query::{AuditError, AuditFilter, Page};
 use crate::access::{Permission, Principal, authorize};
 use crate::http::{Api, ApiError, AppState, Op};
 
@@ -21,11 +26,22 @@ pub fn router() -> Api {
             Op::new(
                 "GET",
                 "/api/v1/audit",
-                "The tenant's audit events, newest first",
+                "The tenant's audit events, newest first: from, to, actor, action, target_type, \
+                 target_id, outcome, limit, cursor",
             )
             .tag("audit")
             .permission(Permission::AuditRead),
             get(list),
+        )
+        .route(
+            Op::new(
+                "GET",
+                "/api/v1/audit/export",
+                "Stream the audit events (oldest first) as format=jsonl or csv, with the list filters",
+            )
+            .tag("audit")
+            .permission(Permission::AuditRead),
+            get(export_events),
         )
         .route(
             Op::new(
@@ -46,6 +62,114 @@ pub fn router() -> Api {
             .tag("audit"),
             get(checkpoint_key),
         )
+}
+
+/// Splits a raw query string into pairs; malformed ones are a 422.
+pub(crate) fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, AuditError> {
+    serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|_| AuditError::InvalidQuery("malformed query string".into()))
+}
+
+pub(crate) fn take_param(pairs: &mut Vec<(String, String)>, name: &str) -> Option<String> {
+    let index = pairs.iter().position(|(k, _)| k == name)?;
+    Some(pairs.remove(index).1)
+}
+
+pub(crate) fn refuse_unknown(pairs: &[(String, String)]) -> Result<(), AuditError> {
+    match pairs.first() {
+        None => Ok(()),
+        Some((key, _)) => Err(AuditError::InvalidQuery(format!(
+            "unknown parameter {key:?}"
+        ))),
+    }
+}
+
+pub(crate) fn parse_limit(value: Option<String>) -> Result<i64, AuditError> {
+    match value {
+        None => Ok(DEFAULT_LIMIT),
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| AuditError::InvalidQuery(format!("limit must be 1-{MAX_LIMIT}"))),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    RawQuery(raw): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut pairs = query_pairs(raw.as_deref())?;
+    let filter = AuditFilter::take(&mut pairs)?;
+    let limit = parse_limit(take_param(&mut pairs, "limit"))?;
+    let before = take_param(&mut pairs, "cursor")
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| AuditError::InvalidQuery("malformed cursor".into()))
+        })
+        .transpose()?;
+    refuse_unknown(&pairs)?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::AuditRead,
+        "audit.read",
+        &meta,
+    )
+    .await?;
+    let mut tx = state.store.read(permit.scope()).await?;
+    let mut items = super::list(
+        &mut tx,
+        permit.scope().id_str(),
+        &filter,
+        Page::NewestFirst { before },
+        limit + 1,
+    )
+    .await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|e| e.seq.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
+}
+
+async fn export_events(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut pairs = query_pairs(raw.as_deref())?;
+    let filter = AuditFilter::take(&mut pairs)?;
+    let format = Format::parse(take_param(&mut pairs, "format").as_deref())?;
+    refuse_unknown(&pairs)?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::AuditRead,
+        "audit.export",
+        &meta,
+    )
+    .await?;
+    export::record_export(&state.store, &permit, &meta, "audit.export", format).await?;
+    let stream = export::audit_stream(state.store.clone(), permit.scope().clone(), filter, format);
+    Ok(export_response(format, "audit", Body::from_stream(stream)))
+}
+
+pub(crate) fn export_response(format: Format, name: &str, body: Body) -> Response {
+    let disposition = format!("attachment; filename=\"{name}.{}\"", format.extension());
+    (
+        [
+            (header::CONTENT_TYPE, format.content_type().to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn verify(
@@ -77,53 +201,127 @@ async fn checkpoint_key(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    limit: Option<String>,
-    cursor: Option<String>,
+pub fn access_log_router() -> Api {
+    Api::new()
+        .route(
+            Op::new(
+                "GET",
+                "/api/v1/access-log",
+                "Every request to the tenant, newest first: from, to, user, path_prefix, status, limit, cursor",
+            )
+            .tag("audit")
+            .permission(Permission::AuditRead),
+            get(list_access),
+        )
+        .route(
+            Op::new(
+                "GET",
+                "/api/v1/access-log/export",
+                "Stream the access log (oldest first) as format=jsonl or csv, with the list filters",
+            )
+            .tag("audit")
+            .permission(Permission::AuditRead),
+            get(export_access),
+        )
 }
 
-async fn list(
+fn encode_access_cursor(at: &str, id: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{at}|{id}"))
+}
+
+fn decode_access_cursor(text: &str) -> Result<(String, String), AuditError> {
+    use base64::Engine;
+    let bad = || AuditError::InvalidQuery("malformed cursor".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (at, id) = text.split_once('|').ok_or_else(bad)?;
+    Ok((at.to_owned(), id.to_owned()))
+}
+
+async fn list_access(
     State(state): State<AppState>,
     meta: RequestMeta,
     principal: Principal,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::validation(format!("limit must be 1-{MAX_LIMIT}")).with_field("limit")
-            })?,
-    };
-    let before = query
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| ApiError::validation("malformed cursor").with_field("cursor"))
-        })
+    let mut pairs = query_pairs(raw.as_deref())?;
+    let filter = AccessFilter::take(&mut pairs)?;
+    let limit = parse_limit(take_param(&mut pairs, "limit"))?;
+    let after = take_param(&mut pairs, "cursor")
+        .map(|c| decode_access_cursor(&c))
         .transpose()?;
+    refuse_unknown(&pairs)?;
     let permit = authorize(
         &state.store,
         &principal,
         Permission::AuditRead,
-        "audit.read",
+        "access_log.read",
         &meta,
     )
     .await?;
     let mut tx = state.store.read(permit.scope()).await?;
-    let items = super::list(&mut tx, permit.scope().id_str(), before, limit + 1).await?;
-    let (items, next_cursor) = if items.len() as i64 > limit {
-        let page: Vec<_> = items.into_iter().take(limit as usize).collect();
-        let cursor = page.last().map(|e| e.seq.to_string());
-        (page, cursor)
+    let mut items = access_log::list(
+        &mut tx,
+        permit.scope().id_str(),
+        &filter,
+        after.as_ref(),
+        true,
+        limit + 1,
+    )
+    .await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|e| encode_access_cursor(&e.occurred_at, &e.id))
     } else {
-        (items, None)
+        None
     };
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
+}
+
+async fn export_access(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut pairs = query_pairs(raw.as_deref())?;
+    let filter = AccessFilter::take(&mut pairs)?;
+    let format = Format::parse(take_param(&mut pairs, "format").as_deref())?;
+    refuse_unknown(&pairs)?;
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::AuditRead,
+        "access_log.export",
+        &meta,
+    )
+    .await?;
+    export::record_export(&state.store, &permit, &meta, "access_log.export", format).await?;
+    let (store, scope) = (state.store.clone(), permit.scope().clone());
+    let stream =
+        export::paged_stream::<access_log::AccessEntry, _, _>(format, None, move |after, limit| {
+            let (store, scope, filter) = (store.clone(), scope.clone(), filter.clone());
+            async move {
+                let mut tx = store.read(&scope).await?;
+                access_log::list(
+                    &mut tx,
+                    scope.id_str(),
+                    &filter,
+                    after.as_ref(),
+                    false,
+                    limit,
+                )
+                .await
+            }
+        });
+    Ok(export_response(
+        format,
+        "access-log",
+        Body::from_stream(stream),
+    ))
 }

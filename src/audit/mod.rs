@@ -8,19 +8,25 @@
 //! fields are replaced by `"[redacted]"` (AUD-3). Tenant admins read the
 //! trail with `GET /api/v1/audit`.
 
+pub mod access_log;
 pub mod chain;
+pub mod export;
 mod http;
 mod integrity;
+mod query;
+mod retention;
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 pub use chain::{GENESIS, Hash, from_hex as chain_hash_from_hex, to_hex as hash_to_hex};
-pub use http::router;
+pub use http::{access_log_router, router};
 pub use integrity::{VerifyReport, checkpoint_all, verify};
+pub use query::{AuditError, AuditEvent, AuditFilter, Page, list};
+pub use retention::{RetentionSummary, apply_retention};
 
-use crate::store::{ReadTx, StoreError};
+use crate::store::StoreError;
 
 /// Who acted.
 #[derive(Clone, Debug, Serialize)]
@@ -38,6 +44,8 @@ pub enum ActorKind {
     Anonymous,
     /// The operator running the CLI on the server.
     Operator,
+    /// A scheduled job of the server itself.
+    System,
 }
 
 impl ActorKind {
@@ -46,6 +54,7 @@ impl ActorKind {
             ActorKind::User => "user",
             ActorKind::Anonymous => "anonymous",
             ActorKind::Operator => "operator",
+            ActorKind::System => "system",
         }
     }
 }
@@ -56,6 +65,14 @@ impl Actor {
             kind: ActorKind::Anonymous,
             id: None,
             email: claimed_email,
+        }
+    }
+
+    pub fn system(job: &str) -> Actor {
+        Actor {
+            kind: ActorKind::System,
+            id: Some(format!("job:{job}")),
+            email: None,
         }
     }
 
@@ -178,68 +195,4 @@ pub(crate) async fn append(
     .execute(conn)
     .await?;
     Ok(hash)
-}
-
-/// An audit event as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct AuditEvent {
-    pub id: String,
-    pub seq: i64,
-    pub occurred_at: String,
-    pub action: String,
-    pub outcome: String,
-    pub actor: Value,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: String,
-    pub app_version: String,
-    pub target: Option<Value>,
-    pub changes: Option<Value>,
-}
-
-/// Newest first; `before_seq` continues a previous page.
-pub async fn list(
-    tx: &mut ReadTx,
-    tenant_id: &str,
-    before_seq: Option<i64>,
-    limit: i64,
-) -> Result<Vec<AuditEvent>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, seq, occurred_at, action, outcome, actor_type, actor_id, actor_email, ip, \
-         user_agent, request_id, app_version, target_type, target_id, changes \
-         FROM audit_events WHERE tenant_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-    )
-    .bind(tenant_id)
-    .bind(before_seq.unwrap_or(i64::MAX))
-    .bind(limit)
-    .fetch_all(tx.conn())
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let target_type: Option<String> = row.try_get("target_type")?;
-            let target_id: Option<String> = row.try_get("target_id")?;
-            let changes: Option<String> = row.try_get("changes")?;
-            Ok(AuditEvent {
-                id: row.try_get("id")?,
-                seq: row.try_get("seq")?,
-                occurred_at: row.try_get("occurred_at")?,
-                action: row.try_get("action")?,
-                outcome: row.try_get("outcome")?,
-                actor: serde_json::json!({
-                    "type": row.try_get::<String, _>("actor_type")?,
-                    "id": row.try_get::<Option<String>, _>("actor_id")?,
-                    "email": row.try_get::<Option<String>, _>("actor_email")?,
-                }),
-                ip: row.try_get("ip")?,
-                user_agent: row.try_get("user_agent")?,
-                request_id: row.try_get("request_id")?,
-                app_version: row.try_get("app_version")?,
-                target: target_type.map(|t| serde_json::json!({"type": t, "id": target_id})),
-                changes: changes
-                    .map(|c| serde_json::from_str(&c))
-                    .transpose()
-                    .map_err(|e| StoreError::Corrupt(format!("audit changes: {e}")))?,
-            })
-        })
-        .collect()
 }

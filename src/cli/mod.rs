@@ -56,6 +56,22 @@ enum AuditCommand {
     /// Sign a checkpoint of every tenant's trail now (the server does this
     /// every `audit_checkpoint_seconds`).
     Checkpoint,
+    /// Export a tenant's audit events for forensic analysis.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv"])]
+        format: String,
+        /// Output file (created; an existing file is not overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Only events at or after this RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events before this RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,6 +144,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = crate::open(config).await?;
             let result = match command {
                 AuditCommand::Verify { tenant, json } => audit_verify(&state, tenant, json).await,
+                AuditCommand::Export {
+                    tenant,
+                    format,
+                    out,
+                    from,
+                    to,
+                } => audit_export(&state, &tenant, &format, &out, from, to).await,
                 AuditCommand::Checkpoint => crate::audit::checkpoint_all(
                     &state.store,
                     state.keyring.checkpoint_signing_key(),
@@ -209,8 +232,65 @@ async fn audit_verify(
     }
 }
 
+async fn audit_export(
+    state: &crate::http::AppState,
+    tenant: &str,
+    format: &str,
+    out: &std::path::Path,
+    from: Option<String>,
+    to: Option<String>,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use std::io::{IsTerminal, Write};
+    let scope = crate::tenancy::find_active_by_slug(&state.store, tenant)
+        .await?
+        .with_context(|| format!("no active tenant with slug {tenant:?}"))?;
+    let format = crate::audit::export::Format::parse(Some(format))?;
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    pairs.extend(from.map(|f| ("from".to_owned(), f)));
+    pairs.extend(to.map(|t| ("to".to_owned(), t)));
+    let filter = crate::audit::AuditFilter::take(&mut pairs)?;
+    let permit = crate::access::Permit::operator(scope.clone(), crate::audit::Actor::operator());
+    let meta = crate::audit::RequestMeta::cli();
+    crate::audit::export::record_export(&state.store, &permit, &meta, "audit.export", format)
+        .await?;
+    let mut file = std::io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(out)
+            .with_context(|| format!("cannot create {}", out.display()))?,
+    );
+    let progress = std::io::stderr().is_terminal();
+    let mut stream = std::pin::pin!(crate::audit::export::audit_stream(
+        state.store.clone(),
+        scope,
+        filter,
+        format
+    ));
+    let mut lines: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+        file.write_all(&chunk)?;
+        if progress {
+            eprint!("\rexported {lines} lines");
+        }
+    }
+    file.flush()?;
+    if progress {
+        eprintln!();
+    }
+    println!("wrote {} ({lines} lines)", out.display());
+    Ok(())
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
-    crate::telemetry::init(config.log_format, &config.log_level);
+    crate::telemetry::init(
+        config.log_format,
+        &config.log_level,
+        config.syslog_url.as_deref(),
+    );
     tracing::info!(version = crate::VERSION, config = ?config, "starting");
     let listen = config.listen;
     let state = crate::open(config).await?;
@@ -227,6 +307,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// The server's scheduled jobs; each records a heartbeat.
 fn start_jobs(state: &crate::http::AppState) {
+    let store = state.store.clone();
+    crate::ops::every(
+        state.store.clone(),
+        "audit.retention",
+        std::time::Duration::from_secs(state.config.retention_interval_seconds),
+        move || {
+            let store = store.clone();
+            async move {
+                crate::audit::apply_retention(&store)
+                    .await
+                    .map(|s| serde_json::to_string(&s).unwrap_or_default())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    );
     let every = std::time::Duration::from_secs(state.config.audit_checkpoint_seconds);
     let job_state = state.clone();
     crate::ops::every(state.store.clone(), "audit.checkpoint", every, move || {

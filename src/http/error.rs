@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::REQUEST_ID;
 use crate::access::AccessError;
+use crate::audit::AuditError;
 use crate::identity::IdentityError;
 use crate::records::RecordError;
 use crate::store::StoreError;
@@ -126,9 +127,9 @@ impl From<AccessError> for ApiError {
 impl From<TenancyError> for ApiError {
     fn from(e: TenancyError) -> Self {
         match e {
-            TenancyError::InvalidSlug | TenancyError::InvalidName => {
-                ApiError::validation(e.to_string())
-            }
+            TenancyError::InvalidSlug
+            | TenancyError::InvalidName
+            | TenancyError::InvalidSetting(_) => ApiError::validation(e.to_string()),
             TenancyError::SlugTaken => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
@@ -198,6 +199,18 @@ impl From<RecordError> for ApiError {
             ),
             Access(e) => e.into(),
             Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::InvalidQuery(_) | AuditError::RetentionOutOfRange => {
+                ApiError::validation(e.to_string())
+            }
+            AuditError::Access(e) => e.into(),
+            AuditError::Store(e) => e.into(),
         }
     }
 }

@@ -15,7 +15,43 @@ use crate::access::Principal;
 use crate::audit::RequestMeta;
 
 /// Longest user agent kept; longer ones are cut (they are free text).
-const MAX_USER_AGENT: usize = 512;
+pub(super) const MAX_USER_AGENT: usize = 512;
+
+/// Who a request turned out to be, filled in by authentication and read by
+/// the access log after the response.
+#[derive(Clone, Default)]
+pub struct Who(std::sync::Arc<std::sync::Mutex<Option<Identified>>>);
+
+#[derive(Clone, Debug)]
+pub struct Identified {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub email: Option<String>,
+}
+
+impl Who {
+    pub fn set(&self, tenant_id: &str, user_id: &str, email: Option<&str>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(Identified {
+                tenant_id: tenant_id.to_owned(),
+                user_id: user_id.to_owned(),
+                email: email.map(str::to_owned),
+            });
+        }
+    }
+
+    pub fn get(&self) -> Option<Identified> {
+        self.0.lock().ok().and_then(|slot| slot.clone())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<Who>().cloned().unwrap_or_default())
+    }
+}
 
 /// A JSON body; syntax errors are `400`, shape errors `422`, a wrong
 /// content type `415`.
@@ -77,10 +113,15 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        // The address request_context established (trusted proxies honoured);
+        // the bare peer when the middleware did not run.
+        let ip = match parts.extensions.get::<super::ClientIp>() {
+            Some(client) => client.0.map(|ip| ip.to_string()),
+            None => parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+        };
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -108,11 +149,19 @@ impl FromRequestParts<AppState> for Principal {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| SecretString::from(t.trim().to_owned()))
             .ok_or(crate::identity::IdentityError::Unauthenticated)?;
-        Ok(crate::identity::authenticate(
+        let principal = crate::identity::authenticate(
             &state.store,
             state.keyring.token_verifying_key(),
             &bearer,
         )
-        .await?)
+        .await?;
+        if let Some(who) = parts.extensions.get::<Who>() {
+            who.set(
+                principal.scope().id_str(),
+                &principal.user_id,
+                Some(&principal.email),
+            );
+        }
+        Ok(principal)
     }
 }

@@ -3,14 +3,16 @@
 //! domains.
 
 pub mod api;
+mod client_ip;
 mod error;
 mod extract;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,9 +22,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 pub use api::{Api, Op};
+pub use client_ip::TrustedProxies;
 pub use error::ApiError;
-pub use extract::{ApiJson, ApiPath};
+pub use extract::{ApiJson, ApiPath, Who};
 
+use crate::audit::access_log::{AccessEntry, AccessLogger, activity};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::store::Store;
@@ -35,7 +39,16 @@ pub struct AppState {
     pub store: Store,
     pub keyring: Arc<Keyring>,
     pub config: Arc<Config>,
+    pub access_log: AccessLogger,
+    pub proxies: Arc<TrustedProxies>,
 }
+
+/// The client address as established by [`request_context`].
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+/// Longest path kept in the access log.
+const MAX_LOGGED_PATH: usize = 2048;
 
 /// The request id of the request being served, for problem bodies and logs.
 #[derive(Clone, Debug)]
@@ -52,7 +65,9 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::identity::router())
         .merge(crate::identity::sessions_router())
         .merge(crate::records::router())
-        .merge(crate::audit::router());
+        .merge(crate::audit::router())
+        .merge(crate::audit::access_log_router())
+        .merge(crate::tenancy::router());
     let (router, doc) = api.into_parts();
     let doc = Arc::new(doc.to_string());
     router
@@ -77,7 +92,10 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .with_state(state)
 }
 
@@ -114,12 +132,34 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Gives every request an id (echoed as `X-Request-Id`, carried into audit
-/// events and problem bodies) and sets strict security headers: an API
-/// response is never cached, sniffed, framed or allowed to run scripts.
-async fn request_context(mut req: Request, next: Next) -> Response {
+/// events and problem bodies), establishes the client address, sets strict
+/// security headers — an API response is never cached, sniffed, framed or
+/// allowed to run scripts — and records the request in the access log.
+async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let occurred_at = crate::clock::now();
     let id = uuid::Uuid::now_v7().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let ip = state.proxies.client_ip(peer, req.headers());
+    let who = Who::default();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    req.extensions_mut().insert(ClientIp(ip));
+    req.extensions_mut().insert(who.clone());
+    let method = req.method().as_str().to_owned();
+    let path: String = req.uri().path().chars().take(MAX_LOGGED_PATH).collect();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(extract::MAX_USER_AGENT).collect::<String>());
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
     let mut response = REQUEST_ID
         .scope(
             id.clone(),
@@ -144,6 +184,27 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
     );
+    if state.config.access_log {
+        let known = who.get();
+        state.access_log.record(AccessEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            occurred_at,
+            tenant_id: known.as_ref().map(|w| w.tenant_id.clone()),
+            actor_type: if known.is_some() { "user" } else { "anonymous" }.to_owned(),
+            actor_id: known.as_ref().map(|w| w.user_id.clone()),
+            actor_email: known.as_ref().and_then(|w| w.email.clone()),
+            activity: activity(&method, route.as_deref()).to_owned(),
+            method,
+            route,
+            path,
+            status: i64::from(response.status().as_u16()),
+            latency_us: started.elapsed().as_micros().min(i64::MAX as u128) as i64,
+            ip: ip.map(|ip| ip.to_string()),
+            user_agent,
+            request_id: id,
+            app_version: crate::VERSION.to_owned(),
+        });
+    }
     response
 }
 
@@ -154,6 +215,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = state.store.clone();
+    let access_log = state.access_log.clone();
     let app = app(state);
     axum::serve(
         listener,
@@ -161,6 +223,7 @@ pub async fn run(
     )
     .with_graceful_shutdown(shutdown)
     .await?;
+    access_log.flush().await;
     store.close().await;
     Ok(())
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{IdentityError, UserPatch};
 use crate::access::{Permission, Principal, authorize};
 use crate::audit::RequestMeta;
-use crate::http::{Api, ApiError, ApiJson, ApiPath, AppState, Op};
+use crate::http::{Api, ApiError, ApiJson, ApiPath, AppState, Op, Who};
 
 pub fn sessions_router() -> Api {
     Api::new()
@@ -87,7 +87,7 @@ pub fn router() -> Api {
                 .permission(Permission::UsersManage)
                 .body(json!({"type": "object", "required": ["email", "role"],
                              "properties": {"email": {"type": "string"},
-                                            "role": {"enum": ["admin", "member", "viewer"]}}}))
+                                            "role": {"enum": ["admin", "member", "viewer", "auditor"]}}}))
                 .ok(201),
             post(create_user),
         )
@@ -106,7 +106,7 @@ pub fn router() -> Api {
             .tag("users")
             .permission(Permission::UsersManage)
             .body(json!({"type": "object",
-                             "properties": {"role": {"enum": ["admin", "member", "viewer"]},
+                             "properties": {"role": {"enum": ["admin", "member", "viewer", "auditor"]},
                                             "status": {"enum": ["active", "disabled"]}}})),
             axum::routing::patch(update_user),
         )
@@ -133,6 +133,7 @@ struct LoginBody {
 async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
+    who: Who,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tokens = super::login(
@@ -145,6 +146,7 @@ async fn login(
         &meta,
     )
     .await?;
+    who.set(&tokens.tenant_id, &tokens.user_id, None);
     Ok(Json(tokens))
 }
 
@@ -156,6 +158,7 @@ struct RefreshBody {
 async fn refresh(
     State(state): State<AppState>,
     meta: RequestMeta,
+    who: Who,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     use secrecy::ExposeSecret;
@@ -166,6 +169,7 @@ async fn refresh(
         &meta,
     )
     .await?;
+    who.set(&tokens.tenant_id, &tokens.user_id, None);
     Ok(Json(tokens))
 }
 
@@ -187,6 +191,7 @@ struct AcceptBody {
 async fn accept_invitation(
     State(state): State<AppState>,
     meta: RequestMeta,
+    who: Who,
     ApiJson(body): ApiJson<AcceptBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     use secrecy::ExposeSecret;
@@ -199,6 +204,7 @@ async fn accept_invitation(
         &meta,
     )
     .await?;
+    who.set(&tokens.tenant_id, &tokens.user_id, None);
     Ok(Json(tokens))
 }
 

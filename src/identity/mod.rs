@@ -83,7 +83,7 @@ pub enum IdentityError {
     RefreshTokenReuse,
     #[error("missing, invalid or expired access token")]
     Unauthenticated,
-    #[error("unknown role {0:?}: use admin, member or viewer")]
+    #[error("unknown role {0:?}: use admin, member, viewer or auditor")]
     UnknownRole(String),
     #[error("unknown status {0:?}: use active or disabled")]
     UnknownStatus(String),

@@ -29,6 +29,11 @@ pub struct TokenPair {
     pub token_type: &'static str,
     pub expires_in: i64,
     pub refresh_token: String,
+    /// Who the tokens belong to (for the access log; not sent).
+    #[serde(skip)]
+    pub tenant_id: String,
+    #[serde(skip)]
+    pub user_id: String,
 }
 
 fn token_pair(
@@ -44,6 +49,8 @@ fn token_pair(
         token_type: "Bearer",
         expires_in: ACCESS_TOKEN_TTL_SECONDS,
         refresh_token: refresh.reveal(),
+        tenant_id: scope.id_str().to_owned(),
+        user_id: user_id.to_owned(),
     }
 }
 

@@ -103,7 +103,8 @@ impl WriteTx {
 
     /// Appends the journal entries and the audit event. One counter update
     /// reserves the whole range of sequence numbers, so both stay gap-free.
-    async fn finish(&mut self) -> Result<(), StoreError> {
+    /// Returns the event as JSON, for the log sinks once it has committed.
+    async fn finish(&mut self) -> Result<String, StoreError> {
         let tenant = self.scope.id_str().to_owned();
         let entries = self.changes.len() as i64;
         // RETURNING gives the new counters and the chain head before this
@@ -141,6 +142,12 @@ impl WriteTx {
                 .find(|c| c.entity == t.kind && c.entity_id == t.id)
                 .map(audit_diff)
         });
+        let logged = serde_json::json!({
+            "tenant_id": tenant, "seq": audit_seq, "occurred_at": now, "action": self.action,
+            "outcome": self.outcome, "actor": self.actor, "ip": self.meta.ip,
+            "user_agent": self.meta.user_agent, "request_id": self.meta.request_id,
+            "app_version": crate::VERSION, "target": target, "changes": diff,
+        });
         let hash = audit::append(
             &mut self.conn,
             audit::NewEvent {
@@ -162,7 +169,9 @@ impl WriteTx {
             .bind(&tenant)
             .execute(&mut *self.conn)
             .await?;
-        Ok(())
+        let mut logged = logged;
+        logged["hash"] = audit::hash_to_hex(&hash).into();
+        Ok(logged.to_string())
     }
 }
 
@@ -286,8 +295,8 @@ impl Writer {
                 // A panicking job must not take the writer down with it.
                 let outcome = std::panic::AssertUnwindSafe(async {
                     let value = work(&mut tx).await?;
-                    tx.finish().await?;
-                    Ok::<T, E>(value)
+                    let event = tx.finish().await?;
+                    Ok::<(T, String), E>((value, event))
                 })
                 .catch_unwind()
                 .await;
@@ -298,7 +307,12 @@ impl Writer {
                 let ok = result.is_ok();
                 let completion: Completion = Box::new(move |committed| {
                     let result = match (committed, result) {
-                        (Ok(()), result) => result,
+                        (Ok(()), Ok((value, event))) => {
+                            // Only now did it happen: tell the log sinks (AUD-6).
+                            tracing::info!(target: "audit", audit_event = %event, "audit event");
+                            Ok(value)
+                        }
+                        (Ok(()), Err(own)) => Err(own),
                         (Err(_), Err(own)) => Err(own),
                         (Err(why), Ok(_)) => Err(E::from(StoreError::Commit(why))),
                     };

@@ -6,6 +6,8 @@
 //! the operator's CLI. On PostgreSQL the store turns the scope into the
 //! `app.tenant_id` setting that row-level security checks (TEN-2).
 
+mod settings;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,6 +19,10 @@ use crate::access::{Permit, Role};
 use crate::audit::{Actor, RequestMeta};
 use crate::identity::{self, Email, NewInvitation};
 use crate::store::{Change, JournalOp, Store, StoreError};
+
+pub use settings::{
+    MIN_AUDIT_RETENTION_DAYS, SettingsPatch, TenantSettings, get_settings, router, update_settings,
+};
 
 /// A tenant's id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,6 +104,8 @@ pub enum TenancyError {
     InvalidName,
     #[error("a tenant with this slug already exists")]
     SlugTaken,
+    #[error("{0}")]
+    InvalidSetting(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

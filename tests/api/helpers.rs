@@ -87,17 +87,22 @@ pub fn test_config(data_dir: &std::path::Path, database_url: &str) -> Config {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// `spawn_app` with a changed configuration.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let data_dir = temp_dir("app");
     let database_url = fresh_database(&data_dir).await;
+    let mut config = test_config(&data_dir, &database_url);
+    configure(&mut config);
     let state = {
         let _guard = if is_postgres() {
             Some(PG_SETUP.lock().await)
         } else {
             None
         };
-        strongroom::open(test_config(&data_dir, &database_url))
-            .await
-            .expect("server state opens")
+        strongroom::open(config).await.expect("server state opens")
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
@@ -272,6 +277,17 @@ impl TestApp {
         n
     }
 
+    /// The access log as the API shows it, after flushing pending rows.
+    pub async fn access_log(&self, token: &str, query: &str) -> Vec<Value> {
+        self.state.access_log.flush().await;
+        let res = self
+            .get(&format!("/api/v1/access-log?limit=500{query}"), token)
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        body["items"].as_array().unwrap().clone()
+    }
+
     pub async fn audit(&self, admin: &Session) -> Vec<Value> {
         let body: Value = self
             .get("/api/v1/audit?limit=500", &admin.access_token)
@@ -323,12 +339,22 @@ impl ServerProcess {
         database_url: &str,
         log_level: &str,
     ) -> ServerProcess {
+        Self::start_with_env(data_dir, database_url, log_level, &[]).await
+    }
+
+    pub async fn start_with_env(
+        data_dir: &std::path::Path,
+        database_url: &str,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         let port = free_port();
         let log = data_dir.join(format!("server-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = cli(data_dir, database_url)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .env("STRONGROOM_LOG_LEVEL", log_level)
+            .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())
@@ -355,6 +381,30 @@ impl ServerProcess {
             address,
             log,
         }
+    }
+}
+
+impl ServerProcess {
+    /// Stops the server the way an operator does (SIGTERM) and waits, so
+    /// everything it buffers (the access log) is written.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "server ignored SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Peak resident memory of the server so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 }
 

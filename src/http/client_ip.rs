@@ -1,0 +1,101 @@
+//! The client's address: the TCP peer, unless the peer is a trusted proxy,
+//! in which case the right-most address in `X-Forwarded-For` that is not
+//! itself a trusted proxy (anything left of it could be forged by the
+//! client).
+
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
+
+/// Trusted proxies: single addresses or CIDR blocks.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+
+impl TrustedProxies {
+    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
+        let mut nets = Vec::new();
+        for entry in entries {
+            let (addr, bits) = match entry.split_once('/') {
+                Some((addr, bits)) => (addr, Some(bits)),
+                None => (entry.as_str(), None),
+            };
+            let addr: IpAddr = addr.trim().parse().map_err(|_| {
+                format!("trusted proxy {entry:?} is not an IP address or CIDR block")
+            })?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                None => max,
+                Some(b) => b
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .ok_or_else(|| format!("trusted proxy {entry:?} has a bad prefix length"))?,
+            };
+            nets.push((addr, bits));
+        }
+        Ok(TrustedProxies(nets))
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|&(net, bits)| match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        })
+    }
+
+    pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.contains(peer) {
+            return Some(peer);
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !self.contains(*ip))
+            .or(Some(peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", xff.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        let proxies = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.168.1.1".into()]).unwrap();
+        let peer = |s: &str| Some(s.parse().unwrap());
+        let h = headers("6.6.6.6, 203.0.113.9, 10.1.2.3");
+        assert_eq!(proxies.client_ip(peer("10.9.9.9"), &h), peer("203.0.113.9"));
+        assert_eq!(
+            proxies.client_ip(peer("198.51.100.7"), &h),
+            peer("198.51.100.7")
+        );
+        assert_eq!(
+            proxies.client_ip(peer("192.168.1.1"), &HeaderMap::new()),
+            peer("192.168.1.1")
+        );
+        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
+        assert!(TrustedProxies::parse(&["proxy".into()]).is_err());
+    }
+}
