@@ -175,14 +175,16 @@ impl WriteTx {
     }
 }
 
-/// `{before, after}` holding only the fields that changed, with sensitive
-/// values replaced by a marker.
+/// `{before, after}` holding only the fields that changed. A sensitive
+/// field's values are replaced by `"[redacted]"`, and `sensitive` lists it
+/// as `{"changed": true}`, so the trail says that it changed but not how.
 fn audit_diff(change: &Change) -> Value {
     let empty = Map::new();
     let before = diff_view(change.before.as_ref(), change.diff_of);
     let after = diff_view(change.after.as_ref(), change.diff_of);
     let mut old = Map::new();
     let mut new = Map::new();
+    let mut hidden = Map::new();
     let keys = before
         .unwrap_or(&empty)
         .keys()
@@ -193,20 +195,22 @@ fn audit_diff(change: &Change) -> Value {
         if was == is || old.contains_key(key) || new.contains_key(key) {
             continue;
         }
-        let hide = |v: Option<&Value>| -> Value {
+        let sensitive = change.sensitive.iter().any(|s| s == key);
+        let shown = |v: Option<&Value>| -> Value {
             match v {
                 None => Value::Null,
-                Some(_) if change.sensitive.iter().any(|s| s == key) => {
-                    Value::String("[redacted]".into())
-                }
+                Some(_) if sensitive => Value::String("[redacted]".into()),
                 Some(v) => v.clone(),
             }
         };
+        if sensitive {
+            hidden.insert(key.clone(), serde_json::json!({"changed": true}));
+        }
         if before.is_some() {
-            old.insert(key.clone(), hide(was));
+            old.insert(key.clone(), shown(was));
         }
         if after.is_some() {
-            new.insert(key.clone(), hide(is));
+            new.insert(key.clone(), shown(is));
         }
     }
     let side = |present: bool, map: Map<String, Value>| {
@@ -216,10 +220,14 @@ fn audit_diff(change: &Change) -> Value {
             Value::Null
         }
     };
-    serde_json::json!({
+    let mut diff = serde_json::json!({
         "before": side(before.is_some(), old),
         "after": side(after.is_some(), new),
-    })
+    });
+    if !hidden.is_empty() {
+        diff["sensitive"] = Value::Object(hidden);
+    }
+    diff
 }
 
 fn diff_view<'a>(image: Option<&'a Value>, key: Option<&str>) -> Option<&'a Map<String, Value>> {
@@ -487,6 +495,7 @@ mod tests {
             json!({
                 "before": {"status": "open", "salary": "[redacted]"},
                 "after": {"status": "done", "salary": "[redacted]"},
+                "sensitive": {"salary": {"changed": true}},
             })
         );
     }

@@ -88,7 +88,7 @@ async fn ctl_aud_1_every_change_writes_an_audit_event_with_every_field() {
 }
 
 #[tokio::test]
-async fn sensitive_values_never_reach_the_audit_trail_in_clear() {
+async fn ctl_aud_3_sensitive_values_never_reach_the_audit_trail_in_clear() {
     let app = spawn_app().await;
     let admin = app.admin("acme").await;
     app.work_orders(&admin).await;
@@ -125,6 +125,7 @@ async fn sensitive_values_never_reach_the_audit_trail_in_clear() {
         .find(|e| e["action"] == "record.update")
         .unwrap();
     assert_eq!(update["changes"]["after"]["notes"], "[redacted]");
+    assert_eq!(update["changes"]["sensitive"]["notes"]["changed"], true);
 }
 
 #[tokio::test]
@@ -775,4 +776,37 @@ async fn ctl_aud_4_exporting_100k_events_streams_with_flat_memory() {
         bytes / (1024 * 1024)
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn ctl_ops_6_the_running_version_is_in_healthz_every_audit_event_and_every_access_row() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    app.work_orders(&admin).await;
+    let health: Value = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["version"], strongroom::VERSION);
+    let events = app.audit(&admin).await;
+    assert!(events.len() >= 3);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["app_version"] == strongroom::VERSION)
+    );
+    let rows = app.access_log(&admin.access_token, "").await;
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r["app_version"] == strongroom::VERSION));
+    let mut conn = app.raw().await;
+    let journal: Vec<String> = sqlx::query_scalar("SELECT DISTINCT app_version FROM journal")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(journal, [strongroom::VERSION]);
 }

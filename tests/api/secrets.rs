@@ -10,7 +10,16 @@ use crate::helpers::{PASSWORD, ServerProcess, fresh_database, is_postgres, temp_
 async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_responses() {
     let dir = temp_dir("secrets");
     let url = fresh_database(&dir).await;
-    let server = ServerProcess::start(&dir, &url, "debug").await;
+    // Syslog output is scanned too.
+    let syslog = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let syslog_url = format!("udp://{}", syslog.local_addr().unwrap());
+    let server = ServerProcess::start_with_env(
+        &dir,
+        &url,
+        "debug",
+        &[("STRONGROOM_SYSLOG_URL", syslog_url.as_str())],
+    )
+    .await;
     let (admin_token, invitation) = tenant_admin_token(&server, &dir, &url).await;
     let client = reqwest::Client::new();
     let base = server.address.clone();
@@ -109,7 +118,19 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
         json!(null),
     )
     .await;
-    drop(server);
+    // A graceful stop writes out everything buffered (the access log).
+    server.stop().await;
+    let mut shipped = String::new();
+    syslog.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 65_536];
+    while let Ok(n) = syslog.recv(&mut buf) {
+        shipped.push_str(&String::from_utf8_lossy(&buf[..n]));
+        shipped.push('\n');
+    }
+    assert!(
+        shipped.contains("auth.refresh"),
+        "syslog received the audit events"
+    );
 
     // The invitation tokens were handed out in exactly one response each; they
     // must appear nowhere else. Check the audit trail and the error bodies.
@@ -138,18 +159,14 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
         let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
             .await
             .unwrap();
-        for table in [
-            "tenants",
-            "users",
-            "invitations",
-            "sessions",
-            "refresh_tokens",
-            "collections",
-            "records",
-            "record_keys",
-            "journal",
-            "audit_events",
-        ] {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert!(tables.len() >= 15, "{tables:?}");
+        for table in tables {
             let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
                 .fetch_all(&mut conn)
                 .await
@@ -163,12 +180,20 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
             }
         }
     }
-    assert!(!database.is_empty());
     let database = String::from_utf8_lossy(&database);
+    assert!(
+        database.contains("/api/v1/auth/refresh"),
+        "the access log was written and scanned"
+    );
     for secret in &secrets {
         assert!(
             !log.contains(secret.as_str()),
             "the server log contains a secret ({} chars)",
+            secret.len()
+        );
+        assert!(
+            !shipped.contains(secret.as_str()),
+            "syslog output contains a secret ({} chars)",
             secret.len()
         );
         assert!(
