@@ -36,14 +36,20 @@ pub struct Chained<'a> {
 
 impl Chained<'_> {
     pub fn hash(&self, prev: &Hash) -> Hash {
-        let mut h = Sha256::new();
-        h.update(prev);
+        self.hash_with(prev, &mut Vec::new())
+    }
+
+    /// [`Chained::hash`] encoding into `scratch`, so that a loop over many
+    /// events hashes one contiguous buffer each and allocates nothing.
+    pub fn hash_with(&self, prev: &Hash, scratch: &mut Vec<u8>) -> Hash {
+        scratch.clear();
+        scratch.extend_from_slice(prev);
         let mut field = |value: Option<&str>| match value {
             Some(v) => {
-                h.update((v.len() as u32).to_be_bytes());
-                h.update(v.as_bytes());
+                scratch.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                scratch.extend_from_slice(v.as_bytes());
             }
-            None => h.update(u32::MAX.to_be_bytes()),
+            None => scratch.extend_from_slice(&u32::MAX.to_be_bytes()),
         };
         field(Some(self.id));
         field(Some(self.tenant_id));
@@ -60,9 +66,20 @@ impl Chained<'_> {
         field(self.target_type);
         field(self.target_id);
         field(self.changes);
-        h.update(self.seq.to_be_bytes());
-        h.finalize().into()
+        scratch.extend_from_slice(&self.seq.to_be_bytes());
+        Sha256::digest(&scratch[..]).into()
     }
+}
+
+/// Lower-case hex of a hash, on the stack.
+pub fn hex_bytes(hash: &Hash) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in hash.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
+    }
+    out
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {
@@ -130,6 +147,12 @@ mod tests {
         assert_ne!(base, event("record.create", Some("")).hash(&GENESIS));
         assert_ne!(base, event("record.create", Some("u1")).hash(&[1; 32]));
         assert_eq!(from_hex(&to_hex(&base)), Some(base));
+        assert_eq!(hex_bytes(&base).as_slice(), to_hex(&base).as_bytes());
+        let mut scratch = Vec::new();
+        assert_eq!(
+            event("record.create", Some("u1")).hash_with(&GENESIS, &mut scratch),
+            base
+        );
         assert_eq!(from_hex("zz"), None);
     }
 }

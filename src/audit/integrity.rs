@@ -9,14 +9,14 @@
 //! first sequence number at which anything was modified, deleted, inserted
 //! or reordered.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::Row;
 
-use super::chain::{self, Chained, GENESIS, Hash, checkpoint_message, from_hex, to_hex};
+use super::chain::{self, Chained, GENESIS, Hash, checkpoint_message, from_hex, hex_bytes, to_hex};
 use crate::store::{Store, StoreError};
 use crate::tenancy::{self, TenantScope};
 
@@ -97,9 +97,193 @@ pub struct VerifyReport {
     pub problem: Option<String>,
 }
 
-struct Checkpoint {
-    hash: String,
+/// What verification starts from: the tenant's counters and its verified
+/// checkpoints.
+struct Start {
+    audit_seq: i64,
+    head: Option<String>,
+    anchor_seq: i64,
+    anchor_hash: Option<String>,
 }
+
+/// Walks one tenant's events in seq order; shared by both read paths.
+struct Walk {
+    prev: Hash,
+    /// `prev` as lower-case hex: what the next event's `prev_hash` must be.
+    prev_hex: [u8; 64],
+    scratch: Vec<u8>,
+    expected: i64,
+    checkpoints: BTreeMap<i64, String>,
+    report: VerifyReport,
+}
+
+type Failure = (i64, String);
+
+impl Walk {
+    fn new(tenant: &str, start: &Start) -> Result<Walk, StoreError> {
+        let prev = match start.anchor_hash.as_deref() {
+            Some(hex) => {
+                from_hex(hex).ok_or_else(|| StoreError::Corrupt("bad audit anchor".into()))?
+            }
+            None => GENESIS,
+        };
+        Ok(Walk {
+            prev,
+            prev_hex: hex_bytes(&prev),
+            scratch: Vec::with_capacity(1024),
+            expected: start.anchor_seq + 1,
+            checkpoints: BTreeMap::new(),
+            report: VerifyReport {
+                tenant_id: tenant.to_owned(),
+                ok: true,
+                first_seq: start.anchor_seq + 1,
+                events_checked: 0,
+                checkpoints_checked: 0,
+                first_bad_seq: None,
+                problem: None,
+            },
+        })
+    }
+
+    /// Continues a walk after event `after`, whose hash is `prev`.
+    fn resume(tenant: &str, after: i64, prev: Hash, checkpoints: BTreeMap<i64, String>) -> Walk {
+        Walk {
+            prev,
+            prev_hex: hex_bytes(&prev),
+            scratch: Vec::with_capacity(1024),
+            expected: after + 1,
+            checkpoints,
+            report: VerifyReport {
+                tenant_id: tenant.to_owned(),
+                ok: true,
+                first_seq: after + 1,
+                events_checked: 0,
+                checkpoints_checked: 0,
+                first_bad_seq: None,
+                problem: None,
+            },
+        }
+    }
+
+    /// Checks and records a checkpoint; a forged one must vouch for nothing.
+    fn checkpoint(
+        &mut self,
+        key: &VerifyingKey,
+        seq: i64,
+        hash: &str,
+        signed_at: &str,
+        signature: &str,
+    ) -> Result<(), Failure> {
+        let message = checkpoint_message(&self.report.tenant_id, seq, hash, signed_at);
+        let valid = decode_signature(signature)
+            .is_some_and(|sig| key.verify(message.as_bytes(), &sig).is_ok());
+        if !valid {
+            return Err((
+                seq,
+                format!("the checkpoint at seq {seq} has an invalid signature"),
+            ));
+        }
+        self.checkpoints.insert(seq, hash.to_owned());
+        self.report.checkpoints_checked += 1;
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        event: &Chained<'_>,
+        stored_prev: Option<&str>,
+        stored_hash: Option<&str>,
+    ) -> Result<(), Failure> {
+        let (seq, expected) = (event.seq, self.expected);
+        if seq != expected {
+            return Err((
+                expected,
+                format!(
+                    "event {expected} is missing: the trail jumps from {} to {seq}",
+                    expected - 1
+                ),
+            ));
+        }
+        if stored_prev.map(str::as_bytes) != Some(self.prev_hex.as_slice()) {
+            return Err((
+                seq,
+                format!(
+                    "event {seq} does not follow event {}: events were deleted, inserted or reordered",
+                    seq - 1
+                ),
+            ));
+        }
+        let computed = event.hash_with(&self.prev, &mut self.scratch);
+        let computed_hex = hex_bytes(&computed);
+        if stored_hash.map(str::as_bytes) != Some(computed_hex.as_slice()) {
+            return Err((
+                seq,
+                format!("event {seq} was modified after it was written"),
+            ));
+        }
+        if let Some(signed) = self.checkpoints.get(&seq)
+            && Some(signed.as_str()) != stored_hash
+        {
+            return Err((
+                seq,
+                format!("event {seq} differs from its signed checkpoint: the chain was rewritten"),
+            ));
+        }
+        self.prev = computed;
+        self.prev_hex = computed_hex;
+        self.expected += 1;
+        self.report.events_checked += 1;
+        Ok(())
+    }
+
+    /// After the last event: nothing may be missing at the end.
+    fn end(&self, start: &Start) -> Result<(), Failure> {
+        let last = self.expected - 1;
+        if let Some((&seq, _)) = self.checkpoints.range(last + 1..).next() {
+            return Err((
+                last + 1,
+                format!(
+                    "a signed checkpoint covers seq {seq}, but the trail ends at {last}: events were deleted"
+                ),
+            ));
+        }
+        if start.audit_seq > last {
+            return Err((
+                last + 1,
+                format!(
+                    "the trail should reach seq {} but ends at {last}: events were deleted",
+                    start.audit_seq
+                ),
+            ));
+        }
+        if last > start.anchor_seq
+            && start.audit_seq == last
+            && start.head.as_deref().map(str::as_bytes) != Some(self.prev_hex.as_slice())
+        {
+            return Err((
+                last,
+                format!("event {last} is not the recorded head of the chain"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn report(mut self, outcome: Result<(), Failure>) -> VerifyReport {
+        if let Err((seq, problem)) = outcome {
+            self.report.ok = false;
+            self.report.first_bad_seq = Some(seq);
+            self.report.problem = Some(problem);
+        }
+        self.report
+    }
+}
+
+const START_SQL: &str = "SELECT audit_seq, audit_head, audit_anchor_seq, audit_anchor_hash \
+     FROM tenant_sequences WHERE tenant_id = $1";
+const CHECKPOINTS_SQL: &str = "SELECT seq, hash, signed_at, signature FROM audit_checkpoints \
+     WHERE tenant_id = $1 AND seq > $2 ORDER BY seq";
+const EVENT_COLUMNS: &str = "id, seq, occurred_at, action, outcome, actor_type, actor_id, actor_email, \
+     ip, user_agent, request_id, app_version, target_type, target_id, changes, prev_hash, hash";
 
 /// Walks `scope`'s chain and checks it against the signed checkpoints.
 pub async fn verify(
@@ -107,170 +291,329 @@ pub async fn verify(
     scope: &TenantScope,
     key: &VerifyingKey,
 ) -> Result<VerifyReport, StoreError> {
+    verify_splitting_from(store, scope, key, PARALLEL_FROM).await
+}
+
+/// [`verify`], splitting the SQLite walk in two halves even for short
+/// trails, so tests can prove the split path catches the same tampering.
+#[doc(hidden)]
+pub async fn verify_in_halves(
+    store: &Store,
+    scope: &TenantScope,
+    key: &VerifyingKey,
+) -> Result<VerifyReport, StoreError> {
+    verify_splitting_from(store, scope, key, 2).await
+}
+
+async fn verify_splitting_from(
+    store: &Store,
+    scope: &TenantScope,
+    key: &VerifyingKey,
+    parallel_from: i64,
+) -> Result<VerifyReport, StoreError> {
+    if let Some(path) = store.sqlite_file() {
+        let (tenant, key) = (scope.id_str().to_owned(), *key);
+        return tokio::task::spawn_blocking(move || {
+            verify_sqlite(&path, &tenant, &key, parallel_from)
+        })
+        .await
+        .map_err(|_| StoreError::Corrupt("verification task failed".into()))?;
+    }
+    verify_paged(store, scope, key).await
+}
+
+/// Below this many events one thread verifies alone.
+const PARALLEL_FROM: i64 = 100_000;
+
+fn open_read_only(path: &std::path::Path) -> Result<rusqlite::Connection, rusqlite::Error> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Map the file: a page read is then a memory access, not a pread()
+    // and a copy (verification reads the whole trail once).
+    conn.pragma_update(None, "mmap_size", 1i64 << 32)?;
+    Ok(conn)
+}
+
+/// SQLite: read-only connections, columns read in place; a long trail is
+/// split in two halves verified on two threads. The halves join because the
+/// upper one starts from the stored hash of the lower one's last event,
+/// which the lower half proves. (Through the async driver each row cost
+/// ~24 µs; here it is ~1.5 µs on one core.)
+fn verify_sqlite(
+    path: &std::path::Path,
+    tenant: &str,
+    key: &VerifyingKey,
+    parallel_from: i64,
+) -> Result<VerifyReport, StoreError> {
+    use rusqlite::params;
+    let native = |e: rusqlite::Error| StoreError::Native(e.to_string());
+    let conn = open_read_only(path).map_err(native)?;
+    let tx = conn.unchecked_transaction().map_err(native)?;
+    let start = tx
+        .query_row(&START_SQL.replace('$', "?"), params![tenant], |r| {
+            Ok(Start {
+                audit_seq: r.get(0)?,
+                head: r.get(1)?,
+                anchor_seq: r.get(2)?,
+                anchor_hash: r.get(3)?,
+            })
+        })
+        .map_err(native)?;
+    let mut walk = Walk::new(tenant, &start)?;
+    let checked = (|| -> Result<Result<(), Failure>, rusqlite::Error> {
+        let mut checkpoints = tx.prepare(&CHECKPOINTS_SQL.replace('$', "?"))?;
+        let mut rows = checkpoints.query(params![tenant, start.anchor_seq])?;
+        while let Some(r) = rows.next()? {
+            let checked = walk.checkpoint(
+                key,
+                r.get(0)?,
+                r.get_ref(1)?.as_str()?,
+                r.get_ref(2)?.as_str()?,
+                r.get_ref(3)?.as_str()?,
+            );
+            if checked.is_err() {
+                return Ok(checked);
+            }
+        }
+        Ok(Ok(()))
+    })()
+    .map_err(native)?;
+    if checked.is_err() {
+        return Ok(walk.report(checked));
+    }
+
+    let events = start.audit_seq - start.anchor_seq;
+    let mid = start.anchor_seq + events / 2;
+    let upper = if events >= parallel_from {
+        // The upper half, on its own connection and thread.
+        let (path, tenant) = (path.to_owned(), tenant.to_owned());
+        let checkpoints = walk.checkpoints.clone();
+        Some(std::thread::spawn(
+            move || -> Result<(Walk, Result<(), Failure>), StoreError> {
+                let conn = open_read_only(&path).map_err(native)?;
+                let tx = conn.unchecked_transaction().map_err(native)?;
+                let joint: Option<String> = tx
+                    .query_row(
+                        "SELECT hash FROM audit_events WHERE tenant_id = ?1 AND seq = ?2",
+                        params![tenant, mid],
+                        |r| r.get(0),
+                    )
+                    .map_err(native)
+                    .ok()
+                    .flatten();
+                let Some(prev) = joint.as_deref().and_then(from_hex) else {
+                    // The lower half reports what is wrong at `mid`.
+                    let walk = Walk::resume(&tenant, mid, GENESIS, checkpoints);
+                    return Ok((walk, Err((mid, "broken at the halfway point".into()))));
+                };
+                let mut walk = Walk::resume(&tenant, mid, prev, checkpoints);
+                let outcome = walk_rows(&tx, &tenant, &mut walk, mid, None).map_err(native)?;
+                Ok((walk, outcome))
+            },
+        ))
+    } else {
+        None
+    };
+    let lower_end = upper.as_ref().map(|_| mid);
+    let outcome = walk_rows(&tx, tenant, &mut walk, start.anchor_seq, lower_end).map_err(native)?;
+    if let Some(upper) = upper {
+        let (upper_walk, upper_outcome) = upper
+            .join()
+            .map_err(|_| StoreError::Corrupt("verification thread failed".into()))??;
+        if outcome.is_err() {
+            return Ok(walk.report(outcome));
+        }
+        // The lower half must have reached `mid` exactly.
+        if walk.expected != mid + 1 {
+            let missing = walk.expected;
+            return Ok(walk.report(Err((missing, format!("event {missing} is missing")))));
+        }
+        let events_checked = walk.report.events_checked;
+        let mut upper_walk = upper_walk;
+        upper_walk.report.events_checked += events_checked;
+        upper_walk.report.checkpoints_checked = walk.report.checkpoints_checked;
+        upper_walk.report.first_seq = walk.report.first_seq;
+        let outcome = upper_outcome.and_then(|()| upper_walk.end(&start));
+        return Ok(upper_walk.report(outcome));
+    }
+    let outcome = outcome.and_then(|()| walk.end(&start));
+    Ok(walk.report(outcome))
+}
+
+/// Feeds events `after < seq <= until` to `walk`.
+fn walk_rows(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    walk: &mut Walk,
+    after: i64,
+    until: Option<i64>,
+) -> Result<Result<(), Failure>, rusqlite::Error> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM audit_events WHERE tenant_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq"
+    );
+    let mut events = tx.prepare(&sql)?;
+    let mut rows = events.query(rusqlite::params![tenant, after, until.unwrap_or(i64::MAX)])?;
+    while let Some(r) = rows.next()? {
+        let required = |i| text(r, i).map(Option::unwrap_or_default);
+        let event = Chained {
+            id: required(0)?,
+            tenant_id: tenant,
+            seq: r.get(1)?,
+            occurred_at: required(2)?,
+            action: required(3)?,
+            outcome: required(4)?,
+            actor_type: required(5)?,
+            actor_id: text(r, 6)?,
+            actor_email: text(r, 7)?,
+            ip: text(r, 8)?,
+            user_agent: text(r, 9)?,
+            request_id: required(10)?,
+            app_version: required(11)?,
+            target_type: text(r, 12)?,
+            target_id: text(r, 13)?,
+            changes: text(r, 14)?,
+        };
+        let stepped = walk.event(&event, text(r, 15)?, text(r, 16)?);
+        if stepped.is_err() {
+            return Ok(stepped);
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// A text column read in place (no copy).
+fn text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<Option<&'r str>, rusqlite::Error> {
+    Ok(row.get_ref(i)?.as_str_or_null()?)
+}
+
+/// PostgreSQL: pages of events aggregated into one string each.
+async fn verify_paged(
+    store: &Store,
+    scope: &TenantScope,
+    key: &VerifyingKey,
+) -> Result<VerifyReport, StoreError> {
     let tenant = scope.id_str();
     let mut tx = store.read(scope).await?;
-    let row = sqlx::query(
-        "SELECT audit_seq, audit_head, audit_anchor_seq, audit_anchor_hash \
-         FROM tenant_sequences WHERE tenant_id = $1",
-    )
-    .bind(tenant)
-    .fetch_one(tx.conn())
-    .await?;
-    let audit_seq: i64 = row.try_get(0)?;
-    let head: Option<String> = row.try_get(1)?;
-    let anchor_seq: i64 = row.try_get(2)?;
-    let anchor_hash: Option<String> = row.try_get(3)?;
-    let mut report = VerifyReport {
-        tenant_id: tenant.to_owned(),
-        ok: true,
-        first_seq: anchor_seq + 1,
-        events_checked: 0,
-        checkpoints_checked: 0,
-        first_bad_seq: None,
-        problem: None,
+    let row = sqlx::query(START_SQL)
+        .bind(tenant)
+        .fetch_one(tx.conn())
+        .await?;
+    let start = Start {
+        audit_seq: row.try_get(0)?,
+        head: row.try_get(1)?,
+        anchor_seq: row.try_get(2)?,
+        anchor_hash: row.try_get(3)?,
     };
-    let fail = |mut report: VerifyReport, seq: i64, problem: String| {
-        report.ok = false;
-        report.first_bad_seq = Some(seq);
-        report.problem = Some(problem);
-        Ok(report)
-    };
-
-    // Checkpoints first: a forged one must not vouch for anything.
-    let rows = sqlx::query(
-        "SELECT seq, hash, signed_at, signature FROM audit_checkpoints \
-         WHERE tenant_id = $1 AND seq > $2 ORDER BY seq",
-    )
-    .bind(tenant)
-    .bind(anchor_seq)
-    .fetch_all(tx.conn())
-    .await?;
-    let mut checkpoints = BTreeMap::new();
+    let mut walk = Walk::new(tenant, &start)?;
+    let rows = sqlx::query(CHECKPOINTS_SQL)
+        .bind(tenant)
+        .bind(start.anchor_seq)
+        .fetch_all(tx.conn())
+        .await?;
     for row in &rows {
-        let seq: i64 = row.try_get(0)?;
-        let hash: String = row.try_get(1)?;
-        let signed_at: String = row.try_get(2)?;
-        let signature: String = row.try_get(3)?;
-        let message = checkpoint_message(tenant, seq, &hash, &signed_at);
-        let valid = decode_signature(&signature)
-            .is_some_and(|sig| key.verify(message.as_bytes(), &sig).is_ok());
-        if !valid {
-            return fail(
-                report,
-                seq,
-                format!("the checkpoint at seq {seq} has an invalid signature"),
-            );
-        }
-        checkpoints.insert(seq, Checkpoint { hash });
-    }
-    report.checkpoints_checked = checkpoints.len() as i64;
-
-    let mut prev: Hash = match anchor_hash.as_deref() {
-        Some(hex) => from_hex(hex).ok_or_else(|| StoreError::Corrupt("bad audit anchor".into()))?,
-        None => GENESIS,
-    };
-    let mut expected = anchor_seq + 1;
-    let mut events = sqlx::query(
-        "SELECT id, seq, occurred_at, action, outcome, actor_type, actor_id, actor_email, ip, \
-         user_agent, request_id, app_version, target_type, target_id, changes, prev_hash, hash \
-         FROM audit_events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq",
-    )
-    .bind(tenant)
-    .bind(anchor_seq)
-    .fetch(tx.conn());
-    while let Some(row) = events.try_next().await? {
-        let seq: i64 = row.try_get(1)?;
-        if seq != expected {
-            return fail(
-                report,
-                expected,
-                format!(
-                    "event {expected} is missing: the trail jumps from {} to {seq}",
-                    expected - 1
-                ),
-            );
-        }
-        let stored_prev: Option<&str> = row.try_get(15)?;
-        if stored_prev != Some(to_hex(&prev).as_str()) {
-            return fail(
-                report,
-                seq,
-                format!(
-                    "event {seq} does not follow event {}: events were deleted, inserted or reordered",
-                    seq - 1
-                ),
-            );
-        }
-        let event = Chained {
-            id: row.try_get(0)?,
-            tenant_id: tenant,
-            seq,
-            occurred_at: row.try_get(2)?,
-            action: row.try_get(3)?,
-            outcome: row.try_get(4)?,
-            actor_type: row.try_get(5)?,
-            actor_id: row.try_get(6)?,
-            actor_email: row.try_get(7)?,
-            ip: row.try_get(8)?,
-            user_agent: row.try_get(9)?,
-            request_id: row.try_get(10)?,
-            app_version: row.try_get(11)?,
-            target_type: row.try_get(12)?,
-            target_id: row.try_get(13)?,
-            changes: row.try_get(14)?,
-        };
-        let computed = event.hash(&prev);
-        let stored: Option<&str> = row.try_get(16)?;
-        let computed_hex = to_hex(&computed);
-        if stored != Some(computed_hex.as_str()) {
-            return fail(
-                report,
-                seq,
-                format!("event {seq} was modified after it was written"),
-            );
-        }
-        if let Some(checkpoint) = checkpoints.get(&seq)
-            && checkpoint.hash != computed_hex
-        {
-            return fail(
-                report,
-                seq,
-                format!("event {seq} differs from its signed checkpoint: the chain was rewritten"),
-            );
-        }
-        prev = computed;
-        expected += 1;
-        report.events_checked += 1;
-    }
-    drop(events);
-    let last = expected - 1;
-    if let Some((&seq, _)) = checkpoints.range(last + 1..).next() {
-        return fail(
-            report,
-            last + 1,
-            format!(
-                "a signed checkpoint covers seq {seq}, but the trail ends at {last}: events were deleted"
-            ),
+        let checked = walk.checkpoint(
+            key,
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
         );
+        if checked.is_err() {
+            return Ok(walk.report(checked));
+        }
     }
-    if audit_seq > last {
-        return fail(
-            report,
-            last + 1,
-            format!(
-                "the trail should reach seq {audit_seq} but ends at {last}: events were deleted"
-            ),
-        );
+    let page_sql = page_query(tx.backend());
+    loop {
+        let row = sqlx::query(&page_sql)
+            .bind(tenant)
+            .bind(walk.expected - 1)
+            .bind(VERIFY_PAGE)
+            .fetch_one(tx.conn())
+            .await?;
+        let page: Option<String> = row.try_get(0)?;
+        let Some(page) = page else { break };
+        let rows: Vec<PageRow<'_>> = serde_json::from_str(&page)
+            .map_err(|e| StoreError::Corrupt(format!("malformed audit page: {e}")))?;
+        for row in &rows {
+            let event = Chained {
+                id: &row.0,
+                tenant_id: tenant,
+                seq: row.1,
+                occurred_at: &row.2,
+                action: &row.3,
+                outcome: &row.4,
+                actor_type: &row.5,
+                actor_id: row.6.as_deref(),
+                actor_email: row.7.as_deref(),
+                ip: row.8.as_deref(),
+                user_agent: row.9.as_deref(),
+                request_id: &row.10,
+                app_version: &row.11,
+                target_type: row.12.as_deref(),
+                target_id: row.13.as_deref(),
+                changes: row.14.as_deref(),
+            };
+            let stepped = walk.event(&event, row.15.as_deref(), row.16.as_deref());
+            if stepped.is_err() {
+                return Ok(walk.report(stepped));
+            }
+        }
     }
-    if last > anchor_seq && audit_seq == last && head.as_deref() != Some(to_hex(&prev).as_str()) {
-        return fail(
-            report,
-            last,
-            format!("event {last} is not the recorded head of the chain"),
-        );
-    }
-    Ok(report)
+    let end = walk.end(&start);
+    Ok(walk.report(end))
 }
+
+/// Events per verification page (PostgreSQL).
+const VERIFY_PAGE: i64 = 4096;
+
+/// A page of events as one JSON array of arrays, built by the database in
+/// C (`json_array` / `json_build_array`), in seq order.
+fn page_query(backend: crate::store::Backend) -> String {
+    use crate::store::Backend;
+    // SQLite's group_concat follows the order of the (ordered) subquery;
+    // PostgreSQL's string_agg is told explicitly. Either way a wrong order
+    // could only raise a false alarm (seq is checked), never hide tampering.
+    let (row, aggregate) = match backend {
+        Backend::Sqlite => (
+            format!("json_array({EVENT_COLUMNS})"),
+            "group_concat(enc, ',')",
+        ),
+        Backend::Postgres => (
+            format!("json_build_array({EVENT_COLUMNS})::text"),
+            "string_agg(enc, ',' ORDER BY seq)",
+        ),
+    };
+    format!(
+        "SELECT '[' || {aggregate} || ']' FROM (SELECT seq, {row} AS enc FROM audit_events \
+         WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS page"
+    )
+}
+
+/// One event of a page, borrowed from the page text where possible.
+#[derive(serde::Deserialize)]
+struct PageRow<'a>(
+    #[serde(borrow)] Cow<'a, str>,
+    i64,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+);
 
 fn decode_signature(hex: &str) -> Option<Signature> {
     if hex.len() != 128 {

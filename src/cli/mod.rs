@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "strongroom", version = crate::VERSION, about = "Strongroom: security controls that are true in code")]
 pub struct Cli {
@@ -39,6 +41,20 @@ enum Command {
     /// The audit trail: verify its integrity, sign checkpoints.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// In-process benchmarks (HTTP benchmarks live in bench/).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Verification speed of the audit hash chain (events/s).
+    AuditVerify {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: i64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +122,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.listen = listen;
             }
             serve(config).await
+        }
+        Command::Bench(BenchCommand::AuditVerify { events, rounds }) => {
+            anyhow::ensure!(
+                events > 0 && rounds > 0,
+                "events and rounds must be positive"
+            );
+            bench::audit_verify(events, rounds).await
         }
         Command::Migrate => {
             let state = crate::open(config).await?;

@@ -9,6 +9,10 @@ use super::{Backend, StoreError};
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_init.sql")),
     (2, include_str!("migrations/sqlite/0002_audit_trail.sql")),
+    (
+        3,
+        include_str!("migrations/sqlite/0003_audit_clustered.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),

@@ -73,6 +73,8 @@ pub enum StoreError {
     Commit(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("database error: {0}")]
+    Native(String),
 }
 
 impl StoreError {
@@ -117,6 +119,8 @@ pub struct Store {
 
 struct Inner {
     backend: Backend,
+    /// The SQLite database file, for read-only native access (verification).
+    sqlite_file: Option<std::path::PathBuf>,
     reads: AnyPool,
     writer: write::Writer,
 }
@@ -135,6 +139,11 @@ impl Store {
     }
 
     async fn connect_sqlite(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let sqlite_file = std::path::PathBuf::from(path.split('?').next().unwrap_or(path));
         let url = if url.contains('?') {
             url.to_owned()
         } else {
@@ -180,6 +189,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Sqlite,
+                sqlite_file: Some(sqlite_file),
                 reads,
                 writer,
             }),
@@ -209,6 +219,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Postgres,
+                sqlite_file: None,
                 reads: pool.clone(),
                 writer: write::Writer::per_transaction(pool),
             }),
@@ -217,6 +228,11 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.inner.backend
+    }
+
+    /// The SQLite database file, when that is the backend.
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        self.inner.sqlite_file.clone()
     }
 
     /// A read-only snapshot in `scope`.

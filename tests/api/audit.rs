@@ -222,6 +222,20 @@ async fn ctl_aud_7_an_untouched_trail_verifies_with_its_signed_checkpoints() {
     let report = verify(&app, &admin).await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["events_checked"], 13);
+    let principal = strongroom::identity::authenticate(
+        &app.state.store,
+        app.state.keyring.token_verifying_key(),
+        &secrecy::SecretString::from(admin.access_token.clone()),
+    )
+    .await
+    .unwrap();
+    let key = app.state.keyring.checkpoint_signing_key().verifying_key();
+    let halves = strongroom::audit::verify_in_halves(&app.state.store, principal.scope(), &key)
+        .await
+        .unwrap();
+    assert!(halves.ok, "{halves:?}");
+    assert_eq!(halves.events_checked, 13);
+    assert_eq!(halves.first_seq, 1);
     assert_eq!(report["checkpoints_checked"], 1);
     // The CLI agrees and exits zero.
     let out = crate::helpers::cli(&app.data_dir, &app.database_url)
@@ -297,6 +311,24 @@ async fn ctl_aud_7_tampering_by_direct_sql_is_detected_at_the_right_seq() {
         let report = verify(&app, &admin).await;
         assert_eq!(report["ok"], false, "{what}: {report}");
         assert_eq!(report["first_bad_seq"], bad_seq, "{what}: {report}");
+        // The two-halves walk (long trails on SQLite) finds the same seq.
+        let principal = strongroom::identity::authenticate(
+            &app.state.store,
+            app.state.keyring.token_verifying_key(),
+            &secrecy::SecretString::from(admin.access_token.clone()),
+        )
+        .await
+        .unwrap();
+        let key = app.state.keyring.checkpoint_signing_key().verifying_key();
+        let halves = strongroom::audit::verify_in_halves(&app.state.store, principal.scope(), &key)
+            .await
+            .unwrap();
+        assert!(!halves.ok, "{what} (halves): {halves:?}");
+        assert_eq!(
+            halves.first_bad_seq,
+            Some(bad_seq),
+            "{what} (halves): {halves:?}"
+        );
         let out = crate::helpers::cli(&app.data_dir, &app.database_url)
             .args(["audit", "verify"])
             .output()

@@ -1,0 +1,188 @@
+//! `strongroom bench …`: in-process measurements that need no load
+//! generator. (HTTP throughput is measured over real HTTP by the scripts
+//! in `bench/`.)
+
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::audit::chain::{Chained, GENESIS, to_hex};
+use crate::config::Config;
+
+/// Builds a genuine chain of `events` audit events for one tenant in a
+/// throwaway SQLite database, then times `audit::verify` over it.
+pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!(
+        "strongroom-bench-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let config = Config {
+        data_dir: dir.clone(),
+        ..Config::default()
+    };
+    let state = crate::open(config).await?;
+    let created = crate::tenancy::create(&state.store, "bench", "Bench", "bench@bench.test", 72)
+        .await
+        .context("bench tenant")?;
+    let scope = crate::tenancy::find_active_by_slug(&state.store, "bench")
+        .await?
+        .context("bench tenant")?;
+
+    // Generate the chain after the tenant's own first event.
+    let started = Instant::now();
+    let tenant = created.tenant_id.clone();
+    let mut prev = {
+        let mut tx = state.store.read(&scope).await?;
+        let head: Option<String> =
+            sqlx::query_scalar("SELECT audit_head FROM tenant_sequences WHERE tenant_id = $1")
+                .bind(&tenant)
+                .fetch_one(tx.conn())
+                .await?;
+        head.and_then(|h| crate::audit::chain::from_hex(&h))
+            .unwrap_or(GENESIS)
+    };
+    let first = 2i64;
+    let mut seq = first;
+    let changes = json!({"before": {"status": "open"}, "after": {"status": "done"}}).to_string();
+    while seq < first + events {
+        let batch_end = (seq + 10_000).min(first + events);
+        let mut rows = Vec::with_capacity((batch_end - seq) as usize);
+        for n in seq..batch_end {
+            let id = uuid::Uuid::now_v7().to_string();
+            let request_id = uuid::Uuid::now_v7().to_string();
+            let occurred_at = crate::clock::now();
+            let target_id = format!("rec-{n}");
+            let hash = Chained {
+                id: &id,
+                tenant_id: &tenant,
+                seq: n,
+                occurred_at: &occurred_at,
+                action: "record.update",
+                outcome: "success",
+                actor_type: "user",
+                actor_id: Some("bench-user"),
+                actor_email: Some("bench@bench.test"),
+                ip: Some("10.1.2.3"),
+                user_agent: Some("bench/1.0"),
+                request_id: &request_id,
+                app_version: crate::VERSION,
+                target_type: Some("record"),
+                target_id: Some(&target_id),
+                changes: Some(&changes),
+            }
+            .hash(&prev);
+            rows.push((
+                id,
+                n,
+                occurred_at,
+                request_id,
+                target_id,
+                to_hex(&prev),
+                to_hex(&hash),
+            ));
+            prev = hash;
+        }
+        let (tenant, changes) = (tenant.clone(), changes.clone());
+        state
+            .store
+            .append_internal(Some(&scope), move |conn| {
+                Box::pin(async move {
+                    for (id, n, at, request_id, target_id, prev_hash, hash) in &rows {
+                        sqlx::query(
+                            "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, \
+                             actor_id, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, \
+                             changes, prev_hash, hash) VALUES ($1, $2, $3, $4, 'record.update', 'success', 'user', \
+                             'bench-user', 'bench@bench.test', '10.1.2.3', 'bench/1.0', $5, $6, 'record', $7, $8, $9, $10)",
+                        )
+                        .bind(id)
+                        .bind(&tenant)
+                        .bind(n)
+                        .bind(at)
+                        .bind(request_id)
+                        .bind(crate::VERSION)
+                        .bind(target_id)
+                        .bind(&changes)
+                        .bind(prev_hash)
+                        .bind(hash)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        seq = batch_end;
+    }
+    let last = first + events - 1;
+    let head = to_hex(&prev);
+    let tenant_id = tenant.clone();
+    state
+        .store
+        .append_internal(Some(&scope), move |conn| {
+            Box::pin(async move {
+                sqlx::query("UPDATE tenant_sequences SET audit_seq = $1, audit_head = $2 WHERE tenant_id = $3")
+                    .bind(last)
+                    .bind(&head)
+                    .bind(&tenant_id)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await?;
+    eprintln!(
+        "generated {events} chained events in {:.1?}",
+        started.elapsed()
+    );
+
+    let key = state.keyring.checkpoint_signing_key().verifying_key();
+    let mut best = f64::MAX;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let report = crate::audit::verify(&state.store, &scope, &key).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::ensure!(report.ok, "the generated chain did not verify: {report:?}");
+        best = best.min(seconds);
+    }
+    // Hashing alone, to show what the database read costs on top.
+    let started = Instant::now();
+    let mut h = GENESIS;
+    for n in 0..events {
+        h = Chained {
+            id: "0190f0a4-7c1e-7000-8000-000000000001",
+            tenant_id: &tenant,
+            seq: n,
+            occurred_at: "2026-11-21T12:00:00.000000Z",
+            action: "record.update",
+            outcome: "success",
+            actor_type: "user",
+            actor_id: Some("bench-user"),
+            actor_email: Some("bench@bench.test"),
+            ip: Some("10.1.2.3"),
+            user_agent: Some("bench/1.0"),
+            request_id: "0190f0a4-7c1e-7000-8000-000000000002",
+            app_version: crate::VERSION,
+            target_type: Some("record"),
+            target_id: Some("rec-1"),
+            changes: Some(&changes),
+        }
+        .hash(&h);
+    }
+    let hashing = started.elapsed().as_secs_f64();
+    let total = events + 1;
+    let result = json!({
+        "benchmark": "audit-verify",
+        "backend": "sqlite",
+        "events": total,
+        "verify_seconds_best": best,
+        "verify_events_per_second": (total as f64 / best).round(),
+        "hash_only_events_per_second": (events as f64 / hashing).round(),
+        "target_events_per_second": 1_000_000,
+        "last_hash": to_hex(&h),
+    });
+    println!("{result}");
+    state.store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
