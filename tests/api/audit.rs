@@ -842,3 +842,40 @@ async fn ctl_ops_6_the_running_version_is_in_healthz_every_audit_event_and_every
         .unwrap();
     assert_eq!(journal, [strongroom::VERSION]);
 }
+
+#[tokio::test]
+async fn ctl_aud_4_the_cli_exports_a_tenants_trail_to_a_file() {
+    let (app, admin) = trail().await;
+    let out = app.data_dir.join("trail.csv");
+    let run = || {
+        crate::helpers::cli(&app.data_dir, &app.database_url)
+            .args([
+                "audit", "export", "--tenant", "acme", "--format", "csv", "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let rows = crate::access_log::parse_csv(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(rows[0][0], "occurred_at");
+    // 13 events, then the CLI's own audit.export event.
+    assert_eq!(rows.len(), 1 + 14);
+    let action = rows[0].iter().position(|c| c == "action").unwrap();
+    assert_eq!(rows[14][action], "audit.export");
+    let events = app.audit(&admin).await;
+    let export = events
+        .iter()
+        .find(|e| e["action"] == "audit.export")
+        .unwrap();
+    assert_eq!(export["actor"]["type"], "operator");
+    // An existing file is never overwritten.
+    let again = run();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("cannot create"));
+}
