@@ -218,10 +218,16 @@ async fn audit_verify(
         ],
         None => crate::tenancy::all_scopes(&state.store).await?,
     };
+    let slugs: std::collections::HashMap<String, String> = crate::tenancy::list(&state.store)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t.slug))
+        .collect();
     let key = state.keyring.checkpoint_signing_key().verifying_key();
     let mut failures = Vec::new();
     for scope in scopes {
         let report = crate::audit::verify(&state.store, &scope, &key).await?;
+        let name = slugs.get(&report.tenant_id).map_or("?", String::as_str);
         if json {
             println!("{}", serde_json::to_string(&report)?);
         } else if report.ok {
@@ -234,7 +240,7 @@ async fn audit_verify(
             );
         } else {
             println!(
-                "{}: TAMPERED at seq {}: {}",
+                "{name} ({}): TAMPERED at seq {}: {}",
                 report.tenant_id,
                 report.first_bad_seq.unwrap_or_default(),
                 report.problem.as_deref().unwrap_or_default()
@@ -242,8 +248,7 @@ async fn audit_verify(
         }
         if !report.ok {
             failures.push(format!(
-                "tenant {} at seq {}",
-                report.tenant_id,
+                "tenant {name} at seq {}",
                 report.first_bad_seq.unwrap_or_default()
             ));
         }
