@@ -186,3 +186,27 @@ pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
+
+/// Times `count` sequential Argon2id hashes with the production parameters.
+pub async fn password_hash(count: u32) -> anyhow::Result<()> {
+    let password = secrecy::SecretString::from("violet-harbour-tractor-92".to_owned());
+    // One untimed hash warms up allocator and caches.
+    crate::identity::hash_password(password.clone()).await?;
+    let started = Instant::now();
+    for _ in 0..count {
+        crate::identity::hash_password(password.clone()).await?;
+    }
+    let per_hash = started.elapsed().as_secs_f64() / f64::from(count);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "{}",
+        json!({
+            "benchmark": "password-hash",
+            "algorithm": "argon2id m=19456 t=2 p=1",
+            "ms_per_hash": per_hash * 1000.0,
+            "cores": cores,
+            "hash_bound_logins_per_second": cores as f64 / per_hash,
+        })
+    );
+    Ok(())
+}

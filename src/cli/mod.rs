@@ -55,6 +55,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// Time of one Argon2id password hash with the production parameters:
+    /// what bounds login throughput (cores / time per hash).
+    PasswordHash {
+        #[arg(long, default_value_t = 20)]
+        count: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +135,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "events and rounds must be positive"
             );
             bench::audit_verify(events, rounds).await
+        }
+        Command::Bench(BenchCommand::PasswordHash { count }) => {
+            anyhow::ensure!(count > 0, "count must be positive");
+            bench::password_hash(count).await
         }
         Command::Migrate => {
             let state = crate::open(config).await?;

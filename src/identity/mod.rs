@@ -20,7 +20,7 @@ use std::fmt;
 use serde::Serialize;
 
 pub use http::{router, sessions_router};
-pub use password::warm_up;
+pub use password::{hash as hash_password, warm_up};
 pub use sessions::{TokenPair, accept_invitation, authenticate, login, logout, refresh};
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
 pub use users::{User, UserPatch, create_user, delete_user, get_user, list_users, update_user};

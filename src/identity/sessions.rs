@@ -498,6 +498,42 @@ pub(super) async fn revoke_all(
     Ok(())
 }
 
+/// Tokens whose signature was already checked, by SHA-256 of (verifying key,
+/// token), until they expire. A client reuses its token for up to a minute;
+/// an Ed25519 verification per request would be a large share of a cheap
+/// GET. Revocation is unaffected: the session is still checked every time.
+static VERIFIED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<[u8; 32], AccessClaims>>,
+> = std::sync::LazyLock::new(Default::default);
+const VERIFIED_MAX: usize = 50_000;
+
+fn verified_claims(key: &VerifyingKey, token: &str) -> Result<AccessClaims, IdentityError> {
+    use sha2::{Digest, Sha256};
+    let now = crate::clock::unix_now();
+    let mut digest = Sha256::new();
+    digest.update(key.as_bytes());
+    digest.update(token.as_bytes());
+    let id: [u8; 32] = digest.finalize().into();
+    if let Ok(cache) = VERIFIED.lock()
+        && let Some(claims) = cache.get(&id)
+        && claims.exp > now
+    {
+        return Ok(claims.clone());
+    }
+    let claims =
+        verify_access_token(key, token, now).map_err(|_| IdentityError::Unauthenticated)?;
+    if let Ok(mut cache) = VERIFIED.lock() {
+        if cache.len() >= VERIFIED_MAX {
+            cache.retain(|_, c| c.exp > now);
+            if cache.len() >= VERIFIED_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(id, claims.clone());
+    }
+    Ok(claims)
+}
+
 /// Turns a bearer token into a principal: verifies the signature and
 /// lifetime, then checks that the session is live and the user active, and
 /// takes the user's current role (a role change applies at once).
@@ -506,8 +542,7 @@ pub async fn authenticate(
     key: &VerifyingKey,
     bearer: &SecretString,
 ) -> Result<Principal, IdentityError> {
-    let claims = verify_access_token(key, bearer.expose_secret(), crate::clock::unix_now())
-        .map_err(|_| IdentityError::Unauthenticated)?;
+    let claims = verified_claims(key, bearer.expose_secret())?;
     let tenant = TenantId::parse(&claims.tid).ok_or(IdentityError::Unauthenticated)?;
     let scope = TenantScope::trusted(tenant);
     let mut tx = store.read(&scope).await?;
