@@ -545,7 +545,7 @@ pub async fn authenticate(
     let claims = verified_claims(key, bearer.expose_secret())?;
     let tenant = TenantId::parse(&claims.tid).ok_or(IdentityError::Unauthenticated)?;
     let scope = TenantScope::trusted(tenant);
-    let mut tx = store.read(&scope).await?;
+    let mut tx = store.read_single(&scope).await?;
     let row = sqlx::query(
         "SELECT u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
          WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \

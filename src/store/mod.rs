@@ -95,16 +95,26 @@ impl StoreError {
     }
 }
 
-/// A read transaction in one tenant's scope: one consistent snapshot per
-/// request, dropped (rolled back) when done.
+/// A read in one tenant's scope: a transaction (one consistent snapshot),
+/// or on SQLite for a single statement a bare connection — every statement
+/// crosses to sqlx's SQLite worker thread, so BEGIN and ROLLBACK would
+/// double the cost of the per-request session check.
 pub struct ReadTx {
-    tx: Transaction<'static, Any>,
+    conn: ReadConn,
     backend: Backend,
+}
+
+enum ReadConn {
+    Snapshot(Transaction<'static, Any>),
+    Single(sqlx::pool::PoolConnection<Any>),
 }
 
 impl ReadTx {
     pub fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        match &mut self.conn {
+            ReadConn::Snapshot(tx) => tx,
+            ReadConn::Single(conn) => conn,
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -242,7 +252,20 @@ impl Store {
             set_tenant(&mut tx, scope).await?;
         }
         Ok(ReadTx {
-            tx,
+            conn: ReadConn::Snapshot(tx),
+            backend: self.inner.backend,
+        })
+    }
+
+    /// A read in `scope` for exactly one statement (which is its own
+    /// snapshot). On PostgreSQL this is still a transaction: RLS needs
+    /// `app.tenant_id` set in one.
+    pub async fn read_single(&self, scope: &TenantScope) -> Result<ReadTx, StoreError> {
+        if self.inner.backend == Backend::Postgres {
+            return self.read(scope).await;
+        }
+        Ok(ReadTx {
+            conn: ReadConn::Single(self.inner.reads.acquire().await?),
             backend: self.inner.backend,
         })
     }
@@ -252,7 +275,7 @@ impl Store {
     pub(crate) async fn read_unscoped(&self) -> Result<ReadTx, StoreError> {
         let tx = self.inner.reads.begin().await?;
         Ok(ReadTx {
-            tx,
+            conn: ReadConn::Snapshot(tx),
             backend: self.inner.backend,
         })
     }
