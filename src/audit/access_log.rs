@@ -15,8 +15,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use tokio::sync::{mpsc, oneshot};
 
-use super::export::{Exportable, write_csv_line};
+use super::export::{Exportable, Format, paged_stream, write_csv_line};
 use super::query::{AuditError, parse_time};
+use crate::store::sql::Sql;
 use crate::store::{ReadTx, Store};
 use crate::tenancy::{TenantId, TenantScope};
 
@@ -240,64 +241,35 @@ pub async fn list(
     newest_first: bool,
     limit: i64,
 ) -> Result<Vec<AccessEntry>, AuditError> {
-    let mut sql =
+    let mut sql = Sql::new(
         "SELECT id, occurred_at, tenant_id, actor_type, actor_id, actor_email, method, route, \
-                   path, activity, status, latency_us, ip, user_agent, request_id, app_version \
-                   FROM access_log WHERE tenant_id = $1"
-            .to_owned();
-    let mut binds: Vec<String> = vec![tenant_id.to_owned()];
-    // Binds `value` as the next parameter, writes `template` with every `?`
-    // naming it, and returns its number.
-    let mut bind = |sql: &mut String, template: &str, value: String| -> usize {
-        binds.push(value);
-        sql.push_str(&template.replace('?', &format!("${}", binds.len())));
-        binds.len()
-    };
-    if let Some(from) = &filter.from {
-        bind(&mut sql, " AND occurred_at >= ?", from.clone());
-    }
-    if let Some(to) = &filter.to {
-        bind(&mut sql, " AND occurred_at < ?", to.clone());
-    }
-    if let Some(prefix) = &filter.path_prefix {
+         path, activity, status, latency_us, ip, user_agent, request_id, app_version \
+         FROM access_log WHERE tenant_id = $1",
+        vec![tenant_id.to_owned()],
+    );
+    let clauses = [
+        (" AND occurred_at >= ?", &filter.from),
+        (" AND occurred_at < ?", &filter.to),
         // Prefix match without LIKE wildcards: compare the leading substring.
-        bind(
-            &mut sql,
-            " AND substr(path, 1, length(?)) = ?",
-            prefix.clone(),
-        );
-    }
-    if let Some(user) = &filter.user {
-        bind(
-            &mut sql,
-            " AND (actor_id = ? OR actor_email = ?)",
-            user.clone(),
-        );
-    }
-    let (cmp, order) = if newest_first {
-        ("<", "DESC")
-    } else {
-        (">", "ASC")
-    };
-    if let Some((at, id)) = after {
-        let n = bind(&mut sql, &format!(" AND (occurred_at {cmp} ?"), at.clone());
-        bind(
-            &mut sql,
-            &format!(" OR (occurred_at = ${n} AND id {cmp} ?))"),
-            id.clone(),
-        );
+        (" AND substr(path, 1, length(?)) = ?", &filter.path_prefix),
+        (" AND (actor_id = ? OR actor_email = ?)", &filter.user),
+    ];
+    for (template, value) in clauses {
+        if let Some(value) = value {
+            sql.bind(template, value.clone());
+        }
     }
     if let Some(status) = filter.status {
-        sql.push_str(&format!(" AND status = {status}"));
+        sql.push(&format!(" AND status = {status}"));
     }
-    sql.push_str(&format!(
+    if let Some(cursor) = after {
+        sql.after("occurred_at", newest_first, cursor);
+    }
+    let order = if newest_first { "DESC" } else { "ASC" };
+    sql.push(&format!(
         " ORDER BY occurred_at {order}, id {order} LIMIT {limit}"
     ));
-    let mut query = sqlx::query(&sql);
-    for value in &binds {
-        query = query.bind(value);
-    }
-    let rows = query.fetch_all(tx.conn()).await?;
+    let rows = sql.fetch_all(tx.conn()).await?;
     rows.iter().map(entry_from_row).collect()
 }
 
@@ -319,6 +291,31 @@ fn entry_from_row(row: &AnyRow) -> Result<AccessEntry, AuditError> {
         user_agent: row.try_get(13)?,
         request_id: row.try_get(14)?,
         app_version: row.try_get(15)?,
+    })
+}
+
+/// The tenant's access log matching `filter`, oldest first, as chunks of
+/// JSON Lines or CSV.
+pub fn stream(
+    store: Store,
+    scope: TenantScope,
+    filter: AccessFilter,
+    format: Format,
+) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static {
+    paged_stream::<AccessEntry, _, _>(format, None, move |after, limit| {
+        let (store, scope, filter) = (store.clone(), scope.clone(), filter.clone());
+        async move {
+            let mut tx = store.read(&scope).await?;
+            list(
+                &mut tx,
+                scope.id_str(),
+                &filter,
+                after.as_ref(),
+                false,
+                limit,
+            )
+            .await
+        }
     })
 }
 

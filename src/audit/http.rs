@@ -16,6 +16,7 @@ use super::export::{self, Format};
 use super::query::{AuditError, AuditFilter, Page};
 use crate::access::{Permission, Principal, authorize};
 use crate::http::{Api, ApiError, AppState, Op};
+use crate::store::sql::{decode_cursor, encode_cursor};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -147,17 +148,22 @@ async fn export_events(
     let filter = AuditFilter::take(&mut pairs)?;
     let format = Format::parse(take_param(&mut pairs, "format").as_deref())?;
     refuse_unknown(&pairs)?;
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::AuditRead,
-        "audit.export",
-        &meta,
-    )
-    .await?;
-    export::record_export(&state.store, &permit, &meta, "audit.export", format).await?;
+    let permit = start_export(&state, &principal, &meta, "audit.export", format).await?;
     let stream = export::audit_stream(state.store.clone(), permit.scope().clone(), filter, format);
     Ok(export_response(format, "audit", Body::from_stream(stream)))
+}
+
+/// Checks the permission to export and records the export in the trail.
+async fn start_export(
+    state: &AppState,
+    principal: &Principal,
+    meta: &RequestMeta,
+    action: &'static str,
+    format: Format,
+) -> Result<crate::access::Permit, ApiError> {
+    let permit = authorize(&state.store, principal, Permission::AuditRead, action, meta).await?;
+    export::record_export(&state.store, &permit, meta, action, format).await?;
+    Ok(permit)
 }
 
 pub(crate) fn export_response(format: Format, name: &str, body: Body) -> Response {
@@ -225,22 +231,6 @@ pub fn access_log_router() -> Api {
         )
 }
 
-fn encode_access_cursor(at: &str, id: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{at}|{id}"))
-}
-
-fn decode_access_cursor(text: &str) -> Result<(String, String), AuditError> {
-    use base64::Engine;
-    let bad = || AuditError::InvalidQuery("malformed cursor".into());
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (at, id) = text.split_once('|').ok_or_else(bad)?;
-    Ok((at.to_owned(), id.to_owned()))
-}
-
 async fn list_access(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -251,7 +241,9 @@ async fn list_access(
     let filter = AccessFilter::take(&mut pairs)?;
     let limit = parse_limit(take_param(&mut pairs, "limit"))?;
     let after = take_param(&mut pairs, "cursor")
-        .map(|c| decode_access_cursor(&c))
+        .map(|c| {
+            decode_cursor(&c).ok_or_else(|| AuditError::InvalidQuery("malformed cursor".into()))
+        })
         .transpose()?;
     refuse_unknown(&pairs)?;
     let permit = authorize(
@@ -274,9 +266,7 @@ async fn list_access(
     .await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
-        items
-            .last()
-            .map(|e| encode_access_cursor(&e.occurred_at, &e.id))
+        items.last().map(|e| encode_cursor(&e.occurred_at, &e.id))
     } else {
         None
     };
@@ -293,32 +283,8 @@ async fn export_access(
     let filter = AccessFilter::take(&mut pairs)?;
     let format = Format::parse(take_param(&mut pairs, "format").as_deref())?;
     refuse_unknown(&pairs)?;
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::AuditRead,
-        "access_log.export",
-        &meta,
-    )
-    .await?;
-    export::record_export(&state.store, &permit, &meta, "access_log.export", format).await?;
-    let (store, scope) = (state.store.clone(), permit.scope().clone());
-    let stream =
-        export::paged_stream::<access_log::AccessEntry, _, _>(format, None, move |after, limit| {
-            let (store, scope, filter) = (store.clone(), scope.clone(), filter.clone());
-            async move {
-                let mut tx = store.read(&scope).await?;
-                access_log::list(
-                    &mut tx,
-                    scope.id_str(),
-                    &filter,
-                    after.as_ref(),
-                    false,
-                    limit,
-                )
-                .await
-            }
-        });
+    let permit = start_export(&state, &principal, &meta, "access_log.export", format).await?;
+    let stream = access_log::stream(state.store.clone(), permit.scope().clone(), filter, format);
     Ok(export_response(
         format,
         "access-log",

@@ -7,6 +7,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::store::sql::Sql;
 use crate::store::{ReadTx, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,23 +95,20 @@ impl AuditFilter {
         Ok(filter)
     }
 
-    fn push_sql(&self, sql: &mut String, binds: &mut Vec<String>) {
-        let mut clause = |sql: &mut String, template: &str, value: &Option<String>| {
+    fn push_sql(&self, sql: &mut Sql) {
+        let clauses = [
+            (" AND occurred_at >= ?", &self.from),
+            (" AND occurred_at < ?", &self.to),
+            (" AND action = ?", &self.action),
+            (" AND target_type = ?", &self.target_type),
+            (" AND target_id = ?", &self.target_id),
+            (" AND outcome = ?", &self.outcome),
+            (" AND (actor_id = ? OR actor_email = ?)", &self.actor),
+        ];
+        for (template, value) in clauses {
             if let Some(value) = value {
-                binds.push(value.clone());
-                sql.push_str(&template.replace('?', &format!("${}", binds.len())));
+                sql.bind(template, value.clone());
             }
-        };
-        clause(sql, " AND occurred_at >= ?", &self.from);
-        clause(sql, " AND occurred_at < ?", &self.to);
-        clause(sql, " AND action = ?", &self.action);
-        clause(sql, " AND target_type = ?", &self.target_type);
-        clause(sql, " AND target_id = ?", &self.target_id);
-        clause(sql, " AND outcome = ?", &self.outcome);
-        if let Some(actor) = &self.actor {
-            binds.push(actor.clone());
-            let n = binds.len();
-            sql.push_str(&format!(" AND (actor_id = ${n} OR actor_email = ${n})"));
         }
     }
 }
@@ -134,22 +132,20 @@ pub async fn list(
     page: Page,
     limit: i64,
 ) -> Result<Vec<AuditEvent>, AuditError> {
-    let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE tenant_id = $1");
-    let mut binds = vec![tenant_id.to_owned()];
-    filter.push_sql(&mut sql, &mut binds);
+    let mut sql = Sql::new(
+        format!("SELECT {COLUMNS} FROM audit_events WHERE tenant_id = $1"),
+        vec![tenant_id.to_owned()],
+    );
+    filter.push_sql(&mut sql);
     let (position, order) = match page {
         Page::NewestFirst { before } => (before.map(|s| ("<", s)), "DESC"),
         Page::OldestFirst { after } => (Some((">", after)), "ASC"),
     };
     if let Some((cmp, seq)) = position {
-        sql.push_str(&format!(" AND seq {cmp} {seq}"));
+        sql.push(&format!(" AND seq {cmp} {seq}"));
     }
-    sql.push_str(&format!(" ORDER BY seq {order} LIMIT {limit}"));
-    let mut query = sqlx::query(&sql);
-    for value in &binds {
-        query = query.bind(value);
-    }
-    let rows = query.fetch_all(tx.conn()).await?;
+    sql.push(&format!(" ORDER BY seq {order} LIMIT {limit}"));
+    let rows = sql.fetch_all(tx.conn()).await?;
     rows.iter().map(event_from_row).collect()
 }
 

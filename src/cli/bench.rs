@@ -10,6 +10,36 @@ use serde_json::json;
 use crate::audit::chain::{Chained, GENESIS, to_hex};
 use crate::config::Config;
 
+/// A typical record update by a user, as the chain hashes it.
+fn sample_event<'a>(
+    tenant_id: &'a str,
+    id: &'a str,
+    seq: i64,
+    occurred_at: &'a str,
+    request_id: &'a str,
+    target_id: &'a str,
+    changes: &'a str,
+) -> Chained<'a> {
+    Chained {
+        id,
+        tenant_id,
+        seq,
+        occurred_at,
+        action: "record.update",
+        outcome: "success",
+        actor_type: "user",
+        actor_id: Some("bench-user"),
+        actor_email: Some("bench@bench.test"),
+        ip: Some("10.1.2.3"),
+        user_agent: Some("bench/1.0"),
+        request_id,
+        app_version: crate::VERSION,
+        target_type: Some("record"),
+        target_id: Some(target_id),
+        changes: Some(changes),
+    }
+}
+
 /// Builds a genuine chain of `events` audit events for one tenant in a
 /// throwaway SQLite database, then times `audit::verify` over it.
 pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
@@ -53,24 +83,15 @@ pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
             let request_id = uuid::Uuid::now_v7().to_string();
             let occurred_at = crate::clock::now();
             let target_id = format!("rec-{n}");
-            let hash = Chained {
-                id: &id,
-                tenant_id: &tenant,
-                seq: n,
-                occurred_at: &occurred_at,
-                action: "record.update",
-                outcome: "success",
-                actor_type: "user",
-                actor_id: Some("bench-user"),
-                actor_email: Some("bench@bench.test"),
-                ip: Some("10.1.2.3"),
-                user_agent: Some("bench/1.0"),
-                request_id: &request_id,
-                app_version: crate::VERSION,
-                target_type: Some("record"),
-                target_id: Some(&target_id),
-                changes: Some(&changes),
-            }
+            let hash = sample_event(
+                &tenant,
+                &id,
+                n,
+                &occurred_at,
+                &request_id,
+                &target_id,
+                &changes,
+            )
             .hash(&prev);
             rows.push((
                 id,
@@ -149,24 +170,15 @@ pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut h = GENESIS;
     for n in 0..events {
-        h = Chained {
-            id: "0190f0a4-7c1e-7000-8000-000000000001",
-            tenant_id: &tenant,
-            seq: n,
-            occurred_at: "2026-11-21T12:00:00.000000Z",
-            action: "record.update",
-            outcome: "success",
-            actor_type: "user",
-            actor_id: Some("bench-user"),
-            actor_email: Some("bench@bench.test"),
-            ip: Some("10.1.2.3"),
-            user_agent: Some("bench/1.0"),
-            request_id: "0190f0a4-7c1e-7000-8000-000000000002",
-            app_version: crate::VERSION,
-            target_type: Some("record"),
-            target_id: Some("rec-1"),
-            changes: Some(&changes),
-        }
+        h = sample_event(
+            &tenant,
+            "0190f0a4-7c1e-7000-8000-000000000001",
+            n,
+            "2026-11-21T12:00:00.000000Z",
+            "0190f0a4-7c1e-7000-8000-000000000002",
+            "rec-1",
+            &changes,
+        )
         .hash(&h);
     }
     let hashing = started.elapsed().as_secs_f64();

@@ -1,21 +1,16 @@
 //! Extractors that parse at the edge and fail with problem+json.
 
-use std::net::SocketAddr;
-
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use super::error::ApiError;
-use super::{AppState, RequestId};
 use crate::access::Principal;
 use crate::audit::RequestMeta;
-
-/// Longest user agent kept; longer ones are cut (they are free text).
-pub(super) const MAX_USER_AGENT: usize = 512;
 
 /// Who a request turned out to be, filled in by authentication and read by
 /// the access log after the response.
@@ -104,34 +99,17 @@ where
     }
 }
 
+/// The request's id, client address and user agent, as `request_context`
+/// established them (trusted proxies honoured).
 impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let request_id = parts
+        Ok(parts
             .extensions
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default();
-        // The address request_context established (trusted proxies honoured);
-        // the bare peer when the middleware did not run.
-        let ip = match parts.extensions.get::<super::ClientIp>() {
-            Some(client) => client.0.map(|ip| ip.to_string()),
-            None => parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
-        };
-        let user_agent = parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
-        Ok(RequestMeta {
-            request_id,
-            ip,
-            user_agent,
-        })
+            .get::<RequestMeta>()
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

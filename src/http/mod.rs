@@ -26,6 +26,7 @@ pub use client_ip::TrustedProxies;
 pub use error::ApiError;
 pub use extract::{ApiJson, ApiPath, Who};
 
+use crate::audit::RequestMeta;
 use crate::audit::access_log::{AccessEntry, AccessLogger, activity};
 use crate::config::Config;
 use crate::crypto::Keyring;
@@ -43,18 +44,13 @@ pub struct AppState {
     pub proxies: Arc<TrustedProxies>,
 }
 
-/// The client address as established by [`request_context`].
-#[derive(Clone, Copy, Debug)]
-pub struct ClientIp(pub Option<std::net::IpAddr>);
-
 /// Longest path kept in the access log.
 const MAX_LOGGED_PATH: usize = 2048;
-
-/// The request id of the request being served, for problem bodies and logs.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
+/// Longest user agent kept; longer ones are cut (they are free text).
+const MAX_USER_AGENT: usize = 512;
 
 tokio::task_local! {
+    /// The id of the request being served, for problem bodies.
     pub(crate) static REQUEST_ID: String;
 }
 
@@ -143,10 +139,21 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let ip = state.proxies.client_ip(peer, req.headers());
+    let meta = RequestMeta {
+        request_id: id.clone(),
+        ip: state
+            .proxies
+            .client_ip(peer, req.headers())
+            .map(|ip| ip.to_string()),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
+    };
     let who = Who::default();
-    req.extensions_mut().insert(RequestId(id.clone()));
-    req.extensions_mut().insert(ClientIp(ip));
+    // Handlers take it with the RequestMeta extractor; the access log below.
+    req.extensions_mut().insert(meta.clone());
     req.extensions_mut().insert(who.clone());
     let method = req.method().as_str().to_owned();
     let path: String = req.uri().path().chars().take(MAX_LOGGED_PATH).collect();
@@ -154,11 +161,6 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
-    let user_agent = req
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(extract::MAX_USER_AGENT).collect::<String>());
     let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
     let mut response = REQUEST_ID
         .scope(
@@ -199,8 +201,8 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
             path,
             status: i64::from(response.status().as_u16()),
             latency_us: started.elapsed().as_micros().min(i64::MAX as u128) as i64,
-            ip: ip.map(|ip| ip.to_string()),
-            user_agent,
+            ip: meta.ip,
+            user_agent: meta.user_agent,
             request_id: id,
             app_version: crate::VERSION.to_owned(),
         });

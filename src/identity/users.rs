@@ -77,12 +77,7 @@ pub(crate) async fn invite_user(
     .execute(tx.conn())
     .await
     .map_err(|e| match StoreError::from(e) {
-        e if e.constraint().is_some_and(|c| {
-            c == "users_email_unique" || c == "unique:users.tenant_id, users.email"
-        }) =>
-        {
-            IdentityError::EmailTaken
-        }
+        e if e.is_unique_violation_on("users") => IdentityError::EmailTaken,
         e => IdentityError::Store(e),
     })?;
     let invitation_id = uuid::Uuid::now_v7().to_string();

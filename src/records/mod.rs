@@ -11,8 +11,6 @@
 mod http;
 mod schema;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::Row;
@@ -23,6 +21,7 @@ pub use schema::{CollectionName, Field, FieldType};
 
 use crate::access::{AccessError, Permit};
 use crate::audit::RequestMeta;
+use crate::store::sql::{Sql, decode_cursor, encode_cursor};
 use crate::store::{Backend, Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 
 pub const DEFAULT_PAGE: i64 = 50;
@@ -213,13 +212,7 @@ pub async fn create_collection(
                 .execute(tx.conn())
                 .await
                 .map_err(|e| match StoreError::from(e) {
-                    e if e.constraint().is_some_and(|c| {
-                        c == "collections_name_unique"
-                            || c == "unique:collections.tenant_id, collections.name"
-                    }) =>
-                    {
-                        RecordError::CollectionExists
-                    }
+                    e if e.is_unique_violation_on("collections") => RecordError::CollectionExists,
                     e => RecordError::Store(e),
                 })?;
                 tx.record(Change {
@@ -452,7 +445,7 @@ async fn write_keys(
         .execute(tx.conn())
         .await
         .map_err(|e| match StoreError::from(e) {
-            e if e.constraint().is_some_and(|c| c.contains("record_keys")) => {
+            e if e.is_unique_violation_on("record_keys") => {
                 RecordError::UniqueViolation(field.name.clone())
             }
             e => RecordError::Store(e),
@@ -678,62 +671,45 @@ pub async fn list_records(
     let tenant = permit.scope().id_str();
     let collection = find_collection(tx.conn(), tenant, collection).await?;
 
-    let mut sql = format!(
-        "SELECT id, {}, version, created_at, updated_at FROM records \
-         WHERE tenant_id = $1 AND collection_id = $2",
-        data_column(backend)
+    let mut sql = Sql::new(
+        format!(
+            "SELECT id, {}, version, created_at, updated_at FROM records \
+             WHERE tenant_id = $1 AND collection_id = $2",
+            data_column(backend)
+        ),
+        vec![tenant.to_owned(), collection.id.clone()],
     );
-    let mut binds: Vec<String> = vec![tenant.to_owned(), collection.id.clone()];
     for (name, text) in &query.filters {
         let field = collection
             .field(name)
             .ok_or_else(|| RecordError::InvalidQuery(format!("filter[{name}]: no such field")))?;
         let value = schema::filter_value(field, text)?;
         if field.is_keyed() {
-            sql.push_str(&format!(
+            let (f, v) = (sql.param(field.name.clone()), sql.param(value));
+            sql.push(&format!(
                 " AND id IN (SELECT record_id FROM record_keys WHERE tenant_id = $1 \
-                 AND collection_id = $2 AND field = ${} AND value = ${})",
-                binds.len() + 1,
-                binds.len() + 2
+                 AND collection_id = $2 AND field = ${f} AND value = ${v})"
             ));
-            binds.push(field.name.clone());
         } else {
-            let n = binds.len() + 1;
-            sql.push_str(&match backend {
-                Backend::Sqlite => format!(" AND (data -> ${n}) = ${}", n + 1),
-                Backend::Postgres => format!(" AND (data -> ${n})::text = ${}", n + 1),
-            });
-            binds.push(match backend {
-                Backend::Sqlite => format!("$.\"{}\"", field.name),
-                Backend::Postgres => field.name.clone(),
-            });
+            let (path, cast) = match backend {
+                Backend::Sqlite => (format!("$.\"{}\"", field.name), ""),
+                Backend::Postgres => (field.name.clone(), "::text"),
+            };
+            let (p, v) = (sql.param(path), sql.param(value));
+            sql.push(&format!(" AND (data -> ${p}){cast} = ${v}"));
         }
-        binds.push(value);
     }
-    let (cmp, order) = if query.descending {
-        ("<", "DESC")
-    } else {
-        (">", "ASC")
-    };
     if let Some(cursor) = &query.cursor {
-        let (at, id) = decode_cursor(cursor)?;
-        let n = binds.len() + 1;
-        sql.push_str(&format!(
-            " AND (created_at {cmp} ${n} OR (created_at = ${n} AND id {cmp} ${}))",
-            n + 1
-        ));
-        binds.push(at);
-        binds.push(id);
+        let cursor = decode_cursor(cursor)
+            .ok_or_else(|| RecordError::InvalidQuery("malformed cursor".into()))?;
+        sql.after("created_at", query.descending, &cursor);
     }
-    sql.push_str(&format!(
+    let order = if query.descending { "DESC" } else { "ASC" };
+    sql.push(&format!(
         " ORDER BY created_at {order}, id {order} LIMIT {}",
         query.limit + 1
     ));
-    let mut q = sqlx::query(&sql);
-    for value in &binds {
-        q = q.bind(value);
-    }
-    let rows = q.fetch_all(tx.conn()).await?;
+    let rows = sql.fetch_all(tx.conn()).await?;
     let mut items = rows
         .iter()
         .map(|row| record_from_row(row, &collection.name).map(|r| visible(r, &collection)))
@@ -745,16 +721,4 @@ pub async fn list_records(
         None
     };
     Ok(Page { items, next_cursor })
-}
-
-fn encode_cursor(created_at: &str, id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<(String, String), RecordError> {
-    let bad = || RecordError::InvalidQuery("malformed cursor".into());
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (at, id) = text.split_once('|').ok_or_else(bad)?;
-    Ok((at.to_owned(), id.to_owned()))
 }

@@ -18,6 +18,7 @@
 
 mod journal;
 mod migrations;
+pub mod sql;
 mod write;
 
 use std::sync::{Arc, Once};
@@ -78,20 +79,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The name of the violated unique/foreign-key constraint, if that is
-    /// what this error is; domains map constraint names to their own errors.
-    pub fn constraint(&self) -> Option<String> {
+    /// Whether this is a unique-constraint violation on `table`; domains
+    /// map it to their own conflict errors ("email taken"). PostgreSQL names
+    /// the table; SQLite says "UNIQUE constraint failed: table.column, …".
+    pub fn is_unique_violation_on(&self, table: &str) -> bool {
         let StoreError::Database(sqlx::Error::Database(db)) = self else {
-            return None;
+            return false;
         };
-        if let Some(name) = db.constraint() {
-            return Some(name.to_owned());
-        }
-        // SQLite reports the columns, not the constraint name:
-        // "UNIQUE constraint failed: users.tenant_id, users.email".
-        let message = db.message();
-        let columns = message.strip_prefix("UNIQUE constraint failed: ")?;
-        Some(format!("unique:{columns}"))
+        db.is_unique_violation()
+            && (db.table() == Some(table)
+                || db
+                    .message()
+                    .strip_prefix("UNIQUE constraint failed: ")
+                    .is_some_and(|columns| {
+                        columns
+                            .strip_prefix(table)
+                            .is_some_and(|rest| rest.starts_with('.'))
+                    }))
     }
 }
 

@@ -237,6 +237,18 @@ fn diff_view<'a>(image: Option<&'a Value>, key: Option<&str>) -> Option<&'a Map<
     }
 }
 
+/// A job's own result once its transaction is settled: its own error wins;
+/// success stands only if the commit did.
+fn settle<T, E: From<StoreError>>(
+    committed: Result<(), String>,
+    result: Result<T, E>,
+) -> Result<T, E> {
+    match (committed, result) {
+        (Ok(()), result) | (Err(_), result @ Err(_)) => result,
+        (Err(why), Ok(_)) => Err(E::from(StoreError::Commit(why))),
+    }
+}
+
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 pub(super) struct JobDone {
@@ -314,16 +326,11 @@ impl Writer {
                 });
                 let ok = result.is_ok();
                 let completion: Completion = Box::new(move |committed| {
-                    let result = match (committed, result) {
-                        (Ok(()), Ok((value, event))) => {
-                            // Only now did it happen: tell the log sinks (AUD-6).
-                            tracing::info!(target: "audit", audit_event = %event, "audit event");
-                            Ok(value)
-                        }
-                        (Ok(()), Err(own)) => Err(own),
-                        (Err(_), Err(own)) => Err(own),
-                        (Err(why), Ok(_)) => Err(E::from(StoreError::Commit(why))),
-                    };
+                    let result = settle(committed, result).map(|(value, event)| {
+                        // Only now did it happen: tell the log sinks (AUD-6).
+                        tracing::info!(target: "audit", audit_event = %event, "audit event");
+                        value
+                    });
                     // The caller may have gone away; the write stands anyway.
                     let _ = reply.send(result);
                 });
@@ -360,12 +367,7 @@ impl Writer {
                 let result = work(&mut conn).await;
                 let ok = result.is_ok();
                 let completion: Completion = Box::new(move |committed| {
-                    let result = match (committed, result) {
-                        (Ok(()), result) => result,
-                        (Err(_), Err(own)) => Err(own),
-                        (Err(why), Ok(_)) => Err(StoreError::Commit(why)),
-                    };
-                    let _ = reply.send(result);
+                    let _ = reply.send(settle(committed, result));
                 });
                 JobDone {
                     conn,

@@ -211,9 +211,10 @@ pub async fn create(
 }
 
 fn on_constraint(e: StoreError) -> TenancyError {
-    match e.constraint().as_deref() {
-        Some("tenants_slug_key") | Some("unique:tenants.slug") => TenancyError::SlugTaken,
-        _ => TenancyError::Store(e),
+    if e.is_unique_violation_on("tenants") {
+        TenancyError::SlugTaken
+    } else {
+        TenancyError::Store(e)
     }
 }
 
