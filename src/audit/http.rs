@@ -16,7 +16,7 @@ use super::export::{self, Format};
 use super::query::{AuditError, AuditFilter, Page};
 use crate::access::{Permission, Principal, authorize};
 use crate::http::{Api, ApiError, AppState, Op};
-use crate::store::sql::{decode_cursor, encode_cursor};
+use crate::store::sql::{decode_cursor, encode_cursor, one_page};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -129,12 +129,7 @@ async fn list(
         limit + 1,
     )
     .await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|e| e.seq.to_string())
-    } else {
-        None
-    };
+    let next_cursor = one_page(&mut items, limit, |e| e.seq.to_string());
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 
@@ -264,12 +259,7 @@ async fn list_access(
         limit + 1,
     )
     .await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|e| encode_cursor(&e.occurred_at, &e.id))
-    } else {
-        None
-    };
+    let next_cursor = one_page(&mut items, limit, |e| encode_cursor(&e.occurred_at, &e.id));
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 

@@ -21,7 +21,7 @@ pub use schema::{CollectionName, Field, FieldType};
 
 use crate::access::{AccessError, Permit};
 use crate::audit::RequestMeta;
-use crate::store::sql::{Sql, decode_cursor, encode_cursor};
+use crate::store::sql::{Sql, decode_cursor, encode_cursor, one_page};
 use crate::store::{Backend, Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 
 pub const DEFAULT_PAGE: i64 = 50;
@@ -714,11 +714,8 @@ pub async fn list_records(
         .iter()
         .map(|row| record_from_row(row, &collection.name).map(|r| visible(r, &collection)))
         .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if items.len() as i64 > query.limit {
-        items.truncate(query.limit as usize);
-        items.last().map(|r| encode_cursor(&r.created_at, &r.id))
-    } else {
-        None
-    };
+    let next_cursor = one_page(&mut items, query.limit, |r| {
+        encode_cursor(&r.created_at, &r.id)
+    });
     Ok(Page { items, next_cursor })
 }

@@ -58,6 +58,21 @@ impl Sql {
     }
 }
 
+/// Trims `items` — fetched with `limit + 1` to learn whether more follow —
+/// to one page, and returns the cursor of its last item when more follow.
+pub fn one_page<T>(
+    items: &mut Vec<T>,
+    limit: i64,
+    cursor_of: impl Fn(&T) -> String,
+) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if items.len() <= limit {
+        return None;
+    }
+    items.truncate(limit);
+    items.last().map(cursor_of)
+}
+
 /// An opaque page cursor for a `(time, id)` position.
 pub fn encode_cursor(at: &str, id: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{at}|{id}"))
@@ -86,6 +101,14 @@ mod tests {
              AND (created_at < $3 OR (created_at = $3 AND id < $4))"
         );
         assert_eq!(sql.binds, ["t", "x", "2026", "id9"]);
+    }
+
+    #[test]
+    fn one_page_trims_the_extra_row_and_names_the_last_kept() {
+        let mut items = vec![1, 2, 3];
+        assert_eq!(one_page(&mut items, 2, |i| i.to_string()), Some("2".into()));
+        assert_eq!(items, [1, 2]);
+        assert_eq!(one_page(&mut items, 2, |i| i.to_string()), None);
     }
 
     #[test]
