@@ -30,6 +30,13 @@ const ENV_KEYS: &[&str] = &[
     "access_log",
     "retention_interval_seconds",
     "syslog_url",
+    "object_store_url",
+    "object_store_access_key_id",
+    "object_store_secret_access_key",
+    "object_store_replica_url",
+    "object_store_replica_access_key_id",
+    "object_store_replica_secret_access_key",
+    "file_sweep_seconds",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -66,6 +73,19 @@ pub struct Config {
     /// Ship logs, audit events and security events to syslog (RFC 5424):
     /// `udp://host:port` or `tcp://host:port`.
     pub syslog_url: Option<String>,
+    /// Where files go (FIL-1): `file:///path` or
+    /// `s3://bucket/prefix?endpoint=https://…&region=…`; defaults to
+    /// `<data_dir>/objects`.
+    pub object_store_url: Option<String>,
+    /// S3 credentials; when unset, the standard `AWS_*` variables apply.
+    pub object_store_access_key_id: Option<String>,
+    pub object_store_secret_access_key: Option<SecretString>,
+    /// A second store that receives every object (FIL-5).
+    pub object_store_replica_url: Option<String>,
+    pub object_store_replica_access_key_id: Option<String>,
+    pub object_store_replica_secret_access_key: Option<SecretString>,
+    /// How often objects of deleted files are removed from the stores.
+    pub file_sweep_seconds: u64,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -122,6 +142,13 @@ impl Default for Config {
             access_log: true,
             retention_interval_seconds: 3600,
             syslog_url: None,
+            object_store_url: None,
+            object_store_access_key_id: None,
+            object_store_secret_access_key: None,
+            object_store_replica_url: None,
+            object_store_replica_access_key_id: None,
+            object_store_replica_secret_access_key: None,
+            file_sweep_seconds: 60,
         }
     }
 }
@@ -169,6 +196,15 @@ impl Config {
             ));
         }
         crate::http::TrustedProxies::parse(&self.trusted_proxies).map_err(ConfigError)?;
+        for url in [&self.object_store_url, &self.object_store_replica_url]
+            .into_iter()
+            .flatten()
+        {
+            crate::files::StoreUrl::parse(url).map_err(ConfigError)?;
+        }
+        if self.file_sweep_seconds == 0 {
+            return Err(ConfigError("file_sweep_seconds must be at least 1".into()));
+        }
         if self.database_max_connections == 0 {
             return Err(ConfigError(
                 "database_max_connections must be at least 1".into(),
@@ -217,6 +253,31 @@ impl fmt::Debug for Config {
                 &self.retention_interval_seconds,
             )
             .field("syslog_url", &self.syslog_url)
+            .field("object_store_url", &self.object_store_url)
+            .field(
+                "object_store_access_key_id",
+                &self.object_store_access_key_id,
+            )
+            .field(
+                "object_store_secret_access_key",
+                &self
+                    .object_store_secret_access_key
+                    .as_ref()
+                    .map(|_| "[redacted]"),
+            )
+            .field("object_store_replica_url", &self.object_store_replica_url)
+            .field(
+                "object_store_replica_access_key_id",
+                &self.object_store_replica_access_key_id,
+            )
+            .field(
+                "object_store_replica_secret_access_key",
+                &self
+                    .object_store_replica_secret_access_key
+                    .as_ref()
+                    .map(|_| "[redacted]"),
+            )
+            .field("file_sweep_seconds", &self.file_sweep_seconds)
             .finish()
     }
 }

@@ -9,8 +9,10 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod files;
 pub mod http;
 pub mod identity;
+pub mod keys;
 pub mod ops;
 pub mod records;
 pub mod store;
@@ -38,11 +40,17 @@ pub enum StartupError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("object storage: {0}")]
+    Objects(String),
 }
 
 /// Opens everything the server needs: data dir (mode 0700), keyring,
-/// database (migrated) and the write path.
+/// database (migrated), the write path and the object stores, which must
+/// pass their encryption self-test (ENC-4) or nothing starts.
 pub async fn open(config: Config) -> Result<AppState, StartupError> {
+    // One TLS crypto provider (ring) for the S3 client; a second call
+    // finds it installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     create_private_dir(&config.data_dir).map_err(|source| StartupError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -52,9 +60,13 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     // Validated when the configuration was loaded; a hand-built Config
     // (tests) with a bad entry trusts no proxy.
     let proxies = http::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
+    let objects = files::Objects::open(&config).map_err(StartupError::Objects)?;
+    objects.self_test().await.map_err(StartupError::Objects)?;
     Ok(AppState {
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
+        vault: crypto::Vault::new(keyring.master_kek()),
+        objects,
         keyring: Arc::new(keyring),
         config: Arc::new(config),
         proxies: Arc::new(proxies),

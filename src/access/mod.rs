@@ -32,10 +32,13 @@ pub enum Permission {
     AuditRead,
     #[serde(rename = "settings.manage")]
     SettingsManage,
+    /// Data keys: rotation, BYOK, their status (ENC-3).
+    #[serde(rename = "keys.manage")]
+    KeysManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 9] = [
         Permission::UsersRead,
         Permission::UsersManage,
         Permission::CollectionsRead,
@@ -44,6 +47,7 @@ impl Permission {
         Permission::RecordsWrite,
         Permission::AuditRead,
         Permission::SettingsManage,
+        Permission::KeysManage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +60,7 @@ impl Permission {
             Permission::RecordsWrite => "records.write",
             Permission::AuditRead => "audit.read",
             Permission::SettingsManage => "settings.manage",
+            Permission::KeysManage => "keys.manage",
         }
     }
 }
@@ -160,6 +165,19 @@ impl Permit {
     /// is the check, and the work itself verifies it.
     pub(crate) fn authentication(scope: TenantScope, actor: Actor) -> Permit {
         Permit { scope, actor }
+    }
+
+    /// A signed download link (FIL-2): the verified signature is the check;
+    /// the actor is the user who asked for the link.
+    pub(crate) fn signed_link(scope: TenantScope, user_id: String) -> Permit {
+        Permit {
+            scope,
+            actor: Actor {
+                kind: ActorKind::User,
+                id: Some(user_id),
+                email: None,
+            },
+        }
     }
 
     /// A user acting on their own account (logout, own sessions).

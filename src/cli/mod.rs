@@ -345,6 +345,39 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// The server's scheduled jobs; each records a heartbeat.
 fn start_jobs(state: &crate::http::AppState) {
+    let files = files_of(state);
+    let resume = files.clone();
+    tokio::spawn(async move {
+        match crate::keys::unfinished(&resume.store).await {
+            Ok(scopes) => {
+                for scope in scopes {
+                    tracing::info!(
+                        tenant = scope.id_str(),
+                        "resuming an unfinished key rotation"
+                    );
+                    crate::keys::spawn_reencrypt(resume.clone(), scope);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not look for unfinished key rotations"),
+        }
+    });
+    crate::ops::every(
+        state.store.clone(),
+        "files.sweep",
+        std::time::Duration::from_secs(state.config.file_sweep_seconds),
+        move || {
+            let files = files.clone();
+            async move {
+                let scopes = crate::tenancy::all_scopes(&files.store)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for scope in &scopes {
+                    files.sweep(scope).await;
+                }
+                Ok(format!("{} tenants swept", scopes.len()))
+            }
+        },
+    );
     let store = state.store.clone();
     crate::ops::every(
         state.store.clone(),
@@ -371,6 +404,14 @@ fn start_jobs(state: &crate::http::AppState) {
                 .map_err(|e| e.to_string())
         }
     });
+}
+
+fn files_of(state: &crate::http::AppState) -> crate::files::Files {
+    crate::files::Files {
+        store: state.store.clone(),
+        vault: state.vault.clone(),
+        objects: state.objects.clone(),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,7 +1,14 @@
-//! The keyring (ENC-3, first cut): the master key and the keys derived from
-//! it. The master key comes from `STRONGROOM_MASTER_KEY` (base64 of 32
-//! bytes) or from `<data_dir>/master.key`, created with mode 0600 on first
-//! start; a key file readable by group or others is refused.
+//! Keys and encryption (ENC-2, ENC-3). The keyring holds the master key and
+//! what is derived from it. The master key comes from
+//! `STRONGROOM_MASTER_KEY` (base64 of 32 bytes) or from
+//! `<data_dir>/master.key`, created with mode 0600 on first start; a key
+//! file readable by group or others is refused.
+//!
+//! The master key is a key-encryption key (the [`KeyEncryptionKey`] trait,
+//! so a KMS can take its place): it wraps each tenant's data keys, which
+//! live in the [`vault`], versioned and stored only wrapped. A tenant may
+//! bring its own key (BYOK) to wrap its data keys instead. Values and files
+//! are sealed with [`aead`] and [`stream`].
 //!
 //! The access-token signing key (Ed25519) is derived from the master key
 //! with HKDF-SHA256 under a fixed label, so every app server sharing the
@@ -9,20 +16,126 @@
 //! Audit checkpoints are signed with a second key derived the same way.
 //! Key material lives in `secrecy`/`zeroize` types and is never logged.
 
+pub mod aead;
+pub mod stream;
+pub mod vault;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use futures_util::future::BoxFuture;
 use hkdf::Hkdf;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+pub use aead::{DataKey, KeyBytes};
+pub use vault::Vault;
+
+use crate::store::StoreError;
 
 const KEY_FILE: &str = "master.key";
 const JWT_LABEL: &[u8] = b"strongroom/v1/access-token-signing";
 const CHECKPOINT_LABEL: &[u8] = b"strongroom/v1/audit-checkpoint-signing";
+const KEK_LABEL: &[u8] = b"strongroom/v1/key-encryption";
+const URL_LABEL: &[u8] = b"strongroom/v1/signed-urls";
+
+/// Why encrypted data could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error(
+        "the tenant's data keys are wrapped by its own key {fingerprint}, which has been revoked; \
+         supply that key again with PUT /api/v1/tenant/keys/byok"
+    )]
+    KeyRevoked { fingerprint: String },
+    #[error("the tenant's keys have been destroyed; its encrypted data can no longer be read")]
+    KeysDestroyed,
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    #[error("the tenant's data keys are wrapped by key {expected}; supply that key")]
+    WrongKey { expected: String },
+    #[error("a customer-managed key must be base64 of exactly 32 bytes")]
+    MalformedKey,
+    #[error("the data keys are wrapped by {0}, which this server does not hold")]
+    UnknownWrappingKey(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for CryptoError {
+    fn from(e: sqlx::Error) -> Self {
+        CryptoError::Store(e.into())
+    }
+}
+
+/// Wraps and unwraps data keys. The master key is one; a KMS would be
+/// another (its calls are remote, hence the futures).
+pub trait KeyEncryptionKey: Send + Sync {
+    /// Stored beside everything it wraps, e.g. `master:3f2a…`.
+    fn id(&self) -> &str;
+    fn wrap<'a>(
+        &'a self,
+        aad: &'a [u8],
+        key: &'a [u8; aead::KEY_BYTES],
+    ) -> BoxFuture<'a, Result<Vec<u8>, CryptoError>>;
+    fn unwrap<'a>(
+        &'a self,
+        aad: &'a [u8],
+        wrapped: &'a [u8],
+    ) -> BoxFuture<'a, Result<KeyBytes, CryptoError>>;
+}
+
+/// A key-encryption key held in this process (the master key, or a
+/// tenant's own key while it is supplied).
+pub struct LocalKek {
+    id: String,
+    key: DataKey,
+}
+
+impl LocalKek {
+    pub fn new(id: String, key: &[u8; aead::KEY_BYTES]) -> LocalKek {
+        LocalKek {
+            id,
+            key: DataKey::new(key),
+        }
+    }
+}
+
+impl KeyEncryptionKey for LocalKek {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn wrap<'a>(
+        &'a self,
+        aad: &'a [u8],
+        key: &'a [u8; aead::KEY_BYTES],
+    ) -> BoxFuture<'a, Result<Vec<u8>, CryptoError>> {
+        Box::pin(async move { Ok(self.key.wrap(aad, key)) })
+    }
+
+    fn unwrap<'a>(
+        &'a self,
+        aad: &'a [u8],
+        wrapped: &'a [u8],
+    ) -> BoxFuture<'a, Result<KeyBytes, CryptoError>> {
+        Box::pin(async move { self.key.unwrap(aad, wrapped) })
+    }
+}
+
+/// A short public name for a key: 16 bytes of a labelled SHA-256, in hex.
+/// Shown to users instead of the key; reveals nothing about it.
+pub fn fingerprint(key: &[u8]) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"strongroom/v1/key-fingerprint")
+        .chain_update(key)
+        .finalize();
+    crate::audit::chain::to_hex(&digest[..16])
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -43,6 +156,8 @@ pub struct Keyring {
     signing: SigningKey,
     verifying: VerifyingKey,
     checkpoint: SigningKey,
+    kek: Arc<dyn KeyEncryptionKey>,
+    url_key: SecretBox<[u8; 32]>,
 }
 
 impl Keyring {
@@ -66,11 +181,32 @@ impl Keyring {
         };
         let signing = derive(JWT_LABEL);
         let verifying = signing.verifying_key();
+        let mut kek = Zeroizing::new([0u8; 32]);
+        hkdf.expand(KEK_LABEL, kek.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mut url_key = Box::new([0u8; 32]);
+        hkdf.expand(URL_LABEL, url_key.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
         Keyring {
             signing,
             verifying,
             checkpoint: derive(CHECKPOINT_LABEL),
+            kek: Arc::new(LocalKek::new(
+                format!("master:{}", fingerprint(kek.as_ref())),
+                &kek,
+            )),
+            url_key: SecretBox::new(url_key),
         }
+    }
+
+    /// The key-encryption key that wraps tenants' data keys.
+    pub fn master_kek(&self) -> Arc<dyn KeyEncryptionKey> {
+        self.kek.clone()
+    }
+
+    /// HMAC key for signed download URLs (FIL-2).
+    pub fn url_signing_key(&self) -> &[u8; 32] {
+        self.url_key.expose_secret()
     }
 
     /// Signs audit checkpoints (AUD-7); its public half is published.

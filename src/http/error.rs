@@ -10,6 +10,7 @@ use serde_json::json;
 use super::REQUEST_ID;
 use crate::access::AccessError;
 use crate::audit::AuditError;
+use crate::crypto::CryptoError;
 use crate::identity::IdentityError;
 use crate::records::RecordError;
 use crate::store::StoreError;
@@ -197,7 +198,30 @@ impl From<RecordError> for ApiError {
                 "precondition-failed",
                 e.to_string(),
             ),
+            Crypto(e) => e.into(),
             Access(e) => e.into(),
+            Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CryptoError> for ApiError {
+    fn from(e: CryptoError) -> Self {
+        use CryptoError::*;
+        match e {
+            KeyRevoked { .. } => ApiError::new(StatusCode::LOCKED, "key-revoked", e.to_string()),
+            KeysDestroyed => ApiError::new(StatusCode::GONE, "keys-destroyed", e.to_string()),
+            WrongKey { .. } => ApiError::new(StatusCode::CONFLICT, "wrong-key", e.to_string()),
+            MalformedKey => ApiError::validation(e.to_string()).with_field("key"),
+            Integrity(_) => {
+                tracing::error!(error = %e, "stored ciphertext failed its integrity check");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "integrity-error",
+                    format!("{e}; nothing was served"),
+                )
+            }
+            UnknownWrappingKey(_) => ApiError::internal(&e),
             Store(e) => e.into(),
         }
     }

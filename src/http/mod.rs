@@ -29,7 +29,8 @@ pub use extract::{ApiJson, ApiPath, Who};
 use crate::audit::RequestMeta;
 use crate::audit::access_log::{AccessEntry, AccessLogger, activity};
 use crate::config::Config;
-use crate::crypto::Keyring;
+use crate::crypto::{Keyring, Vault};
+use crate::files::Objects;
 use crate::store::Store;
 
 /// Largest JSON body accepted (NET-5 first cut).
@@ -39,6 +40,8 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     pub store: Store,
     pub keyring: Arc<Keyring>,
+    pub vault: Vault,
+    pub objects: Objects,
     pub config: Arc<Config>,
     pub access_log: AccessLogger,
     pub proxies: Arc<TrustedProxies>,
@@ -61,6 +64,8 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::identity::router())
         .merge(crate::identity::sessions_router())
         .merge(crate::records::router())
+        .merge(crate::files::http::router())
+        .merge(crate::keys::http::router())
         .merge(crate::audit::router())
         .merge(crate::audit::access_log_router())
         .merge(crate::tenancy::router());

@@ -18,11 +18,15 @@ pub fn router() -> Api {
         "type": "object", "required": ["name", "type"],
         "properties": {
             "name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"},
-            "type": {"enum": ["text", "integer", "number", "boolean", "datetime", "email", "select", "json"]},
+            "type": {"enum": ["text", "integer", "number", "boolean", "datetime", "email", "select", "json", "file"]},
             "required": {"type": "boolean"}, "unique": {"type": "boolean"},
-            "indexed": {"type": "boolean"}, "personal": {"type": "boolean"},
-            "sensitive": {"type": "boolean"},
-            "options": {"type": "array", "items": {"type": "string"}}
+            "indexed": {"type": "boolean"},
+            "personal": {"type": "boolean", "description": "personal data: stored encrypted"},
+            "sensitive": {"type": "boolean", "description": "stored encrypted, redacted in the audit trail"},
+            "options": {"type": "array", "items": {"type": "string"}},
+            "max_size": {"type": "integer", "description": "file fields: largest file in bytes (default 25 MiB)"},
+            "max_files": {"type": "integer", "description": "file fields: files per record (default 1)"},
+            "accept": {"type": "array", "items": {"type": "string"}, "description": "file fields: allowed content types, sniffed from the bytes"}
         }
     });
     let collection_body = json!({
@@ -327,7 +331,7 @@ async fn list_records(
         &meta,
     )
     .await?;
-    let page = super::list_records(&state.store, &permit, &name, query).await?;
+    let page = super::list_records(&state.store, &state.vault, &permit, &name, query).await?;
     let items: Vec<Value> = page.items.iter().map(Record::to_json).collect();
     Ok(Json(
         json!({"items": items, "next_cursor": page.next_cursor}),
@@ -349,7 +353,8 @@ async fn create_record(
         &meta,
     )
     .await?;
-    let record = super::create_record(&state.store, &permit, &meta, &name, body).await?;
+    let record =
+        super::create_record(&state.store, &state.vault, &permit, &meta, &name, body).await?;
     Ok(record_response(StatusCode::CREATED, &record))
 }
 
@@ -367,7 +372,7 @@ async fn get_record(
         &meta,
     )
     .await?;
-    let record = super::get_record(&state.store, &permit, &name, &id).await?;
+    let record = super::get_record(&state.store, &state.vault, &permit, &name, &id).await?;
     Ok(record_response(StatusCode::OK, &record))
 }
 
@@ -388,8 +393,16 @@ async fn update_record(
         &meta,
     )
     .await?;
-    let record =
-        super::update_record(&state.store, &permit, &meta, &name, &id, body, precondition).await?;
+    let record = super::update_record(
+        &state.store,
+        &state.vault,
+        &permit,
+        &meta,
+        (&name, &id),
+        body,
+        precondition,
+    )
+    .await?;
     Ok(record_response(StatusCode::OK, &record))
 }
 

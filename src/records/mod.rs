@@ -7,9 +7,14 @@
 //! record is simply not found — `404`, never `403`, so ids leak nothing.
 //! Values of `unique`/`indexed` fields are kept in `record_keys`, where a
 //! unique constraint enforces uniqueness on both backends.
+//!
+//! Values of `sensitive` and `personal` fields are sealed before they reach
+//! the database (ENC-2, see [`sealed`]); the journal's after-images carry
+//! the ciphertext and the audit diffs a redaction.
 
 mod http;
 mod schema;
+pub mod sealed;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -18,9 +23,11 @@ use sqlx::any::AnyRow;
 
 pub use http::router;
 pub use schema::{CollectionName, Field, FieldType};
+pub use sealed::Place;
 
 use crate::access::{AccessError, Permit};
 use crate::audit::RequestMeta;
+use crate::crypto::{CryptoError, Vault};
 use crate::store::sql::{Sql, decode_cursor, encode_cursor, one_page};
 use crate::store::{Backend, Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 
@@ -51,6 +58,8 @@ pub enum RecordError {
     RecordNotFound,
     #[error("the record has changed since you read it (If-Match does not match its ETag)")]
     VersionMismatch,
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
     #[error(transparent)]
     Access(#[from] AccessError),
     #[error(transparent)]
@@ -86,16 +95,21 @@ impl Collection {
         })
     }
 
-    fn field(&self, name: &str) -> Option<&Field> {
+    pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }
 
-    fn sensitive(&self) -> Vec<String> {
+    /// Fields the audit trail shows only as "[redacted]": every encrypted one.
+    pub fn sensitive(&self) -> Vec<String> {
         self.fields
             .iter()
-            .filter(|f| f.sensitive)
+            .filter(|f| f.is_encrypted())
             .map(|f| f.name.clone())
             .collect()
+    }
+
+    fn has_encrypted(&self) -> bool {
+        self.fields.iter().any(|f| f.is_encrypted())
     }
 
     fn image(&self) -> Value {
@@ -135,7 +149,7 @@ impl Record {
     }
 
     /// The journal's after-image.
-    fn image(&self) -> Value {
+    pub fn image(&self) -> Value {
         json!({
             "id": self.id, "collection": self.collection, "version": self.version,
             "created_at": self.created_at, "updated_at": self.updated_at, "data": self.data,
@@ -161,7 +175,7 @@ fn data_column(backend: Backend) -> &'static str {
 
 const COLLECTION_COLUMNS: &str = "id, name, fields, created_at, updated_at";
 
-async fn find_collection(
+pub async fn find_collection(
     conn: &mut sqlx::AnyConnection,
     tenant_id: &str,
     name: &str,
@@ -275,10 +289,12 @@ pub async fn update_collection(
                     if let Some(old) = before.field(&field.name)
                         && (old.kind != field.kind
                             || old.unique != field.unique
-                            || old.indexed != field.indexed)
+                            || old.indexed != field.indexed
+                            || old.is_encrypted() != field.is_encrypted())
                     {
                         return Err(RecordError::InvalidSchema(format!(
-                            "field {:?}: type, unique and indexed cannot change; add a new field instead",
+                            "field {:?}: type, unique, indexed and whether it is encrypted \
+                             (sensitive or personal) cannot change; add a new field instead",
                             field.name
                         )));
                     }
@@ -390,7 +406,7 @@ fn visible(mut record: Record, collection: &Collection) -> Record {
     record
 }
 
-async fn find_record(
+pub async fn find_record(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
     tenant_id: &str,
@@ -456,12 +472,14 @@ async fn write_keys(
 
 pub async fn create_record(
     store: &Store,
+    vault: &Vault,
     permit: &Permit,
     meta: &RequestMeta,
     collection: &str,
     body: Value,
 ) -> Result<Record, RecordError> {
     let collection = collection.to_owned();
+    let vault = vault.clone();
     store
         .write(permit, meta, "record.create", move |tx| {
             Box::pin(async move {
@@ -470,7 +488,7 @@ pub async fn create_record(
                 let collection = find_collection(tx.conn(), &tenant, &collection).await?;
                 let data = schema::validate_record(&collection.fields, &body, None)?;
                 let now = crate::clock::now();
-                let record = Record {
+                let mut record = Record {
                     id: uuid::Uuid::now_v7().to_string(),
                     collection: collection.name.clone(),
                     version: 1,
@@ -478,9 +496,19 @@ pub async fn create_record(
                     updated_at: now,
                     data,
                 };
+                let clear = record.data.clone();
+                let names: Vec<String> = collection.sensitive();
+                let key_version = if names.iter().any(|n| record.data.contains_key(n)) {
+                    let key = vault.active(tx.conn(), backend, &tenant).await?;
+                    let place = Place { tenant: &tenant, collection: &collection, record_id: &record.id };
+                    sealed::seal_fields(&place, &key, &mut record.data, names.iter().map(String::as_str));
+                    Some(key.version)
+                } else {
+                    None
+                };
                 sqlx::query(&format!(
-                    "INSERT INTO records (id, tenant_id, collection_id, data, version, created_at, updated_at) \
-                     VALUES ($1, $2, $3, {}, 1, $5, $5)",
+                    "INSERT INTO records (id, tenant_id, collection_id, data, version, created_at, updated_at, key_version) \
+                     VALUES ($1, $2, $3, {}, 1, $5, $5, $6)",
                     data_param(backend, 4)
                 ))
                 .bind(&record.id)
@@ -488,6 +516,7 @@ pub async fn create_record(
                 .bind(&collection.id)
                 .bind(Value::Object(record.data.clone()).to_string())
                 .bind(&record.created_at)
+                .bind(key_version)
                 .execute(tx.conn())
                 .await?;
                 write_keys(tx, &collection, &record, false).await?;
@@ -501,6 +530,7 @@ pub async fn create_record(
                     diff_of: Some("data"),
                 });
                 tx.set_target("record", record.id.clone());
+                record.data = clear;
                 Ok(record)
             })
         })
@@ -509,6 +539,7 @@ pub async fn create_record(
 
 pub async fn get_record(
     store: &Store,
+    vault: &Vault,
     permit: &Permit,
     collection: &str,
     id: &str,
@@ -517,8 +548,31 @@ pub async fn get_record(
     let backend = tx.backend();
     let tenant = permit.scope().id_str();
     let collection = find_collection(tx.conn(), tenant, collection).await?;
-    let record = find_record(tx.conn(), backend, tenant, &collection, id).await?;
-    Ok(visible(record, &collection))
+    let mut record = visible(
+        find_record(tx.conn(), backend, tenant, &collection, id).await?,
+        &collection,
+    );
+    open_record(vault, tx.conn(), tenant, &collection, &mut record).await?;
+    Ok(record)
+}
+
+/// Opens the sealed values of a record read from the database.
+pub async fn open_record(
+    vault: &Vault,
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    collection: &Collection,
+    record: &mut Record,
+) -> Result<(), RecordError> {
+    if !collection.has_encrypted() {
+        return Ok(());
+    }
+    let place = Place {
+        tenant,
+        collection,
+        record_id: &record.id,
+    };
+    sealed::open_fields(vault, conn, &place, &mut record.data).await
 }
 
 /// What `If-Match` asked for.
@@ -547,14 +601,15 @@ impl Precondition {
 
 pub async fn update_record(
     store: &Store,
+    vault: &Vault,
     permit: &Permit,
     meta: &RequestMeta,
-    collection: &str,
-    id: &str,
+    (collection, id): (&str, &str),
     patch: Value,
     precondition: Precondition,
 ) -> Result<Record, RecordError> {
     let (collection, id) = (collection.to_owned(), id.to_owned());
+    let vault = vault.clone();
     store
         .write(permit, meta, "record.update", move |tx| {
             Box::pin(async move {
@@ -565,16 +620,34 @@ pub async fn update_record(
                 precondition.check(&before)?;
                 let before = visible(before, &collection);
                 let data = schema::validate_record(&collection.fields, &patch, Some(&before.data))?;
-                let after = Record {
+                let mut after = Record {
                     version: before.version + 1,
                     updated_at: crate::clock::now(),
                     data,
                     ..before.clone()
                 };
+                // Seal what the patch set; untouched values keep their
+                // ciphertext, so the audit diff sees them unchanged.
+                let patched: Vec<&str> = collection
+                    .fields
+                    .iter()
+                    .filter(|f| f.is_encrypted() && after.data.contains_key(&f.name))
+                    .filter(|f| patch.get(&f.name).is_some_and(|v| !v.is_null()))
+                    .map(|f| f.name.as_str())
+                    .collect();
+                if !patched.is_empty() {
+                    let key = vault.active(tx.conn(), backend, &tenant).await?;
+                    let place = Place {
+                        tenant: &tenant,
+                        collection: &collection,
+                        record_id: &after.id,
+                    };
+                    sealed::seal_fields(&place, &key, &mut after.data, patched.into_iter());
+                }
                 // The version guard makes a concurrent writer on another
                 // node lose cleanly instead of overwriting.
                 let updated = sqlx::query(&format!(
-                    "UPDATE records SET data = {}, version = $2, updated_at = $3 \
+                    "UPDATE records SET data = {}, version = $2, updated_at = $3, key_version = $7 \
                      WHERE tenant_id = $4 AND id = $5 AND version = $6",
                     data_param(backend, 1)
                 ))
@@ -584,6 +657,7 @@ pub async fn update_record(
                 .bind(&tenant)
                 .bind(&after.id)
                 .bind(before.version)
+                .bind(sealed::oldest_version(&collection, &after.data))
                 .execute(tx.conn())
                 .await?;
                 if updated.rows_affected() != 1 {
@@ -599,6 +673,7 @@ pub async fn update_record(
                     sensitive: collection.sensitive(),
                     diff_of: Some("data"),
                 });
+                open_record(&vault, tx.conn(), &tenant, &collection, &mut after).await?;
                 Ok(after)
             })
         })
@@ -662,6 +737,7 @@ pub struct Page {
 /// being the cursor, so pages stay stable while records are added.
 pub async fn list_records(
     store: &Store,
+    vault: &Vault,
     permit: &Permit,
     collection: &str,
     query: ListQuery,
@@ -717,5 +793,86 @@ pub async fn list_records(
     let next_cursor = one_page(&mut items, query.limit, |r| {
         encode_cursor(&r.created_at, &r.id)
     });
+    for record in &mut items {
+        open_record(vault, tx.conn(), tenant, &collection, record).await?;
+    }
     Ok(Page { items, next_cursor })
+}
+
+/// Rotation (ENC-3): re-seals up to `limit` records whose values use an
+/// older key version than the active one, in one write. Returns how many
+/// records it re-sealed; 0 means none is left. Record versions and ETags
+/// do not change: the content is the same.
+pub async fn reseal_batch(
+    store: &Store,
+    vault: &Vault,
+    permit: &Permit,
+    meta: &RequestMeta,
+    limit: i64,
+) -> Result<u64, RecordError> {
+    let vault = vault.clone();
+    store
+        .write(permit, meta, "keys.reencrypt", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let backend = tx.backend();
+                let key = vault.active(tx.conn(), backend, &tenant).await?;
+                let lock = match backend {
+                    Backend::Postgres => " FOR UPDATE",
+                    Backend::Sqlite => "",
+                };
+                let rows = sqlx::query(&format!(
+                    "SELECT r.id, {}, r.version, r.created_at, r.updated_at, c.name AS collection \
+                     FROM records r JOIN collections c ON c.id = r.collection_id \
+                     WHERE r.tenant_id = $1 AND r.key_version < $2 ORDER BY r.id LIMIT {limit}{lock}",
+                    match backend {
+                        Backend::Sqlite => "r.data",
+                        Backend::Postgres => "r.data::text AS data",
+                    }
+                ))
+                .bind(&tenant)
+                .bind(key.version)
+                .fetch_all(tx.conn())
+                .await?;
+                let mut done = 0;
+                let mut collections: Vec<Collection> = Vec::new();
+                for row in &rows {
+                    let name: String = row.try_get("collection")?;
+                    if !collections.iter().any(|c| c.name == name) {
+                        collections.push(find_collection(tx.conn(), &tenant, &name).await?);
+                    }
+                    let collection = collections
+                        .iter()
+                        .find(|c| c.name == name)
+                        .expect("just loaded")
+                        .clone();
+                    let mut record = record_from_row(row, &name)?;
+                    let place = Place { tenant: &tenant, collection: &collection, record_id: &record.id };
+                    sealed::reseal(&vault, tx.conn(), &place, &key, &mut record.data).await?;
+                    sqlx::query(&format!(
+                        "UPDATE records SET data = {}, key_version = $2 WHERE tenant_id = $3 AND id = $4",
+                        data_param(backend, 1)
+                    ))
+                    .bind(Value::Object(record.data.clone()).to_string())
+                    .bind(sealed::oldest_version(&collection, &record.data))
+                    .bind(&tenant)
+                    .bind(&record.id)
+                    .execute(tx.conn())
+                    .await?;
+                    tx.record(Change {
+                        entity: "record",
+                        entity_id: record.id.clone(),
+                        op: JournalOp::Update,
+                        before: None,
+                        after: Some(record.image()),
+                        sensitive: collection.sensitive(),
+                        diff_of: Some("data"),
+                    });
+                    done += 1;
+                }
+                tx.set_target("key_version", key.version.to_string());
+                Ok(done)
+            })
+        })
+        .await
 }

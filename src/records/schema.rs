@@ -53,7 +53,14 @@ pub enum FieldType {
     Email,
     Select,
     Json,
+    /// Uploaded files (FIL-1); the value lists the files' descriptions.
+    File,
 }
+
+/// Default and ceiling of a file field's `max_size` (FIL-4).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 25 * 1024 * 1024;
+pub const MAX_FILE_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+const MAX_FILES_PER_FIELD: u32 = 100;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,12 +82,34 @@ pub struct Field {
     pub sensitive: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<Vec<String>>,
+    /// File fields: largest file in bytes (default 25 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
+    /// File fields: how many files the field holds (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<u32>,
+    /// File fields: content types allowed, as sniffed from the bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept: Option<Vec<String>>,
 }
 
 impl Field {
     /// Whether the field's values are kept in `record_keys`.
     pub fn is_keyed(&self) -> bool {
         self.unique || self.indexed
+    }
+
+    /// Values of sensitive and personal fields are stored encrypted (ENC-2).
+    pub fn is_encrypted(&self) -> bool {
+        self.sensitive || self.personal
+    }
+
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_size.unwrap_or(DEFAULT_MAX_FILE_BYTES)
+    }
+
+    pub fn max_files(&self) -> u32 {
+        self.max_files.unwrap_or(1)
     }
 }
 
@@ -118,11 +147,39 @@ pub fn validate_fields(fields: &[Field]) -> Result<(), RecordError> {
             (_, Some(_)) => return Err(bad("only select fields take options")),
             (_, None) => {}
         }
-        if field.kind == FieldType::Json && field.is_keyed() {
-            return Err(bad("json fields cannot be unique or indexed"));
+        if matches!(field.kind, FieldType::Json | FieldType::File) && field.is_keyed() {
+            return Err(bad("json and file fields cannot be unique or indexed"));
         }
-        if field.sensitive && field.is_keyed() {
-            return Err(bad("sensitive fields cannot be unique or indexed"));
+        if field.is_encrypted() && field.is_keyed() {
+            return Err(bad(
+                "sensitive and personal fields are stored encrypted, so they cannot be unique or indexed",
+            ));
+        }
+        let file_settings =
+            field.max_size.is_some() || field.max_files.is_some() || field.accept.is_some();
+        if field.kind != FieldType::File && file_settings {
+            return Err(bad("only file fields take max_size, max_files and accept"));
+        }
+        if field.kind == FieldType::File {
+            if field.required {
+                return Err(bad(
+                    "file fields cannot be required (files are added after the record)",
+                ));
+            }
+            if !(1..=MAX_FILE_BYTES).contains(&field.max_file_bytes()) {
+                return Err(bad("max_size must be between 1 byte and 5 GiB"));
+            }
+            if !(1..=MAX_FILES_PER_FIELD).contains(&field.max_files()) {
+                return Err(bad("max_files must be between 1 and 100"));
+            }
+            if let Some(accept) = &field.accept
+                && (accept.is_empty() || accept.iter().any(|t| !crate::files::is_known_type(t)))
+            {
+                return Err(bad(&format!(
+                    "accept must list content types from: {}",
+                    crate::files::KNOWN_TYPES.join(", ")
+                )));
+            }
         }
     }
     Ok(())
@@ -172,6 +229,11 @@ pub fn check_value(field: &Field, value: &Value) -> Result<Value, RecordError> {
             }
         }
         FieldType::Json => Ok(value.clone()),
+        FieldType::File => Err(RecordError::InvalidField {
+            field: field.name.clone(),
+            reason: "file fields change by uploading or deleting files, not in the record body"
+                .into(),
+        }),
     }
 }
 
@@ -189,6 +251,10 @@ pub fn validate_record(
             .iter()
             .find(|f| &f.name == name)
             .ok_or_else(|| RecordError::UnknownField(name.clone()))?;
+        if field.kind == FieldType::File {
+            // Always a refusal: files change through their own endpoints.
+            check_value(field, value)?;
+        }
         if value.is_null() {
             data.remove(name);
         } else {
@@ -208,11 +274,15 @@ pub fn validate_record(
 /// which is how stored values are compared.
 pub fn filter_value(field: &Field, text: &str) -> Result<String, RecordError> {
     let invalid = |why: String| RecordError::InvalidQuery(format!("filter[{}]: {why}", field.name));
-    if field.sensitive {
-        return Err(invalid("sensitive fields cannot be filtered on".into()));
+    if field.is_encrypted() {
+        return Err(invalid(
+            "sensitive and personal fields are stored encrypted and cannot be filtered on".into(),
+        ));
     }
     let value = match field.kind {
-        FieldType::Json => return Err(invalid("json fields cannot be filtered on".into())),
+        FieldType::Json | FieldType::File => {
+            return Err(invalid("json and file fields cannot be filtered on".into()));
+        }
         FieldType::Integer => Value::from(
             text.parse::<i64>()
                 .map_err(|_| invalid("expected an integer".into()))?,
@@ -284,6 +354,11 @@ mod tests {
             json!([{"name": "s", "type": "select"}]),
             json!([{"name": "s", "type": "text", "options": ["x"]}]),
             json!([{"name": "s", "type": "text", "sensitive": true, "unique": true}]),
+            json!([{"name": "s", "type": "email", "personal": true, "indexed": true}]),
+            json!([{"name": "f", "type": "file", "unique": true}]),
+            json!([{"name": "f", "type": "file", "max_size": 0}]),
+            json!([{"name": "f", "type": "file", "accept": ["text/html"]}]),
+            json!([{"name": "t", "type": "text", "max_files": 2}]),
         ];
         for fields in bad {
             let parsed: Vec<Field> = serde_json::from_value(fields.clone()).unwrap();

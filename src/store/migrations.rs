@@ -13,10 +13,15 @@ const SQLITE: &[(i64, &str)] = &[
         3,
         include_str!("migrations/sqlite/0003_audit_clustered.sql"),
     ),
+    (4, include_str!("migrations/sqlite/0004_keys_and_files.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
     (2, include_str!("migrations/postgres/0002_audit_trail.sql")),
+    (
+        3,
+        include_str!("migrations/postgres/0003_keys_and_files.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.

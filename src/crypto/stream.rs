@@ -1,0 +1,262 @@
+//! Streaming AEAD for files (ENC-2, FIL-1): the plaintext is cut into
+//! fixed-size chunks, each sealed with AES-256-GCM under the file's own key
+//! and a nonce made of the chunk's index and a "last chunk" flag (the STREAM
+//! construction). Reordered, altered, dropped or appended chunks fail to
+//! open, and so does an object cut at a chunk boundary, because its new last
+//! chunk was not sealed as the last one.
+//!
+//! Object layout: `SRF1` · chunk size (u32, big-endian) · chunks, each the
+//! sealed plaintext followed by its 16-byte tag.
+
+use super::CryptoError;
+use super::aead::{DataKey, NONCE_BYTES, TAG_BYTES};
+
+const MAGIC: &[u8; 4] = b"SRF1";
+pub const HEADER_BYTES: usize = 8;
+/// Plaintext bytes per chunk.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+const MIN_CHUNK: usize = 1024;
+const MAX_CHUNK: usize = 16 * 1024 * 1024;
+
+fn nonce(counter: u64, last: bool) -> [u8; NONCE_BYTES] {
+    let mut nonce = [0u8; NONCE_BYTES];
+    nonce[3..11].copy_from_slice(&counter.to_be_bytes());
+    nonce[11] = u8::from(last);
+    nonce
+}
+
+fn header(chunk: usize) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[..4].copy_from_slice(MAGIC);
+    h[4..].copy_from_slice(&(chunk as u32).to_be_bytes());
+    h
+}
+
+/// The size of the object that `plaintext` bytes become.
+pub fn sealed_size(plaintext: u64) -> u64 {
+    let chunk = CHUNK_BYTES as u64;
+    let chunks = plaintext.div_ceil(chunk).max(1);
+    HEADER_BYTES as u64 + plaintext + chunks * TAG_BYTES as u64
+}
+
+/// Seals a plaintext stream chunk by chunk.
+pub struct Sealer {
+    key: DataKey,
+    counter: u64,
+    pending: Vec<u8>,
+    header: Option<[u8; HEADER_BYTES]>,
+}
+
+impl Sealer {
+    pub fn new(key: DataKey) -> Sealer {
+        Sealer {
+            key,
+            counter: 0,
+            pending: Vec::with_capacity(CHUNK_BYTES + TAG_BYTES),
+            header: Some(header(CHUNK_BYTES)),
+        }
+    }
+
+    /// Takes more plaintext; appends to `out` what is ready to be stored.
+    /// A chunk is sealed only once more data follows it, so the last one
+    /// can be marked as such by [`Sealer::finish`].
+    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+        if let Some(h) = self.header.take() {
+            out.extend_from_slice(&h);
+        }
+        while !data.is_empty() {
+            if self.pending.len() == CHUNK_BYTES {
+                self.seal_pending(false, out);
+            }
+            let take = (CHUNK_BYTES - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+    }
+
+    /// Seals what is left as the last chunk (possibly empty).
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        if let Some(h) = self.header.take() {
+            out.extend_from_slice(&h);
+        }
+        self.seal_pending(true, out);
+    }
+
+    fn seal_pending(&mut self, last: bool, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&self.pending);
+        let tag = self.key.seal_in_place(
+            &nonce(self.counter, last),
+            &header(CHUNK_BYTES),
+            &mut out[start..],
+        );
+        out.extend_from_slice(&tag);
+        self.pending.clear();
+        self.counter += 1;
+    }
+}
+
+/// Opens a sealed stream; fails on the first chunk that does not verify.
+pub struct Opener {
+    key: DataKey,
+    counter: u64,
+    buf: Vec<u8>,
+    chunk: Option<usize>,
+}
+
+impl Opener {
+    pub fn new(key: DataKey) -> Opener {
+        Opener {
+            key,
+            counter: 0,
+            buf: Vec::new(),
+            chunk: None,
+        }
+    }
+
+    /// Takes more stored bytes; appends verified plaintext to `out`.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        self.buf.extend_from_slice(data);
+        let chunk = match self.chunk {
+            Some(c) => c,
+            None => {
+                if self.buf.len() < HEADER_BYTES {
+                    return Ok(());
+                }
+                let c = parse_header(&self.buf[..HEADER_BYTES])?;
+                self.buf.drain(..HEADER_BYTES);
+                self.chunk = Some(c);
+                c
+            }
+        };
+        let sealed = chunk + TAG_BYTES;
+        // Strictly more than one chunk buffered: the first is not the last.
+        let mut used = 0;
+        while self.buf.len() - used > sealed {
+            self.open_one(used, sealed, chunk, false, out)?;
+            used += sealed;
+        }
+        self.buf.drain(..used);
+        Ok(())
+    }
+
+    /// Opens the last chunk; an object without a proper ending fails here.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let Some(chunk) = self.chunk else {
+            return Err(CryptoError::Integrity(
+                "object is shorter than its header".into(),
+            ));
+        };
+        let len = self.buf.len();
+        if len < TAG_BYTES {
+            return Err(CryptoError::Integrity("object is truncated".into()));
+        }
+        self.open_one(0, len, chunk, true, out)
+    }
+
+    fn open_one(
+        &mut self,
+        at: usize,
+        len: usize,
+        chunk: usize,
+        last: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let body = len - TAG_BYTES;
+        let start = out.len();
+        out.extend_from_slice(&self.buf[at..at + body]);
+        let tag = &self.buf[at + body..at + len];
+        self.key
+            .open_in_place(
+                &nonce(self.counter, last),
+                &header(chunk),
+                &mut out[start..],
+                tag,
+            )
+            .map_err(|_| {
+                out.truncate(start);
+                CryptoError::Integrity(format!(
+                    "chunk {} of the object does not verify (altered or truncated)",
+                    self.counter
+                ))
+            })?;
+        self.counter += 1;
+        Ok(())
+    }
+}
+
+fn parse_header(h: &[u8]) -> Result<usize, CryptoError> {
+    if &h[..4] != MAGIC {
+        return Err(CryptoError::Integrity("not a Strongroom object".into()));
+    }
+    let chunk = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+    if !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk) {
+        return Err(CryptoError::Integrity("implausible chunk size".into()));
+    }
+    Ok(chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::aead::generate_key;
+
+    fn seal(key: &[u8; 32], data: &[u8], piece: usize) -> Vec<u8> {
+        let mut sealer = Sealer::new(DataKey::new(key));
+        let mut out = Vec::new();
+        for part in data.chunks(piece.max(1)) {
+            sealer.push(part, &mut out);
+        }
+        sealer.finish(&mut out);
+        out
+    }
+
+    fn open(key: &[u8; 32], stored: &[u8], piece: usize) -> Result<Vec<u8>, CryptoError> {
+        let mut opener = Opener::new(DataKey::new(key));
+        let mut out = Vec::new();
+        for part in stored.chunks(piece.max(1)) {
+            opener.push(part, &mut out)?;
+        }
+        opener.finish(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn any_size_round_trips_through_any_piece_size() {
+        let key = generate_key();
+        for size in [
+            0,
+            1,
+            CHUNK_BYTES - 1,
+            CHUNK_BYTES,
+            CHUNK_BYTES + 1,
+            3 * CHUNK_BYTES + 7,
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            for piece in [1000, 65_536, CHUNK_BYTES + 5] {
+                let stored = seal(&key, &data, piece);
+                assert_eq!(stored.len() as u64, sealed_size(size as u64));
+                assert_eq!(open(&key, &stored, 7777).unwrap(), data, "size {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_truncated_or_extended_objects_fail() {
+        let key = generate_key();
+        let data = vec![7u8; 2 * CHUNK_BYTES + 100];
+        let stored = seal(&key, &data, 4096);
+        let mut flipped = stored.clone();
+        flipped[HEADER_BYTES + CHUNK_BYTES + 40] ^= 0x20;
+        assert!(open(&key, &flipped, 9000).is_err());
+        // Cut exactly after the second chunk: looks complete, but is not.
+        let cut = &stored[..HEADER_BYTES + 2 * (CHUNK_BYTES + TAG_BYTES)];
+        assert!(open(&key, cut, 9000).is_err());
+        assert!(open(&key, &stored[..stored.len() - 1], 9000).is_err());
+        let mut longer = stored.clone();
+        longer.extend_from_slice(&[0u8; 20]);
+        assert!(open(&key, &longer, 9000).is_err());
+        assert!(open(&generate_key(), &stored, 9000).is_err());
+        assert!(open(&key, &stored[..3], 9000).is_err());
+    }
+}

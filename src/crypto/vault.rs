@@ -1,0 +1,521 @@
+//! Per-tenant data keys (ENC-3): random AES-256 keys, versioned, stored
+//! only wrapped by a key-encryption key — the master key, or the tenant's
+//! own key (BYOK), which is itself kept wrapped by the master key until the
+//! tenant revokes it. Exactly one version is active for new writes; older
+//! ones stay readable until rotation has re-encrypted everything.
+//!
+//! Destroying a tenant's keys (crypto-shredding, for LIF-3) leaves every
+//! ciphertext of that tenant — database values, objects, backups —
+//! unreadable at once.
+//!
+//! Unwrapped keys are cached for at most [`CACHE_TTL`], so a revocation on
+//! one app server reaches the others within that time; the server that
+//! handled it forgets at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use super::aead::{DataKey, KEY_BYTES, KeyBytes, generate_key};
+use super::{CryptoError, KeyEncryptionKey, LocalKek, fingerprint};
+use crate::store::Backend;
+
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct Vault {
+    inner: Arc<Inner>,
+}
+
+/// Unwrapped keys by (tenant, version), with when they were unwrapped.
+type KeyCache = HashMap<(String, i64), (Instant, Arc<DataKey>)>;
+
+struct Inner {
+    master: Arc<dyn KeyEncryptionKey>,
+    cache: Mutex<KeyCache>,
+}
+
+/// The version new writes use, and its key.
+#[derive(Clone)]
+pub struct ActiveKey {
+    pub version: i64,
+    pub key: Arc<DataKey>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyVersion {
+    pub version: i64,
+    pub state: String,
+    pub wrapped_by: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rotation {
+    pub to_version: i64,
+    pub state: String,
+    pub records_done: i64,
+    pub files_done: i64,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyStatus {
+    pub active_version: Option<i64>,
+    pub versions: Vec<KeyVersion>,
+    /// Fingerprint of the tenant's own key while it is supplied.
+    pub byok_fingerprint: Option<String>,
+    /// Set when the data keys are wrapped by a tenant key that was revoked.
+    pub revoked_fingerprint: Option<String>,
+    pub rotations: Vec<Rotation>,
+}
+
+/// What supplying a tenant key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByokChange {
+    /// The data keys are now wrapped by this key.
+    Activated,
+    /// The key had been revoked; the data is readable again.
+    Restored,
+    /// It was already in place.
+    Unchanged,
+}
+
+fn dek_aad(tenant: &str, version: i64) -> Vec<u8> {
+    format!("strongroom/v1/data-key/{tenant}/{version}").into_bytes()
+}
+
+fn byok_aad(tenant: &str) -> Vec<u8> {
+    format!("strongroom/v1/tenant-key/{tenant}").into_bytes()
+}
+
+const BYOK_PREFIX: &str = "byok:";
+
+impl Vault {
+    pub fn new(master: Arc<dyn KeyEncryptionKey>) -> Vault {
+        Vault {
+            inner: Arc::new(Inner {
+                master,
+                cache: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn cached(&self, tenant: &str, version: i64) -> Option<Arc<DataKey>> {
+        let cache = self.inner.cache.lock().expect("key cache lock");
+        cache
+            .get(&(tenant.to_owned(), version))
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, key)| key.clone())
+    }
+
+    fn remember(&self, tenant: &str, version: i64, key: Arc<DataKey>) {
+        let mut cache = self.inner.cache.lock().expect("key cache lock");
+        cache.insert((tenant.to_owned(), version), (Instant::now(), key));
+    }
+
+    /// Drops a tenant's unwrapped keys from memory (after revoke/destroy).
+    pub fn forget(&self, tenant: &str) {
+        let mut cache = self.inner.cache.lock().expect("key cache lock");
+        cache.retain(|(t, _), _| t != tenant);
+    }
+
+    /// The active key for a write in `conn`'s transaction, created on first
+    /// use. On PostgreSQL the row is share-locked, so a rotation commits
+    /// either before this write (which then uses the new version) or after.
+    pub async fn active(
+        &self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        tenant: &str,
+    ) -> Result<ActiveKey, CryptoError> {
+        let lock = match backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        };
+        let version: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND state = 'active'{lock}"
+        ))
+        .bind(tenant)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let version = match version {
+            Some(v) => v,
+            None => self.create_version(conn, tenant, None).await?,
+        };
+        let key = self.key(conn, tenant, version).await?;
+        Ok(ActiveKey { version, key })
+    }
+
+    /// The key of one version, for reading what it sealed.
+    pub async fn key(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+        version: i64,
+    ) -> Result<Arc<DataKey>, CryptoError> {
+        if let Some(key) = self.cached(tenant, version) {
+            return Ok(key);
+        }
+        let row = sqlx::query(
+            "SELECT wrapped, wrapped_by FROM tenant_keys WHERE tenant_id = $1 AND version = $2",
+        )
+        .bind(tenant)
+        .bind(version)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else {
+            return Err(CryptoError::Integrity(format!(
+                "a value names key version {version}, which this tenant never had"
+            )));
+        };
+        let wrapped: Option<Vec<u8>> = row.try_get("wrapped")?;
+        let wrapped_by: String = row.try_get("wrapped_by")?;
+        let Some(wrapped) = wrapped else {
+            return Err(CryptoError::KeysDestroyed);
+        };
+        let kek = self.wrapping_key(conn, tenant, &wrapped_by).await?;
+        let bytes = kek.unwrap(&dek_aad(tenant, version), &wrapped).await?;
+        let key = Arc::new(DataKey::new(&bytes));
+        self.remember(tenant, version, key.clone());
+        Ok(key)
+    }
+
+    /// The key-encryption key named by `wrapped_by`.
+    async fn wrapping_key(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+        wrapped_by: &str,
+    ) -> Result<Arc<dyn KeyEncryptionKey>, CryptoError> {
+        if wrapped_by == self.inner.master.id() {
+            return Ok(self.inner.master.clone());
+        }
+        let Some(fp) = wrapped_by.strip_prefix(BYOK_PREFIX) else {
+            return Err(CryptoError::UnknownWrappingKey(wrapped_by.to_owned()));
+        };
+        let row = sqlx::query(
+            "SELECT fingerprint, wrapped, wrapped_by FROM tenant_byok WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let revoked = || CryptoError::KeyRevoked {
+            fingerprint: fp.to_owned(),
+        };
+        let row = row.ok_or_else(revoked)?;
+        let stored_fp: String = row.try_get("fingerprint")?;
+        if stored_fp != fp {
+            return Err(revoked());
+        }
+        let wrapped: Vec<u8> = row.try_get("wrapped")?;
+        let by: String = row.try_get("wrapped_by")?;
+        if by != self.inner.master.id() {
+            return Err(CryptoError::UnknownWrappingKey(by));
+        }
+        let bytes = self
+            .inner
+            .master
+            .unwrap(&byok_aad(tenant), &wrapped)
+            .await?;
+        Ok(Arc::new(LocalKek::new(wrapped_by.to_owned(), &bytes)))
+    }
+
+    /// The key-encryption key new data-key versions are wrapped by: the
+    /// tenant's own key if it has supplied one, else the master key.
+    async fn current_wrapper(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+    ) -> Result<Arc<dyn KeyEncryptionKey>, CryptoError> {
+        let wrappers: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT wrapped_by FROM tenant_keys WHERE tenant_id = $1 AND state <> 'destroyed'",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+        match wrappers.first() {
+            // All versions share one wrapper: BYOK changes rewrap them all.
+            Some(by) => self.wrapping_key(conn, tenant, by).await,
+            None => Ok(self.inner.master.clone()),
+        }
+    }
+
+    /// Adds a new version and makes it the active one; returns it.
+    async fn create_version(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+        retire: Option<i64>,
+    ) -> Result<i64, CryptoError> {
+        let destroyed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tenant_keys WHERE tenant_id = $1 AND state = 'destroyed'",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *conn)
+        .await?;
+        if destroyed > 0 {
+            return Err(CryptoError::KeysDestroyed);
+        }
+        let wrapper = self.current_wrapper(conn, tenant).await?;
+        let next: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM tenant_keys WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *conn)
+        .await?;
+        if let Some(old) = retire {
+            sqlx::query(
+                "UPDATE tenant_keys SET state = 'retired' WHERE tenant_id = $1 AND version = $2",
+            )
+            .bind(tenant)
+            .bind(old)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let bytes = generate_key();
+        let wrapped = wrapper.wrap(&dek_aad(tenant, next), &bytes).await?;
+        sqlx::query(
+            "INSERT INTO tenant_keys (tenant_id, version, state, wrapped, wrapped_by, created_at) \
+             VALUES ($1, $2, 'active', $3, $4, $5)",
+        )
+        .bind(tenant)
+        .bind(next)
+        .bind(wrapped)
+        .bind(wrapper.id())
+        .bind(crate::clock::now())
+        .execute(&mut *conn)
+        .await?;
+        self.remember(tenant, next, Arc::new(DataKey::new(&bytes)));
+        Ok(next)
+    }
+
+    /// Starts a rotation: a new active version and a progress row. The
+    /// re-encryption itself is the caller's background job.
+    pub async fn rotate(
+        &self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        tenant: &str,
+    ) -> Result<i64, CryptoError> {
+        let current = self.active(conn, backend, tenant).await?;
+        let next = self
+            .create_version(conn, tenant, Some(current.version))
+            .await?;
+        sqlx::query(
+            "INSERT INTO key_rotations (tenant_id, to_version, state, started_at) \
+             VALUES ($1, $2, 'running', $3)",
+        )
+        .bind(tenant)
+        .bind(next)
+        .bind(crate::clock::now())
+        .execute(&mut *conn)
+        .await?;
+        Ok(next)
+    }
+
+    /// Makes `key` (the tenant's own) wrap all its data keys.
+    pub async fn supply_byok(
+        &self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        tenant: &str,
+        key: KeyBytes,
+    ) -> Result<(String, ByokChange), CryptoError> {
+        let fp = fingerprint(key.as_ref());
+        let new_id = format!("{BYOK_PREFIX}{fp}");
+        // Make sure there is something to wrap.
+        self.active(conn, backend, tenant).await?;
+        let rows = sqlx::query(
+            "SELECT version, wrapped, wrapped_by FROM tenant_keys \
+             WHERE tenant_id = $1 AND state <> 'destroyed' ORDER BY version",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+        let has_byok: bool =
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM tenant_byok WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_one(&mut *conn)
+                .await?
+                > 0;
+        let current: String = rows[0].try_get("wrapped_by")?;
+        let change = if current == new_id {
+            if has_byok {
+                ByokChange::Unchanged
+            } else {
+                ByokChange::Restored
+            }
+        } else if let Some(expected) = current.strip_prefix(BYOK_PREFIX)
+            && !has_byok
+        {
+            return Err(CryptoError::WrongKey {
+                expected: expected.to_owned(),
+            });
+        } else {
+            let old = self.wrapping_key(conn, tenant, &current).await?;
+            let new = LocalKek::new(new_id.clone(), &key);
+            for row in &rows {
+                let version: i64 = row.try_get("version")?;
+                let wrapped: Vec<u8> = row.try_get("wrapped")?;
+                let aad = dek_aad(tenant, version);
+                let bytes = old.unwrap(&aad, &wrapped).await?;
+                let rewrapped = new.wrap(&aad, &bytes).await?;
+                sqlx::query(
+                    "UPDATE tenant_keys SET wrapped = $1, wrapped_by = $2 \
+                     WHERE tenant_id = $3 AND version = $4",
+                )
+                .bind(rewrapped)
+                .bind(&new_id)
+                .bind(tenant)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+            }
+            ByokChange::Activated
+        };
+        let stored = self.inner.master.wrap(&byok_aad(tenant), &key).await?;
+        sqlx::query("DELETE FROM tenant_byok WHERE tenant_id = $1")
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO tenant_byok (tenant_id, fingerprint, wrapped, wrapped_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(tenant)
+        .bind(&fp)
+        .bind(stored)
+        .bind(self.inner.master.id())
+        .bind(crate::clock::now())
+        .execute(&mut *conn)
+        .await?;
+        Ok((fp, change))
+    }
+
+    /// Forgets the tenant's own key: data wrapped by it is unreadable until
+    /// the tenant supplies the key again. Returns its fingerprint, if any.
+    pub async fn revoke_byok(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+    ) -> Result<Option<String>, CryptoError> {
+        let fp: Option<String> =
+            sqlx::query_scalar("SELECT fingerprint FROM tenant_byok WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_optional(&mut *conn)
+                .await?;
+        sqlx::query("DELETE FROM tenant_byok WHERE tenant_id = $1")
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await?;
+        self.forget(tenant);
+        Ok(fp)
+    }
+
+    /// Crypto-shredding: every version loses its key material for good.
+    /// Returns how many versions were destroyed.
+    pub async fn destroy(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+    ) -> Result<u64, CryptoError> {
+        let done = sqlx::query(
+            "UPDATE tenant_keys SET state = 'destroyed', wrapped = NULL WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM tenant_byok WHERE tenant_id = $1")
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await?;
+        self.forget(tenant);
+        Ok(done.rows_affected())
+    }
+
+    pub async fn status(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+    ) -> Result<KeyStatus, CryptoError> {
+        let rows = sqlx::query(
+            "SELECT version, state, wrapped_by, created_at FROM tenant_keys \
+             WHERE tenant_id = $1 ORDER BY version",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+        let versions = rows
+            .iter()
+            .map(|r| {
+                Ok(KeyVersion {
+                    version: r.try_get("version")?,
+                    state: r.try_get("state")?,
+                    wrapped_by: r.try_get("wrapped_by")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let byok: Option<String> =
+            sqlx::query_scalar("SELECT fingerprint FROM tenant_byok WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let revoked = versions
+            .iter()
+            .filter(|v| v.state != "destroyed")
+            .find_map(|v| v.wrapped_by.strip_prefix(BYOK_PREFIX))
+            .filter(|fp| byok.as_deref() != Some(*fp))
+            .map(str::to_owned);
+        let rotations = sqlx::query(
+            "SELECT to_version, state, records_done, files_done, started_at, finished_at \
+             FROM key_rotations WHERE tenant_id = $1 ORDER BY to_version DESC LIMIT 10",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Rotation {
+                to_version: r.try_get("to_version")?,
+                state: r.try_get("state")?,
+                records_done: r.try_get("records_done")?,
+                files_done: r.try_get("files_done")?,
+                started_at: r.try_get("started_at")?,
+                finished_at: r.try_get("finished_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(KeyStatus {
+            active_version: versions
+                .iter()
+                .find(|v| v.state == "active")
+                .map(|v| v.version),
+            versions,
+            byok_fingerprint: byok,
+            revoked_fingerprint: revoked,
+            rotations,
+        })
+    }
+}
+
+/// Parses a tenant-supplied key: base64 of exactly 32 bytes.
+pub fn parse_tenant_key(b64: &str) -> Result<KeyBytes, CryptoError> {
+    use base64::Engine;
+    let bytes = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| CryptoError::MalformedKey)?,
+    );
+    let key: [u8; KEY_BYTES] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| CryptoError::MalformedKey)?;
+    Ok(zeroize::Zeroizing::new(key))
+}

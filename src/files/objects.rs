@@ -1,0 +1,419 @@
+//! Object storage (FIL-1, FIL-5, ENC-4): a primary store — a local
+//! directory by default, or any S3-compatible service — and an optional
+//! replica that receives every object. Only sealed bytes reach either
+//! (see `crypto::stream`); object keys are generated (`t/<tenant>/<file>`),
+//! never derived from a client's file name.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::Config;
+use crate::crypto::aead::{DataKey, generate_key};
+use crate::crypto::stream::{Opener, Sealer};
+
+/// S3 parts are at least 5 MiB; bigger parts mean fewer requests.
+const PART_BYTES: usize = 8 * 1024 * 1024;
+/// Parts in flight per upload.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Where a store lives, parsed from its URL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreUrl {
+    Local(std::path::PathBuf),
+    S3 {
+        bucket: String,
+        prefix: String,
+        endpoint: Option<String>,
+        region: Option<String>,
+    },
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<StoreUrl, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(format!("{url}: a file:// store needs an absolute path"));
+            }
+            return Ok(StoreUrl::Local(path.into()));
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(format!(
+                "object store URL {url:?}: use file:///path or s3://bucket/prefix?endpoint=…&region=…"
+            ));
+        };
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        if bucket.len() < 3 || bucket.len() > 63 {
+            return Err(format!("{url}: the bucket name must be 3-63 characters"));
+        }
+        let mut endpoint = None;
+        let mut region = None;
+        for (k, v) in serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .map_err(|e| format!("{url}: {e}"))?
+        {
+            match k.as_str() {
+                "endpoint" => endpoint = Some(v),
+                "region" => region = Some(v),
+                other => {
+                    return Err(format!(
+                        "{url}: unknown parameter {other:?} (endpoint and region are known)"
+                    ));
+                }
+            }
+        }
+        Ok(StoreUrl::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            endpoint,
+            region,
+        })
+    }
+}
+
+/// One store and the prefix objects live under.
+pub struct Target {
+    pub role: &'static str,
+    pub describe: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+impl Target {
+    fn open(
+        role: &'static str,
+        url: &StoreUrl,
+        key_id: Option<&str>,
+        secret: Option<&SecretString>,
+    ) -> Result<Target, String> {
+        match url {
+            StoreUrl::Local(dir) => {
+                create_private_dir(dir).map_err(|e| {
+                    format!("cannot create the object directory {}: {e}", dir.display())
+                })?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| e.to_string())?;
+                Ok(Target {
+                    role,
+                    describe: format!("file://{}", dir.display()),
+                    store: Arc::new(store),
+                    prefix: String::new(),
+                })
+            }
+            StoreUrl::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+            } => {
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(endpoint) = endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                builder = builder.with_region(region.as_deref().unwrap_or("us-east-1"));
+                if let Some(id) = key_id {
+                    builder = builder.with_access_key_id(id);
+                }
+                if let Some(secret) = secret {
+                    builder = builder.with_secret_access_key(secret.expose_secret());
+                }
+                let store = builder.build().map_err(|e| e.to_string())?;
+                Ok(Target {
+                    role,
+                    describe: format!("s3://{bucket}/{prefix}"),
+                    store: Arc::new(store),
+                    prefix: prefix.clone(),
+                })
+            }
+        }
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    /// The stored (sealed) bytes of an object, as a stream.
+    pub async fn raw(
+        &self,
+        key: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, object_store::Error>>, object_store::Error> {
+        Ok(self.store.get(&self.path(key)).await?.into_stream())
+    }
+
+    pub async fn raw_bytes(&self, key: &str) -> Result<Bytes, object_store::Error> {
+        self.store.get(&self.path(key)).await?.bytes().await
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), object_store::Error> {
+        match self.store.delete(&self.path(key)).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Every object key under the prefix (for scrubs and tests).
+    pub async fn list_keys(&self) -> Result<Vec<String>, object_store::Error> {
+        let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
+        let mut keys = Vec::new();
+        let mut listing = self.store.list(prefix.as_ref());
+        while let Some(meta) = listing.next().await {
+            let path = meta?.location.to_string();
+            let key = match self.prefix.is_empty() {
+                true => path,
+                false => path
+                    .strip_prefix(&format!("{}/", self.prefix))
+                    .unwrap_or(&path)
+                    .to_owned(),
+            };
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// Copies a good object over this store's copy (FIL-5 repair).
+    pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), object_store::Error> {
+        self.store.put(&self.path(key), bytes.into()).await?;
+        Ok(())
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// The configured stores.
+#[derive(Clone)]
+pub struct Objects {
+    targets: Arc<Vec<Target>>,
+}
+
+impl Objects {
+    pub fn open(config: &Config) -> Result<Objects, String> {
+        let primary = match &config.object_store_url {
+            Some(url) => StoreUrl::parse(url)?,
+            None => StoreUrl::Local(absolute(&config.data_dir.join("objects"))),
+        };
+        let mut targets = vec![Target::open(
+            "primary",
+            &primary,
+            config.object_store_access_key_id.as_deref(),
+            config.object_store_secret_access_key.as_ref(),
+        )?];
+        if let Some(url) = &config.object_store_replica_url {
+            let replica = StoreUrl::parse(url)?;
+            if replica == primary {
+                return Err("the replica object store must differ from the primary".into());
+            }
+            targets.push(Target::open(
+                "replica",
+                &replica,
+                config.object_store_replica_access_key_id.as_deref(),
+                config.object_store_replica_secret_access_key.as_ref(),
+            )?);
+        }
+        Ok(Objects {
+            targets: Arc::new(targets),
+        })
+    }
+
+    /// Primary first, then the replica.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Starts writing one object to every store.
+    pub async fn writer(&self, key: &str) -> Result<ObjectWriter, object_store::Error> {
+        let mut uploads = Vec::with_capacity(self.targets.len());
+        for target in self.targets.iter() {
+            let upload = target.store.put_multipart(&target.path(key)).await?;
+            uploads.push(WriteMultipart::new_with_chunk_size(upload, PART_BYTES));
+        }
+        Ok(ObjectWriter { uploads })
+    }
+
+    /// Removes an object from every store (missing is fine).
+    pub async fn delete(&self, key: &str) -> Result<(), object_store::Error> {
+        for target in self.targets.iter() {
+            target.delete(key).await?;
+        }
+        Ok(())
+    }
+
+    /// ENC-4: writes a canary through the same sealing writer uploads use,
+    /// reads the stored bytes back raw and refuses if the plaintext shows,
+    /// or if the store cannot be written and read at all (fail closed).
+    pub async fn self_test(&self) -> Result<(), String> {
+        let canary = format!(
+            "strongroom-canary-{}",
+            crate::audit::chain::to_hex(&crate::crypto::random_bytes::<16>())
+        );
+        let plaintext = canary.repeat(64);
+        let key = generate_key();
+        let object = format!("selftest/{}", uuid::Uuid::new_v4());
+        let mut writer = self
+            .writer(&object)
+            .await
+            .map_err(|e| format!("object store self-test: cannot write: {e}"))?;
+        let mut sealer = Sealer::new(DataKey::new(&key));
+        let mut out = Vec::new();
+        sealer.push(plaintext.as_bytes(), &mut out);
+        sealer.finish(&mut out);
+        writer
+            .write(&out)
+            .await
+            .map_err(|e| format!("object store self-test: cannot write: {e}"))?;
+        writer
+            .finish()
+            .await
+            .map_err(|e| format!("object store self-test: cannot write: {e}"))?;
+        let mut result = Ok(());
+        for target in self.targets.iter() {
+            let outcome = match target.raw_bytes(&object).await {
+                Err(e) => Err(format!(
+                    "object store self-test: cannot read back from the {} store {}: {e}",
+                    target.role, target.describe
+                )),
+                Ok(stored) => check_canary(&stored, canary.as_bytes(), &key, plaintext.as_bytes())
+                    .map_err(|why| {
+                        format!(
+                            "object store self-test failed on the {} store {}: {why}; refusing to start",
+                            target.role, target.describe
+                        )
+                    }),
+            };
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        let _ = self.delete(&object).await;
+        result?;
+        for target in self.targets.iter() {
+            tracing::info!(store = %target.describe, role = target.role,
+                "object store self-test passed: only ciphertext is stored");
+        }
+        Ok(())
+    }
+}
+
+/// What the self-test demands of the bytes a store kept: no trace of the
+/// canary, and they open back to the exact plaintext.
+pub fn check_canary(
+    stored: &[u8],
+    canary: &[u8],
+    key: &[u8; 32],
+    plaintext: &[u8],
+) -> Result<(), String> {
+    if stored.windows(canary.len()).any(|w| w == canary) {
+        return Err("the plaintext canary is visible in the stored bytes".into());
+    }
+    let mut opener = Opener::new(DataKey::new(key));
+    let mut clear = Vec::new();
+    opener
+        .push(stored, &mut clear)
+        .and_then(|()| opener.finish(&mut clear))
+        .map_err(|e| format!("the stored canary does not open: {e}"))?;
+    if clear != plaintext {
+        return Err("the stored canary opens to different bytes".into());
+    }
+    Ok(())
+}
+
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// One object being written to every store at once.
+pub struct ObjectWriter {
+    uploads: Vec<WriteMultipart>,
+}
+
+impl ObjectWriter {
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), object_store::Error> {
+        for upload in &mut self.uploads {
+            upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+            upload.write(bytes);
+        }
+        Ok(())
+    }
+
+    pub async fn finish(self) -> Result<(), object_store::Error> {
+        for upload in self.uploads {
+            upload.finish().await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves nothing behind (over-size or refused uploads).
+    pub async fn abort(self) {
+        for upload in self.uploads {
+            if let Err(e) = upload.abort().await {
+                tracing::warn!(error = %e, "could not abort an object upload");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_parse_and_refuse_clearly() {
+        assert_eq!(
+            StoreUrl::parse(
+                "s3://files-bucket/acme/prod?endpoint=http://127.0.0.1:9000&region=eu-central-1"
+            )
+            .unwrap(),
+            StoreUrl::S3 {
+                bucket: "files-bucket".into(),
+                prefix: "acme/prod".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: Some("eu-central-1".into()),
+            }
+        );
+        assert!(matches!(
+            StoreUrl::parse("file:///srv/objects"),
+            Ok(StoreUrl::Local(_))
+        ));
+        assert!(StoreUrl::parse("file://relative").is_err());
+        assert!(StoreUrl::parse("s3://b").is_err());
+        assert!(StoreUrl::parse("ftp://x/y").is_err());
+        assert!(StoreUrl::parse("s3://bucket?colour=red").is_err());
+    }
+
+    #[test]
+    fn the_self_test_refuses_plaintext_and_accepts_sealed_bytes() {
+        let key = generate_key();
+        let canary = b"strongroom-canary-0123456789abcdef";
+        let plaintext = canary.repeat(4);
+        // A store that kept the plaintext (an unencrypted write path).
+        assert!(check_canary(&plaintext, canary, &key, &plaintext).is_err());
+        let mut sealer = Sealer::new(DataKey::new(&key));
+        let mut sealed = Vec::new();
+        sealer.push(&plaintext, &mut sealed);
+        sealer.finish(&mut sealed);
+        assert!(check_canary(&sealed, canary, &key, &plaintext).is_ok());
+        sealed.truncate(sealed.len() - 3);
+        assert!(check_canary(&sealed, canary, &key, &plaintext).is_err());
+    }
+}
