@@ -37,6 +37,7 @@ const ENV_KEYS: &[&str] = &[
     "object_store_replica_access_key_id",
     "object_store_replica_secret_access_key",
     "file_sweep_seconds",
+    "key_cache_seconds",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -86,6 +87,10 @@ pub struct Config {
     pub object_store_replica_secret_access_key: Option<SecretString>,
     /// How often objects of deleted files are removed from the stores.
     pub file_sweep_seconds: u64,
+    /// How long unwrapped data keys stay in memory. A key revoked or
+    /// destroyed through another server process stops working here within
+    /// this time (at once on the process that did it); 0 disables the cache.
+    pub key_cache_seconds: u64,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -149,6 +154,7 @@ impl Default for Config {
             object_store_replica_access_key_id: None,
             object_store_replica_secret_access_key: None,
             file_sweep_seconds: 60,
+            key_cache_seconds: 60,
         }
     }
 }
@@ -278,6 +284,7 @@ impl fmt::Debug for Config {
                     .map(|_| "[redacted]"),
             )
             .field("file_sweep_seconds", &self.file_sweep_seconds)
+            .field("key_cache_seconds", &self.key_cache_seconds)
             .finish()
     }
 }

@@ -65,7 +65,10 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     Ok(AppState {
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
-        vault: crypto::Vault::new(keyring.master_kek()),
+        vault: crypto::Vault::new(
+            keyring.master_kek(),
+            std::time::Duration::from_secs(config.key_cache_seconds),
+        ),
         objects,
         keyring: Arc::new(keyring),
         config: Arc::new(config),

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 mod bench;
+mod keys;
 
 #[derive(Parser)]
 #[command(name = "strongroom", version = crate::VERSION, about = "Strongroom: security controls that are true in code")]
@@ -41,9 +42,53 @@ enum Command {
     /// The audit trail: verify its integrity, sign checkpoints.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Tenant data keys: status, rotation, crypto-shredding.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Stored files: scrub every copy against its checksum.
+    #[command(subcommand)]
+    Files(FilesCommand),
     /// In-process benchmarks (HTTP benchmarks live in bench/).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Key versions, BYOK fingerprint and rotation progress of a tenant.
+    Status {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Make a new data-key version active and re-encrypt existing data
+    /// (progress on a terminal; run again to resume an interrupted one).
+    Rotate {
+        /// Only this tenant (slug); default all.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Crypto-shredding: destroy every key of a tenant. Irreversible.
+    Destroy {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilesCommand {
+    /// Check every copy of every file (primary and replica) against its
+    /// checksum; exits non-zero when a damaged copy remains.
+    Verify {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Overwrite damaged or missing copies with a good one.
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +237,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|n| println!("{n} checkpoints signed"))
                 .map_err(Into::into),
             };
+            state.store.close().await;
+            result
+        }
+        Command::Keys(command) => {
+            let state = crate::open(config).await?;
+            let result = match command {
+                KeysCommand::Status { tenant } => keys::status(&state, &tenant).await,
+                KeysCommand::Rotate { tenant } => keys::rotate(&state, tenant.as_deref()).await,
+                KeysCommand::Destroy { tenant, yes } => keys::destroy(&state, &tenant, yes).await,
+            };
+            state.store.close().await;
+            result
+        }
+        Command::Files(FilesCommand::Verify {
+            tenant,
+            repair,
+            json,
+        }) => {
+            let state = crate::open(config).await?;
+            let result = keys::verify_files(&state, tenant.as_deref(), repair, json).await;
             state.store.close().await;
             result
         }
@@ -345,7 +410,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// The server's scheduled jobs; each records a heartbeat.
 fn start_jobs(state: &crate::http::AppState) {
-    let files = files_of(state);
+    let files = crate::files::Files::of(state);
     let resume = files.clone();
     tokio::spawn(async move {
         match crate::keys::unfinished(&resume.store).await {
@@ -404,14 +469,6 @@ fn start_jobs(state: &crate::http::AppState) {
                 .map_err(|e| e.to_string())
         }
     });
-}
-
-fn files_of(state: &crate::http::AppState) -> crate::files::Files {
-    crate::files::Files {
-        store: state.store.clone(),
-        vault: state.vault.clone(),
-        objects: state.objects.clone(),
-    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

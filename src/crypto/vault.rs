@@ -8,9 +8,9 @@
 //! ciphertext of that tenant — database values, objects, backups —
 //! unreadable at once.
 //!
-//! Unwrapped keys are cached for at most [`CACHE_TTL`], so a revocation on
-//! one app server reaches the others within that time; the server that
-//! handled it forgets at once.
+//! Unwrapped keys are cached for at most `key_cache_seconds`, so a
+//! revocation on one app server (or by the CLI) reaches the others within
+//! that time; the process that handled it forgets at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,8 +23,6 @@ use super::aead::{DataKey, KEY_BYTES, KeyBytes, generate_key};
 use super::{CryptoError, KeyEncryptionKey, LocalKek, fingerprint};
 use crate::store::Backend;
 
-pub const CACHE_TTL: Duration = Duration::from_secs(60);
-
 #[derive(Clone)]
 pub struct Vault {
     inner: Arc<Inner>,
@@ -36,6 +34,7 @@ type KeyCache = HashMap<(String, i64), (Instant, Arc<DataKey>)>;
 struct Inner {
     master: Arc<dyn KeyEncryptionKey>,
     cache: Mutex<KeyCache>,
+    ttl: Duration,
 }
 
 /// The version new writes use, and its key.
@@ -97,11 +96,12 @@ fn byok_aad(tenant: &str) -> Vec<u8> {
 const BYOK_PREFIX: &str = "byok:";
 
 impl Vault {
-    pub fn new(master: Arc<dyn KeyEncryptionKey>) -> Vault {
+    pub fn new(master: Arc<dyn KeyEncryptionKey>, ttl: Duration) -> Vault {
         Vault {
             inner: Arc::new(Inner {
                 master,
                 cache: Mutex::new(HashMap::new()),
+                ttl,
             }),
         }
     }
@@ -110,11 +110,14 @@ impl Vault {
         let cache = self.inner.cache.lock().expect("key cache lock");
         cache
             .get(&(tenant.to_owned(), version))
-            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .filter(|(at, _)| at.elapsed() < self.inner.ttl)
             .map(|(_, key)| key.clone())
     }
 
     fn remember(&self, tenant: &str, version: i64, key: Arc<DataKey>) {
+        if self.inner.ttl.is_zero() {
+            return;
+        }
         let mut cache = self.inner.cache.lock().expect("key cache lock");
         cache.insert((tenant.to_owned(), version), (Instant::now(), key));
     }
@@ -138,16 +141,35 @@ impl Vault {
             Backend::Postgres => " FOR SHARE",
             Backend::Sqlite => "",
         };
-        let version: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND state = 'active'{lock}"
-        ))
-        .bind(tenant)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let version = match version {
-            Some(v) => v,
-            None => self.create_version(conn, tenant, None).await?,
-        };
+        // A rotation committing while this waits for the row lock leaves
+        // the old row no longer 'active' and returns nothing (PostgreSQL
+        // re-checks the condition); the next statement sees the new one.
+        let mut found = None;
+        for _ in 0..3 {
+            found = sqlx::query_scalar(&format!(
+                "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND state = 'active'{lock}"
+            ))
+            .bind(tenant)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if found.is_some() {
+                break;
+            }
+            let states: Vec<String> =
+                sqlx::query_scalar("SELECT state FROM tenant_keys WHERE tenant_id = $1")
+                    .bind(tenant)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            if states.iter().any(|s| s == "destroyed") {
+                return Err(CryptoError::KeysDestroyed);
+            }
+            if states.is_empty() {
+                self.create_version(conn, tenant, None).await?;
+            }
+        }
+        let version = found.ok_or_else(|| {
+            CryptoError::Integrity("the tenant has data keys but none is active".into())
+        })?;
         let key = self.key(conn, tenant, version).await?;
         Ok(ActiveKey { version, key })
     }
@@ -280,10 +302,18 @@ impl Vault {
         }
         let bytes = generate_key();
         let wrapped = wrapper.wrap(&dek_aad(tenant, next), &bytes).await?;
-        sqlx::query(
+        // The first version may be created by two writers at once on
+        // PostgreSQL; the loser keeps the winner's (a rotation never races
+        // here: it holds the active row).
+        let conflict = if retire.is_none() {
+            " ON CONFLICT DO NOTHING"
+        } else {
+            ""
+        };
+        let inserted = sqlx::query(&format!(
             "INSERT INTO tenant_keys (tenant_id, version, state, wrapped, wrapped_by, created_at) \
-             VALUES ($1, $2, 'active', $3, $4, $5)",
-        )
+             VALUES ($1, $2, 'active', $3, $4, $5){conflict}"
+        ))
         .bind(tenant)
         .bind(next)
         .bind(wrapped)
@@ -291,7 +321,9 @@ impl Vault {
         .bind(crate::clock::now())
         .execute(&mut *conn)
         .await?;
-        self.remember(tenant, next, Arc::new(DataKey::new(&bytes)));
+        if inserted.rows_affected() == 1 {
+            self.remember(tenant, next, Arc::new(DataKey::new(&bytes)));
+        }
         Ok(next)
     }
 
@@ -323,14 +355,22 @@ impl Vault {
     pub async fn supply_byok(
         &self,
         conn: &mut AnyConnection,
-        backend: Backend,
         tenant: &str,
         key: KeyBytes,
     ) -> Result<(String, ByokChange), CryptoError> {
         let fp = fingerprint(key.as_ref());
         let new_id = format!("{BYOK_PREFIX}{fp}");
-        // Make sure there is something to wrap.
-        self.active(conn, backend, tenant).await?;
+        // Make sure there is something to wrap (without unwrapping it: the
+        // current wrapper may be a revoked tenant key).
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tenant_keys WHERE tenant_id = $1 AND state <> 'destroyed'",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *conn)
+        .await?;
+        if live == 0 {
+            self.create_version(conn, tenant, None).await?;
+        }
         let rows = sqlx::query(
             "SELECT version, wrapped, wrapped_by FROM tenant_keys \
              WHERE tenant_id = $1 AND state <> 'destroyed' ORDER BY version",

@@ -98,14 +98,6 @@ impl From<FileError> for ApiError {
     }
 }
 
-fn files(state: &AppState) -> Files {
-    Files {
-        store: state.store.clone(),
-        vault: state.vault.clone(),
-        objects: state.objects.clone(),
-    }
-}
-
 async fn upload(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -145,7 +137,7 @@ async fn upload(
         }
     };
     let file_name = clean_name(part.file_name());
-    let info = files(&state)
+    let info = Files::of(&state)
         .upload(
             &permit,
             &meta,
@@ -222,7 +214,7 @@ async fn download(
         &meta,
     )
     .await?;
-    let files = files(&state);
+    let files = Files::of(&state);
     let file = files.open(permit.scope(), &name, &id, &file_id).await?;
     if signed {
         let expires = time::OffsetDateTime::now_utc().unix_timestamp() + ttl;
@@ -284,7 +276,7 @@ async fn signed_download(
     let tenant_id = TenantId::parse(&grant.tenant).ok_or(FileError::BadSignature)?;
     who.set(&grant.tenant, &grant.by, None);
     let scope = TenantScope::trusted(tenant_id);
-    let files = files(&state);
+    let files = Files::of(&state);
     let file = files.open_by_id(&scope, &grant.file).await?;
     let permit = Permit::signed_link(scope, grant.by.clone());
     serve(&state, &files, &permit, &meta, "file.download_signed", file).await
@@ -317,7 +309,7 @@ async fn serve(
     );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("sandbox"),
+        HeaderValue::from_static("sandbox; default-src 'none'; frame-ancestors 'none'"),
     );
     headers.insert(
         header::CACHE_CONTROL,
@@ -367,7 +359,7 @@ async fn remove(
         &meta,
     )
     .await?;
-    files(&state)
+    Files::of(&state)
         .delete(&permit, &meta, &name, &id, &file_id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -161,6 +161,14 @@ struct Upload {
 }
 
 impl Files {
+    pub fn of(state: &crate::http::AppState) -> Files {
+        Files {
+            store: state.store.clone(),
+            vault: state.vault.clone(),
+            objects: state.objects.clone(),
+        }
+    }
+
     async fn check_target(
         &self,
         scope: &TenantScope,
@@ -504,7 +512,8 @@ impl Files {
         )
     }
 
-    async fn repair(&self, file: &OpenFile, good: usize, bad: &[usize]) {
+    /// Overwrites the copies in `bad` stores with the one in `good`.
+    pub async fn repair(&self, file: &OpenFile, good: usize, bad: &[usize]) {
         let targets = self.objects.targets();
         let bytes = match targets[good].raw_bytes(&file.object_key).await {
             Ok(bytes) => bytes,

@@ -187,10 +187,12 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
+    // A handler may set a stricter policy (file downloads add `sandbox`).
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
     if state.config.access_log {
         let known = who.get();
         state.access_log.record(AccessEntry {

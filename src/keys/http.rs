@@ -108,11 +108,7 @@ async fn rotate(
     )
     .await?;
     let version = super::rotate(&state.store, &state.vault, &permit, &meta).await?;
-    let files = Files {
-        store: state.store.clone(),
-        vault: state.vault.clone(),
-        objects: state.objects.clone(),
-    };
+    let files = Files::of(&state);
     super::spawn_reencrypt(files, permit.scope().clone());
     Ok((
         StatusCode::ACCEPTED,

@@ -241,10 +241,7 @@ pub async fn supply_byok(
         .write(permit, meta, "keys.byok_supply", move |tx| {
             Box::pin(async move {
                 let tenant = tx.scope().id_str().to_owned();
-                let backend = tx.backend();
-                let (fp, change) = vault_in
-                    .supply_byok(tx.conn(), backend, &tenant, key)
-                    .await?;
+                let (fp, change) = vault_in.supply_byok(tx.conn(), &tenant, key).await?;
                 let record = key_change(
                     tx.scope(),
                     json!({"byok_fingerprint": fp, "change": change}),

@@ -244,6 +244,8 @@ async fn delete_collection(
     )
     .await?;
     super::delete_collection(&state.store, &permit, &meta, &name).await?;
+    // The records' files went with them; their objects leave the stores now.
+    crate::files::Files::of(&state).sweep(permit.scope()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -423,5 +425,6 @@ async fn delete_record(
     )
     .await?;
     super::delete_record(&state.store, &permit, &meta, &name, &id, precondition).await?;
+    crate::files::Files::of(&state).sweep(permit.scope()).await;
     Ok(StatusCode::NO_CONTENT)
 }

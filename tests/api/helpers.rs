@@ -76,12 +76,23 @@ pub async fn fresh_database(data_dir: &std::path::Path) -> String {
     }
 }
 
+/// Files go to a fresh prefix of the test S3 server when
+/// `STRONGROOM_TEST_S3_ENDPOINT` names one, else to the data dir.
 pub fn test_config(data_dir: &std::path::Path, database_url: &str) -> Config {
+    let s3 = std::env::var("STRONGROOM_TEST_S3_ENDPOINT").ok();
     Config {
         data_dir: data_dir.to_owned(),
         database_url: Some(SecretString::from(database_url.to_owned())),
         environment: strongroom::config::Environment::Test,
         database_max_connections: 8,
+        object_store_url: s3.as_ref().map(|endpoint| {
+            format!(
+                "s3://strongroom-test/{}?endpoint={endpoint}&region=us-east-1",
+                uuid::Uuid::new_v4().simple()
+            )
+        }),
+        object_store_access_key_id: s3.as_ref().map(|_| "test".to_owned()),
+        object_store_secret_access_key: s3.as_ref().map(|_| SecretString::from("test")),
         ..Config::default()
     }
 }
@@ -288,6 +299,76 @@ impl TestApp {
         body["items"].as_array().unwrap().clone()
     }
 
+    /// The CLI on this app's database and object stores.
+    pub fn cli(&self) -> Command {
+        let mut cmd = cli(&self.data_dir, &self.database_url);
+        let config = &self.state.config;
+        let vars = [
+            (
+                "STRONGROOM_OBJECT_STORE_URL",
+                config.object_store_url.clone(),
+            ),
+            (
+                "STRONGROOM_OBJECT_STORE_REPLICA_URL",
+                config.object_store_replica_url.clone(),
+            ),
+            (
+                "STRONGROOM_OBJECT_STORE_ACCESS_KEY_ID",
+                config.object_store_access_key_id.clone(),
+            ),
+        ];
+        for (name, value) in vars {
+            if let Some(value) = value {
+                cmd.env(name, value);
+            }
+        }
+        if config.object_store_secret_access_key.is_some() {
+            cmd.env("STRONGROOM_OBJECT_STORE_SECRET_ACCESS_KEY", "test");
+        }
+        cmd
+    }
+
+    /// Every object in one store (0 primary, 1 replica): key and raw bytes.
+    pub async fn objects(&self, store: usize) -> Vec<(String, Vec<u8>)> {
+        let target = &self.state.objects.targets()[store];
+        let mut out = Vec::new();
+        for key in target.list_keys().await.unwrap() {
+            let bytes = target.raw_bytes(&key).await.unwrap();
+            out.push((key, bytes.to_vec()));
+        }
+        out
+    }
+
+    /// Uploads `bytes` as a multipart part named "file".
+    pub async fn upload(
+        &self,
+        token: &str,
+        path: &str,
+        file_name: &str,
+        claimed_type: &str,
+        bytes: &[u8],
+    ) -> Response {
+        let boundary = format!("sr-{}", uuid::Uuid::new_v4().simple());
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
+             Content-Type: {claimed_type}\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("upload sent")
+    }
+
     pub async fn audit(&self, admin: &Session) -> Vec<Value> {
         let body: Value = self
             .get("/api/v1/audit?limit=500", &admin.access_token)
@@ -297,6 +378,38 @@ impl TestApp {
             .unwrap();
         body["items"].as_array().unwrap().clone()
     }
+}
+
+/// Everything the database holds, as an attacker with the files (SQLite:
+/// the database file and its WAL) or a superuser (PostgreSQL: every row of
+/// every table as text) would see it.
+pub async fn database_dump(data_dir: &std::path::Path, url: &str) -> String {
+    let mut database = Vec::new();
+    if is_postgres() {
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert!(tables.len() >= 15, "{tables:?}");
+        for table in tables {
+            let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            database.extend(rows.join("\n").into_bytes());
+        }
+    } else {
+        for file in ["strongroom.db", "strongroom.db-wal"] {
+            if let Ok(bytes) = std::fs::read(data_dir.join(file)) {
+                database.extend(bytes);
+            }
+        }
+    }
+    String::from_utf8_lossy(&database).into_owned()
 }
 
 /// Asserts a problem+json response and returns its body.

@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 
 use crate::durability::tenant_admin_token;
-use crate::helpers::{PASSWORD, ServerProcess, fresh_database, is_postgres, temp_dir};
+use crate::helpers::{PASSWORD, ServerProcess, fresh_database, temp_dir};
 
 /// Drives every flow that handles a secret against the real binary with
 /// debug logging, then searches everything the server produced — its log
@@ -153,34 +153,7 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
     )
     .unwrap();
     assert!(log.contains("\"level\":\"DEBUG\""), "debug logging was on");
-    let mut database = Vec::new();
-    if is_postgres() {
-        sqlx::any::install_default_drivers();
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
-            .await
-            .unwrap();
-        let tables: Vec<String> = sqlx::query_scalar(
-            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        assert!(tables.len() >= 15, "{tables:?}");
-        for table in tables {
-            let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
-            database.extend(rows.join("\n").into_bytes());
-        }
-    } else {
-        for file in ["strongroom.db", "strongroom.db-wal"] {
-            if let Ok(bytes) = std::fs::read(dir.join(file)) {
-                database.extend(bytes);
-            }
-        }
-    }
-    let database = String::from_utf8_lossy(&database);
+    let database = crate::helpers::database_dump(&dir, &url).await;
     assert!(
         database.contains("/api/v1/auth/refresh"),
         "the access log was written and scanned"

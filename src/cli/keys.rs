@@ -1,0 +1,191 @@
+//! `strongroom keys …` and `strongroom files verify`: key rotation,
+//! crypto-shredding and the object scrub, for the operator at the console.
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+
+use crate::access::Permit;
+use crate::audit::{Actor, RequestMeta};
+use crate::files::Files;
+use crate::http::AppState;
+use crate::tenancy::TenantScope;
+
+/// The named tenant, or all of them; with their slugs.
+async fn scopes(
+    state: &AppState,
+    tenant: Option<&str>,
+) -> anyhow::Result<Vec<(TenantScope, String)>> {
+    let slugs: std::collections::HashMap<String, String> = crate::tenancy::list(&state.store)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t.slug))
+        .collect();
+    let scopes = match tenant {
+        Some(slug) => vec![
+            crate::tenancy::find_active_by_slug(&state.store, slug)
+                .await?
+                .with_context(|| format!("no active tenant with slug {slug:?}"))?,
+        ],
+        None => crate::tenancy::all_scopes(&state.store).await?,
+    };
+    Ok(scopes
+        .into_iter()
+        .map(|s| {
+            let slug = slugs.get(s.id_str()).cloned().unwrap_or_default();
+            (s, slug)
+        })
+        .collect())
+}
+
+pub(super) async fn status(state: &AppState, tenant: &str) -> anyhow::Result<()> {
+    let (scope, _) = scopes(state, Some(tenant)).await?.remove(0);
+    let status = crate::keys::status(&state.store, &state.vault, &scope).await?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(())
+}
+
+pub(super) async fn rotate(state: &AppState, tenant: Option<&str>) -> anyhow::Result<()> {
+    let files = Files::of(state);
+    let tty = std::io::stderr().is_terminal();
+    for (scope, slug) in scopes(state, tenant).await? {
+        let permit = Permit::operator(scope.clone(), Actor::operator());
+        let version = crate::keys::rotate(&state.store, &state.vault, &permit, &RequestMeta::cli())
+            .await
+            .with_context(|| format!("{slug}: rotation not started"))?;
+        println!(
+            "{slug}: key version {version} is active for new writes; re-encrypting existing data"
+        );
+        let report = |records: u64, file_keys: u64| {
+            if tty {
+                eprint!(
+                    "\r{slug}: {records} records re-encrypted, {file_keys} file keys rewrapped"
+                );
+            }
+        };
+        let (records, file_keys) = crate::keys::reencrypt(&files, &scope, &report)
+            .await
+            .with_context(|| {
+                format!("{slug}: re-encryption stopped; run the command again to resume")
+            })?;
+        if tty {
+            eprintln!();
+        }
+        println!("{slug}: done ({records} records re-encrypted, {file_keys} file keys rewrapped)");
+    }
+    Ok(())
+}
+
+pub(super) async fn destroy(state: &AppState, tenant: &str, yes: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        yes,
+        "destroying a tenant's keys makes all its encrypted data unreadable for good; \
+         pass --yes to confirm"
+    );
+    let (scope, slug) = scopes(state, Some(tenant)).await?.remove(0);
+    let permit = Permit::operator(scope, Actor::operator());
+    let n = crate::keys::destroy(&state.store, &state.vault, &permit, &RequestMeta::cli()).await?;
+    println!(
+        "{slug}: {n} key versions destroyed; its encrypted values and files can no longer be read"
+    );
+    Ok(())
+}
+
+#[derive(Default, serde::Serialize)]
+struct Scrub {
+    files: u64,
+    good: u64,
+    damaged: u64,
+    repaired: u64,
+    unreadable: u64,
+}
+
+/// FIL-5: checks every copy of every file against its recorded checksum.
+pub(super) async fn verify_files(
+    state: &AppState,
+    tenant: Option<&str>,
+    repair: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let files = Files::of(state);
+    let tty = std::io::stderr().is_terminal() && !json;
+    let mut scrub = Scrub::default();
+    for (scope, slug) in scopes(state, tenant).await? {
+        let mut after = String::new();
+        loop {
+            let ids = files.list_ids(&scope, &after, 200).await?;
+            let Some(last) = ids.last() else {
+                break;
+            };
+            after = last.clone();
+            for id in ids {
+                scrub.files += 1;
+                let file = match files.open_by_id(&scope, &id).await {
+                    Ok(file) => file,
+                    Err(e) => {
+                        scrub.unreadable += 1;
+                        println!("{slug}: file {id}: cannot be checked: {e}");
+                        continue;
+                    }
+                };
+                let mut good = None;
+                let mut bad = Vec::new();
+                for (i, target) in files.objects.targets().iter().enumerate() {
+                    match files.verify_copy(target, &file).await {
+                        Ok(()) => good = good.or(Some(i)),
+                        Err(why) => {
+                            println!(
+                                "{slug}: file {id}: {} copy ({}) damaged: {why}",
+                                target.role, target.describe
+                            );
+                            bad.push(i);
+                        }
+                    }
+                }
+                match (bad.is_empty(), good) {
+                    (true, _) => scrub.good += 1,
+                    (false, Some(good)) if repair => {
+                        files.repair(&file, good, &bad).await;
+                        scrub.repaired += 1;
+                        println!(
+                            "{slug}: file {id}: repaired from the {} copy",
+                            files.objects.targets()[good].role
+                        );
+                    }
+                    _ => scrub.damaged += 1,
+                }
+                if tty {
+                    eprint!("\rchecked {} files", scrub.files);
+                }
+            }
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    if json {
+        println!("{}", serde_json::to_string(&scrub)?);
+    } else {
+        println!(
+            "checked {} files in {} stores: {} good, {} damaged, {} repaired, {} unreadable",
+            scrub.files,
+            files.objects.targets().len(),
+            scrub.good,
+            scrub.damaged,
+            scrub.repaired,
+            scrub.unreadable
+        );
+    }
+    anyhow::ensure!(
+        scrub.damaged == 0 && scrub.unreadable == 0,
+        "{} damaged and {} unreadable files{}",
+        scrub.damaged,
+        scrub.unreadable,
+        if repair {
+            ""
+        } else {
+            "; run with --repair to restore damaged copies from a good one"
+        }
+    );
+    Ok(())
+}
