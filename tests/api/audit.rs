@@ -775,7 +775,7 @@ async fn ctl_aud_4_exporting_100k_events_streams_with_flat_memory() {
     };
     sqlx::query(generate).execute(&mut conn).await.unwrap();
     let before = server.peak_rss_kib();
-    let mut res = reqwest::Client::new()
+    let mut res = crate::helpers::http_client()
         .get(format!(
             "{}/api/v1/audit/export?format=jsonl",
             server.address

@@ -13,7 +13,7 @@ pub async fn tenant_admin_token(
 ) -> (String, String) {
     let created = cli_json(dir, url, CREATE_ACME);
     let invitation = created["invitation_token"].as_str().unwrap().to_owned();
-    let res: Value = reqwest::Client::new()
+    let res: Value = crate::helpers::http_client()
         .post(format!("{}/api/v1/auth/invitations/accept", server.address))
         .json(&json!({"token": invitation, "password": PASSWORD}))
         .send()
@@ -31,7 +31,7 @@ async fn ctl_bak_7_no_acknowledged_write_is_lost_when_the_server_is_killed() {
     let url = fresh_database(&dir).await;
     let mut server = ServerProcess::start(&dir, &url, "warn").await;
     let (token, _) = tenant_admin_token(&server, &dir, &url).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let res = client
         .post(format!("{}/api/v1/collections", server.address))
         .bearer_auth(&token)

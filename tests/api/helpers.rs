@@ -40,6 +40,17 @@ pub struct Session {
     pub email: String,
 }
 
+/// The server's HTTP client stack has no default TLS provider (ring is
+/// installed at start); a test building a client first installs it too.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn http_client() -> reqwest::Client {
+    install_tls_provider();
+    reqwest::Client::new()
+}
+
 pub fn is_postgres() -> bool {
     std::env::var("STRONGROOM_TEST_PG_URL").is_ok()
 }
@@ -123,10 +134,13 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     }));
     TestApp {
         address,
-        client: reqwest::Client::builder()
-            .user_agent("strongroom-tests/1")
-            .build()
-            .unwrap(),
+        client: {
+            install_tls_provider();
+            reqwest::Client::builder()
+                .user_agent("strongroom-tests/1")
+                .build()
+                .unwrap()
+        },
         state,
         database_url,
         data_dir,
@@ -474,7 +488,7 @@ impl ServerProcess {
             .spawn()
             .unwrap();
         let address = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = crate::helpers::http_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(res) = client.get(format!("{address}/readyz")).send().await

@@ -21,7 +21,7 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
     )
     .await;
     let (admin_token, invitation) = tenant_admin_token(&server, &dir, &url).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let base = server.address.clone();
     let mut secrets = vec![PASSWORD.to_owned(), invitation, admin_token.clone()];
     let mut responses = String::new();
@@ -108,6 +108,40 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
         "GET",
         "/api/v1/me",
         Some("eyJhbGciOiJub25lIn0.e30."),
+        json!(null),
+    )
+    .await;
+    // A sensitive field's value (ENC-2), written, changed and filtered on.
+    call(
+        "POST",
+        "/api/v1/collections",
+        Some(&admin_token),
+        json!({"name": "cases", "fields": [{"name": "notes", "type": "text", "sensitive": true}]}),
+    )
+    .await;
+    let clinical = "haemophilia-carrier-record-7731";
+    secrets.push(clinical.to_owned());
+    let case = call(
+        "POST",
+        "/api/v1/collections/cases/records",
+        Some(&admin_token),
+        json!({"notes": clinical}),
+    )
+    .await;
+    call(
+        "PATCH",
+        &format!(
+            "/api/v1/collections/cases/records/{}",
+            case["id"].as_str().unwrap()
+        ),
+        Some(&admin_token),
+        json!({"notes": format!("{clinical} (reviewed)")}),
+    )
+    .await;
+    call(
+        "GET",
+        &format!("/api/v1/collections/cases/records?filter[notes]={clinical}"),
+        Some(&admin_token),
         json!(null),
     )
     .await;
