@@ -131,7 +131,10 @@ pub(super) async fn verify_files(
                 let mut good = None;
                 let mut bad = Vec::new();
                 for (i, target) in files.objects.targets().iter().enumerate() {
-                    match files.verify_copy(target, &file).await {
+                    match files
+                        .verify_copy(target, &file, crate::files::Depth::Checksum)
+                        .await
+                    {
                         Ok(()) => good = good.or(Some(i)),
                         Err(why) => {
                             println!(
