@@ -83,6 +83,66 @@ async fn checkpoint(
     Ok(true)
 }
 
+/// Master-key rotation: re-signs a tenant's checkpoints with `new`. Only
+/// checkpoints whose signature verifies under `old` are re-signed (those
+/// already signed by `new` are skipped), so a forged checkpoint is never
+/// laundered; one valid under neither stops the rotation.
+pub async fn resign_checkpoints(
+    store: &Store,
+    scope: &TenantScope,
+    old: &VerifyingKey,
+    new: &SigningKey,
+) -> Result<u64, StoreError> {
+    let rows: Vec<(i64, String, String, String)> = {
+        let mut tx = store.read(scope).await?;
+        sqlx::query_as(
+            "SELECT seq, hash, signed_at, signature FROM audit_checkpoints WHERE tenant_id = $1 ORDER BY seq",
+        )
+        .bind(scope.id_str())
+        .fetch_all(tx.conn())
+        .await?
+    };
+    let mut resigned = Vec::new();
+    for (seq, hash, signed_at, signature) in rows {
+        let message = checkpoint_message(scope.id_str(), seq, &hash, &signed_at);
+        let valid_under = |key: &VerifyingKey| {
+            decode_signature(&signature)
+                .is_some_and(|sig| key.verify(message.as_bytes(), &sig).is_ok())
+        };
+        if valid_under(&new.verifying_key()) {
+            continue;
+        }
+        if !valid_under(old) {
+            return Err(StoreError::Corrupt(format!(
+                "tenant {}: the audit checkpoint at seq {seq} has an invalid signature; \
+                 run `strongroom audit verify` — a master-key rotation does not re-sign it",
+                scope.id_str()
+            )));
+        }
+        resigned.push((seq, to_hex(&new.sign(message.as_bytes()).to_bytes())));
+    }
+    let count = resigned.len() as u64;
+    let tenant = scope.id_str().to_owned();
+    store
+        .append_internal(Some(scope), move |conn| {
+            Box::pin(async move {
+                for (seq, signature) in resigned {
+                    sqlx::query(
+                        "UPDATE audit_checkpoints SET signature = $1 WHERE tenant_id = $2 AND seq = $3",
+                    )
+                    .bind(signature)
+                    .bind(&tenant)
+                    .bind(seq)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await?;
+    Ok(count)
+}
+
 /// The outcome of walking one tenant's trail.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct VerifyReport {

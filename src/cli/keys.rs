@@ -76,6 +76,39 @@ pub(super) async fn rotate(state: &AppState, tenant: Option<&str>) -> anyhow::Re
     Ok(())
 }
 
+/// Master-key rotation: works on the database directly (the server must be
+/// stopped: it holds the old key), then swaps the key file.
+pub(super) async fn rotate_master(config: &crate::config::Config) -> anyhow::Result<()> {
+    let (old, new) =
+        crate::crypto::Keyring::begin_rotation(&config.data_dir, config.master_key.as_ref())?;
+    let store = crate::store::Store::connect(&config.database_url(), 4).await?;
+    let result = async {
+        let slugs: std::collections::HashMap<String, String> = crate::tenancy::list(&store)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t.slug))
+            .collect();
+        for scope in crate::tenancy::all_scopes(&store).await? {
+            let slug = slugs.get(scope.id_str()).cloned().unwrap_or_default();
+            let (moved, resigned) = crate::keys::rotate_master(&store, &scope, &old, &new)
+                .await
+                .with_context(|| format!("{slug}: not rotated; run the command again to resume"))?;
+            println!("{slug}: {moved} keys rewrapped, {resigned} audit checkpoints re-signed");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    store.close().await;
+    result?;
+    crate::crypto::Keyring::finish_rotation(&config.data_dir)?;
+    println!(
+        "master key rotated ({} → {}); the audit checkpoint public key changed: fetch it again from /api/v1/audit/checkpoint-key",
+        old.master_kek_id(),
+        new.master_kek_id()
+    );
+    Ok(())
+}
+
 pub(super) async fn destroy(state: &AppState, tenant: &str, yes: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         yes,

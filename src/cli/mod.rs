@@ -67,6 +67,10 @@ enum KeysCommand {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Rotate the master key (key file only; stop the server first): every
+    /// tenant's data keys are rewrapped and audit checkpoints re-signed;
+    /// run again to finish an interrupted rotation.
+    RotateMaster,
     /// Crypto-shredding: destroy every key of a tenant. Irreversible.
     Destroy {
         #[arg(long)]
@@ -240,12 +244,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             state.store.close().await;
             result
         }
+        Command::Keys(KeysCommand::RotateMaster) => keys::rotate_master(&config).await,
         Command::Keys(command) => {
             let state = crate::open(config).await?;
             let result = match command {
                 KeysCommand::Status { tenant } => keys::status(&state, &tenant).await,
                 KeysCommand::Rotate { tenant } => keys::rotate(&state, tenant.as_deref()).await,
                 KeysCommand::Destroy { tenant, yes } => keys::destroy(&state, &tenant, yes).await,
+                KeysCommand::RotateMaster => unreachable!("handled before the server state opens"),
             };
             state.store.close().await;
             result

@@ -39,6 +39,8 @@ pub use vault::Vault;
 use crate::store::StoreError;
 
 const KEY_FILE: &str = "master.key";
+/// The key a master-key rotation moves to, until the rotation finishes.
+const NEXT_KEY_FILE: &str = "master.key.next";
 const JWT_LABEL: &[u8] = b"strongroom/v1/access-token-signing";
 const CHECKPOINT_LABEL: &[u8] = b"strongroom/v1/audit-checkpoint-signing";
 const KEK_LABEL: &[u8] = b"strongroom/v1/key-encryption";
@@ -145,6 +147,14 @@ pub enum KeyError {
         "the master key file {0} is readable by group or others; run `chmod 600 {0}` and start again"
     )]
     LoosePermissions(PathBuf),
+    #[error(
+        "a master-key rotation was interrupted ({0} exists); run `strongroom keys rotate-master` again to finish it before starting the server"
+    )]
+    RotationUnfinished(PathBuf),
+    #[error(
+        "the master key is set by STRONGROOM_MASTER_KEY; rotate it by rewrapping under a key file, or in your secret store, not here"
+    )]
+    ConfiguredKey,
     #[error("could not read or create the master key file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -166,9 +176,45 @@ impl Keyring {
     pub fn load(data_dir: &Path, configured: Option<&SecretString>) -> Result<Keyring, KeyError> {
         let master = match configured {
             Some(b64) => decode_master(b64.expose_secret())?,
-            None => load_or_create_key_file(&data_dir.join(KEY_FILE))?,
+            None => {
+                let next = data_dir.join(NEXT_KEY_FILE);
+                if next.exists() {
+                    return Err(KeyError::RotationUnfinished(next));
+                }
+                load_or_create_key_file(&data_dir.join(KEY_FILE))?
+            }
         };
         Ok(Keyring::from_master(&master))
+    }
+
+    /// Master-key rotation, step one: the current keyring and the next one,
+    /// whose key is written to `master.key.next` (or read back from it when
+    /// an earlier rotation was interrupted). Step two rewraps; step three is
+    /// [`Keyring::finish_rotation`].
+    pub fn begin_rotation(
+        data_dir: &Path,
+        configured: Option<&SecretString>,
+    ) -> Result<(Keyring, Keyring), KeyError> {
+        if configured.is_some() {
+            return Err(KeyError::ConfiguredKey);
+        }
+        let current = load_or_create_key_file(&data_dir.join(KEY_FILE))?;
+        let next = load_or_create_key_file(&data_dir.join(NEXT_KEY_FILE))?;
+        Ok((Keyring::from_master(&current), Keyring::from_master(&next)))
+    }
+
+    /// Makes the next key the master key (an atomic rename, then the
+    /// directory is synced).
+    pub fn finish_rotation(data_dir: &Path) -> Result<(), KeyError> {
+        let target = data_dir.join(KEY_FILE);
+        let io = |source| KeyError::Io {
+            path: target.clone(),
+            source,
+        };
+        std::fs::rename(data_dir.join(NEXT_KEY_FILE), &target).map_err(io)?;
+        std::fs::File::open(data_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io)
     }
 
     fn from_master(master: &SecretBox<[u8; 32]>) -> Keyring {
@@ -197,6 +243,11 @@ impl Keyring {
             )),
             url_key: SecretBox::new(url_key),
         }
+    }
+
+    /// The name data keys wrapped by this master key carry.
+    pub fn master_kek_id(&self) -> &str {
+        self.kek.id()
     }
 
     /// The key-encryption key that wraps tenants' data keys.

@@ -438,6 +438,65 @@ impl Vault {
         Ok((fp, change))
     }
 
+    /// Master-key rotation: rewraps whatever `old` wraps for this tenant
+    /// (data keys, the stored tenant key) under `new`. Idempotent: what
+    /// `new` already wraps is left alone. Returns how many keys moved.
+    pub async fn rewrap_master(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+        old: &dyn KeyEncryptionKey,
+        new: &dyn KeyEncryptionKey,
+    ) -> Result<u64, CryptoError> {
+        let mut moved = 0;
+        let rows = sqlx::query(
+            "SELECT version, wrapped FROM tenant_keys \
+             WHERE tenant_id = $1 AND wrapped_by = $2 AND wrapped IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(old.id())
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in &rows {
+            let version: i64 = row.try_get("version")?;
+            let wrapped: Vec<u8> = row.try_get("wrapped")?;
+            let aad = dek_aad(tenant, version);
+            let bytes = old.unwrap(&aad, &wrapped).await?;
+            sqlx::query(
+                "UPDATE tenant_keys SET wrapped = $1, wrapped_by = $2 WHERE tenant_id = $3 AND version = $4",
+            )
+            .bind(new.wrap(&aad, &bytes).await?)
+            .bind(new.id())
+            .bind(tenant)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+            moved += 1;
+        }
+        let byok: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT wrapped FROM tenant_byok WHERE tenant_id = $1 AND wrapped_by = $2",
+        )
+        .bind(tenant)
+        .bind(old.id())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(wrapped) = byok {
+            let aad = byok_aad(tenant);
+            let bytes = old.unwrap(&aad, &wrapped).await?;
+            sqlx::query(
+                "UPDATE tenant_byok SET wrapped = $1, wrapped_by = $2 WHERE tenant_id = $3",
+            )
+            .bind(new.wrap(&aad, &bytes).await?)
+            .bind(new.id())
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await?;
+            moved += 1;
+        }
+        self.forget(tenant);
+        Ok(moved)
+    }
+
     /// Forgets the tenant's own key: data wrapped by it is unreadable until
     /// the tenant supplies the key again. Returns its fingerprint, if any.
     pub async fn revoke_byok(

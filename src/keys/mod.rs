@@ -282,6 +282,50 @@ pub async fn revoke_byok(
     Ok(fp)
 }
 
+/// Master-key rotation for one tenant: its data keys (and stored tenant
+/// key) are rewrapped from `old` to `new` in one audited write, and its
+/// audit checkpoints re-signed with `new`'s checkpoint key. The data
+/// itself is untouched. Returns (keys rewrapped, checkpoints re-signed).
+pub async fn rotate_master(
+    store: &Store,
+    scope: &TenantScope,
+    old: &crate::crypto::Keyring,
+    new: &crate::crypto::Keyring,
+) -> Result<(u64, u64), KeysError> {
+    let permit = Permit::operator(scope.clone(), crate::audit::Actor::operator());
+    let (old_kek, new_kek) = (old.master_kek(), new.master_kek());
+    let vault = Vault::new(old_kek.clone(), std::time::Duration::ZERO);
+    let moved = store
+        .write(
+            &permit,
+            &RequestMeta::cli(),
+            "keys.rotate_master",
+            move |tx| {
+                Box::pin(async move {
+                    let tenant = tx.scope().id_str().to_owned();
+                    let moved = vault
+                        .rewrap_master(tx.conn(), &tenant, old_kek.as_ref(), new_kek.as_ref())
+                        .await?;
+                    let change = key_change(
+                        tx.scope(),
+                        json!({"master_key": new_kek.id(), "keys_rewrapped": moved}),
+                    );
+                    tx.record(change);
+                    Ok::<_, KeysError>(moved)
+                })
+            },
+        )
+        .await?;
+    let resigned = crate::audit::resign_checkpoints(
+        store,
+        scope,
+        &old.checkpoint_signing_key().verifying_key(),
+        new.checkpoint_signing_key(),
+    )
+    .await?;
+    Ok((moved, resigned))
+}
+
 /// Crypto-shredding (the primitive LIF-3 purge calls): destroys every key
 /// version of the tenant. Irreversible.
 pub async fn destroy(

@@ -313,32 +313,40 @@ impl TestApp {
         body["items"].as_array().unwrap().clone()
     }
 
-    /// The CLI on this app's database and object stores.
-    pub fn cli(&self) -> Command {
-        let mut cmd = cli(&self.data_dir, &self.database_url);
+    /// The environment that points a CLI or server process at this app's
+    /// object stores.
+    pub fn store_env(&self) -> Vec<(&'static str, String)> {
         let config = &self.state.config;
-        let vars = [
-            (
-                "STRONGROOM_OBJECT_STORE_URL",
-                config.object_store_url.clone(),
-            ),
+        let mut vars = Vec::new();
+        let settings = [
+            ("STRONGROOM_OBJECT_STORE_URL", &config.object_store_url),
             (
                 "STRONGROOM_OBJECT_STORE_REPLICA_URL",
-                config.object_store_replica_url.clone(),
+                &config.object_store_replica_url,
             ),
             (
                 "STRONGROOM_OBJECT_STORE_ACCESS_KEY_ID",
-                config.object_store_access_key_id.clone(),
+                &config.object_store_access_key_id,
             ),
         ];
-        for (name, value) in vars {
+        for (name, value) in settings {
             if let Some(value) = value {
-                cmd.env(name, value);
+                vars.push((name, value.clone()));
             }
         }
         if config.object_store_secret_access_key.is_some() {
-            cmd.env("STRONGROOM_OBJECT_STORE_SECRET_ACCESS_KEY", "test");
+            vars.push((
+                "STRONGROOM_OBJECT_STORE_SECRET_ACCESS_KEY",
+                "test".to_owned(),
+            ));
         }
+        vars
+    }
+
+    /// The CLI on this app's database and object stores.
+    pub fn cli(&self) -> Command {
+        let mut cmd = cli(&self.data_dir, &self.database_url);
+        cmd.envs(self.store_env());
         cmd
     }
 

@@ -622,6 +622,153 @@ async fn ctl_enc_3_destroying_a_tenants_keys_makes_all_its_ciphertext_unreadable
 }
 
 #[tokio::test]
+async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alone() {
+    let app = spawn_app().await;
+    let admin = app.admin("clinic").await;
+    patients(&app, &admin).await;
+    let id = add_patient(&app, &admin, "Lea Novak", "tinnitus").await;
+    let scan = b"%PDF-1.4\nbefore the master key changed\n";
+    let res = app
+        .upload(
+            &admin.access_token,
+            &format!("{}/files/scan", patient_path(&id)),
+            "s.pdf",
+            "application/pdf",
+            scan,
+        )
+        .await;
+    let file: Value = res.json().await.unwrap();
+    let other = app.admin("other").await;
+    use base64::Engine;
+    let tenant_key =
+        base64::engine::general_purpose::STANDARD.encode(strongroom::crypto::random_bytes::<32>());
+    let res = app
+        .request(
+            Method::PUT,
+            "/api/v1/tenant/keys/byok",
+            Some(&other.access_token),
+            Some(json!({"key": tenant_key})),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    patients(&app, &other).await;
+    let other_id = add_patient(&app, &other, "Byok Patient", "kept").await;
+    let out = app.cli().args(["audit", "checkpoint"]).output().unwrap();
+    assert!(out.status.success());
+
+    let data_sql = match is_postgres() {
+        true => "SELECT data::text FROM records ORDER BY id",
+        false => "SELECT data FROM records ORDER BY id",
+    };
+    let mut conn = app.raw().await;
+    let before: Vec<String> = sqlx::query_scalar(data_sql)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let key_file = app.data_dir.join("master.key");
+    let old_key = std::fs::read(&key_file).unwrap();
+
+    let out = app.cli().args(["keys", "rotate-master"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("clinic: 1 keys rewrapped, 1 audit checkpoints re-signed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("other: 1 keys rewrapped"), "{stdout}");
+
+    // A new key file, no leftover; the sealed data is byte for byte the same.
+    assert_ne!(std::fs::read(&key_file).unwrap(), old_key);
+    assert!(!app.data_dir.join("master.key.next").exists());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let after: Vec<String> = sqlx::query_scalar(data_sql)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+
+    // A server on the new key reads everything; the trail still verifies.
+    let env = app.store_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = crate::helpers::ServerProcess::start_with_env(
+        &app.data_dir,
+        &app.database_url,
+        "warn",
+        &env,
+    )
+    .await;
+    let client = crate::helpers::http_client();
+    let login = |tenant: &'static str, email: &'static str| {
+        let (client, address) = (client.clone(), server.address.clone());
+        async move {
+            let res = client
+                .post(format!("{address}/api/v1/auth/login"))
+                .json(&json!({"tenant": tenant, "email": email, "password": crate::helpers::PASSWORD}))
+                .send()
+                .await
+                .unwrap();
+            res.json::<Value>().await.unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let token = login("clinic", "admin@clinic.test").await;
+    let get = |path: String, token: String| {
+        let (client, address) = (client.clone(), server.address.clone());
+        async move {
+            client
+                .get(format!("{address}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let body: Value = get(patient_path(&id), token.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["diagnosis"], "tinnitus");
+    let res = get(
+        format!(
+            "{}/files/{}",
+            patient_path(&id),
+            file["id"].as_str().unwrap()
+        ),
+        token.clone(),
+    )
+    .await;
+    assert_eq!(res.bytes().await.unwrap().as_ref(), scan);
+    let other_token = login("other", "admin@other.test").await;
+    let body: Value = get(patient_path(&other_id), other_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["diagnosis"], "kept",
+        "the tenant's own key still wraps its data keys"
+    );
+    server.stop().await;
+    let out = app.cli().args(["audit", "verify"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test]
 async fn ctl_enc_4_every_store_proves_it_receives_only_ciphertext_or_the_server_does_not_start() {
     // A store that cannot be written fails closed.
     let dir = crate::helpers::temp_dir("ro");
