@@ -76,7 +76,8 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     })
 }
 
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+/// Creates a directory (and its parents) readable only by this user.
+pub(crate) fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if path.is_dir() {
         return Ok(());

@@ -93,7 +93,7 @@ impl Target {
     ) -> Result<Target, String> {
         match url {
             StoreUrl::Local(dir) => {
-                create_private_dir(dir).map_err(|e| {
+                crate::create_private_dir(dir).map_err(|e| {
                     format!("cannot create the object directory {}: {e}", dir.display())
                 })?;
                 // fsync files and directories: an upload is acknowledged
@@ -228,17 +228,6 @@ fn file_pieces(file: std::fs::File) -> BoxStream<'static, Result<Bytes, object_s
         Ok((!piece.is_empty()).then(|| (Bytes::from(piece), file)))
     })
     .boxed()
-}
-
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if path.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
 }
 
 /// The configured stores.

@@ -54,6 +54,16 @@ async fn add_patient(app: &TestApp, admin: &Session, name: &str, diagnosis: &str
     body["id"].as_str().unwrap().to_owned()
 }
 
+/// Uploads a PDF into the patient's sealed `scan` field; returns its info.
+async fn attach_scan(app: &TestApp, admin: &Session, id: &str, pdf: &[u8]) -> Value {
+    let path = format!("{}/files/scan", patient_path(id));
+    let res = app
+        .upload(&admin.access_token, &path, "s.pdf", "application/pdf", pdf)
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    res.json().await.unwrap()
+}
+
 fn patient_path(id: &str) -> String {
     format!("/api/v1/collections/patients/records/{id}")
 }
@@ -100,16 +110,7 @@ async fn ctl_enc_2_sensitive_and_personal_values_are_ciphertext_everywhere_but_t
         .await;
     assert_eq!(res.status(), StatusCode::OK);
     let scan = b"%PDF-1.4\nlung scan\n";
-    let res = app
-        .upload(
-            &admin.access_token,
-            &format!("{}/files/scan", patient_path(&b)),
-            "scan.pdf",
-            "application/pdf",
-            scan,
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::CREATED);
+    attach_scan(&app, &admin, &b, scan).await;
 
     // Authorized reads see clear values.
     let body: Value = read(&app, &admin.access_token, &a)
@@ -135,7 +136,7 @@ async fn ctl_enc_2_sensitive_and_personal_values_are_ciphertext_everywhere_but_t
         .find(|r| r["id"] == json!(b))
         .unwrap();
     assert_eq!(listed_b["diagnosis"], format!("copd {tag}"));
-    assert_eq!(listed_b["scan"][0]["name"], "scan.pdf");
+    assert_eq!(listed_b["scan"][0]["name"], "s.pdf");
 
     // Filtering on them is refused, and the refusal echoes nothing.
     for query in [
@@ -249,17 +250,7 @@ async fn ctl_enc_3_rotation_under_concurrent_writes_loses_nothing_and_old_data_s
     }
     let first = expected.keys().next().unwrap().clone();
     let scan = b"%PDF-1.4\nscan before rotation\n";
-    let res = app
-        .upload(
-            &admin.access_token,
-            &format!("{}/files/scan", patient_path(&first)),
-            "s.pdf",
-            "application/pdf",
-            scan,
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::CREATED);
-    let file: Value = res.json().await.unwrap();
+    let file = attach_scan(&app, &admin, &first, scan).await;
     assert_eq!(key_status(&app, &admin).await["active_version"], 1);
 
     // Writers and readers keep going while two rotations run.
@@ -404,16 +395,7 @@ async fn ctl_enc_3_a_revoked_tenant_key_locks_the_data_until_it_is_supplied_agai
     patients(&app, &admin).await;
     let id = add_patient(&app, &admin, "Ana Kovač", "migraine").await;
     let scan = b"%PDF-1.4\nbyok scan\n";
-    let res = app
-        .upload(
-            &admin.access_token,
-            &format!("{}/files/scan", patient_path(&id)),
-            "s.pdf",
-            "application/pdf",
-            scan,
-        )
-        .await;
-    let file: Value = res.json().await.unwrap();
+    let file = attach_scan(&app, &admin, &id, scan).await;
     let file_path = format!(
         "{}/files/{}",
         patient_path(&id),
@@ -539,16 +521,7 @@ async fn ctl_enc_3_destroying_a_tenants_keys_makes_all_its_ciphertext_unreadable
     let admin = app.admin("clinic").await;
     patients(&app, &admin).await;
     let id = add_patient(&app, &admin, "Marek Dvořák", "fracture").await;
-    let res = app
-        .upload(
-            &admin.access_token,
-            &format!("{}/files/scan", patient_path(&id)),
-            "s.pdf",
-            "application/pdf",
-            b"%PDF-1.4\nx-ray\n",
-        )
-        .await;
-    let file: Value = res.json().await.unwrap();
+    let file = attach_scan(&app, &admin, &id, b"%PDF-1.4\nx-ray\n").await;
     let other = app.admin("other").await;
     patients(&app, &other).await;
     let kept = add_patient(&app, &other, "Kept", "fine").await;
@@ -628,16 +601,7 @@ async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alon
     patients(&app, &admin).await;
     let id = add_patient(&app, &admin, "Lea Novak", "tinnitus").await;
     let scan = b"%PDF-1.4\nbefore the master key changed\n";
-    let res = app
-        .upload(
-            &admin.access_token,
-            &format!("{}/files/scan", patient_path(&id)),
-            "s.pdf",
-            "application/pdf",
-            scan,
-        )
-        .await;
-    let file: Value = res.json().await.unwrap();
+    let file = attach_scan(&app, &admin, &id, scan).await;
     let other = app.admin("other").await;
     use base64::Engine;
     let tenant_key =
