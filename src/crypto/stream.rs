@@ -115,7 +115,19 @@ impl Opener {
     }
 
     /// Takes more stored bytes; appends verified plaintext to `out`.
-    pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        // Fast path: nothing pending, so whole chunks open straight from
+        // `data` (one copy, into `out`); only the tail is kept.
+        if self.buf.is_empty()
+            && let Some(chunk) = self.chunk
+        {
+            let sealed = chunk + TAG_BYTES;
+            while data.len() > sealed {
+                let (one, rest) = data.split_at(sealed);
+                self.open_from(one, chunk, false, out)?;
+                data = rest;
+            }
+        }
         self.buf.extend_from_slice(data);
         let chunk = match self.chunk {
             Some(c) => c,
@@ -162,10 +174,23 @@ impl Opener {
         last: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
-        let body = len - TAG_BYTES;
+        let sealed = std::mem::take(&mut self.buf);
+        let result = self.open_from(&sealed[at..at + len], chunk, last, out);
+        self.buf = sealed;
+        result
+    }
+
+    /// Opens one sealed chunk (body and tag) onto the end of `out`.
+    fn open_from(
+        &mut self,
+        sealed: &[u8],
+        chunk: usize,
+        last: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let (body, tag) = sealed.split_at(sealed.len() - TAG_BYTES);
         let start = out.len();
-        out.extend_from_slice(&self.buf[at..at + body]);
-        let tag = &self.buf[at + body..at + len];
+        out.extend_from_slice(body);
         self.key
             .open_in_place(
                 &nonce(self.counter, last),

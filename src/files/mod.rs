@@ -35,6 +35,10 @@ use crate::records::{self, FieldType, Place, RecordError, sealed};
 use crate::store::{Change, JournalOp, Store, StoreError};
 use crate::tenancy::TenantScope;
 
+/// Sealed bytes gathered before they are handed to the stores.
+const FLUSH_BYTES: usize = 4 * 1024 * 1024;
+/// Room for one flush plus the chunk that crosses it.
+const OUT_CAPACITY: usize = FLUSH_BYTES + 2 * crate::crypto::stream::CHUNK_BYTES;
 /// Bytes looked at to decide a file's type.
 const SNIFF_BYTES: usize = 512;
 /// After an over-size upload, how much more of the body is read (and
@@ -227,7 +231,7 @@ impl Files {
         let mut size: u64 = 0;
         let mut head: Vec<u8> = Vec::new();
         let mut writer: Option<(ObjectWriter, &'static str)> = None;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(OUT_CAPACITY);
         let read_err = |e: E| FileError::BadUpload(format!("the upload was interrupted: {e}"));
         let object = object_key(&tenant, &file_id);
         loop {
@@ -262,13 +266,13 @@ impl Files {
             } else {
                 sealer.push(&chunk, &mut out);
             }
-            if out.len() >= 4 * 1024 * 1024 {
+            if out.len() >= FLUSH_BYTES {
                 let (w, _) = writer.as_mut().expect("started");
-                if let Err(e) = w.write(&out).await {
+                let sealed = std::mem::replace(&mut out, Vec::with_capacity(OUT_CAPACITY));
+                if let Err(e) = w.write(sealed.into()).await {
                     abort(writer.take()).await;
                     return Err(e.into());
                 }
-                out.clear();
             }
         }
         if writer.is_none() {
@@ -277,7 +281,7 @@ impl Files {
         }
         sealer.finish(&mut out);
         let (mut w, content_type) = writer.expect("started");
-        if let Err(e) = w.write(&out).await {
+        if let Err(e) = w.write(out.into()).await {
             w.abort().await;
             return Err(e.into());
         }
@@ -571,6 +575,7 @@ impl Files {
                 loop {
                     match raw.next().await {
                         Some(Ok(chunk)) => {
+                            out.reserve(chunk.len());
                             if let Err(e) = current.push(&chunk, &mut out) {
                                 return Some((
                                     Err(std::io::Error::other(e.to_string())),

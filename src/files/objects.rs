@@ -209,17 +209,10 @@ fn file_pieces(file: std::fs::File) -> BoxStream<'static, Result<Bytes, object_s
     futures_util::stream::try_unfold(file, move |mut file| async move {
         let (file, piece) = tokio::task::spawn_blocking(move || {
             use std::io::Read;
-            let mut piece = vec![0u8; FILE_PIECE];
-            let mut filled = 0;
-            while filled < piece.len() {
-                match file.read(&mut piece[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            piece.truncate(filled);
+            let mut piece = Vec::with_capacity(FILE_PIECE);
+            (&mut file)
+                .take(FILE_PIECE as u64)
+                .read_to_end(&mut piece)?;
             Ok((file, piece))
         })
         .await
@@ -308,7 +301,7 @@ impl Objects {
         sealer.push(plaintext.as_bytes(), &mut out);
         sealer.finish(&mut out);
         writer
-            .write(&out)
+            .write(out.into())
             .await
             .map_err(|e| format!("object store self-test: cannot write: {e}"))?;
         writer
@@ -377,10 +370,11 @@ pub struct ObjectWriter {
 }
 
 impl ObjectWriter {
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), object_store::Error> {
+    /// Queues sealed bytes for every store, without copying them.
+    pub async fn write(&mut self, bytes: Bytes) -> Result<(), object_store::Error> {
         for upload in &mut self.uploads {
             upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-            upload.write(bytes);
+            upload.put(bytes.clone());
         }
         Ok(())
     }
