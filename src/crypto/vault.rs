@@ -335,6 +335,17 @@ impl Vault {
         backend: Backend,
         tenant: &str,
     ) -> Result<i64, CryptoError> {
+        if backend == Backend::Postgres {
+            // Two rotations at once would both share-lock the active row
+            // and then deadlock upgrading it; take it exclusively first, so
+            // the second waits and then rotates from the first's result.
+            sqlx::query(
+                "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND state = 'active' FOR UPDATE",
+            )
+            .bind(tenant)
+            .fetch_optional(&mut *conn)
+            .await?;
+        }
         let current = self.active(conn, backend, tenant).await?;
         let next = self
             .create_version(conn, tenant, Some(current.version))

@@ -69,6 +69,7 @@ impl From<KeysError> for ApiError {
     fn from(e: KeysError) -> Self {
         match e {
             KeysError::NoByok => ApiError::not_found(e.to_string()),
+            KeysError::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             KeysError::Crypto(e) => e.into(),
             KeysError::Records(e) => e.into(),
             KeysError::Files(e) => e.into(),

@@ -28,6 +28,10 @@ const BATCH: i64 = 200;
 pub enum KeysError {
     #[error("no customer-managed key is configured for this tenant")]
     NoByok,
+    #[error(
+        "another key change for this tenant committed first; look at GET /api/v1/tenant/keys and retry"
+    )]
+    Conflict,
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error(transparent)]
@@ -72,7 +76,16 @@ pub async fn rotate(
             Box::pin(async move {
                 let tenant = tx.scope().id_str().to_owned();
                 let backend = tx.backend();
-                let version = vault.rotate(tx.conn(), backend, &tenant).await?;
+                let version =
+                    vault
+                        .rotate(tx.conn(), backend, &tenant)
+                        .await
+                        .map_err(|e| match e {
+                            CryptoError::Store(e) if e.is_unique_violation_on("tenant_keys") => {
+                                KeysError::Conflict
+                            }
+                            e => e.into(),
+                        })?;
                 let change = key_change(tx.scope(), json!({"active_version": version}));
                 tx.record(change);
                 tx.set_target("key_version", version.to_string());

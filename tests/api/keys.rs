@@ -379,6 +379,23 @@ async fn ctl_enc_3_rotation_under_concurrent_writes_loses_nothing_and_old_data_s
         read(&app, &admin.access_token, &first).await.status(),
         StatusCode::OK
     );
+    // Two rotations at once: each starts, or loses cleanly with 409.
+    let rotate = || {
+        app.post(
+            "/api/v1/tenant/keys/rotate",
+            Some(&admin.access_token),
+            json!({}),
+        )
+    };
+    let (first_try, second_try) = tokio::join!(rotate(), rotate());
+    let statuses = [first_try.status(), second_try.status()];
+    assert!(statuses.contains(&StatusCode::ACCEPTED), "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| [StatusCode::ACCEPTED, StatusCode::CONFLICT].contains(s)),
+        "{statuses:?}"
+    );
     // Only admins manage keys.
     let member = app.user(&admin, "nurse@clinic.test", "member").await;
     problem(
