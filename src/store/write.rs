@@ -447,10 +447,7 @@ async fn run_batch(
     batch: &mut Vec<Job>,
     completions: &mut Vec<Completion>,
 ) -> Result<(), sqlx::Error> {
-    // IMMEDIATE takes the write lock up front, waiting out (busy_timeout)
-    // another process's writer — the CLI beside a running server — instead
-    // of failing when a read snapshot must later upgrade to a write.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = pool.begin().await?;
     for job in batch.drain(..) {
         sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
         let done = job(tx).await;

@@ -90,7 +90,7 @@ async fn ctl_iam_1_login_does_not_reveal_whether_the_tenant_or_user_exists() {
     let mut timings = Vec::new();
     for attempt in &attempts {
         let mut samples = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..5 {
             let started = Instant::now();
             let res = app.post("/api/v1/auth/login", None, attempt.clone()).await;
             samples.push(started.elapsed());
@@ -99,18 +99,19 @@ async fn ctl_iam_1_login_does_not_reveal_whether_the_tenant_or_user_exists() {
             bodies.push(body);
         }
         samples.sort();
-        timings.push(samples[1]);
+        timings.push(samples[2]);
     }
     assert!(
         bodies.windows(2).all(|w| w[0] == w[1]),
         "responses differ: {bodies:?}"
     );
     // Every path runs one Argon2 verification: without the dummy hash an
-    // unknown user would answer many times faster than a known one.
+    // unknown user answers ~40 times faster than a known one. The margin
+    // (a third) leaves room for a loaded machine running other tests.
     let known = timings[0];
     for other in &timings[1..] {
         assert!(
-            *other * 2 >= known,
+            *other * 3 >= known,
             "unknown account answered in {other:?}, known in {known:?}"
         );
     }

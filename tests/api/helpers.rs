@@ -27,7 +27,7 @@ pub struct TestApp {
     pub state: AppState,
     pub database_url: String,
     pub data_dir: PathBuf,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A logged-in user.
@@ -144,11 +144,21 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         state,
         database_url,
         data_dir,
-        _shutdown: shutdown,
+        shutdown: Some(shutdown),
     }
 }
 
 impl TestApp {
+    /// Stops the in-process server and closes its database pools (what an
+    /// operator does before an offline command); the data dir stays.
+    pub async fn stop_server(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.state.access_log.flush().await;
+        self.state.store.close().await;
+    }
+
     pub async fn request(
         &self,
         method: Method,

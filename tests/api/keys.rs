@@ -613,7 +613,7 @@ async fn ctl_enc_3_destroying_a_tenants_keys_makes_all_its_ciphertext_unreadable
 
 #[tokio::test]
 async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alone() {
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let admin = app.admin("clinic").await;
     patients(&app, &admin).await;
     let id = add_patient(&app, &admin, "Lea Novak", "tinnitus").await;
@@ -649,6 +649,8 @@ async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alon
     let key_file = app.data_dir.join("master.key");
     let old_key = std::fs::read(&key_file).unwrap();
 
+    // The rotation is an offline operation: the server holds the old key.
+    app.stop_server().await;
     let out = app.cli().args(["keys", "rotate-master"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
