@@ -9,37 +9,11 @@ use crate::access::Permit;
 use crate::audit::{Actor, RequestMeta};
 use crate::files::Files;
 use crate::http::AppState;
-use crate::tenancy::TenantScope;
-
-/// The named tenant, or all of them; with their slugs.
-async fn scopes(
-    state: &AppState,
-    tenant: Option<&str>,
-) -> anyhow::Result<Vec<(TenantScope, String)>> {
-    let slugs: std::collections::HashMap<String, String> = crate::tenancy::list(&state.store)
-        .await?
-        .into_iter()
-        .map(|t| (t.id, t.slug))
-        .collect();
-    let scopes = match tenant {
-        Some(slug) => vec![
-            crate::tenancy::find_active_by_slug(&state.store, slug)
-                .await?
-                .with_context(|| format!("no active tenant with slug {slug:?}"))?,
-        ],
-        None => crate::tenancy::all_scopes(&state.store).await?,
-    };
-    Ok(scopes
-        .into_iter()
-        .map(|s| {
-            let slug = slugs.get(s.id_str()).cloned().unwrap_or_default();
-            (s, slug)
-        })
-        .collect())
-}
 
 pub(super) async fn status(state: &AppState, tenant: &str) -> anyhow::Result<()> {
-    let (scope, _) = scopes(state, Some(tenant)).await?.remove(0);
+    let (scope, _) = super::tenant_scopes(&state.store, Some(tenant))
+        .await?
+        .remove(0);
     let status = crate::keys::status(&state.store, &state.vault, &scope).await?;
     println!("{}", serde_json::to_string_pretty(&status)?);
     Ok(())
@@ -48,7 +22,7 @@ pub(super) async fn status(state: &AppState, tenant: &str) -> anyhow::Result<()>
 pub(super) async fn rotate(state: &AppState, tenant: Option<&str>) -> anyhow::Result<()> {
     let files = Files::of(state);
     let tty = std::io::stderr().is_terminal();
-    for (scope, slug) in scopes(state, tenant).await? {
+    for (scope, slug) in super::tenant_scopes(&state.store, tenant).await? {
         let permit = Permit::operator(scope.clone(), Actor::operator());
         let version = crate::keys::rotate(&state.store, &state.vault, &permit, &RequestMeta::cli())
             .await
@@ -83,13 +57,7 @@ pub(super) async fn rotate_master(config: &crate::config::Config) -> anyhow::Res
         crate::crypto::Keyring::begin_rotation(&config.data_dir, config.master_key.as_ref())?;
     let store = crate::store::Store::connect(&config.database_url(), 4).await?;
     let result = async {
-        let slugs: std::collections::HashMap<String, String> = crate::tenancy::list(&store)
-            .await?
-            .into_iter()
-            .map(|t| (t.id, t.slug))
-            .collect();
-        for scope in crate::tenancy::all_scopes(&store).await? {
-            let slug = slugs.get(scope.id_str()).cloned().unwrap_or_default();
+        for (scope, slug) in super::tenant_scopes(&store, None).await? {
             let (moved, resigned) = crate::keys::rotate_master(&store, &scope, &old, &new)
                 .await
                 .with_context(|| format!("{slug}: not rotated; run the command again to resume"))?;
@@ -115,7 +83,9 @@ pub(super) async fn destroy(state: &AppState, tenant: &str, yes: bool) -> anyhow
         "destroying a tenant's keys makes all its encrypted data unreadable for good; \
          pass --yes to confirm"
     );
-    let (scope, slug) = scopes(state, Some(tenant)).await?.remove(0);
+    let (scope, slug) = super::tenant_scopes(&state.store, Some(tenant))
+        .await?
+        .remove(0);
     let permit = Permit::operator(scope, Actor::operator());
     let n = crate::keys::destroy(&state.store, &state.vault, &permit, &RequestMeta::cli()).await?;
     println!(
@@ -143,7 +113,7 @@ pub(super) async fn verify_files(
     let files = Files::of(state);
     let tty = std::io::stderr().is_terminal() && !json;
     let mut scrub = Scrub::default();
-    for (scope, slug) in scopes(state, tenant).await? {
+    for (scope, slug) in super::tenant_scopes(&state.store, tenant).await? {
         let mut after = String::new();
         loop {
             let ids = files.list_ids(&scope, &after, 200).await?;

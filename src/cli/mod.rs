@@ -286,29 +286,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The tenant named by `slug` (active), or every tenant; each with its slug.
+async fn tenant_scopes(
+    store: &crate::store::Store,
+    slug: Option<&str>,
+) -> anyhow::Result<Vec<(crate::tenancy::TenantScope, String)>> {
+    let slugs: std::collections::HashMap<String, String> = crate::tenancy::list(store)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t.slug))
+        .collect();
+    let scopes = match slug {
+        Some(slug) => vec![
+            crate::tenancy::find_active_by_slug(store, slug)
+                .await?
+                .with_context(|| format!("no active tenant with slug {slug:?}"))?,
+        ],
+        None => crate::tenancy::all_scopes(store).await?,
+    };
+    Ok(scopes
+        .into_iter()
+        .map(|scope| {
+            let slug = slugs
+                .get(scope.id_str())
+                .cloned()
+                .unwrap_or_else(|| "?".into());
+            (scope, slug)
+        })
+        .collect())
+}
+
 async fn audit_verify(
     state: &crate::http::AppState,
     tenant: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let scopes = match tenant {
-        Some(slug) => vec![
-            crate::tenancy::find_active_by_slug(&state.store, &slug)
-                .await?
-                .with_context(|| format!("no active tenant with slug {slug:?}"))?,
-        ],
-        None => crate::tenancy::all_scopes(&state.store).await?,
-    };
-    let slugs: std::collections::HashMap<String, String> = crate::tenancy::list(&state.store)
-        .await?
-        .into_iter()
-        .map(|t| (t.id, t.slug))
-        .collect();
     let key = state.keyring.checkpoint_signing_key().verifying_key();
     let mut failures = Vec::new();
-    for scope in scopes {
+    for (scope, name) in tenant_scopes(&state.store, tenant.as_deref()).await? {
         let report = crate::audit::verify(&state.store, &scope, &key).await?;
-        let name = slugs.get(&report.tenant_id).map_or("?", String::as_str);
         if json {
             println!("{}", serde_json::to_string(&report)?);
         } else if report.ok {

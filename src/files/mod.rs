@@ -821,8 +821,10 @@ async fn field_files(
     record: &records::Record,
     spec: &records::Field,
 ) -> Result<Vec<Value>, FileError> {
-    let mut data = record.data.clone();
-    data.retain(|k, _| *k == spec.name);
+    let mut data = serde_json::Map::new();
+    if let Some(value) = record.data.get(&spec.name) {
+        data.insert(spec.name.clone(), value.clone());
+    }
     if spec.is_encrypted() {
         sealed::open_fields(vault, conn, place, &mut data).await?;
     }
@@ -866,13 +868,10 @@ async fn set_field_files(
             );
         }
     }
-    let data_param = match backend {
-        crate::store::Backend::Sqlite => "$1",
-        crate::store::Backend::Postgres => "CAST($1 AS jsonb)",
-    };
     sqlx::query(&format!(
-        "UPDATE records SET data = {data_param}, version = $2, updated_at = $3, key_version = $4 \
-         WHERE tenant_id = $5 AND id = $6"
+        "UPDATE records SET data = {}, version = $2, updated_at = $3, key_version = $4 \
+         WHERE tenant_id = $5 AND id = $6",
+        records::data_param(backend, 1)
     ))
     .bind(Value::Object(after.data.clone()).to_string())
     .bind(after.version)

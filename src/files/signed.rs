@@ -43,7 +43,7 @@ pub fn link(key: &[u8; 32], grant: &Grant) -> String {
 
 /// Checks a presented link at time `now` (unix seconds).
 pub fn check(key: &[u8; 32], grant: &Grant, signature: &str, now: i64) -> Result<(), FileError> {
-    let bytes = decode_hex(signature).ok_or(FileError::BadSignature)?;
+    let bytes = crate::audit::chain::from_hex(signature).ok_or(FileError::BadSignature)?;
     mac(key, grant)
         .verify_slice(&bytes)
         .map_err(|_| FileError::BadSignature)?;
@@ -51,16 +51,6 @@ pub fn check(key: &[u8; 32], grant: &Grant, signature: &str, now: i64) -> Result
         return Err(FileError::BadSignature);
     }
     Ok(())
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -24,6 +24,12 @@ use crate::tenancy::TenantScope;
 
 const BATCH: i64 = 200;
 
+impl From<sqlx::Error> for KeysError {
+    fn from(e: sqlx::Error) -> Self {
+        KeysError::Store(e.into())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
     #[error("no customer-managed key is configured for this tenant")]
@@ -136,8 +142,7 @@ async fn pending(store: &Store, scope: &TenantScope) -> Result<(i64, i64, i64), 
     )
     .bind(tenant)
     .fetch_optional(tx.conn())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let Some(active) = active else {
         return Ok((0, 0, 0));
     };
@@ -148,14 +153,12 @@ async fn pending(store: &Store, scope: &TenantScope) -> Result<(i64, i64, i64), 
         .bind(tenant)
         .bind(active)
         .fetch_one(tx.conn())
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
     let files: i64 = sqlx::query_scalar(&count("files"))
         .bind(tenant)
         .bind(active)
         .fetch_one(tx.conn())
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
     Ok((active, records, files))
 }
 

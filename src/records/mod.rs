@@ -159,7 +159,7 @@ impl Record {
 
 /// How the JSON document column is written and read on each backend
 /// (TEXT on SQLite, JSONB on PostgreSQL).
-fn data_param(backend: Backend, n: u8) -> String {
+pub(crate) fn data_param(backend: Backend, n: u8) -> String {
     match backend {
         Backend::Sqlite => format!("${n}"),
         Backend::Postgres => format!("CAST(${n} AS jsonb)"),
@@ -496,12 +496,15 @@ pub async fn create_record(
                     updated_at: now,
                     data,
                 };
-                let clear = record.data.clone();
-                let names: Vec<String> = collection.sensitive();
-                let key_version = if names.iter().any(|n| record.data.contains_key(n)) {
+                // Only a record with values to seal pays for the key and
+                // for keeping its clear values to return.
+                let sensitive = collection.sensitive();
+                let mut clear = None;
+                let key_version = if sensitive.iter().any(|n| record.data.contains_key(n)) {
+                    clear = Some(record.data.clone());
                     let key = vault.active(tx.conn(), backend, &tenant).await?;
                     let place = Place { tenant: &tenant, collection: &collection, record_id: &record.id };
-                    sealed::seal_fields(&place, &key, &mut record.data, names.iter().map(String::as_str));
+                    sealed::seal_fields(&place, &key, &mut record.data, sensitive.iter().map(String::as_str));
                     Some(key.version)
                 } else {
                     None
@@ -526,11 +529,13 @@ pub async fn create_record(
                     op: JournalOp::Insert,
                     before: None,
                     after: Some(record.image()),
-                    sensitive: collection.sensitive(),
+                    sensitive,
                     diff_of: Some("data"),
                 });
                 tx.set_target("record", record.id.clone());
-                record.data = clear;
+                if let Some(clear) = clear {
+                    record.data = clear;
+                }
                 Ok(record)
             })
         })
