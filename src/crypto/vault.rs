@@ -26,6 +26,11 @@ use crate::store::Backend;
 #[derive(Clone)]
 pub struct Vault {
     inner: Arc<Inner>,
+    /// False for a vault used inside a write transaction: it reads the
+    /// cache but never fills it, because what it sees (a key version it
+    /// just created) may still roll back, and a version number rolled back
+    /// is created again later with a different key.
+    fills_cache: bool,
 }
 
 /// Unwrapped keys by (tenant, version), with when they were unwrapped.
@@ -103,6 +108,15 @@ impl Vault {
                 cache: Mutex::new(HashMap::new()),
                 ttl,
             }),
+            fills_cache: true,
+        }
+    }
+
+    /// The vault to use inside a write transaction (see `fills_cache`).
+    pub fn in_write(&self) -> Vault {
+        Vault {
+            inner: self.inner.clone(),
+            fills_cache: false,
         }
     }
 
@@ -115,7 +129,7 @@ impl Vault {
     }
 
     fn remember(&self, tenant: &str, version: i64, key: Arc<DataKey>) {
-        if self.inner.ttl.is_zero() {
+        if self.inner.ttl.is_zero() || !self.fills_cache {
             return;
         }
         let mut cache = self.inner.cache.lock().expect("key cache lock");

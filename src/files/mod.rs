@@ -340,7 +340,7 @@ impl Files {
             slot.field.to_owned(),
             info.clone(),
         );
-        let vault = self.vault.clone();
+        let vault = self.vault.in_write();
         self.store
             .write(permit, meta, "file.upload", move |tx| {
                 Box::pin(async move {
@@ -617,7 +617,7 @@ impl Files {
             record_id.to_owned(),
             file_id.to_owned(),
         );
-        let vault = self.vault.clone();
+        let vault = self.vault.in_write();
         self.store
             .write(permit, meta, "file.delete", move |tx| {
                 Box::pin(async move {
@@ -707,7 +707,7 @@ impl Files {
         meta: &RequestMeta,
         limit: i64,
     ) -> Result<u64, FileError> {
-        let vault = self.vault.clone();
+        let vault = self.vault.in_write();
         self.store
             .write(permit, meta, "keys.rewrap_files", move |tx| {
                 Box::pin(async move {

@@ -76,7 +76,7 @@ pub async fn rotate(
     permit: &Permit,
     meta: &RequestMeta,
 ) -> Result<i64, KeysError> {
-    let vault = vault.clone();
+    let vault = vault.in_write();
     store
         .write(permit, meta, "keys.rotate", move |tx| {
             Box::pin(async move {
@@ -252,7 +252,7 @@ pub async fn supply_byok(
     meta: &RequestMeta,
     key: KeyBytes,
 ) -> Result<(String, ByokChange), KeysError> {
-    let vault_in = vault.clone();
+    let vault_in = vault.in_write();
     let result = store
         .write(permit, meta, "keys.byok_supply", move |tx| {
             Box::pin(async move {
@@ -278,7 +278,7 @@ pub async fn revoke_byok(
     permit: &Permit,
     meta: &RequestMeta,
 ) -> Result<String, KeysError> {
-    let vault_in = vault.clone();
+    let vault_in = vault.in_write();
     let fp = store
         .write(permit, meta, "keys.byok_revoke", move |tx| {
             Box::pin(async move {
@@ -350,7 +350,7 @@ pub async fn destroy(
     permit: &Permit,
     meta: &RequestMeta,
 ) -> Result<u64, KeysError> {
-    let vault_in = vault.clone();
+    let vault_in = vault.in_write();
     let n = store
         .write(permit, meta, "keys.destroy", move |tx| {
             Box::pin(async move {

@@ -479,7 +479,7 @@ pub async fn create_record(
     body: Value,
 ) -> Result<Record, RecordError> {
     let collection = collection.to_owned();
-    let vault = vault.clone();
+    let vault = vault.in_write();
     store
         .write(permit, meta, "record.create", move |tx| {
             Box::pin(async move {
@@ -614,7 +614,7 @@ pub async fn update_record(
     precondition: Precondition,
 ) -> Result<Record, RecordError> {
     let (collection, id) = (collection.to_owned(), id.to_owned());
-    let vault = vault.clone();
+    let vault = vault.in_write();
     store
         .write(permit, meta, "record.update", move |tx| {
             Box::pin(async move {
@@ -815,7 +815,7 @@ pub async fn reseal_batch(
     meta: &RequestMeta,
     limit: i64,
 ) -> Result<u64, RecordError> {
-    let vault = vault.clone();
+    let vault = vault.in_write();
     store
         .write(permit, meta, "keys.reencrypt", move |tx| {
             Box::pin(async move {
