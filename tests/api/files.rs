@@ -651,7 +651,7 @@ async fn ctl_fil_5_a_damaged_primary_is_served_from_the_replica_and_repaired() {
 
     // The scrub finds a damaged copy, repairs it on request, then is clean.
     flip_byte(&app, 1, 5000).await;
-    let out = app.cli().args(["files", "verify"]).output().unwrap();
+    let out = app.cli().await.args(["files", "verify"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(
@@ -660,6 +660,7 @@ async fn ctl_fil_5_a_damaged_primary_is_served_from_the_replica_and_repaired() {
     );
     let out = app
         .cli()
+        .await
         .args(["files", "verify", "--repair"])
         .output()
         .unwrap();
@@ -671,6 +672,7 @@ async fn ctl_fil_5_a_damaged_primary_is_served_from_the_replica_and_repaired() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("repaired from the primary copy"));
     let out = app
         .cli()
+        .await
         .args(["files", "verify", "--json"])
         .output()
         .unwrap();

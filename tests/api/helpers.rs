@@ -353,8 +353,12 @@ impl TestApp {
         vars
     }
 
-    /// The CLI on this app's database and object stores.
-    pub fn cli(&self) -> Command {
+    /// The CLI on this app's database and object stores. The in-process
+    /// server's buffered access log is written first: on SQLite, a CLI
+    /// write whose snapshot goes stale under a concurrent commit fails with
+    /// "database is locked" (see the closing note of session 2).
+    pub async fn cli(&self) -> Command {
+        self.state.access_log.flush().await;
         let mut cmd = cli(&self.data_dir, &self.database_url);
         cmd.envs(self.store_env());
         cmd

@@ -358,6 +358,7 @@ async fn ctl_enc_3_rotation_under_concurrent_writes_loses_nothing_and_old_data_s
     // The CLI rotates too, with the same result.
     let out = app
         .cli()
+        .await
         .args(["keys", "rotate", "--tenant", "clinic"])
         .output()
         .unwrap();
@@ -545,12 +546,14 @@ async fn ctl_enc_3_destroying_a_tenants_keys_makes_all_its_ciphertext_unreadable
 
     let out = app
         .cli()
+        .await
         .args(["keys", "destroy", "--tenant", "clinic"])
         .output()
         .unwrap();
     assert!(!out.status.success(), "needs --yes");
     let out = app
         .cli()
+        .await
         .args(["keys", "destroy", "--tenant", "clinic", "--yes"])
         .output()
         .unwrap();
@@ -634,7 +637,12 @@ async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alon
     assert_eq!(res.status(), StatusCode::OK);
     patients(&app, &other).await;
     let other_id = add_patient(&app, &other, "Byok Patient", "kept").await;
-    let out = app.cli().args(["audit", "checkpoint"]).output().unwrap();
+    let out = app
+        .cli()
+        .await
+        .args(["audit", "checkpoint"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
 
     let data_sql = match is_postgres() {
@@ -651,7 +659,12 @@ async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alon
 
     // The rotation is an offline operation: the server holds the old key.
     app.stop_server().await;
-    let out = app.cli().args(["keys", "rotate-master"]).output().unwrap();
+    let out = app
+        .cli()
+        .await
+        .args(["keys", "rotate-master"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -743,7 +756,7 @@ async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alon
         "the tenant's own key still wraps its data keys"
     );
     server.stop().await;
-    let out = app.cli().args(["audit", "verify"]).output().unwrap();
+    let out = app.cli().await.args(["audit", "verify"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
