@@ -18,7 +18,6 @@ mod retention;
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::AnyConnection;
 
 pub use chain::{GENESIS, Hash, from_hex as chain_hash_from_hex, to_hex as hash_to_hex};
 pub use http::{access_log_router, router};
@@ -27,6 +26,7 @@ pub use query::{AuditError, AuditEvent, AuditFilter, Page, list};
 pub use retention::{RetentionSummary, apply_retention};
 
 use crate::store::StoreError;
+use crate::store::sql::Combined;
 
 /// Who acted.
 #[derive(Clone, Debug, Serialize)]
@@ -141,9 +141,11 @@ pub(crate) struct NewEvent<'a> {
     pub changes: Option<Value>,
 }
 
-/// Appends `event` after the event whose hash is `prev`; returns its hash.
-pub(crate) async fn append(
-    conn: &mut AnyConnection,
+/// Adds the statement that appends `event` after the event whose hash is
+/// `prev`, and the one that makes it the tenant's chain head, to `batch`;
+/// returns its hash.
+pub(crate) fn append<'q>(
+    batch: &mut Combined<'q>,
     event: NewEvent<'_>,
     prev: &Hash,
 ) -> Result<Hash, StoreError> {
@@ -168,31 +170,36 @@ pub(crate) async fn append(
         changes: changes.as_deref(),
     };
     let hash = chained.hash(prev);
-    sqlx::query(
+    let owned = |v: Option<&str>| v.map(str::to_owned);
+    let values = [
+        batch.param(id.clone())?,
+        batch.param(chained.tenant_id.to_owned())?,
+        batch.param(chained.seq)?,
+        batch.param(chained.occurred_at.to_owned())?,
+        batch.param(chained.action.to_owned())?,
+        batch.param(event.outcome.as_str())?,
+        batch.param(event.actor.kind.as_str())?,
+        batch.param(owned(chained.actor_id))?,
+        batch.param(owned(chained.actor_email))?,
+        batch.param(owned(chained.ip))?,
+        batch.param(owned(chained.user_agent))?,
+        batch.param(chained.request_id.to_owned())?,
+        batch.param(crate::VERSION)?,
+        batch.param(event.target.map(|t| t.kind))?,
+        batch.param(owned(chained.target_id))?,
+        batch.param(changes.clone())?,
+        batch.param(chain::to_hex(prev))?,
+        batch.param(chain::to_hex(&hash))?,
+    ];
+    batch.push(format!(
         "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, \
          actor_id, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, \
-         changes, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-    )
-    .bind(chained.id)
-    .bind(chained.tenant_id)
-    .bind(chained.seq)
-    .bind(chained.occurred_at)
-    .bind(chained.action)
-    .bind(chained.outcome)
-    .bind(chained.actor_type)
-    .bind(chained.actor_id)
-    .bind(chained.actor_email)
-    .bind(chained.ip)
-    .bind(chained.user_agent)
-    .bind(chained.request_id)
-    .bind(chained.app_version)
-    .bind(chained.target_type)
-    .bind(chained.target_id)
-    .bind(chained.changes)
-    .bind(chain::to_hex(prev))
-    .bind(chain::to_hex(&hash))
-    .execute(conn)
-    .await?;
+         changes, prev_hash, hash) VALUES ({})",
+        values.join(", ")
+    ));
+    batch.push(format!(
+        "UPDATE tenant_sequences SET audit_head = {} WHERE tenant_id = {}",
+        values[17], values[1]
+    ));
     Ok(hash)
 }

@@ -2,9 +2,7 @@
 //! gaps, written in the same transaction as the change (BAK-1). Backups ship
 //! it; replaying it in `seq` order rebuilds a tenant.
 
-use sqlx::AnyConnection;
-
-use super::StoreError;
+use super::sql::Combined;
 use super::write::Change;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,27 +22,28 @@ impl JournalOp {
     }
 }
 
-pub(super) async fn append(
-    conn: &mut AnyConnection,
+/// Adds the statement that journals `change` as entry `seq` to `batch`.
+pub(super) fn append(
+    batch: &mut Combined<'_>,
     tenant_id: &str,
     seq: i64,
     occurred_at: &str,
     change: &Change,
-) -> Result<(), StoreError> {
-    let after = change.after.as_ref().map(|v| v.to_string());
-    sqlx::query(
+) -> Result<(), sqlx::Error> {
+    let values = [
+        batch.param(tenant_id.to_owned())?,
+        batch.param(seq)?,
+        batch.param(occurred_at.to_owned())?,
+        batch.param(change.entity)?,
+        batch.param(change.entity_id.clone())?,
+        batch.param(change.op.as_str())?,
+        batch.param(change.after.as_ref().map(|v| v.to_string()))?,
+        batch.param(crate::VERSION)?,
+    ];
+    batch.push(format!(
         "INSERT INTO journal (tenant_id, seq, occurred_at, entity, entity_id, op, after, app_version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(tenant_id)
-    .bind(seq)
-    .bind(occurred_at)
-    .bind(change.entity)
-    .bind(&change.entity_id)
-    .bind(change.op.as_str())
-    .bind(after)
-    .bind(crate::VERSION)
-    .execute(conn)
-    .await?;
+         VALUES ({})",
+        values.join(", ")
+    ));
     Ok(())
 }

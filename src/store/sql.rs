@@ -4,8 +4,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sqlx::AnyConnection;
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{Any, AnyConnection, Arguments};
+
+use super::Backend;
 
 /// A statement under construction and its bound text values.
 pub struct Sql {
@@ -58,6 +60,69 @@ impl Sql {
     }
 }
 
+/// Data-changing statements that travel to the database in one round trip,
+/// their parameters numbered across all of them. SQLite runs the parts in
+/// turn; PostgreSQL, which takes one statement per parameterised query, gets
+/// the leading parts as data-modifying `WITH` clauses, which it runs exactly
+/// once each whether or not anything reads them. On the write path every
+/// round trip is a hand-off to the database's thread, so this is what lets a
+/// write append its journal entries, its audit event and the new chain head
+/// at the cost of one statement.
+#[derive(Default)]
+pub struct Combined<'q> {
+    parts: Vec<String>,
+    args: AnyArguments<'q>,
+}
+
+impl<'q> Combined<'q> {
+    /// Binds `value` as the next parameter and returns its placeholder.
+    pub fn param<T>(&mut self, value: T) -> Result<String, sqlx::Error>
+    where
+        T: 'q + sqlx::Encode<'q, Any> + sqlx::Type<Any>,
+    {
+        self.args.add(value).map_err(sqlx::Error::Encode)?;
+        Ok(format!("${}", self.args.len()))
+    }
+
+    /// Appends one statement; it must not return rows.
+    pub fn push(&mut self, statement: String) {
+        self.parts.push(statement);
+    }
+
+    /// The text sent for `backend`.
+    fn text(&self, backend: Backend) -> String {
+        match (backend, self.parts.split_last()) {
+            (_, None) => String::new(),
+            (Backend::Sqlite, _) => self.parts.join(";\n"),
+            (Backend::Postgres, Some((last, leading))) => {
+                let mut text = String::new();
+                for (i, part) in leading.iter().enumerate() {
+                    text.push_str(if i == 0 { "WITH " } else { ", " });
+                    text.push_str(&format!("s{i} AS ({part})"));
+                }
+                if !leading.is_empty() {
+                    text.push(' ');
+                }
+                text.push_str(last);
+                text
+            }
+        }
+    }
+
+    pub async fn execute(
+        self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+    ) -> Result<(), sqlx::Error> {
+        if self.parts.is_empty() {
+            return Ok(());
+        }
+        let text = self.text(backend);
+        sqlx::query_with(&text, self.args).execute(conn).await?;
+        Ok(())
+    }
+}
+
 /// Trims `items` — fetched with `limit + 1` to learn whether more follow —
 /// to one page, and returns the cursor of its last item when more follow.
 pub fn one_page<T>(
@@ -101,6 +166,23 @@ mod tests {
              AND (created_at < $3 OR (created_at = $3 AND id < $4))"
         );
         assert_eq!(sql.binds, ["t", "x", "2026", "id9"]);
+    }
+
+    #[test]
+    fn combined_statements_share_one_numbering_and_become_ctes_on_postgres() {
+        let mut combined = Combined::default();
+        let a = combined.param("x").unwrap();
+        combined.push(format!("INSERT INTO a VALUES ({a})"));
+        let b = combined.param(7_i64).unwrap();
+        combined.push(format!("UPDATE b SET n = {b} WHERE k = {a}"));
+        assert_eq!(
+            combined.text(Backend::Sqlite),
+            "INSERT INTO a VALUES ($1);\nUPDATE b SET n = $2 WHERE k = $1"
+        );
+        assert_eq!(
+            combined.text(Backend::Postgres),
+            "WITH s0 AS (INSERT INTO a VALUES ($1)) UPDATE b SET n = $2 WHERE k = $1"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, JournalOp};
+use super::sql::Combined;
 use super::{Backend, StoreError, set_tenant};
 use crate::access::Permit;
 use crate::audit::{self, Actor, Outcome, RequestMeta, Target};
@@ -126,9 +127,10 @@ impl WriteTx {
             None => audit::GENESIS,
         };
         let now = crate::clock::now();
+        let mut batch = Combined::default();
         for (i, change) in self.changes.iter().enumerate() {
             let seq = journal_last - entries + 1 + i as i64;
-            journal::append(&mut self.conn, &tenant, seq, &now, change).await?;
+            journal::append(&mut batch, &tenant, seq, &now, change)?;
         }
         let target = self.target.clone().or_else(|| {
             self.changes.first().map(|c| Target {
@@ -149,7 +151,7 @@ impl WriteTx {
             "app_version": crate::VERSION, "target": target, "changes": diff,
         });
         let hash = audit::append(
-            &mut self.conn,
+            &mut batch,
             audit::NewEvent {
                 tenant_id: &tenant,
                 seq: audit_seq,
@@ -162,13 +164,8 @@ impl WriteTx {
                 changes: diff,
             },
             &prev,
-        )
-        .await?;
-        sqlx::query("UPDATE tenant_sequences SET audit_head = $1 WHERE tenant_id = $2")
-            .bind(audit::hash_to_hex(&hash))
-            .bind(&tenant)
-            .execute(&mut *self.conn)
-            .await?;
+        )?;
+        batch.execute(&mut self.conn, self.backend).await?;
         let mut logged = logged;
         logged["hash"] = audit::hash_to_hex(&hash).into();
         Ok(logged.to_string())
@@ -268,7 +265,26 @@ pub(super) enum Writer {
 impl Writer {
     pub(super) fn group_commit(pool: AnyPool) -> Writer {
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_group_commit(pool.clone(), receiver));
+        // The writer drives its statements from a thread of its own. Each
+        // statement is a round trip to SQLite's worker thread; on the shared
+        // runtime every one of those wake-ups would queue behind the HTTP
+        // tasks, and a job's eight or so round trips add up to the whole
+        // write throughput. It ends when the last sender (the store) drops.
+        let writes = pool.clone();
+        let spawned = std::thread::Builder::new()
+            .name("strongroom-writer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(run_group_commit(writes, receiver)),
+                    Err(e) => tracing::error!(error = %e, "could not start the writer's runtime"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the writer thread");
+        }
         Writer::GroupCommit(sender, pool)
     }
 
@@ -448,22 +464,24 @@ async fn run_batch(
     completions: &mut Vec<Completion>,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    for job in batch.drain(..) {
-        sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
+    let total = batch.len();
+    sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
+    for (i, job) in batch.drain(..).enumerate() {
         let done = job(tx).await;
         tx = done.conn;
         completions.push(done.completion);
-        if done.ok {
-            sqlx::query("RELEASE SAVEPOINT job")
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            sqlx::query("ROLLBACK TO SAVEPOINT job")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("RELEASE SAVEPOINT job")
-                .execute(&mut *tx)
-                .await?;
+        // One round trip settles this job's savepoint and opens the next
+        // one's; the COMMIT releases the last.
+        let step = match (done.ok, i + 1 == total) {
+            (true, true) => None,
+            (true, false) => Some("RELEASE SAVEPOINT job; SAVEPOINT job"),
+            (false, true) => Some("ROLLBACK TO SAVEPOINT job"),
+            (false, false) => {
+                Some("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job; SAVEPOINT job")
+            }
+        };
+        if let Some(step) = step {
+            sqlx::query(step).execute(&mut *tx).await?;
         }
     }
     tx.commit().await
