@@ -38,6 +38,8 @@ POCKETBASE = os.environ["POCKETBASE"]
 ROUNDS = int(os.environ.get("ROUNDS", "2"))
 DURATION = os.environ.get("DURATION", "10s")
 RATE = int(os.environ.get("RATE", "1000"))
+# A subset (e.g. WORKLOADS=create) is for profiling: it prints, writes nothing.
+WORKLOADS = os.environ.get("WORKLOADS", "")
 CONNECTIONS = 32
 PASSWORD = "violet-harbour-tractor-92"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -255,6 +257,8 @@ def main():
             system.start()
         hashing = json.loads(subprocess.check_output([STRONGROOM, "bench", "password-hash", "--count", "10"]))
         workloads = ["get", "list", "create", "login", f"get@{RATE}"]
+        if WORKLOADS:
+            workloads = [w for w in workloads if w.split("@")[0] in WORKLOADS.split(",")]
         runs = {}
         for round_ in range(1, ROUNDS + 1):
             for workload in workloads:
@@ -280,8 +284,6 @@ def main():
         row["ratio"] = {"rps": s["rps"] / p["rps"], "p99": s["p99_ms"] / p["p99_ms"],
                         "cpu_per_request": s["cpu_ms_per_request"] / p["cpu_ms_per_request"]}
         table.append(row)
-    limit = hashing["hash_bound_logins_per_second"]
-    login_rps = next(r for r in table if r["workload"] == "login")["strongroom"]["rps"]
     print()
     print(f"{'workload':<10} {'SR req/s':>9} {'PB req/s':>9} {'ratio':>6}   {'SR p50':>7} {'PB p50':>7}   "
           f"{'SR p99':>7} {'PB p99':>7} {'ratio':>6}   {'SR cpu':>7} {'PB cpu':>7} {'ratio':>6}")
@@ -293,6 +295,11 @@ def main():
               f"{r['cpu_per_request']:>5.2f}x")
     print(f"\npeak RSS: strongroom {peak['strongroom']:.0f} MiB, pocketbase {peak['pocketbase']:.0f} MiB "
           f"({peak['strongroom'] / peak['pocketbase']:.2f}x)")
+    if WORKLOADS:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    limit = hashing["hash_bound_logins_per_second"]
+    login_rps = next(r for r in table if r["workload"] == "login")["strongroom"]["rps"]
     print(f"login: one Argon2id hash {hashing['ms_per_hash']:.1f} ms, hash-bound limit {limit:.1f}/s on "
           f"{hashing['cores']} cores; Strongroom reached {100 * login_rps / limit:.0f}% of it")
     result = {

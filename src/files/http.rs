@@ -94,6 +94,7 @@ impl From<FileError> for ApiError {
             Record(e) => e.into(),
             Access(e) => e.into(),
             Store(e) => e.into(),
+            Internal(ref why) => ApiError::internal(why),
         }
     }
 }

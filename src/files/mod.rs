@@ -76,6 +76,8 @@ pub enum FileError {
     Access(#[from] AccessError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<sqlx::Error> for FileError {
@@ -226,12 +228,12 @@ impl Files {
         let tenant = permit.scope().id_str().to_owned();
         let file_id = uuid::Uuid::now_v7().to_string();
         let key_bytes = generate_key();
-        let mut sealer = Sealer::new(DataKey::new(&key_bytes));
-        let mut sha = Sha256::new();
+        let mut stage = Stage::Idle(Box::new(Sealing::new(DataKey::new(&key_bytes))));
         let mut size: u64 = 0;
         let mut head: Vec<u8> = Vec::new();
         let mut writer: Option<(ObjectWriter, &'static str)> = None;
-        let mut out = Vec::with_capacity(OUT_CAPACITY);
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut parts_len = 0;
         let read_err = |e: E| FileError::BadUpload(format!("the upload was interrupted: {e}"));
         let object = object_key(&tenant, &file_id);
         loop {
@@ -255,43 +257,47 @@ impl Files {
                     limit: spec.limit,
                 });
             }
-            sha.update(&chunk);
-            if writer.is_none() {
+            let chunk = if writer.is_none() {
                 head.extend_from_slice(&chunk);
                 if head.len() < SNIFF_BYTES {
                     continue;
                 }
                 writer = Some(self.start(&spec, &head, &object).await?);
-                sealer.push(&std::mem::take(&mut head), &mut out);
+                Bytes::from(std::mem::take(&mut head))
             } else {
-                sealer.push(&chunk, &mut out);
-            }
-            if out.len() >= FLUSH_BYTES {
+                chunk
+            };
+            parts_len += chunk.len();
+            parts.push(chunk);
+            if parts_len >= FLUSH_BYTES {
                 let (w, _) = writer.as_mut().expect("started");
-                let sealed = std::mem::replace(&mut out, Vec::with_capacity(OUT_CAPACITY));
-                if let Err(e) = w.write(sealed.into()).await {
+                let batch = std::mem::take(&mut parts);
+                parts_len = 0;
+                if let Err(e) = stage.hand_over(batch, w).await {
                     abort(writer.take()).await;
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
         if writer.is_none() {
             writer = Some(self.start(&spec, &head, &object).await?);
-            sealer.push(&std::mem::take(&mut head), &mut out);
+            parts.push(Bytes::from(head));
         }
-        sealer.finish(&mut out);
         let (mut w, content_type) = writer.expect("started");
-        if let Err(e) = w.write(out.into()).await {
-            w.abort().await;
-            return Err(e.into());
-        }
+        let sha = match stage.finish(parts, &mut w).await {
+            Ok(sha) => sha,
+            Err(e) => {
+                w.abort().await;
+                return Err(e);
+            }
+        };
         w.finish().await?;
         let info = FileInfo {
             id: file_id.clone(),
             name,
             content_type: content_type.to_owned(),
             size,
-            sha256: crate::audit::chain::to_hex(&sha.finalize()),
+            sha256: crate::audit::chain::to_hex(&sha),
             created_at: crate::clock::now(),
         };
         let saved = self
@@ -891,6 +897,87 @@ async fn set_field_files(
         diff_of: Some("data"),
     });
     Ok(())
+}
+
+/// The CPU side of an upload, hashing and sealing, which runs on a
+/// blocking thread while the request reads the next part of the body: the
+/// two overlap instead of taking turns.
+struct Sealing {
+    sealer: Sealer,
+    sha: Sha256,
+    out: Vec<u8>,
+}
+
+impl Sealing {
+    fn new(key: DataKey) -> Sealing {
+        Sealing {
+            sealer: Sealer::new(key),
+            sha: Sha256::new(),
+            out: Vec::with_capacity(OUT_CAPACITY),
+        }
+    }
+
+    fn absorb(mut self, parts: Vec<Bytes>) -> Sealing {
+        for part in &parts {
+            self.sha.update(part);
+            self.sealer.push(part, &mut self.out);
+        }
+        self
+    }
+}
+
+enum Stage {
+    Idle(Box<Sealing>),
+    Busy(tokio::task::JoinHandle<Sealing>),
+    Done,
+}
+
+impl Stage {
+    async fn settle(&mut self) -> Result<Sealing, FileError> {
+        match std::mem::replace(self, Stage::Done) {
+            Stage::Idle(sealing) => Ok(*sealing),
+            Stage::Busy(job) => job
+                .await
+                .map_err(|e| FileError::Internal(format!("sealing an upload failed: {e}"))),
+            Stage::Done => Err(FileError::Internal("the upload was already sealed".into())),
+        }
+    }
+
+    /// Starts sealing `parts`, then hands what the previous batch sealed
+    /// to the stores.
+    async fn hand_over(
+        &mut self,
+        parts: Vec<Bytes>,
+        writer: &mut ObjectWriter,
+    ) -> Result<(), FileError> {
+        let mut sealing = self.settle().await?;
+        let sealed = std::mem::replace(&mut sealing.out, Vec::with_capacity(OUT_CAPACITY));
+        *self = Stage::Busy(tokio::task::spawn_blocking(move || sealing.absorb(parts)));
+        if !sealed.is_empty() {
+            writer.write(sealed.into()).await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the rest and the end marker, writes everything still held, and
+    /// returns the plaintext's SHA-256.
+    async fn finish(
+        &mut self,
+        parts: Vec<Bytes>,
+        writer: &mut ObjectWriter,
+    ) -> Result<[u8; 32], FileError> {
+        let mut sealing = self.settle().await?;
+        let sealed = tokio::task::spawn_blocking(move || {
+            sealing = sealing.absorb(parts);
+            sealing.sealer.finish(&mut sealing.out);
+            (sealing.out, sealing.sha.finalize())
+        });
+        let (out, sha) = sealed
+            .await
+            .map_err(|e| FileError::Internal(format!("sealing an upload failed: {e}")))?;
+        writer.write(out.into()).await?;
+        Ok(sha.into())
+    }
 }
 
 async fn abort(writer: Option<(ObjectWriter, &'static str)>) {
