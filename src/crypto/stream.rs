@@ -39,59 +39,72 @@ pub fn sealed_size(plaintext: u64) -> u64 {
     HEADER_BYTES as u64 + plaintext + chunks * TAG_BYTES as u64
 }
 
-/// Seals a plaintext stream chunk by chunk.
+/// Seals a plaintext stream chunk by chunk. Plaintext is copied once, into
+/// the output, and sealed there in place.
 pub struct Sealer {
     key: DataKey,
     counter: u64,
-    pending: Vec<u8>,
-    header: Option<[u8; HEADER_BYTES]>,
+    out: Vec<u8>,
+    /// Where the chunk still being filled starts in `out`.
+    open: usize,
 }
 
 impl Sealer {
     pub fn new(key: DataKey) -> Sealer {
+        let mut out = Vec::with_capacity(HEADER_BYTES + CHUNK_BYTES + TAG_BYTES);
+        out.extend_from_slice(&header(CHUNK_BYTES));
         Sealer {
             key,
             counter: 0,
-            pending: Vec::with_capacity(CHUNK_BYTES + TAG_BYTES),
-            header: Some(header(CHUNK_BYTES)),
+            open: out.len(),
+            out,
         }
     }
 
-    /// Takes more plaintext; appends to `out` what is ready to be stored.
-    /// A chunk is sealed only once more data follows it, so the last one
-    /// can be marked as such by [`Sealer::finish`].
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
-        if let Some(h) = self.header.take() {
-            out.extend_from_slice(&h);
-        }
+    /// Takes more plaintext. A chunk is sealed only once more data follows
+    /// it, so the last one can be marked as such by [`Sealer::finish`].
+    pub fn push(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            if self.pending.len() == CHUNK_BYTES {
-                self.seal_pending(false, out);
+            if self.out.len() - self.open == CHUNK_BYTES {
+                self.seal_open(false);
             }
-            let take = (CHUNK_BYTES - self.pending.len()).min(data.len());
-            self.pending.extend_from_slice(&data[..take]);
+            let take = (CHUNK_BYTES - (self.out.len() - self.open)).min(data.len());
+            self.out.extend_from_slice(&data[..take]);
             data = &data[take..];
         }
     }
 
-    /// Seals what is left as the last chunk (possibly empty).
-    pub fn finish(mut self, out: &mut Vec<u8>) {
-        if let Some(h) = self.header.take() {
-            out.extend_from_slice(&h);
-        }
-        self.seal_pending(true, out);
+    /// How many sealed bytes are ready to be taken.
+    pub fn ready(&self) -> usize {
+        self.open
     }
 
-    fn seal_pending(&mut self, last: bool, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&self.pending);
+    /// Takes the sealed bytes so far; the chunk being filled stays, moved
+    /// to a fresh buffer of `capacity`.
+    pub fn take_sealed(&mut self, capacity: usize) -> Vec<u8> {
+        let mut fresh = Vec::with_capacity(capacity.max(self.out.len() - self.open));
+        fresh.extend_from_slice(&self.out[self.open..]);
+        let mut sealed = std::mem::replace(&mut self.out, fresh);
+        sealed.truncate(self.open);
+        self.open = 0;
+        sealed
+    }
+
+    /// Seals what is left as the last chunk (possibly empty) and returns
+    /// everything not yet taken.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.seal_open(true);
+        self.out
+    }
+
+    fn seal_open(&mut self, last: bool) {
         let tag = self.key.seal_in_place(
             &nonce(self.counter, last),
             &header(CHUNK_BYTES),
-            &mut out[start..],
+            &mut self.out[self.open..],
         );
-        out.extend_from_slice(&tag);
-        self.pending.clear();
+        self.out.extend_from_slice(&tag);
+        self.open = self.out.len();
         self.counter += 1;
     }
 }
@@ -114,41 +127,47 @@ impl Opener {
         }
     }
 
-    /// Takes more stored bytes; appends verified plaintext to `out`.
+    /// Takes more stored bytes; appends verified plaintext to `out`. Whole
+    /// chunks open straight from `data` (one copy, into `out`); only a
+    /// chunk cut by the end of `data` is buffered until the rest arrives.
     pub fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
-        // Fast path: nothing pending, so whole chunks open straight from
-        // `data` (one copy, into `out`); only the tail is kept.
-        if self.buf.is_empty()
-            && let Some(chunk) = self.chunk
-        {
-            let sealed = chunk + TAG_BYTES;
-            while data.len() > sealed {
-                let (one, rest) = data.split_at(sealed);
-                self.open_from(one, chunk, false, out)?;
-                data = rest;
-            }
-        }
-        self.buf.extend_from_slice(data);
         let chunk = match self.chunk {
             Some(c) => c,
             None => {
+                let take = (HEADER_BYTES - self.buf.len()).min(data.len());
+                self.buf.extend_from_slice(&data[..take]);
+                data = &data[take..];
                 if self.buf.len() < HEADER_BYTES {
                     return Ok(());
                 }
-                let c = parse_header(&self.buf[..HEADER_BYTES])?;
-                self.buf.drain(..HEADER_BYTES);
+                let c = parse_header(&self.buf)?;
+                self.buf.clear();
                 self.chunk = Some(c);
                 c
             }
         };
         let sealed = chunk + TAG_BYTES;
-        // Strictly more than one chunk buffered: the first is not the last.
-        let mut used = 0;
-        while self.buf.len() - used > sealed {
-            self.open_one(used, sealed, chunk, false, out)?;
-            used += sealed;
+        // A buffered chunk is completed first, and opened once more data
+        // follows it: only then is it known not to be the last.
+        if !self.buf.is_empty() {
+            let take = (sealed - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if data.is_empty() {
+                return Ok(());
+            }
+            let buffered = std::mem::take(&mut self.buf);
+            let opened = self.open_from(&buffered, chunk, false, out);
+            self.buf = buffered;
+            self.buf.clear();
+            opened?;
         }
-        self.buf.drain(..used);
+        while data.len() > sealed {
+            let (one, rest) = data.split_at(sealed);
+            self.open_from(one, chunk, false, out)?;
+            data = rest;
+        }
+        self.buf.extend_from_slice(data);
         Ok(())
     }
 
@@ -229,10 +248,14 @@ mod tests {
     fn seal(key: &[u8; 32], data: &[u8], piece: usize) -> Vec<u8> {
         let mut sealer = Sealer::new(DataKey::new(key));
         let mut out = Vec::new();
-        for part in data.chunks(piece.max(1)) {
-            sealer.push(part, &mut out);
+        for (i, part) in data.chunks(piece.max(1)).enumerate() {
+            sealer.push(part);
+            // Taking now and then must not change the result.
+            if i % 3 == 1 {
+                out.extend_from_slice(&sealer.take_sealed(0));
+            }
         }
-        sealer.finish(&mut out);
+        out.extend_from_slice(&sealer.finish());
         out
     }
 
@@ -261,7 +284,13 @@ mod tests {
             for piece in [1000, 65_536, CHUNK_BYTES + 5] {
                 let stored = seal(&key, &data, piece);
                 assert_eq!(stored.len() as u64, sealed_size(size as u64));
-                assert_eq!(open(&key, &stored, 7777).unwrap(), data, "size {size}");
+                for open_piece in [1000, 7777, CHUNK_BYTES + TAG_BYTES, 4 << 20] {
+                    assert_eq!(
+                        open(&key, &stored, open_piece).unwrap(),
+                        data,
+                        "size {size}, sealed in {piece}, opened in {open_piece}"
+                    );
+                }
             }
         }
     }

@@ -228,7 +228,7 @@ impl Files {
         let tenant = permit.scope().id_str().to_owned();
         let file_id = uuid::Uuid::now_v7().to_string();
         let key_bytes = generate_key();
-        let mut stage = Stage::Idle(Box::new(Sealing::new(DataKey::new(&key_bytes))));
+        let mut pipeline = Pipeline::new(DataKey::new(&key_bytes));
         let mut size: u64 = 0;
         let mut head: Vec<u8> = Vec::new();
         let mut writer: Option<(ObjectWriter, &'static str)> = None;
@@ -273,7 +273,7 @@ impl Files {
                 let (w, _) = writer.as_mut().expect("started");
                 let batch = std::mem::take(&mut parts);
                 parts_len = 0;
-                if let Err(e) = stage.hand_over(batch, w).await {
+                if let Err(e) = pipeline.hand_over(batch, w).await {
                     abort(writer.take()).await;
                     return Err(e);
                 }
@@ -284,7 +284,7 @@ impl Files {
             parts.push(Bytes::from(head));
         }
         let (mut w, content_type) = writer.expect("started");
-        let sha = match stage.finish(parts, &mut w).await {
+        let sha = match pipeline.finish(parts, &mut w).await {
             Ok(sha) => sha,
             Err(e) => {
                 w.abort().await;
@@ -484,21 +484,40 @@ impl Files {
             .raw(&file.object_key)
             .await
             .map_err(|e| e.to_string())?;
-        let mut opener = Opener::new(DataKey::new(&file.key));
-        let mut sha = Sha256::new();
-        let mut clear = Vec::new();
-        let mut size = 0u64;
+        // Each piece opens on a blocking thread while the next one is read.
+        let checksum = depth == Depth::Checksum;
+        let mut check: Background<Result<Check, CryptoError>> =
+            Background::Idle(Box::new(Ok(Check {
+                opener: Opener::new(DataKey::new(&file.key)),
+                sha: Sha256::new(),
+                clear: Vec::new(),
+                size: 0,
+            })));
         let mut stored = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| e.to_string())?;
-            stored += chunk.len() as u64;
-            opener.push(&chunk, &mut clear).map_err(|e| e.to_string())?;
-            if depth == Depth::Checksum {
-                sha.update(&clear);
-            }
-            size += clear.len() as u64;
-            clear.clear();
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| e.to_string())?;
+            stored += piece.len() as u64;
+            let mut state = check
+                .settle()
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            check = Background::start(move || {
+                let opened = state.opener.push(&piece, &mut state.clear);
+                state.absorb(checksum);
+                opened.map(|()| state)
+            });
         }
+        let Check {
+            opener,
+            mut sha,
+            mut clear,
+            mut size,
+        } = check
+            .settle()
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         opener.finish(&mut clear).map_err(|e| e.to_string())?;
         sha.update(&clear);
         size += clear.len() as u64;
@@ -562,50 +581,56 @@ impl Files {
         }
     }
 
-    /// The verified plaintext of a copy, chunk by chunk. A chunk that fails
+    /// The verified plaintext of a copy, piece by piece. A chunk that fails
     /// here (the object changed after verification) ends the stream with
     /// an error, so the client sees a broken transfer, not altered bytes.
+    /// A task reads and opens the next piece (on a blocking thread) while
+    /// the response sends the previous one.
     pub async fn plaintext(
         &self,
         file: &OpenFile,
         target: usize,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + use<>, FileError> {
-        let raw = self.objects.targets()[target].raw(&file.object_key).await?;
-        let opener = Opener::new(DataKey::new(&file.key));
-        let state = (raw, Some(opener));
-        Ok(futures_util::stream::unfold(
-            state,
-            |(mut raw, mut opener)| async move {
-                let current = opener.as_mut()?;
-                let mut out = Vec::new();
-                loop {
-                    match raw.next().await {
-                        Some(Ok(chunk)) => {
-                            out.reserve(chunk.len());
-                            if let Err(e) = current.push(&chunk, &mut out) {
-                                return Some((
-                                    Err(std::io::Error::other(e.to_string())),
-                                    (raw, None),
-                                ));
+        let mut raw = self.objects.targets()[target].raw(&file.object_key).await?;
+        let mut opener = Some(Opener::new(DataKey::new(&file.key)));
+        let (pieces, received) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+        tokio::spawn(async move {
+            let failed = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+            while let Some(mut current) = opener.take() {
+                let (next, done) = match raw.next().await {
+                    Some(Ok(piece)) => {
+                        let opened = tokio::task::spawn_blocking(move || {
+                            let mut out = Vec::with_capacity(piece.len());
+                            let result = current.push(&piece, &mut out);
+                            (current, result.map(|()| out))
+                        })
+                        .await;
+                        match opened {
+                            Ok((back, result)) => {
+                                opener = Some(back);
+                                let done = result.is_err();
+                                (result.map(Bytes::from).map_err(|e| failed(&e)), done)
                             }
-                            if !out.is_empty() {
-                                return Some((Ok(Bytes::from(out)), (raw, opener)));
-                            }
-                        }
-                        Some(Err(e)) => {
-                            return Some((Err(std::io::Error::other(e.to_string())), (raw, None)));
-                        }
-                        None => {
-                            let last = opener.take().expect("present").finish(&mut out);
-                            return Some((
-                                last.map(|()| Bytes::from(out))
-                                    .map_err(|e| std::io::Error::other(e.to_string())),
-                                (raw, None),
-                            ));
+                            Err(e) => (Err(failed(&e)), true),
                         }
                     }
+                    Some(Err(e)) => (Err(failed(&e)), true),
+                    None => {
+                        let mut out = Vec::new();
+                        let last = current.finish(&mut out).map(|()| Bytes::from(out));
+                        (last.map_err(|e| failed(&e)), true)
+                    }
+                };
+                let empty = matches!(&next, Ok(bytes) if bytes.is_empty());
+                // A closed channel means the client went away.
+                if (!empty && pieces.send(next).await.is_err()) || done {
+                    return;
                 }
-            },
+            }
+        });
+        Ok(futures_util::stream::unfold(
+            received,
+            |mut received| async move { received.recv().await.map(|item| (item, received)) },
         ))
     }
 
@@ -899,60 +924,41 @@ async fn set_field_files(
     Ok(())
 }
 
-/// The CPU side of an upload, hashing and sealing, which runs on a
-/// blocking thread while the request reads the next part of the body: the
-/// two overlap instead of taking turns.
-struct Sealing {
-    sealer: Sealer,
-    sha: Sha256,
-    out: Vec<u8>,
+/// The CPU side of an upload: hashing and sealing each run on a blocking
+/// thread of their own while the request reads the next part of the body,
+/// so the three overlap instead of taking turns.
+struct Pipeline {
+    sealing: Background<Sealer>,
+    hashing: Background<Sha256>,
 }
 
-impl Sealing {
-    fn new(key: DataKey) -> Sealing {
-        Sealing {
-            sealer: Sealer::new(key),
-            sha: Sha256::new(),
-            out: Vec::with_capacity(OUT_CAPACITY),
+impl Pipeline {
+    fn new(key: DataKey) -> Pipeline {
+        Pipeline {
+            sealing: Background::Idle(Box::new(Sealer::new(key))),
+            hashing: Background::Idle(Box::new(Sha256::new())),
         }
     }
 
-    fn absorb(mut self, parts: Vec<Bytes>) -> Sealing {
-        for part in &parts {
-            self.sha.update(part);
-            self.sealer.push(part, &mut self.out);
-        }
-        self
-    }
-}
-
-enum Stage {
-    Idle(Box<Sealing>),
-    Busy(tokio::task::JoinHandle<Sealing>),
-    Done,
-}
-
-impl Stage {
-    async fn settle(&mut self) -> Result<Sealing, FileError> {
-        match std::mem::replace(self, Stage::Done) {
-            Stage::Idle(sealing) => Ok(*sealing),
-            Stage::Busy(job) => job
-                .await
-                .map_err(|e| FileError::Internal(format!("sealing an upload failed: {e}"))),
-            Stage::Done => Err(FileError::Internal("the upload was already sealed".into())),
-        }
-    }
-
-    /// Starts sealing `parts`, then hands what the previous batch sealed
-    /// to the stores.
+    /// Starts hashing and sealing `parts`, then hands what earlier batches
+    /// sealed to the stores.
     async fn hand_over(
         &mut self,
         parts: Vec<Bytes>,
         writer: &mut ObjectWriter,
     ) -> Result<(), FileError> {
-        let mut sealing = self.settle().await?;
-        let sealed = std::mem::replace(&mut sealing.out, Vec::with_capacity(OUT_CAPACITY));
-        *self = Stage::Busy(tokio::task::spawn_blocking(move || sealing.absorb(parts)));
+        let mut sha = self.hashing.settle().await?;
+        let hashed = parts.clone();
+        self.hashing = Background::start(move || {
+            hashed.iter().for_each(|part| sha.update(part));
+            sha
+        });
+        let mut sealer = self.sealing.settle().await?;
+        let sealed = sealer.take_sealed(OUT_CAPACITY);
+        self.sealing = Background::start(move || {
+            parts.iter().for_each(|part| sealer.push(part));
+            sealer
+        });
         if !sealed.is_empty() {
             writer.write(sealed.into()).await?;
         }
@@ -962,21 +968,58 @@ impl Stage {
     /// Seals the rest and the end marker, writes everything still held, and
     /// returns the plaintext's SHA-256.
     async fn finish(
-        &mut self,
+        mut self,
         parts: Vec<Bytes>,
         writer: &mut ObjectWriter,
     ) -> Result<[u8; 32], FileError> {
-        let mut sealing = self.settle().await?;
-        let sealed = tokio::task::spawn_blocking(move || {
-            sealing = sealing.absorb(parts);
-            sealing.sealer.finish(&mut sealing.out);
-            (sealing.out, sealing.sha.finalize())
-        });
-        let (out, sha) = sealed
-            .await
-            .map_err(|e| FileError::Internal(format!("sealing an upload failed: {e}")))?;
-        writer.write(out.into()).await?;
-        Ok(sha.into())
+        self.hand_over(parts, writer).await?;
+        let sealer = self.sealing.settle().await?;
+        let sha = self.hashing.settle().await?;
+        writer.write(sealer.finish().into()).await?;
+        Ok(sha.finalize().into())
+    }
+}
+
+/// What verifying a copy carries from one piece to the next.
+struct Check {
+    opener: Opener,
+    sha: Sha256,
+    clear: Vec<u8>,
+    size: u64,
+}
+
+impl Check {
+    /// Counts (and with `checksum`, hashes) the piece just opened.
+    fn absorb(&mut self, checksum: bool) {
+        if checksum {
+            self.sha.update(&self.clear);
+        }
+        self.size += self.clear.len() as u64;
+        self.clear.clear();
+    }
+}
+
+/// A value that a blocking thread works on, one batch at a time.
+enum Background<T> {
+    Idle(Box<T>),
+    Busy(tokio::task::JoinHandle<T>),
+    Taken,
+}
+
+impl<T: Send + 'static> Background<T> {
+    fn start(work: impl FnOnce() -> T + Send + 'static) -> Background<T> {
+        Background::Busy(tokio::task::spawn_blocking(work))
+    }
+
+    /// Waits for the batch in progress and takes the value.
+    async fn settle(&mut self) -> Result<T, FileError> {
+        match std::mem::replace(self, Background::Taken) {
+            Background::Idle(value) => Ok(*value),
+            Background::Busy(job) => job
+                .await
+                .map_err(|e| FileError::Internal(format!("a background step failed: {e}"))),
+            Background::Taken => Err(FileError::Internal("a background step was lost".into())),
+        }
     }
 }
 

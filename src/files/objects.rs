@@ -82,6 +82,8 @@ pub struct Target {
     pub describe: String,
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    /// The directory of a local store, which uploads write to directly.
+    local: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -106,6 +108,7 @@ impl Target {
                     describe: format!("file://{}", dir.display()),
                     store: Arc::new(store),
                     prefix: String::new(),
+                    local: Some(dir.clone()),
                 })
             }
             StoreUrl::S3 {
@@ -135,6 +138,7 @@ impl Target {
                     describe: format!("s3://{bucket}/{prefix}"),
                     store: Arc::new(store),
                     prefix: prefix.clone(),
+                    local: None,
                 })
             }
         }
@@ -267,8 +271,13 @@ impl Objects {
     pub async fn writer(&self, key: &str) -> Result<ObjectWriter, object_store::Error> {
         let mut uploads = Vec::with_capacity(self.targets.len());
         for target in self.targets.iter() {
-            let upload = target.store.put_multipart(&target.path(key)).await?;
-            uploads.push(WriteMultipart::new_with_chunk_size(upload, PART_BYTES));
+            uploads.push(match &target.local {
+                Some(dir) => Upload::Local(LocalWrite::start(dir, key).await?),
+                None => {
+                    let upload = target.store.put_multipart(&target.path(key)).await?;
+                    Upload::Remote(WriteMultipart::new_with_chunk_size(upload, PART_BYTES))
+                }
+            });
         }
         Ok(ObjectWriter { uploads })
     }
@@ -297,9 +306,8 @@ impl Objects {
             .await
             .map_err(|e| format!("object store self-test: cannot write: {e}"))?;
         let mut sealer = Sealer::new(DataKey::new(&key));
-        let mut out = Vec::new();
-        sealer.push(plaintext.as_bytes(), &mut out);
-        sealer.finish(&mut out);
+        sealer.push(plaintext.as_bytes());
+        let out = sealer.finish();
         writer
             .write(out.into())
             .await
@@ -366,22 +374,35 @@ fn absolute(path: &std::path::Path) -> std::path::PathBuf {
 
 /// One object being written to every store at once.
 pub struct ObjectWriter {
-    uploads: Vec<WriteMultipart>,
+    uploads: Vec<Upload>,
+}
+
+enum Upload {
+    Remote(WriteMultipart),
+    Local(LocalWrite),
 }
 
 impl ObjectWriter {
     /// Queues sealed bytes for every store, without copying them.
     pub async fn write(&mut self, bytes: Bytes) -> Result<(), object_store::Error> {
         for upload in &mut self.uploads {
-            upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-            upload.put(bytes.clone());
+            match upload {
+                Upload::Remote(upload) => {
+                    upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                    upload.put(bytes.clone());
+                }
+                Upload::Local(upload) => upload.write(bytes.clone()).await?,
+            }
         }
         Ok(())
     }
 
     pub async fn finish(self) -> Result<(), object_store::Error> {
         for upload in self.uploads {
-            upload.finish().await?;
+            match upload {
+                Upload::Remote(upload) => upload.finish().await.map(drop)?,
+                Upload::Local(upload) => upload.finish().await?,
+            }
         }
         Ok(())
     }
@@ -389,10 +410,140 @@ impl ObjectWriter {
     /// Leaves nothing behind (over-size or refused uploads).
     pub async fn abort(self) {
         for upload in self.uploads {
-            if let Err(e) = upload.abort().await {
+            let aborted = match upload {
+                Upload::Remote(upload) => upload.abort().await,
+                Upload::Local(upload) => upload.abort().await,
+            };
+            if let Err(e) = aborted {
                 tracing::warn!(error = %e, "could not abort an object upload");
             }
         }
+    }
+}
+
+/// Unsynced bytes a local upload lets build up before it flushes them.
+const SYNC_EVERY: u64 = 16 * 1024 * 1024;
+
+/// An object being written to a local store: into a staging file beside
+/// its final name (`<name>#<digits>`, which listings skip), one write in
+/// flight on a blocking thread while the next batch is sealed, flushed to
+/// disk as it grows so the closing fsync has little left to do, then
+/// renamed into place and its directory synced. object_store's local
+/// multipart writer flushed only at the end, which left the whole file to
+/// wait for.
+struct LocalWrite {
+    dest: std::path::PathBuf,
+    staging: std::path::PathBuf,
+    state: Option<LocalState>,
+}
+
+enum LocalState {
+    Ready(Box<LocalFile>),
+    Writing(tokio::task::JoinHandle<std::io::Result<LocalFile>>),
+}
+
+struct LocalFile {
+    file: std::fs::File,
+    unsynced: u64,
+}
+
+fn local_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "local",
+        source: e.into(),
+    }
+}
+
+impl LocalWrite {
+    /// `key` is one we generated (`t/<tenant>/<file>`), never a client's.
+    async fn start(dir: &std::path::Path, key: &str) -> Result<LocalWrite, object_store::Error> {
+        let dest = dir.join(key);
+        let mut staging = dest.clone().into_os_string();
+        staging.push(format!(
+            "#{}",
+            u64::from_le_bytes(crate::crypto::random_bytes::<8>())
+        ));
+        let staging = std::path::PathBuf::from(staging);
+        let opened = staging.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            if let Some(parent) = opened.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&opened)
+        })
+        .await
+        .map_err(local_error)?
+        .map_err(local_error)?;
+        Ok(LocalWrite {
+            dest,
+            staging,
+            state: Some(LocalState::Ready(Box::new(LocalFile { file, unsynced: 0 }))),
+        })
+    }
+
+    /// Waits for the write in flight.
+    async fn settle(&mut self) -> Result<LocalFile, object_store::Error> {
+        match self.state.take() {
+            Some(LocalState::Ready(file)) => Ok(*file),
+            Some(LocalState::Writing(job)) => job.await.map_err(local_error)?.map_err(local_error),
+            None => Err(local_error("the upload failed earlier")),
+        }
+    }
+
+    async fn write(&mut self, bytes: Bytes) -> Result<(), object_store::Error> {
+        let mut local = self.settle().await?;
+        self.state = Some(LocalState::Writing(tokio::task::spawn_blocking(
+            move || {
+                use std::io::Write;
+                local.file.write_all(&bytes)?;
+                local.unsynced += bytes.len() as u64;
+                if local.unsynced >= SYNC_EVERY {
+                    local.file.sync_data()?;
+                    local.unsynced = 0;
+                }
+                Ok(local)
+            },
+        )));
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(), object_store::Error> {
+        let local = self.settle().await?;
+        let (staging, dest) = (self.staging.clone(), self.dest.clone());
+        let published = tokio::task::spawn_blocking(move || {
+            local.file.sync_all()?;
+            drop(local);
+            std::fs::rename(&staging, &dest)?;
+            match dest.parent() {
+                Some(parent) => std::fs::File::open(parent)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(local_error)?;
+        if published.is_err() {
+            let _ = std::fs::remove_file(&self.staging);
+        }
+        published.map_err(local_error)
+    }
+
+    async fn abort(mut self) -> Result<(), object_store::Error> {
+        let _ = self.settle().await;
+        match tokio::fs::remove_file(&self.staging).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(local_error(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalWrite {
+    /// An upload dropped half-way (its client went away) leaves no staging
+    /// file; after a publish or an abort there is nothing left to remove.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.staging);
     }
 }
 
@@ -432,9 +583,8 @@ mod tests {
         // A store that kept the plaintext (an unencrypted write path).
         assert!(check_canary(&plaintext, canary, &key, &plaintext).is_err());
         let mut sealer = Sealer::new(DataKey::new(&key));
-        let mut sealed = Vec::new();
-        sealer.push(&plaintext, &mut sealed);
-        sealer.finish(&mut sealed);
+        sealer.push(&plaintext);
+        let mut sealed = sealer.finish();
         assert!(check_canary(&sealed, canary, &key, &plaintext).is_ok());
         sealed.truncate(sealed.len() - 3);
         assert!(check_canary(&sealed, canary, &key, &plaintext).is_err());

@@ -253,6 +253,8 @@ async fn ctl_fil_4_uploads_are_sniffed_and_limited_and_a_refusal_stores_nothing(
         .await;
     problem(res, StatusCode::PAYLOAD_TOO_LARGE).await;
     assert!(app.objects(0).await.is_empty());
+    let left = app.local_store_files();
+    assert!(left.is_empty(), "an aborted upload left {left:?}");
     assert_eq!(app.count("SELECT COUNT(*) FROM files").await, 0);
     let rec: Value = app
         .get(

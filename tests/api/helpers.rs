@@ -375,6 +375,29 @@ impl TestApp {
         out
     }
 
+    /// Every file under the primary store's directory when it is local,
+    /// staging files of unfinished uploads included (which listings skip);
+    /// empty for S3.
+    pub fn local_store_files(&self) -> Vec<std::path::PathBuf> {
+        let describe = &self.state.objects.targets()[0].describe;
+        let Some(dir) = describe.strip_prefix("file://") else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        let mut pending = vec![std::path::PathBuf::from(dir)];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
     /// Uploads `bytes` as a multipart part named "file".
     pub async fn upload(
         &self,
