@@ -1,9 +1,11 @@
 //! The one write path (DESIGN.md invariant 2) and its group commit.
 //!
-//! On SQLite a single task owns the only writing connection. It takes every
-//! job waiting in its queue, runs each inside a SAVEPOINT of one shared
-//! transaction (a failing job rolls back only itself) and commits once: one
-//! fsync acknowledges the whole batch. Nobody hears "done" before that
+//! On SQLite a single task, on a thread of its own, owns the only writing
+//! connection. It takes every job waiting in its queue, runs each inside a
+//! SAVEPOINT of one shared transaction (a failing job rolls back only
+//! itself) and commits once: one fsync acknowledges the whole batch. A job
+//! appends its journal entries, audit event and chain head in one combined
+//! statement (`sql::Combined`), since every statement is a round trip. Nobody hears "done" before that
 //! commit returned. A job keeps running even if its HTTP client goes away,
 //! so an acknowledged write and a completed write are the same thing.
 //!
