@@ -524,9 +524,7 @@ impl LocalWrite {
         })
         .await
         .map_err(local_error)?;
-        if published.is_err() {
-            let _ = std::fs::remove_file(&self.staging);
-        }
+        // On failure, dropping `self` removes the staging file.
         published.map_err(local_error)
     }
 
