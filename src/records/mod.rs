@@ -16,6 +16,8 @@ mod http;
 mod schema;
 pub mod sealed;
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::Row;
@@ -28,7 +30,7 @@ pub use sealed::Place;
 use crate::access::{AccessError, Permit};
 use crate::audit::RequestMeta;
 use crate::crypto::{CryptoError, Vault};
-use crate::store::sql::{Sql, decode_cursor, encode_cursor, one_page};
+use crate::store::sql::{Combined, Sql, decode_cursor, encode_cursor, one_page};
 use crate::store::{Backend, Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 
 pub const DEFAULT_PAGE: i64 = 50;
@@ -160,9 +162,14 @@ impl Record {
 /// How the JSON document column is written and read on each backend
 /// (TEXT on SQLite, JSONB on PostgreSQL).
 pub(crate) fn data_param(backend: Backend, n: u8) -> String {
+    data_value(backend, &format!("${n}"))
+}
+
+/// The JSON text bound at `placeholder`, as the `data` column takes it.
+fn data_value(backend: Backend, placeholder: &str) -> String {
     match backend {
-        Backend::Sqlite => format!("${n}"),
-        Backend::Postgres => format!("CAST(${n} AS jsonb)"),
+        Backend::Sqlite => placeholder.to_owned(),
+        Backend::Postgres => format!("CAST({placeholder} AS jsonb)"),
     }
 }
 
@@ -189,6 +196,22 @@ pub async fn find_collection(
     .await?
     .ok_or(RecordError::CollectionNotFound)?;
     Collection::from_row(&row)
+}
+
+/// The collection `name` inside a write job: what an earlier job of the
+/// writer read, unless a collection of the tenant changed since (every
+/// change to one is recorded as a "collection" change, which forgets it).
+async fn collection_for_write(
+    tx: &mut WriteTx,
+    name: &str,
+) -> Result<Arc<Collection>, RecordError> {
+    if let Some(known) = tx.remembered::<Arc<Collection>>("collection", name) {
+        return Ok(known);
+    }
+    let tenant = tx.scope().id_str().to_owned();
+    let collection = Arc::new(find_collection(tx.conn(), &tenant, name).await?);
+    tx.remember("collection", name, Arc::clone(&collection));
+    Ok(collection)
 }
 
 // ---- collections ---------------------------------------------------------
@@ -428,6 +451,29 @@ pub async fn find_record(
 }
 
 /// Rewrites the `record_keys` rows of one record.
+/// Adds the INSERT of a new `record` to `batch`.
+fn push_insert(
+    batch: &mut Combined<'static>,
+    backend: Backend,
+    tenant: &str,
+    collection_id: &str,
+    record: &Record,
+    key_version: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let id = batch.param(record.id.clone())?;
+    let tenant = batch.param(tenant.to_owned())?;
+    let collection = batch.param(collection_id.to_owned())?;
+    let data = batch.param(Value::Object(record.data.clone()).to_string())?;
+    let at = batch.param(record.created_at.clone())?;
+    let key_version = batch.param(key_version)?;
+    let data = data_value(backend, &data);
+    batch.push(format!(
+        "INSERT INTO records (id, tenant_id, collection_id, data, version, created_at, updated_at, \
+         key_version) VALUES ({id}, {tenant}, {collection}, {data}, 1, {at}, {at}, {key_version})"
+    ));
+    Ok(())
+}
+
 async fn write_keys(
     tx: &mut WriteTx,
     collection: &Collection,
@@ -485,7 +531,7 @@ pub async fn create_record(
             Box::pin(async move {
                 let tenant = tx.scope().id_str().to_owned();
                 let backend = tx.backend();
-                let collection = find_collection(tx.conn(), &tenant, &collection).await?;
+                let collection = collection_for_write(tx, &collection).await?;
                 let data = schema::validate_record(&collection.fields, &body, None)?;
                 let now = crate::clock::now();
                 let mut record = Record {
@@ -503,26 +549,52 @@ pub async fn create_record(
                 let key_version = if sensitive.iter().any(|n| record.data.contains_key(n)) {
                     clear = Some(record.data.clone());
                     let key = vault.active(tx.conn(), backend, &tenant).await?;
-                    let place = Place { tenant: &tenant, collection: &collection, record_id: &record.id };
-                    sealed::seal_fields(&place, &key, &mut record.data, sensitive.iter().map(String::as_str));
+                    let place = Place {
+                        tenant: &tenant,
+                        collection: &collection,
+                        record_id: &record.id,
+                    };
+                    sealed::seal_fields(
+                        &place,
+                        &key,
+                        &mut record.data,
+                        sensitive.iter().map(String::as_str),
+                    );
                     Some(key.version)
                 } else {
                     None
                 };
-                sqlx::query(&format!(
-                    "INSERT INTO records (id, tenant_id, collection_id, data, version, created_at, updated_at, key_version) \
-                     VALUES ($1, $2, $3, {}, 1, $5, $5, $6)",
-                    data_param(backend, 4)
-                ))
-                .bind(&record.id)
-                .bind(&tenant)
-                .bind(&collection.id)
-                .bind(Value::Object(record.data.clone()).to_string())
-                .bind(&record.created_at)
-                .bind(key_version)
-                .execute(tx.conn())
-                .await?;
-                write_keys(tx, &collection, &record, false).await?;
+                // A record without keys to check for uniqueness is inserted
+                // with the journal and audit appends, one round trip fewer.
+                let keyed = collection
+                    .fields
+                    .iter()
+                    .any(|f| f.is_keyed() && record.data.contains_key(&f.name));
+                if keyed {
+                    let mut insert = Combined::default();
+                    push_insert(
+                        &mut insert,
+                        backend,
+                        &tenant,
+                        &collection.id,
+                        &record,
+                        key_version,
+                    )?;
+                    insert
+                        .execute(tx.conn(), backend)
+                        .await
+                        .map_err(StoreError::from)?;
+                    write_keys(tx, &collection, &record, false).await?;
+                } else {
+                    push_insert(
+                        tx.defer(),
+                        backend,
+                        &tenant,
+                        &collection.id,
+                        &record,
+                        key_version,
+                    )?;
+                }
                 tx.record(Change {
                     entity: "record",
                     entity_id: record.id.clone(),
@@ -822,8 +894,10 @@ pub async fn reseal_batch(
                 let tenant = tx.scope().id_str().to_owned();
                 let backend = tx.backend();
                 let key = vault.active(tx.conn(), backend, &tenant).await?;
+                // Only the records: a lock on their collection would block
+                // every create in it (the foreign key) until this commits.
                 let lock = match backend {
-                    Backend::Postgres => " FOR UPDATE",
+                    Backend::Postgres => " FOR UPDATE OF r",
                     Backend::Sqlite => "",
                 };
                 let rows = sqlx::query(&format!(

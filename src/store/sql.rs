@@ -89,6 +89,12 @@ impl<'q> Combined<'q> {
         self.parts.push(statement);
     }
 
+    /// Puts one statement before all others (SQLite runs them in order and
+    /// stops at the first that fails). Placeholders keep their numbers.
+    pub fn push_first(&mut self, statement: String) {
+        self.parts.insert(0, statement);
+    }
+
     /// The text sent for `backend`.
     fn text(&self, backend: Backend) -> String {
         match (backend, self.parts.split_last()) {

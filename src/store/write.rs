@@ -3,14 +3,32 @@
 //! On SQLite a single task, on a thread of its own, owns the only writing
 //! connection. It takes every job waiting in its queue, runs each inside a
 //! SAVEPOINT of one shared transaction (a failing job rolls back only
-//! itself) and commits once: one fsync acknowledges the whole batch. A job
-//! appends its journal entries, audit event and chain head in one combined
-//! statement (`sql::Combined`), since every statement is a round trip. Nobody hears "done" before that
-//! commit returned. A job keeps running even if its HTTP client goes away,
-//! so an acknowledged write and a completed write are the same thing.
+//! itself) and commits once: one fsync acknowledges the whole batch. Nobody
+//! hears "done" before that commit returned. A job keeps running even if its
+//! HTTP client goes away, so an acknowledged write and a completed write are
+//! the same thing.
+//!
+//! Every statement is a round trip to SQLite's worker thread, and the jobs
+//! of a batch run one after another, so round trips are what limits write
+//! throughput. A job therefore sends as few as it can:
+//! * its journal entries, audit event, chain head and counters, any
+//!   statements its work deferred ([`WriteTx::defer`]) and the step to the
+//!   next job's savepoint go as one combined statement (`sql::Combined`);
+//! * the writer remembers ([`Memo`]) each tenant's counters and chain head,
+//!   and definitions a job looked up (a collection), so the next job need
+//!   not read them again. What it remembers is only ever what this
+//!   connection committed: a batch holds the write lock from its first
+//!   statement (`BEGIN IMMEDIATE`) and starts by asking SQLite whether any
+//!   other connection committed since (`PRAGMA data_version`); if one did,
+//!   everything is forgotten. A failed job or batch forgets too, and the
+//!   counters are still checked in the statement that advances them.
 //!
 //! On PostgreSQL each job gets its own transaction from the pool; the server
 //! groups concurrent commits itself.
+
+use std::any::Any as AnyValue;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -29,6 +47,64 @@ use crate::tenancy::TenantScope;
 const MAX_BATCH: usize = 256;
 /// Queue depth; senders wait (back-pressure) beyond it.
 const QUEUE_DEPTH: usize = 4096;
+/// Definitions remembered per tenant at most; beyond it they start over.
+const MAX_DEFINITIONS: usize = 1024;
+/// The column the counters check names when it fails (SQLite's message is
+/// "NOT NULL constraint failed: tenant_sequences.journal_seq").
+const COUNTERS_CHECK: &str = "tenant_sequences.journal_seq";
+
+/// What the group-commit writer knows between jobs without asking the
+/// database: per tenant, the counters and chain head its last event left,
+/// and definitions jobs looked up. Only the writer thread touches it; the
+/// mutex is there to make that safe to share, not to arbitrate.
+#[derive(Default)]
+pub(super) struct Memo {
+    data_version: Option<i64>,
+    tenants: HashMap<String, TenantMemo>,
+}
+
+#[derive(Default)]
+struct TenantMemo {
+    counters: Option<Counters>,
+    /// By (kind, key), e.g. ("collection", "work_orders"). A change to any
+    /// entity of that kind in the tenant forgets all of the kind.
+    definitions: HashMap<(&'static str, String), Arc<dyn AnyValue + Send + Sync>>,
+}
+
+/// A tenant's sequence counters and audit chain head, as last committed.
+#[derive(Clone, Copy)]
+struct Counters {
+    journal_seq: i64,
+    audit_seq: i64,
+    head: audit::Hash,
+}
+
+type SharedMemo = Arc<Mutex<Memo>>;
+
+/// Runs `f` on the memo, if there is one and it is not poisoned.
+fn with_memo<R>(memo: Option<&SharedMemo>, f: impl FnOnce(&mut Memo) -> R) -> Option<R> {
+    let mut memo = memo?.lock().ok()?;
+    Some(f(&mut memo))
+}
+
+/// Whose memo to forget once a job is done.
+enum Forget {
+    Nothing,
+    Tenant(String),
+    All,
+}
+
+impl Memo {
+    fn forget(&mut self, what: &Forget) {
+        match what {
+            Forget::Nothing => {}
+            Forget::Tenant(tenant) => {
+                self.tenants.remove(tenant);
+            }
+            Forget::All => self.tenants.clear(),
+        }
+    }
+}
 
 /// One changed row, as the journal and the audit diff see it.
 #[derive(Debug, Clone)]
@@ -56,6 +132,10 @@ pub struct WriteTx {
     outcome: Outcome,
     target: Option<Target>,
     changes: Vec<Change>,
+    /// Statements to send with the journal and audit appends.
+    deferred: Combined<'static>,
+    /// Present on the group-commit writer only.
+    memo: Option<SharedMemo>,
 }
 
 impl WriteTx {
@@ -80,9 +160,57 @@ impl WriteTx {
     }
 
     /// Describes a row change; it is journaled, and becomes the audit diff
-    /// when it concerns the event's target.
+    /// when it concerns the event's target. Remembered definitions of the
+    /// changed entity's kind are forgotten.
     pub fn record(&mut self, change: Change) {
+        let tenant = self.scope.id_str();
+        with_memo(self.memo.as_ref(), |memo| {
+            if let Some(known) = memo.tenants.get_mut(tenant) {
+                known
+                    .definitions
+                    .retain(|(kind, _), _| *kind != change.entity);
+            }
+        });
         self.changes.push(change);
+    }
+
+    /// A statement that returns nothing and whose failure needs no
+    /// particular error: it is sent with the journal and audit appends,
+    /// in the order deferred and before them, saving a round trip.
+    pub fn defer(&mut self) -> &mut Combined<'static> {
+        &mut self.deferred
+    }
+
+    /// A definition of `kind` (an entity kind that is journaled, e.g.
+    /// "collection") that an earlier job of this writer looked up and
+    /// nothing has changed since. Always `None` on PostgreSQL.
+    pub fn remembered<T: Clone + Send + Sync + 'static>(
+        &self,
+        kind: &'static str,
+        key: &str,
+    ) -> Option<T> {
+        let tenant = self.scope.id_str();
+        with_memo(self.memo.as_ref(), |memo| {
+            let known = memo.tenants.get(tenant)?;
+            let value = known.definitions.get(&(kind, key.to_owned()))?;
+            value.downcast_ref::<T>().cloned()
+        })
+        .flatten()
+    }
+
+    /// Keeps a definition read in this job for later jobs; see
+    /// [`WriteTx::remembered`].
+    pub fn remember<T: Send + Sync + 'static>(&self, kind: &'static str, key: &str, value: T) {
+        let tenant = self.scope.id_str();
+        with_memo(self.memo.as_ref(), |memo| {
+            let known = memo.tenants.entry(tenant.to_owned()).or_default();
+            if known.definitions.len() >= MAX_DEFINITIONS {
+                known.definitions.clear();
+            }
+            known
+                .definitions
+                .insert((kind, key.to_owned()), Arc::new(value));
+        });
     }
 
     /// What the audit event is about; defaults to the first recorded change.
@@ -110,26 +238,35 @@ impl WriteTx {
     async fn finish(&mut self) -> Result<String, StoreError> {
         let tenant = self.scope.id_str().to_owned();
         let entries = self.changes.len() as i64;
-        // RETURNING gives the new counters and the chain head before this
-        // event (the UPDATE does not touch it); the row lock it takes
-        // serialises a tenant's writers on PostgreSQL, keeping both gap-free.
-        let row: Option<(i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
-            "UPDATE tenant_sequences SET journal_seq = journal_seq + $1, audit_seq = audit_seq + 1 \
-             WHERE tenant_id = $2 RETURNING journal_seq, audit_seq, audit_head, audit_anchor_hash",
-        )
-        .bind(entries)
-        .bind(&tenant)
-        .fetch_optional(&mut *self.conn)
-        .await?;
-        let (journal_last, audit_seq, head, anchor) =
-            row.ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant} has no sequences")))?;
-        let prev = match head.or(anchor) {
-            Some(hex) => audit::chain_hash_from_hex(&hex)
-                .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant}: bad audit head")))?,
-            None => audit::GENESIS,
+        let mut batch = std::mem::take(&mut self.deferred);
+        let known = with_memo(self.memo.as_ref(), |memo| {
+            memo.tenants.get(&tenant).and_then(|known| known.counters)
+        })
+        .flatten();
+        let (journal_last, audit_seq, prev) = match known {
+            Some(known) => {
+                let journal_last = known.journal_seq + entries;
+                let audit_seq = known.audit_seq + 1;
+                // Advances the counters only from the values remembered; any
+                // others make journal_seq NULL, which the column refuses.
+                // It goes first, so a refusal leaves nothing else done.
+                let check = [
+                    batch.param(known.journal_seq)?,
+                    batch.param(known.audit_seq)?,
+                    batch.param(journal_last)?,
+                    batch.param(audit_seq)?,
+                    batch.param(tenant.clone())?,
+                ];
+                batch.push_first(format!(
+                    "UPDATE tenant_sequences SET journal_seq = CASE WHEN journal_seq = {} \
+                     AND audit_seq = {} THEN {} END, audit_seq = {} WHERE tenant_id = {}",
+                    check[0], check[1], check[2], check[3], check[4]
+                ));
+                (journal_last, audit_seq, known.head)
+            }
+            None => self.reserve(&tenant, entries).await?,
         };
         let now = crate::clock::now();
-        let mut batch = Combined::default();
         for (i, change) in self.changes.iter().enumerate() {
             let seq = journal_last - entries + 1 + i as i64;
             journal::append(&mut batch, &tenant, seq, &now, change)?;
@@ -167,10 +304,64 @@ impl WriteTx {
             },
             &prev,
         )?;
-        batch.execute(&mut self.conn, self.backend).await?;
+        if self.memo.is_some() {
+            // Settle this job's savepoint and open the next job's in the
+            // same round trip; the batch's COMMIT releases the last one.
+            batch.push("RELEASE SAVEPOINT job".into());
+            batch.push("SAVEPOINT job".into());
+        }
+        if let Err(e) = batch.execute(&mut self.conn, self.backend).await {
+            with_memo(self.memo.as_ref(), |memo| {
+                memo.forget(&Forget::Tenant(tenant.clone()))
+            });
+            return Err(match e {
+                sqlx::Error::Database(db) if db.message().contains(COUNTERS_CHECK) => {
+                    StoreError::Corrupt(format!(
+                        "tenant {tenant}: the sequence counters moved under the writer"
+                    ))
+                }
+                e => StoreError::Database(e),
+            });
+        }
+        with_memo(self.memo.as_ref(), |memo| {
+            memo.tenants.entry(tenant.clone()).or_default().counters = Some(Counters {
+                journal_seq: journal_last,
+                audit_seq,
+                head: hash,
+            });
+        });
         let mut logged = logged;
         logged["hash"] = audit::hash_to_hex(&hash).into();
         Ok(logged.to_string())
+    }
+
+    /// Reserves `entries` journal numbers and one audit number from the
+    /// database, returning the last journal number, the audit number and
+    /// the chain head before this event.
+    async fn reserve(
+        &mut self,
+        tenant: &str,
+        entries: i64,
+    ) -> Result<(i64, i64, audit::Hash), StoreError> {
+        // RETURNING gives the new counters and the chain head before this
+        // event (the UPDATE does not touch it); the row lock it takes
+        // serialises a tenant's writers on PostgreSQL, keeping both gap-free.
+        let row: Option<(i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "UPDATE tenant_sequences SET journal_seq = journal_seq + $1, audit_seq = audit_seq + 1 \
+             WHERE tenant_id = $2 RETURNING journal_seq, audit_seq, audit_head, audit_anchor_hash",
+        )
+        .bind(entries)
+        .bind(tenant)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        let (journal_last, audit_seq, head, anchor) =
+            row.ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant} has no sequences")))?;
+        let prev = match head.or(anchor) {
+            Some(hex) => audit::chain_hash_from_hex(&hex)
+                .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant}: bad audit head")))?,
+            None => audit::GENESIS,
+        };
+        Ok((journal_last, audit_seq, prev))
     }
 }
 
@@ -253,11 +444,16 @@ type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 pub(super) struct JobDone {
     conn: Transaction<'static, Any>,
     ok: bool,
+    /// The job already released its savepoint and opened the next one.
+    settled: bool,
+    /// What the writer must no longer trust once this job is done.
+    forget: Forget,
     completion: Completion,
 }
 
-pub(super) type Job =
-    Box<dyn FnOnce(Transaction<'static, Any>) -> BoxFuture<'static, JobDone> + Send>;
+pub(super) type Job = Box<
+    dyn FnOnce(Transaction<'static, Any>, Option<SharedMemo>) -> BoxFuture<'static, JobDone> + Send,
+>;
 
 pub(super) enum Writer {
     GroupCommit(mpsc::Sender<Job>, AnyPool),
@@ -317,7 +513,7 @@ impl Writer {
         let scope = permit.scope().clone();
         let actor = permit.actor().clone();
         let meta = meta.clone();
-        let job: Job = Box::new(move |conn| {
+        let job: Job = Box::new(move |conn, memo| {
             Box::pin(async move {
                 let mut tx = WriteTx {
                     conn,
@@ -329,6 +525,8 @@ impl Writer {
                     outcome: Outcome::Success,
                     target: None,
                     changes: Vec::new(),
+                    deferred: Combined::default(),
+                    memo,
                 };
                 // A panicking job must not take the writer down with it.
                 let outcome = std::panic::AssertUnwindSafe(async {
@@ -352,9 +550,17 @@ impl Writer {
                     // The caller may have gone away; the write stands anyway.
                     let _ = reply.send(result);
                 });
+                // A failed job may have looked up what it then rolled back.
+                let forget = if ok {
+                    Forget::Nothing
+                } else {
+                    Forget::Tenant(tx.scope.id_str().to_owned())
+                };
                 JobDone {
                     conn: tx.conn,
                     ok,
+                    settled: ok && tx.memo.is_some(),
+                    forget,
                     completion,
                 }
             })
@@ -367,7 +573,9 @@ impl Writer {
 
     /// Runs `work` on the writing connection with no journal entry and no
     /// audit event: only for the append-only records the system keeps about
-    /// itself (audit checkpoints, the access log, job heartbeats).
+    /// itself (audit checkpoints, the access log, job heartbeats). It must
+    /// not change what the writer remembers (a tenant's counters, chain head
+    /// or collections); the counters check would refuse the next write.
     pub(super) async fn submit_internal<T, F>(
         &self,
         scope: Option<TenantScope>,
@@ -380,7 +588,7 @@ impl Writer {
             + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |mut conn| {
+        let job: Job = Box::new(move |mut conn, _memo| {
             Box::pin(async move {
                 let result = work(&mut conn).await;
                 let ok = result.is_ok();
@@ -390,6 +598,8 @@ impl Writer {
                 JobDone {
                     conn,
                     ok,
+                    settled: false,
+                    forget: Forget::Nothing,
                     completion,
                 }
             })
@@ -426,7 +636,7 @@ impl Writer {
                             return;
                         }
                     };
-                    let done = job(conn).await;
+                    let done = job(conn, None).await;
                     let committed = if done.ok {
                         done.conn.commit().await.map_err(|e| e.to_string())
                     } else {
@@ -442,15 +652,18 @@ impl Writer {
 }
 
 async fn run_group_commit(pool: AnyPool, mut queue: mpsc::Receiver<Job>) {
+    let memo = SharedMemo::default();
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-        let committed = run_batch(&pool, &mut batch, &mut completions).await;
+        let committed = run_batch(&pool, &memo, &mut batch, &mut completions).await;
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = completions.len() + batch.len(), "group commit failed");
+            // Nothing of this batch happened; neither did what the memo learnt.
+            with_memo(Some(&memo), |memo| memo.forget(&Forget::All));
         }
         let committed = committed.map_err(|e| e.to_string());
-        for completion in completions {
+        for completion in completions.drain(..) {
             completion(committed.clone());
         }
         // Jobs never started because the batch failed early hear it too.
@@ -462,25 +675,36 @@ async fn run_group_commit(pool: AnyPool, mut queue: mpsc::Receiver<Job>) {
 
 async fn run_batch(
     pool: &AnyPool,
+    memo: &SharedMemo,
     batch: &mut Vec<Job>,
     completions: &mut Vec<Completion>,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    // IMMEDIATE takes the write lock now, so that no other connection (a
+    // CLI beside the server) can commit between the check below and the
+    // batch's end.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let version: Vec<i64> = sqlx::query_scalar("SAVEPOINT job; PRAGMA data_version")
+        .fetch_all(&mut *tx)
+        .await?;
+    with_memo(Some(memo), |memo| {
+        if version.first() != memo.data_version.as_ref() {
+            memo.forget(&Forget::All);
+            memo.data_version = version.first().copied();
+        }
+    });
     let total = batch.len();
-    sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
     for (i, job) in batch.drain(..).enumerate() {
-        let done = job(tx).await;
+        let done = job(tx, Some(memo.clone())).await;
         tx = done.conn;
         completions.push(done.completion);
-        // One round trip settles this job's savepoint and opens the next
-        // one's; the COMMIT releases the last.
-        let step = match (done.ok, i + 1 == total) {
-            (true, true) => None,
-            (true, false) => Some("RELEASE SAVEPOINT job; SAVEPOINT job"),
-            (false, true) => Some("ROLLBACK TO SAVEPOINT job"),
-            (false, false) => {
-                Some("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job; SAVEPOINT job")
-            }
+        with_memo(Some(memo), |memo| memo.forget(&done.forget));
+        // A failed job's savepoint rolls back (and stays open for the next
+        // job); a successful one is released and the next job's opened, by
+        // the job itself where it could. The COMMIT releases the last.
+        let step = match (done.ok, done.settled, i + 1 == total) {
+            (false, _, _) => Some("ROLLBACK TO SAVEPOINT job"),
+            (true, true, _) | (true, false, true) => None,
+            (true, false, false) => Some("RELEASE SAVEPOINT job; SAVEPOINT job"),
         };
         if let Some(step) = step {
             sqlx::query(step).execute(&mut *tx).await?;
