@@ -545,25 +545,25 @@ pub async fn authenticate(
     let claims = verified_claims(key, bearer.expose_secret())?;
     let tenant = TenantId::parse(&claims.tid).ok_or(IdentityError::Unauthenticated)?;
     let scope = TenantScope::trusted(tenant);
-    let mut tx = store.read_single(&scope).await?;
-    let row = sqlx::query(
-        "SELECT u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
-         WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
-         AND s.expires_at > $4 AND u.status = 'active'",
-    )
-    .bind(scope.id_str())
-    .bind(&claims.sid)
-    .bind(&claims.sub)
-    .bind(crate::clock::now())
-    .fetch_optional(tx.conn())
-    .await?
-    .ok_or(IdentityError::Unauthenticated)?;
-    let role: String = row.try_get("role")?;
+    let now = crate::clock::now();
+    let row = store
+        .read_text_row(
+            &scope,
+            "SELECT u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
+             AND s.expires_at > $4 AND u.status = 'active'",
+            &[scope.id_str(), &claims.sid, &claims.sub, &now],
+        )
+        .await?
+        .ok_or(IdentityError::Unauthenticated)?;
+    let [Some(email), Some(role)] = row.as_slice() else {
+        return Err(IdentityError::Internal("session row without email or role"));
+    };
     Ok(Principal {
+        role: Role::parse(role).ok_or(IdentityError::Internal("unknown role stored"))?,
+        email: email.clone(),
         scope,
         user_id: claims.sub,
-        email: row.try_get("email")?,
-        role: Role::parse(&role).ok_or(IdentityError::Internal("unknown role stored"))?,
         session_id: claims.sid,
     })
 }

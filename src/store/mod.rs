@@ -18,6 +18,7 @@
 
 mod journal;
 mod migrations;
+mod native;
 pub mod sql;
 mod write;
 
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
 
 pub use journal::JournalOp;
 pub use write::{Change, WriteTx};
@@ -99,26 +100,15 @@ impl StoreError {
     }
 }
 
-/// A read in one tenant's scope: a transaction (one consistent snapshot),
-/// or on SQLite for a single statement a bare connection — every statement
-/// crosses to sqlx's SQLite worker thread, so BEGIN and ROLLBACK would
-/// double the cost of the per-request session check.
+/// A read in one tenant's scope: a transaction, one consistent snapshot.
 pub struct ReadTx {
-    conn: ReadConn,
+    conn: Transaction<'static, Any>,
     backend: Backend,
-}
-
-enum ReadConn {
-    Snapshot(Transaction<'static, Any>),
-    Single(sqlx::pool::PoolConnection<Any>),
 }
 
 impl ReadTx {
     pub fn conn(&mut self) -> &mut AnyConnection {
-        match &mut self.conn {
-            ReadConn::Snapshot(tx) => tx,
-            ReadConn::Single(conn) => conn,
-        }
+        &mut self.conn
     }
 
     pub fn backend(&self) -> Backend {
@@ -135,6 +125,8 @@ struct Inner {
     backend: Backend,
     /// The SQLite database file, for read-only native access (verification).
     sqlite_file: Option<std::path::PathBuf>,
+    /// SQLite: native read-only connections for per-request point reads.
+    native_reads: Option<native::NativeReads>,
     reads: AnyPool,
     writer: write::Writer,
 }
@@ -203,6 +195,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Sqlite,
+                native_reads: Some(native::NativeReads::new(sqlite_file.clone())),
                 sqlite_file: Some(sqlite_file),
                 reads,
                 writer,
@@ -234,6 +227,7 @@ impl Store {
             inner: Arc::new(Inner {
                 backend: Backend::Postgres,
                 sqlite_file: None,
+                native_reads: None,
                 reads: pool.clone(),
                 writer: write::Writer::per_transaction(pool),
             }),
@@ -256,22 +250,41 @@ impl Store {
             set_tenant(&mut tx, scope).await?;
         }
         Ok(ReadTx {
-            conn: ReadConn::Snapshot(tx),
+            conn: tx,
             backend: self.inner.backend,
         })
     }
 
-    /// A read in `scope` for exactly one statement (which is its own
-    /// snapshot). On PostgreSQL this is still a transaction: RLS needs
-    /// `app.tenant_id` set in one.
-    pub async fn read_single(&self, scope: &TenantScope) -> Result<ReadTx, StoreError> {
-        if self.inner.backend == Backend::Postgres {
-            return self.read(scope).await;
+    /// The first row of one statement in `scope` whose columns are all
+    /// text, for the point read every request makes (the session check).
+    /// `sql` numbers its parameters `$1`, `$2`, … as everywhere else.
+    ///
+    /// On SQLite it runs in the calling thread on a native read-only
+    /// connection: through sqlx every statement is a hand-off to a worker
+    /// thread and back, which cost more than the indexed lookup itself. An
+    /// indexed read under WAL does not wait for writers. On PostgreSQL it is
+    /// a transaction with the tenant set, as RLS needs.
+    pub async fn read_text_row(
+        &self,
+        scope: &TenantScope,
+        sql: &str,
+        binds: &[&str],
+    ) -> Result<Option<Vec<Option<String>>>, StoreError> {
+        if let Some(native) = &self.inner.native_reads {
+            return native.text_row(sql, binds);
         }
-        Ok(ReadTx {
-            conn: ReadConn::Single(self.inner.reads.acquire().await?),
-            backend: self.inner.backend,
-        })
+        let mut tx = self.read(scope).await?;
+        let mut query = sqlx::query(sql);
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        let Some(row) = query.fetch_optional(tx.conn()).await? else {
+            return Ok(None);
+        };
+        let columns = (0..row.len())
+            .map(|i| row.try_get::<Option<String>, _>(i))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(columns))
     }
 
     /// A read outside any tenant: only tables that are not tenant-owned
@@ -279,7 +292,7 @@ impl Store {
     pub(crate) async fn read_unscoped(&self) -> Result<ReadTx, StoreError> {
         let tx = self.inner.reads.begin().await?;
         Ok(ReadTx {
-            conn: ReadConn::Snapshot(tx),
+            conn: tx,
             backend: self.inner.backend,
         })
     }
