@@ -488,7 +488,7 @@ impl Files {
         let checksum = depth == Depth::Checksum;
         let mut check: Background<Result<Check, CryptoError>> =
             Background::Idle(Box::new(Ok(Check {
-                opener: Opener::new(DataKey::new(&file.key)),
+                opener: Opener::parallel(DataKey::new(&file.key)),
                 sha: Sha256::new(),
                 clear: Vec::new(),
                 size: 0,
