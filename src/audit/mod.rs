@@ -142,8 +142,8 @@ pub(crate) struct NewEvent<'a> {
 }
 
 /// Adds the statement that appends `event` after the event whose hash is
-/// `prev`, and the one that makes it the tenant's chain head, to `batch`;
-/// returns its hash.
+/// `prev` to `batch`; returns its hash, which the caller makes the tenant's
+/// chain head (`tenant_sequences.audit_head`) in the same batch.
 pub(crate) fn append<'q>(
     batch: &mut Combined<'q>,
     event: NewEvent<'_>,
@@ -196,10 +196,6 @@ pub(crate) fn append<'q>(
          actor_id, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, \
          changes, prev_hash, hash) VALUES ({})",
         values.join(", ")
-    ));
-    batch.push(format!(
-        "UPDATE tenant_sequences SET audit_head = {} WHERE tenant_id = {}",
-        values[17], values[1]
     ));
     Ok(hash)
 }

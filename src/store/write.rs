@@ -234,8 +234,9 @@ impl WriteTx {
 
     /// Appends the journal entries and the audit event. One counter update
     /// reserves the whole range of sequence numbers, so both stay gap-free.
-    /// Returns the event as JSON, for the log sinks once it has committed.
-    async fn finish(&mut self) -> Result<String, StoreError> {
+    /// Returns the event as JSON, for the log sinks once it has committed,
+    /// if any sink takes it.
+    async fn finish(&mut self) -> Result<Option<String>, StoreError> {
         let tenant = self.scope.id_str().to_owned();
         let entries = self.changes.len() as i64;
         let mut batch = std::mem::take(&mut self.deferred);
@@ -244,26 +245,7 @@ impl WriteTx {
         })
         .flatten();
         let (journal_last, audit_seq, prev) = match known {
-            Some(known) => {
-                let journal_last = known.journal_seq + entries;
-                let audit_seq = known.audit_seq + 1;
-                // Advances the counters only from the values remembered; any
-                // others make journal_seq NULL, which the column refuses.
-                // It goes first, so a refusal leaves nothing else done.
-                let check = [
-                    batch.param(known.journal_seq)?,
-                    batch.param(known.audit_seq)?,
-                    batch.param(journal_last)?,
-                    batch.param(audit_seq)?,
-                    batch.param(tenant.clone())?,
-                ];
-                batch.push_first(format!(
-                    "UPDATE tenant_sequences SET journal_seq = CASE WHEN journal_seq = {} \
-                     AND audit_seq = {} THEN {} END, audit_seq = {} WHERE tenant_id = {}",
-                    check[0], check[1], check[2], check[3], check[4]
-                ));
-                (journal_last, audit_seq, known.head)
-            }
+            Some(known) => (known.journal_seq + entries, known.audit_seq + 1, known.head),
             None => self.reserve(&tenant, entries).await?,
         };
         let now = crate::clock::now();
@@ -283,11 +265,14 @@ impl WriteTx {
                 .find(|c| c.entity == t.kind && c.entity_id == t.id)
                 .map(audit_diff)
         });
-        let logged = serde_json::json!({
-            "tenant_id": tenant, "seq": audit_seq, "occurred_at": now, "action": self.action,
-            "outcome": self.outcome, "actor": self.actor, "ip": self.meta.ip,
-            "user_agent": self.meta.user_agent, "request_id": self.meta.request_id,
-            "app_version": crate::VERSION, "target": target, "changes": diff,
+        // Only built when a log sink takes audit events (AUD-6).
+        let logged = tracing::enabled!(target: "audit", tracing::Level::INFO).then(|| {
+            serde_json::json!({
+                "tenant_id": tenant, "seq": audit_seq, "occurred_at": now, "action": self.action,
+                "outcome": self.outcome, "actor": self.actor, "ip": self.meta.ip,
+                "user_agent": self.meta.user_agent, "request_id": self.meta.request_id,
+                "app_version": crate::VERSION, "target": target, "changes": diff,
+            })
         });
         let hash = audit::append(
             &mut batch,
@@ -304,6 +289,35 @@ impl WriteTx {
             },
             &prev,
         )?;
+        let head = audit::hash_to_hex(&hash);
+        match known {
+            // Advances the counters only from the values remembered; any
+            // others make journal_seq NULL, which the column refuses. It
+            // goes first, so a refusal leaves nothing else done.
+            Some(known) => {
+                let check = [
+                    batch.param(known.journal_seq)?,
+                    batch.param(known.audit_seq)?,
+                    batch.param(journal_last)?,
+                    batch.param(audit_seq)?,
+                    batch.param(head.clone())?,
+                    batch.param(tenant.clone())?,
+                ];
+                batch.push_first(format!(
+                    "UPDATE tenant_sequences SET journal_seq = CASE WHEN journal_seq = {} \
+                     AND audit_seq = {} THEN {} END, audit_seq = {}, audit_head = {} \
+                     WHERE tenant_id = {}",
+                    check[0], check[1], check[2], check[3], check[4], check[5]
+                ));
+            }
+            None => {
+                let values = [batch.param(head.clone())?, batch.param(tenant.clone())?];
+                batch.push(format!(
+                    "UPDATE tenant_sequences SET audit_head = {} WHERE tenant_id = {}",
+                    values[0], values[1]
+                ));
+            }
+        }
         if self.memo.is_some() {
             // Settle this job's savepoint and open the next job's in the
             // same round trip; the batch's COMMIT releases the last one.
@@ -330,9 +344,10 @@ impl WriteTx {
                 head: hash,
             });
         });
-        let mut logged = logged;
-        logged["hash"] = audit::hash_to_hex(&hash).into();
-        Ok(logged.to_string())
+        Ok(logged.map(|mut logged| {
+            logged["hash"] = head.into();
+            logged.to_string()
+        }))
     }
 
     /// Reserves `entries` journal numbers and one audit number from the
@@ -532,7 +547,7 @@ impl Writer {
                 let outcome = std::panic::AssertUnwindSafe(async {
                     let value = work(&mut tx).await?;
                     let event = tx.finish().await?;
-                    Ok::<(T, String), E>((value, event))
+                    Ok::<(T, Option<String>), E>((value, event))
                 })
                 .catch_unwind()
                 .await;
@@ -544,7 +559,9 @@ impl Writer {
                 let completion: Completion = Box::new(move |committed| {
                     let result = settle(committed, result).map(|(value, event)| {
                         // Only now did it happen: tell the log sinks (AUD-6).
-                        tracing::info!(target: "audit", audit_event = %event, "audit event");
+                        if let Some(event) = event {
+                            tracing::info!(target: "audit", audit_event = %event, "audit event");
+                        }
                         value
                     });
                     // The caller may have gone away; the write stands anyway.
