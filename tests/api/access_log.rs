@@ -261,3 +261,29 @@ async fn ctl_aud_4_access_log_exports_match_the_list_api() {
     let want: Vec<&str> = expected.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, want);
 }
+
+/// Rows are written many to a statement; a burst larger than one statement
+/// takes must still be logged whole, each row once.
+#[tokio::test]
+async fn ctl_aud_2_a_burst_of_requests_is_logged_whole() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let burst = 1_234;
+    let requests = (0..burst).map(|_| app.get("/api/v1/collections", &admin.access_token));
+    for res in futures_util::future::join_all(requests).await {
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    app.state.access_log.flush().await;
+    let logged = app
+        .count(&format!(
+            "SELECT COUNT(*) FROM access_log WHERE tenant_id = '{}' AND route = '/api/v1/collections' \
+             AND method = 'GET'",
+            admin.tenant_id
+        ))
+        .await;
+    assert_eq!(logged, burst);
+    let distinct = app
+        .count("SELECT COUNT(DISTINCT request_id) FROM access_log")
+        .await;
+    assert_eq!(distinct, app.count("SELECT COUNT(*) FROM access_log").await);
+}
