@@ -17,15 +17,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::export::{Exportable, Format, paged_stream, write_csv_line};
 use super::query::{AuditError, parse_time};
-use crate::store::sql::{Combined, Sql};
+use crate::store::sql::Sql;
 use crate::store::{ReadTx, Store};
 use crate::tenancy::{TenantId, TenantScope};
 
 /// Rows per batch at most, and how long a row may wait for company.
 const BATCH: usize = 1000;
 const LINGER: Duration = Duration::from_millis(100);
-/// Rows per INSERT statement (16 parameters each; SQLite allows 32,766).
-const ROWS_PER_INSERT: usize = 500;
 /// Rows buffered in memory at most; beyond it rows are dropped (and counted)
 /// rather than slowing requests down.
 const BUFFER: usize = 65_536;
@@ -51,31 +49,6 @@ pub struct AccessEntry {
     pub user_agent: Option<String>,
     pub request_id: String,
     pub app_version: String,
-}
-
-impl AccessEntry {
-    /// Binds this row's values in `batch`; returns its `(…)` tuple.
-    fn bind_into(self, batch: &mut Combined<'static>) -> Result<String, sqlx::Error> {
-        let values = [
-            batch.param(self.id)?,
-            batch.param(self.tenant_id)?,
-            batch.param(self.occurred_at)?,
-            batch.param(self.actor_type)?,
-            batch.param(self.actor_id)?,
-            batch.param(self.actor_email)?,
-            batch.param(self.method)?,
-            batch.param(self.route)?,
-            batch.param(self.path)?,
-            batch.param(self.activity)?,
-            batch.param(self.status)?,
-            batch.param(self.latency_us)?,
-            batch.param(self.ip)?,
-            batch.param(self.user_agent)?,
-            batch.param(self.request_id)?,
-            batch.param(self.app_version)?,
-        ];
-        Ok(format!("({})", values.join(", ")))
-    }
 }
 
 /// The activity type of a request.
@@ -172,7 +145,6 @@ async fn write_batch(
             .or_default()
             .push(row);
     }
-    let backend = store.backend();
     for (tenant, rows) in by_tenant {
         let scope = tenant
             .as_deref()
@@ -181,22 +153,31 @@ async fn write_batch(
         store
             .append_internal(scope.as_ref(), move |conn| {
                 Box::pin(async move {
-                    // Many rows per statement: each statement is a round
-                    // trip on the writer that every write waits behind.
-                    let mut rows = rows.into_iter().peekable();
-                    while rows.peek().is_some() {
-                        let mut insert = Combined::default();
-                        let mut tuples = Vec::with_capacity(ROWS_PER_INSERT);
-                        for row in rows.by_ref().take(ROWS_PER_INSERT) {
-                            tuples.push(row.bind_into(&mut insert)?);
-                        }
-                        insert.push(format!(
+                    for row in &rows {
+                        sqlx::query(
                             "INSERT INTO access_log (id, tenant_id, occurred_at, actor_type, actor_id, \
                              actor_email, method, route, path, activity, status, latency_us, ip, \
-                             user_agent, request_id, app_version) VALUES {}",
-                            tuples.join(", ")
-                        ));
-                        insert.execute(&mut *conn, backend).await?;
+                             user_agent, request_id, app_version) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                        )
+                        .bind(&row.id)
+                        .bind(row.tenant_id.as_deref())
+                        .bind(&row.occurred_at)
+                        .bind(&row.actor_type)
+                        .bind(row.actor_id.as_deref())
+                        .bind(row.actor_email.as_deref())
+                        .bind(&row.method)
+                        .bind(row.route.as_deref())
+                        .bind(&row.path)
+                        .bind(&row.activity)
+                        .bind(row.status)
+                        .bind(row.latency_us)
+                        .bind(row.ip.as_deref())
+                        .bind(row.user_agent.as_deref())
+                        .bind(&row.request_id)
+                        .bind(&row.app_version)
+                        .execute(&mut *conn)
+                        .await?;
                     }
                     Ok(())
                 })
