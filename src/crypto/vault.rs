@@ -21,7 +21,10 @@ use sqlx::{AnyConnection, Row};
 
 use super::aead::{DataKey, KEY_BYTES, KeyBytes, generate_key};
 use super::{CryptoError, KeyEncryptionKey, LocalKek, fingerprint};
-use crate::store::Backend;
+use crate::store::{Backend, WriteTx};
+
+/// The entity kind every change to a tenant's keys is recorded as.
+pub const KEYS_ENTITY: &str = "tenant_keys";
 
 #[derive(Clone)]
 pub struct Vault {
@@ -186,6 +189,23 @@ impl Vault {
         })?;
         let key = self.key(conn, tenant, version).await?;
         Ok(ActiveKey { version, key })
+    }
+
+    /// [`Vault::active`] inside a write job. The version an earlier job of
+    /// the writer found active is remembered until a change of kind
+    /// [`KEYS_ENTITY`] is recorded, as every rotation, BYOK change and
+    /// destruction does (a failed job forgets its tenant's memo). The key
+    /// itself still comes through [`Vault::key`] and its cache.
+    pub async fn active_in(&self, tx: &mut WriteTx) -> Result<ActiveKey, CryptoError> {
+        let tenant = tx.scope().id_str().to_owned();
+        if let Some(version) = tx.remembered::<i64>(KEYS_ENTITY, "active") {
+            let key = self.key(tx.conn(), &tenant, version).await?;
+            return Ok(ActiveKey { version, key });
+        }
+        let backend = tx.backend();
+        let active = self.active(tx.conn(), backend, &tenant).await?;
+        tx.remember(KEYS_ENTITY, "active", active.version);
+        Ok(active)
     }
 
     /// The key of one version, for reading what it sealed.

@@ -361,7 +361,7 @@ impl Files {
                     let before =
                         records::find_record(tx.conn(), backend, &tenant, &coll, &record_id)
                             .await?;
-                    let key = vault.active(tx.conn(), backend, &tenant).await?;
+                    let key = vault.active_in(tx).await?;
                     let place = Place {
                         tenant: &tenant,
                         collection: &coll,

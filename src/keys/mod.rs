@@ -50,7 +50,7 @@ pub enum KeysError {
 
 fn key_change(scope: &TenantScope, after: serde_json::Value) -> Change {
     Change {
-        entity: "tenant_keys",
+        entity: crate::crypto::vault::KEYS_ENTITY,
         entity_id: scope.id_str().to_owned(),
         op: JournalOp::Update,
         before: None,

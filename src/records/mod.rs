@@ -548,7 +548,7 @@ pub async fn create_record(
                 let mut clear = None;
                 let key_version = if sensitive.iter().any(|n| record.data.contains_key(n)) {
                     clear = Some(record.data.clone());
-                    let key = vault.active(tx.conn(), backend, &tenant).await?;
+                    let key = vault.active_in(tx).await?;
                     let place = Place {
                         tenant: &tenant,
                         collection: &collection,
@@ -713,7 +713,7 @@ pub async fn update_record(
                     .map(|f| f.name.as_str())
                     .collect();
                 if !patched.is_empty() {
-                    let key = vault.active(tx.conn(), backend, &tenant).await?;
+                    let key = vault.active_in(tx).await?;
                     let place = Place {
                         tenant: &tenant,
                         collection: &collection,

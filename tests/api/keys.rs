@@ -406,6 +406,42 @@ async fn ctl_enc_3_rotation_under_concurrent_writes_loses_nothing_and_old_data_s
     .await;
 }
 
+/// The key version each new write seals with, as its journal entry keeps it
+/// (re-sealing later writes new entries, never changes this one).
+async fn sealed_with(app: &TestApp, id: &str) -> String {
+    let after: String = sqlx::query_scalar(
+        "SELECT after FROM journal WHERE entity = 'record' AND entity_id = $1 AND op = 'insert'",
+    )
+    .bind(id)
+    .fetch_one(&mut app.raw().await)
+    .await
+    .unwrap();
+    let after: Value = serde_json::from_str(&after).unwrap();
+    let sealed = after["data"]["diagnosis"].as_str().unwrap().to_owned();
+    sealed.split(':').take(2).collect::<Vec<_>>().join(":")
+}
+
+#[tokio::test]
+async fn ctl_enc_3_every_write_after_a_rotation_uses_the_new_version() {
+    let app = spawn_app().await;
+    let admin = app.admin("clinic").await;
+    patients(&app, &admin).await;
+    let before = add_patient(&app, &admin, "before", "asthma").await;
+    assert_eq!(sealed_with(&app, &before).await, "sr1:1");
+    for version in 2..=3 {
+        let res = app
+            .post(
+                "/api/v1/tenant/keys/rotate",
+                Some(&admin.access_token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let after = add_patient(&app, &admin, "after", "gout").await;
+        assert_eq!(sealed_with(&app, &after).await, format!("sr1:{version}"));
+    }
+}
+
 #[tokio::test]
 async fn ctl_enc_3_a_revoked_tenant_key_locks_the_data_until_it_is_supplied_again() {
     let app = spawn_app().await;
