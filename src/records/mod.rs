@@ -570,30 +570,21 @@ pub async fn create_record(
                     .fields
                     .iter()
                     .any(|f| f.is_keyed() && record.data.contains_key(&f.name));
+                let mut own = Combined::default();
+                let insert = if keyed { &mut own } else { tx.defer() };
+                push_insert(
+                    insert,
+                    backend,
+                    &tenant,
+                    &collection.id,
+                    &record,
+                    key_version,
+                )?;
                 if keyed {
-                    let mut insert = Combined::default();
-                    push_insert(
-                        &mut insert,
-                        backend,
-                        &tenant,
-                        &collection.id,
-                        &record,
-                        key_version,
-                    )?;
-                    insert
-                        .execute(tx.conn(), backend)
+                    own.execute(tx.conn(), backend)
                         .await
                         .map_err(StoreError::from)?;
                     write_keys(tx, &collection, &record, false).await?;
-                } else {
-                    push_insert(
-                        tx.defer(),
-                        backend,
-                        &tenant,
-                        &collection.id,
-                        &record,
-                        key_version,
-                    )?;
                 }
                 tx.record(Change {
                     entity: "record",

@@ -364,6 +364,20 @@ impl TestApp {
         cmd
     }
 
+    /// Runs the CLI with `args` on this app's stores; it must succeed.
+    /// Returns what it printed.
+    pub async fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli().await.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "strongroom {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Every object in one store (0 primary, 1 replica): key and raw bytes.
     pub async fn objects(&self, store: usize) -> Vec<(String, Vec<u8>)> {
         let target = &self.state.objects.targets()[store];

@@ -282,14 +282,7 @@ async fn ctl_enc_3_rotation_under_concurrent_writes_loses_nothing_and_old_data_s
         })
         .collect();
     for _ in 0..2 {
-        let res = app
-            .post(
-                "/api/v1/tenant/keys/rotate",
-                Some(&admin.access_token),
-                json!({}),
-            )
-            .await;
-        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        rotate(&app, &admin).await;
         let res = read(&app, &admin.access_token, &first).await;
         assert_eq!(res.status(), StatusCode::OK, "reads work during rotation");
     }
@@ -406,6 +399,17 @@ async fn ctl_enc_3_rotation_under_concurrent_writes_loses_nothing_and_old_data_s
     .await;
 }
 
+async fn rotate(app: &TestApp, admin: &Session) {
+    let res = app
+        .post(
+            "/api/v1/tenant/keys/rotate",
+            Some(&admin.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+}
+
 /// The key version each new write seals with, as its journal entry keeps it
 /// (re-sealing later writes new entries, never changes this one).
 async fn sealed_with(app: &TestApp, id: &str) -> String {
@@ -429,14 +433,7 @@ async fn ctl_enc_3_every_write_after_a_rotation_uses_the_new_version() {
     let before = add_patient(&app, &admin, "before", "asthma").await;
     assert_eq!(sealed_with(&app, &before).await, "sr1:1");
     for version in 2..=3 {
-        let res = app
-            .post(
-                "/api/v1/tenant/keys/rotate",
-                Some(&admin.access_token),
-                json!({}),
-            )
-            .await;
-        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        rotate(&app, &admin).await;
         let after = add_patient(&app, &admin, "after", "gout").await;
         assert_eq!(sealed_with(&app, &after).await, format!("sr1:{version}"));
     }
