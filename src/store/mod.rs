@@ -123,9 +123,8 @@ pub struct Store {
 
 struct Inner {
     backend: Backend,
-    /// The SQLite database file, for read-only native access (verification).
-    sqlite_file: Option<std::path::PathBuf>,
-    /// SQLite: native read-only connections for per-request point reads.
+    /// SQLite: native read-only connections on the database file, for
+    /// per-request point reads (the file also serves verification).
     native_reads: Option<native::NativeReads>,
     reads: AnyPool,
     writer: write::Writer,
@@ -195,8 +194,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Sqlite,
-                native_reads: Some(native::NativeReads::new(sqlite_file.clone())),
-                sqlite_file: Some(sqlite_file),
+                native_reads: Some(native::NativeReads::new(sqlite_file)),
                 reads,
                 writer,
             }),
@@ -226,7 +224,6 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Postgres,
-                sqlite_file: None,
                 native_reads: None,
                 reads: pool.clone(),
                 writer: write::Writer::per_transaction(pool),
@@ -240,7 +237,10 @@ impl Store {
 
     /// The SQLite database file, when that is the backend.
     pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
-        self.inner.sqlite_file.clone()
+        self.inner
+            .native_reads
+            .as_ref()
+            .map(|native| native.path().to_owned())
     }
 
     /// A read-only snapshot in `scope`.

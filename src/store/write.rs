@@ -47,7 +47,8 @@ use crate::tenancy::TenantScope;
 const MAX_BATCH: usize = 256;
 /// Queue depth; senders wait (back-pressure) beyond it.
 const QUEUE_DEPTH: usize = 4096;
-/// Definitions remembered per tenant at most; beyond it they start over.
+/// Definitions of one kind remembered per tenant at most; beyond it they
+/// start over.
 const MAX_DEFINITIONS: usize = 1024;
 /// The column the counters check names when it fails (SQLite's message is
 /// "NOT NULL constraint failed: tenant_sequences.journal_seq").
@@ -66,9 +67,9 @@ pub(super) struct Memo {
 #[derive(Default)]
 struct TenantMemo {
     counters: Option<Counters>,
-    /// By (kind, key), e.g. ("collection", "work_orders"). A change to any
-    /// entity of that kind in the tenant forgets all of the kind.
-    definitions: HashMap<(&'static str, String), Arc<dyn AnyValue + Send + Sync>>,
+    /// By kind, then key, e.g. "collection" → "work_orders". A change to
+    /// any entity of a kind in the tenant forgets all of the kind.
+    definitions: HashMap<&'static str, HashMap<String, Arc<dyn AnyValue + Send + Sync>>>,
 }
 
 /// A tenant's sequence counters and audit chain head, as last committed.
@@ -166,9 +167,7 @@ impl WriteTx {
         let tenant = self.scope.id_str();
         with_memo(self.memo.as_ref(), |memo| {
             if let Some(known) = memo.tenants.get_mut(tenant) {
-                known
-                    .definitions
-                    .retain(|(kind, _), _| *kind != change.entity);
+                known.definitions.remove(change.entity);
             }
         });
         self.changes.push(change);
@@ -192,7 +191,7 @@ impl WriteTx {
         let tenant = self.scope.id_str();
         with_memo(self.memo.as_ref(), |memo| {
             let known = memo.tenants.get(tenant)?;
-            let value = known.definitions.get(&(kind, key.to_owned()))?;
+            let value = known.definitions.get(kind)?.get(key)?;
             value.downcast_ref::<T>().cloned()
         })
         .flatten()
@@ -204,12 +203,11 @@ impl WriteTx {
         let tenant = self.scope.id_str();
         with_memo(self.memo.as_ref(), |memo| {
             let known = memo.tenants.entry(tenant.to_owned()).or_default();
-            if known.definitions.len() >= MAX_DEFINITIONS {
-                known.definitions.clear();
+            let of_kind = known.definitions.entry(kind).or_default();
+            if of_kind.len() >= MAX_DEFINITIONS {
+                of_kind.clear();
             }
-            known
-                .definitions
-                .insert((kind, key.to_owned()), Arc::new(value));
+            of_kind.insert(key.to_owned(), Arc::new(value));
         });
     }
 
