@@ -431,10 +431,16 @@ const SYNC_EVERY: u64 = 16 * 1024 * 1024;
 /// renamed into place and its directory synced. object_store's local
 /// multipart writer flushed only at the end, which left the whole file to
 /// wait for.
+///
+/// Each flush runs on a thread of its own (through a second handle to the
+/// file) while later batches are written, so the disk and the CPU work at
+/// the same time; a flush waits only for the one before it, which bounds
+/// what is unsynced to two windows of [`SYNC_EVERY`].
 struct LocalWrite {
     dest: std::path::PathBuf,
     staging: std::path::PathBuf,
     state: Option<LocalState>,
+    flushing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 enum LocalState {
@@ -481,6 +487,7 @@ impl LocalWrite {
             dest,
             staging,
             state: Some(LocalState::Ready(Box::new(LocalFile { file, unsynced: 0 }))),
+            flushing: None,
         })
     }
 
@@ -493,17 +500,27 @@ impl LocalWrite {
         }
     }
 
+    /// Waits for the flush in flight, if any.
+    async fn flushed(&mut self) -> Result<(), object_store::Error> {
+        match self.flushing.take() {
+            Some(job) => job.await.map_err(local_error)?.map_err(local_error),
+            None => Ok(()),
+        }
+    }
+
     async fn write(&mut self, bytes: Bytes) -> Result<(), object_store::Error> {
         let mut local = self.settle().await?;
+        if local.unsynced >= SYNC_EVERY {
+            self.flushed().await?;
+            let file = local.file.try_clone().map_err(local_error)?;
+            self.flushing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+            local.unsynced = 0;
+        }
         self.state = Some(LocalState::Writing(tokio::task::spawn_blocking(
             move || {
                 use std::io::Write;
                 local.file.write_all(&bytes)?;
                 local.unsynced += bytes.len() as u64;
-                if local.unsynced >= SYNC_EVERY {
-                    local.file.sync_data()?;
-                    local.unsynced = 0;
-                }
                 Ok(local)
             },
         )));
@@ -512,6 +529,7 @@ impl LocalWrite {
 
     async fn finish(mut self) -> Result<(), object_store::Error> {
         let local = self.settle().await?;
+        self.flushed().await?;
         let (staging, dest) = (self.staging.clone(), self.dest.clone());
         let published = tokio::task::spawn_blocking(move || {
             local.file.sync_all()?;
@@ -530,6 +548,7 @@ impl LocalWrite {
 
     async fn abort(mut self) -> Result<(), object_store::Error> {
         let _ = self.settle().await;
+        let _ = self.flushed().await;
         match tokio::fs::remove_file(&self.staging).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(local_error(e)),
             _ => Ok(()),
