@@ -8,6 +8,8 @@
 //! Object layout: `SRF1` · chunk size (u32, big-endian) · chunks, each the
 //! sealed plaintext followed by its 16-byte tag.
 
+use bytes::{Bytes, BytesMut};
+
 use super::CryptoError;
 use super::aead::{DataKey, NONCE_BYTES, TAG_BYTES};
 
@@ -80,9 +82,12 @@ impl Sealer {
     }
 
     /// Takes the sealed bytes so far; the chunk being filled stays, moved
-    /// to a fresh buffer of `capacity`.
-    pub fn take_sealed(&mut self, capacity: usize) -> Vec<u8> {
-        let mut fresh = Vec::with_capacity(capacity.max(self.out.len() - self.open));
+    /// to a fresh buffer with room for `incoming` more plaintext bytes and
+    /// their tags, so pushing them never reallocates (and copies) it.
+    pub fn take_sealed(&mut self, incoming: usize) -> Vec<u8> {
+        let filling = self.out.len() - self.open;
+        let tags = (filling + incoming) / CHUNK_BYTES + 1;
+        let mut fresh = Vec::with_capacity(filling + incoming + tags * TAG_BYTES);
         fresh.extend_from_slice(&self.out[self.open..]);
         let mut sealed = std::mem::replace(&mut self.out, fresh);
         sealed.truncate(self.open);
@@ -110,9 +115,14 @@ impl Sealer {
 }
 
 /// Opens a sealed stream; fails on the first chunk that does not verify.
+/// Whole chunks open in place, in the very buffer a piece was read into, and
+/// come back as slices of it: nothing is copied unless that buffer is shared
+/// (then it is copied once, and never written to).
 pub struct Opener {
     key: DataKey,
     counter: u64,
+    /// The header, or a chunk cut by the end of a piece, until the rest
+    /// arrives.
     buf: Vec<u8>,
     chunk: Option<usize>,
     /// Open the whole chunks of one piece on two threads.
@@ -141,18 +151,19 @@ impl Opener {
         }
     }
 
-    /// Takes more stored bytes; appends verified plaintext to `out`. Whole
-    /// chunks open straight from `data` (one copy, into `out`); only a
-    /// chunk cut by the end of `data` is buffered until the rest arrives.
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    /// Takes the next piece of stored bytes; returns the plaintext it
+    /// completes, verified. A chunk is opened only once more data follows
+    /// it: only then is it known not to be the last.
+    pub fn push(&mut self, piece: Bytes) -> Result<Vec<Bytes>, CryptoError> {
+        let mut opened = Vec::new();
+        let mut data = BytesMut::from(piece);
         let chunk = match self.chunk {
             Some(c) => c,
             None => {
                 let take = (HEADER_BYTES - self.buf.len()).min(data.len());
-                self.buf.extend_from_slice(&data[..take]);
-                data = &data[take..];
+                self.buf.extend_from_slice(&data.split_to(take));
                 if self.buf.len() < HEADER_BYTES {
-                    return Ok(());
+                    return Ok(opened);
                 }
                 let c = parse_header(&self.buf)?;
                 self.buf.clear();
@@ -161,140 +172,88 @@ impl Opener {
             }
         };
         let sealed = chunk + TAG_BYTES;
-        // A buffered chunk is completed first, and opened once more data
-        // follows it: only then is it known not to be the last.
         if !self.buf.is_empty() {
             let take = (sealed - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
+            self.buf.extend_from_slice(&data.split_to(take));
             if data.is_empty() {
-                return Ok(());
+                return Ok(opened);
             }
-            let buffered = std::mem::take(&mut self.buf);
-            let opened = self.open_from(&buffered, chunk, false, out);
-            self.buf = buffered;
-            self.buf.clear();
-            opened?;
+            opened.push(self.open_buffered(chunk, false)?);
         }
-        // Every chunk followed by more data is known not to be the last.
         let whole = data.len().saturating_sub(1) / sealed;
-        if self.parallel && whole >= 2 {
-            let (chunks, rest) = data.split_at(whole * sealed);
-            self.open_split(chunks, chunk, out)?;
-            data = rest;
-        }
-        while data.len() > sealed {
-            let (one, rest) = data.split_at(sealed);
-            self.open_from(one, chunk, false, out)?;
-            data = rest;
-        }
-        self.buf.extend_from_slice(data);
-        Ok(())
-    }
-
-    /// Opens `chunks` (whole, none the last) onto `out`, the first half in
-    /// this thread and the second in another.
-    fn open_split(
-        &mut self,
-        chunks: &[u8],
-        chunk: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CryptoError> {
-        let sealed = chunk + TAG_BYTES;
-        let count = chunks.len() / sealed;
-        let start = out.len();
-        for one in chunks.chunks_exact(sealed) {
-            out.extend_from_slice(&one[..chunk]);
-        }
-        let first = self.counter;
-        let key = &self.key;
-        let open = |index: usize, body: &mut [u8]| -> Result<(), u64> {
-            let counter = first + index as u64;
-            let tag = &chunks[index * sealed + chunk..(index + 1) * sealed];
-            key.open_in_place(&nonce(counter, false), &header(chunk), body, tag)
-                .map_err(|_| counter)
-        };
-        let half = count / 2;
-        let (low, high) = out[start..].split_at_mut(half * chunk);
-        let (low, high) = std::thread::scope(|scope| {
-            let other = scope.spawn(|| {
-                high.chunks_exact_mut(chunk)
-                    .enumerate()
-                    .try_for_each(|(i, body)| open(half + i, body))
-            });
-            let low = low
-                .chunks_exact_mut(chunk)
-                .enumerate()
-                .try_for_each(|(i, body)| open(i, body));
-            // A thread that cannot be joined counts as a failed chunk.
-            (low, other.join().unwrap_or(Err(first + half as u64)))
-        });
-        if let Err(counter) = low.and(high) {
-            out.truncate(start);
-            return Err(CryptoError::Integrity(format!(
-                "chunk {counter} of the object does not verify (altered or truncated)"
-            )));
-        }
-        self.counter += count as u64;
-        Ok(())
+        let mut chunks = data.split_to(whole * sealed);
+        self.open_in_place(&mut chunks, chunk)?;
+        let chunks = chunks.freeze();
+        opened.extend((0..whole).map(|i| chunks.slice(i * sealed..i * sealed + chunk)));
+        self.buf.extend_from_slice(&data);
+        Ok(opened)
     }
 
     /// Opens the last chunk; an object without a proper ending fails here.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    pub fn finish(mut self) -> Result<Bytes, CryptoError> {
         let Some(chunk) = self.chunk else {
             return Err(CryptoError::Integrity(
                 "object is shorter than its header".into(),
             ));
         };
-        let len = self.buf.len();
-        if len < TAG_BYTES {
+        if self.buf.len() < TAG_BYTES {
             return Err(CryptoError::Integrity("object is truncated".into()));
         }
-        self.open_one(0, len, chunk, true, out)
+        self.open_buffered(chunk, true)
     }
 
-    fn open_one(
-        &mut self,
-        at: usize,
-        len: usize,
-        chunk: usize,
-        last: bool,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CryptoError> {
-        let sealed = std::mem::take(&mut self.buf);
-        let result = self.open_from(&sealed[at..at + len], chunk, last, out);
-        self.buf = sealed;
-        result
-    }
-
-    /// Opens one sealed chunk (body and tag) onto the end of `out`.
-    fn open_from(
-        &mut self,
-        sealed: &[u8],
-        chunk: usize,
-        last: bool,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CryptoError> {
-        let (body, tag) = sealed.split_at(sealed.len() - TAG_BYTES);
-        let start = out.len();
-        out.extend_from_slice(body);
-        self.key
-            .open_in_place(
-                &nonce(self.counter, last),
-                &header(chunk),
-                &mut out[start..],
-                tag,
-            )
-            .map_err(|_| {
-                out.truncate(start);
-                CryptoError::Integrity(format!(
-                    "chunk {} of the object does not verify (altered or truncated)",
-                    self.counter
-                ))
-            })?;
-        self.counter += 1;
+    /// Opens whole chunks (none the last) in place: with `parallel`, the
+    /// first half on this thread and the second on another.
+    fn open_in_place(&mut self, chunks: &mut [u8], chunk: usize) -> Result<(), CryptoError> {
+        let sealed = chunk + TAG_BYTES;
+        let count = chunks.len() / sealed;
+        let key = &self.key;
+        let open_all = |part: &mut [u8], first: u64| -> Result<(), u64> {
+            part.chunks_exact_mut(sealed)
+                .zip(first..)
+                .try_for_each(|(one, counter)| {
+                    let (body, tag) = one.split_at_mut(chunk);
+                    key.open_in_place(&nonce(counter, false), &header(chunk), body, tag)
+                        .map_err(|_| counter)
+                })
+        };
+        let first = self.counter;
+        let opened = if self.parallel && count >= 2 {
+            let half = count / 2;
+            let (low, high) = chunks.split_at_mut(half * sealed);
+            let second = first + half as u64;
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| open_all(high, second));
+                let low = open_all(low, first);
+                // A thread that cannot be joined counts as a failed chunk.
+                low.and(other.join().unwrap_or(Err(second)))
+            })
+        } else {
+            open_all(chunks, first)
+        };
+        opened.map_err(refused)?;
+        self.counter += count as u64;
         Ok(())
     }
+
+    /// Opens the chunk (body and tag) held in `buf`, and empties `buf`.
+    fn open_buffered(&mut self, chunk: usize, last: bool) -> Result<Bytes, CryptoError> {
+        let mut one = std::mem::take(&mut self.buf);
+        let len = one.len() - TAG_BYTES;
+        let (body, tag) = one.split_at_mut(len);
+        self.key
+            .open_in_place(&nonce(self.counter, last), &header(chunk), body, tag)
+            .map_err(|_| refused(self.counter))?;
+        self.counter += 1;
+        one.truncate(len);
+        Ok(Bytes::from(one))
+    }
+}
+
+fn refused(counter: u64) -> CryptoError {
+    CryptoError::Integrity(format!(
+        "chunk {counter} of the object does not verify (altered or truncated)"
+    ))
 }
 
 fn parse_header(h: &[u8]) -> Result<usize, CryptoError> {
@@ -327,19 +286,33 @@ mod tests {
         out
     }
 
-    /// Opens in `piece`-sized parts, on one thread and on two; both must
-    /// agree.
+    /// Opens in `piece`-sized parts two ways that must agree: on one thread
+    /// from pieces of their own (opened in place), and on two threads from
+    /// slices of one shared buffer (copied first, and left untouched).
     fn open(key: &[u8; 32], stored: &[u8], piece: usize) -> Result<Vec<u8>, CryptoError> {
-        let run = |mut opener: Opener| {
+        let run = |mut opener: Opener, pieces: Vec<Bytes>| {
             let mut out = Vec::new();
-            for part in stored.chunks(piece.max(1)) {
-                opener.push(part, &mut out)?;
+            for part in pieces {
+                opener
+                    .push(part)?
+                    .iter()
+                    .for_each(|p| out.extend_from_slice(p));
             }
-            opener.finish(&mut out)?;
+            out.extend_from_slice(&opener.finish()?);
             Ok::<_, CryptoError>(out)
         };
-        let one = run(Opener::new(DataKey::new(key)));
-        let two = run(Opener::parallel(DataKey::new(key)));
+        let owned = stored
+            .chunks(piece.max(1))
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let shared = Bytes::copy_from_slice(stored);
+        let slices = (0..stored.len())
+            .step_by(piece.max(1))
+            .map(|at| shared.slice(at..(at + piece.max(1)).min(stored.len())))
+            .collect();
+        let one = run(Opener::new(DataKey::new(key)), owned);
+        let two = run(Opener::parallel(DataKey::new(key)), slices);
+        assert!(shared == stored, "a shared buffer was written to");
         match (&one, &two) {
             (Ok(a), Ok(b)) => assert!(a == b, "the two openers disagree"),
             (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),

@@ -37,8 +37,6 @@ use crate::tenancy::TenantScope;
 
 /// Sealed bytes gathered before they are handed to the stores.
 const FLUSH_BYTES: usize = 4 * 1024 * 1024;
-/// Room for one flush plus the chunk that crosses it.
-const OUT_CAPACITY: usize = FLUSH_BYTES + 2 * crate::crypto::stream::CHUNK_BYTES;
 /// Bytes looked at to decide a file's type.
 const SNIFF_BYTES: usize = 512;
 /// After an over-size upload, how much more of the body is read (and
@@ -490,7 +488,6 @@ impl Files {
             Background::Idle(Box::new(Ok(Check {
                 opener: Opener::parallel(DataKey::new(&file.key)),
                 sha: Sha256::new(),
-                clear: Vec::new(),
                 size: 0,
             })));
         let mut stored = 0u64;
@@ -503,24 +500,23 @@ impl Files {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             check = Background::start(move || {
-                let opened = state.opener.push(&piece, &mut state.clear);
-                state.absorb(checksum);
-                opened.map(|()| state)
+                let opened = state.opener.push(piece)?;
+                state.absorb(&opened, checksum);
+                Ok(state)
             });
         }
         let Check {
             opener,
             mut sha,
-            mut clear,
             mut size,
         } = check
             .settle()
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        opener.finish(&mut clear).map_err(|e| e.to_string())?;
-        sha.update(&clear);
-        size += clear.len() as u64;
+        let last = opener.finish().map_err(|e| e.to_string())?;
+        sha.update(&last);
+        size += last.len() as u64;
         if stored != file.stored_size {
             return Err(format!(
                 "stored size {stored}, expected {}",
@@ -591,47 +587,55 @@ impl Files {
         file: &OpenFile,
         target: usize,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + use<>, FileError> {
+        type Opened = Result<Vec<Bytes>, std::io::Error>;
         let mut raw = self.objects.targets()[target].raw(&file.object_key).await?;
         let mut opener = Some(Opener::new(DataKey::new(&file.key)));
-        let (pieces, received) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+        let (pieces, received) = tokio::sync::mpsc::channel::<Opened>(2);
         tokio::spawn(async move {
             let failed = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
             while let Some(mut current) = opener.take() {
                 let (next, done) = match raw.next().await {
                     Some(Ok(piece)) => {
                         let opened = tokio::task::spawn_blocking(move || {
-                            let mut out = Vec::with_capacity(piece.len());
-                            let result = current.push(&piece, &mut out);
-                            (current, result.map(|()| out))
+                            let result = current.push(piece);
+                            (current, result)
                         })
                         .await;
                         match opened {
                             Ok((back, result)) => {
                                 opener = Some(back);
                                 let done = result.is_err();
-                                (result.map(Bytes::from).map_err(|e| failed(&e)), done)
+                                (result.map_err(|e| failed(&e)), done)
                             }
                             Err(e) => (Err(failed(&e)), true),
                         }
                     }
                     Some(Err(e)) => (Err(failed(&e)), true),
-                    None => {
-                        let mut out = Vec::new();
-                        let last = current.finish(&mut out).map(|()| Bytes::from(out));
-                        (last.map_err(|e| failed(&e)), true)
-                    }
+                    None => (
+                        current
+                            .finish()
+                            .map(|last| vec![last])
+                            .map_err(|e| failed(&e)),
+                        true,
+                    ),
                 };
-                let empty = matches!(&next, Ok(bytes) if bytes.is_empty());
+                let empty = matches!(&next, Ok(opened) if opened.is_empty());
                 // A closed channel means the client went away.
                 if (!empty && pieces.send(next).await.is_err()) || done {
                     return;
                 }
             }
         });
-        Ok(futures_util::stream::unfold(
-            received,
-            |mut received| async move { received.recv().await.map(|item| (item, received)) },
-        ))
+        let received = futures_util::stream::unfold(received, |mut received| async move {
+            received.recv().await.map(|item| (item, received))
+        });
+        Ok(received.flat_map(|item: Opened| {
+            let parts: Vec<Result<Bytes, std::io::Error>> = match item {
+                Ok(opened) => opened.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures_util::stream::iter(parts)
+        }))
     }
 
     /// Deletes one file; its objects are swept from the stores after commit.
@@ -954,7 +958,7 @@ impl Pipeline {
             sha
         });
         let mut sealer = self.sealing.settle().await?;
-        let sealed = sealer.take_sealed(OUT_CAPACITY);
+        let sealed = sealer.take_sealed(parts.iter().map(Bytes::len).sum());
         self.sealing = Background::start(move || {
             parts.iter().for_each(|part| sealer.push(part));
             sealer
@@ -984,18 +988,18 @@ impl Pipeline {
 struct Check {
     opener: Opener,
     sha: Sha256,
-    clear: Vec<u8>,
     size: u64,
 }
 
 impl Check {
-    /// Counts (and with `checksum`, hashes) the piece just opened.
-    fn absorb(&mut self, checksum: bool) {
-        if checksum {
-            self.sha.update(&self.clear);
+    /// Counts (and with `checksum`, hashes) the plaintext just opened.
+    fn absorb(&mut self, opened: &[Bytes], checksum: bool) {
+        for part in opened {
+            if checksum {
+                self.sha.update(part);
+            }
+            self.size += part.len() as u64;
         }
-        self.size += self.clear.len() as u64;
-        self.clear.clear();
     }
 }
 

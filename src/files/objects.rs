@@ -205,13 +205,13 @@ impl Target {
 
 const FILE_PIECE: usize = 4 * 1024 * 1024;
 
+/// A local object as a stream of 4 MiB pieces, each read on a blocking
+/// thread. The next piece is read while the caller works on this one (one
+/// read ahead); no thread is held while nobody asks for more.
 fn file_pieces(file: std::fs::File) -> BoxStream<'static, Result<Bytes, object_store::Error>> {
-    let io_error = |e: std::io::Error| object_store::Error::Generic {
-        store: "local",
-        source: Box::new(e),
-    };
-    futures_util::stream::try_unfold(file, move |mut file| async move {
-        let (file, piece) = tokio::task::spawn_blocking(move || {
+    type Read = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>;
+    fn read_next(mut file: std::fs::File) -> Read {
+        tokio::task::spawn_blocking(move || {
             use std::io::Read;
             let mut piece = Vec::with_capacity(FILE_PIECE);
             (&mut file)
@@ -219,10 +219,22 @@ fn file_pieces(file: std::fs::File) -> BoxStream<'static, Result<Bytes, object_s
                 .read_to_end(&mut piece)?;
             Ok((file, piece))
         })
-        .await
-        .map_err(|e| io_error(std::io::Error::other(e)))?
-        .map_err(io_error)?;
-        Ok((!piece.is_empty()).then(|| (Bytes::from(piece), file)))
+    }
+    let io_error = |e: std::io::Error| object_store::Error::Generic {
+        store: "local",
+        source: Box::new(e),
+    };
+    futures_util::stream::try_unfold(Some(read_next(file)), move |pending| async move {
+        let Some(pending) = pending else {
+            return Ok(None);
+        };
+        let (file, piece) = pending
+            .await
+            .map_err(|e| io_error(std::io::Error::other(e)))?
+            .map_err(io_error)?;
+        // A short piece is the end of the file.
+        let next = (piece.len() == FILE_PIECE).then(|| read_next(file));
+        Ok((!piece.is_empty()).then(|| (Bytes::from(piece), next)))
     })
     .boxed()
 }
@@ -357,11 +369,16 @@ pub fn check_canary(
         return Err("the plaintext canary is visible in the stored bytes".into());
     }
     let mut opener = Opener::new(DataKey::new(key));
-    let mut clear = Vec::new();
-    opener
-        .push(stored, &mut clear)
-        .and_then(|()| opener.finish(&mut clear))
-        .map_err(|e| format!("the stored canary does not open: {e}"))?;
+    let clear = opener
+        .push(Bytes::copy_from_slice(stored))
+        .and_then(|opened| {
+            Ok(opened
+                .into_iter()
+                .chain([opener.finish()?])
+                .collect::<Vec<_>>())
+        })
+        .map_err(|e| format!("the stored canary does not open: {e}"))?
+        .concat();
     if clear != plaintext {
         return Err("the stored canary opens to different bytes".into());
     }
