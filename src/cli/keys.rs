@@ -135,10 +135,10 @@ pub(super) async fn verify_files(
                 let mut bad = Vec::new();
                 for (i, target) in files.objects.targets().iter().enumerate() {
                     match files
-                        .verify_copy(target, &file, crate::files::Depth::Checksum)
+                        .verify_copy(target, &file, crate::files::Depth::Checksum, false)
                         .await
                     {
-                        Ok(()) => good = good.or(Some(i)),
+                        Ok(_) => good = good.or(Some(i)),
                         Err(why) => {
                             println!(
                                 "{slug}: file {id}: {} copy ({}) damaged: {why}",

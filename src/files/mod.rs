@@ -37,6 +37,10 @@ use crate::tenancy::TenantScope;
 
 /// Sealed bytes gathered before they are handed to the stores.
 const FLUSH_BYTES: usize = 4 * 1024 * 1024;
+/// Files up to this size are served from the plaintext their check before
+/// serving opened (it is all in memory by then anyway: two pieces), rather
+/// than read and opened a second time.
+pub const KEEP_BYTES: u64 = 8 * 1024 * 1024;
 /// Bytes looked at to decide a file's type.
 const SNIFF_BYTES: usize = 512;
 /// After an over-size upload, how much more of the body is read (and
@@ -466,18 +470,19 @@ impl Files {
         open_row(&self.vault, tx.conn(), tenant, &row).await
     }
 
-    /// Checks a copy end to end: every chunk authenticates, the plaintext's
-    /// SHA-256 and size match what was recorded at upload.
     /// Checks a copy end to end: every chunk authenticates and the sizes
     /// match; with `Depth::Checksum` the plaintext's SHA-256 is compared to
     /// the one recorded at upload too (the scrub does; serving relies on
-    /// the authentication tags, which already cover every byte).
+    /// the authentication tags, which already cover every byte). With
+    /// `keep`, returns the verified plaintext (for files of at most
+    /// [`KEEP_BYTES`]).
     pub async fn verify_copy(
         &self,
         target: &Target,
         file: &OpenFile,
         depth: Depth,
-    ) -> Result<(), String> {
+        keep: bool,
+    ) -> Result<Option<Vec<Bytes>>, String> {
         let mut stream = target
             .raw(&file.object_key)
             .await
@@ -487,8 +492,11 @@ impl Files {
         let mut check: Background<Result<Check, CryptoError>> =
             Background::Idle(Box::new(Ok(Check {
                 opener: Opener::parallel(DataKey::new(&file.key)),
-                sha: Sha256::new(),
-                size: 0,
+                tally: Tally {
+                    sha: Sha256::new(),
+                    size: 0,
+                    kept: (keep && file.info.size <= KEEP_BYTES).then(Vec::new),
+                },
             })));
         let mut stored = 0u64;
         while let Some(piece) = stream.next().await {
@@ -501,22 +509,17 @@ impl Files {
                 .map_err(|e| e.to_string())?;
             check = Background::start(move || {
                 let opened = state.opener.push(piece)?;
-                state.absorb(&opened, checksum);
+                state.tally.absorb(opened, checksum);
                 Ok(state)
             });
         }
-        let Check {
-            opener,
-            mut sha,
-            mut size,
-        } = check
+        let Check { opener, mut tally } = check
             .settle()
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let last = opener.finish().map_err(|e| e.to_string())?;
-        sha.update(&last);
-        size += last.len() as u64;
+        tally.absorb(vec![opener.finish().map_err(|e| e.to_string())?], checksum);
+        let Tally { sha, size, kept } = tally;
         if stored != file.stored_size {
             return Err(format!(
                 "stored size {stored}, expected {}",
@@ -529,21 +532,21 @@ impl Files {
         {
             return Err("the plaintext checksum does not match".into());
         }
-        Ok(())
+        Ok(kept)
     }
 
     /// FIL-5: finds a good copy (primary first), repairs a bad primary from
-    /// the replica, and returns the index of the store to serve from.
-    pub async fn good_copy(&self, file: &OpenFile) -> Result<usize, FileError> {
+    /// the replica, and says where to serve from.
+    pub async fn good_copy(&self, file: &OpenFile) -> Result<GoodCopy, FileError> {
         let targets = self.objects.targets();
         let mut failures = Vec::new();
         for (i, target) in targets.iter().enumerate() {
-            match self.verify_copy(target, file, Depth::Tags).await {
-                Ok(()) => {
+            match self.verify_copy(target, file, Depth::Tags, true).await {
+                Ok(kept) => {
                     if i > 0 {
                         self.repair(file, i, &failures).await;
                     }
-                    return Ok(i);
+                    return Ok(GoodCopy { store: i, kept });
                 }
                 Err(why) => {
                     tracing::error!(file = %file.info.id, store = %target.describe, role = target.role,
@@ -984,21 +987,38 @@ impl Pipeline {
     }
 }
 
+/// A copy that verified: the store to serve it from, and its plaintext when
+/// the file is small enough to have been kept ([`KEEP_BYTES`]).
+pub struct GoodCopy {
+    pub store: usize,
+    pub kept: Option<Vec<Bytes>>,
+}
+
 /// What verifying a copy carries from one piece to the next.
 struct Check {
     opener: Opener,
-    sha: Sha256,
-    size: u64,
+    tally: Tally,
 }
 
-impl Check {
-    /// Counts (and with `checksum`, hashes) the plaintext just opened.
-    fn absorb(&mut self, opened: &[Bytes], checksum: bool) {
-        for part in opened {
+/// What a check has seen of the plaintext.
+struct Tally {
+    sha: Sha256,
+    size: u64,
+    kept: Option<Vec<Bytes>>,
+}
+
+impl Tally {
+    /// Counts (and with `checksum`, hashes) the plaintext just opened, and
+    /// keeps it when asked to.
+    fn absorb(&mut self, opened: Vec<Bytes>, checksum: bool) {
+        for part in &opened {
             if checksum {
                 self.sha.update(part);
             }
             self.size += part.len() as u64;
+        }
+        if let Some(kept) = &mut self.kept {
+            kept.extend(opened);
         }
     }
 }

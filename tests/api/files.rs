@@ -578,6 +578,37 @@ async fn ctl_fil_3_uploads_downloads_and_signed_link_use_are_audited_and_access_
     assert!(!signed.to_string().contains("signature="), "{signed}");
 }
 
+/// A file larger than what a download keeps from its check is read and
+/// opened a second time as it is sent; that path too gives back the exact
+/// bytes, and refuses a damaged object before sending any.
+#[tokio::test]
+async fn ctl_fil_1_a_file_too_large_to_keep_streams_back_intact_and_damage_is_refused() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let record = assets(&app, &admin).await;
+    let size = strongroom::files::KEEP_BYTES as usize + 300_001;
+    let bytes = png_with("streamed", size);
+    let info = upload_ok(&app, &admin, &record, "contract", "big.png", &bytes).await;
+    let file_id = info["id"].as_str().unwrap();
+
+    let res = download(&app, &admin.access_token, &record, file_id).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-length"], size.to_string().as_str());
+    let body = res.bytes().await.unwrap();
+    assert!(
+        body.as_ref() == bytes.as_slice(),
+        "the streamed file differs"
+    );
+
+    flip_byte(&app, 0, size - 1000).await;
+    let res = download(&app, &admin.access_token, &record, file_id).await;
+    let body = problem(res, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(
+        body["type"], "urn:strongroom:problem:integrity-error",
+        "{body}"
+    );
+}
+
 async fn flip_byte(app: &TestApp, store: usize, at: usize) {
     let target = &app.state.objects.targets()[store];
     for key in target.list_keys().await.unwrap() {
