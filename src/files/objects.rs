@@ -14,6 +14,7 @@ use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Config;
+use crate::crypto::CryptoError;
 use crate::crypto::aead::{DataKey, generate_key};
 use crate::crypto::stream::{Opener, Sealer};
 
@@ -368,18 +369,13 @@ pub fn check_canary(
     if stored.windows(canary.len()).any(|w| w == canary) {
         return Err("the plaintext canary is visible in the stored bytes".into());
     }
+    let refused = |e: CryptoError| format!("the stored canary does not open: {e}");
     let mut opener = Opener::new(DataKey::new(key));
-    let clear = opener
+    let mut clear = opener
         .push(Bytes::copy_from_slice(stored))
-        .and_then(|opened| {
-            Ok(opened
-                .into_iter()
-                .chain([opener.finish()?])
-                .collect::<Vec<_>>())
-        })
-        .map_err(|e| format!("the stored canary does not open: {e}"))?
-        .concat();
-    if clear != plaintext {
+        .map_err(refused)?;
+    clear.push(opener.finish().map_err(refused)?);
+    if clear.concat() != plaintext {
         return Err("the stored canary opens to different bytes".into());
     }
     Ok(())
