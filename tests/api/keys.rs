@@ -838,3 +838,25 @@ async fn ctl_enc_4_every_store_proves_it_receives_only_ciphertext_or_the_server_
     let _ = std::fs::remove_dir_all(replica);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A data key's expanded schedule (ring's, boxed by `DataKey`) starts with
+/// the key itself; when the key is dropped, the memory handed back to the
+/// allocator no longer holds it. The watch also counts the frees it saw, so
+/// the test cannot pass by watching the wrong blocks.
+#[test]
+fn ctl_enc_3_a_dropped_data_key_leaves_no_key_bytes_in_freed_memory() {
+    use strongroom::crypto::aead::{DataKey, generate_key};
+    let size = std::mem::size_of::<ring::aead::LessSafeKey>();
+    let bytes = generate_key();
+    let (freed, found) = crate::freed::watch(size, &bytes, || {
+        let key = DataKey::new(&bytes);
+        let sealed = key.seal(b"place", b"value");
+        assert_eq!(key.open(b"place", &sealed).unwrap().as_slice(), b"value");
+        drop(key);
+    });
+    assert!(freed >= 1, "no key schedule was freed while watching");
+    assert_eq!(
+        found, 0,
+        "{found} of {freed} freed key schedules still held the key"
+    );
+}

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod durability;
 mod files;
+mod freed;
 mod health;
 mod helpers;
 mod keys;
@@ -13,3 +14,6 @@ mod records;
 mod secrets;
 mod tenancy;
 mod users;
+
+#[global_allocator]
+static ALLOCATOR: freed::Watching = freed::Watching;
