@@ -93,8 +93,15 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 pub fn from_hex(text: &str) -> Option<Hash> {
+    let mut out = [0u8; 32];
+    decode_hex(text, &mut out)?;
+    Some(out)
+}
+
+/// Decodes lower-case hex that is exactly twice as long as `out`.
+pub fn decode_hex(text: &str, out: &mut [u8]) -> Option<()> {
     let bytes = text.as_bytes();
-    if bytes.len() != 64 {
+    if bytes.len() != 2 * out.len() {
         return None;
     }
     let nibble = |c: u8| match c {
@@ -102,11 +109,10 @@ pub fn from_hex(text: &str) -> Option<Hash> {
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
     };
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
     }
-    Some(out)
+    Some(())
 }
 
 /// What a checkpoint signs.

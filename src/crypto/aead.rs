@@ -62,6 +62,7 @@ impl DataKey {
             UnboundKey::new(&AES_256_GCM, bytes).expect("AES-256-GCM takes a 32-byte key");
         DataKey(Box::new(LessSafeKey::new(unbound)))
     }
+
     /// `nonce || ciphertext || tag`, with a random 96-bit nonce.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let nonce = super::random_bytes::<NONCE_BYTES>();
@@ -167,11 +168,10 @@ mod tests {
         assert!(key.open(b"x", &sealed[..10]).is_err());
     }
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
+    fn hex(text: &str) -> Vec<u8> {
+        let mut out = vec![0; text.len() / 2];
+        crate::audit::chain::decode_hex(text, &mut out).expect("hex");
+        out
     }
 
     /// Test case 16 of the GCM specification (McGrew and Viega): AES-256,

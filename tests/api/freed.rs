@@ -34,11 +34,12 @@ unsafe impl GlobalAlloc for Watching {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if ARMED.load(SeqCst) && layout.size() == SIZE.load(SeqCst) {
             FREED.fetch_add(1, SeqCst);
+            let secret: [u8; 32] = std::array::from_fn(|i| SECRET[i].load(SeqCst));
             // SAFETY: `ptr` is a live block of `layout.size()` bytes until
             // the system frees it below; volatile reads keep them real.
             let at = |i: usize| unsafe { std::ptr::read_volatile(ptr.add(i)) };
             let found = (0..=layout.size().saturating_sub(32))
-                .any(|start| (0..32).all(|i| at(start + i) == SECRET[i].load(SeqCst)));
+                .any(|start| (0..32).all(|i| at(start + i) == secret[i]));
             if found {
                 FOUND.fetch_add(1, SeqCst);
             }
