@@ -41,32 +41,47 @@ async fn ctl_bak_7_no_acknowledged_write_is_lost_when_the_server_is_killed() {
         .unwrap();
     assert_eq!(res.status(), 201);
 
-    // A burst of 200 concurrent creates; collect every acknowledgement.
+    // A burst of 200 creates, 32 in flight at a time (enough for the writer
+    // to commit them in groups; all 200 at once could wait out the
+    // PostgreSQL pool's 10 s acquire timeout on a slow machine, a 503 that
+    // says nothing about durability); collect every acknowledgement.
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
     let mut burst = tokio::task::JoinSet::new();
     for i in 0..200 {
         let (client, address, token) = (client.clone(), server.address.clone(), token.clone());
+        let in_flight = in_flight.clone();
         burst.spawn(async move {
+            let _turn = in_flight.acquire_owned().await.map_err(|e| e.to_string())?;
             let res = client
                 .post(format!("{address}/api/v1/collections/work_orders/records"))
                 .bearer_auth(&token)
                 .json(&json!({"title": format!("burst {i}")}))
                 .send()
                 .await
-                .ok()?;
-            if res.status() != 201 {
-                return None;
+                .map_err(|e| e.to_string())?;
+            let status = res.status();
+            let body = res.text().await.map_err(|e| e.to_string())?;
+            let body: Value =
+                serde_json::from_str(&body).map_err(|_| format!("{status}: {body}"))?;
+            match (status.as_u16(), body["id"].as_str()) {
+                (201, Some(id)) => Ok(id.to_owned()),
+                _ => Err(format!("{status}: {body}")),
             }
-            let body: Value = res.json().await.ok()?;
-            body["id"].as_str().map(str::to_owned)
         });
     }
     let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
     while let Some(done) = burst.join_next().await {
-        if let Some(id) = done.unwrap() {
-            acknowledged.push(id);
+        match done.unwrap() {
+            Ok(id) => acknowledged.push(id),
+            Err(why) => refused.push(why),
         }
     }
-    assert_eq!(acknowledged.len(), 200, "every create was acknowledged");
+    assert_eq!(
+        acknowledged.len(),
+        200,
+        "every create was acknowledged; not: {refused:?}"
+    );
     // SIGKILL right after the last acknowledgement: no chance to flush anything.
     server.child.kill().unwrap();
     server.child.wait().unwrap();
