@@ -11,12 +11,11 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 use tokio::sync::{mpsc, oneshot};
 
 use super::export::{Exportable, Format, paged_stream, write_csv_line};
 use super::query::{AuditError, parse_time};
+use crate::store::db;
 use crate::store::sql::Sql;
 use crate::store::{ReadTx, Store};
 use crate::tenancy::{TenantId, TenantScope};
@@ -154,7 +153,7 @@ async fn write_batch(
             .append_internal(scope.as_ref(), move |conn| {
                 Box::pin(async move {
                     for row in &rows {
-                        sqlx::query(
+                        db::query(
                             "INSERT INTO access_log (id, tenant_id, occurred_at, actor_type, actor_id, \
                              actor_email, method, route, path, activity, status, latency_us, ip, \
                              user_agent, request_id, app_version) \
@@ -273,7 +272,7 @@ pub async fn list(
     rows.iter().map(entry_from_row).collect()
 }
 
-fn entry_from_row(row: &AnyRow) -> Result<AccessEntry, AuditError> {
+fn entry_from_row(row: &db::Row) -> Result<AccessEntry, AuditError> {
     Ok(AccessEntry {
         id: row.try_get(0)?,
         occurred_at: row.try_get(1)?,

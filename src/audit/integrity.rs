@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::Serialize;
-use sqlx::Row;
 
 use super::chain::{self, Chained, GENESIS, Hash, checkpoint_message, from_hex, hex_bytes, to_hex};
+use crate::store::db;
 use crate::store::{Store, StoreError};
 use crate::tenancy::{self, TenantScope};
 
@@ -39,7 +39,7 @@ async fn checkpoint(
 ) -> Result<bool, StoreError> {
     let (seq, head, last): (i64, Option<String>, Option<i64>) = {
         let mut tx = store.read(scope).await?;
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT s.audit_seq, s.audit_head, \
              (SELECT MAX(seq) FROM audit_checkpoints c WHERE c.tenant_id = s.tenant_id) AS last \
              FROM tenant_sequences s WHERE s.tenant_id = $1",
@@ -65,7 +65,7 @@ async fn checkpoint(
     store
         .append_internal(Some(scope), move |conn| {
             Box::pin(async move {
-                sqlx::query(
+                db::query(
                     "INSERT INTO audit_checkpoints (tenant_id, seq, hash, signed_at, signature) \
                      VALUES ($1, $2, $3, $4, $5)",
                 )
@@ -95,7 +95,7 @@ pub async fn resign_checkpoints(
 ) -> Result<u64, StoreError> {
     let rows: Vec<(i64, String, String, String)> = {
         let mut tx = store.read(scope).await?;
-        sqlx::query_as(
+        db::query_as(
             "SELECT seq, hash, signed_at, signature FROM audit_checkpoints WHERE tenant_id = $1 ORDER BY seq",
         )
         .bind(scope.id_str())
@@ -127,7 +127,7 @@ pub async fn resign_checkpoints(
         .append_internal(Some(scope), move |conn| {
             Box::pin(async move {
                 for (seq, signature) in resigned {
-                    sqlx::query(
+                    db::query(
                         "UPDATE audit_checkpoints SET signature = $1 WHERE tenant_id = $2 AND seq = $3",
                     )
                     .bind(signature)
@@ -558,7 +558,7 @@ async fn verify_paged(
 ) -> Result<VerifyReport, StoreError> {
     let tenant = scope.id_str();
     let mut tx = store.read(scope).await?;
-    let row = sqlx::query(START_SQL)
+    let row = db::query(START_SQL)
         .bind(tenant)
         .fetch_one(tx.conn())
         .await?;
@@ -569,26 +569,22 @@ async fn verify_paged(
         anchor_hash: row.try_get(3)?,
     };
     let mut walk = Walk::new(tenant, &start)?;
-    let rows = sqlx::query(CHECKPOINTS_SQL)
+    let rows = db::query(CHECKPOINTS_SQL)
         .bind(tenant)
         .bind(start.anchor_seq)
         .fetch_all(tx.conn())
         .await?;
     for row in &rows {
-        let checked = walk.checkpoint(
-            key,
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-        );
+        let (hash, signed_at, signature): (String, String, String) =
+            (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        let checked = walk.checkpoint(key, row.try_get(0)?, &hash, &signed_at, &signature);
         if checked.is_err() {
             return Ok(walk.report(checked));
         }
     }
     let page_sql = page_query(tx.backend());
     loop {
-        let row = sqlx::query(&page_sql)
+        let row = db::query(&page_sql)
             .bind(tenant)
             .bind(walk.expected - 1)
             .bind(VERIFY_PAGE)

@@ -25,7 +25,6 @@ pub use integrity::{VerifyReport, checkpoint_all, resign_checkpoints, verify, ve
 pub use query::{AuditError, AuditEvent, AuditFilter, Page, list};
 pub use retention::{RetentionSummary, apply_retention};
 
-use crate::store::StoreError;
 use crate::store::sql::Combined;
 
 /// Who acted.
@@ -144,11 +143,7 @@ pub(crate) struct NewEvent<'a> {
 /// Adds the statement that appends `event` after the event whose hash is
 /// `prev` to `batch`; returns its hash, which the caller makes the tenant's
 /// chain head (`tenant_sequences.audit_head`) in the same batch.
-pub(crate) fn append<'q>(
-    batch: &mut Combined<'q>,
-    event: NewEvent<'_>,
-    prev: &Hash,
-) -> Result<Hash, StoreError> {
+pub(crate) fn append(batch: &mut Combined, event: NewEvent<'_>, prev: &Hash) -> Hash {
     let id = uuid::Uuid::now_v7().to_string();
     let changes = event.changes.map(|c| c.to_string());
     let chained = chain::Chained {
@@ -172,24 +167,24 @@ pub(crate) fn append<'q>(
     let hash = chained.hash(prev);
     let owned = |v: Option<&str>| v.map(str::to_owned);
     let values = [
-        batch.param(id.clone())?,
-        batch.param(chained.tenant_id.to_owned())?,
-        batch.param(chained.seq)?,
-        batch.param(chained.occurred_at.to_owned())?,
-        batch.param(chained.action.to_owned())?,
-        batch.param(event.outcome.as_str())?,
-        batch.param(event.actor.kind.as_str())?,
-        batch.param(owned(chained.actor_id))?,
-        batch.param(owned(chained.actor_email))?,
-        batch.param(owned(chained.ip))?,
-        batch.param(owned(chained.user_agent))?,
-        batch.param(chained.request_id.to_owned())?,
-        batch.param(crate::VERSION)?,
-        batch.param(event.target.map(|t| t.kind))?,
-        batch.param(owned(chained.target_id))?,
-        batch.param(changes.clone())?,
-        batch.param(chain::to_hex(prev))?,
-        batch.param(chain::to_hex(&hash))?,
+        batch.param(id.clone()),
+        batch.param(chained.tenant_id.to_owned()),
+        batch.param(chained.seq),
+        batch.param(chained.occurred_at.to_owned()),
+        batch.param(chained.action.to_owned()),
+        batch.param(event.outcome.as_str()),
+        batch.param(event.actor.kind.as_str()),
+        batch.param(owned(chained.actor_id)),
+        batch.param(owned(chained.actor_email)),
+        batch.param(owned(chained.ip)),
+        batch.param(owned(chained.user_agent)),
+        batch.param(chained.request_id.to_owned()),
+        batch.param(crate::VERSION),
+        batch.param(event.target.map(|t| t.kind)),
+        batch.param(owned(chained.target_id)),
+        batch.param(changes.clone()),
+        batch.param(chain::to_hex(prev)),
+        batch.param(chain::to_hex(&hash)),
     ];
     batch.push(format!(
         "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, \
@@ -197,5 +192,5 @@ pub(crate) fn append<'q>(
          changes, prev_hash, hash) VALUES ({})",
         values.join(", ")
     ));
-    Ok(hash)
+    hash
 }

@@ -4,9 +4,8 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
+use crate::store::db;
 use crate::store::sql::Sql;
 use crate::store::{ReadTx, StoreError};
 
@@ -22,8 +21,8 @@ pub enum AuditError {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for AuditError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<db::Error> for AuditError {
+    fn from(e: db::Error) -> Self {
         AuditError::Store(e.into())
     }
 }
@@ -149,7 +148,7 @@ pub async fn list(
     rows.iter().map(event_from_row).collect()
 }
 
-fn event_from_row(row: &AnyRow) -> Result<AuditEvent, AuditError> {
+fn event_from_row(row: &db::Row) -> Result<AuditEvent, AuditError> {
     let target_type: Option<String> = row.try_get("target_type")?;
     let target_id: Option<String> = row.try_get("target_id")?;
     let changes: Option<String> = row.try_get("changes")?;

@@ -6,11 +6,11 @@
 
 use serde::Serialize;
 use serde_json::json;
-use sqlx::Row;
 
 use super::RequestMeta;
 use super::query::AuditError;
 use crate::access::Permit;
+use crate::store::db;
 use crate::store::{Change, JournalOp, Store};
 use crate::tenancy::{self, TenantScope};
 
@@ -41,14 +41,14 @@ async fn purge_tenant(store: &Store, scope: &TenantScope) -> Result<(i64, i64), 
     // A cheap look first: most runs find nothing, and then write nothing.
     let (cutoff, expired) = {
         let mut tx = store.read(scope).await?;
-        let days: i64 = sqlx::query_scalar(
+        let days: i64 = db::query_scalar(
             "SELECT audit_retention_days FROM tenant_settings WHERE tenant_id = $1",
         )
         .bind(scope.id_str())
         .fetch_one(tx.conn())
         .await?;
         let cutoff = crate::clock::in_seconds(-days * 86_400);
-        let expired: i64 = sqlx::query_scalar(
+        let expired: i64 = db::query_scalar(
             "SELECT (SELECT COUNT(*) FROM audit_events WHERE tenant_id = $1 AND occurred_at < $2) \
              + (SELECT COUNT(*) FROM access_log WHERE tenant_id = $1 AND occurred_at < $2)",
         )
@@ -71,7 +71,7 @@ async fn purge_tenant(store: &Store, scope: &TenantScope) -> Result<(i64, i64), 
         .write(&permit, &meta, JOB, move |tx| {
             Box::pin(async move {
                 let tenant = tx.scope().id_str().to_owned();
-                let newest_expired = sqlx::query(
+                let newest_expired = db::query(
                     "SELECT seq, hash FROM audit_events WHERE tenant_id = $1 AND occurred_at < $2 \
                      ORDER BY seq DESC LIMIT 1",
                 )
@@ -84,18 +84,18 @@ async fn purge_tenant(store: &Store, scope: &TenantScope) -> Result<(i64, i64), 
                 if let Some(row) = newest_expired {
                     let seq: i64 = row.try_get(0)?;
                     let hash: Option<String> = row.try_get(1)?;
-                    events = sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND seq <= $2")
+                    events = db::query("DELETE FROM audit_events WHERE tenant_id = $1 AND seq <= $2")
                         .bind(&tenant)
                         .bind(seq)
                         .execute(tx.conn())
                         .await?
                         .rows_affected() as i64;
-                    sqlx::query("DELETE FROM audit_checkpoints WHERE tenant_id = $1 AND seq <= $2")
+                    db::query("DELETE FROM audit_checkpoints WHERE tenant_id = $1 AND seq <= $2")
                         .bind(&tenant)
                         .bind(seq)
                         .execute(tx.conn())
                         .await?;
-                    sqlx::query(
+                    db::query(
                         "UPDATE tenant_sequences SET audit_anchor_seq = $1, audit_anchor_hash = $2 \
                          WHERE tenant_id = $3 AND audit_anchor_seq < $1",
                     )
@@ -106,7 +106,7 @@ async fn purge_tenant(store: &Store, scope: &TenantScope) -> Result<(i64, i64), 
                     .await?;
                     anchor = Some((seq, hash));
                 }
-                let rows = sqlx::query("DELETE FROM access_log WHERE tenant_id = $1 AND occurred_at < $2")
+                let rows = db::query("DELETE FROM access_log WHERE tenant_id = $1 AND occurred_at < $2")
                     .bind(&tenant)
                     .bind(&cutoff)
                     .execute(tx.conn())

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::audit::chain::{Chained, GENESIS, to_hex};
 use crate::config::Config;
+use crate::store::db;
 
 /// A typical record update by a user, as the chain hashes it.
 fn sample_event<'a>(
@@ -65,7 +66,7 @@ pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
     let mut prev = {
         let mut tx = state.store.read(&scope).await?;
         let head: Option<String> =
-            sqlx::query_scalar("SELECT audit_head FROM tenant_sequences WHERE tenant_id = $1")
+            db::query_scalar("SELECT audit_head FROM tenant_sequences WHERE tenant_id = $1")
                 .bind(&tenant)
                 .fetch_one(tx.conn())
                 .await?;
@@ -110,7 +111,7 @@ pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
             .append_internal(Some(&scope), move |conn| {
                 Box::pin(async move {
                     for (id, n, at, request_id, target_id, prev_hash, hash) in &rows {
-                        sqlx::query(
+                        db::query(
                             "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, \
                              actor_id, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, \
                              changes, prev_hash, hash) VALUES ($1, $2, $3, $4, 'record.update', 'success', 'user', \
@@ -118,7 +119,7 @@ pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
                         )
                         .bind(id)
                         .bind(&tenant)
-                        .bind(n)
+                        .bind(*n)
                         .bind(at)
                         .bind(request_id)
                         .bind(crate::VERSION)
@@ -142,7 +143,7 @@ pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
         .store
         .append_internal(Some(&scope), move |conn| {
             Box::pin(async move {
-                sqlx::query("UPDATE tenant_sequences SET audit_seq = $1, audit_head = $2 WHERE tenant_id = $3")
+                db::query("UPDATE tenant_sequences SET audit_seq = $1, audit_head = $2 WHERE tenant_id = $3")
                     .bind(last)
                     .bind(&head)
                     .bind(&tenant_id)

@@ -37,6 +37,7 @@ pub use aead::{DataKey, KeyBytes};
 pub use vault::Vault;
 
 use crate::store::StoreError;
+use crate::store::db;
 
 const KEY_FILE: &str = "master.key";
 /// The key a master-key rotation moves to, until the rotation finishes.
@@ -68,8 +69,8 @@ pub enum CryptoError {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for CryptoError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<db::Error> for CryptoError {
+    fn from(e: db::Error) -> Self {
         CryptoError::Store(e.into())
     }
 }

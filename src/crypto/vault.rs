@@ -17,10 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sqlx::{AnyConnection, Row};
 
 use super::aead::{DataKey, KEY_BYTES, KeyBytes, generate_key};
 use super::{CryptoError, KeyEncryptionKey, LocalKek, fingerprint};
+use crate::store::Conn;
+use crate::store::db;
 use crate::store::{Backend, WriteTx};
 
 /// The entity kind every change to a tenant's keys is recorded as.
@@ -150,7 +151,7 @@ impl Vault {
     /// either before this write (which then uses the new version) or after.
     pub async fn active(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         backend: Backend,
         tenant: &str,
     ) -> Result<ActiveKey, CryptoError> {
@@ -163,7 +164,7 @@ impl Vault {
         // re-checks the condition); the next statement sees the new one.
         let mut found = None;
         for _ in 0..3 {
-            found = sqlx::query_scalar(&format!(
+            found = db::query_scalar(format!(
                 "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND state = 'active'{lock}"
             ))
             .bind(tenant)
@@ -173,7 +174,7 @@ impl Vault {
                 break;
             }
             let states: Vec<String> =
-                sqlx::query_scalar("SELECT state FROM tenant_keys WHERE tenant_id = $1")
+                db::query_scalar("SELECT state FROM tenant_keys WHERE tenant_id = $1")
                     .bind(tenant)
                     .fetch_all(&mut *conn)
                     .await?;
@@ -211,14 +212,14 @@ impl Vault {
     /// The key of one version, for reading what it sealed.
     pub async fn key(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         tenant: &str,
         version: i64,
     ) -> Result<Arc<DataKey>, CryptoError> {
         if let Some(key) = self.cached(tenant, version) {
             return Ok(key);
         }
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT wrapped, wrapped_by FROM tenant_keys WHERE tenant_id = $1 AND version = $2",
         )
         .bind(tenant)
@@ -245,7 +246,7 @@ impl Vault {
     /// The key-encryption key named by `wrapped_by`.
     async fn wrapping_key(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         tenant: &str,
         wrapped_by: &str,
     ) -> Result<Arc<dyn KeyEncryptionKey>, CryptoError> {
@@ -255,7 +256,7 @@ impl Vault {
         let Some(fp) = wrapped_by.strip_prefix(BYOK_PREFIX) else {
             return Err(CryptoError::UnknownWrappingKey(wrapped_by.to_owned()));
         };
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT fingerprint, wrapped, wrapped_by FROM tenant_byok WHERE tenant_id = $1",
         )
         .bind(tenant)
@@ -286,10 +287,10 @@ impl Vault {
     /// tenant's own key if it has supplied one, else the master key.
     async fn current_wrapper(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         tenant: &str,
     ) -> Result<Arc<dyn KeyEncryptionKey>, CryptoError> {
-        let wrappers: Vec<String> = sqlx::query_scalar(
+        let wrappers: Vec<String> = db::query_scalar(
             "SELECT DISTINCT wrapped_by FROM tenant_keys WHERE tenant_id = $1 AND state <> 'destroyed'",
         )
         .bind(tenant)
@@ -305,11 +306,11 @@ impl Vault {
     /// Adds a new version and makes it the active one; returns it.
     async fn create_version(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         tenant: &str,
         retire: Option<i64>,
     ) -> Result<i64, CryptoError> {
-        let destroyed: i64 = sqlx::query_scalar(
+        let destroyed: i64 = db::query_scalar(
             "SELECT COUNT(*) FROM tenant_keys WHERE tenant_id = $1 AND state = 'destroyed'",
         )
         .bind(tenant)
@@ -319,14 +320,14 @@ impl Vault {
             return Err(CryptoError::KeysDestroyed);
         }
         let wrapper = self.current_wrapper(conn, tenant).await?;
-        let next: i64 = sqlx::query_scalar(
+        let next: i64 = db::query_scalar(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM tenant_keys WHERE tenant_id = $1",
         )
         .bind(tenant)
         .fetch_one(&mut *conn)
         .await?;
         if let Some(old) = retire {
-            sqlx::query(
+            db::query(
                 "UPDATE tenant_keys SET state = 'retired' WHERE tenant_id = $1 AND version = $2",
             )
             .bind(tenant)
@@ -344,7 +345,7 @@ impl Vault {
         } else {
             ""
         };
-        let inserted = sqlx::query(&format!(
+        let inserted = db::query(format!(
             "INSERT INTO tenant_keys (tenant_id, version, state, wrapped, wrapped_by, created_at) \
              VALUES ($1, $2, 'active', $3, $4, $5){conflict}"
         ))
@@ -365,7 +366,7 @@ impl Vault {
     /// re-encryption itself is the caller's background job.
     pub async fn rotate(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         backend: Backend,
         tenant: &str,
     ) -> Result<i64, CryptoError> {
@@ -373,7 +374,7 @@ impl Vault {
             // Two rotations at once would both share-lock the active row
             // and then deadlock upgrading it; take it exclusively first, so
             // the second waits and then rotates from the first's result.
-            sqlx::query(
+            db::query(
                 "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND state = 'active' FOR UPDATE",
             )
             .bind(tenant)
@@ -384,7 +385,7 @@ impl Vault {
         let next = self
             .create_version(conn, tenant, Some(current.version))
             .await?;
-        sqlx::query(
+        db::query(
             "INSERT INTO key_rotations (tenant_id, to_version, state, started_at) \
              VALUES ($1, $2, 'running', $3)",
         )
@@ -399,7 +400,7 @@ impl Vault {
     /// Makes `key` (the tenant's own) wrap all its data keys.
     pub async fn supply_byok(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         tenant: &str,
         key: KeyBytes,
     ) -> Result<(String, ByokChange), CryptoError> {
@@ -407,7 +408,7 @@ impl Vault {
         let new_id = format!("{BYOK_PREFIX}{fp}");
         // Make sure there is something to wrap (without unwrapping it: the
         // current wrapper may be a revoked tenant key).
-        let live: i64 = sqlx::query_scalar(
+        let live: i64 = db::query_scalar(
             "SELECT COUNT(*) FROM tenant_keys WHERE tenant_id = $1 AND state <> 'destroyed'",
         )
         .bind(tenant)
@@ -416,7 +417,7 @@ impl Vault {
         if live == 0 {
             self.create_version(conn, tenant, None).await?;
         }
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT version, wrapped, wrapped_by FROM tenant_keys \
              WHERE tenant_id = $1 AND state <> 'destroyed' ORDER BY version",
         )
@@ -424,7 +425,7 @@ impl Vault {
         .fetch_all(&mut *conn)
         .await?;
         let has_byok: bool =
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM tenant_byok WHERE tenant_id = $1")
+            db::query_scalar::<i64>("SELECT COUNT(*) FROM tenant_byok WHERE tenant_id = $1")
                 .bind(tenant)
                 .fetch_one(&mut *conn)
                 .await?
@@ -451,7 +452,7 @@ impl Vault {
                 let aad = dek_aad(tenant, version);
                 let bytes = old.unwrap(&aad, &wrapped).await?;
                 let rewrapped = new.wrap(&aad, &bytes).await?;
-                sqlx::query(
+                db::query(
                     "UPDATE tenant_keys SET wrapped = $1, wrapped_by = $2 \
                      WHERE tenant_id = $3 AND version = $4",
                 )
@@ -465,11 +466,11 @@ impl Vault {
             ByokChange::Activated
         };
         let stored = self.inner.master.wrap(&byok_aad(tenant), &key).await?;
-        sqlx::query("DELETE FROM tenant_byok WHERE tenant_id = $1")
+        db::query("DELETE FROM tenant_byok WHERE tenant_id = $1")
             .bind(tenant)
             .execute(&mut *conn)
             .await?;
-        sqlx::query(
+        db::query(
             "INSERT INTO tenant_byok (tenant_id, fingerprint, wrapped, wrapped_by, created_at) \
              VALUES ($1, $2, $3, $4, $5)",
         )
@@ -488,13 +489,13 @@ impl Vault {
     /// `new` already wraps is left alone. Returns how many keys moved.
     pub async fn rewrap_master(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         tenant: &str,
         old: &dyn KeyEncryptionKey,
         new: &dyn KeyEncryptionKey,
     ) -> Result<u64, CryptoError> {
         let mut moved = 0;
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT version, wrapped FROM tenant_keys \
              WHERE tenant_id = $1 AND wrapped_by = $2 AND wrapped IS NOT NULL",
         )
@@ -507,7 +508,7 @@ impl Vault {
             let wrapped: Vec<u8> = row.try_get("wrapped")?;
             let aad = dek_aad(tenant, version);
             let bytes = old.unwrap(&aad, &wrapped).await?;
-            sqlx::query(
+            db::query(
                 "UPDATE tenant_keys SET wrapped = $1, wrapped_by = $2 WHERE tenant_id = $3 AND version = $4",
             )
             .bind(new.wrap(&aad, &bytes).await?)
@@ -518,7 +519,7 @@ impl Vault {
             .await?;
             moved += 1;
         }
-        let byok: Option<Vec<u8>> = sqlx::query_scalar(
+        let byok: Option<Vec<u8>> = db::query_scalar(
             "SELECT wrapped FROM tenant_byok WHERE tenant_id = $1 AND wrapped_by = $2",
         )
         .bind(tenant)
@@ -528,14 +529,12 @@ impl Vault {
         if let Some(wrapped) = byok {
             let aad = byok_aad(tenant);
             let bytes = old.unwrap(&aad, &wrapped).await?;
-            sqlx::query(
-                "UPDATE tenant_byok SET wrapped = $1, wrapped_by = $2 WHERE tenant_id = $3",
-            )
-            .bind(new.wrap(&aad, &bytes).await?)
-            .bind(new.id())
-            .bind(tenant)
-            .execute(&mut *conn)
-            .await?;
+            db::query("UPDATE tenant_byok SET wrapped = $1, wrapped_by = $2 WHERE tenant_id = $3")
+                .bind(new.wrap(&aad, &bytes).await?)
+                .bind(new.id())
+                .bind(tenant)
+                .execute(&mut *conn)
+                .await?;
             moved += 1;
         }
         self.forget(tenant);
@@ -546,15 +545,15 @@ impl Vault {
     /// the tenant supplies the key again. Returns its fingerprint, if any.
     pub async fn revoke_byok(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         tenant: &str,
     ) -> Result<Option<String>, CryptoError> {
         let fp: Option<String> =
-            sqlx::query_scalar("SELECT fingerprint FROM tenant_byok WHERE tenant_id = $1")
+            db::query_scalar("SELECT fingerprint FROM tenant_byok WHERE tenant_id = $1")
                 .bind(tenant)
                 .fetch_optional(&mut *conn)
                 .await?;
-        sqlx::query("DELETE FROM tenant_byok WHERE tenant_id = $1")
+        db::query("DELETE FROM tenant_byok WHERE tenant_id = $1")
             .bind(tenant)
             .execute(&mut *conn)
             .await?;
@@ -564,18 +563,14 @@ impl Vault {
 
     /// Crypto-shredding: every version loses its key material for good.
     /// Returns how many versions were destroyed.
-    pub async fn destroy(
-        &self,
-        conn: &mut AnyConnection,
-        tenant: &str,
-    ) -> Result<u64, CryptoError> {
-        let done = sqlx::query(
+    pub async fn destroy(&self, conn: &mut Conn, tenant: &str) -> Result<u64, CryptoError> {
+        let done = db::query(
             "UPDATE tenant_keys SET state = 'destroyed', wrapped = NULL WHERE tenant_id = $1",
         )
         .bind(tenant)
         .execute(&mut *conn)
         .await?;
-        sqlx::query("DELETE FROM tenant_byok WHERE tenant_id = $1")
+        db::query("DELETE FROM tenant_byok WHERE tenant_id = $1")
             .bind(tenant)
             .execute(&mut *conn)
             .await?;
@@ -583,12 +578,8 @@ impl Vault {
         Ok(done.rows_affected())
     }
 
-    pub async fn status(
-        &self,
-        conn: &mut AnyConnection,
-        tenant: &str,
-    ) -> Result<KeyStatus, CryptoError> {
-        let rows = sqlx::query(
+    pub async fn status(&self, conn: &mut Conn, tenant: &str) -> Result<KeyStatus, CryptoError> {
+        let rows = db::query(
             "SELECT version, state, wrapped_by, created_at FROM tenant_keys \
              WHERE tenant_id = $1 ORDER BY version",
         )
@@ -605,9 +596,9 @@ impl Vault {
                     created_at: r.try_get("created_at")?,
                 })
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .collect::<Result<Vec<_>, db::Error>>()?;
         let byok: Option<String> =
-            sqlx::query_scalar("SELECT fingerprint FROM tenant_byok WHERE tenant_id = $1")
+            db::query_scalar("SELECT fingerprint FROM tenant_byok WHERE tenant_id = $1")
                 .bind(tenant)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -617,7 +608,7 @@ impl Vault {
             .find_map(|v| v.wrapped_by.strip_prefix(BYOK_PREFIX))
             .filter(|fp| byok.as_deref() != Some(*fp))
             .map(str::to_owned);
-        let rotations = sqlx::query(
+        let rotations = db::query(
             "SELECT to_version, state, records_done, files_done, started_at, finished_at \
              FROM key_rotations WHERE tenant_id = $1 ORDER BY to_version DESC LIMIT 10",
         )
@@ -635,7 +626,7 @@ impl Vault {
                 finished_at: r.try_get("finished_at")?,
             })
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect::<Result<Vec<_>, db::Error>>()?;
         Ok(KeyStatus {
             active_version: versions
                 .iter()

@@ -20,8 +20,6 @@ use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 pub use objects::{ObjectWriter, Objects, StoreUrl, Target, check_canary};
 pub use sniff::{KNOWN_TYPES, is_known_type, sniff};
@@ -32,6 +30,8 @@ use crate::crypto::aead::{DataKey, KeyBytes, generate_key};
 use crate::crypto::stream::{Opener, Sealer, sealed_size};
 use crate::crypto::{CryptoError, Vault};
 use crate::records::{self, FieldType, Place, RecordError, sealed};
+use crate::store::Conn;
+use crate::store::db;
 use crate::store::{Change, JournalOp, Store, StoreError};
 use crate::tenancy::TenantScope;
 
@@ -82,8 +82,8 @@ pub enum FileError {
     Internal(String),
 }
 
-impl From<sqlx::Error> for FileError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<db::Error> for FileError {
+    fn from(e: db::Error) -> Self {
         FileError::Store(e.into())
     }
 }
@@ -381,7 +381,7 @@ impl Files {
                     let file_key = DataKey::new(&key_bytes);
                     let sealed_name = file_key.seal(&name_aad(&tenant, &info.id), info.name.as_bytes());
                     let object = object_key(&tenant, &info.id);
-                    sqlx::query(
+                    db::query(
                         "INSERT INTO files (id, tenant_id, collection_id, record_id, field, name, \
                          content_type, size, sha256, stored_size, object_key, key_version, wrapped_key, created_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
@@ -437,7 +437,7 @@ impl Files {
         let mut tx = self.store.read(scope).await?;
         let tenant = scope.id_str();
         let collection = records::find_collection(tx.conn(), tenant, collection).await?;
-        let row = sqlx::query(&format!(
+        let row = db::query(format!(
             "SELECT {FILE_COLUMNS} FROM files \
              WHERE tenant_id = $1 AND id = $2 AND record_id = $3 AND collection_id = $4"
         ))
@@ -459,7 +459,7 @@ impl Files {
     ) -> Result<OpenFile, FileError> {
         let mut tx = self.store.read(scope).await?;
         let tenant = scope.id_str();
-        let row = sqlx::query(&format!(
+        let row = db::query(format!(
             "SELECT {FILE_COLUMNS} FROM files WHERE tenant_id = $1 AND id = $2"
         ))
         .bind(tenant)
@@ -662,7 +662,7 @@ impl Files {
                     let tenant = tx.scope().id_str().to_owned();
                     let backend = tx.backend();
                     let coll = records::find_collection(tx.conn(), &tenant, &collection).await?;
-                    let field: String = sqlx::query_scalar(
+                    let field: String = db::query_scalar(
                         "SELECT field FROM files WHERE tenant_id = $1 AND id = $2 AND record_id = $3 AND collection_id = $4",
                     )
                     .bind(&tenant)
@@ -672,7 +672,7 @@ impl Files {
                     .fetch_optional(tx.conn())
                     .await?
                     .ok_or(FileError::NotFound)?;
-                    sqlx::query("DELETE FROM files WHERE tenant_id = $1 AND id = $2")
+                    db::query("DELETE FROM files WHERE tenant_id = $1 AND id = $2")
                         .bind(&tenant)
                         .bind(&file_id)
                         .execute(tx.conn())
@@ -713,7 +713,7 @@ impl Files {
     async fn try_sweep(&self, scope: &TenantScope) -> Result<(), FileError> {
         let keys: Vec<String> = {
             let mut tx = self.store.read(scope).await?;
-            sqlx::query_scalar(
+            db::query_scalar(
                 "SELECT object_key FROM file_tombstones WHERE tenant_id = $1 LIMIT 500",
             )
             .bind(scope.id_str())
@@ -725,7 +725,7 @@ impl Files {
             self.store
                 .append_internal(Some(scope), move |conn| {
                     Box::pin(async move {
-                        sqlx::query("DELETE FROM file_tombstones WHERE object_key = $1")
+                        db::query("DELETE FROM file_tombstones WHERE object_key = $1")
                             .bind(key)
                             .execute(conn)
                             .await?;
@@ -752,7 +752,7 @@ impl Files {
                     let tenant = tx.scope().id_str().to_owned();
                     let backend = tx.backend();
                     let key = vault.active(tx.conn(), backend, &tenant).await?;
-                    let rows = sqlx::query(&format!(
+                    let rows = db::query(format!(
                         "SELECT id, key_version, wrapped_key FROM files \
                          WHERE tenant_id = $1 AND key_version < $2 ORDER BY id LIMIT {limit}"
                     ))
@@ -768,7 +768,7 @@ impl Files {
                         let aad = file_key_aad(&tenant, &id);
                         let bytes = old.unwrap(&aad, &wrapped)?;
                         let rewrapped = key.key.wrap(&aad, &bytes);
-                        sqlx::query(
+                        db::query(
                             "UPDATE files SET wrapped_key = $1, key_version = $2 WHERE tenant_id = $3 AND id = $4",
                         )
                         .bind(rewrapped.clone())
@@ -805,7 +805,7 @@ impl Files {
         limit: i64,
     ) -> Result<Vec<String>, FileError> {
         let mut tx = self.store.read(scope).await?;
-        Ok(sqlx::query_scalar(&format!(
+        Ok(db::query_scalar(format!(
             "SELECT id FROM files WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT {limit}"
         ))
         .bind(scope.id_str())
@@ -819,9 +819,9 @@ const FILE_COLUMNS: &str = "id, record_id, name, content_type, size, sha256, sto
 
 async fn open_row(
     vault: &Vault,
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut Conn,
     tenant: &str,
-    row: &AnyRow,
+    row: &db::Row,
 ) -> Result<OpenFile, FileError> {
     let id: String = row.try_get("id")?;
     let version: i64 = row.try_get("key_version")?;
@@ -854,7 +854,7 @@ async fn open_row(
 /// The descriptors a record's file field holds (opened if it is sealed).
 async fn field_files(
     vault: &Vault,
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut Conn,
     place: &Place<'_>,
     record: &records::Record,
     spec: &records::Field,
@@ -906,7 +906,7 @@ async fn set_field_files(
             );
         }
     }
-    sqlx::query(&format!(
+    db::query(format!(
         "UPDATE records SET data = {}, version = $2, updated_at = $3, key_version = $4 \
          WHERE tenant_id = $5 AND id = $6",
         records::data_param(backend, 1)

@@ -29,6 +29,7 @@ pub(crate) use users::invite_user;
 
 use crate::access::AccessError;
 use crate::store::StoreError;
+use crate::store::db;
 use crate::tenancy::TenantId;
 use tokens::{OpaqueToken, TokenKind};
 
@@ -101,8 +102,8 @@ pub enum IdentityError {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for IdentityError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<db::Error> for IdentityError {
+    fn from(e: db::Error) -> Self {
         IdentityError::Store(e.into())
     }
 }

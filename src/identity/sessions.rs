@@ -10,7 +10,6 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::json;
-use sqlx::Row;
 
 use super::tokens::{
     ACCESS_TOKEN_TTL_SECONDS, AccessClaims, OpaqueToken, TokenKind, sign_access_token,
@@ -19,6 +18,7 @@ use super::tokens::{
 use super::{Email, IdentityError, password};
 use crate::access::{Permit, Principal, Role};
 use crate::audit::{Actor, ActorKind, Outcome, RequestMeta};
+use crate::store::db;
 use crate::store::{Change, JournalOp, Store, WriteTx};
 use crate::tenancy::{self, TenantId, TenantScope};
 
@@ -133,7 +133,7 @@ async fn find_account(
     email: &Email,
 ) -> Result<Option<LoginAccount>, IdentityError> {
     let mut tx = store.read(scope).await?;
-    let row = sqlx::query(
+    let row = db::query(
         "SELECT id, email, status, password_hash FROM users WHERE tenant_id = $1 AND email = $2",
     )
     .bind(scope.id_str())
@@ -163,7 +163,7 @@ async fn open_session(
     let expires_at = crate::clock::in_seconds(i64::from(ttl_hours) * 3600);
     let ip = tx.meta().ip.clone();
     let user_agent = tx.meta().user_agent.clone();
-    sqlx::query(
+    db::query(
         "INSERT INTO sessions (id, tenant_id, user_id, created_at, last_used_at, expires_at, ip, user_agent) \
          VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
     )
@@ -199,7 +199,7 @@ async fn issue_refresh_token(
 ) -> Result<OpaqueToken, IdentityError> {
     let token = OpaqueToken::generate(TokenKind::Refresh, tx.scope().tenant_id());
     let now = crate::clock::now();
-    sqlx::query(
+    db::query(
         "INSERT INTO refresh_tokens (token_hash, tenant_id, session_id, created_at) \
          VALUES ($1, $2, $3, $4)",
     )
@@ -237,7 +237,7 @@ pub async fn accept_invitation(
     let hash = token.hash();
     let email: Option<String> = {
         let mut tx = store.read(&scope).await?;
-        sqlx::query_scalar(
+        db::query_scalar(
             "SELECT u.email FROM invitations i JOIN users u ON u.id = i.user_id \
              WHERE i.tenant_id = $1 AND i.token_hash = $2 AND i.used_at IS NULL AND i.expires_at > $3",
         )
@@ -262,7 +262,7 @@ pub async fn accept_invitation(
                 let tenant = tx.scope().id_str().to_owned();
                 let now = crate::clock::now();
                 // Re-checked inside the write: two concurrent accepts, one wins.
-                let row = sqlx::query(
+                let row = db::query(
                     "SELECT id, user_id FROM invitations \
                      WHERE tenant_id = $1 AND token_hash = $2 AND used_at IS NULL AND expires_at > $3",
                 )
@@ -274,13 +274,13 @@ pub async fn accept_invitation(
                 .ok_or(IdentityError::InvalidToken)?;
                 let invitation_id: String = row.try_get("id")?;
                 let user_id: String = row.try_get("user_id")?;
-                sqlx::query("UPDATE invitations SET used_at = $1 WHERE tenant_id = $2 AND id = $3")
+                db::query("UPDATE invitations SET used_at = $1 WHERE tenant_id = $2 AND id = $3")
                     .bind(&now)
                     .bind(&tenant)
                     .bind(&invitation_id)
                     .execute(tx.conn())
                     .await?;
-                sqlx::query(
+                db::query(
                     "UPDATE users SET password_hash = $1, status = 'active', updated_at = $2 \
                      WHERE tenant_id = $3 AND id = $4",
                 )
@@ -347,7 +347,7 @@ pub async fn refresh(
             Box::pin(async move {
                 let tenant = tx.scope().id_str().to_owned();
                 let now = crate::clock::now();
-                let row = sqlx::query(
+                let row = db::query(
                     "SELECT r.session_id, r.used_at, s.revoked_at, s.expires_at, u.id AS user_id, \
                      u.email, u.status FROM refresh_tokens r \
                      JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id \
@@ -387,13 +387,13 @@ pub async fn refresh(
                 if revoked_at.is_some() || expires_at <= now || status != "active" {
                     return Ok(RefreshResult::Invalid);
                 }
-                sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE tenant_id = $2 AND token_hash = $3")
+                db::query("UPDATE refresh_tokens SET used_at = $1 WHERE tenant_id = $2 AND token_hash = $3")
                     .bind(&now)
                     .bind(&tenant)
                     .bind(&hash)
                     .execute(tx.conn())
                     .await?;
-                sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE tenant_id = $2 AND id = $3")
+                db::query("UPDATE sessions SET last_used_at = $1 WHERE tenant_id = $2 AND id = $3")
                     .bind(&now)
                     .bind(&tenant)
                     .bind(&session_id)
@@ -456,7 +456,7 @@ async fn revoke_session(
     reason: &str,
 ) -> Result<(), IdentityError> {
     let now = crate::clock::now();
-    sqlx::query(
+    db::query(
         "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
          WHERE tenant_id = $3 AND id = $4 AND revoked_at IS NULL",
     )
@@ -485,7 +485,7 @@ pub(super) async fn revoke_all(
     user_id: &str,
     reason: &str,
 ) -> Result<(), IdentityError> {
-    let ids: Vec<String> = sqlx::query_scalar(
+    let ids: Vec<String> = db::query_scalar(
         "SELECT id FROM sessions WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
     )
     .bind(tx.scope().id_str().to_owned())

@@ -4,12 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use super::{Email, IdentityError, NewInvitation};
 use crate::access::{Permit, Role};
 use crate::audit::RequestMeta;
+use crate::store::db;
 use crate::store::{Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 
 #[derive(Clone, Debug, Serialize)]
@@ -23,7 +22,7 @@ pub struct User {
 }
 
 impl User {
-    fn from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
+    fn from_row(row: &db::Row) -> Result<User, db::Error> {
         Ok(User {
             id: row.try_get("id")?,
             email: row.try_get("email")?,
@@ -64,7 +63,7 @@ pub(crate) async fn invite_user(
         created_at: now.clone(),
         updated_at: now.clone(),
     };
-    sqlx::query(
+    db::query(
         "INSERT INTO users (id, tenant_id, email, role, status, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $6)",
     )
@@ -81,7 +80,7 @@ pub(crate) async fn invite_user(
         e => IdentityError::Store(e),
     })?;
     let invitation_id = uuid::Uuid::now_v7().to_string();
-    sqlx::query(
+    db::query(
         "INSERT INTO invitations (id, tenant_id, user_id, token_hash, expires_at, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -154,7 +153,7 @@ pub async fn create_user(
 
 pub async fn list_users(store: &Store, permit: &Permit) -> Result<Vec<User>, IdentityError> {
     let mut tx = store.read(permit.scope()).await?;
-    let rows = sqlx::query(&format!(
+    let rows = db::query(format!(
         "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY created_at, id"
     ))
     .bind(permit.scope().id_str())
@@ -174,8 +173,8 @@ pub(super) async fn find_user(
     tx: &mut ReadTx,
     tenant_id: &str,
     id: &str,
-) -> Result<Option<User>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+) -> Result<Option<User>, db::Error> {
+    let row = db::query(format!(
         "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(tenant_id)
@@ -231,7 +230,7 @@ pub async fn update_user(
                     ensure_another_admin(tx, &id).await?;
                 }
                 after.updated_at = crate::clock::now();
-                sqlx::query(
+                db::query(
                     "UPDATE users SET role = $1, status = $2, updated_at = $3 \
                      WHERE tenant_id = $4 AND id = $5",
                 )
@@ -276,7 +275,7 @@ pub async fn delete_user(
                     ensure_another_admin(tx, &id).await?;
                 }
                 // Sessions, refresh tokens and invitations go with the user (FK cascade).
-                sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
+                db::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
                     .bind(tx.scope().id_str().to_owned())
                     .bind(&id)
                     .execute(tx.conn())
@@ -298,7 +297,7 @@ pub async fn delete_user(
 
 async fn lock_user(tx: &mut WriteTx, id: &str) -> Result<(User, Option<String>), IdentityError> {
     let tenant = tx.scope().id_str().to_owned();
-    let row = sqlx::query(&format!(
+    let row = db::query(format!(
         "SELECT {USER_COLUMNS}, password_hash FROM users WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(&tenant)
@@ -310,7 +309,7 @@ async fn lock_user(tx: &mut WriteTx, id: &str) -> Result<(User, Option<String>),
 }
 
 async fn ensure_another_admin(tx: &mut WriteTx, except: &str) -> Result<(), IdentityError> {
-    let others: i64 = sqlx::query_scalar(
+    let others: i64 = db::query_scalar(
         "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND role = 'admin' \
          AND status = 'active' AND id <> $2",
     )

@@ -19,13 +19,14 @@ use crate::crypto::vault::{ByokChange, KeyStatus};
 use crate::crypto::{CryptoError, KeyBytes, Vault};
 use crate::files::{FileError, Files};
 use crate::records::RecordError;
+use crate::store::db;
 use crate::store::{Change, JournalOp, Store, StoreError};
 use crate::tenancy::TenantScope;
 
 const BATCH: i64 = 200;
 
-impl From<sqlx::Error> for KeysError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<db::Error> for KeysError {
+    fn from(e: db::Error) -> Self {
         KeysError::Store(e.into())
     }
 }
@@ -137,7 +138,7 @@ pub async fn reencrypt(
 async fn pending(store: &Store, scope: &TenantScope) -> Result<(i64, i64, i64), KeysError> {
     let mut tx = store.read(scope).await?;
     let tenant = scope.id_str();
-    let active: Option<i64> = sqlx::query_scalar(
+    let active: Option<i64> = db::query_scalar(
         "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND state = 'active'",
     )
     .bind(tenant)
@@ -149,12 +150,12 @@ async fn pending(store: &Store, scope: &TenantScope) -> Result<(i64, i64, i64), 
     let count = |table: &str| {
         format!("SELECT COUNT(*) FROM {table} WHERE tenant_id = $1 AND key_version < $2")
     };
-    let records: i64 = sqlx::query_scalar(&count("records"))
+    let records: i64 = db::query_scalar(count("records"))
         .bind(tenant)
         .bind(active)
         .fetch_one(tx.conn())
         .await?;
-    let files: i64 = sqlx::query_scalar(&count("files"))
+    let files: i64 = db::query_scalar(count("files"))
         .bind(tenant)
         .bind(active)
         .fetch_one(tx.conn())
@@ -173,7 +174,7 @@ async fn note_progress(
     store
         .append_internal(Some(scope), move |conn| {
             Box::pin(async move {
-                sqlx::query(
+                db::query(
                     "UPDATE key_rotations SET records_done = records_done + $1, files_done = files_done + $2 \
                      WHERE tenant_id = $3 AND to_version = $4",
                 )
@@ -195,7 +196,7 @@ async fn finish(store: &Store, scope: &TenantScope, active: i64) -> Result<(), K
     store
         .append_internal(Some(scope), move |conn| {
             Box::pin(async move {
-                sqlx::query(
+                db::query(
                     "UPDATE key_rotations SET state = 'done', finished_at = $1 \
                      WHERE tenant_id = $2 AND state = 'running' AND to_version <= $3",
                 )
@@ -216,7 +217,7 @@ pub async fn unfinished(store: &Store) -> Result<Vec<TenantScope>, StoreError> {
     let mut scopes = Vec::new();
     for scope in crate::tenancy::all_scopes(store).await? {
         let mut tx = store.read(&scope).await?;
-        let running: i64 = sqlx::query_scalar(
+        let running: i64 = db::query_scalar(
             "SELECT COUNT(*) FROM key_rotations WHERE tenant_id = $1 AND state = 'running'",
         )
         .bind(scope.id_str())

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::store::db;
 use crate::store::{Store, StoreError};
 
 /// Records one run of `job`.
@@ -16,7 +17,7 @@ pub async fn heartbeat(
     store
         .append_internal(None, move |conn| {
             Box::pin(async move {
-                sqlx::query(
+                db::query(
                     "INSERT INTO job_heartbeats (job, last_run_at, last_ok, detail) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (job) DO UPDATE SET last_run_at = excluded.last_run_at, \
                      last_ok = excluded.last_ok, detail = excluded.detail",

@@ -20,8 +20,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 pub use http::router;
 pub use schema::{CollectionName, Field, FieldType};
@@ -30,6 +28,8 @@ pub use sealed::Place;
 use crate::access::{AccessError, Permit};
 use crate::audit::RequestMeta;
 use crate::crypto::{CryptoError, Vault};
+use crate::store::Conn;
+use crate::store::db;
 use crate::store::sql::{Combined, Sql, decode_cursor, encode_cursor, one_page};
 use crate::store::{Backend, Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 
@@ -68,8 +68,8 @@ pub enum RecordError {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for RecordError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<db::Error> for RecordError {
+    fn from(e: db::Error) -> Self {
         RecordError::Store(e.into())
     }
 }
@@ -85,7 +85,7 @@ pub struct Collection {
 }
 
 impl Collection {
-    fn from_row(row: &AnyRow) -> Result<Collection, RecordError> {
+    fn from_row(row: &db::Row) -> Result<Collection, RecordError> {
         let fields: String = row.try_get("fields")?;
         Ok(Collection {
             id: row.try_get("id")?,
@@ -183,11 +183,11 @@ fn data_column(backend: Backend) -> &'static str {
 const COLLECTION_COLUMNS: &str = "id, name, fields, created_at, updated_at";
 
 pub async fn find_collection(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut Conn,
     tenant_id: &str,
     name: &str,
 ) -> Result<Collection, RecordError> {
-    let row = sqlx::query(&format!(
+    let row = db::query(format!(
         "SELECT {COLLECTION_COLUMNS} FROM collections WHERE tenant_id = $1 AND name = $2"
     ))
     .bind(tenant_id)
@@ -237,7 +237,7 @@ pub async fn create_collection(
                     updated_at: now,
                 };
                 let tenant = tx.scope().id_str().to_owned();
-                sqlx::query(
+                db::query(
                     "INSERT INTO collections (id, tenant_id, name, fields, created_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $5)",
                 )
@@ -272,7 +272,7 @@ pub async fn list_collections(
     permit: &Permit,
 ) -> Result<Vec<Collection>, RecordError> {
     let mut tx = store.read(permit.scope()).await?;
-    let rows = sqlx::query(&format!(
+    let rows = db::query(format!(
         "SELECT {COLLECTION_COLUMNS} FROM collections WHERE tenant_id = $1 ORDER BY name"
     ))
     .bind(permit.scope().id_str())
@@ -327,7 +327,7 @@ pub async fn update_collection(
                 after.updated_at = crate::clock::now();
                 for old in &before.fields {
                     if old.is_keyed() && after.field(&old.name).is_none() {
-                        sqlx::query(
+                        db::query(
                             "DELETE FROM record_keys WHERE tenant_id = $1 AND collection_id = $2 AND field = $3",
                         )
                         .bind(&tenant)
@@ -337,7 +337,7 @@ pub async fn update_collection(
                         .await?;
                     }
                 }
-                sqlx::query(
+                db::query(
                     "UPDATE collections SET fields = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
                 )
                 .bind(json!(after.fields).to_string())
@@ -374,7 +374,7 @@ pub async fn delete_collection(
             Box::pin(async move {
                 let tenant = tx.scope().id_str().to_owned();
                 let collection = find_collection(tx.conn(), &tenant, &name).await?;
-                let records: i64 = sqlx::query_scalar(
+                let records: i64 = db::query_scalar(
                     "SELECT COUNT(*) FROM records WHERE tenant_id = $1 AND collection_id = $2",
                 )
                 .bind(&tenant)
@@ -383,7 +383,7 @@ pub async fn delete_collection(
                 .await?;
                 // Records and keys go with it (FK cascade); the journal entry
                 // says so, so a replay does the same.
-                sqlx::query("DELETE FROM collections WHERE tenant_id = $1 AND id = $2")
+                db::query("DELETE FROM collections WHERE tenant_id = $1 AND id = $2")
                     .bind(&tenant)
                     .bind(&collection.id)
                     .execute(tx.conn())
@@ -407,7 +407,7 @@ pub async fn delete_collection(
 
 // ---- records -------------------------------------------------------------
 
-fn record_from_row(row: &AnyRow, collection: &str) -> Result<Record, RecordError> {
+fn record_from_row(row: &db::Row, collection: &str) -> Result<Record, RecordError> {
     let data: String = row.try_get("data")?;
     let data = match serde_json::from_str(&data) {
         Ok(Value::Object(map)) => map,
@@ -430,13 +430,13 @@ fn visible(mut record: Record, collection: &Collection) -> Record {
 }
 
 pub async fn find_record(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut Conn,
     backend: Backend,
     tenant_id: &str,
     collection: &Collection,
     id: &str,
 ) -> Result<Record, RecordError> {
-    let row = sqlx::query(&format!(
+    let row = db::query(format!(
         "SELECT id, {}, version, created_at, updated_at FROM records \
          WHERE tenant_id = $1 AND collection_id = $2 AND id = $3",
         data_column(backend)
@@ -453,25 +453,24 @@ pub async fn find_record(
 /// Rewrites the `record_keys` rows of one record.
 /// Adds the INSERT of a new `record` to `batch`.
 fn push_insert(
-    batch: &mut Combined<'static>,
+    batch: &mut Combined,
     backend: Backend,
     tenant: &str,
     collection_id: &str,
     record: &Record,
     key_version: Option<i64>,
-) -> Result<(), sqlx::Error> {
-    let id = batch.param(record.id.clone())?;
-    let tenant = batch.param(tenant.to_owned())?;
-    let collection = batch.param(collection_id.to_owned())?;
-    let data = batch.param(Value::Object(record.data.clone()).to_string())?;
-    let at = batch.param(record.created_at.clone())?;
-    let key_version = batch.param(key_version)?;
+) {
+    let id = batch.param(record.id.clone());
+    let tenant = batch.param(tenant.to_owned());
+    let collection = batch.param(collection_id.to_owned());
+    let data = batch.param(Value::Object(record.data.clone()).to_string());
+    let at = batch.param(record.created_at.clone());
+    let key_version = batch.param(key_version);
     let data = data_value(backend, &data);
     batch.push(format!(
         "INSERT INTO records (id, tenant_id, collection_id, data, version, created_at, updated_at, \
          key_version) VALUES ({id}, {tenant}, {collection}, {data}, 1, {at}, {at}, {key_version})"
     ));
-    Ok(())
 }
 
 async fn write_keys(
@@ -482,7 +481,7 @@ async fn write_keys(
 ) -> Result<(), RecordError> {
     let tenant = tx.scope().id_str().to_owned();
     if replace {
-        sqlx::query("DELETE FROM record_keys WHERE tenant_id = $1 AND record_id = $2")
+        db::query("DELETE FROM record_keys WHERE tenant_id = $1 AND record_id = $2")
             .bind(&tenant)
             .bind(&record.id)
             .execute(tx.conn())
@@ -494,7 +493,7 @@ async fn write_keys(
         };
         let value = value.to_string();
         let unique_value = field.unique.then(|| value.clone());
-        sqlx::query(
+        db::query(
             "INSERT INTO record_keys (tenant_id, collection_id, record_id, field, value, unique_value) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -579,7 +578,7 @@ pub async fn create_record(
                     &collection.id,
                     &record,
                     key_version,
-                )?;
+                );
                 if keyed {
                     own.execute(tx.conn(), backend)
                         .await
@@ -627,7 +626,7 @@ pub async fn get_record(
 /// Opens the sealed values of a record read from the database.
 pub async fn open_record(
     vault: &Vault,
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut Conn,
     tenant: &str,
     collection: &Collection,
     record: &mut Record,
@@ -714,7 +713,7 @@ pub async fn update_record(
                 }
                 // The version guard makes a concurrent writer on another
                 // node lose cleanly instead of overwriting.
-                let updated = sqlx::query(&format!(
+                let updated = db::query(format!(
                     "UPDATE records SET data = {}, version = $2, updated_at = $3, key_version = $7 \
                      WHERE tenant_id = $4 AND id = $5 AND version = $6",
                     data_param(backend, 1)
@@ -765,7 +764,7 @@ pub async fn delete_record(
                 let collection = find_collection(tx.conn(), &tenant, &collection).await?;
                 let before = find_record(tx.conn(), backend, &tenant, &collection, &id).await?;
                 precondition.check(&before)?;
-                sqlx::query("DELETE FROM records WHERE tenant_id = $1 AND id = $2")
+                db::query("DELETE FROM records WHERE tenant_id = $1 AND id = $2")
                     .bind(&tenant)
                     .bind(&id)
                     .execute(tx.conn())
@@ -891,7 +890,7 @@ pub async fn reseal_batch(
                     Backend::Postgres => " FOR UPDATE OF r",
                     Backend::Sqlite => "",
                 };
-                let rows = sqlx::query(&format!(
+                let rows = db::query(format!(
                     "SELECT r.id, {}, r.version, r.created_at, r.updated_at, c.name AS collection \
                      FROM records r JOIN collections c ON c.id = r.collection_id \
                      WHERE r.tenant_id = $1 AND r.key_version < $2 ORDER BY r.id LIMIT {limit}{lock}",
@@ -919,7 +918,7 @@ pub async fn reseal_batch(
                     let mut record = record_from_row(row, &name)?;
                     let place = Place { tenant: &tenant, collection: &collection, record_id: &record.id };
                     sealed::reseal(&vault, tx.conn(), &place, &key, &mut record.data).await?;
-                    sqlx::query(&format!(
+                    db::query(format!(
                         "UPDATE records SET data = {}, key_version = $2 WHERE tenant_id = $3 AND id = $4",
                         data_param(backend, 1)
                     ))

@@ -7,11 +7,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
-use sqlx::AnyConnection;
 
 use super::{Collection, RecordError};
 use crate::crypto::vault::ActiveKey;
 use crate::crypto::{CryptoError, Vault};
+use crate::store::Conn;
 
 const PREFIX: &str = "sr1:";
 
@@ -72,7 +72,7 @@ pub fn oldest_version(collection: &Collection, data: &Map<String, Value>) -> Opt
 /// Opens every sealed value of the record in place.
 pub async fn open_fields(
     vault: &Vault,
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     place: &Place<'_>,
     data: &mut Map<String, Value>,
 ) -> Result<(), RecordError> {
@@ -88,7 +88,7 @@ pub async fn open_fields(
 
 async fn open_one(
     vault: &Vault,
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     place: &Place<'_>,
     field: &str,
     value: &Value,
@@ -120,7 +120,7 @@ async fn open_one(
 /// Returns whether anything changed.
 pub async fn reseal(
     vault: &Vault,
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     place: &Place<'_>,
     key: &ActiveKey,
     data: &mut Map<String, Value>,

@@ -24,26 +24,25 @@ impl JournalOp {
 
 /// Adds the statement that journals `change` as entry `seq` to `batch`.
 pub(super) fn append(
-    batch: &mut Combined<'_>,
+    batch: &mut Combined,
     tenant_id: &str,
     seq: i64,
     occurred_at: &str,
     change: &Change,
-) -> Result<(), sqlx::Error> {
+) {
     let values = [
-        batch.param(tenant_id.to_owned())?,
-        batch.param(seq)?,
-        batch.param(occurred_at.to_owned())?,
-        batch.param(change.entity)?,
-        batch.param(change.entity_id.clone())?,
-        batch.param(change.op.as_str())?,
-        batch.param(change.after.as_ref().map(|v| v.to_string()))?,
-        batch.param(crate::VERSION)?,
+        batch.param(tenant_id.to_owned()),
+        batch.param(seq),
+        batch.param(occurred_at.to_owned()),
+        batch.param(change.entity),
+        batch.param(change.entity_id.clone()),
+        batch.param(change.op.as_str()),
+        batch.param(change.after.as_ref().map(|v| v.to_string())),
+        batch.param(crate::VERSION),
     ];
     batch.push(format!(
         "INSERT INTO journal (tenant_id, seq, occurred_at, entity, entity_id, op, after, app_version) \
          VALUES ({})",
         values.join(", ")
     ));
-    Ok(())
 }

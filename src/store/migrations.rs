@@ -2,8 +2,9 @@
 //! transaction and is recorded in `schema_migrations`; on PostgreSQL an
 //! advisory lock keeps app servers that start together from racing.
 
-use sqlx::{AnyConnection, AnyPool, Connection};
+use sqlx::PgPool;
 
+use super::db::{self, Conn};
 use super::{Backend, StoreError};
 
 const SQLITE: &[(i64, &str)] = &[
@@ -27,49 +28,68 @@ const POSTGRES: &[(i64, &str)] = &[
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.
 const MIGRATION_LOCK: i64 = 0x5354_524f_4e47;
 
-pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
-    let mut conn = pool.acquire().await?;
-    run_on(&mut conn, backend).await
-}
+const LEDGER: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
+    version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)";
 
-pub(super) async fn run_on(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
-    let steps = match backend {
-        Backend::Sqlite => SQLITE,
-        Backend::Postgres => POSTGRES,
-    };
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (\
-           version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)",
-    )
-    .execute(&mut *conn)
-    .await?;
-    for &(version, sql) in steps {
-        let mut tx = conn.begin().await?;
-        if backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(MIGRATION_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if applied.is_some() {
-            continue;
-        }
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|source| StoreError::Migration { version, source })?;
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-            .bind(version)
-            .bind(crate::clock::now())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        tracing::info!(version, backend = backend.name(), "applied migration");
+/// SQLite: on the writer's connection, before the writer starts.
+pub(super) async fn run_sqlite(conn: &mut Conn) -> Result<(), StoreError> {
+    conn.execute_batch(LEDGER).await?;
+    for &(version, sql) in SQLITE {
+        conn.execute_batch("BEGIN IMMEDIATE").await?;
+        let applied = apply(conn, Backend::Sqlite, version, sql).await;
+        let end = if matches!(applied, Ok(true)) {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        conn.execute_batch(end).await?;
+        applied?;
     }
     Ok(())
+}
+
+/// PostgreSQL: as the connecting user, each step in its own transaction
+/// under an advisory lock, so app servers that start together do not race.
+pub(super) async fn run_postgres(pool: &PgPool) -> Result<(), StoreError> {
+    let mut conn = Conn::postgres(pool.begin().await?);
+    conn.execute_batch(LEDGER).await?;
+    conn.commit().await?;
+    for &(version, sql) in POSTGRES {
+        let mut conn = Conn::postgres(pool.begin().await?);
+        db::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut conn)
+            .await?;
+        if apply(&mut conn, Backend::Postgres, version, sql).await? {
+            conn.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies one step unless it is recorded; whether it applied it.
+async fn apply(
+    conn: &mut Conn,
+    backend: Backend,
+    version: i64,
+    sql: &str,
+) -> Result<bool, StoreError> {
+    let applied: Option<i64> =
+        db::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+            .bind(version)
+            .fetch_optional(conn)
+            .await?;
+    if applied.is_some() {
+        return Ok(false);
+    }
+    conn.execute_batch(sql)
+        .await
+        .map_err(|source| StoreError::Migration { version, source })?;
+    db::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+        .bind(version)
+        .bind(crate::clock::now())
+        .execute(conn)
+        .await?;
+    tracing::info!(version, backend = backend.name(), "applied migration");
+    Ok(true)
 }

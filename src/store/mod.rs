@@ -12,22 +12,24 @@
 //!   `synchronous=FULL`, and throughput comes from group commit — concurrent
 //!   writers share one transaction and one fsync (BAK-7).
 //!
-//! Both backends run the same SQL text through sqlx's `Any` driver (`$1`
-//! placeholders work on SQLite too); where dialects differ, the
-//! [`Backend`] says which fragment to use.
+//! Statements go through the project's own data layer ([`db`]), native per
+//! backend. Both backends run the same SQL text (`$1` placeholders work on
+//! SQLite too); where dialects differ, the [`Backend`] says which to use.
 
+pub mod db;
 mod journal;
 mod migrations;
-mod native;
 pub mod sql;
 mod write;
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
+use sqlx::Executor;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+pub use db::Conn;
 
 pub use journal::JournalOp;
 pub use write::{Change, WriteTx};
@@ -66,9 +68,9 @@ pub enum StoreError {
     #[error("unsupported database URL scheme {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedScheme(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] db::Error),
     #[error("migration {version} failed: {source}")]
-    Migration { version: i64, source: sqlx::Error },
+    Migration { version: i64, source: db::Error },
     #[error("the write path has stopped")]
     WriterStopped,
     #[error("commit failed: {0}")]
@@ -79,35 +81,34 @@ pub enum StoreError {
     Native(String),
 }
 
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(db::Error::Postgres(e))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(db::Error::Sqlite(e))
+    }
+}
+
 impl StoreError {
     /// Whether this is a unique-constraint violation on `table`; domains
-    /// map it to their own conflict errors ("email taken"). PostgreSQL names
-    /// the table; SQLite says "UNIQUE constraint failed: table.column, …".
+    /// map it to their own conflict errors ("email taken").
     pub fn is_unique_violation_on(&self, table: &str) -> bool {
-        let StoreError::Database(sqlx::Error::Database(db)) = self else {
-            return false;
-        };
-        db.is_unique_violation()
-            && (db.table() == Some(table)
-                || db
-                    .message()
-                    .strip_prefix("UNIQUE constraint failed: ")
-                    .is_some_and(|columns| {
-                        columns
-                            .strip_prefix(table)
-                            .is_some_and(|rest| rest.starts_with('.'))
-                    }))
+        matches!(self, StoreError::Database(e) if e.is_unique_violation_on(table))
     }
 }
 
 /// A read in one tenant's scope: a transaction, one consistent snapshot.
 pub struct ReadTx {
-    conn: Transaction<'static, Any>,
+    conn: Conn,
     backend: Backend,
 }
 
 impl ReadTx {
-    pub fn conn(&mut self) -> &mut AnyConnection {
+    pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn
     }
 
@@ -121,96 +122,62 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    backend: Backend,
-    /// SQLite: native read-only connections on the database file, for
-    /// per-request point reads (the file also serves verification).
-    native_reads: Option<native::NativeReads>,
-    reads: AnyPool,
-    writer: write::Writer,
+enum Reads {
+    /// Read-only connections on the database file, used in the caller's
+    /// thread (the file also serves verification).
+    Sqlite(Arc<db::SqliteReaders>),
+    Postgres(PgPool),
 }
 
-static INSTALL_DRIVERS: Once = Once::new();
+struct Inner {
+    backend: Backend,
+    reads: Reads,
+    writer: write::Writer,
+}
 
 impl Store {
     /// Connects, runs pending migrations and starts the write path.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
-        INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = Backend::from_url(url.expose_secret())?;
         match backend {
-            Backend::Sqlite => Self::connect_sqlite(url.expose_secret(), max_connections).await,
+            Backend::Sqlite => Self::connect_sqlite(url.expose_secret()).await,
             Backend::Postgres => Self::connect_postgres(url.expose_secret(), max_connections).await,
         }
     }
 
-    async fn connect_sqlite(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    async fn connect_sqlite(url: &str) -> Result<Store, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
         let sqlite_file = std::path::PathBuf::from(path.split('?').next().unwrap_or(path));
-        let url = if url.contains('?') {
-            url.to_owned()
-        } else {
-            format!("{url}?mode=rwc")
-        };
-        let options: AnyConnectOptions = url.parse()?;
-        // The single writer connection: WAL, and FULL sync so that a commit
-        // is on disk before we acknowledge it (invariant 5).
-        let writes = AnyPoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                         PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            })
-            .connect_with(options.clone())
-            .await?;
-        migrations::run(&writes, Backend::Sqlite).await?;
-        // Readers cannot write at all: every mutation goes through the writer.
-        let reads = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; PRAGMA query_only=ON;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
+        // The single writer connection; readers cannot write at all: every
+        // mutation goes through the writer.
+        let mut writes = db::Conn::sqlite(db::open_sqlite_writer(&sqlite_file)?);
+        migrations::run_sqlite(&mut writes).await?;
         let writer = write::Writer::group_commit(writes);
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Sqlite,
-                native_reads: Some(native::NativeReads::new(sqlite_file)),
-                reads,
+                reads: Reads::Sqlite(db::SqliteReaders::new(sqlite_file)),
                 writer,
             }),
         })
     }
 
     async fn connect_postgres(url: &str, max_connections: u32) -> Result<Store, StoreError> {
-        let options: AnyConnectOptions = url.parse()?;
+        let options: PgConnectOptions = url.parse()?;
         {
             // Migrations run as the connecting user (the schema owner) …
-            let mut conn = AnyConnection::connect_with(&options).await?;
-            migrations::run_on(&mut conn, Backend::Postgres).await?;
-            conn.close().await?;
+            let owner = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await?;
+            migrations::run_postgres(&owner).await?;
+            owner.close().await;
         }
         // … and everything else as strongroom_app, which RLS binds.
-        let pool = AnyPoolOptions::new()
+        let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
@@ -224,8 +191,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Postgres,
-                native_reads: None,
-                reads: pool.clone(),
+                reads: Reads::Postgres(pool.clone()),
                 writer: write::Writer::per_transaction(pool),
             }),
         })
@@ -237,31 +203,33 @@ impl Store {
 
     /// The SQLite database file, when that is the backend.
     pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
-        self.inner
-            .native_reads
-            .as_ref()
-            .map(|native| native.path().to_owned())
+        match &self.inner.reads {
+            Reads::Sqlite(readers) => Some(readers.path().to_owned()),
+            Reads::Postgres(_) => None,
+        }
     }
 
     /// A read-only snapshot in `scope`.
     pub async fn read(&self, scope: &TenantScope) -> Result<ReadTx, StoreError> {
-        let mut tx = self.inner.reads.begin().await?;
-        if self.inner.backend == Backend::Postgres {
-            set_tenant(&mut tx, scope).await?;
-        }
+        let conn = match &self.inner.reads {
+            Reads::Sqlite(readers) => readers.begin()?,
+            Reads::Postgres(pool) => {
+                let mut conn = Conn::postgres(pool.begin().await?);
+                set_tenant(&mut conn, scope).await?;
+                conn
+            }
+        };
         Ok(ReadTx {
-            conn: tx,
+            conn,
             backend: self.inner.backend,
         })
     }
 
-    /// The first row of one statement in `scope` whose columns are all
-    /// text, for the point read every request makes (the session check).
-    /// `sql` numbers its parameters `$1`, `$2`, … as everywhere else.
+    /// The first row of one statement in `scope`, every column as text,
+    /// for the point read every request makes (the session check). `sql`
+    /// numbers its parameters `$1`, `$2`, … as everywhere else.
     ///
-    /// On SQLite it runs in the calling thread on a native read-only
-    /// connection: through sqlx every statement is a hand-off to a worker
-    /// thread and back, which cost more than the indexed lookup itself. An
+    /// On SQLite it is one statement on a reader, outside a transaction: an
     /// indexed read under WAL does not wait for writers. On PostgreSQL it is
     /// a transaction with the tenant set, as RLS needs.
     pub async fn read_text_row(
@@ -270,29 +238,29 @@ impl Store {
         sql: &str,
         binds: &[&str],
     ) -> Result<Option<Vec<Option<String>>>, StoreError> {
-        if let Some(native) = &self.inner.native_reads {
-            return native.text_row(sql, binds);
-        }
-        let mut tx = self.read(scope).await?;
-        let mut query = sqlx::query(sql);
+        let mut conn = match &self.inner.reads {
+            Reads::Sqlite(readers) => readers.single()?,
+            Reads::Postgres(_) => self.read(scope).await?.conn,
+        };
+        let mut query = db::query(sql);
         for bind in binds {
             query = query.bind(*bind);
         }
-        let Some(row) = query.fetch_optional(tx.conn()).await? else {
-            return Ok(None);
-        };
-        let columns = (0..row.len())
-            .map(|i| row.try_get::<Option<String>, _>(i))
-            .collect::<Result<_, _>>()?;
-        Ok(Some(columns))
+        Ok(query
+            .fetch_optional(&mut conn)
+            .await?
+            .map(db::Row::into_texts))
     }
 
     /// A read outside any tenant: only tables that are not tenant-owned
     /// (the tenant directory) are visible; on PostgreSQL RLS hides the rest.
     pub(crate) async fn read_unscoped(&self) -> Result<ReadTx, StoreError> {
-        let tx = self.inner.reads.begin().await?;
+        let conn = match &self.inner.reads {
+            Reads::Sqlite(readers) => readers.begin()?,
+            Reads::Postgres(pool) => Conn::postgres(pool.begin().await?),
+        };
         Ok(ReadTx {
-            conn: tx,
+            conn,
             backend: self.inner.backend,
         })
     }
@@ -332,7 +300,7 @@ impl Store {
     where
         T: Send + 'static,
         F: for<'a> FnOnce(
-                &'a mut AnyConnection,
+                &'a mut Conn,
             )
                 -> futures_util::future::BoxFuture<'a, Result<T, StoreError>>
             + Send
@@ -346,18 +314,24 @@ impl Store {
 
     /// Readiness: the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.inner.reads).await?;
+        let mut conn = match &self.inner.reads {
+            Reads::Sqlite(readers) => readers.single()?,
+            Reads::Postgres(pool) => Conn::postgres(pool.begin().await?),
+        };
+        db::query("SELECT 1").fetch_one(&mut conn).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
-        self.inner.reads.close().await;
+        if let Reads::Postgres(pool) = &self.inner.reads {
+            pool.close().await;
+        }
         self.inner.writer.close().await;
     }
 }
 
-async fn set_tenant(conn: &mut AnyConnection, scope: &TenantScope) -> Result<(), StoreError> {
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+async fn set_tenant(conn: &mut Conn, scope: &TenantScope) -> Result<(), StoreError> {
+    db::query("SELECT set_config('app.tenant_id', $1, true)")
         .bind(scope.id_str())
         .execute(conn)
         .await?;

@@ -4,10 +4,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::{Any, AnyConnection, Arguments};
 
 use super::Backend;
+use super::db::{self, Bind, Conn, Param};
 
 /// A statement under construction and its bound text values.
 pub struct Sql {
@@ -51,37 +50,32 @@ impl Sql {
         ));
     }
 
-    pub async fn fetch_all(&self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, sqlx::Error> {
-        let mut query = sqlx::query(&self.text);
-        for value in &self.binds {
-            query = query.bind(value);
-        }
-        query.fetch_all(conn).await
+    pub async fn fetch_all(&self, conn: &mut Conn) -> Result<Vec<db::Row>, db::Error> {
+        let params = self.binds.iter().map(|b| Param::Text(b.clone())).collect();
+        db::Query::with(self.text.as_str(), params)
+            .fetch_all(conn)
+            .await
     }
 }
 
-/// Data-changing statements that travel to the database in one round trip,
-/// their parameters numbered across all of them. SQLite runs the parts in
-/// turn; PostgreSQL, which takes one statement per parameterised query, gets
-/// the leading parts as data-modifying `WITH` clauses, which it runs exactly
-/// once each whether or not anything reads them. On the write path every
-/// round trip is a hand-off to the database's thread, so this is what lets a
-/// write append its journal entries, its audit event and the new chain head
-/// at the cost of one statement.
+/// Data-changing statements sent together, their parameters numbered
+/// across all of them. SQLite, in process, runs the parts in turn, each
+/// binding the parameters it names; PostgreSQL, which takes one statement
+/// per parameterised query, gets the leading parts as data-modifying `WITH`
+/// clauses, which it runs exactly once each whether or not anything reads
+/// them. That is what lets a write append its journal entries, its audit
+/// event and the new chain head in one round trip to the server.
 #[derive(Default)]
-pub struct Combined<'q> {
+pub struct Combined {
     parts: Vec<String>,
-    args: AnyArguments<'q>,
+    params: Vec<Param>,
 }
 
-impl<'q> Combined<'q> {
+impl Combined {
     /// Binds `value` as the next parameter and returns its placeholder.
-    pub fn param<T>(&mut self, value: T) -> Result<String, sqlx::Error>
-    where
-        T: 'q + sqlx::Encode<'q, Any> + sqlx::Type<Any>,
-    {
-        self.args.add(value).map_err(sqlx::Error::Encode)?;
-        Ok(format!("${}", self.args.len()))
+    pub fn param(&mut self, value: impl Bind) -> String {
+        self.params.push(value.into_param());
+        format!("${}", self.params.len())
     }
 
     /// Appends one statement; it must not return rows.
@@ -115,17 +109,18 @@ impl<'q> Combined<'q> {
         }
     }
 
-    pub async fn execute(
-        self,
-        conn: &mut AnyConnection,
-        backend: Backend,
-    ) -> Result<(), sqlx::Error> {
-        if self.parts.is_empty() {
-            return Ok(());
+    pub async fn execute(self, conn: &mut Conn, backend: Backend) -> Result<(), db::Error> {
+        match backend {
+            Backend::Sqlite => conn.execute_each(&self.parts, &self.params),
+            Backend::Postgres => {
+                if self.parts.is_empty() {
+                    return Ok(());
+                }
+                let text = self.text(backend);
+                db::Query::with(text, self.params).execute(conn).await?;
+                Ok(())
+            }
         }
-        let text = self.text(backend);
-        sqlx::query_with(&text, self.args).execute(conn).await?;
-        Ok(())
     }
 }
 
@@ -177,9 +172,9 @@ mod tests {
     #[test]
     fn combined_statements_share_one_numbering_and_become_ctes_on_postgres() {
         let mut combined = Combined::default();
-        let a = combined.param("x").unwrap();
+        let a = combined.param("x");
         combined.push(format!("INSERT INTO a VALUES ({a})"));
-        let b = combined.param(7_i64).unwrap();
+        let b = combined.param(7_i64);
         combined.push(format!("UPDATE b SET n = {b} WHERE k = {a}"));
         assert_eq!(
             combined.text(Backend::Sqlite),

@@ -8,12 +8,14 @@
 //! HTTP client goes away, so an acknowledged write and a completed write are
 //! the same thing.
 //!
-//! Every statement is a round trip to SQLite's worker thread, and the jobs
-//! of a batch run one after another, so round trips are what limits write
-//! throughput. A job therefore sends as few as it can:
+//! The writer's connection is a native SQLite connection owned by that
+//! thread ([`super::db`]): a statement runs in place, with no hand-off to
+//! another thread, and its prepared form is cached. The jobs of a batch run
+//! one after another, so what a job costs is the statements it runs; it
+//! runs as few as it can:
 //! * its journal entries, audit event, chain head and counters, any
 //!   statements its work deferred ([`WriteTx::defer`]) and the step to the
-//!   next job's savepoint go as one combined statement (`sql::Combined`);
+//!   next job's savepoint go together (`sql::Combined`);
 //! * the writer remembers ([`Memo`]) each tenant's counters and chain head,
 //!   and definitions a job looked up (a collection), so the next job need
 //!   not read them again. What it remembers is only ever what this
@@ -24,7 +26,8 @@
 //!   counters are still checked in the statement that advances them.
 //!
 //! On PostgreSQL each job gets its own transaction from the pool; the server
-//! groups concurrent commits itself.
+//! groups concurrent commits itself, and the combined statements travel as
+//! one round trip.
 
 use std::any::Any as AnyValue;
 use std::collections::HashMap;
@@ -33,9 +36,10 @@ use std::sync::{Arc, Mutex};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
-use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
+use super::db::{self, Conn};
 use super::journal::{self, JournalOp};
 use super::sql::Combined;
 use super::{Backend, StoreError, set_tenant};
@@ -50,9 +54,6 @@ const QUEUE_DEPTH: usize = 4096;
 /// Definitions of one kind remembered per tenant at most; beyond it they
 /// start over.
 const MAX_DEFINITIONS: usize = 1024;
-/// The column the counters check names when it fails (SQLite's message is
-/// "NOT NULL constraint failed: tenant_sequences.journal_seq").
-const COUNTERS_CHECK: &str = "tenant_sequences.journal_seq";
 
 /// What the group-commit writer knows between jobs without asking the
 /// database: per tenant, the counters and chain head its last event left,
@@ -124,7 +125,7 @@ pub struct Change {
 
 /// The transaction a write job works in.
 pub struct WriteTx {
-    conn: Transaction<'static, Any>,
+    conn: Conn,
     backend: Backend,
     scope: TenantScope,
     actor: Actor,
@@ -134,13 +135,13 @@ pub struct WriteTx {
     target: Option<Target>,
     changes: Vec<Change>,
     /// Statements to send with the journal and audit appends.
-    deferred: Combined<'static>,
+    deferred: Combined,
     /// Present on the group-commit writer only.
     memo: Option<SharedMemo>,
 }
 
 impl WriteTx {
-    pub fn conn(&mut self) -> &mut AnyConnection {
+    pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn
     }
 
@@ -176,7 +177,7 @@ impl WriteTx {
     /// A statement that returns nothing and whose failure needs no
     /// particular error: it is sent with the journal and audit appends,
     /// in the order deferred and before them, saving a round trip.
-    pub fn defer(&mut self) -> &mut Combined<'static> {
+    pub fn defer(&mut self) -> &mut Combined {
         &mut self.deferred
     }
 
@@ -249,7 +250,7 @@ impl WriteTx {
         let now = crate::clock::now();
         for (i, change) in self.changes.iter().enumerate() {
             let seq = journal_last - entries + 1 + i as i64;
-            journal::append(&mut batch, &tenant, seq, &now, change)?;
+            journal::append(&mut batch, &tenant, seq, &now, change);
         }
         let target = self.target.clone().or_else(|| {
             self.changes.first().map(|c| Target {
@@ -286,7 +287,7 @@ impl WriteTx {
                 changes: diff,
             },
             &prev,
-        )?;
+        );
         let head = audit::hash_to_hex(&hash);
         match known {
             // Advances the counters only from the values remembered; any
@@ -294,12 +295,12 @@ impl WriteTx {
             // goes first, so a refusal leaves nothing else done.
             Some(known) => {
                 let check = [
-                    batch.param(known.journal_seq)?,
-                    batch.param(known.audit_seq)?,
-                    batch.param(journal_last)?,
-                    batch.param(audit_seq)?,
-                    batch.param(head.clone())?,
-                    batch.param(tenant.clone())?,
+                    batch.param(known.journal_seq),
+                    batch.param(known.audit_seq),
+                    batch.param(journal_last),
+                    batch.param(audit_seq),
+                    batch.param(head.clone()),
+                    batch.param(tenant.clone()),
                 ];
                 batch.push_first(format!(
                     "UPDATE tenant_sequences SET journal_seq = CASE WHEN journal_seq = {} \
@@ -309,7 +310,7 @@ impl WriteTx {
                 ));
             }
             None => {
-                let values = [batch.param(head.clone())?, batch.param(tenant.clone())?];
+                let values = [batch.param(head.clone()), batch.param(tenant.clone())];
                 batch.push(format!(
                     "UPDATE tenant_sequences SET audit_head = {} WHERE tenant_id = {}",
                     values[0], values[1]
@@ -326,14 +327,15 @@ impl WriteTx {
             with_memo(self.memo.as_ref(), |memo| {
                 memo.forget(&Forget::Tenant(tenant.clone()))
             });
-            return Err(match e {
-                sqlx::Error::Database(db) if db.message().contains(COUNTERS_CHECK) => {
+            return Err(
+                if e.is_not_null_violation_of("tenant_sequences", "journal_seq") {
                     StoreError::Corrupt(format!(
                         "tenant {tenant}: the sequence counters moved under the writer"
                     ))
-                }
-                e => StoreError::Database(e),
-            });
+                } else {
+                    StoreError::Database(e)
+                },
+            );
         }
         with_memo(self.memo.as_ref(), |memo| {
             memo.tenants.entry(tenant.clone()).or_default().counters = Some(Counters {
@@ -359,13 +361,13 @@ impl WriteTx {
         // RETURNING gives the new counters and the chain head before this
         // event (the UPDATE does not touch it); the row lock it takes
         // serialises a tenant's writers on PostgreSQL, keeping both gap-free.
-        let row: Option<(i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+        let row: Option<(i64, i64, Option<String>, Option<String>)> = db::query_as(
             "UPDATE tenant_sequences SET journal_seq = journal_seq + $1, audit_seq = audit_seq + 1 \
              WHERE tenant_id = $2 RETURNING journal_seq, audit_seq, audit_head, audit_anchor_hash",
         )
         .bind(entries)
         .bind(tenant)
-        .fetch_optional(&mut *self.conn)
+        .fetch_optional(&mut self.conn)
         .await?;
         let (journal_last, audit_seq, head, anchor) =
             row.ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant} has no sequences")))?;
@@ -455,7 +457,7 @@ fn settle<T, E: From<StoreError>>(
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 pub(super) struct JobDone {
-    conn: Transaction<'static, Any>,
+    conn: Conn,
     ok: bool,
     /// The job already released its savepoint and opened the next one.
     settled: bool,
@@ -464,24 +466,29 @@ pub(super) struct JobDone {
     completion: Completion,
 }
 
-pub(super) type Job = Box<
-    dyn FnOnce(Transaction<'static, Any>, Option<SharedMemo>) -> BoxFuture<'static, JobDone> + Send,
->;
+pub(super) type Job =
+    Box<dyn FnOnce(Conn, Option<SharedMemo>) -> BoxFuture<'static, JobDone> + Send>;
+
+/// What the group-commit writer's queue carries.
+pub(super) enum Message {
+    Job(Job),
+    /// Finish what is queued, close the connection, then say so.
+    Close(oneshot::Sender<()>),
+}
 
 pub(super) enum Writer {
-    GroupCommit(mpsc::Sender<Job>, AnyPool),
-    PerTransaction(AnyPool),
+    GroupCommit(mpsc::Sender<Message>),
+    PerTransaction(PgPool),
 }
 
 impl Writer {
-    pub(super) fn group_commit(pool: AnyPool) -> Writer {
+    pub(super) fn group_commit(conn: Conn) -> Writer {
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-        // The writer drives its statements from a thread of its own. Each
-        // statement is a round trip to SQLite's worker thread; on the shared
-        // runtime every one of those wake-ups would queue behind the HTTP
-        // tasks, and a job's eight or so round trips add up to the whole
-        // write throughput. It ends when the last sender (the store) drops.
-        let writes = pool.clone();
+        // The writer owns its connection on a thread of its own: its
+        // statements block that thread for as long as SQLite works, never a
+        // request's, and no job waits behind the HTTP tasks for a wake-up.
+        // It ends when asked to close or when the last sender (the store)
+        // drops.
         let spawned = std::thread::Builder::new()
             .name("strongroom-writer".into())
             .spawn(move || {
@@ -489,23 +496,29 @@ impl Writer {
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(run_group_commit(writes, receiver)),
+                    Ok(runtime) => runtime.block_on(run_group_commit(conn, receiver)),
                     Err(e) => tracing::error!(error = %e, "could not start the writer's runtime"),
                 }
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the writer thread");
         }
-        Writer::GroupCommit(sender, pool)
+        Writer::GroupCommit(sender)
     }
 
-    pub(super) fn per_transaction(pool: AnyPool) -> Writer {
+    pub(super) fn per_transaction(pool: PgPool) -> Writer {
         Writer::PerTransaction(pool)
     }
 
     pub(super) async fn close(&self) {
         match self {
-            Writer::GroupCommit(_, pool) | Writer::PerTransaction(pool) => pool.close().await,
+            Writer::GroupCommit(queue) => {
+                let (closed, done) = oneshot::channel();
+                if queue.send(Message::Close(closed)).await.is_ok() {
+                    let _ = done.await;
+                }
+            }
+            Writer::PerTransaction(pool) => pool.close().await,
         }
     }
 
@@ -598,9 +611,7 @@ impl Writer {
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'a> FnOnce(&'a mut AnyConnection) -> BoxFuture<'a, Result<T, StoreError>>
-            + Send
-            + 'static,
+        F: for<'a> FnOnce(&'a mut Conn) -> BoxFuture<'a, Result<T, StoreError>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
         let job: Job = Box::new(move |mut conn, _memo| {
@@ -627,8 +638,8 @@ impl Writer {
     /// transaction (PostgreSQL, with the tenant set for RLS when given).
     async fn enqueue(&self, scope: Option<TenantScope>, job: Job) -> Result<(), StoreError> {
         match self {
-            Writer::GroupCommit(sender, _) => sender
-                .send(job)
+            Writer::GroupCommit(queue) => queue
+                .send(Message::Job(job))
                 .await
                 .map_err(|_| StoreError::WriterStopped),
             Writer::PerTransaction(pool) => {
@@ -636,7 +647,7 @@ impl Writer {
                 // Spawned so that a client hanging up cannot cut a job in half.
                 tokio::spawn(async move {
                     let begun = async {
-                        let mut conn = pool.begin().await?;
+                        let mut conn = Conn::postgres(pool.begin().await?);
                         if let Some(scope) = &scope {
                             set_tenant(&mut conn, scope).await?;
                         }
@@ -666,12 +677,23 @@ impl Writer {
     }
 }
 
-async fn run_group_commit(pool: AnyPool, mut queue: mpsc::Receiver<Job>) {
+async fn run_group_commit(mut conn: Conn, mut queue: mpsc::Receiver<Message>) {
     let memo = SharedMemo::default();
+    let mut messages: Vec<Message> = Vec::with_capacity(MAX_BATCH);
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let committed = run_batch(&pool, &memo, &mut batch, &mut completions).await;
+    let mut closing = Vec::new();
+    while closing.is_empty() && queue.recv_many(&mut messages, MAX_BATCH).await > 0 {
+        for message in messages.drain(..) {
+            match message {
+                Message::Job(job) => batch.push(job),
+                Message::Close(closed) => closing.push(closed),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let committed = run_batch(&mut conn, &memo, &mut batch, &mut completions).await;
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = completions.len() + batch.len(), "group commit failed");
             // Nothing of this batch happened; neither did what the memo learnt.
@@ -682,35 +704,62 @@ async fn run_group_commit(pool: AnyPool, mut queue: mpsc::Receiver<Job>) {
             completion(committed.clone());
         }
         // Jobs never started because the batch failed early hear it too.
-        for job in batch.drain(..) {
-            drop(job);
-        }
+        batch.clear();
+    }
+    // Later senders hear that the writer stopped; the connection closes
+    // before anyone waiting for the close is told.
+    drop(queue);
+    drop(conn);
+    for closed in closing {
+        let _ = closed.send(());
     }
 }
 
+/// Runs one batch in one transaction; a failure rolls all of it back.
 async fn run_batch(
-    pool: &AnyPool,
+    conn: &mut Conn,
     memo: &SharedMemo,
     batch: &mut Vec<Job>,
     completions: &mut Vec<Completion>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), db::Error> {
     // IMMEDIATE takes the write lock now, so that no other connection (a
     // CLI beside the server) can commit between the check below and the
     // batch's end.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let version: Vec<i64> = sqlx::query_scalar("SAVEPOINT job; PRAGMA data_version")
-        .fetch_all(&mut *tx)
+    conn.execute_batch("BEGIN IMMEDIATE; SAVEPOINT job").await?;
+    let ran = run_jobs(conn, memo, batch, completions).await;
+    let ended = match ran {
+        Ok(()) => conn.execute_batch("COMMIT").await,
+        Err(e) => Err(e),
+    };
+    if ended.is_err() {
+        // The connection stays the writer's: leave it outside any transaction.
+        let _ = conn.execute_batch("ROLLBACK").await;
+    }
+    ended
+}
+
+async fn run_jobs(
+    conn: &mut Conn,
+    memo: &SharedMemo,
+    batch: &mut Vec<Job>,
+    completions: &mut Vec<Completion>,
+) -> Result<(), db::Error> {
+    let version: i64 = db::query_scalar("PRAGMA data_version")
+        .fetch_one(conn)
         .await?;
     with_memo(Some(memo), |memo| {
-        if version.first() != memo.data_version.as_ref() {
+        if memo.data_version != Some(version) {
             memo.forget(&Forget::All);
-            memo.data_version = version.first().copied();
+            memo.data_version = Some(version);
         }
     });
     let total = batch.len();
+    // The connection moves into each job and back out; between jobs the
+    // writer holds a stand-in that no statement ever runs on.
     for (i, job) in batch.drain(..).enumerate() {
-        let done = job(tx, Some(memo.clone())).await;
-        tx = done.conn;
+        let taken = std::mem::replace(conn, Conn::placeholder());
+        let done = job(taken, Some(memo.clone())).await;
+        *conn = done.conn;
         completions.push(done.completion);
         with_memo(Some(memo), |memo| memo.forget(&done.forget));
         // A failed job's savepoint rolls back (and stays open for the next
@@ -722,10 +771,10 @@ async fn run_batch(
             (true, false, false) => Some("RELEASE SAVEPOINT job; SAVEPOINT job"),
         };
         if let Some(step) = step {
-            sqlx::query(step).execute(&mut *tx).await?;
+            conn.execute_batch(step).await?;
         }
     }
-    tx.commit().await
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,12 +12,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::access::{Permit, Role};
 use crate::audit::{Actor, RequestMeta};
 use crate::identity::{self, Email, NewInvitation};
+use crate::store::db;
 use crate::store::{Change, JournalOp, Store, StoreError};
 
 pub use settings::{
@@ -110,8 +110,8 @@ pub enum TenancyError {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for TenancyError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<db::Error> for TenancyError {
+    fn from(e: db::Error) -> Self {
         TenancyError::Store(e.into())
     }
 }
@@ -160,7 +160,7 @@ pub async fn create(
             Box::pin(async move {
                 let now = crate::clock::now();
                 let tenant_id = tx.scope().id_str().to_owned();
-                sqlx::query(
+                db::query(
                     "INSERT INTO tenants (id, slug, name, status, created_at, updated_at) \
                      VALUES ($1, $2, $3, 'active', $4, $4)",
                 )
@@ -171,11 +171,11 @@ pub async fn create(
                 .execute(tx.conn())
                 .await
                 .map_err(|e| on_constraint(e.into()))?;
-                sqlx::query("INSERT INTO tenant_sequences (tenant_id) VALUES ($1)")
+                db::query("INSERT INTO tenant_sequences (tenant_id) VALUES ($1)")
                     .bind(&tenant_id)
                     .execute(tx.conn())
                     .await?;
-                sqlx::query("INSERT INTO tenant_settings (tenant_id, updated_at) VALUES ($1, $2)")
+                db::query("INSERT INTO tenant_settings (tenant_id, updated_at) VALUES ($1, $2)")
                     .bind(&tenant_id)
                     .bind(&now)
                     .execute(tx.conn())
@@ -232,8 +232,8 @@ impl From<StoreError> for TenantCreateError {
     }
 }
 
-impl From<sqlx::Error> for TenantCreateError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<db::Error> for TenantCreateError {
+    fn from(e: db::Error) -> Self {
         TenantCreateError::Tenancy(e.into())
     }
 }
@@ -241,18 +241,17 @@ impl From<sqlx::Error> for TenantCreateError {
 /// The tenant directory (operator view).
 pub async fn list(store: &Store) -> Result<Vec<Tenant>, StoreError> {
     let mut tx = store.read_unscoped().await?;
-    let rows = sqlx::query(
-        "SELECT id, slug, name, status, created_at FROM tenants ORDER BY created_at, id",
-    )
-    .fetch_all(tx.conn())
-    .await?;
+    let rows =
+        db::query("SELECT id, slug, name, status, created_at FROM tenants ORDER BY created_at, id")
+            .fetch_all(tx.conn())
+            .await?;
     rows.iter().map(tenant_from_row).collect()
 }
 
 /// Every tenant's scope, for the system's own scheduled jobs.
 pub(crate) async fn all_scopes(store: &Store) -> Result<Vec<TenantScope>, StoreError> {
     let mut tx = store.read_unscoped().await?;
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
+    let ids: Vec<String> = db::query_scalar("SELECT id FROM tenants ORDER BY id")
         .fetch_all(tx.conn())
         .await?;
     Ok(ids
@@ -272,7 +271,7 @@ pub(crate) async fn find_active_by_slug(
     };
     let mut tx = store.read_unscoped().await?;
     let id: Option<String> =
-        sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1 AND status = 'active'")
+        db::query_scalar("SELECT id FROM tenants WHERE slug = $1 AND status = 'active'")
             .bind(slug.as_str())
             .fetch_optional(tx.conn())
             .await?;
@@ -282,7 +281,7 @@ pub(crate) async fn find_active_by_slug(
         .map(TenantScope::trusted))
 }
 
-fn tenant_from_row(row: &sqlx::any::AnyRow) -> Result<Tenant, StoreError> {
+fn tenant_from_row(row: &db::Row) -> Result<Tenant, StoreError> {
     Ok(Tenant {
         id: row.try_get("id")?,
         slug: row.try_get("slug")?,

@@ -8,12 +8,12 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::Row;
 
 use super::TenancyError;
 use crate::access::{Permission, Permit, Principal, authorize};
 use crate::audit::RequestMeta;
 use crate::http::{Api, ApiError, ApiJson, AppState, Op};
+use crate::store::db;
 use crate::store::{Change, JournalOp, Store};
 
 pub const MIN_AUDIT_RETENTION_DAYS: i64 = 90;
@@ -33,7 +33,7 @@ pub struct SettingsPatch {
 
 pub async fn get_settings(store: &Store, permit: &Permit) -> Result<TenantSettings, TenancyError> {
     let mut tx = store.read(permit.scope()).await?;
-    let row = sqlx::query(
+    let row = db::query(
         "SELECT audit_retention_days, updated_at FROM tenant_settings WHERE tenant_id = $1",
     )
     .bind(permit.scope().id_str())
@@ -69,7 +69,7 @@ pub async fn update_settings(
                     updated_at: crate::clock::now(),
                 };
                 let tenant = tx.scope().id_str().to_owned();
-                sqlx::query(
+                db::query(
                     "UPDATE tenant_settings SET audit_retention_days = $1, updated_at = $2 WHERE tenant_id = $3",
                 )
                 .bind(after.audit_retention_days)

@@ -2,6 +2,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::Row;
+use strongroom::store::db;
 
 use crate::helpers::{
     CREATE_ACME, cli, cli_json, fresh_database, is_postgres, problem, spawn_app, temp_dir,
@@ -129,16 +130,14 @@ async fn ctl_ten_2_row_level_security_holds_when_a_query_forgets_the_tenant_filt
     .unwrap();
     let mut tx = app.state.store.read(principal.scope()).await.unwrap();
     // A query with no tenant filter at all.
-    let seen: i64 = sqlx::query("SELECT COUNT(*) FROM records")
+    let seen: i64 = db::query_scalar("SELECT COUNT(*) FROM records")
         .fetch_one(tx.conn())
         .await
-        .unwrap()
-        .get(0);
-    let users: i64 = sqlx::query("SELECT COUNT(*) FROM users")
+        .unwrap();
+    let users: i64 = db::query_scalar("SELECT COUNT(*) FROM users")
         .fetch_one(tx.conn())
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
     drop(tx);
     assert_eq!(app.count("SELECT COUNT(*) FROM records").await, 8);
     if is_postgres() {

@@ -1,0 +1,1002 @@
+//! The data layer: the one small interface every domain reads and writes
+//! through, implemented natively per backend (DESIGN.md "Data layer").
+//!
+//! * SQLite runs on `rusqlite`, in the calling thread: the writer's own
+//!   connection on the writer's thread, and pooled read-only connections in
+//!   the request's thread. There is no worker thread to hand statements to
+//!   and back, which is what bounded write throughput through sqlx (every
+//!   statement of a job was a round trip to it). Statements are prepared
+//!   once per connection and cached.
+//! * PostgreSQL runs on sqlx's own Postgres driver (prepared statements are
+//!   cached per connection by the driver).
+//!
+//! The surface mirrors the few calls the domains need — [`query`],
+//! [`query_scalar`], [`query_as`] with `bind`, `execute`, `fetch_one`,
+//! `fetch_optional`, `fetch_all` — over a [`Conn`], and typed [`Row`]s.
+//! Placeholders are numbered `$1`, `$2`, … on both backends (SQLite takes
+//! `$1` as a parameter named "$1", the same name wherever it recurs). Where
+//! the dialects differ, the owning domain keeps both texts side by side and
+//! picks by [`super::Backend`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Arguments, Column, Row as _, TypeInfo};
+
+/// Prepared statements kept per SQLite connection.
+const STATEMENTS: usize = 64;
+
+/// Everything that can go wrong below the domains.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("no rows returned where one was expected")]
+    RowNotFound,
+    #[error("no column {0:?} in the result")]
+    ColumnNotFound(String),
+    #[error("column {column:?}: expected {expected}, found {found}")]
+    Decode {
+        column: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("column {column:?} has database type {type_name}, which the data layer does not read")]
+    UnsupportedType { column: String, type_name: String },
+}
+
+impl Error {
+    /// Whether this is a unique-constraint violation on `table`. PostgreSQL
+    /// names the table; SQLite says "UNIQUE constraint failed: table.col, …".
+    pub fn is_unique_violation_on(&self, table: &str) -> bool {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, Some(message))) => {
+                e.code == rusqlite::ErrorCode::ConstraintViolation
+                    && message
+                        .strip_prefix("UNIQUE constraint failed: ")
+                        .and_then(|columns| columns.strip_prefix(table))
+                        .is_some_and(|rest| rest.starts_with('.'))
+            }
+            Error::Postgres(sqlx::Error::Database(db)) => {
+                db.is_unique_violation() && db.table() == Some(table)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the database refused a NULL in `table.column` (SQLite's
+    /// "NOT NULL constraint failed: table.column"; PostgreSQL's 23502).
+    pub fn is_not_null_violation_of(&self, table: &str, column: &str) -> bool {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, Some(message))) => {
+                e.code == rusqlite::ErrorCode::ConstraintViolation
+                    && message
+                        .strip_prefix("NOT NULL constraint failed: ")
+                        .is_some_and(|rest| rest == format!("{table}.{column}"))
+            }
+            Error::Postgres(sqlx::Error::Database(db)) => {
+                db.code().as_deref() == Some("23502")
+                    && db.table() == Some(table)
+                    && db.message().contains(&format!("\"{column}\""))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The kind of a value, for typed NULLs (PostgreSQL wants a NULL's type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Int,
+    Real,
+    Text,
+    Blob,
+    Bool,
+}
+
+/// A bound parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Param {
+    Null(Kind),
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    Bool(bool),
+}
+
+/// What can be bound as a parameter.
+pub trait Bind {
+    const KIND: Kind;
+    fn into_param(self) -> Param;
+}
+
+macro_rules! bind_as {
+    ($kind:ident, $variant:ident, $($t:ty => $conv:expr),+ $(,)?) => {$(
+        impl Bind for $t {
+            const KIND: Kind = Kind::$kind;
+            fn into_param(self) -> Param {
+                #[allow(clippy::redundant_closure_call)]
+                Param::$variant(($conv)(self))
+            }
+        }
+    )+};
+}
+
+bind_as!(Int, Int,
+    i64 => |v| v,
+    i32 => i64::from,
+    u32 => i64::from,
+    i16 => i64::from,
+    u8 => i64::from,
+);
+bind_as!(Real, Real, f64 => |v| v);
+bind_as!(Bool, Bool, bool => |v| v);
+bind_as!(Text, Text,
+    String => |v| v,
+    &str => str::to_owned,
+    &String => String::clone,
+    &&str => |v: &&str| (*v).to_owned(),
+    std::borrow::Cow<'_, str> => std::borrow::Cow::into_owned,
+);
+bind_as!(Blob, Blob,
+    Vec<u8> => |v| v,
+    &[u8] => <[u8]>::to_vec,
+    &Vec<u8> => Vec::clone,
+);
+
+impl<T: Bind> Bind for Option<T> {
+    const KIND: Kind = T::KIND;
+    fn into_param(self) -> Param {
+        match self {
+            Some(value) => value.into_param(),
+            None => Param::Null(T::KIND),
+        }
+    }
+}
+
+impl<T: Bind + Clone> Bind for &Option<T> {
+    const KIND: Kind = T::KIND;
+    fn into_param(self) -> Param {
+        self.clone().into_param()
+    }
+}
+
+impl Bind for Param {
+    const KIND: Kind = Kind::Text;
+    fn into_param(self) -> Param {
+        self
+    }
+}
+
+/// A value read from a row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    Bool(bool),
+}
+
+impl Value {
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Value::Null => "NULL",
+            Value::Int(_) => "integer",
+            Value::Real(_) => "real",
+            Value::Text(_) => "text",
+            Value::Blob(_) => "blob",
+            Value::Bool(_) => "boolean",
+        }
+    }
+}
+
+/// What a column can be read as.
+pub trait Decode: Sized {
+    const EXPECTED: &'static str;
+    /// `None` when the value is not of this type.
+    fn decode(value: &Value) -> Option<Self>;
+}
+
+impl Decode for String {
+    const EXPECTED: &'static str = "text";
+    fn decode(value: &Value) -> Option<Self> {
+        match value {
+            Value::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl Decode for i64 {
+    const EXPECTED: &'static str = "integer";
+    fn decode(value: &Value) -> Option<Self> {
+        match value {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+impl Decode for i32 {
+    const EXPECTED: &'static str = "32-bit integer";
+    fn decode(value: &Value) -> Option<Self> {
+        i64::decode(value).and_then(|i| i32::try_from(i).ok())
+    }
+}
+
+impl Decode for f64 {
+    const EXPECTED: &'static str = "real";
+    fn decode(value: &Value) -> Option<Self> {
+        match value {
+            Value::Real(r) => Some(*r),
+            #[allow(clippy::cast_precision_loss)]
+            Value::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+}
+
+impl Decode for bool {
+    const EXPECTED: &'static str = "boolean";
+    fn decode(value: &Value) -> Option<Self> {
+        match value {
+            Value::Bool(b) => Some(*b),
+            // SQLite keeps booleans as 0 and 1.
+            Value::Int(i) => Some(*i != 0),
+            _ => None,
+        }
+    }
+}
+
+impl Decode for Vec<u8> {
+    const EXPECTED: &'static str = "blob";
+    fn decode(value: &Value) -> Option<Self> {
+        match value {
+            Value::Blob(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: Decode> Decode for Option<T> {
+    const EXPECTED: &'static str = T::EXPECTED;
+    fn decode(value: &Value) -> Option<Self> {
+        match value {
+            Value::Null => Some(None),
+            other => T::decode(other).map(Some),
+        }
+    }
+}
+
+/// How a column is named in [`Row::try_get`]: by position or by name.
+pub trait ColumnIndex {
+    fn position(&self, row: &Row) -> Result<usize, Error>;
+}
+
+impl ColumnIndex for usize {
+    fn position(&self, row: &Row) -> Result<usize, Error> {
+        if *self < row.values.len() {
+            Ok(*self)
+        } else {
+            Err(Error::ColumnNotFound(self.to_string()))
+        }
+    }
+}
+
+impl ColumnIndex for &str {
+    fn position(&self, row: &Row) -> Result<usize, Error> {
+        row.columns
+            .iter()
+            .position(|c| c == self)
+            .ok_or_else(|| Error::ColumnNotFound((*self).to_owned()))
+    }
+}
+
+/// One result row, read out of the database into owned values.
+#[derive(Clone, Debug)]
+pub struct Row {
+    columns: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+impl Row {
+    pub fn try_get<T: Decode, I: ColumnIndex>(&self, index: I) -> Result<T, Error> {
+        let i = index.position(self)?;
+        let value = &self.values[i];
+        T::decode(value).ok_or_else(|| Error::Decode {
+            column: self.columns[i].clone(),
+            expected: T::EXPECTED,
+            found: value.kind_name(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Every column as text (numbers written out), NULL as `None`.
+    pub fn into_texts(self) -> Vec<Option<String>> {
+        self.values
+            .into_iter()
+            .map(|v| match v {
+                Value::Null => None,
+                Value::Text(s) => Some(s),
+                Value::Int(i) => Some(i.to_string()),
+                Value::Real(r) => Some(r.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                Value::Blob(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            })
+            .collect()
+    }
+}
+
+/// A row read as a typed tuple ([`query_as`]).
+pub trait FromRow: Sized {
+    fn from_row(row: &Row) -> Result<Self, Error>;
+}
+
+macro_rules! tuple_from_row {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: Decode),+> FromRow for ($($t,)+) {
+            fn from_row(row: &Row) -> Result<Self, Error> {
+                Ok(($(row.try_get::<$t, usize>($i)?,)+))
+            }
+        }
+    };
+}
+tuple_from_row!(A 0);
+tuple_from_row!(A 0, B 1);
+tuple_from_row!(A 0, B 1, C 2);
+tuple_from_row!(A 0, B 1, C 2, D 3);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5);
+
+/// A connection in use: SQLite's (the writer's own, or a pooled reader in
+/// a read transaction) or a PostgreSQL transaction.
+pub struct Conn(ConnKind);
+
+enum ConnKind {
+    Sqlite(SqliteConn),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// Held while the real connection is lent out (the writer's between
+    /// jobs); every use is an error.
+    Lent,
+}
+
+fn lent() -> Error {
+    Error::Postgres(sqlx::Error::Protocol("the connection is lent out".into()))
+}
+
+impl Conn {
+    pub(super) fn sqlite(conn: rusqlite::Connection) -> Conn {
+        Conn(ConnKind::Sqlite(SqliteConn {
+            conn: Some(conn),
+            home: None,
+        }))
+    }
+
+    pub(super) fn postgres(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Conn {
+        Conn(ConnKind::Postgres(tx))
+    }
+
+    /// A stand-in for a connection that is lent out.
+    pub(super) fn placeholder() -> Conn {
+        Conn(ConnKind::Lent)
+    }
+
+    /// Commits a PostgreSQL transaction; SQLite's writer commits its batch
+    /// itself, and a reader has nothing to commit.
+    pub(super) async fn commit(self) -> Result<(), Error> {
+        match self.0 {
+            ConnKind::Postgres(tx) => Ok(tx.commit().await?),
+            ConnKind::Sqlite(_) => Ok(()),
+            ConnKind::Lent => Err(lent()),
+        }
+    }
+
+    /// Runs statements without parameters, separated by `;`.
+    pub async fn execute_batch(&mut self, sql: &str) -> Result<(), Error> {
+        match &mut self.0 {
+            ConnKind::Sqlite(conn) => Ok(conn.get().execute_batch(sql)?),
+            ConnKind::Postgres(tx) => {
+                sqlx::raw_sql(sql).execute(&mut **tx).await?;
+                Ok(())
+            }
+            ConnKind::Lent => Err(lent()),
+        }
+    }
+
+    /// SQLite: runs each statement in turn, each binding the parameters
+    /// it names out of the shared `params`; stops at the first failure.
+    pub(super) fn execute_each(&mut self, parts: &[String], params: &[Param]) -> Result<(), Error> {
+        let ConnKind::Sqlite(conn) = &mut self.0 else {
+            return Err(lent());
+        };
+        let conn = conn.get();
+        for part in parts {
+            let mut statement = conn.prepare_cached(part)?;
+            sqlite_bind(&mut statement, params)?;
+            statement.raw_execute()?;
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, sql: &str, params: Vec<Param>, want: Want) -> Result<Outcome, Error> {
+        // The text only: values are bound, never part of it, so a debug log
+        // of statements carries no secret (AUD-3).
+        tracing::debug!(target: "strongroom::db", statement = sql, "statement");
+        match &mut self.0 {
+            ConnKind::Sqlite(conn) => sqlite_run(conn.get(), sql, &params, want),
+            ConnKind::Postgres(tx) => postgres_run(tx, sql, params, want).await,
+            ConnKind::Lent => Err(lent()),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Want {
+    Nothing,
+    One,
+    All,
+}
+
+enum Outcome {
+    Affected(u64),
+    Rows(Vec<Row>),
+}
+
+impl Outcome {
+    fn rows(self) -> Vec<Row> {
+        match self {
+            Outcome::Rows(rows) => rows,
+            Outcome::Affected(_) => Vec::new(),
+        }
+    }
+}
+
+/// What `execute` reports.
+#[derive(Debug)]
+pub struct Done {
+    rows_affected: u64,
+}
+
+impl Done {
+    pub fn rows_affected(&self) -> u64 {
+        self.rows_affected
+    }
+}
+
+/// A statement and its parameters.
+#[must_use = "a query does nothing until it is executed or fetched"]
+pub struct Query<'q> {
+    sql: std::borrow::Cow<'q, str>,
+    params: Vec<Param>,
+}
+
+pub fn query<'q>(sql: impl Into<std::borrow::Cow<'q, str>>) -> Query<'q> {
+    Query {
+        sql: sql.into(),
+        params: Vec::new(),
+    }
+}
+
+/// A query read as one column's values.
+pub fn query_scalar<'q, T: Decode>(sql: impl Into<std::borrow::Cow<'q, str>>) -> Scalar<'q, T> {
+    Scalar {
+        query: query(sql),
+        _as: std::marker::PhantomData,
+    }
+}
+
+/// A query read as typed tuples.
+pub fn query_as<'q, T: FromRow>(sql: impl Into<std::borrow::Cow<'q, str>>) -> Typed<'q, T> {
+    Typed {
+        query: query(sql),
+        _as: std::marker::PhantomData,
+    }
+}
+
+impl<'q> Query<'q> {
+    /// A statement whose parameters are already collected.
+    pub fn with(sql: impl Into<std::borrow::Cow<'q, str>>, params: Vec<Param>) -> Query<'q> {
+        Query {
+            sql: sql.into(),
+            params,
+        }
+    }
+
+    pub fn bind(mut self, value: impl Bind) -> Self {
+        self.params.push(value.into_param());
+        self
+    }
+
+    pub async fn execute(self, conn: &mut Conn) -> Result<Done, Error> {
+        match conn.run(&self.sql, self.params, Want::Nothing).await? {
+            Outcome::Affected(rows_affected) => Ok(Done { rows_affected }),
+            Outcome::Rows(_) => Ok(Done { rows_affected: 0 }),
+        }
+    }
+
+    pub async fn fetch_all(self, conn: &mut Conn) -> Result<Vec<Row>, Error> {
+        Ok(conn.run(&self.sql, self.params, Want::All).await?.rows())
+    }
+
+    pub async fn fetch_optional(self, conn: &mut Conn) -> Result<Option<Row>, Error> {
+        Ok(conn
+            .run(&self.sql, self.params, Want::One)
+            .await?
+            .rows()
+            .into_iter()
+            .next())
+    }
+
+    pub async fn fetch_one(self, conn: &mut Conn) -> Result<Row, Error> {
+        self.fetch_optional(conn).await?.ok_or(Error::RowNotFound)
+    }
+}
+
+pub struct Scalar<'q, T> {
+    query: Query<'q>,
+    _as: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Decode> Scalar<'_, T> {
+    pub fn bind(mut self, value: impl Bind) -> Self {
+        self.query = self.query.bind(value);
+        self
+    }
+
+    pub async fn fetch_one(self, conn: &mut Conn) -> Result<T, Error> {
+        self.query.fetch_one(conn).await?.try_get(0)
+    }
+
+    pub async fn fetch_optional(self, conn: &mut Conn) -> Result<Option<T>, Error> {
+        match self.query.fetch_optional(conn).await? {
+            Some(row) => Ok(Some(row.try_get(0)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn fetch_all(self, conn: &mut Conn) -> Result<Vec<T>, Error> {
+        self.query
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect()
+    }
+}
+
+pub struct Typed<'q, T> {
+    query: Query<'q>,
+    _as: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: FromRow> Typed<'_, T> {
+    pub fn bind(mut self, value: impl Bind) -> Self {
+        self.query = self.query.bind(value);
+        self
+    }
+
+    pub async fn fetch_one(self, conn: &mut Conn) -> Result<T, Error> {
+        T::from_row(&self.query.fetch_one(conn).await?)
+    }
+
+    pub async fn fetch_optional(self, conn: &mut Conn) -> Result<Option<T>, Error> {
+        match self.query.fetch_optional(conn).await? {
+            Some(row) => Ok(Some(T::from_row(&row)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn fetch_all(self, conn: &mut Conn) -> Result<Vec<T>, Error> {
+        self.query
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(T::from_row)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------- SQLite
+
+/// A SQLite connection, returned to its pool (if it has one) when dropped.
+struct SqliteConn {
+    conn: Option<rusqlite::Connection>,
+    home: Option<Arc<SqliteReaders>>,
+}
+
+impl SqliteConn {
+    fn get(&mut self) -> &rusqlite::Connection {
+        // Only Drop takes the connection out.
+        self.conn
+            .as_ref()
+            .expect("a SQLite connection in use is present")
+    }
+}
+
+impl Drop for SqliteConn {
+    fn drop(&mut self) {
+        if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) {
+            home.put_back(conn);
+        }
+    }
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Param::Null(_) => ToSqlOutput::Borrowed(ValueRef::Null),
+            Param::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Param::Real(r) => ToSqlOutput::Borrowed(ValueRef::Real(*r)),
+            Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Param::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+            Param::Bool(b) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b))),
+        })
+    }
+}
+
+/// Binds `params` to a prepared statement by the numbers in its
+/// placeholder names (`$3` takes `params[2]`); a statement may use a subset.
+pub(super) fn sqlite_bind(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    params: &[Param],
+) -> Result<(), rusqlite::Error> {
+    for index in 1..=statement.parameter_count() {
+        let name = statement.parameter_name(index).unwrap_or("");
+        let number: usize = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_owned()))?;
+        let value = params
+            .get(number.wrapping_sub(1))
+            .ok_or(rusqlite::Error::InvalidParameterCount(number, params.len()))?;
+        statement.raw_bind_parameter(index, value)?;
+    }
+    Ok(())
+}
+
+fn sqlite_run(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[Param],
+    want: Want,
+) -> Result<Outcome, Error> {
+    let mut statement = conn.prepare_cached(sql)?;
+    sqlite_bind(&mut statement, params)?;
+    if let Want::Nothing = want
+        && statement.column_count() == 0
+    {
+        return Ok(Outcome::Affected(statement.raw_execute()? as u64));
+    }
+    let columns: Arc<[String]> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut rows = statement.raw_query();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let values = (0..columns.len())
+            .map(|i| sqlite_value(row.get_ref(i)?))
+            .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+        out.push(Row {
+            columns: columns.clone(),
+            values,
+        });
+        if let Want::One = want {
+            break;
+        }
+    }
+    Ok(Outcome::Rows(out))
+}
+
+fn sqlite_value(value: ValueRef<'_>) -> Result<Value, rusqlite::Error> {
+    Ok(match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        ValueRef::Real(r) => Value::Real(r),
+        ValueRef::Text(t) => Value::Text(
+            std::str::from_utf8(t)
+                .map_err(rusqlite::Error::Utf8Error)?
+                .to_owned(),
+        ),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    })
+}
+
+/// Opens the writing connection: WAL, and FULL sync so that a commit is on
+/// disk before it is acknowledged (invariant 5).
+pub(super) fn open_sqlite_writer(path: &std::path::Path) -> Result<rusqlite::Connection, Error> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS);
+    Ok(conn)
+}
+
+/// Idle readers kept at most; more may be open while requests overlap.
+const KEEP_IDLE: usize = 16;
+
+/// Read-only SQLite connections, opened on demand and kept when idle.
+/// They are opened read-only and with `query_only`, so nothing can write
+/// through them (invariant 2).
+pub(super) struct SqliteReaders {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl SqliteReaders {
+    pub(super) fn new(path: std::path::PathBuf) -> Arc<SqliteReaders> {
+        Arc::new(SqliteReaders {
+            path,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(super) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn open(&self) -> Result<rusqlite::Connection, rusqlite::Error> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Under WAL a reader waits only while a checkpoint resets the log,
+        // which takes microseconds; the bound keeps a request thread from
+        // waiting long if something is wrong.
+        conn.busy_timeout(Duration::from_millis(500))?;
+        conn.execute_batch("PRAGMA query_only=ON; PRAGMA foreign_keys=ON;")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS);
+        Ok(conn)
+    }
+
+    fn take(&self) -> Result<rusqlite::Connection, Error> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match idle {
+            Some(conn) => Ok(conn),
+            None => Ok(self.open()?),
+        }
+    }
+
+    fn put_back(&self, conn: rusqlite::Connection) {
+        // A reader left inside a transaction would pin an old snapshot.
+        if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < KEEP_IDLE
+        {
+            idle.push(conn);
+        }
+    }
+
+    /// A reader inside a read transaction: one consistent snapshot.
+    pub(super) fn begin(self: &Arc<Self>) -> Result<Conn, Error> {
+        let conn = self.take()?;
+        let mut held = SqliteConn {
+            conn: Some(conn),
+            home: Some(self.clone()),
+        };
+        held.get().execute_batch("BEGIN")?;
+        Ok(Conn(ConnKind::Sqlite(held)))
+    }
+
+    /// A reader outside any transaction, for one statement.
+    pub(super) fn single(self: &Arc<Self>) -> Result<Conn, Error> {
+        let conn = self.take()?;
+        Ok(Conn(ConnKind::Sqlite(SqliteConn {
+            conn: Some(conn),
+            home: Some(self.clone()),
+        })))
+    }
+}
+
+// ------------------------------------------------------------ PostgreSQL
+
+fn postgres_arguments(params: Vec<Param>) -> Result<PgArguments, Error> {
+    let mut args = PgArguments::default();
+    for param in params {
+        let added = match param {
+            Param::Null(Kind::Int) => args.add(None::<i64>),
+            Param::Null(Kind::Real) => args.add(None::<f64>),
+            Param::Null(Kind::Text) => args.add(None::<String>),
+            Param::Null(Kind::Blob) => args.add(None::<Vec<u8>>),
+            Param::Null(Kind::Bool) => args.add(None::<bool>),
+            Param::Int(i) => args.add(i),
+            Param::Real(r) => args.add(r),
+            Param::Text(s) => args.add(s),
+            Param::Blob(b) => args.add(b),
+            Param::Bool(b) => args.add(b),
+        };
+        added.map_err(sqlx::Error::Encode)?;
+    }
+    Ok(args)
+}
+
+async fn postgres_run(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    sql: &str,
+    params: Vec<Param>,
+    want: Want,
+) -> Result<Outcome, Error> {
+    let args = postgres_arguments(params)?;
+    let query = sqlx::query_with(sql, args);
+    match want {
+        Want::Nothing => {
+            let done = query.execute(&mut **tx).await?;
+            Ok(Outcome::Affected(done.rows_affected()))
+        }
+        Want::One => {
+            let row = query.fetch_optional(&mut **tx).await?;
+            let rows = match row {
+                Some(row) => vec![postgres_row(&row, None)?],
+                None => Vec::new(),
+            };
+            Ok(Outcome::Rows(rows))
+        }
+        Want::All => {
+            let rows = query.fetch_all(&mut **tx).await?;
+            let columns = rows.first().map(postgres_columns);
+            let out = rows
+                .iter()
+                .map(|row| postgres_row(row, columns.clone()))
+                .collect::<Result<_, _>>()?;
+            Ok(Outcome::Rows(out))
+        }
+    }
+}
+
+fn postgres_columns(row: &PgRow) -> Arc<[String]> {
+    row.columns().iter().map(|c| c.name().to_owned()).collect()
+}
+
+fn postgres_row(row: &PgRow, columns: Option<Arc<[String]>>) -> Result<Row, Error> {
+    let columns = columns.unwrap_or_else(|| postgres_columns(row));
+    let mut values = Vec::with_capacity(columns.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let type_name = column.type_info().name();
+        let value = match type_name {
+            "INT8" => row.try_get::<Option<i64>, _>(i)?.map(Value::Int),
+            "INT4" => row
+                .try_get::<Option<i32>, _>(i)?
+                .map(|v| Value::Int(v.into())),
+            "INT2" => row
+                .try_get::<Option<i16>, _>(i)?
+                .map(|v| Value::Int(v.into())),
+            "FLOAT8" => row.try_get::<Option<f64>, _>(i)?.map(Value::Real),
+            "FLOAT4" => row
+                .try_get::<Option<f32>, _>(i)?
+                .map(|v| Value::Real(v.into())),
+            "BOOL" => row.try_get::<Option<bool>, _>(i)?.map(Value::Bool),
+            "BYTEA" => row.try_get::<Option<Vec<u8>>, _>(i)?.map(Value::Blob),
+            "TEXT" | "VARCHAR" | "NAME" | "BPCHAR" | "CHAR" => {
+                row.try_get::<Option<String>, _>(i)?.map(Value::Text)
+            }
+            // A statement that returns nothing typed (e.g. SELECT of a
+            // void function) reads as NULL.
+            "VOID" => None,
+            other => {
+                return Err(Error::UnsupportedType {
+                    column: column.name().to_owned(),
+                    type_name: other.to_owned(),
+                });
+            }
+        };
+        values.push(value.unwrap_or(Value::Null));
+    }
+    Ok(Row { columns, values })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> Conn {
+        Conn::sqlite(rusqlite::Connection::open_in_memory().unwrap())
+    }
+
+    #[tokio::test]
+    async fn numbered_placeholders_bind_by_number_and_repeat() {
+        let mut conn = memory();
+        conn.execute_batch("CREATE TABLE t (a TEXT, b INTEGER, c BLOB, d INTEGER)")
+            .await
+            .unwrap();
+        query("INSERT INTO t VALUES ($2, $1, $3, $1)")
+            .bind(7_i64)
+            .bind("x")
+            .bind(None::<Vec<u8>>)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let row = query("SELECT a, b, c, d FROM t WHERE b = $1 AND d = $1")
+            .bind(7_i64)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(row.try_get::<String, _>("a").unwrap(), "x");
+        assert_eq!(row.try_get::<i64, _>(1).unwrap(), 7);
+        assert_eq!(row.try_get::<Option<Vec<u8>>, _>("c").unwrap(), None);
+        let err = row.try_get::<i64, _>("a").unwrap_err();
+        assert!(
+            err.to_string().contains("expected integer, found text"),
+            "{err}"
+        );
+        assert!(matches!(
+            row.try_get::<i64, _>("nope"),
+            Err(Error::ColumnNotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn scalars_tuples_and_affected_rows_read_back() {
+        let mut conn = memory();
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+            .await
+            .unwrap();
+        for (k, n) in [("a", 1_i64), ("b", 2)] {
+            query("INSERT INTO t VALUES ($1, $2)")
+                .bind(k)
+                .bind(n)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let total: i64 = query_scalar("SELECT SUM(n) FROM t")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(total, 3);
+        let pairs: Vec<(String, i64)> = query_as("SELECT k, n FROM t ORDER BY k")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(pairs, [("a".into(), 1), ("b".into(), 2)]);
+        let done = query("UPDATE t SET n = n + 1")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 2);
+        let err = query("INSERT INTO t VALUES ($1, $2)")
+            .bind("a")
+            .bind(9_i64)
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(err.is_unique_violation_on("t"), "{err}");
+        assert!(!err.is_unique_violation_on("u"), "{err}");
+        let err = query("INSERT INTO t VALUES ($1, $2)")
+            .bind("c")
+            .bind(None::<i64>)
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(err.is_not_null_violation_of("t", "n"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_parameter_is_an_error_not_a_null() {
+        let mut conn = memory();
+        let err = query("SELECT $1, $2")
+            .bind(1_i64)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Sqlite(_)), "{err}");
+    }
+}
