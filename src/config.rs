@@ -3,6 +3,8 @@
 //! with no configuration at all the server runs on `./strongroom-data` with
 //! SQLite, bound to 127.0.0.1.
 
+mod addresses;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+pub use addresses::{StoreUrl, SyslogTarget, TrustedProxies};
 
 /// Keys that may come from `STRONGROOM_*` variables. Other variables with the
 /// prefix (e.g. test-harness settings) are ignored rather than refused.
@@ -189,7 +193,7 @@ impl Config {
             ));
         }
         if let Some(url) = &self.syslog_url {
-            crate::telemetry::SyslogTarget::parse(url).map_err(ConfigError)?;
+            SyslogTarget::parse(url).map_err(ConfigError)?;
         }
         if self.retention_interval_seconds == 0 {
             return Err(ConfigError(
@@ -201,12 +205,12 @@ impl Config {
                 "audit_checkpoint_seconds must be at least 1".into(),
             ));
         }
-        crate::http::TrustedProxies::parse(&self.trusted_proxies).map_err(ConfigError)?;
+        TrustedProxies::parse(&self.trusted_proxies).map_err(ConfigError)?;
         for url in [&self.object_store_url, &self.object_store_replica_url]
             .into_iter()
             .flatten()
         {
-            crate::files::StoreUrl::parse(url).map_err(ConfigError)?;
+            StoreUrl::parse(url).map_err(ConfigError)?;
         }
         if self.file_sweep_seconds == 0 {
             return Err(ConfigError("file_sweep_seconds must be at least 1".into()));

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod crypto;
 pub mod files;
 pub mod http;

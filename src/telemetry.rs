@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
@@ -55,29 +55,7 @@ pub fn init(format: LogFormat, level: &str, syslog: Option<&str>) {
         .try_init();
 }
 
-/// Where syslog messages go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyslogTarget {
-    Udp(SocketAddr),
-    Tcp(SocketAddr),
-}
-
-impl SyslogTarget {
-    pub fn parse(url: &str) -> Result<SyslogTarget, String> {
-        let bad = || format!("syslog_url {url:?} must be udp://host:port or tcp://host:port");
-        let (scheme, address) = url.split_once("://").ok_or_else(bad)?;
-        let address = address
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(bad)?;
-        match scheme {
-            "udp" => Ok(SyslogTarget::Udp(address)),
-            "tcp" => Ok(SyslogTarget::Tcp(address)),
-            _ => Err(bad()),
-        }
-    }
-}
+pub use crate::config::SyslogTarget;
 
 struct SyslogLayer {
     queue: SyncSender<String>,

@@ -9,9 +9,10 @@
 
 use serde::Serialize;
 
-use crate::audit::{Actor, ActorKind, Outcome, RequestMeta};
+pub use crate::context::Permit;
+use crate::context::TenantScope;
+use crate::context::{Actor, ActorKind, Outcome, RequestMeta};
 use crate::store::{Store, StoreError};
-use crate::tenancy::TenantScope;
 
 /// A named permission; every API operation names the one it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -139,64 +140,6 @@ impl Principal {
     }
 }
 
-/// Proof that a permission check passed for one tenant and one actor.
-#[derive(Clone, Debug)]
-pub struct Permit {
-    scope: TenantScope,
-    actor: Actor,
-}
-
-impl Permit {
-    /// The operator at the server's console (CLI): full power over the
-    /// tenant it names, recorded as such in the audit trail.
-    pub(crate) fn operator(scope: TenantScope, actor: Actor) -> Permit {
-        Permit { scope, actor }
-    }
-
-    /// The server's own scheduled jobs (retention), recorded as `system`.
-    pub(crate) fn system(scope: TenantScope, job: &str) -> Permit {
-        Permit {
-            scope,
-            actor: Actor::system(job),
-        }
-    }
-
-    /// Login, refresh and invitation acceptance: the presented credential
-    /// is the check, and the work itself verifies it.
-    pub(crate) fn authentication(scope: TenantScope, actor: Actor) -> Permit {
-        Permit { scope, actor }
-    }
-
-    /// A signed download link (FIL-2): the verified signature is the check;
-    /// the actor is the user who asked for the link.
-    pub(crate) fn signed_link(scope: TenantScope, user_id: String) -> Permit {
-        Permit {
-            scope,
-            actor: Actor {
-                kind: ActorKind::User,
-                id: Some(user_id),
-                email: None,
-            },
-        }
-    }
-
-    /// A user acting on their own account (logout, own sessions).
-    pub(crate) fn self_service(principal: &Principal) -> Permit {
-        Permit {
-            scope: principal.scope.clone(),
-            actor: principal.actor(),
-        }
-    }
-
-    pub fn scope(&self) -> &TenantScope {
-        &self.scope
-    }
-
-    pub fn actor(&self) -> &Actor {
-        &self.actor
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     #[error("this operation needs the permission {}", .0.name())]
@@ -215,15 +158,9 @@ pub async fn authorize(
     meta: &RequestMeta,
 ) -> Result<Permit, AccessError> {
     if principal.role.allows(permission) {
-        return Ok(Permit {
-            scope: principal.scope.clone(),
-            actor: principal.actor(),
-        });
+        return Ok(Permit::user(principal.scope.clone(), principal.actor()));
     }
-    let witness = Permit {
-        scope: principal.scope.clone(),
-        actor: principal.actor(),
-    };
+    let witness = Permit::user(principal.scope.clone(), principal.actor());
     let needed = permission.name();
     store
         .write(&witness, meta, action, move |tx| {

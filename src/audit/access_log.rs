@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::export::{Exportable, Format, paged_stream, write_csv_line};
 use super::query::{AuditError, parse_time};
+use crate::context::{TenantId, TenantScope};
 use crate::store::db;
 use crate::store::sql::Sql;
 use crate::store::{ReadTx, Store};
-use crate::tenancy::{TenantId, TenantScope};
 
 /// Rows per batch at most, and how long a row may wait for company.
 const BATCH: usize = 1000;

@@ -11,9 +11,9 @@ use futures_util::Stream;
 
 use super::query::{AuditError, AuditEvent, AuditFilter, Page};
 use super::{Outcome, RequestMeta};
-use crate::access::Permit;
+use crate::context::Permit;
+use crate::context::TenantScope;
 use crate::store::Store;
-use crate::tenancy::TenantScope;
 
 /// Rows fetched per page while streaming.
 const PAGE: i64 = 1000;

@@ -15,7 +15,9 @@ use super::access_log::{self, AccessFilter};
 use super::export::{self, Format};
 use super::query::{AuditError, AuditFilter, Page};
 use crate::access::{Permission, Principal, authorize};
-use crate::http::{Api, ApiError, AppState, Op};
+use crate::http::api::{Api, Op};
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use crate::store::sql::{decode_cursor, encode_cursor, one_page};
 
 const DEFAULT_LIMIT: i64 = 50;

@@ -16,9 +16,10 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::Serialize;
 
 use super::chain::{self, Chained, GENESIS, Hash, checkpoint_message, from_hex, hex_bytes, to_hex};
+use crate::context::TenantScope;
 use crate::store::db;
 use crate::store::{Store, StoreError};
-use crate::tenancy::{self, TenantScope};
+use crate::tenancy;
 
 /// Signs the current head of every tenant whose trail moved since its last
 /// checkpoint; returns how many checkpoints were written.

@@ -9,10 +9,11 @@ use serde_json::json;
 
 use super::RequestMeta;
 use super::query::AuditError;
-use crate::access::Permit;
+use crate::context::Permit;
+use crate::context::TenantScope;
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store};
-use crate::tenancy::{self, TenantScope};
+use crate::tenancy;
 
 pub const JOB: &str = "audit.retention";
 

@@ -5,9 +5,8 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 
-use crate::access::Permit;
-use crate::audit::{Actor, RequestMeta};
-use crate::files::Files;
+use crate::context::Permit;
+use crate::context::{Actor, RequestMeta};
 use crate::http::AppState;
 
 pub(super) async fn status(state: &AppState, tenant: &str) -> anyhow::Result<()> {
@@ -20,7 +19,7 @@ pub(super) async fn status(state: &AppState, tenant: &str) -> anyhow::Result<()>
 }
 
 pub(super) async fn rotate(state: &AppState, tenant: Option<&str>) -> anyhow::Result<()> {
-    let files = Files::of(state);
+    let files = state.files();
     let tty = std::io::stderr().is_terminal();
     for (scope, slug) in super::tenant_scopes(&state.store, tenant).await? {
         let permit = Permit::operator(scope.clone(), Actor::operator());
@@ -110,7 +109,7 @@ pub(super) async fn verify_files(
     repair: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let files = Files::of(state);
+    let files = state.files();
     let tty = std::io::stderr().is_terminal() && !json;
     let mut scrub = Scrub::default();
     for (scope, slug) in super::tenant_scopes(&state.store, tenant).await? {

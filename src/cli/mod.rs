@@ -444,7 +444,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// The server's scheduled jobs; each records a heartbeat.
 fn start_jobs(state: &crate::http::AppState) {
-    let files = crate::files::Files::of(state);
+    let files = state.files();
     let resume = files.clone();
     tokio::spawn(async move {
         match crate::keys::unfinished(&resume.store).await {

@@ -11,11 +11,15 @@ use serde_json::json;
 
 use super::signed::{self, DEFAULT_TTL_SECONDS, Grant, MAX_TTL_SECONDS};
 use super::{FileError, Files, OpenFile, Slot, clean_name};
-use crate::access::{Permission, Permit, Principal, authorize};
-use crate::audit::RequestMeta;
-use crate::http::{Api, ApiError, ApiPath, AppState, Op, Who};
+use crate::access::{Permission, Principal, authorize};
+use crate::context::Permit;
+use crate::context::RequestMeta;
+use crate::context::{TenantId, TenantScope};
+use crate::http::api::{Api, Op};
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiPath, Who};
+use crate::http::state::AppState;
 use crate::store::StoreError;
-use crate::tenancy::{TenantId, TenantScope};
 
 const FILE_PATH: &str = "/api/v1/collections/{name}/records/{id}/files/{file}";
 
@@ -138,7 +142,8 @@ async fn upload(
         }
     };
     let file_name = clean_name(part.file_name());
-    let info = Files::of(&state)
+    let info = state
+        .files()
         .upload(
             &permit,
             &meta,
@@ -215,7 +220,7 @@ async fn download(
         &meta,
     )
     .await?;
-    let files = Files::of(&state);
+    let files = state.files();
     let file = files.open(permit.scope(), &name, &id, &file_id).await?;
     if signed {
         let expires = time::OffsetDateTime::now_utc().unix_timestamp() + ttl;
@@ -277,7 +282,7 @@ async fn signed_download(
     let tenant_id = TenantId::parse(&grant.tenant).ok_or(FileError::BadSignature)?;
     who.set(&grant.tenant, &grant.by, None);
     let scope = TenantScope::trusted(tenant_id);
-    let files = Files::of(&state);
+    let files = state.files();
     let file = files.open_by_id(&scope, &grant.file).await?;
     let permit = Permit::signed_link(scope, grant.by.clone());
     serve(&state, &files, &permit, &meta, "file.download_signed", file).await
@@ -365,7 +370,8 @@ async fn remove(
         &meta,
     )
     .await?;
-    Files::of(&state)
+    state
+        .files()
         .delete(&permit, &meta, &name, &id, &file_id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

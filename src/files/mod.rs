@@ -24,8 +24,10 @@ use sha2::{Digest, Sha256};
 pub use objects::{ObjectWriter, Objects, StoreUrl, Target, check_canary};
 pub use sniff::{KNOWN_TYPES, is_known_type, sniff};
 
-use crate::access::{AccessError, Permit};
-use crate::audit::RequestMeta;
+use crate::access::AccessError;
+use crate::context::Permit;
+use crate::context::RequestMeta;
+use crate::context::TenantScope;
 use crate::crypto::aead::{DataKey, KeyBytes, generate_key};
 use crate::crypto::stream::{Opener, Sealer, sealed_size};
 use crate::crypto::{CryptoError, Vault};
@@ -33,7 +35,6 @@ use crate::records::{self, FieldType, Place, RecordError, sealed};
 use crate::store::Conn;
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store, StoreError};
-use crate::tenancy::TenantScope;
 
 /// Sealed bytes gathered before they are handed to the stores.
 const FLUSH_BYTES: usize = 4 * 1024 * 1024;
@@ -178,14 +179,6 @@ struct Upload {
 }
 
 impl Files {
-    pub fn of(state: &crate::http::AppState) -> Files {
-        Files {
-            store: state.store.clone(),
-            vault: state.vault.clone(),
-            objects: state.objects.clone(),
-        }
-    }
-
     async fn check_target(
         &self,
         scope: &TenantScope,

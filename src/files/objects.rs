@@ -23,59 +23,7 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts in flight per upload.
 const PARTS_IN_FLIGHT: usize = 4;
 
-/// Where a store lives, parsed from its URL.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreUrl {
-    Local(std::path::PathBuf),
-    S3 {
-        bucket: String,
-        prefix: String,
-        endpoint: Option<String>,
-        region: Option<String>,
-    },
-}
-
-impl StoreUrl {
-    pub fn parse(url: &str) -> Result<StoreUrl, String> {
-        if let Some(path) = url.strip_prefix("file://") {
-            if !path.starts_with('/') {
-                return Err(format!("{url}: a file:// store needs an absolute path"));
-            }
-            return Ok(StoreUrl::Local(path.into()));
-        }
-        let Some(rest) = url.strip_prefix("s3://") else {
-            return Err(format!(
-                "object store URL {url:?}: use file:///path or s3://bucket/prefix?endpoint=…&region=…"
-            ));
-        };
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-        if bucket.len() < 3 || bucket.len() > 63 {
-            return Err(format!("{url}: the bucket name must be 3-63 characters"));
-        }
-        let mut endpoint = None;
-        let mut region = None;
-        for (k, v) in serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-            .map_err(|e| format!("{url}: {e}"))?
-        {
-            match k.as_str() {
-                "endpoint" => endpoint = Some(v),
-                "region" => region = Some(v),
-                other => {
-                    return Err(format!(
-                        "{url}: unknown parameter {other:?} (endpoint and region are known)"
-                    ));
-                }
-            }
-        }
-        Ok(StoreUrl::S3 {
-            bucket: bucket.to_owned(),
-            prefix: prefix.trim_matches('/').to_owned(),
-            endpoint,
-            region,
-        })
-    }
-}
+pub use crate::config::StoreUrl;
 
 /// One store and the prefix objects live under.
 pub struct Target {

@@ -2,21 +2,7 @@
 //! client (FIL-4). Active content (HTML, SVG, XML) is recognised so it can
 //! be refused: it could run script if a browser ever rendered it.
 
-/// Types a file field may accept. Active content is not among them.
-pub const KNOWN_TYPES: &[&str] = &[
-    "image/png",
-    "image/jpeg",
-    "image/gif",
-    "image/webp",
-    "application/pdf",
-    "application/zip",
-    "text/plain",
-    "application/octet-stream",
-];
-
-pub fn is_known_type(text: &str) -> bool {
-    KNOWN_TYPES.contains(&text)
-}
+pub use crate::records::schema::{KNOWN_TYPES, is_known_type};
 
 /// The type of a file from its first bytes (up to 512 are looked at).
 pub fn sniff(head: &[u8]) -> &'static str {

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
 
-use super::AppState;
+use super::state::AppState;
 use crate::access::Permission;
 
 /// One documented operation.

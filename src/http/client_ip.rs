@@ -7,50 +7,9 @@ use std::net::IpAddr;
 
 use axum::http::HeaderMap;
 
-/// Trusted proxies: single addresses or CIDR blocks.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+pub use crate::config::TrustedProxies;
 
 impl TrustedProxies {
-    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
-        let mut nets = Vec::new();
-        for entry in entries {
-            let (addr, bits) = match entry.split_once('/') {
-                Some((addr, bits)) => (addr, Some(bits)),
-                None => (entry.as_str(), None),
-            };
-            let addr: IpAddr = addr.trim().parse().map_err(|_| {
-                format!("trusted proxy {entry:?} is not an IP address or CIDR block")
-            })?;
-            let max = if addr.is_ipv4() { 32 } else { 128 };
-            let bits = match bits {
-                None => max,
-                Some(b) => b
-                    .trim()
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|b| *b <= max)
-                    .ok_or_else(|| format!("trusted proxy {entry:?} has a bad prefix length"))?,
-            };
-            nets.push((addr, bits));
-        }
-        Ok(TrustedProxies(nets))
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|&(net, bits)| match (net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        })
-    }
-
     pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer?;
         if !self.contains(peer) {

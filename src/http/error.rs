@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::REQUEST_ID;
+use super::state::REQUEST_ID;
 use crate::access::AccessError;
 use crate::audit::AuditError;
 use crate::crypto::CryptoError;

@@ -7,10 +7,10 @@ use axum::http::{StatusCode, header};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
 use super::error::ApiError;
+use super::state::AppState;
 use crate::access::Principal;
-use crate::audit::RequestMeta;
+use crate::context::RequestMeta;
 
 /// Who a request turned out to be, filled in by authentication and read by
 /// the access log after the response.

@@ -4,8 +4,9 @@
 
 pub mod api;
 mod client_ip;
-mod error;
-mod extract;
+pub mod error;
+pub mod extract;
+pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,37 +26,19 @@ pub use api::{Api, Op};
 pub use client_ip::TrustedProxies;
 pub use error::ApiError;
 pub use extract::{ApiJson, ApiPath, Who};
+pub use state::AppState;
+pub(crate) use state::REQUEST_ID;
 
-use crate::audit::RequestMeta;
-use crate::audit::access_log::{AccessEntry, AccessLogger, activity};
-use crate::config::Config;
-use crate::crypto::{Keyring, Vault};
-use crate::files::Objects;
-use crate::store::Store;
+use crate::audit::access_log::{AccessEntry, activity};
+use crate::context::RequestMeta;
 
 /// Largest JSON body accepted (NET-5 first cut).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub keyring: Arc<Keyring>,
-    pub vault: Vault,
-    pub objects: Objects,
-    pub config: Arc<Config>,
-    pub access_log: AccessLogger,
-    pub proxies: Arc<TrustedProxies>,
-}
 
 /// Longest path kept in the access log.
 const MAX_LOGGED_PATH: usize = 2048;
 /// Longest user agent kept; longer ones are cut (they are free text).
 const MAX_USER_AGENT: usize = 512;
-
-tokio::task_local! {
-    /// The id of the request being served, for problem bodies.
-    pub(crate) static REQUEST_ID: String;
-}
 
 /// The whole application router.
 pub fn app(state: AppState) -> Router {

@@ -12,8 +12,11 @@ use serde_json::json;
 
 use super::{IdentityError, UserPatch};
 use crate::access::{Permission, Principal, authorize};
-use crate::audit::RequestMeta;
-use crate::http::{Api, ApiError, ApiJson, ApiPath, AppState, Op, Who};
+use crate::context::RequestMeta;
+use crate::http::api::{Api, Op};
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiJson, ApiPath, Who};
+use crate::http::state::AppState;
 
 pub fn sessions_router() -> Api {
     Api::new()

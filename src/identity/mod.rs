@@ -28,9 +28,9 @@ pub use users::{User, UserPatch, create_user, delete_user, get_user, list_users,
 pub(crate) use users::invite_user;
 
 use crate::access::AccessError;
+use crate::context::TenantId;
 use crate::store::StoreError;
 use crate::store::db;
-use crate::tenancy::TenantId;
 use tokens::{OpaqueToken, TokenKind};
 
 /// A syntactically valid e-mail address, lower-cased.

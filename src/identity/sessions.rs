@@ -16,11 +16,13 @@ use super::tokens::{
     verify_access_token,
 };
 use super::{Email, IdentityError, password};
-use crate::access::{Permit, Principal, Role};
-use crate::audit::{Actor, ActorKind, Outcome, RequestMeta};
+use crate::access::{Principal, Role};
+use crate::context::Permit;
+use crate::context::{Actor, ActorKind, Outcome, RequestMeta};
+use crate::context::{TenantId, TenantScope};
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store, WriteTx};
-use crate::tenancy::{self, TenantId, TenantScope};
+use crate::tenancy;
 
 /// What a successful login, refresh or invitation acceptance returns.
 #[derive(Debug, Serialize)]
@@ -437,7 +439,7 @@ pub async fn logout(
     let session_id = principal.session_id.clone();
     store
         .write(
-            &Permit::self_service(principal),
+            &Permit::user(principal.scope().clone(), principal.actor()),
             meta,
             "auth.logout",
             move |tx| {

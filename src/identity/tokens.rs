@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::tenancy::TenantId;
+use crate::context::TenantId;
 
 pub const ACCESS_TOKEN_TTL_SECONDS: i64 = 60;
 /// Clock skew tolerated for `iat` in the future.

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Email, IdentityError, NewInvitation};
-use crate::access::{Permit, Role};
-use crate::audit::RequestMeta;
+use crate::access::Role;
+use crate::context::Permit;
+use crate::context::RequestMeta;
 use crate::store::db;
 use crate::store::{Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 

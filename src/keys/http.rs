@@ -11,10 +11,12 @@ use serde_json::json;
 
 use super::KeysError;
 use crate::access::{Permission, Principal, authorize};
-use crate::audit::RequestMeta;
+use crate::context::RequestMeta;
 use crate::crypto::vault::parse_tenant_key;
-use crate::files::Files;
-use crate::http::{Api, ApiError, ApiJson, AppState, Op};
+use crate::http::api::{Api, Op};
+use crate::http::error::ApiError;
+use crate::http::extract::ApiJson;
+use crate::http::state::AppState;
 
 pub fn router() -> Api {
     Api::new()
@@ -109,7 +111,7 @@ async fn rotate(
     )
     .await?;
     let version = super::rotate(&state.store, &state.vault, &permit, &meta).await?;
-    let files = Files::of(&state);
+    let files = state.files();
     super::spawn_reencrypt(files, permit.scope().clone());
     Ok((
         StatusCode::ACCEPTED,

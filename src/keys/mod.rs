@@ -13,15 +13,15 @@ pub mod http;
 
 use serde_json::json;
 
-use crate::access::Permit;
-use crate::audit::RequestMeta;
+use crate::context::Permit;
+use crate::context::RequestMeta;
+use crate::context::TenantScope;
 use crate::crypto::vault::{ByokChange, KeyStatus};
 use crate::crypto::{CryptoError, KeyBytes, Vault};
 use crate::files::{FileError, Files};
 use crate::records::RecordError;
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store, StoreError};
-use crate::tenancy::TenantScope;
 
 const BATCH: i64 = 200;
 

@@ -10,8 +10,11 @@ use serde_json::{Value, json};
 
 use super::{DEFAULT_PAGE, Field, ListQuery, MAX_PAGE, Precondition, Record, RecordError};
 use crate::access::{Permission, Principal, authorize};
-use crate::audit::RequestMeta;
-use crate::http::{Api, ApiError, ApiJson, ApiPath, AppState, Op};
+use crate::context::RequestMeta;
+use crate::http::api::{Api, Op};
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::state::AppState;
 
 pub fn router() -> Api {
     let field_schema = json!({
@@ -245,7 +248,7 @@ async fn delete_collection(
     .await?;
     super::delete_collection(&state.store, &permit, &meta, &name).await?;
     // The records' files went with them; their objects leave the stores now.
-    crate::files::Files::of(&state).sweep(permit.scope()).await;
+    state.files().sweep(permit.scope()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -425,6 +428,6 @@ async fn delete_record(
     )
     .await?;
     super::delete_record(&state.store, &permit, &meta, &name, &id, precondition).await?;
-    crate::files::Files::of(&state).sweep(permit.scope()).await;
+    state.files().sweep(permit.scope()).await;
     Ok(StatusCode::NO_CONTENT)
 }

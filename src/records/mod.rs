@@ -13,7 +13,7 @@
 //! the ciphertext and the audit diffs a redaction.
 
 mod http;
-mod schema;
+pub mod schema;
 pub mod sealed;
 
 use std::sync::Arc;
@@ -25,8 +25,9 @@ pub use http::router;
 pub use schema::{CollectionName, Field, FieldType};
 pub use sealed::Place;
 
-use crate::access::{AccessError, Permit};
-use crate::audit::RequestMeta;
+use crate::access::AccessError;
+use crate::context::Permit;
+use crate::context::RequestMeta;
 use crate::crypto::{CryptoError, Vault};
 use crate::store::Conn;
 use crate::store::db;

@@ -7,6 +7,23 @@ use serde_json::{Map, Value};
 
 use super::RecordError;
 
+/// Types a file field may accept (FIL-4: the content type is sniffed and
+/// must be one of these). Active content (HTML, SVG, XML) is not among them.
+pub const KNOWN_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "application/zip",
+    "text/plain",
+    "application/octet-stream",
+];
+
+pub fn is_known_type(text: &str) -> bool {
+    KNOWN_TYPES.contains(&text)
+}
+
 const MAX_FIELDS: usize = 200;
 const MAX_TEXT_CHARS: usize = 65_536;
 const MAX_OPTIONS: usize = 500;
@@ -173,11 +190,11 @@ pub fn validate_fields(fields: &[Field]) -> Result<(), RecordError> {
                 return Err(bad("max_files must be between 1 and 100"));
             }
             if let Some(accept) = &field.accept
-                && (accept.is_empty() || accept.iter().any(|t| !crate::files::is_known_type(t)))
+                && (accept.is_empty() || accept.iter().any(|t| !is_known_type(t)))
             {
                 return Err(bad(&format!(
                     "accept must list content types from: {}",
-                    crate::files::KNOWN_TYPES.join(", ")
+                    KNOWN_TYPES.join(", ")
                 )));
             }
         }

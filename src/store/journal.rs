@@ -2,8 +2,9 @@
 //! gaps, written in the same transaction as the change (BAK-1). Backups ship
 //! it; replaying it in `seq` order rebuilds a tenant.
 
+use serde_json::Value;
+
 use super::sql::Combined;
-use super::write::Change;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JournalOp {
@@ -20,6 +21,21 @@ impl JournalOp {
             JournalOp::Delete => "delete",
         }
     }
+}
+
+/// One changed row, as the journal and the audit diff see it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub entity: &'static str,
+    pub entity_id: String,
+    pub op: JournalOp,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    /// Fields whose values never reach the audit trail in clear (AUD-3).
+    pub sensitive: Vec<String>,
+    /// When set, the audit diff compares this nested object of the images
+    /// (a record's `data`) instead of the whole image.
+    pub diff_of: Option<&'static str>,
 }
 
 /// Adds the statement that journals `change` as entry `seq` to `batch`.

@@ -16,10 +16,12 @@
 //! backend. Both backends run the same SQL text (`$1` placeholders work on
 //! SQLite too); where dialects differ, the [`Backend`] says which to use.
 
+pub mod chain;
 pub mod db;
 mod journal;
 mod migrations;
 pub mod sql;
+mod trail;
 mod write;
 
 use std::sync::Arc;
@@ -31,12 +33,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use db::Conn;
 
-pub use journal::JournalOp;
-pub use write::{Change, WriteTx};
+pub use journal::{Change, JournalOp};
+pub use write::WriteTx;
 
-use crate::access::Permit;
-use crate::audit::RequestMeta;
-use crate::tenancy::TenantScope;
+use crate::context::{Permit, RequestMeta, TenantScope};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

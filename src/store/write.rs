@@ -39,13 +39,13 @@ use serde_json::{Map, Value};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
+use super::chain::{self, GENESIS, Hash};
 use super::db::{self, Conn};
-use super::journal::{self, JournalOp};
+use super::journal::{self, Change};
 use super::sql::Combined;
+use super::trail::{self, NewEvent};
 use super::{Backend, StoreError, set_tenant};
-use crate::access::Permit;
-use crate::audit::{self, Actor, Outcome, RequestMeta, Target};
-use crate::tenancy::TenantScope;
+use crate::context::{Actor, Outcome, Permit, RequestMeta, Target, TenantScope};
 
 /// How many queued jobs one group commit takes at most.
 const MAX_BATCH: usize = 256;
@@ -78,7 +78,7 @@ struct TenantMemo {
 struct Counters {
     journal_seq: i64,
     audit_seq: i64,
-    head: audit::Hash,
+    head: Hash,
 }
 
 type SharedMemo = Arc<Mutex<Memo>>;
@@ -106,21 +106,6 @@ impl Memo {
             Forget::All => self.tenants.clear(),
         }
     }
-}
-
-/// One changed row, as the journal and the audit diff see it.
-#[derive(Debug, Clone)]
-pub struct Change {
-    pub entity: &'static str,
-    pub entity_id: String,
-    pub op: JournalOp,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
-    /// Fields whose values never reach the audit trail in clear (AUD-3).
-    pub sensitive: Vec<String>,
-    /// When set, the audit diff compares this nested object of the images
-    /// (a record's `data`) instead of the whole image.
-    pub diff_of: Option<&'static str>,
 }
 
 /// The transaction a write job works in.
@@ -273,9 +258,9 @@ impl WriteTx {
                 "app_version": crate::VERSION, "target": target, "changes": diff,
             })
         });
-        let hash = audit::append(
+        let hash = trail::append(
             &mut batch,
-            audit::NewEvent {
+            NewEvent {
                 tenant_id: &tenant,
                 seq: audit_seq,
                 occurred_at: &now,
@@ -288,7 +273,7 @@ impl WriteTx {
             },
             &prev,
         );
-        let head = audit::hash_to_hex(&hash);
+        let head = chain::to_hex(&hash);
         match known {
             // Advances the counters only from the values remembered; any
             // others make journal_seq NULL, which the column refuses. It
@@ -357,7 +342,7 @@ impl WriteTx {
         &mut self,
         tenant: &str,
         entries: i64,
-    ) -> Result<(i64, i64, audit::Hash), StoreError> {
+    ) -> Result<(i64, i64, Hash), StoreError> {
         // RETURNING gives the new counters and the chain head before this
         // event (the UPDATE does not touch it); the row lock it takes
         // serialises a tenant's writers on PostgreSQL, keeping both gap-free.
@@ -372,9 +357,9 @@ impl WriteTx {
         let (journal_last, audit_seq, head, anchor) =
             row.ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant} has no sequences")))?;
         let prev = match head.or(anchor) {
-            Some(hex) => audit::chain_hash_from_hex(&hex)
+            Some(hex) => chain::from_hex(&hex)
                 .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant}: bad audit head")))?,
-            None => audit::GENESIS,
+            None => GENESIS,
         };
         Ok((journal_last, audit_seq, prev))
     }
@@ -780,6 +765,7 @@ async fn run_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::JournalOp;
     use serde_json::json;
 
     fn change(before: Option<Value>, after: Option<Value>) -> Change {

@@ -8,66 +8,18 @@
 
 mod settings;
 
-use std::fmt;
-use std::sync::Arc;
-
 use serde::Serialize;
-use uuid::Uuid;
 
-use crate::access::{Permit, Role};
-use crate::audit::{Actor, RequestMeta};
+use crate::access::Role;
 use crate::identity::{self, Email, NewInvitation};
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store, StoreError};
 
+use crate::context::{Actor, Permit, RequestMeta};
+pub use crate::context::{TenantId, TenantScope};
 pub use settings::{
     MIN_AUDIT_RETENTION_DAYS, SettingsPatch, TenantSettings, get_settings, router, update_settings,
 };
-
-/// A tenant's id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TenantId(Uuid);
-
-impl TenantId {
-    pub fn parse(text: &str) -> Option<TenantId> {
-        Uuid::parse_str(text).ok().map(TenantId)
-    }
-
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Proof that the holder may act inside one tenant.
-#[derive(Clone, Debug)]
-pub struct TenantScope {
-    id: TenantId,
-    text: Arc<str>,
-}
-
-impl TenantScope {
-    /// Only the crate's authentication paths and the CLI call this.
-    pub(crate) fn trusted(id: TenantId) -> TenantScope {
-        TenantScope {
-            id,
-            text: Arc::from(id.to_string()),
-        }
-    }
-
-    pub fn tenant_id(&self) -> TenantId {
-        self.id
-    }
-
-    pub fn id_str(&self) -> &str {
-        &self.text
-    }
-}
 
 /// A tenant's public handle, used at login: 2–63 of `a-z 0-9 -`, starting
 /// with a letter, not ending with `-`.
@@ -151,7 +103,7 @@ pub async fn create(
         return Err(TenancyError::InvalidName.into());
     }
     let admin_email = Email::parse(admin_email)?;
-    let id = TenantId(Uuid::now_v7());
+    let id = TenantId::generate();
     let scope = TenantScope::trusted(id);
     let permit = Permit::operator(scope, Actor::operator());
     let invitation = NewInvitation::generate(id, invitation_ttl_hours);

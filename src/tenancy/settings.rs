@@ -10,9 +10,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::TenancyError;
-use crate::access::{Permission, Permit, Principal, authorize};
-use crate::audit::RequestMeta;
-use crate::http::{Api, ApiError, ApiJson, AppState, Op};
+use crate::access::{Permission, Principal, authorize};
+use crate::context::Permit;
+use crate::context::RequestMeta;
+use crate::http::api::{Api, Op};
+use crate::http::error::ApiError;
+use crate::http::extract::ApiJson;
+use crate::http::state::AppState;
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store};
 

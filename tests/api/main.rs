@@ -10,6 +10,7 @@ mod freed;
 mod health;
 mod helpers;
 mod keys;
+mod layering;
 mod records;
 mod secrets;
 mod tenancy;

@@ -1,0 +1,40 @@
+//! What every handler is given: the application's state, and the id of
+//! the request being served. The domains' handlers take it from here, so
+//! that they import the HTTP toolkit (`api`, `error`, `extract`, `state`)
+//! and never the wiring in `http/mod.rs` that merges their routers.
+
+use std::sync::Arc;
+
+use super::client_ip::TrustedProxies;
+use crate::audit::access_log::AccessLogger;
+use crate::config::Config;
+use crate::crypto::{Keyring, Vault};
+use crate::files::Objects;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub keyring: Arc<Keyring>,
+    pub vault: Vault,
+    pub objects: Objects,
+    pub config: Arc<Config>,
+    pub access_log: AccessLogger,
+    pub proxies: Arc<TrustedProxies>,
+}
+
+impl AppState {
+    /// The file service over this state's store, keys and object store.
+    pub fn files(&self) -> crate::files::Files {
+        crate::files::Files {
+            store: self.store.clone(),
+            vault: self.vault.clone(),
+            objects: self.objects.clone(),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The id of the request being served, for problem bodies.
+    pub(crate) static REQUEST_ID: String;
+}
