@@ -65,13 +65,21 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     let proxies = http::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();
     let objects = files::Objects::open(&config).map_err(StartupError::Objects)?;
     objects.self_test().await.map_err(StartupError::Objects)?;
+    let vault = crypto::Vault::new(
+        keyring.master_kek(),
+        std::time::Duration::from_secs(config.key_cache_seconds),
+    );
+    let listening = vault.clone();
+    store
+        .on_announcement(crypto::vault::KEYS_CHANGED, move |tenant| match tenant {
+            Some(tenant) => listening.forget(tenant),
+            None => listening.forget_all(),
+        })
+        .await?;
     Ok(AppState {
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
-        vault: crypto::Vault::new(
-            keyring.master_kek(),
-            std::time::Duration::from_secs(config.key_cache_seconds),
-        ),
+        vault,
         objects,
         keyring: Arc::new(keyring),
         config: Arc::new(config),

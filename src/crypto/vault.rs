@@ -8,9 +8,13 @@
 //! ciphertext of that tenant — database values, objects, backups —
 //! unreadable at once.
 //!
-//! Unwrapped keys are cached for at most `key_cache_seconds`, so a
-//! revocation on one app server (or by the CLI) reaches the others within
-//! that time; the process that handled it forgets at once.
+//! Unwrapped keys are cached for at most `key_cache_seconds`. The process
+//! that revokes, destroys or rewraps a tenant's keys forgets them at once,
+//! and on PostgreSQL announces it ([`KEYS_CHANGED`]) in the same
+//! transaction, so every other app server forgets them when it commits; a
+//! server that may have missed an announcement forgets every key. The
+//! cache lifetime remains the bound if announcements cannot be delivered
+//! at all (a CLI on SQLite beside a running server).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,10 @@ use super::{CryptoError, KeyEncryptionKey, LocalKek, fingerprint};
 use crate::store::Conn;
 use crate::store::db;
 use crate::store::{Backend, WriteTx};
+
+/// The channel on which app servers announce that a tenant's cached keys
+/// must be forgotten; the payload is the tenant id.
+pub const KEYS_CHANGED: &str = "strongroom_keys";
 
 /// The entity kind every change to a tenant's keys is recorded as.
 pub const KEYS_ENTITY: &str = "tenant_keys";
@@ -144,6 +152,19 @@ impl Vault {
     pub fn forget(&self, tenant: &str) {
         let mut cache = self.inner.cache.lock().expect("key cache lock");
         cache.retain(|(t, _), _| t != tenant);
+    }
+
+    /// Drops every unwrapped key from memory.
+    pub fn forget_all(&self) {
+        self.inner.cache.lock().expect("key cache lock").clear();
+    }
+
+    /// Forgets a tenant's keys here, and on every other app server once
+    /// `conn`'s transaction commits.
+    async fn forget_everywhere(&self, conn: &mut Conn, tenant: &str) -> Result<(), CryptoError> {
+        self.forget(tenant);
+        conn.announce(KEYS_CHANGED, tenant).await?;
+        Ok(())
     }
 
     /// The active key for a write in `conn`'s transaction, created on first
@@ -537,7 +558,7 @@ impl Vault {
                 .await?;
             moved += 1;
         }
-        self.forget(tenant);
+        self.forget_everywhere(conn, tenant).await?;
         Ok(moved)
     }
 
@@ -557,7 +578,7 @@ impl Vault {
             .bind(tenant)
             .execute(&mut *conn)
             .await?;
-        self.forget(tenant);
+        self.forget_everywhere(conn, tenant).await?;
         Ok(fp)
     }
 
@@ -574,7 +595,7 @@ impl Vault {
             .bind(tenant)
             .execute(&mut *conn)
             .await?;
-        self.forget(tenant);
+        self.forget_everywhere(conn, tenant).await?;
         Ok(done.rows_affected())
     }
 

@@ -1,5 +1,7 @@
 //! Scheduled jobs and their heartbeats (OPS-1, first cut): every job records
-//! when it last ran and whether it succeeded, so a stalled job is visible.
+//! when it last ran, on which node, how often, and whether it succeeded, so
+//! a stalled job is visible. With several app servers on one PostgreSQL a
+//! job runs on the one node holding its lease (`Store::hold_lease`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,18 +16,22 @@ pub async fn heartbeat(
     ok: bool,
     detail: String,
 ) -> Result<(), StoreError> {
+    let node = store.node().to_owned();
     store
         .append_internal(None, move |conn| {
             Box::pin(async move {
                 db::query(
-                    "INSERT INTO job_heartbeats (job, last_run_at, last_ok, detail) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO job_heartbeats (job, last_run_at, last_ok, detail, node, runs) \
+                     VALUES ($1, $2, $3, $4, $5, 1) \
                      ON CONFLICT (job) DO UPDATE SET last_run_at = excluded.last_run_at, \
-                     last_ok = excluded.last_ok, detail = excluded.detail",
+                     last_ok = excluded.last_ok, detail = excluded.detail, node = excluded.node, \
+                     runs = job_heartbeats.runs + 1",
                 )
                 .bind(job)
                 .bind(crate::clock::now())
                 .bind(i64::from(ok))
                 .bind(detail)
+                .bind(node)
                 .execute(conn)
                 .await?;
                 Ok(())
@@ -35,7 +41,8 @@ pub async fn heartbeat(
 }
 
 /// Runs `run` every `every` (the first time after one period) until the
-/// process stops, recording a heartbeat after each run.
+/// process stops, recording a heartbeat after each run. A tick at which
+/// another node holds the job's lease is skipped.
 pub fn every<F, Fut>(store: Store, job: &'static str, every: Duration, run: F)
 where
     F: Fn() -> Fut + Send + 'static,
@@ -47,6 +54,10 @@ where
         ticker.tick().await;
         loop {
             ticker.tick().await;
+            if !store.hold_lease(job).await {
+                tracing::debug!(job, "another node runs this job");
+                continue;
+            }
             let (ok, detail) = match run().await {
                 Ok(detail) => (true, detail),
                 Err(e) => {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgRow, PgTypeInfo};
 use sqlx::{Arguments, Column, Row as _, TypeInfo};
 
 /// Prepared statements kept per SQLite connection.
@@ -403,6 +403,20 @@ impl Conn {
             ConnKind::Sqlite(_) => Ok(()),
             ConnKind::Lent => Err(lent()),
         }
+    }
+
+    /// Tells every node listening on `channel` ([`super::Store::on_announcement`])
+    /// about `payload` once this transaction commits (PostgreSQL's NOTIFY).
+    /// On SQLite there is one server per database, and nobody to tell.
+    pub async fn announce(&mut self, channel: &str, payload: &str) -> Result<(), Error> {
+        if let ConnKind::Postgres(_) = self.0 {
+            query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(self)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Runs statements without parameters, separated by `;`.
@@ -808,25 +822,189 @@ impl SqliteReaders {
 }
 
 // ------------------------------------------------------------ PostgreSQL
+//
+// Values cross the interface as text, integers, reals, booleans and bytes;
+// the columns are native (uuid, timestamptz, jsonb, integer types). Each
+// statement is prepared once per connection (the driver caches it) with
+// the parameter types left to the server, and every parameter is then
+// encoded as the type the server inferred for it: a text id becomes a
+// uuid, a stored time a timestamptz. A text that is not a valid value of
+// its column's type (an id that is no UUID, from a URL) binds as NULL,
+// which matches nothing, as the text would match nothing on SQLite.
+// Results come back the same way: uuid and timestamptz as their canonical
+// text (`clock::format`), jsonb as its JSON text.
 
-fn postgres_arguments(params: Vec<Param>) -> Result<PgArguments, Error> {
-    let mut args = PgArguments::default();
-    for param in params {
-        let added = match param {
-            Param::Null(Kind::Int) => args.add(None::<i64>),
-            Param::Null(Kind::Real) => args.add(None::<f64>),
-            Param::Null(Kind::Text) => args.add(None::<String>),
-            Param::Null(Kind::Blob) => args.add(None::<Vec<u8>>),
-            Param::Null(Kind::Bool) => args.add(None::<bool>),
-            Param::Int(i) => args.add(i),
-            Param::Real(r) => args.add(r),
-            Param::Text(s) => args.add(s),
-            Param::Blob(b) => args.add(b),
-            Param::Bool(b) => args.add(b),
+/// One parameter, encoded as the PostgreSQL type the statement declares.
+enum PgParam {
+    Null(PgTypeInfo),
+    Int8(i64),
+    Int4(i32),
+    Int2(i16),
+    Float8(f64),
+    Float4(f32),
+    Bool(bool),
+    Bytea(Vec<u8>),
+    Text(String),
+    Uuid(uuid::Uuid),
+    /// Microseconds since 2000-01-01T00:00:00Z, PostgreSQL's epoch.
+    Timestamptz(i64),
+    /// JSON text; `jsonb` prefixes its binary form with a version byte.
+    Json {
+        text: String,
+        binary_version: bool,
+    },
+}
+
+/// PostgreSQL's epoch, 2000-01-01T00:00:00Z, in Unix seconds.
+const PG_EPOCH_UNIX: i64 = 946_684_800;
+
+impl PgParam {
+    fn type_info(&self) -> PgTypeInfo {
+        // The built-in types' fixed OIDs (pg_type.dat), so no name lookup.
+        let oid = match self {
+            PgParam::Null(ty) => return ty.clone(),
+            PgParam::Int8(_) => 20,
+            PgParam::Int4(_) => 23,
+            PgParam::Int2(_) => 21,
+            PgParam::Float8(_) => 701,
+            PgParam::Float4(_) => 700,
+            PgParam::Bool(_) => 16,
+            PgParam::Bytea(_) => 17,
+            PgParam::Text(_) => 25,
+            PgParam::Uuid(_) => 2950,
+            PgParam::Timestamptz(_) => 1184,
+            PgParam::Json {
+                binary_version: true,
+                ..
+            } => 3802,
+            PgParam::Json { .. } => 114,
         };
-        added.map_err(sqlx::Error::Encode)?;
+        PgTypeInfo::with_oid(sqlx::postgres::types::Oid(oid))
     }
-    Ok(args)
+}
+
+impl sqlx::Type<sqlx::Postgres> for PgParam {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(sqlx::postgres::types::Oid(25))
+    }
+
+    fn compatible(_: &PgTypeInfo) -> bool {
+        true
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for PgParam {
+    fn produces(&self) -> Option<PgTypeInfo> {
+        Some(self.type_info())
+    }
+
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self {
+            PgParam::Null(_) => return Ok(sqlx::encode::IsNull::Yes),
+            PgParam::Int8(v) => buf.extend_from_slice(&v.to_be_bytes()),
+            PgParam::Int4(v) => buf.extend_from_slice(&v.to_be_bytes()),
+            PgParam::Int2(v) => buf.extend_from_slice(&v.to_be_bytes()),
+            PgParam::Float8(v) => buf.extend_from_slice(&v.to_be_bytes()),
+            PgParam::Float4(v) => buf.extend_from_slice(&v.to_be_bytes()),
+            PgParam::Bool(v) => buf.push(u8::from(*v)),
+            PgParam::Bytea(v) => buf.extend_from_slice(v),
+            PgParam::Text(v) => buf.extend_from_slice(v.as_bytes()),
+            PgParam::Uuid(v) => buf.extend_from_slice(v.as_bytes()),
+            PgParam::Timestamptz(v) => buf.extend_from_slice(&v.to_be_bytes()),
+            PgParam::Json {
+                text,
+                binary_version,
+            } => {
+                if *binary_version {
+                    buf.push(1);
+                }
+                buf.extend_from_slice(text.as_bytes());
+            }
+        }
+        Ok(sqlx::encode::IsNull::No)
+    }
+}
+
+/// `param` as the type `ty` the server declared for it.
+fn postgres_param(param: Param, ty: Option<&PgTypeInfo>) -> Result<PgParam, Error> {
+    let Some(ty) = ty else {
+        // No declaration (a statement the server did not describe): the
+        // value's own type.
+        return Ok(match param {
+            Param::Null(_) => PgParam::Null(PgTypeInfo::with_oid(sqlx::postgres::types::Oid(25))),
+            Param::Int(i) => PgParam::Int8(i),
+            Param::Real(r) => PgParam::Float8(r),
+            Param::Text(s) => PgParam::Text(s),
+            Param::Blob(b) => PgParam::Bytea(b),
+            Param::Bool(b) => PgParam::Bool(b),
+        });
+    };
+    let name = ty.name();
+    let mismatch = |what: &str| {
+        Error::Postgres(sqlx::Error::Protocol(format!(
+            "a parameter of type {name} was given {what}"
+        )))
+    };
+    let out_of_range = || mismatch("an integer out of its range");
+    Ok(match (param, name) {
+        (Param::Null(_), _) => PgParam::Null(ty.clone()),
+        (Param::Int(i), "INT8") => PgParam::Int8(i),
+        (Param::Int(i), "INT4") => PgParam::Int4(i32::try_from(i).map_err(|_| out_of_range())?),
+        (Param::Int(i), "INT2") => PgParam::Int2(i16::try_from(i).map_err(|_| out_of_range())?),
+        #[allow(clippy::cast_precision_loss)]
+        (Param::Int(i), "FLOAT8") => PgParam::Float8(i as f64),
+        (Param::Int(i), "BOOL") => PgParam::Bool(i != 0),
+        (Param::Int(i), _) if is_text(name) => PgParam::Text(i.to_string()),
+        (Param::Real(r), "FLOAT8") => PgParam::Float8(r),
+        #[allow(clippy::cast_possible_truncation)]
+        (Param::Real(r), "FLOAT4") => PgParam::Float4(r as f32),
+        (Param::Real(r), _) if is_text(name) => PgParam::Text(r.to_string()),
+        (Param::Bool(b), "BOOL") => PgParam::Bool(b),
+        (Param::Bool(b), "INT8") => PgParam::Int8(i64::from(b)),
+        (Param::Blob(b), "BYTEA") => PgParam::Bytea(b),
+        (Param::Text(s), "UUID") => match uuid::Uuid::parse_str(&s) {
+            Ok(id) => PgParam::Uuid(id),
+            Err(_) => PgParam::Null(ty.clone()),
+        },
+        (Param::Text(s), "TIMESTAMPTZ") => match crate::clock::parse_rfc3339(&s) {
+            Some(at) => PgParam::Timestamptz(pg_micros(at)),
+            None => PgParam::Null(ty.clone()),
+        },
+        (Param::Text(text), "JSONB") => PgParam::Json {
+            text,
+            binary_version: true,
+        },
+        (Param::Text(text), "JSON") => PgParam::Json {
+            text,
+            binary_version: false,
+        },
+        (Param::Text(s), _) if is_text(name) => PgParam::Text(s),
+        (Param::Text(s), "INT8") => PgParam::Int8(s.parse().map_err(|_| mismatch("text"))?),
+        (other, _) => return Err(mismatch(&format!("{other:?}"))),
+    })
+}
+
+fn is_text(name: &str) -> bool {
+    matches!(
+        name,
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "UNKNOWN" | "CHAR"
+    )
+}
+
+/// Microseconds since PostgreSQL's epoch.
+fn pg_micros(at: time::OffsetDateTime) -> i64 {
+    let seconds = at.unix_timestamp() - PG_EPOCH_UNIX;
+    seconds * 1_000_000 + i64::from(at.microsecond())
+}
+
+fn from_pg_micros(micros: i64) -> Option<time::OffsetDateTime> {
+    let seconds = micros.div_euclid(1_000_000) + PG_EPOCH_UNIX;
+    let fraction = micros.rem_euclid(1_000_000);
+    let at = time::OffsetDateTime::from_unix_timestamp(seconds).ok()?;
+    Some(at + time::Duration::microseconds(fraction))
 }
 
 async fn postgres_run(
@@ -835,7 +1013,18 @@ async fn postgres_run(
     params: Vec<Param>,
     want: Want,
 ) -> Result<Outcome, Error> {
-    let args = postgres_arguments(params)?;
+    use sqlx::{Executor, Statement};
+    // Cached per connection: a round trip only the first time.
+    let statement = (&mut **tx).prepare(sql).await?;
+    let declared: &[PgTypeInfo] = match statement.parameters() {
+        Some(sqlx::Either::Left(types)) => types,
+        _ => &[],
+    };
+    let mut args = PgArguments::default();
+    for (i, param) in params.into_iter().enumerate() {
+        args.add(postgres_param(param, declared.get(i))?)
+            .map_err(sqlx::Error::Encode)?;
+    }
     let query = sqlx::query_with(sql, args);
     match want {
         Want::Nothing => {
@@ -867,40 +1056,74 @@ fn postgres_columns(row: &PgRow) -> Arc<[String]> {
 }
 
 fn postgres_row(row: &PgRow, columns: Option<Arc<[String]>>) -> Result<Row, Error> {
+    use sqlx::ValueRef as _;
     let columns = columns.unwrap_or_else(|| postgres_columns(row));
     let mut values = Vec::with_capacity(columns.len());
     for (i, column) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            values.push(Value::Null);
+            continue;
+        }
         let type_name = column.type_info().name();
-        let value = match type_name {
-            "INT8" => row.try_get::<Option<i64>, _>(i)?.map(Value::Int),
-            "INT4" => row
-                .try_get::<Option<i32>, _>(i)?
-                .map(|v| Value::Int(v.into())),
-            "INT2" => row
-                .try_get::<Option<i16>, _>(i)?
-                .map(|v| Value::Int(v.into())),
-            "FLOAT8" => row.try_get::<Option<f64>, _>(i)?.map(Value::Real),
-            "FLOAT4" => row
-                .try_get::<Option<f32>, _>(i)?
-                .map(|v| Value::Real(v.into())),
-            "BOOL" => row.try_get::<Option<bool>, _>(i)?.map(Value::Bool),
-            "BYTEA" => row.try_get::<Option<Vec<u8>>, _>(i)?.map(Value::Blob),
-            "TEXT" | "VARCHAR" | "NAME" | "BPCHAR" | "CHAR" => {
-                row.try_get::<Option<String>, _>(i)?.map(Value::Text)
-            }
-            // A statement that returns nothing typed (e.g. SELECT of a
-            // void function) reads as NULL.
-            "VOID" => None,
-            other => {
-                return Err(Error::UnsupportedType {
-                    column: column.name().to_owned(),
-                    type_name: other.to_owned(),
-                });
+        let unsupported = || Error::UnsupportedType {
+            column: column.name().to_owned(),
+            type_name: type_name.to_owned(),
+        };
+        let bytes = raw.as_bytes().map_err(sqlx::Error::Decode)?;
+        let fixed = |n: usize| -> Result<&[u8], Error> {
+            if bytes.len() == n {
+                Ok(bytes)
+            } else {
+                Err(unsupported())
             }
         };
-        values.push(value.unwrap_or(Value::Null));
+        let value = match type_name {
+            "INT8" => Value::Int(i64::from_be_bytes(
+                fixed(8)?.try_into().map_err(|_| unsupported())?,
+            )),
+            "INT4" => Value::Int(
+                i32::from_be_bytes(fixed(4)?.try_into().map_err(|_| unsupported())?).into(),
+            ),
+            "INT2" => Value::Int(
+                i16::from_be_bytes(fixed(2)?.try_into().map_err(|_| unsupported())?).into(),
+            ),
+            "FLOAT8" => Value::Real(f64::from_be_bytes(
+                fixed(8)?.try_into().map_err(|_| unsupported())?,
+            )),
+            "FLOAT4" => Value::Real(
+                f32::from_be_bytes(fixed(4)?.try_into().map_err(|_| unsupported())?).into(),
+            ),
+            "BOOL" => Value::Bool(fixed(1)?[0] != 0),
+            "BYTEA" => Value::Blob(bytes.to_vec()),
+            "UUID" => Value::Text(
+                uuid::Uuid::from_slice(bytes)
+                    .map_err(|_| unsupported())?
+                    .to_string(),
+            ),
+            "TIMESTAMPTZ" | "TIMESTAMP" => {
+                let micros = i64::from_be_bytes(fixed(8)?.try_into().map_err(|_| unsupported())?);
+                Value::Text(crate::clock::format(
+                    from_pg_micros(micros).ok_or_else(unsupported)?,
+                ))
+            }
+            "JSONB" => Value::Text(text_of(bytes.get(1..).ok_or_else(unsupported)?)?),
+            "JSON" => Value::Text(text_of(bytes)?),
+            name if is_text(name) => Value::Text(text_of(bytes)?),
+            // A statement that returns nothing typed (e.g. SELECT of a
+            // void function) reads as NULL.
+            "VOID" => Value::Null,
+            _ => return Err(unsupported()),
+        };
+        values.push(value);
     }
     Ok(Row { columns, values })
+}
+
+fn text_of(bytes: &[u8]) -> Result<String, Error> {
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|e| Error::Postgres(sqlx::Error::Decode(Box::new(e))))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ const SQLITE: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0003_audit_clustered.sql"),
     ),
     (4, include_str!("migrations/sqlite/0004_keys_and_files.sql")),
+    (5, include_str!("migrations/sqlite/0005_job_nodes.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -23,6 +24,7 @@ const POSTGRES: &[(i64, &str)] = &[
         3,
         include_str!("migrations/postgres/0003_keys_and_files.sql"),
     ),
+    (4, include_str!("migrations/postgres/0004_job_nodes.sql")),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.

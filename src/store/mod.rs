@@ -17,6 +17,7 @@
 //! SQLite too); where dialects differ, the [`Backend`] says which to use.
 
 pub mod chain;
+mod cluster;
 pub mod db;
 mod journal;
 mod migrations;
@@ -133,6 +134,9 @@ struct Inner {
     backend: Backend,
     reads: Reads,
     writer: write::Writer,
+    leases: cluster::Leases,
+    /// This process among the app servers sharing the database.
+    node: String,
 }
 
 impl Store {
@@ -161,6 +165,8 @@ impl Store {
                 backend: Backend::Sqlite,
                 reads: Reads::Sqlite(db::SqliteReaders::new(sqlite_file)),
                 writer,
+                leases: cluster::Leases::Local,
+                node: cluster::node_name(),
             }),
         })
     }
@@ -186,13 +192,15 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Postgres,
                 reads: Reads::Postgres(pool.clone()),
                 writer: write::Writer::per_transaction(pool),
+                leases: cluster::Leases::postgres(options),
+                node: cluster::node_name(),
             }),
         })
     }
@@ -310,6 +318,32 @@ impl Store {
             .writer
             .submit_internal(scope.cloned(), work)
             .await
+    }
+
+    /// This process's name among the app servers on the database.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Whether this node runs scheduled `job` now: on PostgreSQL one node
+    /// at a time holds each job's lease (see `cluster`); on SQLite, always.
+    pub async fn hold_lease(&self, job: &str) -> bool {
+        self.inner.leases.hold(job).await
+    }
+
+    /// Calls `on_change` with every payload announced on `channel` by any
+    /// node ([`db::Conn::announce`]), and with `None` when announcements may
+    /// have been missed. On SQLite, with one server per database, there is
+    /// nothing to listen to.
+    pub async fn on_announcement(
+        &self,
+        channel: &'static str,
+        on_change: impl Fn(Option<&str>) + Send + Sync + 'static,
+    ) -> Result<(), StoreError> {
+        if let cluster::Leases::Postgres(pg) = &self.inner.leases {
+            cluster::listen(pg.options(), channel, Arc::new(on_change)).await?;
+        }
+        Ok(())
     }
 
     /// Readiness: the database answers.

@@ -4,6 +4,7 @@
 mod access_log;
 mod audit;
 mod auth;
+mod cluster;
 mod durability;
 mod files;
 mod freed;
