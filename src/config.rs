@@ -42,6 +42,7 @@ const ENV_KEYS: &[&str] = &[
     "object_store_replica_secret_access_key",
     "file_sweep_seconds",
     "key_cache_seconds",
+    "migrate_until",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -95,6 +96,10 @@ pub struct Config {
     /// destroyed through another server process stops working here within
     /// this time (at once on the process that did it); 0 disables the cache.
     pub key_cache_seconds: u64,
+    /// Apply schema migrations only up to this version (an upgrade rehearsal,
+    /// or app servers of two releases on one database during a roll-out);
+    /// unset, all of them.
+    pub migrate_until: Option<i64>,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -159,6 +164,7 @@ impl Default for Config {
             object_store_replica_secret_access_key: None,
             file_sweep_seconds: 60,
             key_cache_seconds: 60,
+            migrate_until: None,
         }
     }
 }
@@ -289,6 +295,7 @@ impl fmt::Debug for Config {
             )
             .field("file_sweep_seconds", &self.file_sweep_seconds)
             .field("key_cache_seconds", &self.key_cache_seconds)
+            .field("migrate_until", &self.migrate_until)
             .finish()
     }
 }

@@ -59,7 +59,12 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         source,
     })?;
     let keyring = Keyring::load(&config.data_dir, config.master_key.as_ref())?;
-    let store = Store::connect(&config.database_url(), config.database_max_connections).await?;
+    let store = Store::connect_migrated_until(
+        &config.database_url(),
+        config.database_max_connections,
+        config.migrate_until,
+    )
+    .await?;
     // Validated when the configuration was loaded; a hand-built Config
     // (tests) with a bad entry trusts no proxy.
     let proxies = http::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();

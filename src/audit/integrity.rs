@@ -639,8 +639,17 @@ fn page_query(backend: crate::store::Backend) -> String {
             format!("json_array({EVENT_COLUMNS})"),
             "group_concat(enc, ',')",
         ),
+        // The time as the chain hashed it (`clock::format`); JSON's own
+        // rendering of a timestamptz would end in +00:00.
         Backend::Postgres => (
-            format!("json_build_array({EVENT_COLUMNS})::text"),
+            format!(
+                "json_build_array({})::text",
+                EVENT_COLUMNS.replacen(
+                    "occurred_at",
+                    "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                    1
+                )
+            ),
             "string_agg(enc, ',' ORDER BY seq)",
         ),
     };

@@ -54,7 +54,12 @@ pub(super) async fn rotate(state: &AppState, tenant: Option<&str>) -> anyhow::Re
 pub(super) async fn rotate_master(config: &crate::config::Config) -> anyhow::Result<()> {
     let (old, new) =
         crate::crypto::Keyring::begin_rotation(&config.data_dir, config.master_key.as_ref())?;
-    let store = crate::store::Store::connect(&config.database_url(), 4).await?;
+    let store = crate::store::Store::connect_migrated_until(
+        &config.database_url(),
+        4,
+        config.migrate_until,
+    )
+    .await?;
     let result = async {
         for (scope, slug) in super::tenant_scopes(&store, None).await? {
             let (moved, resigned) = crate::keys::rotate_master(&store, &scope, &old, &new)
@@ -113,13 +118,13 @@ pub(super) async fn verify_files(
     let tty = std::io::stderr().is_terminal() && !json;
     let mut scrub = Scrub::default();
     for (scope, slug) in super::tenant_scopes(&state.store, tenant).await? {
-        let mut after = String::new();
+        let mut after: Option<String> = None;
         loop {
-            let ids = files.list_ids(&scope, &after, 200).await?;
+            let ids = files.list_ids(&scope, after.as_deref(), 200).await?;
             let Some(last) = ids.last() else {
                 break;
             };
-            after = last.clone();
+            after = Some(last.clone());
             for id in ids {
                 scrub.files += 1;
                 let file = match files.open_by_id(&scope, &id).await {

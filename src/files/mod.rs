@@ -790,21 +790,27 @@ impl Files {
             .await
     }
 
-    /// Every file of a tenant, in pages, for scrubs (`files verify`).
+    /// Every file of a tenant, in pages by id, for scrubs (`files verify`):
+    /// the first page, then the one after the last id seen.
     pub async fn list_ids(
         &self,
         scope: &TenantScope,
-        after: &str,
+        after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<String>, FileError> {
         let mut tx = self.store.read(scope).await?;
-        Ok(db::query_scalar(format!(
-            "SELECT id FROM files WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT {limit}"
-        ))
-        .bind(scope.id_str())
-        .bind(after)
-        .fetch_all(tx.conn())
-        .await?)
+        let query = match after {
+            Some(after) => db::query_scalar(format!(
+                "SELECT id FROM files WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT {limit}"
+            ))
+            .bind(scope.id_str())
+            .bind(after),
+            None => db::query_scalar(format!(
+                "SELECT id FROM files WHERE tenant_id = $1 ORDER BY id LIMIT {limit}"
+            ))
+            .bind(scope.id_str()),
+        };
+        Ok(query.fetch_all(tx.conn()).await?)
     }
 }
 

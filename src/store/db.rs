@@ -447,11 +447,14 @@ impl Conn {
     }
 
     async fn run(&mut self, sql: &str, params: Vec<Param>, want: Want) -> Result<Outcome, Error> {
-        // The text only: values are bound, never part of it, so a debug log
-        // of statements carries no secret (AUD-3).
-        tracing::debug!(target: "strongroom::db", statement = sql, "statement");
         match &mut self.0 {
-            ConnKind::Sqlite(conn) => sqlite_run(conn.get(), sql, &params, want),
+            ConnKind::Sqlite(conn) => {
+                // The text only: values are bound, never part of it, so a
+                // debug log of statements carries no secret (AUD-3). The
+                // PostgreSQL driver logs its statements itself.
+                tracing::debug!(target: "strongroom::db", statement = sql, "statement");
+                sqlite_run(conn.get(), sql, &params, want)
+            }
             ConnKind::Postgres(tx) => postgres_run(tx, sql, params, want).await,
             ConnKind::Lent => Err(lent()),
         }

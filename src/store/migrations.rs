@@ -25,6 +25,7 @@ const POSTGRES: &[(i64, &str)] = &[
         include_str!("migrations/postgres/0003_keys_and_files.sql"),
     ),
     (4, include_str!("migrations/postgres/0004_job_nodes.sql")),
+    (5, include_str!("migrations/postgres/0005_native_types.sql")),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.
@@ -33,10 +34,11 @@ const MIGRATION_LOCK: i64 = 0x5354_524f_4e47;
 const LEDGER: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\
     version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)";
 
-/// SQLite: on the writer's connection, before the writer starts.
-pub(super) async fn run_sqlite(conn: &mut Conn) -> Result<(), StoreError> {
+/// SQLite: on the writer's connection, before the writer starts; the steps
+/// up to version `until`.
+pub(super) async fn run_sqlite(conn: &mut Conn, until: i64) -> Result<(), StoreError> {
     conn.execute_batch(LEDGER).await?;
-    for &(version, sql) in SQLITE {
+    for &(version, sql) in SQLITE.iter().filter(|(v, _)| *v <= until) {
         conn.execute_batch("BEGIN IMMEDIATE").await?;
         let applied = apply(conn, Backend::Sqlite, version, sql).await;
         let end = if matches!(applied, Ok(true)) {
@@ -51,12 +53,13 @@ pub(super) async fn run_sqlite(conn: &mut Conn) -> Result<(), StoreError> {
 }
 
 /// PostgreSQL: as the connecting user, each step in its own transaction
-/// under an advisory lock, so app servers that start together do not race.
-pub(super) async fn run_postgres(pool: &PgPool) -> Result<(), StoreError> {
+/// under an advisory lock, so app servers that start together do not race;
+/// the steps up to version `until`.
+pub(super) async fn run_postgres(pool: &PgPool, until: i64) -> Result<(), StoreError> {
     let mut conn = Conn::postgres(pool.begin().await?);
     conn.execute_batch(LEDGER).await?;
     conn.commit().await?;
-    for &(version, sql) in POSTGRES {
+    for &(version, sql) in POSTGRES.iter().filter(|(v, _)| *v <= until) {
         let mut conn = Conn::postgres(pool.begin().await?);
         db::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)

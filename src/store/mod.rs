@@ -142,14 +142,26 @@ struct Inner {
 impl Store {
     /// Connects, runs pending migrations and starts the write path.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
+        Self::connect_migrated_until(url, max_connections, None).await
+    }
+
+    /// [`Store::connect`], applying migrations only up to `until` when set.
+    pub async fn connect_migrated_until(
+        url: &SecretString,
+        max_connections: u32,
+        until: Option<i64>,
+    ) -> Result<Store, StoreError> {
         let backend = Backend::from_url(url.expose_secret())?;
+        let until = until.unwrap_or(i64::MAX);
         match backend {
-            Backend::Sqlite => Self::connect_sqlite(url.expose_secret()).await,
-            Backend::Postgres => Self::connect_postgres(url.expose_secret(), max_connections).await,
+            Backend::Sqlite => Self::connect_sqlite(url.expose_secret(), until).await,
+            Backend::Postgres => {
+                Self::connect_postgres(url.expose_secret(), max_connections, until).await
+            }
         }
     }
 
-    async fn connect_sqlite(url: &str) -> Result<Store, StoreError> {
+    async fn connect_sqlite(url: &str, until: i64) -> Result<Store, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -158,7 +170,7 @@ impl Store {
         // The single writer connection; readers cannot write at all: every
         // mutation goes through the writer.
         let mut writes = db::Conn::sqlite(db::open_sqlite_writer(&sqlite_file)?);
-        migrations::run_sqlite(&mut writes).await?;
+        migrations::run_sqlite(&mut writes, until).await?;
         let writer = write::Writer::group_commit(writes);
         Ok(Store {
             inner: Arc::new(Inner {
@@ -171,7 +183,11 @@ impl Store {
         })
     }
 
-    async fn connect_postgres(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    async fn connect_postgres(
+        url: &str,
+        max_connections: u32,
+        until: i64,
+    ) -> Result<Store, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         {
             // Migrations run as the connecting user (the schema owner) …
@@ -179,7 +195,7 @@ impl Store {
                 .max_connections(1)
                 .connect_with(options.clone())
                 .await?;
-            migrations::run_postgres(&owner).await?;
+            migrations::run_postgres(&owner, until).await?;
             owner.close().await;
         }
         // … and everything else as strongroom_app, which RLS binds.

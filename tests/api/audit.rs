@@ -283,7 +283,7 @@ async fn ctl_aud_7_tampering_by_direct_sql_is_detected_at_the_right_seq() {
             "insert one event",
             vec![
                 "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, request_id, app_version, prev_hash, hash) \
-                 SELECT 'forged', tenant_id, 14, occurred_at, 'record.delete', outcome, actor_type, request_id, app_version, hash, hash FROM audit_events WHERE seq = 13",
+                 SELECT '00000000-0000-4000-8000-00000000f0f0', tenant_id, 14, occurred_at, 'record.delete', outcome, actor_type, request_id, app_version, hash, hash FROM audit_events WHERE seq = 13",
             ],
             14,
         ),
@@ -353,10 +353,11 @@ async fn ctl_aud_7_a_rewritten_chain_with_recomputed_hashes_fails_its_signed_che
         .execute(&mut conn)
         .await
         .unwrap();
-    let rows = sqlx::query(
-        "SELECT id, tenant_id, seq, occurred_at, action, outcome, actor_type, actor_id, actor_email, ip, user_agent, \
+    let rows = sqlx::query(&format!(
+        "SELECT CAST(id AS TEXT), CAST(tenant_id AS TEXT), seq, {}, action, outcome, actor_type, actor_id, actor_email, ip, user_agent, \
          request_id, app_version, target_type, target_id, changes, prev_hash FROM audit_events WHERE seq >= 5 ORDER BY seq",
-    )
+        crate::helpers::stored_time("occurred_at")
+    ))
     .fetch_all(&mut conn)
     .await
     .unwrap();
@@ -765,7 +766,7 @@ async fn ctl_aud_4_exporting_100k_events_streams_with_flat_memory() {
         .unwrap();
     let generate = if crate::helpers::is_postgres() {
         "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, changes) \
-         SELECT 'bulk-' || n, t.id, 1000 + n, '2026-01-01T00:00:00.000000Z', 'record.update', 'success', 'user', 'bulk@acme.test', '10.0.0.1', 'loader/1.0', 'req-' || n, 'v', 'record', 'rec-' || n, '{\"before\":{\"n\":1},\"after\":{\"n\":2}}' \
+         SELECT gen_random_uuid(), t.id, 1000 + n, '2026-01-01T00:00:00.000000Z', 'record.update', 'success', 'user', 'bulk@acme.test', '10.0.0.1', 'loader/1.0', 'req-' || n, 'v', 'record', 'rec-' || n, '{\"before\":{\"n\":1},\"after\":{\"n\":2}}' \
          FROM generate_series(1, 100000) AS n, tenants t"
     } else {
         "WITH RECURSIVE n(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM n WHERE n < 100000) \

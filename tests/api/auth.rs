@@ -17,7 +17,7 @@ async fn ctl_iam_1_passwords_are_stored_only_as_argon2id_hashes_with_owasp_param
     let app = spawn_app().await;
     let admin = app.admin("acme").await;
     let mut conn = app.raw().await;
-    let hash: String = sqlx::query("SELECT password_hash FROM users WHERE id = $1")
+    let hash: String = sqlx::query("SELECT password_hash FROM users WHERE CAST(id AS TEXT) = $1")
         .bind(&admin.user_id)
         .fetch_one(&mut conn)
         .await
@@ -258,12 +258,13 @@ async fn ctl_iam_5_refresh_tokens_rotate_and_reuse_revokes_the_whole_session() {
     .await;
 
     let mut conn = app.raw().await;
-    let reason: String = sqlx::query("SELECT revoked_reason FROM sessions WHERE user_id = $1")
-        .bind(&admin.user_id)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
-        .get(0);
+    let reason: String =
+        sqlx::query("SELECT revoked_reason FROM sessions WHERE CAST(user_id AS TEXT) = $1")
+            .bind(&admin.user_id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(reason, "refresh_token_reuse");
     // Stored hashed: the database never holds the token itself.
     let stored: i64 = sqlx::query("SELECT COUNT(*) FROM refresh_tokens WHERE token_hash = $1")

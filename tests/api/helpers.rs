@@ -421,21 +421,11 @@ impl TestApp {
         claimed_type: &str,
         bytes: &[u8],
     ) -> Response {
-        let boundary = format!("sr-{}", uuid::Uuid::new_v4().simple());
-        let mut body = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
-             Content-Type: {claimed_type}\r\n\r\n"
-        )
-        .into_bytes();
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let (content_type, body) = multipart(file_name, claimed_type, bytes);
         self.client
             .post(format!("{}{path}", self.address))
             .bearer_auth(token)
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )
+            .header("content-type", content_type)
             .body(body)
             .send()
             .await
@@ -494,6 +484,30 @@ pub async fn problem(res: Response, status: StatusCode) -> Value {
         assert!(body.get(key).is_some(), "problem without {key}: {body}");
     }
     body
+}
+
+/// A multipart/form-data body with one `file` part; returns its content
+/// type (with the boundary) and the body.
+pub fn multipart(file_name: &str, claimed_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = format!("sr-{}", uuid::Uuid::new_v4().simple());
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
+         Content-Type: {claimed_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// SQL that reads a stored time column as the application stores it
+/// (`clock::format`): SQLite keeps that text, PostgreSQL a timestamptz.
+pub fn stored_time(column: &str) -> String {
+    if is_postgres() {
+        format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    } else {
+        column.to_owned()
+    }
 }
 
 /// The `strongroom` binary running `serve` as a child process.

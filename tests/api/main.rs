@@ -15,6 +15,7 @@ mod layering;
 mod records;
 mod secrets;
 mod tenancy;
+mod upgrade;
 mod users;
 
 #[global_allocator]

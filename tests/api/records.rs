@@ -367,27 +367,29 @@ async fn ctl_bak_1_every_change_is_journaled_with_its_after_image_in_a_gap_free_
 
     let mut conn = app.raw().await;
     for tenant in [&a.tenant_id, &b.tenant_id] {
-        let seqs: Vec<i64> =
-            sqlx::query_scalar("SELECT seq FROM journal WHERE tenant_id = $1 ORDER BY seq")
-                .bind(tenant)
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
+        let seqs: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM journal WHERE CAST(tenant_id AS TEXT) = $1 ORDER BY seq",
+        )
+        .bind(tenant)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
         assert_eq!(
             seqs,
             (1..=seqs.len() as i64).collect::<Vec<_>>(),
             "gap in tenant {tenant}'s journal"
         );
-        let audit: Vec<i64> =
-            sqlx::query_scalar("SELECT seq FROM audit_events WHERE tenant_id = $1 ORDER BY seq")
-                .bind(tenant)
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
+        let audit: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM audit_events WHERE CAST(tenant_id AS TEXT) = $1 ORDER BY seq",
+        )
+        .bind(tenant)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
         assert_eq!(audit, (1..=audit.len() as i64).collect::<Vec<_>>());
     }
     let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT op, after FROM journal WHERE tenant_id = $1 AND entity = 'record' AND entity_id = $2 ORDER BY seq",
+        "SELECT op, after FROM journal WHERE CAST(tenant_id AS TEXT) = $1 AND entity = 'record' AND entity_id = $2 ORDER BY seq",
     )
     .bind(&a.tenant_id)
     .bind(id)
@@ -466,7 +468,7 @@ async fn a_collection_change_applies_to_the_next_write_at_once() {
     app.work_orders(&admin).await;
     let record = app.create_order(&admin, json!({"title": "again"})).await;
     let collection_id: String = sqlx::query_scalar(
-        "SELECT c.name FROM records r JOIN collections c ON c.id = r.collection_id WHERE r.id = $1",
+        "SELECT c.name FROM records r JOIN collections c ON c.id = r.collection_id WHERE CAST(r.id AS TEXT) = $1",
     )
     .bind(record["id"].as_str().unwrap())
     .fetch_one(&mut app.raw().await)
@@ -496,7 +498,7 @@ async fn writes_from_another_process_beside_the_server_keep_sequences_and_chain_
     let mut conn = app.raw().await;
     for table in ["journal", "audit_events"] {
         let seqs: Vec<i64> = sqlx::query_scalar(&format!(
-            "SELECT seq FROM {table} WHERE tenant_id = $1 ORDER BY seq"
+            "SELECT seq FROM {table} WHERE CAST(tenant_id AS TEXT) = $1 ORDER BY seq"
         ))
         .bind(&admin.tenant_id)
         .fetch_all(&mut conn)
@@ -505,7 +507,7 @@ async fn writes_from_another_process_beside_the_server_keep_sequences_and_chain_
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "{table}");
     }
     let actions: Vec<String> = sqlx::query_scalar(
-        "SELECT action FROM audit_events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 4",
+        "SELECT action FROM audit_events WHERE CAST(tenant_id AS TEXT) = $1 ORDER BY seq DESC LIMIT 4",
     )
     .bind(&admin.tenant_id)
     .fetch_all(&mut conn)

@@ -162,13 +162,16 @@ async fn ctl_ten_2_row_level_security_holds_when_a_query_forgets_the_tenant_filt
             .execute(&mut conn)
             .await
             .unwrap();
-        let forged = sqlx::query("INSERT INTO tenant_sequences (tenant_id) VALUES ($1)")
-            .bind(&b.tenant_id)
-            .execute(&mut conn)
-            .await;
+        let forged =
+            sqlx::query("INSERT INTO tenant_sequences (tenant_id) VALUES (CAST($1 AS uuid))")
+                .bind(&b.tenant_id)
+                .execute(&mut conn)
+                .await;
         assert!(
-            forged.is_err(),
-            "RLS WITH CHECK must refuse a row of another tenant"
+            forged
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("row-level security")),
+            "RLS WITH CHECK must refuse a row of another tenant: {forged:?}"
         );
     } else {
         // SQLite has no RLS: there the typed TenantScope in every query is the only

@@ -8,7 +8,9 @@
 -- (`clock::format`, lowercase hyphenated UUIDs).
 --
 -- Row-level-security policies and foreign keys name the columns whose
--- type changes, so they are dropped first and made again after.
+-- type changes, so they are dropped first and made again after. The ledger
+-- of migrations keeps its text time: the statement that records this very
+-- migration was prepared against it.
 
 DO $$
 DECLARE r record;
@@ -130,8 +132,6 @@ ALTER TABLE files
 ALTER TABLE file_tombstones
     ALTER COLUMN tenant_id TYPE uuid USING tenant_id::uuid,
     ALTER COLUMN deleted_at TYPE timestamptz USING deleted_at::timestamptz;
-ALTER TABLE schema_migrations
-    ALTER COLUMN applied_at TYPE timestamptz USING applied_at::timestamptz;
 
 DO $$
 DECLARE r record;
