@@ -420,15 +420,25 @@ impl Conn {
     }
 
     /// Runs statements without parameters, separated by `;`.
-    pub async fn execute_batch(&mut self, sql: &str) -> Result<(), Error> {
-        match &mut self.0 {
-            ConnKind::Sqlite(conn) => Ok(conn.get().execute_batch(sql)?),
-            ConnKind::Postgres(tx) => {
-                sqlx::raw_sql(sql).execute(&mut **tx).await?;
-                Ok(())
+    /// (Boxed: the driver's future is `Send` for every lifetime only once
+    /// its lifetimes are fixed, which a spawned writer task needs.)
+    pub fn execute_batch<'a>(
+        &'a mut self,
+        sql: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            match &mut self.0 {
+                ConnKind::Sqlite(conn) => Ok(conn.get().execute_batch(sql)?),
+                ConnKind::Postgres(tx) => {
+                    let conn: &mut sqlx::PgConnection = tx;
+                    // No parameters: the simple query protocol, which takes
+                    // several statements in one round trip.
+                    sqlx::Executor::execute(conn, sql).await?;
+                    Ok(())
+                }
+                ConnKind::Lent => Err(lent()),
             }
-            ConnKind::Lent => Err(lent()),
-        }
+        })
     }
 
     /// SQLite: runs each statement in turn, each binding the parameters

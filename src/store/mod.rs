@@ -214,7 +214,7 @@ impl Store {
             inner: Arc::new(Inner {
                 backend: Backend::Postgres,
                 reads: Reads::Postgres(pool.clone()),
-                writer: write::Writer::per_transaction(pool),
+                writer: write::Writer::group_commit_postgres(pool),
                 leases: cluster::Leases::postgres(options),
                 node: cluster::node_name(),
             }),
@@ -237,11 +237,7 @@ impl Store {
     pub async fn read(&self, scope: &TenantScope) -> Result<ReadTx, StoreError> {
         let conn = match &self.inner.reads {
             Reads::Sqlite(readers) => readers.begin()?,
-            Reads::Postgres(pool) => {
-                let mut conn = Conn::postgres(pool.begin().await?);
-                set_tenant(&mut conn, scope).await?;
-                conn
-            }
+            Reads::Postgres(pool) => Conn::postgres(pool.begin_with(begin_in(Some(scope))).await?),
         };
         Ok(ReadTx {
             conn,
@@ -380,12 +376,19 @@ impl Store {
     }
 }
 
-async fn set_tenant(conn: &mut Conn, scope: &TenantScope) -> Result<(), StoreError> {
-    db::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(scope.id_str())
-        .execute(conn)
-        .await?;
-    Ok(())
+/// The statement that sets the tenant row-level security checks, for the
+/// rest of the transaction (PostgreSQL). It is sent with the statement
+/// before it (`BEGIN`, `SAVEPOINT`) in one round trip, so the id stands in
+/// the text: it is a UUID's canonical form (a `TenantId` is parsed, never
+/// free text), and no scope reads as no tenant, which matches no row.
+fn tenant_setting(scope: Option<&TenantScope>) -> String {
+    let id = scope.map(|s| s.tenant_id().to_string()).unwrap_or_default();
+    format!("SELECT set_config('app.tenant_id', '{id}', true)")
+}
+
+/// `BEGIN` with the tenant set, in one round trip.
+fn begin_in(scope: Option<&TenantScope>) -> String {
+    format!("BEGIN; {}", tenant_setting(scope))
 }
 
 #[cfg(test)]
