@@ -519,18 +519,18 @@ pub fn query<'q>(sql: impl Into<std::borrow::Cow<'q, str>>) -> Query<'q> {
 }
 
 /// A query read as one column's values.
-pub fn query_scalar<'q, T: Decode>(sql: impl Into<std::borrow::Cow<'q, str>>) -> Scalar<'q, T> {
-    Scalar {
+pub fn query_scalar<'q, T: Decode>(sql: impl Into<std::borrow::Cow<'q, str>>) -> Mapped<'q, T> {
+    Mapped {
         query: query(sql),
-        _as: std::marker::PhantomData,
+        map: |row| row.try_get(0),
     }
 }
 
 /// A query read as typed tuples.
-pub fn query_as<'q, T: FromRow>(sql: impl Into<std::borrow::Cow<'q, str>>) -> Typed<'q, T> {
-    Typed {
+pub fn query_as<'q, T: FromRow>(sql: impl Into<std::borrow::Cow<'q, str>>) -> Mapped<'q, T> {
+    Mapped {
         query: query(sql),
-        _as: std::marker::PhantomData,
+        map: T::from_row,
     }
 }
 
@@ -573,67 +573,32 @@ impl<'q> Query<'q> {
     }
 }
 
-pub struct Scalar<'q, T> {
+/// A query whose rows are read as `T` ([`query_scalar`], [`query_as`]).
+pub struct Mapped<'q, T> {
     query: Query<'q>,
-    _as: std::marker::PhantomData<fn() -> T>,
+    map: fn(&Row) -> Result<T, Error>,
 }
 
-impl<T: Decode> Scalar<'_, T> {
+impl<T> Mapped<'_, T> {
     pub fn bind(mut self, value: impl Bind) -> Self {
         self.query = self.query.bind(value);
         self
     }
 
     pub async fn fetch_one(self, conn: &mut Conn) -> Result<T, Error> {
-        self.query.fetch_one(conn).await?.try_get(0)
+        (self.map)(&self.query.fetch_one(conn).await?)
     }
 
     pub async fn fetch_optional(self, conn: &mut Conn) -> Result<Option<T>, Error> {
         match self.query.fetch_optional(conn).await? {
-            Some(row) => Ok(Some(row.try_get(0)?)),
+            Some(row) => Ok(Some((self.map)(&row)?)),
             None => Ok(None),
         }
     }
 
     pub async fn fetch_all(self, conn: &mut Conn) -> Result<Vec<T>, Error> {
-        self.query
-            .fetch_all(conn)
-            .await?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect()
-    }
-}
-
-pub struct Typed<'q, T> {
-    query: Query<'q>,
-    _as: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<T: FromRow> Typed<'_, T> {
-    pub fn bind(mut self, value: impl Bind) -> Self {
-        self.query = self.query.bind(value);
-        self
-    }
-
-    pub async fn fetch_one(self, conn: &mut Conn) -> Result<T, Error> {
-        T::from_row(&self.query.fetch_one(conn).await?)
-    }
-
-    pub async fn fetch_optional(self, conn: &mut Conn) -> Result<Option<T>, Error> {
-        match self.query.fetch_optional(conn).await? {
-            Some(row) => Ok(Some(T::from_row(&row)?)),
-            None => Ok(None),
-        }
-    }
-
-    pub async fn fetch_all(self, conn: &mut Conn) -> Result<Vec<T>, Error> {
-        self.query
-            .fetch_all(conn)
-            .await?
-            .iter()
-            .map(T::from_row)
-            .collect()
+        let map = self.map;
+        self.query.fetch_all(conn).await?.iter().map(map).collect()
     }
 }
 

@@ -67,18 +67,13 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let client = crate::helpers::http_client();
-    let mut request = client.request(method, url).bearer_auth(token);
+    let mut request = crate::helpers::http_client()
+        .request(method, url)
+        .bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let res = request.send().await.unwrap();
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    crate::helpers::send(request).await
 }
 
 #[tokio::test]

@@ -486,6 +486,17 @@ pub async fn problem(res: Response, status: StatusCode) -> Value {
     body
 }
 
+/// Sends `request`; the status and the body (JSON, or the text as a string).
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = request.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 /// A multipart/form-data body with one `file` part; returns its content
 /// type (with the boundary) and the body.
 pub fn multipart(file_name: &str, claimed_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {

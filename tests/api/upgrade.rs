@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Connection, Row};
 
-use crate::helpers::{CREATE_ACME, PASSWORD, ServerProcess, cli, fresh_database, temp_dir};
+use crate::helpers::{CREATE_ACME, PASSWORD, ServerProcess, cli, fresh_database, send, temp_dir};
 
 /// The schema before this release's migrations: before the job-node
 /// columns on both backends, and before native types on PostgreSQL.
@@ -33,16 +33,6 @@ async fn column_type(url: &str, table: &str, column: &str) -> String {
     let kind: String = row.get(0);
     conn.close().await.unwrap();
     kind
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = request.send().await.unwrap();
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 #[tokio::test]
