@@ -9,8 +9,11 @@
 //!   the journal entries (after-images, per-tenant gap-free sequence) and the
 //!   audit event, and commits all of it or none of it (AUD-1, BAK-1).
 //! * A write is acknowledged only once it is durable: SQLite runs with
-//!   `synchronous=FULL`, and throughput comes from group commit — concurrent
-//!   writers share one transaction and one fsync (BAK-7).
+//!   `synchronous=FULL`, PostgreSQL commits synchronously, and throughput
+//!   comes from group commit on both — concurrent writers share one
+//!   transaction and one flush (BAK-7).
+//! * With several app servers on one PostgreSQL, scheduled jobs hold leases
+//!   and cached keys are forgotten on announcement (`cluster`).
 //!
 //! Statements go through the project's own data layer ([`db`]), native per
 //! backend. Both backends run the same SQL text (`$1` placeholders work on

@@ -25,9 +25,13 @@
 //!   everything is forgotten. A failed job or batch forgets too, and the
 //!   counters are still checked in the statement that advances them.
 //!
-//! On PostgreSQL each job gets its own transaction from the pool; the server
-//! groups concurrent commits itself, and the combined statements travel as
-//! one round trip.
+//! On PostgreSQL the same group commit runs as a task on one pooled
+//! connection per app server: each job's first round trip opens its
+//! savepoint, sets its tenant for RLS and locks the tenant's sequence row;
+//! its combined statements travel as one more. The memo lives for one batch
+//! only (the sequence rows it holds locked are the batch's; another node may
+//! write as soon as it commits). Jobs run sorted by tenant, so batches on
+//! several nodes take their locks in one order and cannot deadlock.
 
 use std::any::Any as AnyValue;
 use std::collections::HashMap;
