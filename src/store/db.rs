@@ -445,7 +445,10 @@ impl Conn {
     /// it names out of the shared `params`; stops at the first failure.
     pub(super) fn execute_each(&mut self, parts: &[String], params: &[Param]) -> Result<(), Error> {
         let ConnKind::Sqlite(conn) = &mut self.0 else {
-            return Err(lent());
+            return Err(Error::Postgres(sqlx::Error::Protocol(
+                "separate statements are for SQLite; PostgreSQL takes one combined statement"
+                    .into(),
+            )));
         };
         let conn = conn.get();
         for part in parts {

@@ -645,82 +645,93 @@ impl Writer {
     }
 }
 
-/// Splits what the queue delivered into jobs and requests to close.
-fn sort_messages(
-    messages: &mut Vec<Message>,
-    batch: &mut Vec<(Option<TenantScope>, Job)>,
-    closing: &mut Vec<oneshot::Sender<()>>,
-) {
-    for message in messages.drain(..) {
-        match message {
-            Message::Job(scope, job) => batch.push((scope, job)),
-            Message::Close(closed) => closing.push(closed),
+/// The writer's side of the queue: it hands out batches of jobs, settles
+/// them, and remembers who asked the writer to close.
+struct JobQueue {
+    queue: mpsc::Receiver<Message>,
+    messages: Vec<Message>,
+    batch: Vec<(Option<TenantScope>, Job)>,
+    completions: Vec<Completion>,
+    closing: Vec<oneshot::Sender<()>>,
+}
+
+impl JobQueue {
+    fn new(queue: mpsc::Receiver<Message>) -> JobQueue {
+        JobQueue {
+            queue,
+            messages: Vec::with_capacity(MAX_BATCH),
+            batch: Vec::with_capacity(MAX_BATCH),
+            completions: Vec::with_capacity(MAX_BATCH),
+            closing: Vec::new(),
+        }
+    }
+
+    /// Waits for the next jobs; `false` once the writer is to stop (asked
+    /// to close, or every sender gone).
+    async fn next_batch(&mut self) -> bool {
+        while self.closing.is_empty()
+            && self.queue.recv_many(&mut self.messages, MAX_BATCH).await > 0
+        {
+            for message in self.messages.drain(..) {
+                match message {
+                    Message::Job(scope, job) => self.batch.push((scope, job)),
+                    Message::Close(closed) => self.closing.push(closed),
+                }
+            }
+            if !self.batch.is_empty() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Tells every job of the batch how its commit went; jobs never started
+    /// because the batch failed early hear it when they are dropped.
+    fn settle(&mut self, committed: Result<(), db::Error>) {
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, jobs = self.completions.len() + self.batch.len(), "group commit failed");
+        }
+        let committed = committed.map_err(|e| e.to_string());
+        for completion in self.completions.drain(..) {
+            completion(committed.clone());
+        }
+        self.batch.clear();
+    }
+
+    /// Later senders hear that the writer stopped; whoever asked it to
+    /// close hears that it did. Call it once the connection is closed.
+    fn closed(self) {
+        let JobQueue { queue, closing, .. } = self;
+        drop(queue);
+        for closed in closing {
+            let _ = closed.send(());
         }
     }
 }
 
-/// Tells every job of a batch how its commit went; jobs never started
-/// because the batch failed early hear it when they are dropped.
-fn settle_batch(
-    committed: Result<(), db::Error>,
-    completions: &mut Vec<Completion>,
-    batch: &mut Vec<(Option<TenantScope>, Job)>,
-) {
-    if let Err(e) = &committed {
-        tracing::error!(error = %e, jobs = completions.len() + batch.len(), "group commit failed");
-    }
-    let committed = committed.map_err(|e| e.to_string());
-    for completion in completions.drain(..) {
-        completion(committed.clone());
-    }
-    batch.clear();
-}
-
-async fn run_group_commit(mut conn: Conn, mut queue: mpsc::Receiver<Message>) {
+async fn run_group_commit(mut conn: Conn, queue: mpsc::Receiver<Message>) {
     let memo = SharedMemo::default();
-    let mut messages: Vec<Message> = Vec::with_capacity(MAX_BATCH);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
-    let mut closing = Vec::new();
-    while closing.is_empty() && queue.recv_many(&mut messages, MAX_BATCH).await > 0 {
-        sort_messages(&mut messages, &mut batch, &mut closing);
-        if batch.is_empty() {
-            continue;
-        }
-        let committed = run_batch(&mut conn, &memo, &mut batch, &mut completions).await;
+    let mut jobs = JobQueue::new(queue);
+    while jobs.next_batch().await {
+        let committed = run_batch(&mut conn, &memo, &mut jobs.batch, &mut jobs.completions).await;
         if committed.is_err() {
             // Nothing of this batch happened; neither did what the memo learnt.
             with_memo(Some(&memo), |memo| memo.forget(&Forget::All));
         }
-        settle_batch(committed, &mut completions, &mut batch);
+        jobs.settle(committed);
     }
-    // Later senders hear that the writer stopped; the connection closes
-    // before anyone waiting for the close is told.
-    drop(queue);
     drop(conn);
-    for closed in closing {
-        let _ = closed.send(());
-    }
+    jobs.closed();
 }
 
-async fn run_group_commit_postgres(pool: PgPool, mut queue: mpsc::Receiver<Message>) {
-    let mut messages: Vec<Message> = Vec::with_capacity(MAX_BATCH);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
-    let mut closing = Vec::new();
-    while closing.is_empty() && queue.recv_many(&mut messages, MAX_BATCH).await > 0 {
-        sort_messages(&mut messages, &mut batch, &mut closing);
-        if batch.is_empty() {
-            continue;
-        }
-        let committed = run_batch_postgres(&pool, &mut batch, &mut completions).await;
-        settle_batch(committed, &mut completions, &mut batch);
+async fn run_group_commit_postgres(pool: PgPool, queue: mpsc::Receiver<Message>) {
+    let mut jobs = JobQueue::new(queue);
+    while jobs.next_batch().await {
+        let committed = run_batch_postgres(&pool, &mut jobs.batch, &mut jobs.completions).await;
+        jobs.settle(committed);
     }
-    drop(queue);
     pool.close().await;
-    for closed in closing {
-        let _ = closed.send(());
-    }
+    jobs.closed();
 }
 
 /// Runs one batch on PostgreSQL. Locks are taken in one order by every

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Connection, Row};
 
-use crate::helpers::{CREATE_ACME, PASSWORD, ServerProcess, cli_json, fresh_database, temp_dir};
+use crate::helpers::{ServerProcess, fresh_database, temp_dir};
 
 /// Jobs every node starts; the test runs them every second.
 const JOBS: [&str; 3] = ["audit.checkpoint", "audit.retention", "files.sweep"];
@@ -99,17 +99,7 @@ async fn two_app_servers_share_sessions_revocations_and_scheduled_jobs() {
     );
 
     // A token issued by one node works on the other, request after request.
-    let created = cli_json(&dir, &url, CREATE_ACME);
-    let accepted: Value = crate::helpers::http_client()
-        .post(format!("{a_address}/api/v1/auth/invitations/accept"))
-        .json(&json!({"token": created["invitation_token"], "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = accepted["access_token"].as_str().unwrap().to_owned();
+    let (token, _) = crate::durability::tenant_admin_token(a.as_ref().unwrap(), &dir, &url).await;
     let (status, body) = call(
         post.clone(),
         format!("{}/api/v1/collections", b.address),
@@ -154,23 +144,22 @@ async fn two_app_servers_share_sessions_revocations_and_scheduled_jobs() {
         };
         let (token, id) = (token.clone(), ids[i % 2].clone());
         racing.spawn(async move {
-            if i % 3 == 0 {
-                call(
+            let (method, url, body) = if i % 3 == 0 {
+                let url = format!("{node}/api/v1/collections/patients/records");
+                (
                     reqwest::Method::POST,
-                    format!("{node}/api/v1/collections/patients/records"),
-                    &token,
-                    Some(json!({"name": format!("raced {i}")})),
+                    url,
+                    json!({"name": format!("raced {i}")}),
                 )
-                .await
             } else {
-                call(
+                let url = format!("{node}/api/v1/collections/patients/records/{id}");
+                (
                     reqwest::Method::PATCH,
-                    format!("{node}/api/v1/collections/patients/records/{id}"),
-                    &token,
-                    Some(json!({"name": format!("patched {i}")})),
+                    url,
+                    json!({"name": format!("patched {i}")}),
                 )
-                .await
-            }
+            };
+            call(method, url, &token, Some(body)).await
         });
     }
     while let Some(done) = racing.join_next().await {
