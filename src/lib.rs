@@ -81,7 +81,15 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
             None => listening.forget_all(),
         })
         .await?;
+    let sessions = Arc::new(identity::SessionCache::default());
+    let forgetting = sessions.clone();
+    store
+        .watch(identity::SESSION_KINDS, move |tenant| {
+            forgetting.forget(tenant)
+        })
+        .await?;
     Ok(AppState {
+        sessions,
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
         vault,

@@ -127,7 +127,8 @@ impl FromRequestParts<AppState> for Principal {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| SecretString::from(t.trim().to_owned()))
             .ok_or(crate::identity::IdentityError::Unauthenticated)?;
-        let principal = crate::identity::authenticate(
+        let principal = crate::identity::authenticate_cached(
+            &state.sessions,
             &state.store,
             state.keyring.token_verifying_key(),
             &bearer,

@@ -21,6 +21,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub access_log: AccessLogger,
     pub proxies: Arc<TrustedProxies>,
+    /// Recent session checks, forgotten when sessions or users change.
+    pub sessions: Arc<crate::identity::SessionCache>,
 }
 
 impl AppState {

@@ -21,7 +21,10 @@ use serde::Serialize;
 
 pub use http::{router, sessions_router};
 pub use password::{hash as hash_password, warm_up};
-pub use sessions::{TokenPair, accept_invitation, authenticate, login, logout, refresh};
+pub use sessions::{
+    SESSION_CHECK_TTL, SESSION_KINDS, SessionCache, TokenPair, accept_invitation, authenticate,
+    authenticate_cached, login, logout, refresh,
+};
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
 pub use users::{User, UserPatch, create_user, delete_user, get_user, list_users, update_user};
 

@@ -545,27 +545,154 @@ pub async fn authenticate(
     bearer: &SecretString,
 ) -> Result<Principal, IdentityError> {
     let claims = verified_claims(key, bearer.expose_secret())?;
+    let live = live_session(store, &claims).await?;
+    live.principal(claims)
+}
+
+/// [`authenticate`], answering from `cache` what a request checked less
+/// than [`SESSION_CHECK_TTL`] ago and nothing has changed since.
+pub async fn authenticate_cached(
+    cache: &SessionCache,
+    store: &Store,
+    key: &VerifyingKey,
+    bearer: &SecretString,
+) -> Result<Principal, IdentityError> {
+    let claims = verified_claims(key, bearer.expose_secret())?;
+    if let Some(live) = cache.get(&claims) {
+        return live.principal(claims);
+    }
+    let epoch = cache.epoch();
+    let live = live_session(store, &claims).await?;
+    cache.put(epoch, &claims, &live);
+    live.principal(claims)
+}
+
+/// What the session check found: the session is live and its user active.
+#[derive(Clone)]
+struct LiveSession {
+    email: String,
+    role: Role,
+    expires_at: String,
+}
+
+impl LiveSession {
+    fn principal(self, claims: AccessClaims) -> Result<Principal, IdentityError> {
+        let tenant = TenantId::parse(&claims.tid).ok_or(IdentityError::Unauthenticated)?;
+        Ok(Principal {
+            role: self.role,
+            email: self.email,
+            scope: TenantScope::trusted(tenant),
+            user_id: claims.sub,
+            session_id: claims.sid,
+        })
+    }
+}
+
+async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSession, IdentityError> {
     let tenant = TenantId::parse(&claims.tid).ok_or(IdentityError::Unauthenticated)?;
     let scope = TenantScope::trusted(tenant);
     let now = crate::clock::now();
     let row = store
         .read_text_row(
             &scope,
-            "SELECT u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
+            "SELECT u.email, u.role, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
              AND s.expires_at > $4 AND u.status = 'active'",
             &[scope.id_str(), &claims.sid, &claims.sub, &now],
         )
         .await?
         .ok_or(IdentityError::Unauthenticated)?;
-    let [Some(email), Some(role)] = row.as_slice() else {
-        return Err(IdentityError::Internal("session row without email or role"));
+    let [Some(email), Some(role), Some(expires_at)] = row.as_slice() else {
+        return Err(IdentityError::Internal(
+            "session row without email, role or expiry",
+        ));
     };
-    Ok(Principal {
-        role: Role::parse(role).ok_or(IdentityError::Internal("unknown role stored"))?,
+    Ok(LiveSession {
         email: email.clone(),
-        scope,
-        user_id: claims.sub,
-        session_id: claims.sid,
+        role: Role::parse(role).ok_or(IdentityError::Internal("unknown role stored"))?,
+        expires_at: expires_at.clone(),
     })
+}
+
+/// How long a session check is reused at most. Within it a logout,
+/// revocation, role change or disabled user still ends what the cache
+/// holds at once: the write path tells this node's cache before the
+/// change is acknowledged, and other nodes' when PostgreSQL delivers the
+/// announcement ([`Store::watch`]). The lifetime bounds only what a node
+/// that lost its announcements could miss.
+pub const SESSION_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The entity kinds whose updates and deletions end cached session checks.
+pub const SESSION_KINDS: &[&str] = &["session", "user", "tenant"];
+
+/// Entries kept at most; beyond it the cache starts over.
+const SESSION_CACHE_MAX: usize = 100_000;
+
+/// Recent session checks (IAM-5), by session id.
+#[derive(Default)]
+pub struct SessionCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, CachedCheck>>,
+    /// Moves on every forgetting, so that a check that raced a change is
+    /// not kept.
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+struct CachedCheck {
+    tenant: String,
+    user_id: String,
+    live: LiveSession,
+    checked: std::time::Instant,
+}
+
+impl SessionCache {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn get(&self, claims: &AccessClaims) -> Option<LiveSession> {
+        let now = crate::clock::now();
+        let entries = self.entries.lock().ok()?;
+        let cached = entries.get(&claims.sid)?;
+        (cached.tenant == claims.tid
+            && cached.user_id == claims.sub
+            && cached.checked.elapsed() < SESSION_CHECK_TTL
+            && cached.live.expires_at > now)
+            .then(|| cached.live.clone())
+    }
+
+    /// Keeps a check made since `epoch`, unless something was forgotten
+    /// meanwhile (the check may have read what changed).
+    fn put(&self, epoch: u64, claims: &AccessClaims, live: &LiveSession) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if self.epoch() != epoch {
+            return;
+        }
+        if entries.len() >= SESSION_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(
+            claims.sid.clone(),
+            CachedCheck {
+                tenant: claims.tid.clone(),
+                user_id: claims.sub.clone(),
+                live: live.clone(),
+                checked: std::time::Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets the checks of `tenant` (of everyone when `None`).
+    pub fn forget(&self, tenant: Option<&str>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            // Under the lock: a `put` either ran before (and is removed
+            // now) or sees the new epoch.
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match tenant {
+                Some(tenant) => entries.retain(|_, c| c.tenant != tenant),
+                None => entries.clear(),
+            }
+        }
+    }
 }

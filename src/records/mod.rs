@@ -409,17 +409,27 @@ pub async fn delete_collection(
 // ---- records -------------------------------------------------------------
 
 fn record_from_row(row: &db::Row, collection: &str) -> Result<Record, RecordError> {
-    let data: String = row.try_get("data")?;
+    record_from_columns(row, collection, "")
+}
+
+/// A record from the columns named `{prefix}id`, `{prefix}data`, ….
+fn record_from_columns(
+    row: &db::Row,
+    collection: &str,
+    prefix: &str,
+) -> Result<Record, RecordError> {
+    let column = |name: &str| format!("{prefix}{name}");
+    let data: String = row.try_get(column("data").as_str())?;
     let data = match serde_json::from_str(&data) {
         Ok(Value::Object(map)) => map,
         _ => return Err(StoreError::Corrupt("record data is not an object".into()).into()),
     };
     Ok(Record {
-        id: row.try_get("id")?,
+        id: row.try_get(column("id").as_str())?,
         collection: collection.to_owned(),
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        version: row.try_get(column("version").as_str())?,
+        created_at: row.try_get(column("created_at").as_str())?,
+        updated_at: row.try_get(column("updated_at").as_str())?,
         data,
     })
 }
@@ -612,16 +622,52 @@ pub async fn get_record(
     collection: &str,
     id: &str,
 ) -> Result<Record, RecordError> {
-    let mut tx = store.read(permit.scope()).await?;
+    // Point reads, each its own snapshot: a definition changed between the
+    // two is one a read a moment later would see anyway.
+    let mut tx = store.read_each(permit.scope()).await?;
     let backend = tx.backend();
     let tenant = permit.scope().id_str();
-    let collection = find_collection(tx.conn(), tenant, collection).await?;
-    let mut record = visible(
-        find_record(tx.conn(), backend, tenant, &collection, id).await?,
-        &collection,
-    );
+    let (collection, record) =
+        find_collection_and_record(tx.conn(), backend, tenant, collection, id).await?;
+    let mut record = visible(record, &collection);
     open_record(vault, tx.conn(), tenant, &collection, &mut record).await?;
     Ok(record)
+}
+
+/// A collection and one of its records, in one statement (one snapshot,
+/// one round trip).
+async fn find_collection_and_record(
+    conn: &mut Conn,
+    backend: Backend,
+    tenant_id: &str,
+    name: &str,
+    id: &str,
+) -> Result<(Collection, Record), RecordError> {
+    let data = match backend {
+        Backend::Sqlite => "r.data",
+        Backend::Postgres => "r.data::text",
+    };
+    let row = db::query(format!(
+        "SELECT c.id, c.name, c.fields, c.created_at, c.updated_at, r.id AS record_id, \
+         {data} AS record_data, r.version AS record_version, \
+         r.created_at AS record_created_at, r.updated_at AS record_updated_at \
+         FROM collections c LEFT JOIN records r \
+         ON r.tenant_id = c.tenant_id AND r.collection_id = c.id AND r.id = $3 \
+         WHERE c.tenant_id = $1 AND c.name = $2"
+    ))
+    .bind(tenant_id)
+    .bind(name)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(RecordError::CollectionNotFound)?;
+    let collection = Collection::from_row(&row)?;
+    let record_id: Option<String> = row.try_get("record_id")?;
+    if record_id.is_none() {
+        return Err(RecordError::RecordNotFound);
+    }
+    let record = record_from_columns(&row, &collection.name, "record_")?;
+    Ok((collection, record))
 }
 
 /// Opens the sealed values of a record read from the database.

@@ -210,6 +210,12 @@ pub fn check_value(field: &Field, value: &Value) -> Result<Value, RecordError> {
         reason: format!("expected {expected}"),
     };
     match field.kind {
+        // A NUL character is refused everywhere: PostgreSQL can store none,
+        // and a value must mean the same on both backends.
+        _ if has_nul(value) => Err(RecordError::InvalidField {
+            field: field.name.clone(),
+            reason: "text must not contain the NUL character (U+0000)".into(),
+        }),
         FieldType::Text => match value.as_str() {
             Some(s) if s.chars().count() <= MAX_TEXT_CHARS => Ok(value.clone()),
             Some(_) => Err(wrong("text of at most 65536 characters")),
@@ -251,6 +257,16 @@ pub fn check_value(field: &Field, value: &Value) -> Result<Value, RecordError> {
             reason: "file fields change by uploading or deleting files, not in the record body"
                 .into(),
         }),
+    }
+}
+
+/// Whether a string anywhere in `value` (keys included) holds a NUL.
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 

@@ -12,6 +12,11 @@
 //!   changes it, and every node listening forgets it when that commits. A
 //!   node that loses its listening connection forgets everything of the
 //!   kind, since it may have missed an announcement.
+//! * **Watched changes.** A cache of what the write path changes (who a
+//!   session is) watches entity kinds ([`super::Store::watch`]): when a
+//!   job that updated or deleted an entity of a watched kind commits, the
+//!   node's own watchers hear it before the job's caller does, and every
+//!   other node hears it through [`CHANGES`] when the transaction commits.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -120,6 +125,54 @@ impl PgLeases {
             held.insert(job.to_owned());
         }
         Ok(got)
+    }
+}
+
+/// The channel on which nodes announce watched changes, as `kind:tenant`.
+pub(super) const CHANGES: &str = "strongroom_changes";
+
+/// Caches that forget what the write path changed, by entity kind.
+#[derive(Clone, Default)]
+pub(super) struct Watchers(Arc<std::sync::RwLock<Vec<Watcher>>>);
+
+struct Watcher {
+    kinds: &'static [&'static str],
+    on_change: OnChange,
+}
+
+impl Watchers {
+    pub(super) fn add(&self, kinds: &'static [&'static str], on_change: OnChange) {
+        if let Ok(mut all) = self.0.write() {
+            all.push(Watcher { kinds, on_change });
+        }
+    }
+
+    /// Whether any cache watches `kind`.
+    pub(super) fn watches(&self, kind: &str) -> bool {
+        self.0
+            .read()
+            .is_ok_and(|all| all.iter().any(|w| w.kinds.contains(&kind)))
+    }
+
+    /// Tells the watchers of `kind` (every watcher when `None`) that
+    /// `tenant`'s entities changed (`None`: maybe any tenant's).
+    pub(super) fn changed(&self, kind: Option<&str>, tenant: Option<&str>) {
+        let Ok(all) = self.0.read() else {
+            return;
+        };
+        for watcher in all.iter() {
+            if kind.is_none_or(|k| watcher.kinds.contains(&k)) {
+                (watcher.on_change)(tenant);
+            }
+        }
+    }
+
+    /// An announcement on [`CHANGES`] (`None`: some may have been missed).
+    pub(super) fn announced(&self, payload: Option<&str>) {
+        match payload.and_then(|p| p.split_once(':')) {
+            Some((kind, tenant)) => self.changed(Some(kind), Some(tenant)),
+            None => self.changed(None, None),
+        }
     }
 }
 

@@ -369,6 +369,9 @@ pub struct Conn(ConnKind);
 enum ConnKind {
     Sqlite(SqliteConn),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// A PostgreSQL connection outside any transaction, with its tenant set
+    /// for the session: each statement its own snapshot.
+    PgSession(PgSessionConn),
     /// Held while the real connection is lent out (the writer's between
     /// jobs); every use is an error.
     Lent,
@@ -400,7 +403,7 @@ impl Conn {
     pub(super) async fn commit(self) -> Result<(), Error> {
         match self.0 {
             ConnKind::Postgres(tx) => Ok(tx.commit().await?),
-            ConnKind::Sqlite(_) => Ok(()),
+            ConnKind::Sqlite(_) | ConnKind::PgSession(_) => Ok(()),
             ConnKind::Lent => Err(lent()),
         }
     }
@@ -409,7 +412,7 @@ impl Conn {
     /// about `payload` once this transaction commits (PostgreSQL's NOTIFY).
     /// On SQLite there is one server per database, and nobody to tell.
     pub async fn announce(&mut self, channel: &str, payload: &str) -> Result<(), Error> {
-        if let ConnKind::Postgres(_) = self.0 {
+        if let ConnKind::Postgres(_) | ConnKind::PgSession(_) = self.0 {
             query("SELECT pg_notify($1, $2)")
                 .bind(channel)
                 .bind(payload)
@@ -436,8 +439,47 @@ impl Conn {
                     sqlx::Executor::execute(conn, sql).await?;
                     Ok(())
                 }
+                ConnKind::PgSession(session) => {
+                    let conn = session.start()?;
+                    let result = sqlx::Executor::execute(conn, sql).await;
+                    session.done(result.map(|_| ()).map_err(Error::from))
+                }
                 ConnKind::Lent => Err(lent()),
             }
+        })
+    }
+
+    /// PostgreSQL: runs `sql` with `params`, then the statements without
+    /// parameters in `then`, all in one round trip (the simple protocol,
+    /// with the values as typed literals: see [`inline_postgres`]); if `sql`
+    /// fails, `then` does not run. A statement that cannot be inlined runs
+    /// the ordinary way, and `then` after it.
+    pub fn execute_then<'a>(
+        &'a mut self,
+        sql: &'a str,
+        params: Vec<Param>,
+        then: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let ConnKind::Postgres(tx) = &mut self.0 else {
+                Query::with(sql, params).execute(self).await?;
+                return self.execute_batch(then).await;
+            };
+            use sqlx::{Executor, Statement};
+            // Cached per connection: a round trip only the first time.
+            let statement = (&mut **tx).prepare(sql).await?;
+            let declared: &[PgTypeInfo] = match statement.parameters() {
+                Some(sqlx::Either::Left(types)) => types,
+                _ => &[],
+            };
+            let Some(spots) = placeholders(sql) else {
+                Query::with(sql, params).execute(self).await?;
+                return self.execute_batch(then).await;
+            };
+            let text = inline_postgres(sql, &spots, params, declared)?;
+            let conn: &mut sqlx::PgConnection = tx;
+            conn.execute(format!("{text}; {then}").as_str()).await?;
+            Ok(())
         })
     }
 
@@ -469,6 +511,11 @@ impl Conn {
                 sqlite_run(conn.get(), sql, &params, want)
             }
             ConnKind::Postgres(tx) => postgres_run(tx, sql, params, want).await,
+            ConnKind::PgSession(session) => {
+                let conn = session.start()?;
+                let result = postgres_run(conn, sql, params, want).await;
+                session.done(result)
+            }
             ConnKind::Lent => Err(lent()),
         }
     }
@@ -802,6 +849,146 @@ impl SqliteReaders {
     }
 }
 
+// ------------------------------------------- PostgreSQL session readers
+
+/// What every application connection to PostgreSQL runs first: act as
+/// the role RLS binds, and read string literals the standard way (the
+/// writer inlines values as literals, which are exact only so).
+pub(super) const PG_SESSION_SETUP: &str =
+    "SET ROLE strongroom_app; SET standard_conforming_strings = on";
+
+/// PostgreSQL connections for reads of one statement each, outside any
+/// transaction: the tenant RLS checks is set for the session
+/// (`set_config(…, false)`) and remembered beside the connection, so a
+/// request of the same tenant reads in one round trip, with no `BEGIN`,
+/// no `ROLLBACK` and no liveness ping. The sessions are read-only
+/// (`default_transaction_read_only`): nothing writes through them
+/// (invariant 2). A connection whose statement did not finish (a dropped
+/// request, a broken socket) is closed rather than reused, so a remembered
+/// tenant is always the session's.
+pub(super) struct PgReaders {
+    options: sqlx::postgres::PgConnectOptions,
+    idle: Mutex<Vec<TaggedPg>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+struct TaggedPg {
+    conn: sqlx::PgConnection,
+    /// The tenant the session's `app.tenant_id` names (none: empty).
+    tenant: Option<uuid::Uuid>,
+}
+
+impl PgReaders {
+    pub(super) fn new(options: sqlx::postgres::PgConnectOptions, max: u32) -> Arc<PgReaders> {
+        Arc::new(PgReaders {
+            options,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(max.max(1) as usize)),
+        })
+    }
+
+    async fn open(&self) -> Result<TaggedPg, Error> {
+        use sqlx::{ConnectOptions, Executor};
+        let mut conn = self.options.connect().await?;
+        conn.execute(
+            format!("{PG_SESSION_SETUP}; SET default_transaction_read_only = on").as_str(),
+        )
+        .await?;
+        Ok(TaggedPg { conn, tenant: None })
+    }
+
+    /// A session reading as `tenant`; at most `max` are out at once.
+    pub(super) async fn session(
+        self: &Arc<Self>,
+        tenant: Option<uuid::Uuid>,
+    ) -> Result<Conn, Error> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Postgres(sqlx::Error::PoolClosed))?;
+        let idle = self.idle.lock().ok().and_then(|mut idle| {
+            // The same tenant's session first: it needs no setting.
+            let at = idle
+                .iter()
+                .rposition(|c| c.tenant == tenant)
+                .or(idle.len().checked_sub(1))?;
+            Some(idle.swap_remove(at))
+        });
+        let tagged = match idle {
+            Some(tagged) => tagged,
+            None => self.open().await?,
+        };
+        let mut session = PgSessionConn {
+            tagged: Some(tagged),
+            home: self.clone(),
+            _permit: permit,
+            finished: true,
+        };
+        if session.tagged.as_ref().is_some_and(|t| t.tenant != tenant) {
+            let setting = tenant.map(|t| t.to_string()).unwrap_or_default();
+            let conn = session.start()?;
+            let result = sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
+                .bind(setting)
+                .execute(conn)
+                .await;
+            session.done(result.map_err(Error::from))?;
+            if let Some(tagged) = session.tagged.as_mut() {
+                tagged.tenant = tenant;
+            }
+        }
+        Ok(Conn(ConnKind::PgSession(session)))
+    }
+
+    fn put_back(&self, tagged: TaggedPg) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(tagged);
+        }
+    }
+}
+
+/// A session reader in use; back to its pool when dropped, if its last
+/// statement finished.
+pub(super) struct PgSessionConn {
+    tagged: Option<TaggedPg>,
+    home: Arc<PgReaders>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    finished: bool,
+}
+
+impl PgSessionConn {
+    /// The connection, for one statement: unless [`PgSessionConn::done`]
+    /// hears how it ended, the connection is not reused.
+    fn start(&mut self) -> Result<&mut sqlx::PgConnection, Error> {
+        self.finished = false;
+        match self.tagged.as_mut() {
+            Some(tagged) => Ok(&mut tagged.conn),
+            None => Err(lent()),
+        }
+    }
+
+    /// The statement ended: a success or an error the server reported
+    /// leaves the session usable; anything else (I/O, protocol) does not.
+    fn done<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        self.finished = matches!(
+            &result,
+            Ok(_) | Err(Error::Postgres(sqlx::Error::Database(_)))
+        );
+        result
+    }
+}
+
+impl Drop for PgSessionConn {
+    fn drop(&mut self) {
+        if let Some(tagged) = self.tagged.take()
+            && self.finished
+        {
+            self.home.put_back(tagged);
+        }
+    }
+}
+
 // ------------------------------------------------------------ PostgreSQL
 //
 // Values cross the interface as text, integers, reals, booleans and bytes;
@@ -968,6 +1155,198 @@ fn postgres_param(param: Param, ty: Option<&PgTypeInfo>) -> Result<PgParam, Erro
     })
 }
 
+/// `sql` with each placeholder `$n` replaced by `params[n-1]` as a typed
+/// literal of the type the server declared for it (PostgreSQL), for
+/// statements sent with others in one simple-protocol round trip.
+///
+/// The rendering is exact, not an escaping heuristic: the connection runs
+/// with `standard_conforming_strings = on` (set on connect, see
+/// `super::Store`), where a string literal ends only at a single quote and
+/// a doubled one stands for itself; a NUL, which a query text cannot carry
+/// (and no PostgreSQL text holds), is refused. Every literal carries its
+/// type, and values go through [`postgres_param`] first, so a value reads
+/// exactly as the same value bound would (an id that is no UUID is NULL).
+/// Statements with other quoting (`E'…'`, dollar quotes) are refused, and
+/// the caller sends them the ordinary way.
+fn inline_postgres(
+    sql: &str,
+    spots: &[Placeholder],
+    params: Vec<Param>,
+    declared: &[PgTypeInfo],
+) -> Result<String, Error> {
+    let literals = params
+        .into_iter()
+        .enumerate()
+        .map(|(i, param)| postgres_param(param, declared.get(i)).and_then(|p| pg_literal(&p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out =
+        String::with_capacity(sql.len() + literals.iter().map(String::len).sum::<usize>());
+    let mut copied = 0;
+    for spot in spots {
+        let literal = spot
+            .number
+            .checked_sub(1)
+            .and_then(|k| literals.get(k))
+            .ok_or_else(|| {
+                Error::Postgres(sqlx::Error::Protocol(format!(
+                    "placeholder ${} has no parameter",
+                    spot.number
+                )))
+            })?;
+        out.push_str(&sql[copied..spot.start]);
+        out.push_str(literal);
+        copied = spot.end;
+    }
+    out.push_str(&sql[copied..]);
+    Ok(out)
+}
+
+/// Where `$n` stands in a statement's text.
+#[derive(Debug, PartialEq)]
+struct Placeholder {
+    start: usize,
+    end: usize,
+    number: usize,
+}
+
+/// The placeholders of `sql`, outside quotes; `None` when its text has
+/// quoting or comments this scanner does not follow (`E'…'`, dollar quotes,
+/// comments, an unterminated quote), which are then never inlined.
+fn placeholders(sql: &str) -> Option<Vec<Placeholder>> {
+    let bytes = sql.as_bytes();
+    let mut spots = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => {
+                let quote = bytes[i];
+                let escape_string = quote == b'\''
+                    && i > 0
+                    && matches!(bytes[i - 1], b'E' | b'e')
+                    && !(i > 1 && (bytes[i - 2].is_ascii_alphanumeric() || bytes[i - 2] == b'_'));
+                if escape_string {
+                    return None;
+                }
+                // To the closing quote; a doubled quote stays inside.
+                i += 1;
+                loop {
+                    match bytes.get(i) {
+                        None => return None,
+                        Some(&b) if b == quote && bytes.get(i + 1) == Some(&quote) => i += 2,
+                        Some(&b) if b == quote => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => return None,
+            b'/' if bytes.get(i + 1) == Some(&b'*') => return None,
+            b'$' => {
+                let digits = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                if digits == 0 {
+                    return None;
+                }
+                let number = sql[i + 1..i + 1 + digits].parse().ok()?;
+                spots.push(Placeholder {
+                    start: i,
+                    end: i + 1 + digits,
+                    number,
+                });
+                i += 1 + digits;
+            }
+            _ => i += 1,
+        }
+    }
+    Some(spots)
+}
+
+/// A string literal (standard conforming: only the quote is special).
+fn quoted(text: &str) -> Result<String, Error> {
+    if text.contains('\0') {
+        return Err(Error::Postgres(sqlx::Error::Protocol(
+            "a text value contains a NUL character".into(),
+        )));
+    }
+    Ok(format!("'{}'", text.replace('\'', "''")))
+}
+
+/// One encoded parameter as a literal of its type.
+fn pg_literal(param: &PgParam) -> Result<String, Error> {
+    Ok(match param {
+        PgParam::Null(ty) => match pg_type_name(ty) {
+            Some(name) => format!("CAST(NULL AS {name})"),
+            None => "NULL".to_owned(),
+        },
+        PgParam::Int8(v) => format!("CAST({v} AS int8)"),
+        PgParam::Int4(v) => format!("CAST({v} AS int4)"),
+        PgParam::Int2(v) => format!("CAST({v} AS int2)"),
+        PgParam::Float8(v) => format!("CAST('{}' AS float8)", pg_float(*v)),
+        PgParam::Float4(v) => format!("CAST('{}' AS float4)", pg_float(f64::from(*v))),
+        PgParam::Bool(v) => v.to_string(),
+        PgParam::Bytea(v) => {
+            let mut hex = String::with_capacity(v.len() * 2);
+            for b in v {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            format!("CAST('\\x{hex}' AS bytea)")
+        }
+        PgParam::Text(v) => format!("CAST({} AS text)", quoted(v)?),
+        PgParam::Uuid(v) => format!("CAST('{v}' AS uuid)"),
+        PgParam::Timestamptz(micros) => {
+            let at = from_pg_micros(*micros).ok_or_else(|| {
+                Error::Postgres(sqlx::Error::Protocol("a time out of range".into()))
+            })?;
+            format!("CAST('{}' AS timestamptz)", crate::clock::format(at))
+        }
+        PgParam::Json {
+            text,
+            binary_version,
+        } => format!(
+            "CAST({} AS {})",
+            quoted(text)?,
+            if *binary_version { "jsonb" } else { "json" }
+        ),
+    })
+}
+
+/// The SQL name of a built-in type we bind, for a typed NULL.
+fn pg_type_name(ty: &PgTypeInfo) -> Option<&'static str> {
+    Some(match ty.name() {
+        "INT8" => "int8",
+        "INT4" => "int4",
+        "INT2" => "int2",
+        "FLOAT8" => "float8",
+        "FLOAT4" => "float4",
+        "BOOL" => "bool",
+        "BYTEA" => "bytea",
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => "text",
+        "UUID" => "uuid",
+        "TIMESTAMPTZ" => "timestamptz",
+        "JSONB" => "jsonb",
+        "JSON" => "json",
+        _ => return None,
+    })
+}
+
+/// A float as PostgreSQL reads it back exactly.
+fn pg_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
+    } else {
+        // Rust prints the shortest text that reads back as the same value.
+        format!("{v:e}")
+    }
+}
+
 fn is_text(name: &str) -> bool {
     matches!(
         name,
@@ -989,14 +1368,14 @@ fn from_pg_micros(micros: i64) -> Option<time::OffsetDateTime> {
 }
 
 async fn postgres_run(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tx: &mut sqlx::PgConnection,
     sql: &str,
     params: Vec<Param>,
     want: Want,
 ) -> Result<Outcome, Error> {
     use sqlx::{Executor, Statement};
     // Cached per connection: a round trip only the first time.
-    let statement = (&mut **tx).prepare(sql).await?;
+    let statement = (&mut *tx).prepare(sql).await?;
     let declared: &[PgTypeInfo] = match statement.parameters() {
         Some(sqlx::Either::Left(types)) => types,
         _ => &[],
@@ -1009,11 +1388,11 @@ async fn postgres_run(
     let query = sqlx::query_with(sql, args);
     match want {
         Want::Nothing => {
-            let done = query.execute(&mut **tx).await?;
+            let done = query.execute(&mut *tx).await?;
             Ok(Outcome::Affected(done.rows_affected()))
         }
         Want::One => {
-            let row = query.fetch_optional(&mut **tx).await?;
+            let row = query.fetch_optional(&mut *tx).await?;
             let rows = match row {
                 Some(row) => vec![postgres_row(&row, None)?],
                 None => Vec::new(),
@@ -1021,7 +1400,7 @@ async fn postgres_run(
             Ok(Outcome::Rows(rows))
         }
         Want::All => {
-            let rows = query.fetch_all(&mut **tx).await?;
+            let rows = query.fetch_all(&mut *tx).await?;
             let columns = rows.first().map(postgres_columns);
             let out = rows
                 .iter()
@@ -1110,6 +1489,83 @@ fn text_of(bytes: &[u8]) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spots(sql: &str) -> Option<Vec<usize>> {
+        placeholders(sql).map(|spots| spots.into_iter().map(|s| s.number).collect())
+    }
+
+    #[test]
+    fn placeholders_are_found_outside_quotes_only() {
+        assert_eq!(spots("SELECT $1, $12 WHERE a = $2"), Some(vec![1, 12, 2]));
+        assert_eq!(spots(r#"SELECT '$1', "$2", 'it''s $3', $4"#), Some(vec![4]));
+        assert_eq!(spots("SELECT 'a''' || $1"), Some(vec![1]));
+        // Quoting this scanner does not follow is never inlined.
+        assert_eq!(spots(r"SELECT E'\' $1'"), None);
+        assert_eq!(spots("SELECT $tag$ $1 $tag$"), None);
+        assert_eq!(spots("SELECT 1 -- $1"), None);
+        assert_eq!(spots("SELECT /* $1 */ 1"), None);
+        assert_eq!(spots("SELECT 'open"), None);
+        // An identifier ending in e before a quote is not an escape string.
+        assert_eq!(spots("SELECT type'x', $1"), Some(vec![1]));
+    }
+
+    /// A declared type as the server describes it (by its display name).
+    fn ty(name: &'static str) -> PgTypeInfo {
+        PgTypeInfo::with_name(name)
+    }
+
+    #[test]
+    fn values_inline_as_typed_literals_that_read_back_exactly() {
+        let sql = "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7, $1)";
+        let spots = placeholders(sql).unwrap();
+        let text = inline_postgres(
+            sql,
+            &spots,
+            vec![
+                Param::Text(r"it's \\ $2".into()),
+                Param::Int(-7),
+                Param::Text("not-a-uuid".into()),
+                Param::Text("2026-01-02T03:04:05.123456Z".into()),
+                Param::Blob(vec![0, 255]),
+                Param::Null(Kind::Int),
+                Param::Text(r#"{"a": "'"}"#.into()),
+            ],
+            &[
+                ty("TEXT"),
+                ty("INT8"),
+                ty("UUID"),
+                ty("TIMESTAMPTZ"),
+                ty("BYTEA"),
+                ty("INT8"),
+                ty("JSONB"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"INSERT INTO t VALUES (CAST('it''s \\ $2' AS text), CAST(-7 AS int8), CAST(NULL AS uuid), CAST('2026-01-02T03:04:05.123456Z' AS timestamptz), CAST('\x00ff' AS bytea), CAST(NULL AS int8), CAST('{"a": "''"}' AS jsonb), CAST('it''s \\ $2' AS text))"#
+        );
+    }
+
+    #[test]
+    fn a_nul_or_a_missing_parameter_is_refused_not_inlined() {
+        let sql = "SELECT $1";
+        let spots = placeholders(sql).unwrap();
+        let nul = vec![Param::Text("a\0b".into())];
+        assert!(inline_postgres(sql, &spots, nul, &[ty("TEXT")]).is_err());
+        let sql = "SELECT $2";
+        let spots = placeholders(sql).unwrap();
+        assert!(inline_postgres(sql, &spots, vec![Param::Int(1)], &[ty("INT8")]).is_err());
+    }
+
+    #[test]
+    fn floats_inline_as_text_postgres_reads_back_to_the_same_value() {
+        for v in [0.1, -2.5e-300, 1e300, f64::MAX, f64::MIN_POSITIVE] {
+            assert_eq!(pg_float(v).parse::<f64>().unwrap(), v);
+        }
+        assert_eq!(pg_float(f64::NAN), "NaN");
+        assert_eq!(pg_float(f64::NEG_INFINITY), "-Infinity");
+    }
 
     fn memory() -> Conn {
         Conn::sqlite(rusqlite::Connection::open_in_memory().unwrap())

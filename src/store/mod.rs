@@ -130,7 +130,8 @@ enum Reads {
     /// Read-only connections on the database file, used in the caller's
     /// thread (the file also serves verification).
     Sqlite(Arc<db::SqliteReaders>),
-    Postgres(PgPool),
+    /// Transactions from the pool; single statements on session readers.
+    Postgres(PgPool, Arc<db::PgReaders>),
 }
 
 struct Inner {
@@ -138,6 +139,10 @@ struct Inner {
     reads: Reads,
     writer: write::Writer,
     leases: cluster::Leases,
+    /// Caches that forget what the write path changes.
+    watchers: cluster::Watchers,
+    /// Whether this node listens for other nodes' watched changes.
+    listening: std::sync::atomic::AtomicBool,
     /// This process among the app servers sharing the database.
     node: String,
 }
@@ -182,6 +187,8 @@ impl Store {
                 writer,
                 leases: cluster::Leases::Local,
                 node: cluster::node_name(),
+                watchers: cluster::Watchers::default(),
+                listening: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -207,7 +214,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    conn.execute("SET ROLE strongroom_app").await?;
+                    conn.execute(db::PG_SESSION_SETUP).await?;
                     Ok(())
                 })
             })
@@ -216,10 +223,15 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: Backend::Postgres,
-                reads: Reads::Postgres(pool.clone()),
+                reads: Reads::Postgres(
+                    pool.clone(),
+                    db::PgReaders::new(options.clone(), max_connections),
+                ),
                 writer: write::Writer::group_commit_postgres(pool),
                 leases: cluster::Leases::postgres(options),
                 node: cluster::node_name(),
+                watchers: cluster::Watchers::default(),
+                listening: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -232,7 +244,7 @@ impl Store {
     pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
         match &self.inner.reads {
             Reads::Sqlite(readers) => Some(readers.path().to_owned()),
-            Reads::Postgres(_) => None,
+            Reads::Postgres(..) => None,
         }
     }
 
@@ -240,7 +252,27 @@ impl Store {
     pub async fn read(&self, scope: &TenantScope) -> Result<ReadTx, StoreError> {
         let conn = match &self.inner.reads {
             Reads::Sqlite(readers) => readers.begin()?,
-            Reads::Postgres(pool) => Conn::postgres(pool.begin_with(begin_in(Some(scope))).await?),
+            Reads::Postgres(pool, _) => {
+                Conn::postgres(pool.begin_with(begin_in(Some(scope))).await?)
+            }
+        };
+        Ok(ReadTx {
+            conn,
+            backend: self.inner.backend,
+        })
+    }
+
+    /// Reads in `scope` where each statement is its own snapshot, for the
+    /// point reads of a request: no transaction to open or end. On SQLite
+    /// a reader outside a transaction; on PostgreSQL a session reader with
+    /// the tenant set for RLS (`db::PgReaders`), usually one round trip a
+    /// statement.
+    pub async fn read_each(&self, scope: &TenantScope) -> Result<ReadTx, StoreError> {
+        let conn = match &self.inner.reads {
+            Reads::Sqlite(readers) => readers.single()?,
+            Reads::Postgres(_, sessions) => {
+                sessions.session(Some(scope.tenant_id().as_uuid())).await?
+            }
         };
         Ok(ReadTx {
             conn,
@@ -252,19 +284,16 @@ impl Store {
     /// for the point read every request makes (the session check). `sql`
     /// numbers its parameters `$1`, `$2`, … as everywhere else.
     ///
-    /// On SQLite it is one statement on a reader, outside a transaction: an
-    /// indexed read under WAL does not wait for writers. On PostgreSQL it is
-    /// a transaction with the tenant set, as RLS needs.
+    /// It is one statement outside a transaction ([`Store::read_each`]): on
+    /// SQLite an indexed read under WAL does not wait for writers; on
+    /// PostgreSQL one round trip on a session reader with the tenant set.
     pub async fn read_text_row(
         &self,
         scope: &TenantScope,
         sql: &str,
         binds: &[&str],
     ) -> Result<Option<Vec<Option<String>>>, StoreError> {
-        let mut conn = match &self.inner.reads {
-            Reads::Sqlite(readers) => readers.single()?,
-            Reads::Postgres(_) => self.read(scope).await?.conn,
-        };
+        let mut conn = self.read_each(scope).await?.conn;
         let mut query = db::query(sql);
         for bind in binds {
             query = query.bind(*bind);
@@ -280,7 +309,7 @@ impl Store {
     pub(crate) async fn read_unscoped(&self) -> Result<ReadTx, StoreError> {
         let conn = match &self.inner.reads {
             Reads::Sqlite(readers) => readers.begin()?,
-            Reads::Postgres(pool) => Conn::postgres(pool.begin().await?),
+            Reads::Postgres(pool, _) => Conn::postgres(pool.begin().await?),
         };
         Ok(ReadTx {
             conn,
@@ -308,7 +337,14 @@ impl Store {
     {
         self.inner
             .writer
-            .submit(self.inner.backend, permit, meta, action, work)
+            .submit(
+                self.inner.backend,
+                &self.inner.watchers,
+                permit,
+                meta,
+                action,
+                work,
+            )
             .await
     }
 
@@ -361,18 +397,46 @@ impl Store {
         Ok(())
     }
 
+    /// Calls `on_change` with the tenant whenever a write that updated or
+    /// deleted an entity of one of `kinds` commits — on this node before
+    /// the writer's caller hears of it, on the others when PostgreSQL
+    /// delivers the announcement — and with `None` when announcements may
+    /// have been missed. For caches of what the write path changes.
+    pub async fn watch(
+        &self,
+        kinds: &'static [&'static str],
+        on_change: impl Fn(Option<&str>) + Send + Sync + 'static,
+    ) -> Result<(), StoreError> {
+        self.inner.watchers.add(kinds, Arc::new(on_change));
+        if let cluster::Leases::Postgres(pg) = &self.inner.leases
+            && !self
+                .inner
+                .listening
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let watchers = self.inner.watchers.clone();
+            cluster::listen(
+                pg.options(),
+                cluster::CHANGES,
+                Arc::new(move |payload| watchers.announced(payload)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Readiness: the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = match &self.inner.reads {
             Reads::Sqlite(readers) => readers.single()?,
-            Reads::Postgres(pool) => Conn::postgres(pool.begin().await?),
+            Reads::Postgres(pool, _) => Conn::postgres(pool.begin().await?),
         };
         db::query("SELECT 1").fetch_one(&mut conn).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
-        if let Reads::Postgres(pool) = &self.inner.reads {
+        if let Reads::Postgres(pool, _) = &self.inner.reads {
             pool.close().await;
         }
         self.inner.writer.close().await;

@@ -69,6 +69,8 @@ impl Sql {
 pub struct Combined {
     parts: Vec<String>,
     params: Vec<Param>,
+    /// Statements without parameters that follow, in the same round trip.
+    then: Option<&'static str>,
 }
 
 impl Combined {
@@ -81,6 +83,13 @@ impl Combined {
     /// Appends one statement; it must not return rows.
     pub fn push(&mut self, statement: String) {
         self.parts.push(statement);
+    }
+
+    /// Statements without parameters, separated by `;`, to run after the
+    /// others if they all succeeded, in the same round trip (on PostgreSQL
+    /// with the values inlined: [`Conn::execute_then`]).
+    pub fn then(&mut self, statements: &'static str) {
+        self.then = Some(statements);
     }
 
     /// Puts one statement before all others (SQLite runs them in order and
@@ -111,15 +120,26 @@ impl Combined {
 
     pub async fn execute(self, conn: &mut Conn, backend: Backend) -> Result<(), db::Error> {
         match backend {
-            Backend::Sqlite => conn.execute_each(&self.parts, &self.params),
-            Backend::Postgres => {
-                if self.parts.is_empty() {
-                    return Ok(());
+            Backend::Sqlite => {
+                conn.execute_each(&self.parts, &self.params)?;
+                if let Some(then) = self.then {
+                    conn.execute_batch(then).await?;
                 }
-                let text = self.text(backend);
-                db::Query::with(text, self.params).execute(conn).await?;
                 Ok(())
             }
+            Backend::Postgres => match (self.parts.is_empty(), self.then) {
+                (true, None) => Ok(()),
+                (true, Some(then)) => conn.execute_batch(then).await,
+                (false, None) => {
+                    let text = self.text(backend);
+                    db::Query::with(text, self.params).execute(conn).await?;
+                    Ok(())
+                }
+                (false, Some(then)) => {
+                    let text = self.text(backend);
+                    conn.execute_then(&text, self.params, then).await
+                }
+            },
         }
     }
 }

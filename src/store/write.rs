@@ -44,6 +44,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, GENESIS, Hash};
+use super::cluster::{self, Watchers};
 use super::db::{self, Conn};
 use super::journal::{self, Change};
 use super::sql::Combined;
@@ -67,11 +68,19 @@ const MAX_DEFINITIONS: usize = 1024;
 pub(super) struct Memo {
     data_version: Option<i64>,
     tenants: HashMap<String, TenantMemo>,
+    /// PostgreSQL: counters advanced by jobs of a forgotten tenant and not
+    /// yet stored; the batch stores them before it goes on.
+    unstored: Vec<(String, Counters, Stored)>,
 }
+
+/// The counters as the database holds them (journal, audit).
+type Stored = (i64, i64);
 
 #[derive(Default)]
 struct TenantMemo {
     counters: Option<Counters>,
+    /// What the sequence row holds, when that is behind `counters`.
+    stored: Option<Stored>,
     /// By kind, then key, e.g. "collection" → "work_orders". A change to
     /// any entity of a kind in the tenant forgets all of the kind.
     definitions: HashMap<&'static str, HashMap<String, Arc<dyn AnyValue + Send + Sync>>>,
@@ -101,13 +110,58 @@ enum Forget {
 }
 
 impl Memo {
+    fn keep_unstored(&mut self, tenant: &str, known: TenantMemo) {
+        if let (Some(counters), Some(stored)) = (known.counters, known.stored) {
+            self.unstored.push((tenant.to_owned(), counters, stored));
+        }
+    }
+
+    /// The statements that store every tenant's counters left unstored
+    /// (PostgreSQL), for the batch to run outside any job's savepoint.
+    fn store_unstored(&mut self) -> String {
+        let mut text = String::new();
+        let pending = std::mem::take(&mut self.unstored).into_iter();
+        let remembered: Vec<(String, Counters, Stored)> = self
+            .tenants
+            .iter_mut()
+            .filter_map(|(tenant, known)| {
+                let stored = known.stored.take()?;
+                Some((tenant.clone(), known.counters?, stored))
+            })
+            .collect();
+        for (tenant, counters, stored) in pending.chain(remembered) {
+            // Only values of our own making: integers, a hex hash and a
+            // tenant id that parsed as a UUID.
+            let Some(tenant) = uuid::Uuid::parse_str(&tenant).ok() else {
+                continue;
+            };
+            text.push_str(&format!(
+                "UPDATE tenant_sequences SET journal_seq = CASE WHEN journal_seq = {} \
+                 AND audit_seq = {} THEN CAST({} AS BIGINT) END, audit_seq = {}, \
+                 audit_head = '{}' WHERE tenant_id = '{tenant}'; ",
+                stored.0,
+                stored.1,
+                counters.journal_seq,
+                counters.audit_seq,
+                chain::to_hex(&counters.head),
+            ));
+        }
+        text
+    }
+
     fn forget(&mut self, what: &Forget) {
         match what {
             Forget::Nothing => {}
             Forget::Tenant(tenant) => {
-                self.tenants.remove(tenant);
+                if let Some(known) = self.tenants.remove(tenant) {
+                    self.keep_unstored(tenant, known);
+                }
             }
-            Forget::All => self.tenants.clear(),
+            Forget::All => {
+                for (tenant, known) in std::mem::take(&mut self.tenants) {
+                    self.keep_unstored(&tenant, known);
+                }
+            }
         }
     }
 }
@@ -127,6 +181,9 @@ pub struct WriteTx {
     deferred: Combined,
     /// Present on the group-commit writer only.
     memo: Option<SharedMemo>,
+    watchers: Watchers,
+    /// Watched entity kinds this job updated or deleted.
+    touched: Vec<&'static str>,
 }
 
 impl WriteTx {
@@ -221,10 +278,9 @@ impl WriteTx {
     }
 
     /// Whether the job settles its own savepoint and opens the next one in
-    /// its last statement: SQLite's writer, which runs the combined parts
-    /// one by one (PostgreSQL's take one statement, savepoints none).
+    /// its last round trip: on the group-commit writer, always.
     fn settles_own_savepoint(&self) -> bool {
-        self.memo.is_some() && self.backend == Backend::Sqlite
+        self.memo.is_some()
     }
 
     /// Appends the journal entries and the audit event. One counter update
@@ -235,10 +291,20 @@ impl WriteTx {
         let tenant = self.scope.id_str().to_owned();
         let entries = self.changes.len() as i64;
         let mut batch = std::mem::take(&mut self.deferred);
-        let known = with_memo(self.memo.as_ref(), |memo| {
-            memo.tenants.get(&tenant).and_then(|known| known.counters)
+        let (known, stored) = with_memo(self.memo.as_ref(), |memo| {
+            let known = memo.tenants.get(&tenant);
+            (
+                known.and_then(|known| known.counters),
+                known.and_then(|known| known.stored),
+            )
         })
-        .flatten();
+        .unwrap_or((None, None));
+        // PostgreSQL's batch holds the tenant's sequence row locked from
+        // its first job to its commit, so the counters its jobs advance
+        // are stored once, by the batch, when it leaves the tenant
+        // (`Memo::store_unstored`); SQLite's writer stores them each time,
+        // in process, where a statement costs no round trip.
+        let store_counters = self.backend == Backend::Sqlite;
         let (journal_last, audit_seq, prev) = match known {
             Some(known) => (known.journal_seq + entries, known.audit_seq + 1, known.head),
             None => self.reserve(&tenant, entries).await?,
@@ -285,14 +351,20 @@ impl WriteTx {
             &prev,
         );
         let head = chain::to_hex(&hash);
+        let mut now_stored = None;
         match known {
-            // Advances the counters only from the values remembered; any
+            Some(known) if !store_counters => {
+                now_stored = Some(stored.unwrap_or((known.journal_seq, known.audit_seq)));
+            }
+            // Advances the counters only from the values stored; any
             // others make journal_seq NULL, which the column refuses. It
             // goes first, so a refusal leaves nothing else done.
             Some(known) => {
+                let (stored_journal, stored_audit) =
+                    stored.unwrap_or((known.journal_seq, known.audit_seq));
                 let check = [
-                    batch.param(known.journal_seq),
-                    batch.param(known.audit_seq),
+                    batch.param(stored_journal),
+                    batch.param(stored_audit),
                     batch.param(journal_last),
                     batch.param(audit_seq),
                     batch.param(head.clone()),
@@ -318,9 +390,9 @@ impl WriteTx {
         if self.settles_own_savepoint() {
             // Settle this job's savepoint and open the next job's in the
             // same round trip; the batch's COMMIT releases the last one.
-            batch.push("RELEASE SAVEPOINT job".into());
-            batch.push("SAVEPOINT job".into());
+            batch.then("RELEASE SAVEPOINT job; SAVEPOINT job");
         }
+        self.announce_watched(&tenant).await?;
         if let Err(e) = batch.execute(&mut self.conn, self.backend).await {
             with_memo(self.memo.as_ref(), |memo| {
                 memo.forget(&Forget::Tenant(tenant.clone()))
@@ -336,16 +408,38 @@ impl WriteTx {
             );
         }
         with_memo(self.memo.as_ref(), |memo| {
-            memo.tenants.entry(tenant.clone()).or_default().counters = Some(Counters {
+            let known = memo.tenants.entry(tenant.clone()).or_default();
+            known.counters = Some(Counters {
                 journal_seq: journal_last,
                 audit_seq,
                 head: hash,
             });
+            known.stored = now_stored;
         });
         Ok(logged.map(|mut logged| {
             logged["hash"] = head.into();
             logged.to_string()
         }))
+    }
+
+    /// Notes which watched kinds this job updated or deleted, and tells
+    /// the other nodes when it commits (PostgreSQL's NOTIFY, undone with
+    /// the job if it fails).
+    async fn announce_watched(&mut self, tenant: &str) -> Result<(), StoreError> {
+        for change in &self.changes {
+            if change.op != super::JournalOp::Insert
+                && !self.touched.contains(&change.entity)
+                && self.watchers.watches(change.entity)
+            {
+                self.touched.push(change.entity);
+            }
+        }
+        for kind in &self.touched {
+            self.conn
+                .announce(cluster::CHANGES, &format!("{kind}:{tenant}"))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Reserves `entries` journal numbers and one audit number from the
@@ -467,10 +561,18 @@ pub(super) struct JobDone {
 pub(super) type Job =
     Box<dyn FnOnce(Conn, Option<SharedMemo>) -> BoxFuture<'static, JobDone> + Send>;
 
+/// A job waiting for the writer, and the tenant it acts in (PostgreSQL
+/// sets it for RLS).
+pub(super) struct Queued {
+    scope: Option<TenantScope>,
+    /// An append of system records ([`Writer::submit_internal`]).
+    internal: bool,
+    job: Job,
+}
+
 /// What the group-commit writer's queue carries.
 pub(super) enum Message {
-    /// A job, and the tenant it acts in (PostgreSQL sets it for RLS).
-    Job(Option<TenantScope>, Job),
+    Job(Queued),
     /// Finish what is queued, close the connection, then say so.
     Close(oneshot::Sender<()>),
 }
@@ -526,6 +628,7 @@ impl Writer {
     pub(super) async fn submit<T, E, F>(
         &self,
         backend: Backend,
+        watchers: &Watchers,
         permit: &Permit,
         meta: &RequestMeta,
         action: &'static str,
@@ -540,6 +643,7 @@ impl Writer {
         let scope = permit.scope().clone();
         let actor = permit.actor().clone();
         let meta = meta.clone();
+        let watchers = watchers.clone();
         let job: Job = Box::new(move |conn, memo| {
             Box::pin(async move {
                 let mut tx = WriteTx {
@@ -554,6 +658,8 @@ impl Writer {
                     changes: Vec::new(),
                     deferred: Combined::default(),
                     memo,
+                    watchers,
+                    touched: Vec::new(),
                 };
                 // A panicking job must not take the writer down with it.
                 let outcome = std::panic::AssertUnwindSafe(async {
@@ -568,7 +674,16 @@ impl Writer {
                     Err(E::from(StoreError::Corrupt("write job panicked".into())))
                 });
                 let ok = result.is_ok();
+                let touched = std::mem::take(&mut tx.touched);
+                let watchers = tx.watchers.clone();
+                let tenant = tx.scope.id_str().to_owned();
                 let completion: Completion = Box::new(move |committed| {
+                    if ok && committed.is_ok() {
+                        // This node's caches forget before the caller hears.
+                        for kind in touched {
+                            watchers.changed(Some(kind), Some(&tenant));
+                        }
+                    }
                     let result = settle(committed, result).map(|(value, event)| {
                         // Only now did it happen: tell the log sinks (AUD-6).
                         if let Some(event) = event {
@@ -595,7 +710,8 @@ impl Writer {
                 }
             })
         });
-        self.enqueue(Some(permit.scope().clone()), job).await?;
+        self.enqueue(Some(permit.scope().clone()), false, job)
+            .await?;
         answer
             .await
             .map_err(|_| E::from(StoreError::WriterStopped))?
@@ -632,14 +748,23 @@ impl Writer {
                 }
             })
         });
-        self.enqueue(scope, job).await?;
+        self.enqueue(scope, true, job).await?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     /// Hands a job to the group-commit writer.
-    async fn enqueue(&self, scope: Option<TenantScope>, job: Job) -> Result<(), StoreError> {
+    async fn enqueue(
+        &self,
+        scope: Option<TenantScope>,
+        internal: bool,
+        job: Job,
+    ) -> Result<(), StoreError> {
         self.0
-            .send(Message::Job(scope, job))
+            .send(Message::Job(Queued {
+                scope,
+                internal,
+                job,
+            }))
             .await
             .map_err(|_| StoreError::WriterStopped)
     }
@@ -650,7 +775,7 @@ impl Writer {
 struct JobQueue {
     queue: mpsc::Receiver<Message>,
     messages: Vec<Message>,
-    batch: Vec<(Option<TenantScope>, Job)>,
+    batch: Vec<Queued>,
     completions: Vec<Completion>,
     closing: Vec<oneshot::Sender<()>>,
 }
@@ -674,7 +799,7 @@ impl JobQueue {
         {
             for message in self.messages.drain(..) {
                 match message {
-                    Message::Job(scope, job) => self.batch.push((scope, job)),
+                    Message::Job(queued) => self.batch.push(queued),
                     Message::Close(closed) => self.closing.push(closed),
                 }
             }
@@ -742,10 +867,10 @@ async fn run_group_commit_postgres(pool: PgPool, queue: mpsc::Receiver<Message>)
 /// one round trip.
 async fn run_batch_postgres(
     pool: &PgPool,
-    batch: &mut Vec<(Option<TenantScope>, Job)>,
+    batch: &mut Vec<Queued>,
     completions: &mut Vec<Completion>,
 ) -> Result<(), db::Error> {
-    batch.sort_by_key(|(scope, _)| scope.as_ref().map(|s| s.tenant_id().as_uuid()));
+    batch.sort_by_key(|queued| queued.scope.as_ref().map(|s| s.tenant_id().as_uuid()));
     let mut conn = Conn::postgres(pool.begin().await?);
     // What jobs of this batch may share: the first job of a tenant reserves
     // its counters and so holds the tenant's sequence row locked until the
@@ -753,35 +878,66 @@ async fn run_batch_postgres(
     // read in the batch are as fresh as a transaction's own reads. Nothing
     // outlives the batch: another node may write as soon as it commits.
     let memo = SharedMemo::default();
-    // How the previous job ended, to settle its savepoint with the next
-    // job's start.
-    let mut previous: Option<bool> = None;
-    for (scope, job) in batch.drain(..) {
-        let settle = match previous {
-            None => "",
-            Some(true) => "RELEASE SAVEPOINT job; ",
-            Some(false) => "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job; ",
+    // The counters jobs advanced and the batch has yet to store, as
+    // statements to run outside any job's savepoint.
+    let unstored =
+        |memo: &SharedMemo| with_memo(Some(memo), Memo::store_unstored).unwrap_or_default();
+    // How the previous job ended (and in which tenant), to settle its
+    // savepoint with the next job's start.
+    let mut previous: Option<(bool, bool, Option<TenantScope>)> = None;
+    let mut failed_last = false;
+    for Queued {
+        scope,
+        internal,
+        job,
+    } in batch.drain(..)
+    {
+        let same_tenant = |before: &Option<TenantScope>| {
+            before.as_ref().map(TenantScope::tenant_id)
+                == scope.as_ref().map(TenantScope::tenant_id)
         };
-        let lock = match &scope {
-            Some(scope) => format!(
-                "; SELECT 1 FROM tenant_sequences WHERE tenant_id = '{}' FOR UPDATE",
-                scope.tenant_id()
-            ),
-            None => String::new(),
+        // A job that settled itself released its savepoint and opened the
+        // next one; a next job of the same tenant then finds its tenant set
+        // and its sequence row locked already, and starts with no round
+        // trip. Leaving a tenant, or before an internal job (which may read
+        // the sequence row), the batch stores the counters first.
+        let settle = match &previous {
+            None => Some("SAVEPOINT job; ".to_owned()),
+            Some((true, true, before)) if same_tenant(before) && !internal => None,
+            Some((true, _, _)) => Some(format!(
+                "RELEASE SAVEPOINT job; {}SAVEPOINT job; ",
+                unstored(&memo)
+            )),
+            Some((false, _, _)) => Some(format!(
+                "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job; {}SAVEPOINT job; ",
+                unstored(&memo)
+            )),
         };
-        conn.execute_batch(&format!(
-            "{settle}SAVEPOINT job; {}{lock}",
-            tenant_setting(scope.as_ref())
-        ))
-        .await?;
+        if let Some(settle) = settle {
+            let lock = match &scope {
+                Some(scope) => format!(
+                    "; SELECT 1 FROM tenant_sequences WHERE tenant_id = '{}' FOR UPDATE",
+                    scope.tenant_id()
+                ),
+                None => String::new(),
+            };
+            conn.execute_batch(&format!("{settle}{}{lock}", tenant_setting(scope.as_ref())))
+                .await?;
+        }
         let done = job(conn, Some(memo.clone())).await;
         conn = done.conn;
         completions.push(done.completion);
         with_memo(Some(&memo), |memo| memo.forget(&done.forget));
-        previous = Some(done.ok);
+        failed_last = !done.ok;
+        previous = Some((done.ok, done.settled, scope));
     }
-    if previous == Some(false) {
-        conn.execute_batch("ROLLBACK TO SAVEPOINT job").await?;
+    let mut end = String::new();
+    if failed_last {
+        end.push_str("ROLLBACK TO SAVEPOINT job; ");
+    }
+    end.push_str(&unstored(&memo));
+    if !end.is_empty() {
+        conn.execute_batch(&end).await?;
     }
     conn.commit().await
 }
@@ -790,7 +946,7 @@ async fn run_batch_postgres(
 async fn run_batch(
     conn: &mut Conn,
     memo: &SharedMemo,
-    batch: &mut Vec<(Option<TenantScope>, Job)>,
+    batch: &mut Vec<Queued>,
     completions: &mut Vec<Completion>,
 ) -> Result<(), db::Error> {
     // IMMEDIATE takes the write lock now, so that no other connection (a
@@ -812,7 +968,7 @@ async fn run_batch(
 async fn run_jobs(
     conn: &mut Conn,
     memo: &SharedMemo,
-    batch: &mut Vec<(Option<TenantScope>, Job)>,
+    batch: &mut Vec<Queued>,
     completions: &mut Vec<Completion>,
 ) -> Result<(), db::Error> {
     let version: i64 = db::query_scalar("PRAGMA data_version")
@@ -827,7 +983,7 @@ async fn run_jobs(
     let total = batch.len();
     // The connection moves into each job and back out; between jobs the
     // writer holds a stand-in that no statement ever runs on.
-    for (i, (_, job)) in batch.drain(..).enumerate() {
+    for (i, Queued { job, .. }) in batch.drain(..).enumerate() {
         let taken = std::mem::replace(conn, Conn::placeholder());
         let done = job(taken, Some(memo.clone())).await;
         *conn = done.conn;

@@ -517,3 +517,67 @@ async fn writes_from_another_process_beside_the_server_keep_sequences_and_chain_
     let verified = app.cli_ok(&["audit", "verify", "--tenant", "acme"]).await;
     assert!(verified.contains("ok"), "{verified}");
 }
+
+/// On PostgreSQL the writer sends a job's statements with their values as
+/// literals, in one round trip: text that looks like SQL, quotes,
+/// backslashes, placeholders and non-ASCII must come back exactly as sent,
+/// and change nothing else.
+#[tokio::test]
+async fn hostile_text_is_stored_and_read_back_exactly() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    app.work_orders(&admin).await;
+    let hostile = [
+        "it's",
+        "''",
+        "\\' OR 1=1 --",
+        "'); DROP TABLE records; --",
+        "$1 $2 $$ $tag$ E'\\x41'",
+        "back\\slash \\\\ end\\",
+        "/* not a comment */ -- nor this",
+        "\"quoted\" ident",
+        "Żółć — 東京 🚰",
+        "line\nbreak\ttab\r",
+    ];
+    let mut ids = Vec::new();
+    for text in hostile {
+        let res = app
+            .post(
+                ORDERS,
+                Some(&admin.access_token),
+                json!({"title": text, "code": format!("{text}'"), "notes": text, "priority": -3}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{text:?}");
+        let created: Value = res.json().await.unwrap();
+        ids.push((text, created["id"].as_str().unwrap().to_owned()));
+    }
+    for (text, id) in &ids {
+        let got: Value = app
+            .get(&format!("{ORDERS}/{id}"), &admin.access_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["title"], *text);
+        assert_eq!(got["code"], format!("{text}'"));
+        assert_eq!(got["notes"], *text);
+        assert_eq!(got["priority"], -3);
+    }
+    // A NUL is refused cleanly, and nothing of it is stored.
+    let res = app
+        .post(
+            ORDERS,
+            Some(&admin.access_token),
+            json!({"title": "nul\u{0}inside"}),
+        )
+        .await;
+    assert!(res.status().is_client_error(), "{}", res.status());
+    let listed: Value = app
+        .get(&format!("{ORDERS}?limit=100"), &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), hostile.len());
+}
