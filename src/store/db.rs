@@ -483,6 +483,69 @@ impl Conn {
         })
     }
 
+    /// [`Conn::execute_then`], with `sql` prepared once per connection as
+    /// an SQL-level prepared statement (`PREPARE`), so that PostgreSQL
+    /// plans it once and each run sends only `EXECUTE` with the values as
+    /// typed literals. `prepared` names the statements this connection
+    /// holds (`prepared_statements` reads them); it learns the new ones.
+    pub fn execute_prepared_then<'a>(
+        &'a mut self,
+        sql: &'a str,
+        params: Vec<Param>,
+        then: &'a str,
+        prepared: &'a mut std::collections::HashSet<String>,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let ConnKind::Postgres(tx) = &mut self.0 else {
+                return self.execute_then(sql, params, then).await;
+            };
+            use sqlx::{Executor, Statement};
+            let statement = (&mut **tx).prepare(sql).await?;
+            let declared: Vec<PgTypeInfo> = match statement.parameters() {
+                Some(sqlx::Either::Left(types)) => types.to_vec(),
+                _ => return self.execute_then(sql, params, then).await,
+            };
+            if declared.len() != params.len() {
+                return self.execute_then(sql, params, then).await;
+            }
+            let name = prepared_name(sql);
+            let conn: &mut sqlx::PgConnection = tx;
+            if !prepared.contains(&name) {
+                conn.execute(format!("PREPARE {name} AS {sql}").as_str())
+                    .await?;
+                prepared.insert(name.clone());
+            }
+            let mut arguments = Vec::with_capacity(params.len());
+            for (param, ty) in params.into_iter().zip(&declared) {
+                arguments.push(pg_literal(&postgres_param(param, Some(ty))?)?);
+            }
+            conn.execute(format!("EXECUTE {name}({}); {then}", arguments.join(", ")).as_str())
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// The SQL-level prepared statements of this connection
+    /// ([`Conn::execute_prepared_then`]); none on SQLite.
+    pub async fn prepared_statements(
+        &mut self,
+    ) -> Result<std::collections::HashSet<String>, Error> {
+        if !matches!(self.0, ConnKind::Postgres(_)) {
+            return Ok(Default::default());
+        }
+        let names: Option<String> = query_scalar(
+            "SELECT string_agg(name, ',') FROM pg_prepared_statements WHERE name LIKE 'sr\\_%'",
+        )
+        .fetch_one(self)
+        .await?;
+        Ok(names
+            .unwrap_or_default()
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// SQLite: runs each statement in turn, each binding the parameters
     /// it names out of the shared `params`; stops at the first failure.
     pub(super) fn execute_each(&mut self, parts: &[String], params: &[Param]) -> Result<(), Error> {
@@ -1261,6 +1324,18 @@ fn placeholders(sql: &str) -> Option<Vec<Placeholder>> {
         }
     }
     Some(spots)
+}
+
+/// The name an SQL-level prepared statement of `sql` goes by: a digest of
+/// its text, so that two texts never share one.
+fn prepared_name(sql: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(sql.as_bytes());
+    let mut name = String::from("sr_");
+    for byte in &digest[..16] {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name
 }
 
 /// A string literal (standard conforming: only the quote is special).

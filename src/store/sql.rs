@@ -119,6 +119,18 @@ impl Combined {
     }
 
     pub async fn execute(self, conn: &mut Conn, backend: Backend) -> Result<(), db::Error> {
+        self.execute_with(conn, backend, None).await
+    }
+
+    /// [`Combined::execute`]; on PostgreSQL with [`Combined::then`], the
+    /// combined statement runs as the connection's prepared statement when
+    /// the caller keeps track of them (`prepared`).
+    pub async fn execute_with(
+        self,
+        conn: &mut Conn,
+        backend: Backend,
+        prepared: Option<&mut std::collections::HashSet<String>>,
+    ) -> Result<(), db::Error> {
         match backend {
             Backend::Sqlite => {
                 conn.execute_each(&self.parts, &self.params)?;
@@ -137,7 +149,13 @@ impl Combined {
                 }
                 (false, Some(then)) => {
                     let text = self.text(backend);
-                    conn.execute_then(&text, self.params, then).await
+                    match prepared {
+                        Some(prepared) => {
+                            conn.execute_prepared_then(&text, self.params, then, prepared)
+                                .await
+                        }
+                        None => conn.execute_then(&text, self.params, then).await,
+                    }
                 }
             },
         }

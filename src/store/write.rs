@@ -71,6 +71,8 @@ pub(super) struct Memo {
     /// PostgreSQL: counters advanced by jobs of a forgotten tenant and not
     /// yet stored; the batch stores them before it goes on.
     unstored: Vec<(String, Counters, Stored)>,
+    /// PostgreSQL: the prepared statements the batch's connection holds.
+    prepared: Option<std::collections::HashSet<String>>,
 }
 
 /// The counters as the database holds them (journal, audit).
@@ -393,7 +395,16 @@ impl WriteTx {
             batch.then("RELEASE SAVEPOINT job; SAVEPOINT job");
         }
         self.announce_watched(&tenant).await?;
-        if let Err(e) = batch.execute(&mut self.conn, self.backend).await {
+        // The writer's combined statements are few shapes run many times:
+        // on PostgreSQL each is planned once per connection.
+        let mut prepared = with_memo(self.memo.as_ref(), |memo| memo.prepared.take()).flatten();
+        let executed = batch
+            .execute_with(&mut self.conn, self.backend, prepared.as_mut())
+            .await;
+        if let Some(prepared) = prepared {
+            with_memo(self.memo.as_ref(), |memo| memo.prepared = Some(prepared));
+        }
+        if let Err(e) = executed {
             with_memo(self.memo.as_ref(), |memo| {
                 memo.forget(&Forget::Tenant(tenant.clone()))
             });
@@ -872,12 +883,16 @@ async fn run_batch_postgres(
 ) -> Result<(), db::Error> {
     batch.sort_by_key(|queued| queued.scope.as_ref().map(|s| s.tenant_id().as_uuid()));
     let mut conn = Conn::postgres(pool.begin().await?);
+    let prepared = conn.prepared_statements().await?;
     // What jobs of this batch may share: the first job of a tenant reserves
     // its counters and so holds the tenant's sequence row locked until the
     // batch commits, so no other node can move them meanwhile; definitions
     // read in the batch are as fresh as a transaction's own reads. Nothing
     // outlives the batch: another node may write as soon as it commits.
-    let memo = SharedMemo::default();
+    let memo = SharedMemo::new(Mutex::new(Memo {
+        prepared: Some(prepared),
+        ..Memo::default()
+    }));
     // The counters jobs advanced and the batch has yet to store, as
     // statements to run outside any job's savepoint.
     let unstored =

@@ -209,7 +209,12 @@ async fn two_app_servers_share_sessions_revocations_and_scheduled_jobs() {
     let (status, _) = call(get.clone(), record(&b.address, &ids[1]), &token, None).await;
     assert_eq!(status, 200, "the same key, supplied on A, unlocks B too");
 
-    // A logout on A ends the session on B for the very next request.
+    // A logout on A ends the session on B as soon as B hears of it, and
+    // within the session-check lifetime at the latest, although B checked
+    // the session a moment ago and holds that check.
+    let me = |node: &str| format!("{node}/api/v1/me");
+    let (status, _) = call(get.clone(), me(&b.address), &token, None).await;
+    assert_eq!(status, 200);
     let (status, _) = call(
         post.clone(),
         format!("{a_address}/api/v1/auth/logout"),
@@ -218,14 +223,28 @@ async fn two_app_servers_share_sessions_revocations_and_scheduled_jobs() {
     )
     .await;
     assert_eq!(status, 204);
-    let (status, _) = call(
-        get.clone(),
-        format!("{}/api/v1/me", b.address),
-        &token,
-        None,
-    )
-    .await;
-    assert_eq!(status, 401, "B still accepted a token logged out on A");
+    let logged_out = Instant::now();
+    let (status, _) = call(get.clone(), me(&a_address), &token, None).await;
+    assert_eq!(status, 401, "A accepted a token it logged out");
+    loop {
+        let (status, _) = call(get.clone(), me(&b.address), &token, None).await;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            logged_out.elapsed() < strongroom::identity::SESSION_CHECK_TTL * 2,
+            "B still accepted a token logged out on A after the session-check lifetime"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // B's check would have lapsed only about a lifetime after it was made,
+    // just before the logout: well before that, it was the announcement.
+    let heard_after = logged_out.elapsed();
+    assert!(
+        heard_after < strongroom::identity::SESSION_CHECK_TTL / 2,
+        "B heard of the logout only after {heard_after:?}: the announcement did not arrive"
+    );
 
     // Each job runs on one node at a time, once per interval: watched for
     // a few seconds, every job's runs grow by about one a second (two
