@@ -4,7 +4,9 @@
 //! stolen or replayed, so the whole session is revoked (reuse detection,
 //! as in OAuth 2.0 Security BCP §4.14). Every request re-checks that the
 //! session is live, so logout and revocation take effect at once rather
-//! than after the access token expires.
+//! than after the access token expires. A node reuses a check for at most
+//! [`SESSION_CHECK_TTL`], and forgets it as soon as the write path commits
+//! a change to a session, user or tenant ([`SessionCache`]).
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use secrecy::{ExposeSecret, SecretString};

@@ -8,7 +8,10 @@
 //!   statement of a job was a round trip to it). Statements are prepared
 //!   once per connection and cached.
 //! * PostgreSQL runs on sqlx's own Postgres driver (prepared statements are
-//!   cached per connection by the driver).
+//!   cached per connection by the driver). Point reads run on session
+//!   readers ([`PgReaders`]) outside any transaction, one round trip each;
+//!   the writer sends a job's statements with their values as typed
+//!   literals, several in one round trip ([`Conn::execute_prepared_then`]).
 //!
 //! The surface mirrors the few calls the domains need — [`query`],
 //! [`query_scalar`], [`query_as`] with `bind`, `execute`, `fetch_one`,

@@ -26,12 +26,16 @@
 //!   counters are still checked in the statement that advances them.
 //!
 //! On PostgreSQL the same group commit runs as a task on one pooled
-//! connection per app server: each job's first round trip opens its
-//! savepoint, sets its tenant for RLS and locks the tenant's sequence row;
-//! its combined statements travel as one more. The memo lives for one batch
-//! only (the sequence rows it holds locked are the batch's; another node may
-//! write as soon as it commits). Jobs run sorted by tenant, so batches on
-//! several nodes take their locks in one order and cannot deadlock.
+//! connection per app server: the first job of a tenant opens its
+//! savepoint, sets its tenant for RLS and locks the tenant's sequence row
+//! in one round trip; a job's combined statements (prepared once per
+//! connection) and the step to the next savepoint travel as one more, so
+//! the next job of the tenant starts with none. The counters are stored
+//! once per tenant per batch (`Memo::store_unstored`). The memo lives for
+//! one batch only (the sequence rows it holds locked are the batch's;
+//! another node may write as soon as it commits). Jobs run sorted by
+//! tenant, so batches on several nodes take their locks in one order and
+//! cannot deadlock.
 
 use std::any::Any as AnyValue;
 use std::collections::HashMap;
