@@ -43,6 +43,14 @@ const ENV_KEYS: &[&str] = &[
     "file_sweep_seconds",
     "key_cache_seconds",
     "migrate_until",
+    "tls_cert",
+    "tls_key",
+    "http_redirect_listen",
+    "header_read_timeout_seconds",
+    "request_timeout_seconds",
+    "keep_alive_seconds",
+    "max_connections",
+    "max_connections_per_ip",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -100,6 +108,24 @@ pub struct Config {
     /// or app servers of two releases on one database during a roll-out);
     /// unset, all of them.
     pub migrate_until: Option<i64>,
+    /// PEM certificate chain and private key: with both, the listener
+    /// speaks HTTPS only (TLS 1.2/1.3, HTTP/2 and HTTP/1.1), and reloads
+    /// them on SIGHUP or when the files change.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// With TLS on: a plain-HTTP address that answers only with a `308`
+    /// redirect to HTTPS.
+    pub http_redirect_listen: Option<SocketAddr>,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout_seconds: u64,
+    /// How long a request may take in all (streaming file routes excepted).
+    pub request_timeout_seconds: u64,
+    /// How long an idle kept-alive connection stays open.
+    pub keep_alive_seconds: u64,
+    /// Open connections at most; beyond it new ones are closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address at most.
+    pub max_connections_per_ip: usize,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -165,6 +191,14 @@ impl Default for Config {
             file_sweep_seconds: 60,
             key_cache_seconds: 60,
             migrate_until: None,
+            tls_cert: None,
+            tls_key: None,
+            http_redirect_listen: None,
+            header_read_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            keep_alive_seconds: 75,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
         }
     }
 }
@@ -220,6 +254,30 @@ impl Config {
         }
         if self.file_sweep_seconds == 0 {
             return Err(ConfigError("file_sweep_seconds must be at least 1".into()));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError(
+                "tls_cert and tls_key go together: set both or neither".into(),
+            ));
+        }
+        if self.http_redirect_listen.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError(
+                "http_redirect_listen redirects to HTTPS: it needs tls_cert and tls_key".into(),
+            ));
+        }
+        for (name, value) in [
+            (
+                "header_read_timeout_seconds",
+                self.header_read_timeout_seconds,
+            ),
+            ("request_timeout_seconds", self.request_timeout_seconds),
+            ("keep_alive_seconds", self.keep_alive_seconds),
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("{name} must be at least 1")));
+            }
         }
         if self.database_max_connections == 0 {
             return Err(ConfigError(
@@ -296,6 +354,17 @@ impl fmt::Debug for Config {
             .field("file_sweep_seconds", &self.file_sweep_seconds)
             .field("key_cache_seconds", &self.key_cache_seconds)
             .field("migrate_until", &self.migrate_until)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("http_redirect_listen", &self.http_redirect_listen)
+            .field(
+                "header_read_timeout_seconds",
+                &self.header_read_timeout_seconds,
+            )
+            .field("request_timeout_seconds", &self.request_timeout_seconds)
+            .field("keep_alive_seconds", &self.keep_alive_seconds)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .finish()
     }
 }

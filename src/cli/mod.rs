@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 mod bench;
+mod dev_cert;
 mod keys;
 
 #[derive(Parser)]
@@ -51,6 +52,13 @@ enum Command {
     /// In-process benchmarks (HTTP benchmarks live in bench/).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a self-signed certificate for localhost / 127.0.0.1 / ::1
+    /// (DIR/cert.pem, and DIR/key.pem readable by you only), for trying
+    /// HTTPS locally: set tls_cert and tls_key to them.
+    DevCert {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +187,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     match cli.command {
+        Command::DevCert { out } => {
+            let (cert, key) = dev_cert::write(&out)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+            println!(
+                "serve HTTPS with: STRONGROOM_TLS_CERT={} STRONGROOM_TLS_KEY={} strongroom serve",
+                cert.display(),
+                key.display()
+            );
+            Ok(())
+        }
         Command::Serve { listen } => {
             if let Some(listen) = listen {
                 config.listen = listen;

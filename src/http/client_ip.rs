@@ -10,6 +10,20 @@ use axum::http::HeaderMap;
 pub use crate::config::TrustedProxies;
 
 impl TrustedProxies {
+    /// Whether the client reached us over HTTPS: TLS ended here, or a
+    /// trusted proxy that ended it says so in `X-Forwarded-Proto`. From
+    /// anyone else the header means nothing.
+    pub fn is_https(&self, tls: bool, peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
+        tls || peer.is_some_and(|peer| {
+            self.contains(peer)
+                && headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.rsplit(',').next())
+                    .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+        })
+    }
+
     pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer?;
         if !self.contains(peer) {

@@ -6,6 +6,7 @@ pub mod api;
 mod client_ip;
 pub mod error;
 pub mod extract;
+pub mod listen;
 pub mod state;
 
 use std::future::Future;
@@ -127,6 +128,11 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    let tls = req
+        .extensions()
+        .get::<listen::Transport>()
+        .is_some_and(|t| t.tls);
+    let https = state.proxies.is_https(tls, peer, req.headers());
     let meta = RequestMeta {
         request_id: id.clone(),
         ip: state
@@ -165,6 +171,13 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if https {
+        // Two years, subdomains too (NET-1): browsers never try plain HTTP.
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
@@ -200,7 +213,8 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     response
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// Serves until `shutdown` resolves, then drains in-flight requests
+/// (TLS, timeouts and connection limits: [`listen`]).
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -208,13 +222,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let store = state.store.clone();
     let access_log = state.access_log.clone();
-    let app = app(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let config = state.config.clone();
+    listen::serve(listener, app(state), &config, shutdown).await?;
     access_log.flush().await;
     store.close().await;
     Ok(())

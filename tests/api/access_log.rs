@@ -266,7 +266,13 @@ async fn ctl_aud_4_access_log_exports_match_the_list_api() {
 /// takes must still be logged whole, each row once.
 #[tokio::test]
 async fn ctl_aud_2_a_burst_of_requests_is_logged_whole() {
-    let app = spawn_app().await;
+    // The burst comes from one address over as many connections as the
+    // client opens: more than the per-address cap lets in by default.
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.max_connections = 4_000;
+        c.max_connections_per_ip = 2_000;
+    })
+    .await;
     let admin = app.admin("acme").await;
     let burst = 1_234;
     let requests = (0..burst).map(|_| app.get("/api/v1/collections", &admin.access_token));

@@ -1,3 +1,4 @@
+use crate::helpers::RunOff;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -240,7 +241,8 @@ async fn ctl_aud_7_an_untouched_trail_verifies_with_its_signed_checkpoints() {
     // The CLI agrees and exits zero.
     let out = crate::helpers::cli(&app.data_dir, &app.database_url)
         .args(["audit", "verify", "--tenant", "acme"])
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -331,7 +333,8 @@ async fn ctl_aud_7_tampering_by_direct_sql_is_detected_at_the_right_seq() {
         );
         let out = crate::helpers::cli(&app.data_dir, &app.database_url)
             .args(["audit", "verify"])
-            .output()
+            .run()
+            .await
             .unwrap();
         assert!(!out.status.success(), "{what}: CLI exited 0");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -848,16 +851,17 @@ async fn ctl_ops_6_the_running_version_is_in_healthz_every_audit_event_and_every
 async fn ctl_aud_4_the_cli_exports_a_tenants_trail_to_a_file() {
     let (app, admin) = trail().await;
     let out = app.data_dir.join("trail.csv");
-    let run = || {
+    let run = || async {
         crate::helpers::cli(&app.data_dir, &app.database_url)
             .args([
                 "audit", "export", "--tenant", "acme", "--format", "csv", "--out",
             ])
             .arg(&out)
-            .output()
+            .run()
+            .await
             .unwrap()
     };
-    let first = run();
+    let first = run().await;
     assert!(
         first.status.success(),
         "{}",
@@ -876,7 +880,7 @@ async fn ctl_aud_4_the_cli_exports_a_tenants_trail_to_a_file() {
         .unwrap();
     assert_eq!(export["actor"]["type"], "operator");
     // An existing file is never overwritten.
-    let again = run();
+    let again = run().await;
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("cannot create"));
 }

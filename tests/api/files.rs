@@ -2,6 +2,7 @@
 //! after they verify, private by default, inert when downloaded, logged,
 //! and kept redundantly.
 
+use crate::helpers::RunOff;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -684,7 +685,13 @@ async fn ctl_fil_5_a_damaged_primary_is_served_from_the_replica_and_repaired() {
 
     // The scrub finds a damaged copy, repairs it on request, then is clean.
     flip_byte(&app, 1, 5000).await;
-    let out = app.cli().await.args(["files", "verify"]).output().unwrap();
+    let out = app
+        .cli()
+        .await
+        .args(["files", "verify"])
+        .run()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(
@@ -695,7 +702,8 @@ async fn ctl_fil_5_a_damaged_primary_is_served_from_the_replica_and_repaired() {
         .cli()
         .await
         .args(["files", "verify", "--repair"])
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -707,7 +715,8 @@ async fn ctl_fil_5_a_damaged_primary_is_served_from_the_replica_and_repaired() {
         .cli()
         .await
         .args(["files", "verify", "--json"])
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(out.status.success());
     let summary: Value = serde_json::from_slice(

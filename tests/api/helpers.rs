@@ -367,7 +367,7 @@ impl TestApp {
     /// Runs the CLI with `args` on this app's stores; it must succeed.
     /// Returns what it printed.
     pub async fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli().await.args(args).output().unwrap();
+        let out = self.cli().await.args(args).run().await.unwrap();
         assert!(
             out.status.success(),
             "strongroom {}: {}{}",
@@ -655,3 +655,22 @@ pub const CREATE_ACME: &[&str] = &[
     "admin@acme.test",
     "--json",
 ];
+
+/// Runs a command to completion off the test's runtime thread. A test's
+/// in-process server shares that thread: blocking it in `output()` would
+/// stall the server's writer mid-batch (holding a tenant's sequence row on
+/// PostgreSQL) while the command waits for that very row.
+pub trait RunOff {
+    fn run(&mut self) -> impl std::future::Future<Output = std::io::Result<std::process::Output>>;
+}
+
+impl RunOff for Command {
+    fn run(&mut self) -> impl std::future::Future<Output = std::io::Result<std::process::Output>> {
+        let mut taken = std::mem::replace(self, Command::new("true"));
+        async move {
+            tokio::task::spawn_blocking(move || taken.output())
+                .await
+                .map_err(std::io::Error::other)?
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! tenant's own (BYOK) and revoked, and can be destroyed; the object stores
 //! prove at start that they only receive ciphertext.
 
+use crate::helpers::RunOff;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -353,7 +354,8 @@ async fn ctl_enc_3_rotation_under_concurrent_writes_loses_nothing_and_old_data_s
         .cli()
         .await
         .args(["keys", "rotate", "--tenant", "clinic"])
-        .output()
+        .run()
+        .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -581,14 +583,16 @@ async fn ctl_enc_3_destroying_a_tenants_keys_makes_all_its_ciphertext_unreadable
         .cli()
         .await
         .args(["keys", "destroy", "--tenant", "clinic"])
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(!out.status.success(), "needs --yes");
     let out = app
         .cli()
         .await
         .args(["keys", "destroy", "--tenant", "clinic", "--yes"])
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -674,7 +678,8 @@ async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alon
         .cli()
         .await
         .args(["audit", "checkpoint"])
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(out.status.success());
 
@@ -696,7 +701,8 @@ async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alon
         .cli()
         .await
         .args(["keys", "rotate-master"])
-        .output()
+        .run()
+        .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -789,7 +795,13 @@ async fn ctl_enc_3_rotating_the_master_key_rewraps_keys_and_leaves_the_data_alon
         "the tenant's own key still wraps its data keys"
     );
     server.stop().await;
-    let out = app.cli().await.args(["audit", "verify"]).output().unwrap();
+    let out = app
+        .cli()
+        .await
+        .args(["audit", "verify"])
+        .run()
+        .await
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -809,7 +821,8 @@ async fn ctl_enc_4_every_store_proves_it_receives_only_ciphertext_or_the_server_
             "STRONGROOM_OBJECT_STORE_URL",
             "file:///proc/strongroom-cannot-write-here",
         )
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

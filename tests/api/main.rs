@@ -8,6 +8,7 @@ mod cluster;
 mod durability;
 mod files;
 mod freed;
+mod front_door;
 mod health;
 mod helpers;
 mod keys;

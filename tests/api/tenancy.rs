@@ -1,3 +1,4 @@
+use crate::helpers::RunOff;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -296,7 +297,8 @@ async fn cli_tenant_create_and_list_print_json_and_work_on_the_configured_databa
             "--admin-email",
             "x@y.test",
         ])
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
@@ -311,7 +313,8 @@ async fn cli_tenant_create_and_list_print_json_and_work_on_the_configured_databa
             "--admin-email",
             "x@y.test",
         ])
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("slug"));
@@ -339,7 +342,8 @@ async fn unknown_database_url_schemes_are_refused_with_a_clear_message() {
     let dir = temp_dir("scheme");
     let out = cli(&dir, "mysql://root@localhost/db")
         .args(["migrate"])
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

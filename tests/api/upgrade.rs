@@ -3,6 +3,7 @@
 //! start, and everything reads back the same, files included, with the
 //! audit chain still verifying (its canonical encoding did not change).
 
+use crate::helpers::RunOff;
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Connection, Row};
 
@@ -44,7 +45,8 @@ async fn data_written_before_an_upgrade_reads_back_whole_after_it() {
     let created = cli(&dir, &url)
         .envs(until)
         .args(CREATE_ACME)
-        .output()
+        .run()
+        .await
         .unwrap();
     assert!(
         created.status.success(),
@@ -217,7 +219,8 @@ async fn data_written_before_an_upgrade_reads_back_whole_after_it() {
     new.stop().await;
     let out = cli(&dir, &url)
         .args(["audit", "verify", "--tenant", "acme"])
-        .output()
+        .run()
+        .await
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -225,7 +228,11 @@ async fn data_written_before_an_upgrade_reads_back_whole_after_it() {
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cli(&dir, &url).args(["files", "verify"]).output().unwrap();
+    let out = cli(&dir, &url)
+        .args(["files", "verify"])
+        .run()
+        .await
+        .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && said.contains("1 good"), "{said}");
     let _ = std::fs::remove_dir_all(&dir);

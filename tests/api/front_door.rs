@@ -1,0 +1,356 @@
+//! The front door: HTTPS only (ENC-1, NET-1) and the limits every
+//! connection lives under (NET-5).
+
+use crate::helpers::RunOff;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestApp, spawn_app_with, temp_dir};
+
+/// A certificate written by `strongroom dev-cert`, and its directory.
+fn dev_cert() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir("cert");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"))
+        .args(["dev-cert", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = dir.join("key.pem");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the private key is its owner's alone");
+    (dir.join("cert.pem"), key)
+}
+
+fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn port(app: &TestApp) -> u16 {
+    app.address.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A rustls client trusting only `cert`, limited to `versions`.
+fn tls_client(
+    cert: &std::path::Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
+    tls_client_speaking(cert, versions, &[b"h2", b"http/1.1"])
+}
+
+fn tls_client_speaking(
+    cert: &std::path::Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A TLS 1.1 ClientHello offering only TLS 1.1-era suites (CBC, RC4).
+fn tls_1_1_client_hello() -> Vec<u8> {
+    let suites: [u16; 4] = [0x002f, 0x0035, 0x000a, 0x0005];
+    let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
+    body.extend([7u8; 32]); // random
+    body.push(0); // no session id
+    body.extend(((suites.len() * 2) as u16).to_be_bytes());
+    for suite in suites {
+        body.extend(suite.to_be_bytes());
+    }
+    body.extend([1, 0]); // compression: null
+    let mut handshake = vec![1]; // ClientHello
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x02];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+#[tokio::test]
+async fn ctl_enc_1_the_listener_speaks_only_tls_1_2_and_1_3_with_aead_suites_and_http2() {
+    let (cert, key) = dev_cert();
+    let redirect = free_address();
+    let app = spawn_app_with(|c| {
+        c.tls_cert = Some(cert.clone());
+        c.tls_key = Some(key.clone());
+        c.http_redirect_listen = Some(redirect);
+    })
+    .await;
+    let port = port(&app);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+
+    // TLS 1.3, and HTTP/2 chosen by ALPN.
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tls_client(&cert, &[&rustls::version::TLS13])
+        .connect(name.clone(), tcp)
+        .await
+        .expect("a TLS 1.3 handshake");
+    let (_, session) = tls.get_ref();
+    assert_eq!(
+        session.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+
+    // TLS 1.2 too, with an AEAD suite.
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tls_client(&cert, &[&rustls::version::TLS12])
+        .connect(name, tcp)
+        .await
+        .expect("a TLS 1.2 handshake");
+    let suite = format!(
+        "{:?}",
+        tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+    );
+    assert!(
+        suite.contains("GCM") || suite.contains("CHACHA20_POLY1305"),
+        "{suite}"
+    );
+
+    // TLS 1.1 (with its CBC and RC4 suites) gets an alert, nothing else.
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(&tls_1_1_client_hello()).await.unwrap();
+    let mut answer = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut answer))
+        .await
+        .expect("an answer")
+        .expect("an alert record");
+    assert_eq!(answer[0], 0x15, "an alert record: {answer:?}");
+    assert_eq!(answer[5], 2, "a fatal alert: {answer:?}");
+    assert!(
+        [40, 70].contains(&answer[6]),
+        "handshake_failure or protocol_version: {answer:?}"
+    );
+
+    // Plain HTTP on the TLS port is not served.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP on the HTTPS port: {plain:?}");
+
+    // HTTPS works, over HTTP/2, and says so for two years (NET-1).
+    let pem = std::fs::read(&cert).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["strict-transport-security"],
+        "max-age=63072000; includeSubDomains"
+    );
+
+    // The plain-HTTP address only redirects: no content, no cookie.
+    let res = client
+        .post(format!("http://{redirect}/api/v1/auth/login?x=1"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        res.headers()["location"],
+        format!("https://127.0.0.1:{port}/api/v1/auth/login?x=1")
+    );
+    assert!(res.headers().get("set-cookie").is_none());
+    assert!(res.text().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ctl_net_1_hsts_follows_a_trusted_proxy_that_ended_tls_and_nobody_else() {
+    let app = spawn_app_with(|c| c.trusted_proxies = vec!["127.0.0.1".into()]).await;
+    let get = |proto: Option<&'static str>| {
+        let mut req = app.client.get(format!("{}/healthz", app.address));
+        if let Some(proto) = proto {
+            req = req.header("x-forwarded-proto", proto);
+        }
+        req.send()
+    };
+    let res = get(Some("https")).await.unwrap();
+    assert_eq!(
+        res.headers()["strict-transport-security"],
+        "max-age=63072000; includeSubDomains"
+    );
+    let res = get(Some("http")).await.unwrap();
+    assert!(res.headers().get("strict-transport-security").is_none());
+    let res = get(None).await.unwrap();
+    assert!(res.headers().get("strict-transport-security").is_none());
+
+    // From a peer that is no trusted proxy the header means nothing.
+    let app = spawn_app_with(|_| {}).await;
+    let res = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("strict-transport-security").is_none());
+}
+
+#[tokio::test]
+async fn ctl_net_5_half_sent_headers_are_cut_off_after_the_header_timeout() {
+    let app = spawn_app_with(|c| c.header_read_timeout_seconds = 1).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut slow = TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection stayed open 10 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    // A complete request on a fresh connection is served as ever.
+    let res = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ctl_net_5_connections_beyond_the_per_address_cap_are_closed_at_once() {
+    let app = spawn_app_with(|c| c.max_connections_per_ip = 3).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = TcpStream::connect(&address).await.unwrap();
+        // Each is admitted and served.
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        tcp.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(tcp);
+    }
+    let mut fourth = TcpStream::connect(&address).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut buf))
+        .await
+        .expect("closed at once, not left hanging");
+    assert!(
+        read.is_err() || buf.is_empty(),
+        "the fourth connection was served: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // A place freed is a place again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut tcp = TcpStream::connect(&address).await.unwrap();
+        let _ = tcp
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+        if buf.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no place came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn ctl_enc_1_a_renewed_certificate_is_taken_up_without_dropping_connections() {
+    let (cert, key) = dev_cert();
+    let app = spawn_app_with(|c| {
+        c.tls_cert = Some(cert.clone());
+        c.tls_key = Some(key.clone());
+    })
+    .await;
+    let port = port(&app);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let old = std::fs::read(&cert).unwrap();
+    let kept_dir = temp_dir("cert-old");
+    let kept = kept_dir.join("cert.pem");
+    std::fs::write(&kept, &old).unwrap();
+
+    // A connection opened with the old certificate …
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut open = tls_client_speaking(&kept, &[&rustls::version::TLS13], &[b"http/1.1"])
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+
+    // … the files are renewed in place (a new key and certificate) …
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"))
+        .args(["dev-cert", "--out"])
+        .arg(cert.parent().unwrap())
+        .run()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_ne!(std::fs::read(&cert).unwrap(), old);
+
+    // … new handshakes get the new one within the polling interval …
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        if tls_client(&cert, &[&rustls::version::TLS13])
+            .connect(name.clone(), tcp)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not taken up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // … and the one already open still serves.
+    open.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("the open connection was dropped: {e}"));
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), open.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .expect("an answer on the open connection");
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}
