@@ -155,6 +155,17 @@ pub enum Environment {
     Production,
 }
 
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Test => "test",
+            Environment::Staging => "staging",
+            Environment::Production => "production",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -285,6 +296,42 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// What keeps this configuration from running as production (TEN-3),
+    /// one line per problem; the master key is checked by the keyring.
+    pub fn production_problems(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut problems = Vec::new();
+        if self.tls_cert.is_none()
+            && !self.listen.ip().is_loopback()
+            && self.trusted_proxies.is_empty()
+        {
+            problems.push(format!(
+                "listen {} is plain HTTP on a public address: set tls_cert and tls_key, \
+                 or trusted_proxies for the proxy that ends TLS",
+                self.listen
+            ));
+        }
+        let level = self.log_level.to_ascii_lowercase();
+        if level.contains("debug") || level.contains("trace") {
+            problems.push(format!(
+                "log_level {:?} logs debug detail: use info or above",
+                self.log_level
+            ));
+        }
+        if !self.access_log {
+            problems.push("access_log is off: production records every request".to_owned());
+        }
+        if let Ok(meta) = std::fs::metadata(&self.data_dir)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            problems.push(format!(
+                "the data dir {} is open to group or others (chmod 700)",
+                self.data_dir.display()
+            ));
+        }
+        problems
     }
 
     /// The database URL, defaulting to the SQLite file in the data dir.

@@ -441,6 +441,19 @@ async fn audit_export(
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.environment == crate::config::Environment::Production {
+        let mut problems = config.production_problems();
+        problems.extend(crate::crypto::Keyring::production_problems(
+            &config.data_dir,
+            config.master_key.as_ref(),
+        ));
+        if !problems.is_empty() {
+            for problem in &problems {
+                eprintln!("refusing to start in production: {problem}");
+            }
+            std::process::exit(2);
+        }
+    }
     crate::telemetry::init(
         config.log_format,
         &config.log_level,

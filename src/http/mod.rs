@@ -96,8 +96,12 @@ fn system_routes() -> Api {
         )
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "version": crate::VERSION}))
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": crate::VERSION,
+        "environment": state.config.environment.as_str(),
+    }))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -171,6 +175,12 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Which instance answered (TEN-3): a test system never passes for
+    // production.
+    headers.insert(
+        HeaderName::from_static("strongroom-environment"),
+        HeaderValue::from_static(state.config.environment.as_str()),
+    );
     if https {
         // Two years, subdomains too (NET-1): browsers never try plain HTTP.
         headers.insert(

@@ -354,3 +354,158 @@ async fn ctl_enc_1_a_renewed_certificate_is_taken_up_without_dropping_connection
         .expect("an answer on the open connection");
     assert_eq!(&buf, b"HTTP/1.1 200");
 }
+
+/// `strongroom serve` in `environment`, with `env` set; its exit status and
+/// what it printed, or `None` if it was still running after `wait`.
+fn serve_briefly(
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+    wait: Duration,
+) -> Option<(i32, String)> {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("STRONGROOM_DATA_DIR", dir)
+        .env("STRONGROOM_LISTEN", free_address().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            return Some((status.code().unwrap_or(-1), stderr));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn ctl_ten_3_production_refuses_to_start_on_each_unsafe_setting() {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let (cert, key) = dev_cert();
+    let master =
+        base64::engine::general_purpose::STANDARD.encode(strongroom::crypto::random_bytes::<32>());
+    let dir = temp_dir("production");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let safe = vec![
+        ("STRONGROOM_ENVIRONMENT", "production".to_owned()),
+        ("STRONGROOM_MASTER_KEY", master.clone()),
+        ("STRONGROOM_TLS_CERT", cert.display().to_string()),
+        ("STRONGROOM_TLS_KEY", key.display().to_string()),
+        ("STRONGROOM_LOG_LEVEL", "info".to_owned()),
+    ];
+    let with = |key: &'static str, value: &str| {
+        let mut env: Vec<(&str, String)> =
+            safe.iter().filter(|(k, _)| *k != key).cloned().collect();
+        env.push((key, value.to_owned()));
+        env
+    };
+    let without = |key: &'static str| -> Vec<(&str, String)> {
+        safe.iter().filter(|(k, _)| *k != key).cloned().collect()
+    };
+    let zeros = base64::engine::general_purpose::STANDARD.encode([0u8; 32]);
+    let public = "0.0.0.0:0".to_owned();
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (
+            with("STRONGROOM_LOG_LEVEL", "strongroom=debug"),
+            "logs debug detail",
+        ),
+        (with("STRONGROOM_ACCESS_LOG", "false"), "access_log is off"),
+        (with("STRONGROOM_MASTER_KEY", &zeros), "all zeros"),
+        (without("STRONGROOM_MASTER_KEY"), "no master key was given"),
+        (
+            {
+                let mut env = without("STRONGROOM_TLS_CERT");
+                env.retain(|(k, _)| *k != "STRONGROOM_TLS_KEY");
+                env.push(("STRONGROOM_LISTEN", public.clone()));
+                env
+            },
+            "plain HTTP on a public address",
+        ),
+    ];
+    for (env, expected) in cases {
+        let (code, stderr) =
+            serve_briefly(&dir, &env, Duration::from_secs(20)).expect("it refused to start");
+        assert_eq!(code, 2, "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .all(|l| l.starts_with("refusing to start in production: ")),
+            "one clear line per problem: {stderr}"
+        );
+    }
+    // Several problems at once: a line each.
+    let mut env = with("STRONGROOM_ACCESS_LOG", "false");
+    env.push(("STRONGROOM_LOG_LEVEL", "debug".to_owned()));
+    let (code, stderr) = serve_briefly(&dir, &env, Duration::from_secs(20)).unwrap();
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+
+    // An open data dir is refused.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, stderr) = serve_briefly(&dir, &safe, Duration::from_secs(20)).unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("open to group or others"), "{stderr}");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // With every setting safe, it starts (and keeps running).
+    assert!(
+        serve_briefly(&dir, &safe, Duration::from_secs(3)).is_none(),
+        "production with safe settings did not stay up"
+    );
+
+    // A key the server generated for itself is not one production was given.
+    let generated = temp_dir("generated");
+    let dev = vec![("STRONGROOM_ENVIRONMENT", "development".to_owned())];
+    assert!(serve_briefly(&generated, &dev, Duration::from_secs(3)).is_none());
+    assert!(generated.join("master.key").exists());
+    let env = without("STRONGROOM_MASTER_KEY");
+    let (code, stderr) = serve_briefly(&generated, &env, Duration::from_secs(20)).unwrap();
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("generated by the server itself"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn ctl_ten_3_every_response_and_healthz_name_the_environment() {
+    let app = spawn_app_with(|c| c.environment = strongroom::config::Environment::Staging).await;
+    let res = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["strongroom-environment"], "staging");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["environment"], "staging");
+    let res = app
+        .client
+        .get(format!("{}/api/v1/no-such-route", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.headers()["strongroom-environment"], "staging");
+}
