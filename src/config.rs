@@ -51,6 +51,9 @@ const ENV_KEYS: &[&str] = &[
     "keep_alive_seconds",
     "max_connections",
     "max_connections_per_ip",
+    "login_attempts_per_minute_per_ip",
+    "login_attempts_per_minute_per_account",
+    "rate_limit_exempt",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -126,6 +129,13 @@ pub struct Config {
     pub max_connections: usize,
     /// Open connections from one client address at most.
     pub max_connections_per_ip: usize,
+    /// Password attempts (login, invitation acceptance) a minute from one
+    /// client address, and for one account, in bursts of as many.
+    pub login_attempts_per_minute_per_ip: u32,
+    pub login_attempts_per_minute_per_account: u32,
+    /// Addresses or CIDR blocks never rate-limited (a load generator).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub rate_limit_exempt: Vec<String>,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -210,6 +220,9 @@ impl Default for Config {
             keep_alive_seconds: 75,
             max_connections: 1000,
             max_connections_per_ip: 50,
+            login_attempts_per_minute_per_ip: 30,
+            login_attempts_per_minute_per_account: 5,
+            rate_limit_exempt: Vec::new(),
         }
     }
 }
@@ -257,6 +270,15 @@ impl Config {
             ));
         }
         TrustedProxies::parse(&self.trusted_proxies).map_err(ConfigError)?;
+        TrustedProxies::parse(&self.rate_limit_exempt)
+            .map_err(|e| ConfigError(format!("rate_limit_exempt: {e}")))?;
+        if self.login_attempts_per_minute_per_ip == 0
+            || self.login_attempts_per_minute_per_account == 0
+        {
+            return Err(ConfigError(
+                "login_attempts_per_minute_per_ip and _per_account must be at least 1".into(),
+            ));
+        }
         for url in [&self.object_store_url, &self.object_store_replica_url]
             .into_iter()
             .flatten()
@@ -412,6 +434,15 @@ impl fmt::Debug for Config {
             .field("keep_alive_seconds", &self.keep_alive_seconds)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field(
+                "login_attempts_per_minute_per_ip",
+                &self.login_attempts_per_minute_per_ip,
+            )
+            .field(
+                "login_attempts_per_minute_per_account",
+                &self.login_attempts_per_minute_per_account,
+            )
+            .field("rate_limit_exempt", &self.rate_limit_exempt)
             .finish()
     }
 }

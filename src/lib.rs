@@ -88,8 +88,19 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
             forgetting.forget(tenant)
         })
         .await?;
+    let exempt = http::TrustedProxies::parse(&config.rate_limit_exempt).unwrap_or_default();
+    let limits = Arc::new(http::limits::RateLimits::new(
+        http::limits::Rate {
+            per_minute: config.login_attempts_per_minute_per_ip,
+        },
+        http::limits::Rate {
+            per_minute: config.login_attempts_per_minute_per_account,
+        },
+        exempt,
+    ));
     Ok(AppState {
         sessions,
+        limits,
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
         vault,

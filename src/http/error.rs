@@ -24,6 +24,8 @@ pub struct ApiError {
     detail: String,
     /// The offending input field, for validation problems.
     field: Option<String>,
+    /// Seconds until a refused request may be tried again (`429`).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -33,7 +35,13 @@ impl ApiError {
             kind,
             detail: detail.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
@@ -91,6 +99,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

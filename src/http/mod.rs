@@ -6,6 +6,7 @@ pub mod api;
 mod client_ip;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod listen;
 pub mod state;
 

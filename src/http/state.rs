@@ -23,6 +23,8 @@ pub struct AppState {
     pub proxies: Arc<TrustedProxies>,
     /// Recent session checks, forgotten when sessions or users change.
     pub sessions: Arc<crate::identity::SessionCache>,
+    /// Password-attempt limits (NET-3).
+    pub limits: Arc<super::limits::RateLimits>,
 }
 
 impl AppState {

@@ -139,6 +139,9 @@ async fn login(
     who: Who,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Before any password is hashed (NET-3).
+    let account = format!("login/{}/{}", body.tenant, body.email);
+    state.limits.attempt(meta.ip.as_deref(), &account)?;
     let tokens = super::login(
         &state.store,
         state.keyring.token_signing_key(),
@@ -148,7 +151,11 @@ async fn login(
         body.password,
         &meta,
     )
-    .await?;
+    .await;
+    if !matches!(tokens, Err(IdentityError::InvalidCredentials)) {
+        state.limits.refund(meta.ip.as_deref(), &account);
+    }
+    let tokens = tokens?;
     who.set(&tokens.tenant_id, &tokens.user_id, None);
     Ok(Json(tokens))
 }
@@ -198,6 +205,12 @@ async fn accept_invitation(
     ApiJson(body): ApiJson<AcceptBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     use secrecy::ExposeSecret;
+    use sha2::Digest;
+    // Per invitation, by a digest: the token itself is a secret.
+    let digest = sha2::Sha256::digest(body.token.expose_secret().as_bytes());
+    let account: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    let account = format!("invitation/{account}");
+    state.limits.attempt(meta.ip.as_deref(), &account)?;
     let tokens = super::accept_invitation(
         &state.store,
         state.keyring.token_signing_key(),
@@ -206,7 +219,15 @@ async fn accept_invitation(
         body.password,
         &meta,
     )
-    .await?;
+    .await;
+    // Only a token that did not open an invitation was a guess.
+    if !matches!(
+        tokens,
+        Err(IdentityError::InvalidToken | IdentityError::InvalidCredentials)
+    ) {
+        state.limits.refund(meta.ip.as_deref(), &account);
+    }
+    let tokens = tokens?;
     who.set(&tokens.tenant_id, &tokens.user_id, None);
     Ok(Json(tokens))
 }

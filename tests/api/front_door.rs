@@ -509,3 +509,99 @@ async fn ctl_ten_3_every_response_and_healthz_name_the_environment() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(res.headers()["strongroom-environment"], "staging");
 }
+
+#[tokio::test]
+async fn ctl_net_3_password_guessing_is_refused_with_429_and_retry_after() {
+    let app = spawn_app_with(|c| {
+        c.login_attempts_per_minute_per_account = 5;
+        c.login_attempts_per_minute_per_ip = 30;
+    })
+    .await;
+    let _admin = app.admin("acme").await;
+    let login = |email: &str, password: &str| {
+        app.client
+            .post(format!("{}/api/v1/auth/login", app.address))
+            .json(&serde_json::json!({"tenant": "acme", "email": email, "password": password}))
+            .send()
+    };
+    // Five guesses at one account are answered (wrongly guessed: 401) …
+    for _ in 0..5 {
+        let res = login("admin@acme.test", "wrong password 123")
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    // … the sixth is refused before any password is checked, even the right one.
+    let started = Instant::now();
+    let res = login("admin@acme.test", crate::helpers::PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "no hash was computed"
+    );
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let problem: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:strongroom:problem:too-many-requests");
+    // Another account from the same office address is not held up.
+    let res = login("someone@acme.test", "wrong password 123")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // One address guessing across many accounts runs into its own limit.
+    let mut refused = 0;
+    for i in 0..40 {
+        let res = login(&format!("user{i}@acme.test"), "wrong password 123")
+            .await
+            .unwrap();
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 40 refused");
+
+    // Invitation acceptance is held to the same limits.
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let res = app
+            .client
+            .post(format!("{}/api/v1/auth/invitations/accept", app.address))
+            .json(
+                &serde_json::json!({"token": "sr_inv_guess", "password": crate::helpers::PASSWORD}),
+            )
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status());
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn ctl_net_3_an_exempt_address_is_never_limited() {
+    let app = spawn_app_with(|c| {
+        c.login_attempts_per_minute_per_account = 2;
+        c.rate_limit_exempt = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let _admin = app.admin("acme").await;
+    for _ in 0..6 {
+        let res = app
+            .client
+            .post(format!("{}/api/v1/auth/login", app.address))
+            .json(&serde_json::json!({"tenant": "acme", "email": "admin@acme.test", "password": "wrong password 123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+}
