@@ -15,6 +15,7 @@ mod keys;
 mod layering;
 mod records;
 mod secrets;
+mod supply;
 mod tenancy;
 mod upgrade;
 mod users;
