@@ -5,7 +5,7 @@ use crate::helpers::RunOff;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -238,12 +238,7 @@ async fn ctl_net_5_half_sent_headers_are_cut_off_after_the_header_timeout() {
         "closed after {waited:?}"
     );
     // A complete request on a fresh connection is served as ever.
-    let res = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let res = app.request(Method::GET, "/healthz", None, None).await;
     assert_eq!(res.status(), StatusCode::OK);
 }
 
@@ -491,21 +486,13 @@ async fn ctl_ten_3_production_refuses_to_start_on_each_unsafe_setting() {
 #[tokio::test]
 async fn ctl_ten_3_every_response_and_healthz_name_the_environment() {
     let app = spawn_app_with(|c| c.environment = strongroom::config::Environment::Staging).await;
-    let res = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let res = app.request(Method::GET, "/healthz", None, None).await;
     assert_eq!(res.headers()["strongroom-environment"], "staging");
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["environment"], "staging");
     let res = app
-        .client
-        .get(format!("{}/api/v1/no-such-route", app.address))
-        .send()
-        .await
-        .unwrap();
+        .request(Method::GET, "/api/v1/no-such-route", None, None)
+        .await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(res.headers()["strongroom-environment"], "staging");
 }
