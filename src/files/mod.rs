@@ -1,4 +1,4 @@
-//! Files (FIL-1 … FIL-5): uploads into `file` fields of records, streamed
+//! Files (FIL-1 … FIL-5; NET-5 for stored names): uploads into `file` fields of records, streamed
 //! and sealed chunk by chunk with a fresh per-file key (itself wrapped by
 //! the tenant's data key), stored in the configured object stores, served
 //! back only after every chunk and the plaintext SHA-256 verify — from the
@@ -137,7 +137,8 @@ fn object_key(tenant: &str, file_id: &str) -> String {
 }
 
 /// A client's file name, kept as metadata only: no path, no control
-/// characters, at most 255 characters.
+/// characters, no bidirectional controls (NET-5: `invoice\u{202E}fdp.exe`
+/// must not show as `invoiceexe.pdf`), at most 255 characters.
 pub fn clean_name(raw: Option<&str>) -> String {
     let base = raw
         .unwrap_or("")
@@ -145,7 +146,7 @@ pub fn clean_name(raw: Option<&str>) -> String {
         .next()
         .unwrap_or("")
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !c.is_control() && !is_bidi_control(*c))
         .take(255)
         .collect::<String>();
     let base = base.trim();
@@ -154,6 +155,15 @@ pub fn clean_name(raw: Option<&str>) -> String {
     } else {
         base.to_owned()
     }
+}
+
+/// The characters that reorder how text is shown: embeddings, overrides
+/// and isolates (U+202A–U+202E, U+2066–U+2069) and the direction marks.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+    )
 }
 
 /// Where an upload goes: a file field of one record.

@@ -737,3 +737,32 @@ async fn ctl_fil_5_a_damaged_primary_is_served_from_the_replica_and_repaired() {
     problem(res, StatusCode::INTERNAL_SERVER_ERROR).await;
     let _ = std::fs::remove_dir_all(replica);
 }
+
+#[tokio::test]
+async fn ctl_net_5_stored_file_names_lose_bidirectional_controls() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let record = assets(&app, &admin).await;
+    let bytes = png_with("bidi", 100);
+    // Shown as "invoiceexe.pdf" if the override were kept.
+    let info = upload_ok(
+        &app,
+        &admin,
+        &record,
+        "photos",
+        "invoice\u{202E}fdp.exe",
+        &bytes,
+    )
+    .await;
+    assert_eq!(info["name"], "invoicefdp.exe");
+    let info = upload_ok(
+        &app,
+        &admin,
+        &record,
+        "photos",
+        "\u{2067}a\u{2069}\u{200F}b\u{202A}c.png",
+        &bytes,
+    )
+    .await;
+    assert_eq!(info["name"], "abc.png");
+}
