@@ -98,9 +98,17 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         },
         exempt,
     ));
+    let allowlists = Arc::new(tenancy::AllowLists::default());
+    let forgetting = allowlists.clone();
+    store
+        .watch(tenancy::allowlist::SETTINGS_KIND, move |tenant| {
+            forgetting.forget(tenant)
+        })
+        .await?;
     Ok(AppState {
         sessions,
         limits,
+        allowlists,
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
         vault,

@@ -179,6 +179,12 @@ enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Empty a tenant's IP allow-list, so its users may come from anywhere
+    /// again (an admin who locked the tenant out).
+    ClearAllowlist {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -296,6 +302,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             state.store.close().await;
             result
         }
+        Command::Tenant(TenantCommand::ClearAllowlist { tenant }) => {
+            let state = crate::open(config).await?;
+            let cleared = clear_allowlist(&state, &tenant).await;
+            state.store.close().await;
+            let before = cleared?;
+            println!("cleared the IP allow-list of {tenant} (it had {before} entries)");
+            Ok(())
+        }
         Command::Tenant(TenantCommand::List { json }) => {
             let state = crate::open(config).await?;
             let tenants = crate::tenancy::list(&state.store).await;
@@ -385,6 +399,27 @@ async fn audit_verify(
     } else {
         anyhow::bail!("audit trail verification failed: {}", failures.join(", "))
     }
+}
+
+/// Empties `tenant`'s allow-list through the write path, as the operator.
+async fn clear_allowlist(state: &crate::http::AppState, tenant: &str) -> anyhow::Result<usize> {
+    let scope = crate::tenancy::find_active_by_slug(&state.store, tenant)
+        .await?
+        .with_context(|| format!("no active tenant with slug {tenant:?}"))?;
+    let permit = crate::access::Permit::operator(scope, crate::audit::Actor::operator());
+    let before = crate::tenancy::get_settings(&state.store, &permit).await?;
+    let patch = crate::tenancy::SettingsPatch {
+        ip_allowlist: Some(Vec::new()),
+        ..Default::default()
+    };
+    crate::tenancy::update_settings(
+        &state.store,
+        &permit,
+        &crate::audit::RequestMeta::cli(),
+        patch,
+    )
+    .await?;
+    Ok(before.ip_allowlist.len())
 }
 
 async fn audit_export(

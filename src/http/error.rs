@@ -136,6 +136,29 @@ impl From<AccessError> for ApiError {
     }
 }
 
+impl From<super::limits::TooMany> for ApiError {
+    fn from(e: super::limits::TooMany) -> Self {
+        let seconds = e.retry_after_seconds;
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-requests",
+            format!("too many attempts; retry in {seconds} s"),
+        )
+        .with_retry_after(seconds)
+    }
+}
+
+impl From<crate::tenancy::AllowListError> for ApiError {
+    fn from(e: crate::tenancy::AllowListError) -> Self {
+        match e {
+            crate::tenancy::AllowListError::NotAllowed => {
+                ApiError::new(StatusCode::FORBIDDEN, "ip-not-allowed", e.to_string())
+            }
+            crate::tenancy::AllowListError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<TenancyError> for ApiError {
     fn from(e: TenancyError) -> Self {
         match e {
@@ -144,6 +167,13 @@ impl From<TenancyError> for ApiError {
             | TenancyError::InvalidSetting(_) => ApiError::validation(e.to_string()),
             TenancyError::SlugTaken => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            TenancyError::InvalidAllowList(_) => {
+                ApiError::validation(e.to_string()).with_field("ip_allowlist")
+            }
+            TenancyError::WouldLockOut(_) => {
+                ApiError::new(StatusCode::CONFLICT, "lockout", e.to_string())
+                    .with_field("ip_allowlist")
             }
             TenancyError::Store(e) => e.into(),
         }

@@ -141,6 +141,22 @@ impl FromRequestParts<AppState> for Principal {
                 Some(&principal.email),
             );
         }
+        // Before any data is read (NET-2).
+        let meta = parts
+            .extensions
+            .get::<RequestMeta>()
+            .cloned()
+            .unwrap_or_default();
+        state
+            .allowlists
+            .admit(
+                &state.store,
+                principal.scope(),
+                principal.actor(),
+                &meta,
+                "tenant.ip_denied",
+            )
+            .await?;
         Ok(principal)
     }
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     pub sessions: Arc<crate::identity::SessionCache>,
     /// Password-attempt limits (NET-3).
     pub limits: Arc<super::limits::RateLimits>,
+    /// Tenants' IP allow-lists (NET-2), cached.
+    pub allowlists: Arc<crate::tenancy::AllowLists>,
 }
 
 impl AppState {

@@ -142,6 +142,22 @@ async fn login(
     // Before any password is hashed (NET-3).
     let account = format!("login/{}/{}", body.tenant, body.email);
     state.limits.attempt(meta.ip.as_deref(), &account)?;
+    // A tenant that admits only its own addresses refuses the rest here,
+    // before the password is looked at (NET-2).
+    if let Some(scope) = crate::tenancy::find_active_by_slug(&state.store, &body.tenant)
+        .await
+        .map_err(|e| ApiError::from(IdentityError::from(e)))?
+    {
+        let actor = crate::context::Actor::anonymous(Some(body.email.clone()));
+        let admitted = state
+            .allowlists
+            .admit(&state.store, &scope, actor, &meta, "auth.login")
+            .await;
+        if admitted.is_err() {
+            state.limits.refund(meta.ip.as_deref(), &account);
+        }
+        admitted?;
+    }
     let tokens = super::login(
         &state.store,
         state.keyring.token_signing_key(),
@@ -211,6 +227,17 @@ async fn accept_invitation(
     let account: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
     let account = format!("invitation/{account}");
     state.limits.attempt(meta.ip.as_deref(), &account)?;
+    if let Some(token) = super::tokens::OpaqueToken::parse(
+        super::tokens::TokenKind::Invitation,
+        body.token.expose_secret(),
+    ) {
+        let scope = crate::context::TenantScope::trusted(token.tenant());
+        let actor = crate::context::Actor::anonymous(None);
+        state
+            .allowlists
+            .admit(&state.store, &scope, actor, &meta, "auth.invitation.accept")
+            .await?;
+    }
     let tokens = super::accept_invitation(
         &state.store,
         state.keyring.token_signing_key(),

@@ -16,6 +16,7 @@ const SQLITE: &[(i64, &str)] = &[
     ),
     (4, include_str!("migrations/sqlite/0004_keys_and_files.sql")),
     (5, include_str!("migrations/sqlite/0005_job_nodes.sql")),
+    (6, include_str!("migrations/sqlite/0006_ip_allowlist.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -26,6 +27,7 @@ const POSTGRES: &[(i64, &str)] = &[
     ),
     (4, include_str!("migrations/postgres/0004_job_nodes.sql")),
     (5, include_str!("migrations/postgres/0005_native_types.sql")),
+    (6, include_str!("migrations/postgres/0006_ip_allowlist.sql")),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.

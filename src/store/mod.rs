@@ -143,6 +143,9 @@ struct Inner {
     watchers: cluster::Watchers,
     /// Whether this node listens for other nodes' watched changes.
     listening: std::sync::atomic::AtomicBool,
+    /// The last schema migration this process applied up to (an operator
+    /// may hold it back: `migrate_until`).
+    migrated_until: i64,
     /// This process among the app servers sharing the database.
     node: String,
 }
@@ -189,6 +192,7 @@ impl Store {
                 node: cluster::node_name(),
                 watchers: cluster::Watchers::default(),
                 listening: std::sync::atomic::AtomicBool::new(false),
+                migrated_until: until,
             }),
         })
     }
@@ -232,6 +236,7 @@ impl Store {
                 node: cluster::node_name(),
                 watchers: cluster::Watchers::default(),
                 listening: std::sync::atomic::AtomicBool::new(false),
+                migrated_until: until,
             }),
         })
     }
@@ -369,6 +374,12 @@ impl Store {
             .writer
             .submit_internal(scope.cloned(), work)
             .await
+    }
+
+    /// Whether the schema includes migration `version`: a feature whose
+    /// tables came later stays off while `migrate_until` holds it back.
+    pub fn schema_has(&self, version: i64) -> bool {
+        self.inner.migrated_until >= version
     }
 
     /// This process's name among the app servers on the database.

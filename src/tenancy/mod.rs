@@ -6,6 +6,7 @@
 //! the operator's CLI. On PostgreSQL the store turns the scope into the
 //! `app.tenant_id` setting that row-level security checks (TEN-2).
 
+pub mod allowlist;
 mod settings;
 
 use serde::Serialize;
@@ -17,6 +18,7 @@ use crate::store::{Change, JournalOp, Store, StoreError};
 
 use crate::context::{Actor, Permit, RequestMeta};
 pub use crate::context::{TenantId, TenantScope};
+pub use allowlist::{AllowListError, AllowLists};
 pub use settings::{
     MIN_AUDIT_RETENTION_DAYS, SettingsPatch, TenantSettings, get_settings, router, update_settings,
 };
@@ -58,6 +60,13 @@ pub enum TenancyError {
     SlugTaken,
     #[error("{0}")]
     InvalidSetting(String),
+    #[error("ip_allowlist: {0}")]
+    InvalidAllowList(String),
+    #[error(
+        "this list leaves out your own address {0}: you would lock yourself out; \
+         send confirm_lockout: true to save it anyway"
+    )]
+    WouldLockOut(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -1,6 +1,7 @@
-//! Per-tenant settings a tenant admin controls: today the audit retention
-//! (AUD-3: at least 90 days, 365 by default). Changes go through the write
-//! path, so each one is journaled and audited with its before/after.
+//! Per-tenant settings a tenant admin controls: the audit retention (AUD-3:
+//! at least 90 days, 365 by default) and the IP allow-list (NET-2, see
+//! `allowlist`). Changes go through the write path, so each one is
+//! journaled and audited with its before/after.
 
 use axum::Json;
 use axum::extract::State;
@@ -18,7 +19,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
 use crate::http::state::AppState;
 use crate::store::db;
-use crate::store::{Change, JournalOp, Store};
+use crate::store::{Change, JournalOp, Store, StoreError};
 
 pub const MIN_AUDIT_RETENTION_DAYS: i64 = 90;
 pub const MAX_AUDIT_RETENTION_DAYS: i64 = 36_500;
@@ -26,27 +27,52 @@ pub const MAX_AUDIT_RETENTION_DAYS: i64 = 36_500;
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantSettings {
     pub audit_retention_days: i64,
+    /// Addresses and CIDR blocks the tenant's users may come from; empty,
+    /// everyone.
+    pub ip_allowlist: Vec<String>,
     pub updated_at: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
     pub audit_retention_days: Option<i64>,
+    pub ip_allowlist: Option<Vec<String>>,
+    /// Saving a list that leaves out the caller's own address needs this.
+    #[serde(default)]
+    pub confirm_lockout: bool,
+}
+
+/// Entries in one allow-list at most.
+const MAX_ALLOWLIST: usize = 256;
+
+fn settings_sql(store: &Store) -> &'static str {
+    if store.schema_has(super::allowlist::SCHEMA) {
+        "SELECT audit_retention_days, ip_allowlist, updated_at FROM tenant_settings \
+         WHERE tenant_id = $1"
+    } else {
+        "SELECT audit_retention_days, '[]' AS ip_allowlist, updated_at FROM tenant_settings \
+         WHERE tenant_id = $1"
+    }
+}
+
+fn settings_from(row: &db::Row) -> Result<TenantSettings, TenancyError> {
+    let list: String = row.try_get(1)?;
+    Ok(TenantSettings {
+        audit_retention_days: row.try_get(0)?,
+        ip_allowlist: serde_json::from_str(&list)
+            .map_err(|e| StoreError::Corrupt(format!("ip_allowlist: {e}")))?,
+        updated_at: row.try_get(2)?,
+    })
 }
 
 pub async fn get_settings(store: &Store, permit: &Permit) -> Result<TenantSettings, TenancyError> {
     let mut tx = store.read(permit.scope()).await?;
-    let row = db::query(
-        "SELECT audit_retention_days, updated_at FROM tenant_settings WHERE tenant_id = $1",
-    )
-    .bind(permit.scope().id_str())
-    .fetch_one(tx.conn())
-    .await?;
-    Ok(TenantSettings {
-        audit_retention_days: row.try_get(0)?,
-        updated_at: row.try_get(1)?,
-    })
+    let row = db::query(settings_sql(store))
+        .bind(permit.scope().id_str())
+        .fetch_one(tx.conn())
+        .await?;
+    settings_from(&row)
 }
 
 pub async fn update_settings(
@@ -62,25 +88,61 @@ pub async fn update_settings(
             "audit_retention_days must be between {MIN_AUDIT_RETENTION_DAYS} and {MAX_AUDIT_RETENTION_DAYS}"
         )));
     }
-    let before = get_settings(store, permit).await?;
+    if let Some(list) = &patch.ip_allowlist {
+        if !store.schema_has(super::allowlist::SCHEMA) {
+            return Err(TenancyError::InvalidAllowList(
+                "the database schema is held back before allow-lists (migrate_until)".into(),
+            ));
+        }
+        if list.len() > MAX_ALLOWLIST {
+            return Err(TenancyError::InvalidAllowList(format!(
+                "at most {MAX_ALLOWLIST} entries"
+            )));
+        }
+        let parsed =
+            super::allowlist::List::parse(list.clone()).map_err(TenancyError::InvalidAllowList)?;
+        // An admin must not lock themselves out by a typo.
+        if !parsed.admits(meta.ip.as_deref()) && !patch.confirm_lockout {
+            return Err(TenancyError::WouldLockOut(
+                meta.ip.clone().unwrap_or_else(|| "unknown".into()),
+            ));
+        }
+    }
+    let with_list = store.schema_has(super::allowlist::SCHEMA);
+    let select = settings_sql(store);
     store
         .write(permit, meta, "tenant.settings.update", move |tx| {
             Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                // Read in the write job: two changes at once each see the
+                // other's result, never a stale before-image.
+                let row = db::query(select).bind(&tenant).fetch_one(tx.conn()).await?;
+                let before = settings_from(&row)?;
                 let after = TenantSettings {
                     audit_retention_days: patch
                         .audit_retention_days
                         .unwrap_or(before.audit_retention_days),
+                    ip_allowlist: patch
+                        .ip_allowlist
+                        .unwrap_or_else(|| before.ip_allowlist.clone()),
                     updated_at: crate::clock::now(),
                 };
-                let tenant = tx.scope().id_str().to_owned();
-                db::query(
-                    "UPDATE tenant_settings SET audit_retention_days = $1, updated_at = $2 WHERE tenant_id = $3",
-                )
-                .bind(after.audit_retention_days)
-                .bind(&after.updated_at)
-                .bind(&tenant)
-                .execute(tx.conn())
-                .await?;
+                let list = serde_json::to_string(&after.ip_allowlist)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let update = if with_list {
+                    "UPDATE tenant_settings SET audit_retention_days = $1, ip_allowlist = $2, \
+                     updated_at = $3 WHERE tenant_id = $4"
+                } else {
+                    "UPDATE tenant_settings SET audit_retention_days = $1, updated_at = $3 \
+                     WHERE tenant_id = $4"
+                };
+                db::query(update)
+                    .bind(after.audit_retention_days)
+                    .bind(list)
+                    .bind(&after.updated_at)
+                    .bind(&tenant)
+                    .execute(tx.conn())
+                    .await?;
                 tx.record(Change {
                     entity: "tenant_settings",
                     entity_id: tenant,
@@ -114,7 +176,11 @@ pub fn router() -> Api {
             .permission(Permission::SettingsManage)
             .body(json!({"type": "object", "properties": {
                 "audit_retention_days": {"type": "integer", "minimum": MIN_AUDIT_RETENTION_DAYS,
-                                         "maximum": MAX_AUDIT_RETENTION_DAYS}
+                                         "maximum": MAX_AUDIT_RETENTION_DAYS},
+                "ip_allowlist": {"type": "array", "maxItems": MAX_ALLOWLIST,
+                                 "items": {"type": "string", "description": "an address or CIDR block"}},
+                "confirm_lockout": {"type": "boolean",
+                                    "description": "save a list that leaves out the caller's own address"}
             }})),
             axum::routing::patch(update),
         )

@@ -352,3 +352,135 @@ async fn unknown_database_url_schemes_are_refused_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn ctl_net_2_an_allow_listed_tenant_refuses_other_addresses_and_guards_against_lockout() {
+    // The test client is 127.0.0.1, a trusted proxy: X-Forwarded-For then
+    // stands for the client's address.
+    let app =
+        crate::helpers::spawn_app_with(|c| c.trusted_proxies = vec!["127.0.0.1".into()]).await;
+    let admin = app.admin("acme").await;
+    let from = |ip: &'static str, method: reqwest::Method, path: &str| {
+        app.client
+            .request(method, format!("{}{path}", app.address))
+            .bearer_auth(&admin.access_token)
+            .header("x-forwarded-for", ip)
+    };
+    let office = "203.0.113.0/24";
+    // A list that leaves out the caller's own address is refused …
+    let res = from(
+        "198.51.100.7",
+        reqwest::Method::PATCH,
+        "/api/v1/tenant/settings",
+    )
+    .json(&json!({"ip_allowlist": [office]}))
+    .send()
+    .await
+    .unwrap();
+    let body = problem(res, StatusCode::CONFLICT).await;
+    assert_eq!(body["type"], "urn:strongroom:problem:lockout");
+    assert_eq!(body["field"], "ip_allowlist");
+    // … and a malformed one is a 422 that changes nothing.
+    let res = from(
+        "203.0.113.9",
+        reqwest::Method::PATCH,
+        "/api/v1/tenant/settings",
+    )
+    .json(&json!({"ip_allowlist": ["203.0.113.0/33"]}))
+    .send()
+    .await
+    .unwrap();
+    problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    // From inside the office it saves.
+    let res = from(
+        "203.0.113.9",
+        reqwest::Method::PATCH,
+        "/api/v1/tenant/settings",
+    )
+    .json(&json!({"ip_allowlist": [office, "2001:db8::/32"]}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let saved: Value = res.json().await.unwrap();
+    assert_eq!(saved["ip_allowlist"], json!([office, "2001:db8::/32"]));
+
+    // Inside: served. Outside: 403 before any data is read, audited.
+    let res = from("203.0.113.77", reqwest::Method::GET, "/api/v1/me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = from("2001:db8::5", reqwest::Method::GET, "/api/v1/me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = from("198.51.100.7", reqwest::Method::GET, "/api/v1/collections")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(res, StatusCode::FORBIDDEN).await;
+    assert_eq!(body["type"], "urn:strongroom:problem:ip-not-allowed");
+    let denied = app
+        .count(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'tenant.ip_denied' \
+             AND outcome = 'denied' AND target_id = '198.51.100.7'",
+        )
+        .await;
+    assert_eq!(denied, 1);
+
+    // Login and invitation acceptance are refused the same way.
+    let login = |ip: &'static str| {
+        app.client
+            .post(format!("{}/api/v1/auth/login", app.address))
+            .header("x-forwarded-for", ip)
+            .json(&json!({"tenant": "acme", "email": "admin@acme.test", "password": crate::helpers::PASSWORD}))
+            .send()
+    };
+    let body = problem(login("198.51.100.7").await.unwrap(), StatusCode::FORBIDDEN).await;
+    assert_eq!(body["type"], "urn:strongroom:problem:ip-not-allowed");
+    assert_eq!(login("203.0.113.9").await.unwrap().status(), StatusCode::OK);
+    let invited: Value = from("203.0.113.9", reqwest::Method::POST, "/api/v1/users")
+        .json(&json!({"email": "new@acme.test", "role": "member"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let accept = |ip: &'static str| {
+        app.client
+            .post(format!("{}/api/v1/auth/invitations/accept", app.address))
+            .header("x-forwarded-for", ip)
+            .json(&json!({"token": invited["invitation_token"], "password": crate::helpers::PASSWORD}))
+            .send()
+    };
+    let body = problem(accept("198.51.100.7").await.unwrap(), StatusCode::FORBIDDEN).await;
+    assert_eq!(body["type"], "urn:strongroom:problem:ip-not-allowed");
+
+    // An operator can clear the list; everyone is let in again at once.
+    let out = app
+        .cli_ok(&["tenant", "clear-allowlist", "--tenant", "acme"])
+        .await;
+    assert!(out.contains("2 entries"), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let res = from("198.51.100.7", reqwest::Method::GET, "/api/v1/me")
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused after the list was cleared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        accept("198.51.100.7").await.unwrap().status(),
+        StatusCode::OK
+    );
+}
