@@ -109,6 +109,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         sessions,
         limits,
         allowlists,
+        schedule: Arc::new(ops::Schedule::default()),
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
         vault,

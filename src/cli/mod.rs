@@ -52,6 +52,12 @@ enum Command {
     /// In-process benchmarks (HTTP benchmarks live in bench/).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Scheduled jobs: when each last ran, on which node, how often, and
+    /// whether it succeeded.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a self-signed certificate for localhost / 127.0.0.1 / ::1
     /// (DIR/cert.pem, and DIR/key.pem readable by you only), for trying
     /// HTTPS locally: set tls_cert and tls_key to them.
@@ -193,6 +199,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     match cli.command {
+        Command::Jobs { json } => {
+            let state = crate::open(config).await?;
+            let runs = crate::ops::last_runs(&state.store).await;
+            state.store.close().await;
+            let runs = runs?;
+            if json {
+                println!("{}", serde_json::to_string(&runs)?);
+            } else {
+                for r in runs {
+                    println!(
+                        "{}\t{}\t{}\t{} runs\t{}\t{}",
+                        r.job,
+                        r.last_run_at,
+                        if r.ok { "ok" } else { "FAILED" },
+                        r.runs,
+                        r.node.unwrap_or_default(),
+                        r.detail.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::DevCert { out } => {
             let (cert, key) = dev_cert::write(&out)?;
             println!("wrote {} and {}", cert.display(), key.display());
@@ -528,6 +556,7 @@ fn start_jobs(state: &crate::http::AppState) {
     });
     crate::ops::every(
         state.store.clone(),
+        &state.schedule,
         "files.sweep",
         std::time::Duration::from_secs(state.config.file_sweep_seconds),
         move || {
@@ -546,6 +575,7 @@ fn start_jobs(state: &crate::http::AppState) {
     let store = state.store.clone();
     crate::ops::every(
         state.store.clone(),
+        &state.schedule,
         "audit.retention",
         std::time::Duration::from_secs(state.config.retention_interval_seconds),
         move || {
@@ -560,15 +590,22 @@ fn start_jobs(state: &crate::http::AppState) {
     );
     let every = std::time::Duration::from_secs(state.config.audit_checkpoint_seconds);
     let job_state = state.clone();
-    crate::ops::every(state.store.clone(), "audit.checkpoint", every, move || {
-        let state = job_state.clone();
-        async move {
-            crate::audit::checkpoint_all(&state.store, state.keyring.checkpoint_signing_key())
-                .await
-                .map(|n| format!("{n} checkpoints signed"))
-                .map_err(|e| e.to_string())
-        }
-    });
+    let schedule = state.schedule.clone();
+    crate::ops::every(
+        state.store.clone(),
+        &schedule,
+        "audit.checkpoint",
+        every,
+        move || {
+            let state = job_state.clone();
+            async move {
+                crate::audit::checkpoint_all(&state.store, state.keyring.checkpoint_signing_key())
+                    .await
+                    .map(|n| format!("{n} checkpoints signed"))
+                    .map_err(|e| e.to_string())
+            }
+        },
+    );
 }
 
 /// Resolves on SIGINT or SIGTERM.

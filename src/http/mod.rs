@@ -107,8 +107,25 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready", "database": state.store.backend().name()}))
-            .into_response(),
+        Ok(()) => match state.schedule.overdue(&state.store).await {
+            Ok(overdue) if overdue.is_empty() => {
+                Json(json!({"status": "ready", "database": state.store.backend().name()}))
+                    .into_response()
+            }
+            Ok(overdue) => {
+                tracing::warn!(jobs = ?overdue, "scheduled jobs overdue");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "jobs-overdue",
+                    format!(
+                        "scheduled jobs have not run for twice their interval: {}",
+                        overdue.join(", ")
+                    ),
+                )
+                .into_response()
+            }
+            Err(e) => ApiError::from(e).into_response(),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             ApiError::new(

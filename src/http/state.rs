@@ -26,7 +26,9 @@ pub struct AppState {
     /// Password-attempt limits (NET-3).
     pub limits: Arc<super::limits::RateLimits>,
     /// Tenants' IP allow-lists (NET-2), cached.
-    pub allowlists: Arc<crate::tenancy::AllowLists>,
+    pub allowlists: Arc<crate::tenancy::allowlist::AllowLists>,
+    /// The jobs this process schedules (OPS-1).
+    pub schedule: Arc<crate::ops::Schedule>,
 }
 
 impl AppState {

@@ -2,12 +2,99 @@
 //! when it last ran, on which node, how often, and whether it succeeded, so
 //! a stalled job is visible. With several app servers on one PostgreSQL a
 //! job runs on the one node holding its lease (`Store::hold_lease`).
+//! Each node knows the jobs it schedules and their intervals ([`Schedule`]);
+//! `/readyz` fails naming any that has not run for twice its interval.
 
 use std::future::Future;
 use std::time::Duration;
 
 use crate::store::db;
 use crate::store::{Store, StoreError};
+
+/// The jobs this process schedules, with their intervals.
+#[derive(Default)]
+pub struct Schedule(std::sync::Mutex<Vec<Scheduled>>);
+
+struct Scheduled {
+    job: &'static str,
+    every: Duration,
+    since: std::time::Instant,
+}
+
+impl Schedule {
+    fn add(&self, job: &'static str, every: Duration) {
+        if let Ok(mut jobs) = self.0.lock() {
+            jobs.push(Scheduled {
+                job,
+                every,
+                since: std::time::Instant::now(),
+            });
+        }
+    }
+
+    /// The jobs overdue now: scheduled for longer than twice their
+    /// interval, and not run (on any node) within twice their interval.
+    pub async fn overdue(&self, store: &Store) -> Result<Vec<&'static str>, StoreError> {
+        let due: Vec<(&'static str, Duration)> = match self.0.lock() {
+            Ok(jobs) => jobs
+                .iter()
+                .filter(|j| j.since.elapsed() > j.every * 2)
+                .map(|j| (j.job, j.every))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs = last_runs(store).await?;
+        let now = time::OffsetDateTime::now_utc();
+        Ok(due
+            .into_iter()
+            .filter(|(job, every)| {
+                let last = runs
+                    .iter()
+                    .find(|r| r.job == *job)
+                    .and_then(|r| crate::clock::parse_rfc3339(&r.last_run_at));
+                last.is_none_or(|at| (now - at).unsigned_abs() > *every * 2)
+            })
+            .map(|(job, _)| job)
+            .collect())
+    }
+}
+
+/// One job's last heartbeat, as stored.
+#[derive(Debug, serde::Serialize)]
+pub struct JobRun {
+    pub job: String,
+    pub last_run_at: String,
+    pub ok: bool,
+    pub node: Option<String>,
+    pub runs: i64,
+    pub detail: Option<String>,
+}
+
+/// Every job's last heartbeat, by name.
+pub async fn last_runs(store: &Store) -> Result<Vec<JobRun>, StoreError> {
+    let mut tx = store.read_unscoped().await?;
+    let rows = db::query(
+        "SELECT job, last_run_at, last_ok, node, runs, detail FROM job_heartbeats ORDER BY job",
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(JobRun {
+                job: row.try_get(0)?,
+                last_run_at: row.try_get(1)?,
+                ok: row.try_get::<i64, _>(2)? != 0,
+                node: row.try_get(3)?,
+                runs: row.try_get(4)?,
+                detail: row.try_get(5)?,
+            })
+        })
+        .collect::<Result<_, db::Error>>()
+        .map_err(StoreError::from)
+}
 
 /// Records one run of `job`.
 pub async fn heartbeat(
@@ -43,11 +130,12 @@ pub async fn heartbeat(
 /// Runs `run` every `every` (the first time after one period) until the
 /// process stops, recording a heartbeat after each run. A tick at which
 /// another node holds the job's lease is skipped.
-pub fn every<F, Fut>(store: Store, job: &'static str, every: Duration, run: F)
+pub fn every<F, Fut>(store: Store, schedule: &Schedule, job: &'static str, every: Duration, run: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, String>> + Send,
 {
+    schedule.add(job, every);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

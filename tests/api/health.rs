@@ -195,3 +195,55 @@ async fn responses_carry_strict_security_headers() {
             .contains("frame-ancestors 'none'")
     );
 }
+
+#[tokio::test]
+async fn ctl_ops_1_an_overdue_job_fails_readiness_naming_it() {
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let every = Duration::from_millis(500);
+    strongroom::ops::every(
+        app.state.store.clone(),
+        &app.state.schedule,
+        "test.healthy",
+        every,
+        || async { Ok("fine".to_owned()) },
+    );
+    strongroom::ops::every(
+        app.state.store.clone(),
+        &app.state.schedule,
+        "test.stuck",
+        every,
+        || async {
+            std::future::pending::<()>().await;
+            Ok(String::new())
+        },
+    );
+    let readyz = || async {
+        let res = app
+            .client
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.text().await.unwrap())
+    };
+    // Within twice the interval nothing is overdue yet.
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::sleep(every * 3).await;
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("test.stuck"), "{body}");
+    assert!(!body.contains("test.healthy"), "{body}");
+    // The CLI lists what ran.
+    let out = app.cli_ok(&["jobs", "--json"]).await;
+    let runs: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let healthy = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["job"] == "test.healthy")
+        .expect("the healthy job ran");
+    assert_eq!(healthy["ok"], true);
+    assert!(healthy["runs"].as_i64().unwrap() >= 1);
+}

@@ -19,7 +19,7 @@ fn allowed(file: &Path) -> Option<&'static [&'static str]> {
         "http/api.rs" | "http/error.rs" | "http/extract.rs" | "http/state.rs"
         | "http/client_ip.rs" => &[
             "VERSION", "clock", "context", "config", "store", "access", "audit", "crypto", "files",
-            "identity", "records", "tenancy", "http",
+            "identity", "ops", "records", "tenancy", "http",
         ],
         "telemetry.rs" => BOTTOM,
         "lib.rs" | "main.rs" => return None,
