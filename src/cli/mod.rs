@@ -52,6 +52,12 @@ enum Command {
     /// In-process benchmarks (HTTP benchmarks live in bench/).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The SHA-256 of this executable and of the effective configuration,
+    /// beside those of the last server start recorded.
+    VerifyInstall {
+        #[arg(long)]
+        json: bool,
+    },
     /// Scheduled jobs: when each last ran, on which node, how often, and
     /// whether it succeeded.
     Jobs {
@@ -199,6 +205,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     match cli.command {
+        Command::VerifyInstall { json } => {
+            let now = crate::ops::install::fingerprint(&config)?;
+            let state = crate::open(config).await?;
+            let last = crate::ops::install::last_start(&state.store).await;
+            state.store.close().await;
+            let last = last?;
+            let same = last.as_ref().map(|l| l.fingerprint == now);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"now": now, "last_start": last, "same": same})
+                );
+            } else {
+                println!("binary  {}", now.binary_sha256);
+                println!("config  {}", now.config_sha256);
+                match &last {
+                    Some(last) => {
+                        println!(
+                            "last start {} on {} ({}):",
+                            last.started_at, last.node, last.version
+                        );
+                        println!("binary  {}", last.fingerprint.binary_sha256);
+                        println!("config  {}", last.fingerprint.config_sha256);
+                    }
+                    None => println!("no start recorded yet"),
+                }
+            }
+            Ok(())
+        }
         Command::Jobs { json } => {
             let state = crate::open(config).await?;
             let runs = crate::ops::last_runs(&state.store).await;
@@ -524,7 +559,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!(version = crate::VERSION, config = ?config, "starting");
     let listen = config.listen;
+    let fingerprint = crate::ops::install::fingerprint(&config)
+        .context("cannot read this executable to take its digest")?;
     let state = crate::open(config).await?;
+    crate::ops::install::record_start(&state.store, &fingerprint).await?;
     crate::identity::warm_up();
     start_jobs(&state);
     let listener = tokio::net::TcpListener::bind(listen)

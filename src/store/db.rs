@@ -572,7 +572,8 @@ impl Conn {
             ConnKind::Sqlite(conn) => {
                 // The text only: values are bound, never part of it, so a
                 // debug log of statements carries no secret (AUD-3). The
-                // PostgreSQL driver logs its statements itself.
+                // PostgreSQL driver's statement log is off: the writer inlines
+                // values in its statement texts (see `super::Store`).
                 tracing::debug!(target: "strongroom::db", statement = sql, "statement");
                 sqlite_run(conn.get(), sql, &params, want)
             }

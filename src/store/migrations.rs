@@ -17,6 +17,10 @@ const SQLITE: &[(i64, &str)] = &[
     (4, include_str!("migrations/sqlite/0004_keys_and_files.sql")),
     (5, include_str!("migrations/sqlite/0005_job_nodes.sql")),
     (6, include_str!("migrations/sqlite/0006_ip_allowlist.sql")),
+    (
+        7,
+        include_str!("migrations/sqlite/0007_instance_starts.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -28,6 +32,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (4, include_str!("migrations/postgres/0004_job_nodes.sql")),
     (5, include_str!("migrations/postgres/0005_native_types.sql")),
     (6, include_str!("migrations/postgres/0006_ip_allowlist.sql")),
+    (
+        7,
+        include_str!("migrations/postgres/0007_instance_starts.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.

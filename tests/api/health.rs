@@ -247,3 +247,125 @@ async fn ctl_ops_1_an_overdue_job_fails_readiness_naming_it() {
     assert_eq!(healthy["ok"], true);
     assert!(healthy["runs"].as_i64().unwrap() >= 1);
 }
+
+/// Runs `binary serve` on `dir` until it is ready, stops it, and returns
+/// what it logged.
+async fn serve_once(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    url: &str,
+    address: std::net::SocketAddr,
+    env: &[(&str, &str)],
+) -> String {
+    use std::time::{Duration, Instant};
+    let log = dir.join(format!("start-{}.log", uuid::Uuid::new_v4().simple()));
+    let mut child = std::process::Command::new(binary)
+        .args(["serve", "--listen", &address.to_string()])
+        .env("STRONGROOM_DATA_DIR", dir)
+        .env("STRONGROOM_DATABASE_URL", url)
+        .env("STRONGROOM_LOG_LEVEL", "info")
+        .envs(env.iter().copied())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = crate::helpers::http_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("http://{address}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[tokio::test]
+async fn ctl_ops_3_a_changed_binary_or_configuration_is_recorded_at_start() {
+    let dir = crate::helpers::temp_dir("install");
+    let url = crate::helpers::fresh_database(&dir).await;
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_strongroom"));
+    // The address is part of the configuration: the same one every time.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let first = serve_once(&binary, &dir, &url, address, &[]).await;
+    assert!(first.contains("integrity at start"), "{first}");
+    assert!(!first.contains("changed since the last start"), "{first}");
+    // The same binary and configuration again: nothing to say.
+    let same = serve_once(&binary, &dir, &url, address, &[]).await;
+    assert!(!same.contains("changed since the last start"), "{same}");
+    // Another configuration.
+    let other = serve_once(
+        &binary,
+        &dir,
+        &url,
+        address,
+        &[("STRONGROOM_KEY_CACHE_SECONDS", "7")],
+    )
+    .await;
+    assert!(
+        other.contains("the configuration changed since the last start"),
+        "{other}"
+    );
+    assert!(!other.contains("the executable changed"), "{other}");
+    // Another executable (one byte more).
+    let copy = dir.join("strongroom-modified");
+    std::fs::copy(&binary, &copy).unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&copy)
+        .unwrap()
+        .write_all(b"\0")
+        .unwrap();
+    let changed = serve_once(
+        &copy,
+        &dir,
+        &url,
+        address,
+        &[("STRONGROOM_KEY_CACHE_SECONDS", "7")],
+    )
+    .await;
+    assert!(
+        changed.contains("the executable changed since the last start"),
+        "{changed}"
+    );
+    assert!(
+        changed.contains("\"target\":\"security\""),
+        "a security event: {changed}"
+    );
+    // verify-install shows this executable beside the last start (the copy).
+    let out = crate::helpers::cli(&dir, &url)
+        .args(["verify-install", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(shown["same"], false);
+    assert_ne!(
+        shown["now"]["binary_sha256"],
+        shown["last_start"]["binary_sha256"]
+    );
+    assert_eq!(
+        shown["last_start"]["binary_sha256"].as_str().unwrap().len(),
+        64
+    );
+}
