@@ -176,24 +176,25 @@ async fn malformed_json_is_a_400_problem_carrying_the_request_id() {
 }
 
 #[tokio::test]
-async fn responses_carry_strict_security_headers() {
+async fn ctl_net_4_every_response_carries_strict_security_headers() {
     let app = spawn_app().await;
-    let res = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
-    let h = res.headers();
-    assert_eq!(h["x-content-type-options"], "nosniff");
-    assert_eq!(h["cache-control"], "no-store");
-    assert_eq!(h["x-frame-options"], "DENY");
-    assert!(
-        h["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .contains("frame-ancestors 'none'")
-    );
+    // A success, a client mistake and an unknown route alike.
+    for (path, status) in [
+        ("/healthz", StatusCode::OK),
+        ("/api/v1/me", StatusCode::UNAUTHORIZED),
+        ("/api/v1/no-such-route", StatusCode::NOT_FOUND),
+    ] {
+        let res = app.request(Method::GET, path, None, None).await;
+        assert_eq!(res.status(), status, "{path}");
+        let h = res.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+    }
 }
 
 #[tokio::test]
