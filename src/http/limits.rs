@@ -95,13 +95,22 @@ impl RateLimits {
         }
     }
 
+    /// The client address an attempt counts against: `Some(None)` when it
+    /// is not known, `None` when it is exempt from every limit.
+    fn limited(&self, ip: Option<&str>) -> Option<Option<IpAddr>> {
+        let ip: Option<IpAddr> = ip.and_then(|ip| ip.parse().ok());
+        match ip {
+            Some(ip) if self.exempt.contains(ip) => None,
+            ip => Some(ip),
+        }
+    }
+
     /// One password attempt for `account` (tenant and e-mail, or an
     /// invitation) from `ip`.
     pub fn attempt(&self, ip: Option<&str>, account: &str) -> Result<(), TooMany> {
-        let ip: Option<IpAddr> = ip.and_then(|ip| ip.parse().ok());
-        if ip.is_some_and(|ip| self.exempt.contains(ip)) {
+        let Some(ip) = self.limited(ip) else {
             return Ok(());
-        }
+        };
         let by_ip = match ip {
             Some(ip) => self.take("ip", ip.to_string(), self.per_ip),
             None => Ok(()),
@@ -121,10 +130,9 @@ impl RateLimits {
     /// weak new password). Only failed guesses use the limit up, and as
     /// the token was taken first, concurrent guesses cannot slip past it.
     pub fn refund(&self, ip: Option<&str>, account: &str) {
-        let ip: Option<IpAddr> = ip.and_then(|ip| ip.parse().ok());
-        if ip.is_some_and(|ip| self.exempt.contains(ip)) {
+        let Some(ip) = self.limited(ip) else {
             return;
-        }
+        };
         let Ok(mut buckets) = self.buckets.lock() else {
             return;
         };

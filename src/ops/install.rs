@@ -83,23 +83,28 @@ pub async fn record_start(store: &Store, now: &Fingerprint) -> Result<(), StoreE
         "integrity at start"
     );
     if let Some(last) = &last {
-        if last.fingerprint.binary_sha256 != now.binary_sha256 {
-            tracing::warn!(
-                target: "security",
-                previous = %last.fingerprint.binary_sha256,
-                now = %now.binary_sha256,
-                since = %last.started_at,
-                "the executable changed since the last start"
-            );
-        }
-        if last.fingerprint.config_sha256 != now.config_sha256 {
-            tracing::warn!(
-                target: "security",
-                previous = %last.fingerprint.config_sha256,
-                now = %now.config_sha256,
-                since = %last.started_at,
-                "the configuration changed since the last start"
-            );
+        let compared = [
+            (
+                "the executable",
+                &last.fingerprint.binary_sha256,
+                &now.binary_sha256,
+            ),
+            (
+                "the configuration",
+                &last.fingerprint.config_sha256,
+                &now.config_sha256,
+            ),
+        ];
+        for (what, previous, current) in compared {
+            if previous != current {
+                tracing::warn!(
+                    target: "security",
+                    %previous,
+                    now = %current,
+                    since = %last.started_at,
+                    "{what} changed since the last start"
+                );
+            }
         }
     }
     if !store.schema_has(SCHEMA) {
