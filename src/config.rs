@@ -54,6 +54,15 @@ const ENV_KEYS: &[&str] = &[
     "login_attempts_per_minute_per_ip",
     "login_attempts_per_minute_per_account",
     "rate_limit_exempt",
+    "requests_per_second_per_user",
+    "requests_per_second_per_ip",
+    "requests_per_second_per_tenant",
+    "ban_after_strikes",
+    "ban_window_seconds",
+    "ban_seconds",
+    "metrics_listen",
+    "body_idle_timeout_seconds",
+    "anonymous_log_retention_days",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -136,6 +145,25 @@ pub struct Config {
     /// Addresses or CIDR blocks never rate-limited (a load generator).
     #[serde(deserialize_with = "list_or_commas")]
     pub rate_limit_exempt: Vec<String>,
+    /// Authenticated requests a second for one user, from one client
+    /// address, and for one tenant, in bursts of as many.
+    pub requests_per_second_per_user: u32,
+    pub requests_per_second_per_ip: u32,
+    pub requests_per_second_per_tenant: u32,
+    /// A client address with more than this many `401`, `404` or `405`
+    /// answers within `ban_window_seconds` is refused for `ban_seconds`
+    /// (doubling for each ban within a day, up to 24 h).
+    pub ban_after_strikes: u32,
+    pub ban_window_seconds: u64,
+    pub ban_seconds: u64,
+    /// Serve Prometheus metrics on this address (`GET /metrics`); off when
+    /// unset, and never on the public listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a request body may stall between two chunks.
+    pub body_idle_timeout_seconds: u64,
+    /// How long access-log rows of requests nobody was authenticated for
+    /// are kept (they belong to no tenant's retention).
+    pub anonymous_log_retention_days: u32,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -223,6 +251,15 @@ impl Default for Config {
             login_attempts_per_minute_per_ip: 30,
             login_attempts_per_minute_per_account: 5,
             rate_limit_exempt: Vec::new(),
+            requests_per_second_per_user: 50,
+            requests_per_second_per_ip: 300,
+            requests_per_second_per_tenant: 1000,
+            ban_after_strikes: 100,
+            ban_window_seconds: 60,
+            ban_seconds: 600,
+            metrics_listen: None,
+            body_idle_timeout_seconds: 10,
+            anonymous_log_retention_days: 90,
         }
     }
 }
@@ -307,10 +344,35 @@ impl Config {
             ("keep_alive_seconds", self.keep_alive_seconds),
             ("max_connections", self.max_connections as u64),
             ("max_connections_per_ip", self.max_connections_per_ip as u64),
+            (
+                "requests_per_second_per_user",
+                u64::from(self.requests_per_second_per_user),
+            ),
+            (
+                "requests_per_second_per_ip",
+                u64::from(self.requests_per_second_per_ip),
+            ),
+            (
+                "requests_per_second_per_tenant",
+                u64::from(self.requests_per_second_per_tenant),
+            ),
+            ("ban_after_strikes", u64::from(self.ban_after_strikes)),
+            ("ban_window_seconds", self.ban_window_seconds),
+            ("ban_seconds", self.ban_seconds),
+            ("body_idle_timeout_seconds", self.body_idle_timeout_seconds),
+            (
+                "anonymous_log_retention_days",
+                u64::from(self.anonymous_log_retention_days),
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError(format!("{name} must be at least 1")));
             }
+        }
+        if self.metrics_listen == Some(self.listen) {
+            return Err(ConfigError(
+                "metrics_listen must be an address of its own, never the public listener".into(),
+            ));
         }
         if self.database_max_connections == 0 {
             return Err(ConfigError(
@@ -443,6 +505,27 @@ impl fmt::Debug for Config {
                 &self.login_attempts_per_minute_per_account,
             )
             .field("rate_limit_exempt", &self.rate_limit_exempt)
+            .field(
+                "requests_per_second_per_user",
+                &self.requests_per_second_per_user,
+            )
+            .field(
+                "requests_per_second_per_ip",
+                &self.requests_per_second_per_ip,
+            )
+            .field(
+                "requests_per_second_per_tenant",
+                &self.requests_per_second_per_tenant,
+            )
+            .field("ban_after_strikes", &self.ban_after_strikes)
+            .field("ban_window_seconds", &self.ban_window_seconds)
+            .field("ban_seconds", &self.ban_seconds)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("body_idle_timeout_seconds", &self.body_idle_timeout_seconds)
+            .field(
+                "anonymous_log_retention_days",
+                &self.anonymous_log_retention_days,
+            )
             .finish()
     }
 }

@@ -16,6 +16,7 @@ pub mod files;
 pub mod http;
 pub mod identity;
 pub mod keys;
+pub mod metrics;
 pub mod ops;
 pub mod records;
 pub mod store;
@@ -89,15 +90,25 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         })
         .await?;
     let exempt = http::TrustedProxies::parse(&config.rate_limit_exempt).unwrap_or_default();
-    let limits = Arc::new(http::limits::RateLimits::new(
-        http::limits::Rate {
-            per_minute: config.login_attempts_per_minute_per_ip,
-        },
-        http::limits::Rate {
-            per_minute: config.login_attempts_per_minute_per_account,
+    let rates = http::limits::Rates {
+        login_per_ip: http::limits::Rate::per_minute(config.login_attempts_per_minute_per_ip),
+        login_per_account: http::limits::Rate::per_minute(
+            config.login_attempts_per_minute_per_account,
+        ),
+        requests_per_user: http::limits::Rate::per_second(config.requests_per_second_per_user),
+        requests_per_ip: http::limits::Rate::per_second(config.requests_per_second_per_ip),
+        requests_per_tenant: http::limits::Rate::per_second(config.requests_per_second_per_tenant),
+    };
+    let limits = Arc::new(http::limits::RateLimits::new(rates, exempt.clone()));
+    let bans = Arc::new(http::bans::Bans::new(
+        http::bans::BanPolicy {
+            strikes: config.ban_after_strikes,
+            window: std::time::Duration::from_secs(config.ban_window_seconds),
+            first: std::time::Duration::from_secs(config.ban_seconds),
         },
         exempt,
     ));
+    http::bans::Bans::start(&bans, &store).await?;
     let allowlists = Arc::new(tenancy::AllowLists::default());
     let forgetting = allowlists.clone();
     store
@@ -108,6 +119,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     Ok(AppState {
         sessions,
         limits,
+        bans,
         allowlists,
         schedule: Arc::new(ops::Schedule::default()),
         access_log: audit::access_log::AccessLogger::start(store.clone()),

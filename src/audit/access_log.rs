@@ -8,6 +8,8 @@
 //! on SQLite through the group-commit writer). The query string is never
 //! logged, so filter values — which could name sensitive data — stay out.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -73,22 +75,48 @@ enum Command {
 #[derive(Clone)]
 pub struct AccessLogger {
     sender: mpsc::Sender<Command>,
+    /// Rows dropped since the buffer last took one.
+    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLogger {
     pub fn start(store: Store) -> AccessLogger {
         let (sender, receiver) = mpsc::channel(BUFFER);
         tokio::spawn(run(store, receiver));
-        AccessLogger { sender }
+        AccessLogger {
+            sender,
+            dropped: Arc::default(),
+        }
     }
 
-    /// Queues a row; never waits. A full buffer drops the row with a warning.
+    /// Queues a row; never waits. A full buffer drops the row, and counts
+    /// it: the metric at once, and a security log line with the count of
+    /// each burst once the buffer takes rows again (NET-5).
     pub fn record(&self, entry: AccessEntry) {
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            self.sender.try_send(Command::Row(Box::new(entry)))
-        {
-            tracing::warn!(target: "security", "access log buffer full; a row was dropped");
+        match self.sender.try_send(Command::Row(Box::new(entry))) {
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                crate::metrics::get().access_log_dropped.inc();
+                if self.dropped.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tracing::warn!(target: "security", "access log buffer full; dropping rows");
+                }
+            }
+            Ok(()) => {
+                let dropped = self.dropped.swap(0, Ordering::SeqCst);
+                if dropped > 0 {
+                    tracing::warn!(
+                        target: "security",
+                        dropped,
+                        "access log buffer full: {dropped} rows were dropped"
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Rows waiting to be written (`/metrics`).
+    pub fn queued(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
     }
 
     /// Waits until every row queued so far is written (tests, shutdown).

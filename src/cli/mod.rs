@@ -64,6 +64,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Client addresses banned for failed or unknown requests (NET-3).
+    #[command(subcommand)]
+    Bans(BansCommand),
     /// Write a self-signed certificate for localhost / 127.0.0.1 / ::1
     /// (DIR/cert.pem, and DIR/key.pem readable by you only), for trying
     /// HTTPS locally: set tls_cert and tls_key to them.
@@ -71,6 +74,19 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum BansCommand {
+    /// Every ban on record, newest first; `--active` for those in force.
+    List {
+        #[arg(long)]
+        active: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End an address's ban now (every app server honours it within 2 s).
+    Lift { ip: std::net::IpAddr },
 }
 
 #[derive(Subcommand)]
@@ -233,6 +249,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Bans(BansCommand::List { active, json }) => {
+            let state = crate::open(config).await?;
+            let bans = crate::http::bans::list(&state.store).await;
+            state.store.close().await;
+            let bans: Vec<_> = bans?
+                .into_iter()
+                .filter(|ban| !active || ban.is_active())
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string(&bans)?);
+            } else if bans.is_empty() {
+                println!("no bans");
+            } else {
+                for ban in &bans {
+                    let state = match (&ban.lifted_at, ban.is_active()) {
+                        (Some(at), _) => {
+                            format!("lifted {at} by {}", ban.lifted_by.as_deref().unwrap_or("?"))
+                        }
+                        (None, true) => format!("until {}", ban.until),
+                        (None, false) => format!("ended {}", ban.until),
+                    };
+                    println!(
+                        "{}  banned {}  level {}  {}  ({})",
+                        ban.ip, ban.banned_at, ban.level, state, ban.reason
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Bans(BansCommand::Lift { ip }) => {
+            let state = crate::open(config).await?;
+            let by = format!("operator {}", std::env::var("USER").unwrap_or_default());
+            let lifted = crate::http::bans::lift(&state.store, ip, by.trim()).await;
+            state.store.close().await;
+            if lifted? {
+                println!("lifted the ban of {ip}");
+                Ok(())
+            } else {
+                anyhow::bail!("{ip} is not banned")
+            }
         }
         Command::Jobs { json } => {
             let state = crate::open(config).await?;

@@ -108,7 +108,7 @@ impl Target {
         &self,
         key: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, object_store::Error>>, object_store::Error> {
-        let result = self.store.get(&self.path(key)).await?;
+        let result = counted("get", self.store.get(&self.path(key)).await)?;
         Ok(match result.payload {
             GetResultPayload::File(file, _) => file_pieces(file),
             GetResultPayload::Stream(stream) => stream,
@@ -116,14 +116,21 @@ impl Target {
     }
 
     pub async fn raw_bytes(&self, key: &str) -> Result<Bytes, object_store::Error> {
-        self.store.get(&self.path(key)).await?.bytes().await
+        let got = match self.store.get(&self.path(key)).await {
+            Ok(result) => result.bytes().await,
+            Err(e) => Err(e),
+        };
+        counted("get", got)
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), object_store::Error> {
-        match self.store.delete(&self.path(key)).await {
-            Err(object_store::Error::NotFound { .. }) => Ok(()),
-            other => other,
-        }
+        counted(
+            "delete",
+            match self.store.delete(&self.path(key)).await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                other => other,
+            },
+        )
     }
 
     /// Every object key under the prefix (for scrubs and tests).
@@ -132,7 +139,7 @@ impl Target {
         let mut keys = Vec::new();
         let mut listing = self.store.list(prefix.as_ref());
         while let Some(meta) = listing.next().await {
-            let path = meta?.location.to_string();
+            let path = counted("list", meta)?.location.to_string();
             let key = match self.prefix.is_empty() {
                 true => path,
                 false => path
@@ -147,9 +154,15 @@ impl Target {
 
     /// Copies a good object over this store's copy (FIL-5 repair).
     pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), object_store::Error> {
-        self.store.put(&self.path(key), bytes.into()).await?;
+        counted("put", self.store.put(&self.path(key), bytes.into()).await)?;
         Ok(())
     }
+}
+
+/// Counts an object-store operation by its result (`/metrics`).
+fn counted<T>(op: &str, result: Result<T, object_store::Error>) -> Result<T, object_store::Error> {
+    crate::metrics::get().object_store(op, result.is_ok());
+    result
 }
 
 const FILE_PIECE: usize = 4 * 1024 * 1024;
@@ -360,10 +373,13 @@ impl ObjectWriter {
 
     pub async fn finish(self) -> Result<(), object_store::Error> {
         for upload in self.uploads {
-            match upload {
-                Upload::Remote(upload) => upload.finish().await.map(drop)?,
-                Upload::Local(upload) => upload.finish().await?,
-            }
+            counted(
+                "put",
+                match upload {
+                    Upload::Remote(upload) => upload.finish().await.map(drop),
+                    Upload::Local(upload) => upload.finish().await,
+                },
+            )?;
         }
         Ok(())
     }

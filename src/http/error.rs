@@ -142,7 +142,7 @@ impl From<super::limits::TooMany> for ApiError {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too-many-requests",
-            format!("too many attempts; retry in {seconds} s"),
+            format!("too many {}; retry in {seconds} s", e.what),
         )
         .with_retry_after(seconds)
     }

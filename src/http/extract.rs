@@ -157,6 +157,12 @@ impl FromRequestParts<AppState> for Principal {
                 "tenant.ip_denied",
             )
             .await?;
+        // Per user, address and tenant (NET-3), in memory.
+        state.limits.request(
+            meta.ip.as_deref(),
+            principal.scope().id_str(),
+            &principal.user_id,
+        )?;
         Ok(principal)
     }
 }

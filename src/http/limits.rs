@@ -1,12 +1,20 @@
-//! Rate limits on the doors password guessing goes through (NET-3, first
-//! cut): password login and invitation acceptance, per client address and
-//! per account, as token buckets in this process's memory. Over a limit
-//! the answer is `429` with `Retry-After`, before any password is hashed.
-//! Only failed guesses count: an attempt that succeeds, or is refused for
-//! something else (a weak new password), gives its token back.
-//! The defaults never bother a person (5 attempts a minute for one
-//! account, 30 a minute from one address, with bursts of as many), and
-//! addresses in `rate_limit_exempt` (a load generator) are never limited.
+//! Rate limits (NET-3), as token buckets in this process's memory. Over a
+//! limit the answer is `429` with `Retry-After`.
+//!
+//! * **Password attempts** (login, invitation acceptance), per client
+//!   address and per account, before any password is hashed. Only failed
+//!   guesses count: an attempt that succeeds, or is refused for something
+//!   else (a weak new password), gives its token back. Defaults: 5 a minute
+//!   for one account, 30 a minute from one address, in bursts of as many.
+//! * **Authenticated requests**, per user, per client address and per
+//!   tenant (defaults 50, 300 and 1,000 a second, a second's worth at
+//!   once): a person clicking, or a whole office behind one NAT address,
+//!   never meets them; a runaway script does. They cost no database round
+//!   trip. With several app servers each node keeps its own buckets, so a
+//!   client spreading requests over N nodes gets N times the rate; the
+//!   bans (`http::bans`) are what the nodes share.
+//!
+//! Addresses in `rate_limit_exempt` (a load generator) are never limited.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,81 +26,143 @@ use crate::config::TrustedProxies;
 /// Buckets kept at most; beyond it the full ones are forgotten first.
 const MAX_BUCKETS: usize = 100_000;
 
-/// A rate: `burst` at once, refilled at `per_minute`.
-#[derive(Clone, Copy, Debug)]
+/// A rate: up to `burst` at once, refilled at `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rate {
-    pub per_minute: u32,
+    per_second: f64,
+    burst: f64,
 }
 
 impl Rate {
-    fn refill_per_second(self) -> f64 {
-        f64::from(self.per_minute) / 60.0
+    /// `n` a minute, in bursts of `n`.
+    pub fn per_minute(n: u32) -> Rate {
+        Rate {
+            per_second: f64::from(n.max(1)) / 60.0,
+            burst: f64::from(n.max(1)),
+        }
     }
 
-    fn burst(self) -> f64 {
-        f64::from(self.per_minute.max(1))
+    /// `n` a second, in bursts of `n`.
+    pub fn per_second(n: u32) -> Rate {
+        Rate {
+            per_second: f64::from(n.max(1)),
+            burst: f64::from(n.max(1)),
+        }
     }
 }
 
 struct Bucket {
     tokens: f64,
     at: Instant,
+    rate: Rate,
 }
 
-/// The limits of one process.
-pub struct RateLimits {
-    per_ip: Rate,
-    per_account: Rate,
-    exempt: TrustedProxies,
-    buckets: Mutex<HashMap<(&'static str, String), Bucket>>,
-}
-
-impl RateLimits {
-    pub fn new(per_ip: Rate, per_account: Rate, exempt: TrustedProxies) -> RateLimits {
-        RateLimits {
-            per_ip,
-            per_account,
-            exempt,
-            buckets: Mutex::new(HashMap::new()),
-        }
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let refilled = now.duration_since(self.at).as_secs_f64() * self.rate.per_second;
+        self.tokens = (self.tokens + refilled).min(self.rate.burst);
+        self.at = now;
     }
 
-    /// Takes one token from `key`'s bucket, or says how long until one is
-    /// there.
-    fn take(&self, kind: &'static str, key: String, rate: Rate) -> Result<(), Duration> {
+    /// How long until one token is there (zero: now).
+    fn wait(&self) -> Duration {
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(((1.0 - self.tokens) / self.rate.per_second).max(0.0))
+        }
+    }
+}
+
+/// Token buckets by kind and key.
+#[derive(Default)]
+struct Buckets(Mutex<HashMap<(&'static str, String), Bucket>>);
+
+impl Buckets {
+    /// Takes one token from each named bucket when every one has one, or
+    /// says how long until they all do (and takes none).
+    fn take_each(&self, wanted: &[(&'static str, &str, Rate)]) -> Result<(), Duration> {
         let now = Instant::now();
-        let Ok(mut buckets) = self.buckets.lock() else {
+        let Ok(mut buckets) = self.0.lock() else {
             return Ok(());
         };
         if buckets.len() >= MAX_BUCKETS {
             // Forget the buckets that have refilled: they hold nothing.
-            buckets.retain(|(kind, _), b| {
-                let rate = if *kind == "ip" {
-                    self.per_ip
-                } else {
-                    self.per_account
-                };
-                b.tokens + now.duration_since(b.at).as_secs_f64() * rate.refill_per_second()
-                    < rate.burst()
+            buckets.retain(|_, b| {
+                b.refill(now);
+                b.tokens < b.rate.burst
             });
             if buckets.len() >= MAX_BUCKETS {
                 buckets.clear();
             }
         }
-        let bucket = buckets.entry((kind, key)).or_insert(Bucket {
-            tokens: rate.burst(),
-            at: now,
-        });
-        let refilled = now.duration_since(bucket.at).as_secs_f64() * rate.refill_per_second();
-        bucket.tokens = (bucket.tokens + refilled).min(rate.burst());
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - bucket.tokens) / rate.refill_per_second();
-            Err(Duration::from_secs_f64(wait.max(0.0)))
+        let mut wait = Duration::ZERO;
+        for &(kind, key, rate) in wanted {
+            let bucket = match buckets.get_mut(&(kind, key.to_owned())) {
+                Some(bucket) => bucket,
+                None => buckets.entry((kind, key.to_owned())).or_insert(Bucket {
+                    tokens: rate.burst,
+                    at: now,
+                    rate,
+                }),
+            };
+            bucket.rate = rate;
+            bucket.refill(now);
+            wait = wait.max(bucket.wait());
         }
+        if wait > Duration::ZERO {
+            return Err(wait);
+        }
+        for &(kind, key, _) in wanted {
+            if let Some(bucket) = buckets.get_mut(&(kind, key.to_owned())) {
+                bucket.tokens -= 1.0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives one token back to each named bucket.
+    fn give_back(&self, given: &[(&'static str, &str)]) {
+        let Ok(mut buckets) = self.0.lock() else {
+            return;
+        };
+        for &(kind, key) in given {
+            if let Some(bucket) = buckets.get_mut(&(kind, key.to_owned())) {
+                bucket.tokens = (bucket.tokens + 1.0).min(bucket.rate.burst);
+            }
+        }
+    }
+}
+
+/// What each limit allows.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    pub login_per_ip: Rate,
+    pub login_per_account: Rate,
+    pub requests_per_user: Rate,
+    pub requests_per_ip: Rate,
+    pub requests_per_tenant: Rate,
+}
+
+/// The limits of one process.
+pub struct RateLimits {
+    rates: Rates,
+    exempt: TrustedProxies,
+    buckets: Buckets,
+}
+
+impl RateLimits {
+    pub fn new(rates: Rates, exempt: TrustedProxies) -> RateLimits {
+        RateLimits {
+            rates,
+            exempt,
+            buckets: Buckets::default(),
+        }
+    }
+
+    /// Whether `ip` is exempt from every limit (and every ban).
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        self.exempt.contains(ip)
     }
 
     /// The client address an attempt counts against: `Some(None)` when it
@@ -111,20 +181,21 @@ impl RateLimits {
         let Some(ip) = self.limited(ip) else {
             return Ok(());
         };
-        let by_ip = match ip {
-            Some(ip) => self.take("ip", ip.to_string(), self.per_ip),
-            None => Ok(()),
-        };
-        let by_account = self.take("account", account.to_lowercase(), self.per_account);
-        match (by_ip, by_account) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(wait), Ok(())) | (Ok(()), Err(wait)) => Err(too_many(wait)),
-            (Err(a), Err(b)) => Err(too_many(a.max(b))),
+        let account = account.to_lowercase();
+        let ip = ip.map(|ip| ip.to_string());
+        let mut wanted = vec![(
+            "login-account",
+            account.as_str(),
+            self.rates.login_per_account,
+        )];
+        if let Some(ip) = &ip {
+            wanted.push(("login-ip", ip.as_str(), self.rates.login_per_ip));
         }
+        self.buckets
+            .take_each(&wanted)
+            .map_err(|wait| too_many(wait, "password attempts"))
     }
-}
 
-impl RateLimits {
     /// Gives back what [`RateLimits::attempt`] took, for an attempt that
     /// guessed nothing: it succeeded, or was refused for another reason (a
     /// weak new password). Only failed guesses use the limit up, and as
@@ -133,18 +204,31 @@ impl RateLimits {
         let Some(ip) = self.limited(ip) else {
             return;
         };
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return;
-        };
-        let mut give = |kind: &'static str, key: String, rate: Rate| {
-            if let Some(bucket) = buckets.get_mut(&(kind, key)) {
-                bucket.tokens = (bucket.tokens + 1.0).min(rate.burst());
-            }
-        };
-        if let Some(ip) = ip {
-            give("ip", ip.to_string(), self.per_ip);
+        let account = account.to_lowercase();
+        let ip = ip.map(|ip| ip.to_string());
+        let mut given = vec![("login-account", account.as_str())];
+        if let Some(ip) = &ip {
+            given.push(("login-ip", ip.as_str()));
         }
-        give("account", account.to_lowercase(), self.per_account);
+        self.buckets.give_back(&given);
+    }
+
+    /// One authenticated request by `user` of `tenant` from `ip`.
+    pub fn request(&self, ip: Option<&str>, tenant: &str, user: &str) -> Result<(), TooMany> {
+        let Some(ip) = self.limited(ip) else {
+            return Ok(());
+        };
+        let ip = ip.map(|ip| ip.to_string());
+        let mut wanted = vec![
+            ("user", user, self.rates.requests_per_user),
+            ("tenant", tenant, self.rates.requests_per_tenant),
+        ];
+        if let Some(ip) = &ip {
+            wanted.push(("ip", ip.as_str(), self.rates.requests_per_ip));
+        }
+        self.buckets
+            .take_each(&wanted)
+            .map_err(|wait| too_many(wait, "requests"))
     }
 }
 
@@ -152,13 +236,16 @@ impl RateLimits {
 #[derive(Debug)]
 pub struct TooMany {
     pub retry_after_seconds: u64,
+    pub what: &'static str,
 }
 
-fn too_many(wait: Duration) -> TooMany {
+fn too_many(wait: Duration, what: &'static str) -> TooMany {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    tracing::warn!(target: "security", retry_after = seconds, "password attempts over the limit");
+    tracing::warn!(target: "security", retry_after = seconds, "{what} over the limit");
+    crate::metrics::get().rate_limited(what);
     TooMany {
         retry_after_seconds: seconds.max(1),
+        what,
     }
 }
 
@@ -166,13 +253,19 @@ fn too_many(wait: Duration) -> TooMany {
 mod tests {
     use super::*;
 
+    fn rates(login_per_ip: u32, login_per_account: u32) -> Rates {
+        Rates {
+            login_per_ip: Rate::per_minute(login_per_ip),
+            login_per_account: Rate::per_minute(login_per_account),
+            requests_per_user: Rate::per_second(3),
+            requests_per_ip: Rate::per_second(5),
+            requests_per_tenant: Rate::per_second(100),
+        }
+    }
+
     #[test]
     fn a_bucket_allows_its_burst_then_says_when_to_come_back() {
-        let limits = RateLimits::new(
-            Rate { per_minute: 30 },
-            Rate { per_minute: 3 },
-            TrustedProxies::default(),
-        );
+        let limits = RateLimits::new(rates(30, 3), TrustedProxies::default());
         for _ in 0..3 {
             assert!(limits.attempt(Some("192.0.2.1"), "acme/a@x").is_ok());
         }
@@ -186,11 +279,7 @@ mod tests {
 
     #[test]
     fn attempts_that_guessed_nothing_give_their_token_back() {
-        let limits = RateLimits::new(
-            Rate { per_minute: 30 },
-            Rate { per_minute: 2 },
-            TrustedProxies::default(),
-        );
+        let limits = RateLimits::new(rates(30, 2), TrustedProxies::default());
         for _ in 0..10 {
             limits.attempt(Some("192.0.2.1"), "acme/a@x").unwrap();
             limits.refund(Some("192.0.2.1"), "acme/a@x");
@@ -203,11 +292,28 @@ mod tests {
     #[test]
     fn exempt_addresses_are_never_limited() {
         let exempt = TrustedProxies::parse(&["127.0.0.1".into()]).unwrap();
-        let limits = RateLimits::new(Rate { per_minute: 1 }, Rate { per_minute: 1 }, exempt);
+        let limits = RateLimits::new(rates(1, 1), exempt);
         for _ in 0..10 {
             assert!(limits.attempt(Some("127.0.0.1"), "acme/a@x").is_ok());
+            assert!(limits.request(Some("127.0.0.1"), "t", "u").is_ok());
         }
         assert!(limits.attempt(Some("192.0.2.1"), "acme/a@x").is_ok());
         assert!(limits.attempt(Some("192.0.2.1"), "acme/a@x").is_err());
+    }
+
+    #[test]
+    fn requests_are_limited_per_user_and_per_address_and_a_refusal_takes_nothing() {
+        let limits = RateLimits::new(rates(30, 5), TrustedProxies::default());
+        for _ in 0..3 {
+            limits.request(Some("192.0.2.1"), "t", "alice").unwrap();
+        }
+        // Alice is over her 3 a second; the refusal used no address token.
+        assert!(limits.request(Some("192.0.2.1"), "t", "alice").is_err());
+        limits.request(Some("192.0.2.1"), "t", "bob").unwrap();
+        limits.request(Some("192.0.2.1"), "t", "bob").unwrap();
+        // The address has had its 5 now, whoever asks.
+        let refused = limits.request(Some("192.0.2.1"), "t", "carol").unwrap_err();
+        assert_eq!(refused.retry_after_seconds, 1);
+        assert!(limits.request(Some("192.0.2.2"), "t", "carol").is_ok());
     }
 }

@@ -3,6 +3,7 @@
 //! domains.
 
 pub mod api;
+pub mod bans;
 mod client_ip;
 pub mod error;
 pub mod extract;
@@ -178,12 +179,45 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
     let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
+    // A banned address is refused before anything else (NET-3).
+    let client: Option<std::net::IpAddr> = meta.ip.as_deref().and_then(|ip| ip.parse().ok());
+    let banned = client.and_then(|ip| state.bans.refused(ip));
     let mut response = REQUEST_ID
         .scope(
             id.clone(),
-            tracing::Instrument::instrument(next.run(req), span),
+            tracing::Instrument::instrument(
+                async move {
+                    match banned {
+                        Some(left) => ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            "banned",
+                            format!(
+                                "this address sent too many failed or unknown requests and is \
+                                 refused for {left} s more"
+                            ),
+                        )
+                        .with_retry_after(left)
+                        .into_response(),
+                        None => next.run(req).await,
+                    }
+                },
+                span,
+            ),
         )
         .await;
+    let status = response.status().as_u16();
+    crate::metrics::get().request(&method, route.as_deref(), status, started.elapsed());
+    if let Some(ip) = client
+        && bans::is_strike(status)
+    {
+        let (bans, store) = (state.bans.clone(), state.store.clone());
+        let tenant = who.get().map(|w| w.tenant_id);
+        tokio::spawn(async move {
+            if let Err(e) = bans.strike(&store, ip, status, tenant).await {
+                tracing::warn!(error = %e, "could not count a strike");
+            }
+        });
+    }
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(HeaderName::from_static("x-request-id"), value);
@@ -230,7 +264,7 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
             method,
             route,
             path,
-            status: i64::from(response.status().as_u16()),
+            status: i64::from(status),
             latency_us: started.elapsed().as_micros().min(i64::MAX as u128) as i64,
             ip: meta.ip,
             user_agent: meta.user_agent,
@@ -251,8 +285,54 @@ pub async fn run(
     let store = state.store.clone();
     let access_log = state.access_log.clone();
     let config = state.config.clone();
+    if let Some(address) = config.metrics_listen {
+        let metrics = TcpListener::bind(address).await?;
+        tracing::info!(address = %metrics.local_addr()?, "serving metrics");
+        tokio::spawn(serve_metrics(metrics, state.clone()));
+    }
     listen::serve(listener, app(state), &config, shutdown).await?;
     access_log.flush().await;
     store.close().await;
     Ok(())
+}
+
+/// `GET /metrics` and nothing else, on its own listener (OPS-1): what
+/// only the scrape can know is read now, then everything is encoded.
+async fn serve_metrics(listener: TcpListener, state: AppState) {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("only /metrics is served here") })
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "the metrics listener stopped");
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let metrics = crate::metrics::get();
+    metrics.set_queue_depth("writer", state.store.writer_queued());
+    metrics.set_queue_depth("access_log", state.access_log.queued());
+    if let Some((in_use, idle, max)) = state.store.pool_use() {
+        metrics.set_db_connections("in_use", in_use);
+        metrics.set_db_connections("idle", idle);
+        metrics.set_db_connections("max", max);
+    }
+    match crate::ops::last_runs(&state.store).await {
+        Ok(runs) => {
+            for run in runs.iter().filter(|run| run.ok) {
+                if let Some(at) = crate::clock::parse_rfc3339(&run.last_run_at) {
+                    metrics.set_job_last_success(&run.job, at.unix_timestamp());
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: could not read the job heartbeats"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+        .into_response()
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     pub sessions: Arc<crate::identity::SessionCache>,
     /// Password-attempt limits (NET-3).
     pub limits: Arc<super::limits::RateLimits>,
+    /// Automatic bans of abusive client addresses (NET-3).
+    pub bans: Arc<super::bans::Bans>,
     /// Tenants' IP allow-lists (NET-2), cached.
     pub allowlists: Arc<crate::tenancy::allowlist::AllowLists>,
     /// The jobs this process schedules (OPS-1).

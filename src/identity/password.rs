@@ -212,8 +212,11 @@ async fn on_pool<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, IdentityError> {
     let (done, result) = tokio::sync::oneshot::channel();
+    let queued = &crate::metrics::get().argon2_queued;
+    queued.inc();
     let job: Box<dyn FnOnce() + Send> = Box::new(move || {
         let _ = done.send(work());
+        crate::metrics::get().argon2_queued.dec();
     });
     POOL.jobs
         .lock()

@@ -149,7 +149,9 @@ where
                 tracing::debug!(job, "another node runs this job");
                 continue;
             }
-            let (ok, detail) = match run().await {
+            let ran = run().await;
+            crate::metrics::get().job_run(job, ran.is_ok());
+            let (ok, detail) = match ran {
                 Ok(detail) => (true, detail),
                 Err(e) => {
                     tracing::error!(job, error = %e, "scheduled job failed");

@@ -439,6 +439,28 @@ impl Store {
         Ok(())
     }
 
+    /// Jobs waiting for the writer now (`/metrics`).
+    pub fn writer_queued(&self) -> usize {
+        self.inner.writer.queued()
+    }
+
+    /// Read-pool connections in use and idle, and the most allowed, on
+    /// PostgreSQL (`/metrics`); SQLite opens its readers as it needs them.
+    pub fn pool_use(&self) -> Option<(usize, usize, usize)> {
+        match &self.inner.reads {
+            Reads::Sqlite(_) => None,
+            Reads::Postgres(pool, _) => {
+                let size = pool.size() as usize;
+                let idle = pool.num_idle();
+                Some((
+                    size.saturating_sub(idle),
+                    idle,
+                    pool.options().get_max_connections() as usize,
+                ))
+            }
+        }
+    }
+
     /// Readiness: the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = match &self.inner.reads {

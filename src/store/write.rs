@@ -596,6 +596,11 @@ pub(super) enum Message {
 pub(super) struct Writer(mpsc::Sender<Message>);
 
 impl Writer {
+    /// Jobs waiting for the writer.
+    pub(super) fn queued(&self) -> usize {
+        self.0.max_capacity() - self.0.capacity()
+    }
+
     pub(super) fn group_commit(conn: Conn) -> Writer {
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         // The writer owns its connection on a thread of its own: its
@@ -853,7 +858,9 @@ async fn run_group_commit(mut conn: Conn, queue: mpsc::Receiver<Message>) {
     let memo = SharedMemo::default();
     let mut jobs = JobQueue::new(queue);
     while jobs.next_batch().await {
+        let (started, size) = (std::time::Instant::now(), jobs.batch.len());
         let committed = run_batch(&mut conn, &memo, &mut jobs.batch, &mut jobs.completions).await;
+        crate::metrics::get().write_batch(size, started.elapsed(), committed.is_ok());
         if committed.is_err() {
             // Nothing of this batch happened; neither did what the memo learnt.
             with_memo(Some(&memo), |memo| memo.forget(&Forget::All));
@@ -867,7 +874,9 @@ async fn run_group_commit(mut conn: Conn, queue: mpsc::Receiver<Message>) {
 async fn run_group_commit_postgres(pool: PgPool, queue: mpsc::Receiver<Message>) {
     let mut jobs = JobQueue::new(queue);
     while jobs.next_batch().await {
+        let (started, size) = (std::time::Instant::now(), jobs.batch.len());
         let committed = run_batch_postgres(&pool, &mut jobs.batch, &mut jobs.completions).await;
+        crate::metrics::get().write_batch(size, started.elapsed(), committed.is_ok());
         jobs.settle(committed);
     }
     pool.close().await;

@@ -96,6 +96,11 @@ pub fn test_config(data_dir: &std::path::Path, database_url: &str) -> Config {
         database_url: Some(SecretString::from(database_url.to_owned())),
         environment: strongroom::config::Environment::Test,
         database_max_connections: 8,
+        // As for server processes (`UNLIMITED`): abuse.rs sets them low.
+        requests_per_second_per_user: 1_000_000,
+        requests_per_second_per_ip: 1_000_000,
+        requests_per_second_per_tenant: 1_000_000,
+        ban_after_strikes: 1_000_000,
         object_store_url: s3.as_ref().map(|endpoint| {
             format!(
                 "s3://strongroom-test/{}?endpoint={endpoint}&region=us-east-1",
@@ -533,8 +538,21 @@ pub fn cli(data_dir: &std::path::Path, database_url: &str) -> Command {
     cmd.env("STRONGROOM_DATA_DIR", data_dir)
         .env("STRONGROOM_DATABASE_URL", database_url)
         .env_remove("STRONGROOM_LISTEN");
+    // Load tests fire bursts: the request limits and bans are proved by
+    // tests of their own (abuse.rs), which set them low.
+    for (key, value) in UNLIMITED {
+        cmd.env(key, value);
+    }
     cmd
 }
+
+/// Request limits and ban thresholds no test reaches by accident.
+const UNLIMITED: [(&str, &str); 4] = [
+    ("STRONGROOM_REQUESTS_PER_SECOND_PER_USER", "1000000"),
+    ("STRONGROOM_REQUESTS_PER_SECOND_PER_IP", "1000000"),
+    ("STRONGROOM_REQUESTS_PER_SECOND_PER_TENANT", "1000000"),
+    ("STRONGROOM_BAN_AFTER_STRIKES", "1000000"),
+];
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,6 +1,7 @@
 //! The integration suite: one binary, the real server, a real database
 //! (SQLite by default; PostgreSQL when STRONGROOM_TEST_PG_URL is set).
 
+mod abuse;
 mod access_log;
 mod audit;
 mod auth;
