@@ -14,6 +14,7 @@ mod health;
 mod helpers;
 mod keys;
 mod layering;
+mod metrics;
 mod records;
 mod secrets;
 mod supply;
