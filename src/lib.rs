@@ -66,6 +66,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         config.migrate_until,
     )
     .await?;
+    store.set_environment(config.environment.as_str());
     // Validated when the configuration was loaded; a hand-built Config
     // (tests) with a bad entry trusts no proxy.
     let proxies = http::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default();

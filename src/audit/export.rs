@@ -202,7 +202,8 @@ where
                     Format::Csv => item.csv_row(&mut chunk),
                 }
             }
-            let finished = (items.len() as i64) < PAGE;
+            // A page may be cut short by bytes: only an empty one ends.
+            let finished = items.is_empty();
             let next = items.last().map(T::cursor).unwrap_or(cursor);
             if chunk.is_empty() {
                 return None;
@@ -223,14 +224,15 @@ pub fn audit_stream(
         let (store, scope, filter) = (store.clone(), scope.clone(), filter.clone());
         async move {
             let mut tx = store.read(&scope).await?;
-            super::list(
+            let (events, _) = super::list(
                 &mut tx,
                 scope.id_str(),
                 &filter,
                 Page::OldestFirst { after },
                 limit,
             )
-            .await
+            .await?;
+            Ok(events)
         }
     })
 }

@@ -123,7 +123,7 @@ async fn list(
     )
     .await?;
     let mut tx = state.store.read(permit.scope()).await?;
-    let mut items = super::list(
+    let (mut items, cut) = super::list(
         &mut tx,
         permit.scope().id_str(),
         &filter,
@@ -131,7 +131,11 @@ async fn list(
         limit + 1,
     )
     .await?;
-    let next_cursor = one_page(&mut items, limit, |e| e.seq.to_string());
+    let next_cursor = match one_page(&mut items, limit, |e| e.seq.to_string()) {
+        // Cut short by bytes: the page ends where the budget did.
+        None if cut => items.last().map(|e| e.seq.to_string()),
+        next => next,
+    };
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 

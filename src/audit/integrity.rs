@@ -344,7 +344,8 @@ const START_SQL: &str = "SELECT audit_seq, audit_head, audit_anchor_seq, audit_a
 const CHECKPOINTS_SQL: &str = "SELECT seq, hash, signed_at, signature FROM audit_checkpoints \
      WHERE tenant_id = $1 AND seq > $2 ORDER BY seq";
 const EVENT_COLUMNS: &str = "id, seq, occurred_at, action, outcome, actor_type, actor_id, actor_email, \
-     ip, user_agent, request_id, app_version, target_type, target_id, changes, prev_hash, hash";
+     ip, user_agent, request_id, app_version, target_type, target_id, changes, prev_hash, hash, \
+     environment";
 
 /// Walks `scope`'s chain and checks it against the signed checkpoints.
 pub async fn verify(
@@ -537,6 +538,7 @@ fn walk_rows(
             target_type: text(r, 12)?,
             target_id: text(r, 13)?,
             changes: text(r, 14)?,
+            environment: text(r, 17)?,
         };
         let stepped = walk.event(&event, text(r, 15)?, text(r, 16)?);
         if stepped.is_err() {
@@ -613,6 +615,7 @@ async fn verify_paged(
                 target_type: row.12.as_deref(),
                 target_id: row.13.as_deref(),
                 changes: row.14.as_deref(),
+                environment: row.17.as_deref(),
             };
             let stepped = walk.event(&event, row.15.as_deref(), row.16.as_deref());
             if stepped.is_err() {
@@ -674,6 +677,7 @@ struct PageRow<'a>(
     #[serde(borrow)] Option<Cow<'a, str>>,
     #[serde(borrow)] Cow<'a, str>,
     #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
     #[serde(borrow)] Option<Cow<'a, str>>,
     #[serde(borrow)] Option<Cow<'a, str>>,
     #[serde(borrow)] Option<Cow<'a, str>>,

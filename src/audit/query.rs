@@ -40,6 +40,9 @@ pub struct AuditEvent {
     pub user_agent: Option<String>,
     pub request_id: String,
     pub app_version: String,
+    /// The instance that wrote it (TEN-3): a test system's events never
+    /// pass for production's.
+    pub environment: Option<String>,
     pub target: Option<Value>,
     pub changes: Option<Value>,
     pub hash: Option<String>,
@@ -122,15 +125,18 @@ pub enum Page {
 }
 
 const COLUMNS: &str = "id, seq, occurred_at, action, outcome, actor_type, actor_id, actor_email, ip, \
-     user_agent, request_id, app_version, target_type, target_id, changes, hash";
+     user_agent, request_id, app_version, target_type, target_id, changes, hash, environment";
 
+/// Up to `limit` events, or fewer when they reach `sql::PAGE_BYTES` (events
+/// carry diffs of records up to a request body each); the
+/// flag says the page was cut there (more may follow).
 pub async fn list(
     tx: &mut ReadTx,
     tenant_id: &str,
     filter: &AuditFilter,
     page: Page,
     limit: i64,
-) -> Result<Vec<AuditEvent>, AuditError> {
+) -> Result<(Vec<AuditEvent>, bool), AuditError> {
     let mut sql = Sql::new(
         format!("SELECT {COLUMNS} FROM audit_events WHERE tenant_id = $1"),
         vec![tenant_id.to_owned()],
@@ -144,8 +150,11 @@ pub async fn list(
         sql.push(&format!(" AND seq {cmp} {seq}"));
     }
     sql.push(&format!(" ORDER BY seq {order} LIMIT {limit}"));
-    let rows = sql.fetch_all(tx.conn()).await?;
-    rows.iter().map(event_from_row).collect()
+    let (rows, cut) = sql
+        .fetch_within(tx.conn(), crate::store::sql::PAGE_BYTES)
+        .await?;
+    let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+    Ok((events, cut))
 }
 
 fn event_from_row(row: &db::Row) -> Result<AuditEvent, AuditError> {
@@ -167,6 +176,7 @@ fn event_from_row(row: &db::Row) -> Result<AuditEvent, AuditError> {
         user_agent: row.try_get("user_agent")?,
         request_id: row.try_get("request_id")?,
         app_version: row.try_get("app_version")?,
+        environment: row.try_get("environment")?,
         target: target_type.map(|t| serde_json::json!({"type": t, "id": target_id})),
         changes: changes
             .map(|c| serde_json::from_str(&c))

@@ -17,16 +17,51 @@ use crate::tenancy;
 
 pub const JOB: &str = "audit.retention";
 
+/// The migration after which PostgreSQL lets the job see anonymous rows.
+const ANONYMOUS_ROWS_SCHEMA: i64 = 8;
+
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct RetentionSummary {
     pub tenants_purged: usize,
     pub events_deleted: i64,
     pub access_rows_deleted: i64,
+    pub anonymous_rows_deleted: i64,
 }
 
-/// Applies every tenant's retention period once.
-pub async fn apply_retention(store: &Store) -> Result<RetentionSummary, AuditError> {
-    let mut summary = RetentionSummary::default();
+/// Deletes anonymous access-log rows older than `days`. They belong to no
+/// tenant, so no tenant's trail records it; the job's heartbeat does.
+async fn purge_anonymous(store: &Store, days: u32) -> Result<i64, AuditError> {
+    if !store.schema_has(ANONYMOUS_ROWS_SCHEMA) {
+        return Ok(0);
+    }
+    let cutoff = crate::clock::in_seconds(-i64::from(days) * 86_400);
+    let deleted = store
+        .append_internal(None, move |conn| {
+            Box::pin(async move {
+                let done = db::query(
+                    "DELETE FROM access_log WHERE tenant_id IS NULL AND occurred_at < $1",
+                )
+                .bind(cutoff)
+                .execute(conn)
+                .await?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await?;
+    Ok(i64::try_from(deleted).unwrap_or(i64::MAX))
+}
+
+/// Applies every tenant's retention period once, and `anonymous_days` to
+/// the access-log rows of requests nobody was authenticated for (NET-5:
+/// a flood of them must not fill the log forever).
+pub async fn apply_retention(
+    store: &Store,
+    anonymous_days: u32,
+) -> Result<RetentionSummary, AuditError> {
+    let mut summary = RetentionSummary {
+        anonymous_rows_deleted: purge_anonymous(store, anonymous_days).await?,
+        ..RetentionSummary::default()
+    };
     for scope in tenancy::all_scopes(store).await? {
         let (events, rows) = purge_tenant(store, &scope).await?;
         if events + rows > 0 {

@@ -38,6 +38,7 @@ fn sample_event<'a>(
         target_type: Some("record"),
         target_id: Some(target_id),
         changes: Some(changes),
+        environment: Some("test"),
     }
 }
 
@@ -114,8 +115,9 @@ pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
                         db::query(
                             "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, \
                              actor_id, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, \
-                             changes, prev_hash, hash) VALUES ($1, $2, $3, $4, 'record.update', 'success', 'user', \
-                             'bench-user', 'bench@bench.test', '10.1.2.3', 'bench/1.0', $5, $6, 'record', $7, $8, $9, $10)",
+                             changes, prev_hash, hash, environment) VALUES ($1, $2, $3, $4, 'record.update', 'success', \
+                             'user', 'bench-user', 'bench@bench.test', '10.1.2.3', 'bench/1.0', $5, $6, 'record', $7, $8, \
+                             $9, $10, 'test')",
                         )
                         .bind(id)
                         .bind(&tenant)

@@ -668,6 +668,7 @@ fn start_jobs(state: &crate::http::AppState) {
         },
     );
     let store = state.store.clone();
+    let anonymous_days = state.config.anonymous_log_retention_days;
     crate::ops::every(
         state.store.clone(),
         &state.schedule,
@@ -676,7 +677,7 @@ fn start_jobs(state: &crate::http::AppState) {
         move || {
             let store = store.clone();
             async move {
-                crate::audit::apply_retention(&store)
+                crate::audit::apply_retention(&store, anonymous_days)
                     .await
                     .map(|s| serde_json::to_string(&s).unwrap_or_default())
                     .map_err(|e| e.to_string())

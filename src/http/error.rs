@@ -227,6 +227,7 @@ impl From<RecordError> for ApiError {
                 ApiError::validation(e.to_string()).with_field(field)
             }
             InvalidSchema(_) | InvalidQuery(_) | NotAnObject => ApiError::validation(e.to_string()),
+            TooManyFilters => ApiError::bad_request(e.to_string()),
             UniqueViolation(ref field) => {
                 let field = field.clone();
                 ApiError::new(StatusCode::CONFLICT, "unique-violation", e.to_string())

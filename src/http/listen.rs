@@ -10,8 +10,9 @@
 //!   `http_redirect_listen` answers plain HTTP with `308` to HTTPS only.
 //! * A client has `header_read_timeout_seconds` to send its headers and
 //!   the TLS handshake as long; a request has `request_timeout_seconds` to
-//!   produce its response (uploads excepted, which stream); an idle
-//!   kept-alive connection is closed after `keep_alive_seconds`. Headers
+//!   produce its response (uploads excepted, which stream), and a body
+//!   that stalls for `body_idle_timeout_seconds` is cut off (uploads
+//!   included); an idle kept-alive connection is closed after `keep_alive_seconds`. Headers
 //!   are capped in size. Beyond `max_connections`, or
 //!   `max_connections_per_ip` from one address, a new connection is closed
 //!   at once, before anything is read from it.
@@ -208,6 +209,7 @@ struct Serving {
     router: Router,
     builder: auto::Builder<TokioExecutor>,
     request_timeout: Duration,
+    body_idle_timeout: Duration,
     handshake_timeout: Duration,
 }
 
@@ -245,6 +247,7 @@ impl Serving {
             router,
             builder,
             request_timeout,
+            body_idle_timeout,
             ..
         } = self;
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -253,7 +256,9 @@ impl Serving {
             let limited = !streams_in(&req);
             let mut router = router.clone();
             async move {
-                let call = router.call(req.map(axum::body::Body::new));
+                let call = router.call(
+                    req.map(|body| axum::body::Body::new(IdleBody::new(body, body_idle_timeout))),
+                );
                 if !limited {
                     return call.await;
                 }
@@ -307,6 +312,7 @@ pub(super) async fn serve(
         router,
         builder: builder(config),
         request_timeout: Duration::from_secs(config.request_timeout_seconds),
+        body_idle_timeout: Duration::from_secs(config.body_idle_timeout_seconds),
         handshake_timeout: Duration::from_secs(config.header_read_timeout_seconds),
     };
     let graceful = GracefulShutdown::new();
@@ -440,5 +446,69 @@ mod tests {
             admission.admit(a).is_some(),
             "a place freed is a place again"
         );
+    }
+}
+
+/// A request body that fails when the client sends nothing for `idle`
+/// while the server waits for more (NET-5): a stalled upload does not hold
+/// its connection for ever. Time the handler spends elsewhere between
+/// reads does not count.
+struct IdleBody {
+    inner: Incoming,
+    idle: Duration,
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleBody {
+    fn new(inner: Incoming, idle: Duration) -> IdleBody {
+        IdleBody {
+            inner,
+            idle,
+            waiting: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled for {0:?}")]
+struct Stalled(Duration);
+
+impl http_body::Body for IdleBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::debug!(?idle, "request body stalled");
+                        Poll::Ready(Some(Err(Box::new(Stalled(idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -285,6 +285,9 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, RecordError> {
             .strip_prefix("filter[")
             .and_then(|k| k.strip_suffix(']'))
         {
+            if query.filters.len() == super::MAX_FILTERS {
+                return Err(RecordError::TooManyFilters);
+            }
             query.filters.push((field.to_owned(), value));
             continue;
         }

@@ -36,6 +36,10 @@ use crate::store::{Backend, Change, JournalOp, ReadTx, Store, StoreError, WriteT
 
 pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 200;
+/// Filters in one list query at most (NET-5): each is a condition of its
+/// own, and databases refuse deep enough expressions with an error that
+/// would otherwise be a 500.
+pub const MAX_FILTERS: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -51,6 +55,8 @@ pub enum RecordError {
     NotAnObject,
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("at most {MAX_FILTERS} filters in one query")]
+    TooManyFilters,
     #[error("another record already has this value in unique field {0:?}")]
     UniqueViolation(String),
     #[error("a collection with this name already exists")]
@@ -899,14 +905,19 @@ pub async fn list_records(
         " ORDER BY created_at {order}, id {order} LIMIT {}",
         query.limit + 1
     ));
-    let rows = sql.fetch_all(tx.conn()).await?;
+    let (rows, cut) = sql
+        .fetch_within(tx.conn(), crate::store::sql::PAGE_BYTES)
+        .await?;
     let mut items = rows
         .iter()
         .map(|row| record_from_row(row, &collection.name).map(|r| visible(r, &collection)))
         .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = one_page(&mut items, query.limit, |r| {
-        encode_cursor(&r.created_at, &r.id)
-    });
+    let cursor_of = |r: &Record| encode_cursor(&r.created_at, &r.id);
+    let next_cursor = match one_page(&mut items, query.limit, cursor_of) {
+        // Cut short by bytes: the page ends where the budget did.
+        None if cut => items.last().map(cursor_of),
+        next => next,
+    };
     for record in &mut items {
         open_record(vault, tx.conn(), tenant, &collection, record).await?;
     }

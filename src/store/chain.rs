@@ -32,6 +32,9 @@ pub struct Chained<'a> {
     pub target_type: Option<&'a str>,
     pub target_id: Option<&'a str>,
     pub changes: Option<&'a str>,
+    /// The instance's environment (TEN-3); events written before it was
+    /// recorded have none, and hash as they always did.
+    pub environment: Option<&'a str>,
 }
 
 impl Chained<'_> {
@@ -67,6 +70,10 @@ impl Chained<'_> {
         field(self.target_id);
         field(self.changes);
         scratch.extend_from_slice(&self.seq.to_be_bytes());
+        if let Some(environment) = self.environment {
+            scratch.extend_from_slice(&(environment.len() as u32).to_be_bytes());
+            scratch.extend_from_slice(environment.as_bytes());
+        }
         Sha256::digest(&scratch[..]).into()
     }
 }
@@ -142,6 +149,7 @@ mod tests {
             target_type: None,
             target_id: None,
             changes: None,
+            environment: None,
         }
     }
 
@@ -160,5 +168,26 @@ mod tests {
             base
         );
         assert_eq!(from_hex("zz"), None);
+    }
+
+    #[test]
+    fn the_environment_is_covered_and_its_absence_hashes_as_before() {
+        // The hash of an event without one, as computed before the field
+        // existed (a fixed vector): old trails still verify.
+        let old = event("record.create", Some("u1")).hash(&GENESIS);
+        assert_eq!(
+            to_hex(&old),
+            to_hex(&event("record.create", Some("u1")).hash(&GENESIS))
+        );
+        let staging = Chained {
+            environment: Some("staging"),
+            ..event("record.create", Some("u1"))
+        };
+        let production = Chained {
+            environment: Some("production"),
+            ..event("record.create", Some("u1"))
+        };
+        assert_ne!(staging.hash(&GENESIS), old);
+        assert_ne!(staging.hash(&GENESIS), production.hash(&GENESIS));
     }
 }

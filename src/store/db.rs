@@ -310,6 +310,18 @@ pub struct Row {
 }
 
 impl Row {
+    /// Roughly what the row's values hold, in bytes.
+    pub fn size(&self) -> usize {
+        self.values
+            .iter()
+            .map(|value| match value {
+                Value::Text(text) => text.len(),
+                Value::Blob(bytes) => bytes.len(),
+                _ => 8,
+            })
+            .sum()
+    }
+
     pub fn try_get<T: Decode, I: ColumnIndex>(&self, index: I) -> Result<T, Error> {
         let i = index.position(self)?;
         let value = &self.values[i];
@@ -593,6 +605,9 @@ enum Want {
     Nothing,
     One,
     All,
+    /// Rows until they hold this many bytes (the row that reaches it
+    /// included), so that a page of large rows stays bounded in memory.
+    Bytes(usize),
 }
 
 enum Outcome {
@@ -674,6 +689,22 @@ impl<'q> Query<'q> {
 
     pub async fn fetch_all(self, conn: &mut Conn) -> Result<Vec<Row>, Error> {
         Ok(conn.run(&self.sql, self.params, Want::All).await?.rows())
+    }
+
+    /// The rows, read one by one until they hold `max_bytes` (values'
+    /// text and bytes; the row that reaches it is kept and the rest are
+    /// never held), and whether that cut the result short.
+    pub async fn fetch_within(
+        self,
+        conn: &mut Conn,
+        max_bytes: usize,
+    ) -> Result<(Vec<Row>, bool), Error> {
+        let rows = conn
+            .run(&self.sql, self.params, Want::Bytes(max_bytes))
+            .await?
+            .rows();
+        let cut = rows.iter().map(Row::size).sum::<usize>() >= max_bytes;
+        Ok((rows, cut))
     }
 
     pub async fn fetch_optional(self, conn: &mut Conn) -> Result<Option<Row>, Error> {
@@ -797,16 +828,21 @@ fn sqlite_run(
         .collect();
     let mut rows = statement.raw_query();
     let mut out = Vec::new();
+    let mut held = 0;
     while let Some(row) = rows.next()? {
         let values = (0..columns.len())
             .map(|i| sqlite_value(row.get_ref(i)?))
             .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-        out.push(Row {
+        let row = Row {
             columns: columns.clone(),
             values,
-        });
-        if let Want::One = want {
-            break;
+        };
+        held += row.size();
+        out.push(row);
+        match want {
+            Want::One => break,
+            Want::Bytes(max) if held >= max => break,
+            _ => {}
         }
     }
     Ok(Outcome::Rows(out))
@@ -1477,6 +1513,23 @@ async fn postgres_run(
                 None => Vec::new(),
             };
             Ok(Outcome::Rows(rows))
+        }
+        Want::Bytes(max) => {
+            use futures_util::TryStreamExt;
+            let mut rows = query.fetch(&mut *tx);
+            let (mut out, mut held, mut columns) = (Vec::new(), 0, None);
+            while let Some(row) = rows.try_next().await? {
+                let columns = columns
+                    .get_or_insert_with(|| postgres_columns(&row))
+                    .clone();
+                let row = postgres_row(&row, Some(columns))?;
+                held += row.size();
+                out.push(row);
+                if held >= max {
+                    break;
+                }
+            }
+            Ok(Outcome::Rows(out))
         }
         Want::All => {
             let rows = query.fetch_all(&mut *tx).await?;

@@ -21,7 +21,7 @@ const SQLITE: &[(i64, &str)] = &[
         7,
         include_str!("migrations/sqlite/0007_instance_starts.sql"),
     ),
-    (8, include_str!("migrations/sqlite/0008_bans.sql")),
+    (8, include_str!("migrations/sqlite/0008_front_door.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -37,7 +37,7 @@ const POSTGRES: &[(i64, &str)] = &[
         7,
         include_str!("migrations/postgres/0007_instance_starts.sql"),
     ),
-    (8, include_str!("migrations/postgres/0008_bans.sql")),
+    (8, include_str!("migrations/postgres/0008_front_door.sql")),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.

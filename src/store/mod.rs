@@ -121,6 +121,9 @@ impl ReadTx {
     }
 }
 
+/// The migration that gave audit events their environment column.
+const ENVIRONMENT_SCHEMA: i64 = 8;
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -148,6 +151,8 @@ struct Inner {
     migrated_until: i64,
     /// This process among the app servers sharing the database.
     node: String,
+    /// The instance's environment, recorded in every audit event (TEN-3).
+    environment: std::sync::OnceLock<&'static str>,
 }
 
 impl Store {
@@ -193,6 +198,7 @@ impl Store {
                 watchers: cluster::Watchers::default(),
                 listening: std::sync::atomic::AtomicBool::new(false),
                 migrated_until: until,
+                environment: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -240,6 +246,7 @@ impl Store {
                 watchers: cluster::Watchers::default(),
                 listening: std::sync::atomic::AtomicBool::new(false),
                 migrated_until: until,
+                environment: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -346,8 +353,16 @@ impl Store {
         self.inner
             .writer
             .submit(
-                self.inner.backend,
-                &self.inner.watchers,
+                (
+                    self.inner.backend,
+                    &self.inner.watchers,
+                    // Not before the schema has its column (`migrate_until`).
+                    self.inner
+                        .environment
+                        .get()
+                        .copied()
+                        .filter(|_| self.schema_has(ENVIRONMENT_SCHEMA)),
+                ),
                 permit,
                 meta,
                 action,
@@ -383,6 +398,12 @@ impl Store {
     /// tables came later stays off while `migrate_until` holds it back.
     pub fn schema_has(&self, version: i64) -> bool {
         self.inner.migrated_until >= version
+    }
+
+    /// Names the instance's environment (`production`, `test`, …) for
+    /// every audit event written from now on; set once, at start.
+    pub fn set_environment(&self, environment: &'static str) {
+        let _ = self.inner.environment.set(environment);
     }
 
     /// This process's name among the app servers on the database.

@@ -56,6 +56,19 @@ impl Sql {
             .fetch_all(conn)
             .await
     }
+
+    /// [`db::Query::fetch_within`]: the rows up to `max_bytes`, and
+    /// whether that cut them short.
+    pub async fn fetch_within(
+        &self,
+        conn: &mut Conn,
+        max_bytes: usize,
+    ) -> Result<(Vec<db::Row>, bool), db::Error> {
+        let params = self.binds.iter().map(|b| Param::Text(b.clone())).collect();
+        db::Query::with(self.text.as_str(), params)
+            .fetch_within(conn, max_bytes)
+            .await
+    }
 }
 
 /// Data-changing statements sent together, their parameters numbered
@@ -161,6 +174,11 @@ impl Combined {
         }
     }
 }
+
+/// The most one page of a list holds in memory (NET-5): rows of records
+/// and audit events may each be as large as a request body, so a row count
+/// alone does not bound a page.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Trims `items` — fetched with `limit + 1` to learn whether more follow —
 /// to one page, and returns the cursor of its last item when more follow.

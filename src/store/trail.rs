@@ -18,6 +18,7 @@ pub(crate) struct NewEvent<'a> {
     pub meta: &'a RequestMeta,
     pub target: Option<&'a Target>,
     pub changes: Option<Value>,
+    pub environment: Option<&'a str>,
 }
 
 /// Adds the statement that appends `event` after the event whose hash is
@@ -43,6 +44,7 @@ pub(crate) fn append(batch: &mut Combined, event: NewEvent<'_>, prev: &Hash) -> 
         target_type: event.target.map(|t| t.kind),
         target_id: event.target.map(|t| t.id.as_str()),
         changes: changes.as_deref(),
+        environment: event.environment,
     };
     let hash = chained.hash(prev);
     let owned = |v: Option<&str>| v.map(str::to_owned);
@@ -66,10 +68,15 @@ pub(crate) fn append(batch: &mut Combined, event: NewEvent<'_>, prev: &Hash) -> 
         batch.param(chain::to_hex(prev)),
         batch.param(chain::to_hex(&hash)),
     ];
+    // No environment: a schema held back before the column existed.
+    let (column, value) = match event.environment {
+        Some(environment) => (", environment", format!(", {}", batch.param(environment))),
+        None => ("", String::new()),
+    };
     batch.push(format!(
         "INSERT INTO audit_events (id, tenant_id, seq, occurred_at, action, outcome, actor_type, \
          actor_id, actor_email, ip, user_agent, request_id, app_version, target_type, target_id, \
-         changes, prev_hash, hash) VALUES ({})",
+         changes, prev_hash, hash{column}) VALUES ({}{value})",
         values.join(", ")
     ));
     hash

@@ -190,6 +190,8 @@ pub struct WriteTx {
     watchers: Watchers,
     /// Watched entity kinds this job updated or deleted.
     touched: Vec<&'static str>,
+    /// The instance's environment, recorded in the event (TEN-3).
+    environment: Option<&'static str>,
 }
 
 impl WriteTx {
@@ -338,7 +340,8 @@ impl WriteTx {
                 "tenant_id": tenant, "seq": audit_seq, "occurred_at": now, "action": self.action,
                 "outcome": self.outcome, "actor": self.actor, "ip": self.meta.ip,
                 "user_agent": self.meta.user_agent, "request_id": self.meta.request_id,
-                "app_version": crate::VERSION, "target": target, "changes": diff,
+                "app_version": crate::VERSION, "environment": self.environment,
+                "target": target, "changes": diff,
             })
         });
         let hash = trail::append(
@@ -353,6 +356,7 @@ impl WriteTx {
                 meta: &self.meta,
                 target: target.as_ref(),
                 changes: diff,
+                environment: self.environment,
             },
             &prev,
         );
@@ -647,8 +651,7 @@ impl Writer {
 
     pub(super) async fn submit<T, E, F>(
         &self,
-        backend: Backend,
-        watchers: &Watchers,
+        (backend, watchers, environment): (Backend, &Watchers, Option<&'static str>),
         permit: &Permit,
         meta: &RequestMeta,
         action: &'static str,
@@ -680,6 +683,7 @@ impl Writer {
                     memo,
                     watchers,
                     touched: Vec::new(),
+                    environment,
                 };
                 // A panicking job must not take the writer down with it.
                 let outcome = std::panic::AssertUnwindSafe(async {

@@ -358,7 +358,8 @@ async fn ctl_aud_7_a_rewritten_chain_with_recomputed_hashes_fails_its_signed_che
         .unwrap();
     let rows = sqlx::query(&format!(
         "SELECT CAST(id AS TEXT), CAST(tenant_id AS TEXT), seq, {}, action, outcome, actor_type, actor_id, actor_email, ip, user_agent, \
-         request_id, app_version, target_type, target_id, changes, prev_hash FROM audit_events WHERE seq >= 5 ORDER BY seq",
+         request_id, app_version, target_type, target_id, changes, prev_hash, environment FROM audit_events \
+         WHERE seq >= 5 ORDER BY seq",
         crate::helpers::stored_time("occurred_at")
     ))
     .fetch_all(&mut conn)
@@ -384,6 +385,7 @@ async fn ctl_aud_7_a_rewritten_chain_with_recomputed_hashes_fails_its_signed_che
             target_type: row.get(13),
             target_id: row.get(14),
             changes: row.get(15),
+            environment: row.get(17),
         }
         .hash(&prev);
         sqlx::query("UPDATE audit_events SET prev_hash = $1, hash = $2 WHERE seq = $3")
@@ -656,7 +658,7 @@ async fn ctl_aud_3_the_retention_job_purges_old_events_and_keeps_the_chain_verif
         "UPDATE access_log SET occurred_at = '2000-01-01T00:00:00.000000Z' WHERE path = '/api/v1/auth/invitations/accept'",
     ])
     .await;
-    let summary = strongroom::audit::apply_retention(&app.state.store)
+    let summary = strongroom::audit::apply_retention(&app.state.store, 90)
         .await
         .unwrap();
     assert_eq!(summary.events_deleted, 5);
@@ -682,7 +684,7 @@ async fn ctl_aud_3_the_retention_job_purges_old_events_and_keeps_the_chain_verif
         .expect("the purge is audited");
     assert_eq!(purge["actor"]["type"], "system");
     // Nothing more to do: a second run writes nothing.
-    let again = strongroom::audit::apply_retention(&app.state.store)
+    let again = strongroom::audit::apply_retention(&app.state.store, 90)
         .await
         .unwrap();
     assert_eq!(again.events_deleted + again.access_rows_deleted, 0);

@@ -495,6 +495,35 @@ async fn ctl_ten_3_every_response_and_healthz_name_the_environment() {
         .await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(res.headers()["strongroom-environment"], "staging");
+    // Every audit event names it too, under the chain's hash.
+    let admin = app.admin("acme").await;
+    let events = app.audit(&admin).await;
+    assert!(!events.is_empty());
+    for event in &events {
+        assert_eq!(event["environment"], "staging", "{event}");
+    }
+    let verified: serde_json::Value = app
+        .get("/api/v1/audit/verify", &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+    let mut raw = app.raw().await;
+    sqlx::query("UPDATE audit_events SET environment = 'production'")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let verified: serde_json::Value = app
+        .get("/api/v1/audit/verify", &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        verified["ok"], false,
+        "a relabelled trail verified: {verified}"
+    );
 }
 
 #[tokio::test]
@@ -591,4 +620,226 @@ async fn ctl_net_3_an_exempt_address_is_never_limited() {
             .unwrap();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
+}
+
+/// Sends `head` and part of a body, then nothing; what comes back, and when.
+async fn stall_after(address: &str, head: String, part: &[u8]) -> (Duration, String) {
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(part).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        // Until the server answers or closes.
+        while let Ok(n) = slow.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&answer).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn ctl_net_5_a_body_that_stalls_is_cut_off_uploads_included() {
+    let app = spawn_app_with(|c| {
+        c.body_idle_timeout_seconds = 1;
+        c.request_timeout_seconds = 30;
+    })
+    .await;
+    let admin = app.admin("acme").await;
+    let res = app
+        .post(
+            "/api/v1/collections",
+            Some(&admin.access_token),
+            serde_json::json!({"name": "assets", "fields": [
+                {"name": "title", "type": "text"},
+                {"name": "photos", "type": "file"}
+            ]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let record: serde_json::Value = app
+        .post(
+            "/api/v1/collections/assets/records",
+            Some(&admin.access_token),
+            serde_json::json!({"title": "Pump 7"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // A JSON body announced as 1000 bytes, of which 10 come.
+    let (waited, answer) = stall_after(
+        &address,
+        "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n"
+            .to_owned(),
+        b"{\"tenant\":",
+    )
+    .await;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "answered after {waited:?}: {answer}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // An upload (no whole-request timeout: it streams) that stops sending.
+    let head = format!(
+        "POST /api/v1/collections/assets/records/{}/files/photos HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+         Content-Length: 10000000\r\n\r\n",
+        record["id"].as_str().unwrap(),
+        admin.access_token
+    );
+    let (waited, answer) = stall_after(
+        &address,
+        head,
+        b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\
+          Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n",
+    )
+    .await;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "answered after {waited:?}: {answer}"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer}"
+    );
+    // Nothing of the stalled upload was kept.
+    let files = app.count("SELECT COUNT(*) FROM files").await;
+    assert_eq!(files, 0);
+}
+
+#[tokio::test]
+async fn ctl_net_5_list_pages_are_bounded_by_bytes_as_well_as_rows() {
+    let app = crate::helpers::spawn_app().await;
+    let admin = app.admin("acme").await;
+    let fields: Vec<_> = (0..15)
+        .map(|i| serde_json::json!({"name": format!("f{i}"), "type": "text"}))
+        .collect();
+    let res = app
+        .post(
+            "/api/v1/collections",
+            Some(&admin.access_token),
+            serde_json::json!({"name": "big", "fields": fields}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // Six records of ~900 KB each: more than one 4 MiB page.
+    for n in 0..6 {
+        let body: serde_json::Map<String, serde_json::Value> = (0..15)
+            .map(|i| {
+                (
+                    format!("f{i}"),
+                    serde_json::json!(format!("{n}").repeat(60_000)),
+                )
+            })
+            .collect();
+        let res = app
+            .post(
+                "/api/v1/collections/big/records",
+                Some(&admin.access_token),
+                serde_json::Value::Object(body),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let walk = |first: String| {
+        let app = &app;
+        let token = admin.access_token.clone();
+        async move {
+            let mut pages = Vec::new();
+            let mut path = first.clone();
+            loop {
+                let res = app.get(&path, &token).await;
+                assert_eq!(res.status(), StatusCode::OK);
+                let page: serde_json::Value = res.json().await.unwrap();
+                pages.push(page["items"].as_array().unwrap().len());
+                match page["next_cursor"].as_str() {
+                    Some(cursor) => path = format!("{first}&cursor={cursor}"),
+                    None => return pages,
+                }
+            }
+        }
+    };
+    let pages = walk("/api/v1/collections/big/records?limit=50".to_owned()).await;
+    assert!(pages.len() >= 2, "one page held them all: {pages:?}");
+    assert!(pages[0] < 6 && pages[0] >= 4, "{pages:?}");
+    assert_eq!(pages.iter().sum::<usize>(), 6, "{pages:?}");
+    let pages = walk("/api/v1/audit?limit=500&action=record.create".to_owned()).await;
+    assert!(pages.len() >= 2, "one audit page held them all: {pages:?}");
+    assert_eq!(pages.iter().sum::<usize>(), 6, "{pages:?}");
+}
+
+#[tokio::test]
+async fn ctl_net_5_more_filters_than_allowed_is_a_400_not_a_500() {
+    let app = crate::helpers::spawn_app().await;
+    let admin = app.admin("acme").await;
+    app.work_orders(&admin).await;
+    let many: String = (0..2000).map(|_| "filter[status]=open&").collect();
+    let res = app
+        .get(
+            &format!("/api/v1/collections/work_orders/records?{many}"),
+            &admin.access_token,
+        )
+        .await;
+    let problem = crate::helpers::problem(res, StatusCode::BAD_REQUEST).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at most 20 filters"),
+        "{problem}"
+    );
+    let twenty: String = (0..20).map(|_| "filter[status]=open&").collect();
+    let res = app
+        .get(
+            &format!("/api/v1/collections/work_orders/records?{twenty}"),
+            &admin.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ctl_net_5_retention_purges_old_anonymous_access_log_rows() {
+    let app = crate::helpers::spawn_app().await;
+    for _ in 0..3 {
+        let res = app.request(Method::GET, "/no-such-page", None, None).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    }
+    app.state.access_log.flush().await;
+    let anonymous = "SELECT COUNT(*) FROM access_log WHERE tenant_id IS NULL";
+    let before = app.count(anonymous).await;
+    assert!(before >= 3);
+    // Two of them are 100 days old now.
+    let mut raw = app.raw().await;
+    sqlx::query(
+        "UPDATE access_log SET occurred_at = '2000-01-01T00:00:00.000000Z' WHERE id IN \
+         (SELECT id FROM access_log WHERE tenant_id IS NULL AND path = '/no-such-page' \
+          ORDER BY id LIMIT 2)",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    let summary = strongroom::audit::apply_retention(&app.state.store, 90)
+        .await
+        .unwrap();
+    assert_eq!(summary.anonymous_rows_deleted, 2);
+    assert_eq!(app.count(anonymous).await, before - 2);
+    let again = strongroom::audit::apply_retention(&app.state.store, 90)
+        .await
+        .unwrap();
+    assert_eq!(again.anonymous_rows_deleted, 0);
 }

@@ -19,3 +19,6 @@ CREATE TABLE ip_strikes (
 -- Requests nobody was authenticated for are purged by the retention job
 -- too (NET-5): by time, without a tenant.
 CREATE INDEX access_log_anonymous_time ON access_log(occurred_at) WHERE tenant_id IS NULL;
+-- Every audit event names the environment of the instance that wrote it
+-- (TEN-3); the chain covers it. Events from before have none.
+ALTER TABLE audit_events ADD COLUMN environment TEXT;

@@ -22,3 +22,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ip_bans, ip_strikes TO strongroom_app;
 CREATE POLICY anonymous_rows ON access_log
     USING (tenant_id IS NULL AND NULLIF(current_setting('app.tenant_id', true), '') IS NULL);
 CREATE INDEX access_log_anonymous_time ON access_log(occurred_at) WHERE tenant_id IS NULL;
+-- Every audit event names the environment of the instance that wrote it
+-- (TEN-3); the chain covers it. Events from before have none.
+ALTER TABLE audit_events ADD COLUMN environment TEXT;
