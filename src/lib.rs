@@ -100,7 +100,11 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         requests_per_ip: http::limits::Rate::per_second(config.requests_per_second_per_ip),
         requests_per_tenant: http::limits::Rate::per_second(config.requests_per_second_per_tenant),
     };
-    let limits = Arc::new(http::limits::RateLimits::new(rates, exempt.clone()));
+    let limits = Arc::new(http::limits::RateLimits::for_store(
+        rates,
+        exempt.clone(),
+        &store,
+    ));
     let bans = Arc::new(http::bans::Bans::new(
         http::bans::BanPolicy {
             strikes: config.ban_after_strikes,

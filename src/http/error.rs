@@ -136,6 +136,15 @@ impl From<AccessError> for ApiError {
     }
 }
 
+impl From<super::limits::AttemptError> for ApiError {
+    fn from(e: super::limits::AttemptError) -> Self {
+        match e {
+            super::limits::AttemptError::TooMany(e) => e.into(),
+            super::limits::AttemptError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<super::limits::TooMany> for ApiError {
     fn from(e: super::limits::TooMany) -> Self {
         let seconds = e.retry_after_seconds;

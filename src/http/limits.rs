@@ -6,6 +6,9 @@
 //!   guesses count: an attempt that succeeds, or is refused for something
 //!   else (a weak new password), gives its token back. Defaults: 5 a minute
 //!   for one account, 30 a minute from one address, in bursts of as many.
+//!   On PostgreSQL these buckets are rows of `rate_buckets`, shared by every
+//!   app server (locked while taken, so concurrent guesses on several nodes
+//!   cannot slip past), keyed by a hash so that no e-mail address is kept.
 //! * **Authenticated requests**, per user, per client address and per
 //!   tenant (defaults 50, 300 and 1,000 a second, a second's worth at
 //!   once): a person clicking, or a whole office behind one NAT address,
@@ -21,7 +24,10 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use crate::config::TrustedProxies;
+use crate::store::{Backend, Store, StoreError, db};
 
 /// Buckets kept at most; beyond it the full ones are forgotten first.
 const MAX_BUCKETS: usize = 100_000;
@@ -149,14 +155,39 @@ pub struct RateLimits {
     rates: Rates,
     exempt: TrustedProxies,
     buckets: Buckets,
+    /// Where password-attempt buckets are shared (PostgreSQL).
+    shared: Option<Store>,
+    /// Attempts since full buckets were last cleared from the table.
+    attempts: std::sync::atomic::AtomicU64,
 }
 
+/// The schema migration that brought `rate_buckets`.
+const SHARED_SCHEMA: i64 = 8;
+
+/// Every this many shared attempts, buckets idle for an hour (full again
+/// at any rate the settings allow) are deleted.
+const SWEEP_EVERY: u64 = 500;
+
 impl RateLimits {
+    /// Limits in this process's memory only.
     pub fn new(rates: Rates, exempt: TrustedProxies) -> RateLimits {
         RateLimits {
             rates,
             exempt,
             buckets: Buckets::default(),
+            shared: None,
+            attempts: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Limits whose password-attempt buckets live in `store` when it is
+    /// PostgreSQL (several app servers), in memory on SQLite.
+    pub fn for_store(rates: Rates, exempt: TrustedProxies, store: &Store) -> RateLimits {
+        let shared = (store.backend() == Backend::Postgres && store.schema_has(SHARED_SCHEMA))
+            .then(|| store.clone());
+        RateLimits {
+            shared,
+            ..RateLimits::new(rates, exempt)
         }
     }
 
@@ -176,8 +207,71 @@ impl RateLimits {
     }
 
     /// One password attempt for `account` (tenant and e-mail, or an
-    /// invitation) from `ip`.
-    pub fn attempt(&self, ip: Option<&str>, account: &str) -> Result<(), TooMany> {
+    /// invitation) from `ip`: in the shared buckets when there are some.
+    pub async fn attempt(&self, ip: Option<&str>, account: &str) -> Result<(), AttemptError> {
+        let Some(store) = &self.shared else {
+            return Ok(self.attempt_here(ip, account)?);
+        };
+        let Some(ip) = self.limited(ip) else {
+            return Ok(());
+        };
+        let mut wanted = vec![(
+            bucket_key("login-account", &account.to_lowercase()),
+            self.rates.login_per_account,
+        )];
+        if let Some(ip) = ip {
+            wanted.push((
+                bucket_key("login-ip", &ip.to_string()),
+                self.rates.login_per_ip,
+            ));
+        }
+        let sweep = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY);
+        match take_shared(store, wanted, sweep).await? {
+            Ok(()) => Ok(()),
+            Err(wait) => Err(too_many(wait, "password attempts").into()),
+        }
+    }
+
+    /// [`RateLimits::refund`], in the shared buckets when there are some.
+    pub async fn give_back(&self, ip: Option<&str>, account: &str) {
+        let Some(store) = &self.shared else {
+            self.refund(ip, account);
+            return;
+        };
+        let Some(ip) = self.limited(ip) else {
+            return;
+        };
+        let mut keys = vec![bucket_key("login-account", &account.to_lowercase())];
+        if let Some(ip) = ip {
+            keys.push(bucket_key("login-ip", &ip.to_string()));
+        }
+        let rates = [self.rates.login_per_account, self.rates.login_per_ip];
+        let given = store
+            .append_internal(None, move |conn| {
+                Box::pin(async move {
+                    for (key, rate) in keys.iter().zip(rates) {
+                        db::query(
+                            "UPDATE rate_buckets SET tokens = LEAST(tokens + 1, $2) WHERE key = $1",
+                        )
+                        .bind(key.as_str())
+                        .bind(rate.burst)
+                        .execute(conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await;
+        if let Err(e) = given {
+            tracing::warn!(error = %e, "could not give a password-attempt token back");
+        }
+    }
+
+    /// One password attempt in this process's buckets.
+    pub fn attempt_here(&self, ip: Option<&str>, account: &str) -> Result<(), TooMany> {
         let Some(ip) = self.limited(ip) else {
             return Ok(());
         };
@@ -232,6 +326,92 @@ impl RateLimits {
     }
 }
 
+/// A shared bucket's key: what it counts, hashed (no e-mail is stored).
+fn bucket_key(kind: &str, key: &str) -> String {
+    let digest = Sha256::digest(format!("{kind}\n{key}").as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Takes one token from each shared bucket when every one has one, or says
+/// how long until they all do (and takes none). The rows are locked for
+/// the writer's transaction, so two nodes cannot both take the last token.
+async fn take_shared(
+    store: &Store,
+    wanted: Vec<(String, Rate)>,
+    sweep: bool,
+) -> Result<Result<(), Duration>, StoreError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9;
+    store
+        .append_internal(None, move |conn| {
+            Box::pin(async move {
+                if sweep {
+                    db::query("DELETE FROM rate_buckets WHERE at < $1")
+                        .bind(now - 3600.0)
+                        .execute(conn)
+                        .await?;
+                }
+                let mut refilled = Vec::with_capacity(wanted.len());
+                let mut wait = Duration::ZERO;
+                for (key, rate) in &wanted {
+                    db::query(
+                        "INSERT INTO rate_buckets (key, tokens, at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (key) DO NOTHING",
+                    )
+                    .bind(key.as_str())
+                    .bind(rate.burst)
+                    .bind(now)
+                    .execute(conn)
+                    .await?;
+                    let row =
+                        db::query("SELECT tokens, at FROM rate_buckets WHERE key = $1 FOR UPDATE")
+                            .bind(key.as_str())
+                            .fetch_one(conn)
+                            .await?;
+                    let (tokens, at): (f64, f64) = (row.try_get(0)?, row.try_get(1)?);
+                    let mut bucket = Bucket {
+                        tokens,
+                        at: Instant::now(),
+                        rate: *rate,
+                    };
+                    bucket.tokens =
+                        (tokens + (now - at).max(0.0) * rate.per_second).min(rate.burst);
+                    wait = wait.max(bucket.wait());
+                    refilled.push(bucket.tokens);
+                }
+                let take = if wait == Duration::ZERO { 1.0 } else { 0.0 };
+                for ((key, _), tokens) in wanted.iter().zip(refilled) {
+                    db::query("UPDATE rate_buckets SET tokens = $2, at = $3 WHERE key = $1")
+                        .bind(key.as_str())
+                        .bind(tokens - take)
+                        .bind(now)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(if wait == Duration::ZERO {
+                    Ok(())
+                } else {
+                    Err(wait)
+                })
+            })
+        })
+        .await
+}
+
+/// Why a password attempt may not go ahead.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error("over the limit")]
+    TooMany(TooMany),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<TooMany> for AttemptError {
+    fn from(e: TooMany) -> Self {
+        AttemptError::TooMany(e)
+    }
+}
+
 /// Over a limit: how long until the next attempt may come (`429`).
 #[derive(Debug)]
 pub struct TooMany {
@@ -267,26 +447,28 @@ mod tests {
     fn a_bucket_allows_its_burst_then_says_when_to_come_back() {
         let limits = RateLimits::new(rates(30, 3), TrustedProxies::default());
         for _ in 0..3 {
-            assert!(limits.attempt(Some("192.0.2.1"), "acme/a@x").is_ok());
+            assert!(limits.attempt_here(Some("192.0.2.1"), "acme/a@x").is_ok());
         }
-        let refused = limits.attempt(Some("192.0.2.1"), "acme/a@x").unwrap_err();
+        let refused = limits
+            .attempt_here(Some("192.0.2.1"), "acme/a@x")
+            .unwrap_err();
         assert!((1..=60).contains(&refused.retry_after_seconds));
         // Another account from the same address is still fine.
-        assert!(limits.attempt(Some("192.0.2.1"), "acme/b@x").is_ok());
+        assert!(limits.attempt_here(Some("192.0.2.1"), "acme/b@x").is_ok());
         // The same account is limited from anywhere, whatever its case.
-        assert!(limits.attempt(Some("192.0.2.9"), "ACME/A@X").is_err());
+        assert!(limits.attempt_here(Some("192.0.2.9"), "ACME/A@X").is_err());
     }
 
     #[test]
     fn attempts_that_guessed_nothing_give_their_token_back() {
         let limits = RateLimits::new(rates(30, 2), TrustedProxies::default());
         for _ in 0..10 {
-            limits.attempt(Some("192.0.2.1"), "acme/a@x").unwrap();
+            limits.attempt_here(Some("192.0.2.1"), "acme/a@x").unwrap();
             limits.refund(Some("192.0.2.1"), "acme/a@x");
         }
-        assert!(limits.attempt(Some("192.0.2.1"), "acme/a@x").is_ok());
-        assert!(limits.attempt(Some("192.0.2.1"), "acme/a@x").is_ok());
-        assert!(limits.attempt(Some("192.0.2.1"), "acme/a@x").is_err());
+        assert!(limits.attempt_here(Some("192.0.2.1"), "acme/a@x").is_ok());
+        assert!(limits.attempt_here(Some("192.0.2.1"), "acme/a@x").is_ok());
+        assert!(limits.attempt_here(Some("192.0.2.1"), "acme/a@x").is_err());
     }
 
     #[test]
@@ -294,11 +476,11 @@ mod tests {
         let exempt = TrustedProxies::parse(&["127.0.0.1".into()]).unwrap();
         let limits = RateLimits::new(rates(1, 1), exempt);
         for _ in 0..10 {
-            assert!(limits.attempt(Some("127.0.0.1"), "acme/a@x").is_ok());
+            assert!(limits.attempt_here(Some("127.0.0.1"), "acme/a@x").is_ok());
             assert!(limits.request(Some("127.0.0.1"), "t", "u").is_ok());
         }
-        assert!(limits.attempt(Some("192.0.2.1"), "acme/a@x").is_ok());
-        assert!(limits.attempt(Some("192.0.2.1"), "acme/a@x").is_err());
+        assert!(limits.attempt_here(Some("192.0.2.1"), "acme/a@x").is_ok());
+        assert!(limits.attempt_here(Some("192.0.2.1"), "acme/a@x").is_err());
     }
 
     #[test]

@@ -141,7 +141,7 @@ async fn login(
 ) -> Result<impl IntoResponse, ApiError> {
     // Before any password is hashed (NET-3).
     let account = format!("login/{}/{}", body.tenant, body.email);
-    state.limits.attempt(meta.ip.as_deref(), &account)?;
+    state.limits.attempt(meta.ip.as_deref(), &account).await?;
     // A tenant that admits only its own addresses refuses the rest here,
     // before the password is looked at (NET-2).
     if let Some(scope) = crate::tenancy::find_active_by_slug(&state.store, &body.tenant)
@@ -154,7 +154,7 @@ async fn login(
             .admit(&state.store, &scope, actor, &meta, "auth.login")
             .await;
         if admitted.is_err() {
-            state.limits.refund(meta.ip.as_deref(), &account);
+            state.limits.give_back(meta.ip.as_deref(), &account).await;
         }
         admitted?;
     }
@@ -169,7 +169,7 @@ async fn login(
     )
     .await;
     if !matches!(tokens, Err(IdentityError::InvalidCredentials)) {
-        state.limits.refund(meta.ip.as_deref(), &account);
+        state.limits.give_back(meta.ip.as_deref(), &account).await;
     }
     let tokens = tokens?;
     who.set(&tokens.tenant_id, &tokens.user_id, None);
@@ -226,7 +226,7 @@ async fn accept_invitation(
     let digest = sha2::Sha256::digest(body.token.expose_secret().as_bytes());
     let account: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
     let account = format!("invitation/{account}");
-    state.limits.attempt(meta.ip.as_deref(), &account)?;
+    state.limits.attempt(meta.ip.as_deref(), &account).await?;
     if let Some(token) = super::tokens::OpaqueToken::parse(
         super::tokens::TokenKind::Invitation,
         body.token.expose_secret(),
@@ -252,7 +252,7 @@ async fn accept_invitation(
         tokens,
         Err(IdentityError::InvalidToken | IdentityError::InvalidCredentials)
     ) {
-        state.limits.refund(meta.ip.as_deref(), &account);
+        state.limits.give_back(meta.ip.as_deref(), &account).await;
     }
     let tokens = tokens?;
     who.set(&tokens.tenant_id, &tokens.user_id, None);

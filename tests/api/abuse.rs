@@ -307,3 +307,70 @@ async fn ctl_net_3_authenticated_requests_over_the_per_user_rate_get_429() {
         .await;
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn ctl_net_3_racing_password_guesses_on_two_app_servers_share_one_limit() {
+    if !crate::helpers::is_postgres() {
+        eprintln!("two app servers need PostgreSQL: set STRONGROOM_TEST_PG_URL");
+        return;
+    }
+    let dir = temp_dir("login-limits");
+    let url = fresh_database(&dir).await;
+    let env = [
+        ("STRONGROOM_LOGIN_ATTEMPTS_PER_MINUTE_PER_ACCOUNT", "4"),
+        ("STRONGROOM_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", "1000"),
+    ];
+    let a = ServerProcess::start_with_env(&dir, &url, "warn", &env).await;
+    let b = ServerProcess::start_with_env(&dir, &url, "warn", &env).await;
+    let client = crate::helpers::http_client();
+    // Twelve guesses at one account at once, half on each node.
+    let guesses: Vec<_> = (0..12)
+        .map(|i| {
+            let server = if i % 2 == 0 { &a } else { &b };
+            client
+                .post(format!("{}/api/v1/auth/login", server.address))
+                .json(&serde_json::json!({"tenant": "acme", "email": "boss@acme.test", "password": "wrong password 123"}))
+                .send()
+        })
+        .collect();
+    let statuses: Vec<u16> = futures_util::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|res| res.unwrap().status().as_u16())
+        .collect();
+    let answered = statuses.iter().filter(|s| **s != 429).count();
+    assert_eq!(
+        answered, 4,
+        "the limit of 4 held across nodes: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)),
+        "{statuses:?}"
+    );
+    // Another account is not held up, on either node.
+    for server in [&a, &b] {
+        let res = client
+            .post(format!("{}/api/v1/auth/login", server.address))
+            .json(&serde_json::json!({"tenant": "acme", "email": "other@acme.test", "password": "wrong password 123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    // No e-mail address is kept in the shared buckets.
+    sqlx::any::install_default_drivers();
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM rate_buckets")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.len() >= 3, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| !k.contains('@') && k.len() == 32),
+        "{keys:?}"
+    );
+    conn.close().await.unwrap();
+    a.stop().await;
+    b.stop().await;
+}

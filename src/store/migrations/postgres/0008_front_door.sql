@@ -25,3 +25,13 @@ CREATE INDEX access_log_anonymous_time ON access_log(occurred_at) WHERE tenant_i
 -- Every audit event names the environment of the instance that wrote it
 -- (TEN-3); the chain covers it. Events from before have none.
 ALTER TABLE audit_events ADD COLUMN environment TEXT;
+-- Password-attempt buckets (NET-3), shared by every app server: the key is
+-- a hash of what is counted (an account or an address), tokens are what is
+-- left, at is when they were counted (Unix seconds).
+CREATE TABLE rate_buckets (
+    key     TEXT PRIMARY KEY,
+    tokens  DOUBLE PRECISION NOT NULL,
+    at      DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX rate_buckets_at ON rate_buckets(at);
+GRANT SELECT, INSERT, UPDATE, DELETE ON rate_buckets TO strongroom_app;
