@@ -436,6 +436,44 @@ impl Exportable for AccessEntry {
 mod tests {
     use super::*;
 
+    fn entry() -> AccessEntry {
+        AccessEntry {
+            id: "r".into(),
+            occurred_at: crate::clock::now(),
+            tenant_id: None,
+            actor_type: "anonymous".into(),
+            actor_id: None,
+            actor_email: None,
+            method: "GET".into(),
+            route: None,
+            path: "/".into(),
+            activity: "read".into(),
+            status: 404,
+            latency_us: 1,
+            ip: None,
+            user_agent: None,
+            request_id: "q".into(),
+            app_version: crate::VERSION.into(),
+        }
+    }
+
+    #[test]
+    fn rows_a_full_buffer_drops_are_counted_never_silently_lost() {
+        // A buffer of one that nobody drains: the second and third rows drop.
+        let (sender, _receiver) = mpsc::channel(1);
+        let logger = AccessLogger {
+            sender,
+            dropped: Arc::default(),
+        };
+        let before = crate::metrics::get().access_log_dropped.get();
+        for _ in 0..3 {
+            logger.record(entry());
+        }
+        assert_eq!(logger.dropped.load(Ordering::SeqCst), 2);
+        assert!(crate::metrics::get().access_log_dropped.get() >= before + 2);
+        assert_eq!(logger.queued(), 1);
+    }
+
     #[test]
     fn activities_follow_the_method_and_auth_routes() {
         assert_eq!(activity("GET", Some("/api/v1/users")), "read");

@@ -405,26 +405,22 @@ pub async fn list(store: &Store) -> Result<Vec<Ban>, StoreError> {
     if !store.schema_has(SCHEMA) {
         return Ok(Vec::new());
     }
-    let mut tx = store.read_unscoped().await?;
-    let rows = db::query(format!(
-        "SELECT {BAN_COLUMNS} FROM ip_bans ORDER BY banned_at DESC, ip"
-    ))
-    .fetch_all(tx.conn())
-    .await?;
-    rows.iter()
-        .map(Ban::from_row)
-        .collect::<Result<_, _>>()
-        .map_err(StoreError::from)
+    select(store, "ORDER BY banned_at DESC, ip", None).await
 }
 
 async fn active(store: &Store) -> Result<Vec<Ban>, StoreError> {
+    let now = crate::clock::now();
+    select(store, "WHERE lifted_at IS NULL AND until > $1", Some(now)).await
+}
+
+/// Bans as `rest` (a condition or an order, on `bind` as `$1`) picks them.
+async fn select(store: &Store, rest: &str, bind: Option<String>) -> Result<Vec<Ban>, StoreError> {
     let mut tx = store.read_unscoped().await?;
-    let rows = db::query(format!(
-        "SELECT {BAN_COLUMNS} FROM ip_bans WHERE lifted_at IS NULL AND until > $1"
-    ))
-    .bind(crate::clock::now())
-    .fetch_all(tx.conn())
-    .await?;
+    let mut query = db::query(format!("SELECT {BAN_COLUMNS} FROM ip_bans {rest}"));
+    if let Some(bind) = bind {
+        query = query.bind(bind);
+    }
+    let rows = query.fetch_all(tx.conn()).await?;
     rows.iter()
         .map(Ban::from_row)
         .collect::<Result<_, _>>()

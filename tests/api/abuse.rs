@@ -28,6 +28,23 @@ async fn until_status(url: &str, status: StatusCode, within: Duration) -> reqwes
     }
 }
 
+/// Two `serve` processes on one fresh PostgreSQL database with `env`, and
+/// the data dir and URL they share; `None` (said) on SQLite.
+async fn two_nodes(
+    label: &str,
+    env: &[(&str, &str)],
+) -> Option<(std::path::PathBuf, String, ServerProcess, ServerProcess)> {
+    if !crate::helpers::is_postgres() {
+        eprintln!("two app servers need PostgreSQL: set STRONGROOM_TEST_PG_URL");
+        return None;
+    }
+    let dir = temp_dir(label);
+    let url = fresh_database(&dir).await;
+    let a = ServerProcess::start_with_env(&dir, &url, "warn", env).await;
+    let b = ServerProcess::start_with_env(&dir, &url, "warn", env).await;
+    Some((dir, url, a, b))
+}
+
 fn seconds_between(from: &str, to: &str) -> i64 {
     let parse = |t: &str| {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
@@ -193,18 +210,17 @@ async fn ctl_net_3_failed_logins_count_and_exempt_addresses_are_never_banned() {
 
 #[tokio::test]
 async fn ctl_net_3_two_app_servers_on_one_postgres_share_strikes_and_bans() {
-    if !crate::helpers::is_postgres() {
-        eprintln!("two app servers need PostgreSQL: set STRONGROOM_TEST_PG_URL");
+    let Some((dir, url, a, b)) = two_nodes(
+        "bans",
+        &[
+            ("STRONGROOM_BAN_AFTER_STRIKES", "5"),
+            ("STRONGROOM_BAN_SECONDS", "60"),
+        ],
+    )
+    .await
+    else {
         return;
-    }
-    let dir = temp_dir("bans");
-    let url = fresh_database(&dir).await;
-    let env = [
-        ("STRONGROOM_BAN_AFTER_STRIKES", "5"),
-        ("STRONGROOM_BAN_SECONDS", "60"),
-    ];
-    let a = ServerProcess::start_with_env(&dir, &url, "warn", &env).await;
-    let b = ServerProcess::start_with_env(&dir, &url, "warn", &env).await;
+    };
     let client = crate::helpers::http_client();
     // Three misses on each node: neither alone has seen more than five …
     for server in [&a, &b, &a, &b, &a, &b] {
@@ -310,18 +326,17 @@ async fn ctl_net_3_authenticated_requests_over_the_per_user_rate_get_429() {
 
 #[tokio::test]
 async fn ctl_net_3_racing_password_guesses_on_two_app_servers_share_one_limit() {
-    if !crate::helpers::is_postgres() {
-        eprintln!("two app servers need PostgreSQL: set STRONGROOM_TEST_PG_URL");
+    let Some((_dir, url, a, b)) = two_nodes(
+        "login-limits",
+        &[
+            ("STRONGROOM_LOGIN_ATTEMPTS_PER_MINUTE_PER_ACCOUNT", "4"),
+            ("STRONGROOM_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", "1000"),
+        ],
+    )
+    .await
+    else {
         return;
-    }
-    let dir = temp_dir("login-limits");
-    let url = fresh_database(&dir).await;
-    let env = [
-        ("STRONGROOM_LOGIN_ATTEMPTS_PER_MINUTE_PER_ACCOUNT", "4"),
-        ("STRONGROOM_LOGIN_ATTEMPTS_PER_MINUTE_PER_IP", "1000"),
-    ];
-    let a = ServerProcess::start_with_env(&dir, &url, "warn", &env).await;
-    let b = ServerProcess::start_with_env(&dir, &url, "warn", &env).await;
+    };
     let client = crate::helpers::http_client();
     // Twelve guesses at one account at once, half on each node.
     let guesses: Vec<_> = (0..12)
