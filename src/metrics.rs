@@ -190,23 +190,46 @@ impl Metrics {
         }
     }
 
-    /// One answered request.
+    /// One answered request. Each worker thread keeps the series it has
+    /// used, so that a request builds no labels and takes no family lock.
     pub fn request(&self, method: &str, route: Option<&str>, status: u16, took: Duration) {
         // Unmatched paths share one series, so a scan cannot grow the set.
-        let route = route.unwrap_or("unmatched").to_owned();
-        self.requests
-            .get_or_create(&RequestLabels {
-                method: method.to_owned(),
-                route: route.clone(),
-                status: status.to_string(),
-            })
-            .inc();
-        self.request_seconds
-            .get_or_create(&RouteLabels {
-                method: method.to_owned(),
-                route,
-            })
-            .observe(took.as_secs_f64());
+        let route = route.unwrap_or("unmatched");
+        let observe = |series: &Series| {
+            series.count.inc();
+            series.seconds.observe(took.as_secs_f64());
+        };
+        let known = SERIES.with_borrow(|cache| {
+            cache
+                .get(route)
+                .and_then(|by| by.iter().find(|s| s.method == method && s.status == status))
+                .map(observe)
+                .is_some()
+        });
+        if known {
+            return;
+        }
+        let series = Series {
+            method: method.to_owned(),
+            status,
+            count: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    method: method.to_owned(),
+                    route: route.to_owned(),
+                    status: status.to_string(),
+                })
+                .clone(),
+            seconds: self
+                .request_seconds
+                .get_or_create(&RouteLabels {
+                    method: method.to_owned(),
+                    route: route.to_owned(),
+                })
+                .clone(),
+        };
+        observe(&series);
+        SERIES.with_borrow_mut(|cache| cache.entry(route.to_owned()).or_default().push(series));
     }
 
     /// One group commit of `jobs` that took `took`.
@@ -282,6 +305,22 @@ impl Metrics {
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// A request series as one thread holds it (the same counter and histogram
+/// as the registry's).
+struct Series {
+    method: String,
+    status: u16,
+    count: Counter,
+    seconds: Histogram,
+}
+
+thread_local! {
+    /// By route template: the series this thread has counted into. Bounded
+    /// by routes × methods × statuses (unmatched paths share one route).
+    static SERIES: std::cell::RefCell<std::collections::HashMap<String, Vec<Series>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
 
 /// This process's metrics.
 pub fn get() -> &'static Metrics {

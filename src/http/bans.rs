@@ -104,6 +104,9 @@ pub struct Bans {
     exempt: TrustedProxies,
     /// Active bans: address → end.
     active: RwLock<HashMap<IpAddr, time::OffsetDateTime>>,
+    /// How many `active` holds, read without the lock: with no ban in
+    /// force (nearly always) a request costs one load.
+    banned: std::sync::atomic::AtomicUsize,
     /// Strikes in the current window, by address (SQLite).
     strikes: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
@@ -117,6 +120,7 @@ impl Bans {
             policy,
             exempt,
             active: RwLock::new(HashMap::new()),
+            banned: std::sync::atomic::AtomicUsize::new(0),
             strikes: Mutex::new(HashMap::new()),
         }
     }
@@ -168,6 +172,8 @@ impl Bans {
         }
         crate::metrics::get().bans_active.set(map.len() as i64);
         if let Ok(mut active) = self.active.write() {
+            self.banned
+                .store(map.len(), std::sync::atomic::Ordering::Release);
             *active = map;
         }
         Ok(())
@@ -175,6 +181,9 @@ impl Bans {
 
     /// Seconds left on `ip`'s ban (rounded up), if it is banned.
     pub fn refused(&self, ip: IpAddr) -> Option<u64> {
+        if self.banned.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return None;
+        }
         let until = *self.active.read().ok()?.get(&ip)?;
         let left = until - time::OffsetDateTime::now_utc();
         if !left.is_positive() {
@@ -214,6 +223,8 @@ impl Bans {
             && let Some(until) = crate::clock::parse_rfc3339(&ban.until)
         {
             active.insert(ip, until);
+            self.banned
+                .store(active.len(), std::sync::atomic::Ordering::Release);
         }
         if let Ok(mut strikes) = self.strikes.lock() {
             strikes.remove(&ip);
