@@ -172,6 +172,14 @@ impl Bans {
         }
         crate::metrics::get().bans_active.set(map.len() as i64);
         if let Ok(mut active) = self.active.write() {
+            // A ban gone before its end was lifted, maybe by an operator's
+            // CLI or another node: this server's security log says so too.
+            let now = time::OffsetDateTime::now_utc();
+            for (ip, until) in active.iter() {
+                if *until > now && !map.contains_key(ip) {
+                    tracing::warn!(target: "security", %ip, "client address ban lifted");
+                }
+            }
             self.banned
                 .store(map.len(), std::sync::atomic::Ordering::Release);
             *active = map;
