@@ -18,6 +18,7 @@ pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod ops;
+pub mod posture;
 pub mod records;
 pub mod store;
 pub mod telemetry;

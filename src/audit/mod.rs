@@ -21,4 +21,4 @@ pub use chain::{GENESIS, Hash, from_hex as chain_hash_from_hex, to_hex as hash_t
 pub use http::{access_log_router, router};
 pub use integrity::{VerifyReport, checkpoint_all, resign_checkpoints, verify, verify_in_halves};
 pub use query::{AuditError, AuditEvent, AuditFilter, Page, list};
-pub use retention::{RetentionSummary, apply_retention};
+pub use retention::{JOB as RETENTION_JOB, RetentionSummary, apply_retention};

@@ -64,6 +64,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The control catalog (POS-1): every control of CONTROLS.md, what is
+    /// built of it and the tests that prove it. `--markdown` prints the
+    /// README's control table.
+    Controls {
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The posture report: every control, and for those with a live check
+    /// its verdict and evidence now. Exits 1 when an enforced control fails.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
     /// Client addresses banned for failed or unknown requests (NET-3).
     #[command(subcommand)]
     Bans(BansCommand),
@@ -246,6 +261,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("config  {}", last.fingerprint.config_sha256);
                     }
                     None => println!("no start recorded yet"),
+                }
+            }
+            Ok(())
+        }
+        Command::Verify { json } => {
+            let config_copy = config.clone();
+            let state = crate::open(config).await?;
+            let key = state.keyring.checkpoint_signing_key().verifying_key();
+            let findings = crate::posture::checks::run(&state.store, &key, &config_copy).await;
+            state.store.close().await;
+            let report = crate::posture::report(crate::posture::catalog(), findings?);
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for control in &report {
+                    let verdict = match control.verdict {
+                        Some(crate::posture::Verdict::Pass) => "pass",
+                        Some(crate::posture::Verdict::Fail) => "FAIL",
+                        Some(crate::posture::Verdict::Warn) => "warn",
+                        None => "-",
+                    };
+                    println!(
+                        "{:<6} {:<9} {:<5} {}",
+                        control.id,
+                        control.status.as_str(),
+                        verdict,
+                        control.evidence.as_deref().unwrap_or("no live check yet")
+                    );
+                }
+            }
+            if crate::posture::fails(&report) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Controls { markdown, json } => {
+            let controls = crate::posture::catalog();
+            if markdown {
+                print!("{}", crate::posture::markdown(&controls));
+            } else if json {
+                println!("{}", serde_json::to_string(&controls)?);
+            } else {
+                for control in &controls {
+                    println!(
+                        "{:<6} {:<9} {}",
+                        control.id,
+                        control.status.as_str(),
+                        control.title
+                    );
                 }
             }
             Ok(())

@@ -15,6 +15,7 @@ mod helpers;
 mod keys;
 mod layering;
 mod metrics;
+mod posture;
 mod records;
 mod secrets;
 mod supply;

@@ -1,0 +1,260 @@
+//! Live checks (POS-1, the first of them): each looks at the running
+//! instance — the database, the trail, the heartbeats — not at its
+//! configuration alone, and answers `pass`, `fail` or `warn` with evidence
+//! a person can read. A control without a check yet says so.
+
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::store::{Backend, Store, StoreError, db};
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Warn,
+}
+
+/// What one check found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub control: &'static str,
+    pub verdict: Verdict,
+    pub evidence: String,
+}
+
+fn finding(control: &'static str, verdict: Verdict, evidence: String) -> Finding {
+    Finding {
+        control,
+        verdict,
+        evidence,
+    }
+}
+
+/// Every check, now.
+pub async fn run(
+    store: &Store,
+    checkpoint_key: &VerifyingKey,
+    config: &Config,
+) -> Result<Vec<Finding>, StoreError> {
+    let scopes = crate::tenancy::all_scopes(store).await?;
+    Ok(vec![
+        audit_chains(store, &scopes, checkpoint_key).await?,
+        row_level_security(store).await?,
+        retention(store, &scopes, config).await?,
+        heartbeats(store, config).await?,
+    ])
+}
+
+/// AUD-7: every tenant's chain verified now, against its signed checkpoints.
+async fn audit_chains(
+    store: &Store,
+    scopes: &[crate::context::TenantScope],
+    key: &VerifyingKey,
+) -> Result<Finding, StoreError> {
+    let started = Instant::now();
+    let (mut events, mut checkpoints, mut broken) = (0, 0, Vec::new());
+    for scope in scopes {
+        let report = crate::audit::verify(store, scope, key).await?;
+        events += report.events_checked;
+        checkpoints += report.checkpoints_checked;
+        if !report.ok {
+            broken.push(format!(
+                "tenant {} fails at seq {}: {}",
+                report.tenant_id,
+                report.first_bad_seq.unwrap_or_default(),
+                report.problem.unwrap_or_default()
+            ));
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    Ok(if broken.is_empty() {
+        finding(
+            "AUD-7",
+            Verdict::Pass,
+            format!(
+                "{} tenants' chains verified now: {events} events, {checkpoints} signed \
+                 checkpoints, in {took:.3} s",
+                scopes.len()
+            ),
+        )
+    } else {
+        finding("AUD-7", Verdict::Fail, broken.join("; "))
+    })
+}
+
+/// TEN-2: on PostgreSQL, row-level security enabled and forced on every
+/// table with a `tenant_id`, and the application role cannot bypass it.
+async fn row_level_security(store: &Store) -> Result<Finding, StoreError> {
+    if store.backend() == Backend::Sqlite {
+        return Ok(finding(
+            "TEN-2",
+            Verdict::Warn,
+            "SQLite has no row-level security: the tenant scope is held by the code's types \
+             alone (use PostgreSQL for isolation in depth)"
+                .to_owned(),
+        ));
+    }
+    let mut tx = store.read_unscoped().await?;
+    let rows = db::query(
+        "SELECT c.relname, CAST(c.relrowsecurity AS int), CAST(c.relforcerowsecurity AS int) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND EXISTS \
+         (SELECT 1 FROM information_schema.columns i WHERE i.table_schema = n.nspname \
+          AND i.table_name = c.relname AND i.column_name = 'tenant_id') ORDER BY c.relname",
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    let bypass: Option<i64> = db::query_scalar(
+        "SELECT CAST(rolbypassrls AS int) FROM pg_roles WHERE rolname = 'strongroom_app'",
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    let mut open = Vec::new();
+    for row in &rows {
+        let (table, enabled, forced): (String, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if enabled == 0 || forced == 0 {
+            open.push(format!(
+                "{table} ({})",
+                if enabled == 0 {
+                    "RLS off"
+                } else {
+                    "RLS not forced"
+                }
+            ));
+        }
+    }
+    Ok(match (open.is_empty(), bypass) {
+        (true, Some(0)) => finding(
+            "TEN-2",
+            Verdict::Pass,
+            format!(
+                "row-level security enabled and forced on all {} tenant tables; \
+                 strongroom_app cannot bypass it",
+                rows.len()
+            ),
+        ),
+        (_, bypass) => {
+            if bypass != Some(0) {
+                open.push("strongroom_app may bypass row-level security, or is missing".into());
+            }
+            finding("TEN-2", Verdict::Fail, open.join("; "))
+        }
+    })
+}
+
+/// AUD-3: every tenant keeps its trail at least 90 days, and the
+/// retention job has run within twice its interval.
+async fn retention(
+    store: &Store,
+    scopes: &[crate::context::TenantScope],
+    config: &Config,
+) -> Result<Finding, StoreError> {
+    let mut short = Vec::new();
+    for scope in scopes {
+        let mut tx = store.read(scope).await?;
+        let days: i64 = db::query_scalar(
+            "SELECT audit_retention_days FROM tenant_settings WHERE tenant_id = $1",
+        )
+        .bind(scope.id_str())
+        .fetch_one(tx.conn())
+        .await?;
+        if days < 90 {
+            short.push(format!("tenant {} keeps {days} days", scope.id_str()));
+        }
+    }
+    if !short.is_empty() {
+        return Ok(finding("AUD-3", Verdict::Fail, short.join("; ")));
+    }
+    let every = Duration::from_secs(config.retention_interval_seconds);
+    let (verdict, job) = job_freshness(store, crate::audit::RETENTION_JOB, every).await?;
+    Ok(finding(
+        "AUD-3",
+        verdict,
+        format!(
+            "all {} tenants keep their trail ≥ 90 days; {job}",
+            scopes.len()
+        ),
+    ))
+}
+
+/// OPS-1: every scheduled job has run within twice its interval.
+async fn heartbeats(store: &Store, config: &Config) -> Result<Finding, StoreError> {
+    let jobs = [
+        (
+            "audit.checkpoint",
+            Duration::from_secs(config.audit_checkpoint_seconds),
+        ),
+        (
+            crate::audit::RETENTION_JOB,
+            Duration::from_secs(config.retention_interval_seconds),
+        ),
+        (
+            "files.sweep",
+            Duration::from_secs(config.file_sweep_seconds),
+        ),
+    ];
+    let mut worst = Verdict::Pass;
+    let mut evidence = Vec::new();
+    for (job, every) in jobs {
+        let (verdict, said) = job_freshness(store, job, every).await?;
+        worst = match (worst, verdict) {
+            (Verdict::Fail, _) | (_, Verdict::Fail) => Verdict::Fail,
+            (Verdict::Warn, _) | (_, Verdict::Warn) => Verdict::Warn,
+            _ => Verdict::Pass,
+        };
+        evidence.push(said);
+    }
+    Ok(finding("OPS-1", worst, evidence.join("; ")))
+}
+
+/// Whether `job` last ran, successfully, within twice `every`.
+async fn job_freshness(
+    store: &Store,
+    job: &str,
+    every: Duration,
+) -> Result<(Verdict, String), StoreError> {
+    let runs = crate::ops::last_runs(store).await?;
+    let Some(run) = runs.iter().find(|r| r.job == job) else {
+        return Ok((
+            Verdict::Warn,
+            format!("{job} has not run yet (every {} s)", every.as_secs()),
+        ));
+    };
+    let age = crate::clock::parse_rfc3339(&run.last_run_at).map(|at| {
+        (time::OffsetDateTime::now_utc() - at)
+            .whole_seconds()
+            .max(0) as u64
+    });
+    Ok(match age {
+        Some(age) if run.ok && age <= 2 * every.as_secs() => (
+            Verdict::Pass,
+            format!(
+                "{job} ran {age} s ago on {} (every {} s, {} runs)",
+                run.node.as_deref().unwrap_or("?"),
+                every.as_secs(),
+                run.runs
+            ),
+        ),
+        Some(age) if run.ok => (
+            Verdict::Fail,
+            format!(
+                "{job} last ran {age} s ago, more than twice its interval of {} s",
+                every.as_secs()
+            ),
+        ),
+        _ => (
+            Verdict::Fail,
+            format!(
+                "{job} failed at its last run ({}): {}",
+                run.last_run_at,
+                run.detail.as_deref().unwrap_or("")
+            ),
+        ),
+    })
+}
