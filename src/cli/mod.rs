@@ -76,9 +76,16 @@ enum Command {
     /// The posture report: every control, and for those with a live check
     /// its verdict and evidence now. Exits 1 when an enforced control fails.
     Verify {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "signed")]
         json: bool,
+        /// Print the report as a signed JSON document (check it with
+        /// `strongroom posture check FILE`).
+        #[arg(long)]
+        signed: bool,
     },
+    /// Signed posture reports.
+    #[command(subcommand)]
+    Posture(PostureCommand),
     /// Client addresses banned for failed or unknown requests (NET-3).
     #[command(subcommand)]
     Bans(BansCommand),
@@ -88,6 +95,17 @@ enum Command {
     DevCert {
         #[arg(long, default_value = ".")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PostureCommand {
+    /// Verify a saved signed report: against this instance's key, or the
+    /// base64 public key given (as `GET /api/v1/posture/key` publishes it).
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -265,14 +283,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Verify { json } => {
+        Command::Posture(PostureCommand::Check { file, key }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let expected = match key {
+                Some(key) => {
+                    use base64::Engine;
+                    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+                        .decode(key.trim())
+                        .ok()
+                        .and_then(|b| b.try_into().ok())
+                        .context("--key is the base64 of a 32-byte Ed25519 public key")?;
+                    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                        .context("--key is not an Ed25519 public key")?
+                }
+                None => crate::crypto::Keyring::load(&config.data_dir, config.master_key.as_ref())?
+                    .posture_signing_key()
+                    .verifying_key(),
+            };
+            let report = crate::posture::signed::check(&text, Some(&expected))?;
+            println!(
+                "signature valid: report of {} at {} ({} controls)",
+                report["node"].as_str().unwrap_or("?"),
+                report["generated_at"].as_str().unwrap_or("?"),
+                report["controls"].as_array().map_or(0, Vec::len)
+            );
+            Ok(())
+        }
+        Command::Verify { json, signed } => {
             let config_copy = config.clone();
             let state = crate::open(config).await?;
             let key = state.keyring.checkpoint_signing_key().verifying_key();
             let findings = crate::posture::checks::run(&state.store, &key, &config_copy).await;
             state.store.close().await;
             let report = crate::posture::report(crate::posture::catalog(), findings?);
-            if json {
+            if signed {
+                let document = crate::posture::signed::sign(
+                    state.keyring.posture_signing_key(),
+                    state.store.node(),
+                    &report,
+                );
+                println!("{}", serde_json::to_string_pretty(&document)?);
+            } else if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 for control in &report {

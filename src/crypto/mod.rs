@@ -46,6 +46,7 @@ const NEXT_KEY_FILE: &str = "master.key.next";
 const GENERATED_MARKER: &str = "master.key.generated";
 const JWT_LABEL: &[u8] = b"strongroom/v1/access-token-signing";
 const CHECKPOINT_LABEL: &[u8] = b"strongroom/v1/audit-checkpoint-signing";
+const POSTURE_LABEL: &[u8] = b"strongroom/v1/posture-report-signing";
 const KEK_LABEL: &[u8] = b"strongroom/v1/key-encryption";
 const URL_LABEL: &[u8] = b"strongroom/v1/signed-urls";
 
@@ -169,6 +170,7 @@ pub struct Keyring {
     signing: SigningKey,
     verifying: VerifyingKey,
     checkpoint: SigningKey,
+    posture: SigningKey,
     kek: Arc<dyn KeyEncryptionKey>,
     url_key: SecretBox<[u8; 32]>,
 }
@@ -301,6 +303,7 @@ impl Keyring {
             signing,
             verifying,
             checkpoint: derive(CHECKPOINT_LABEL),
+            posture: derive(POSTURE_LABEL),
             kek: Arc::new(LocalKek::new(
                 format!("master:{}", fingerprint(kek.as_ref())),
                 &kek,
@@ -322,6 +325,11 @@ impl Keyring {
     /// HMAC key for signed download URLs (FIL-2).
     pub fn url_signing_key(&self) -> &[u8; 32] {
         self.url_key.expose_secret()
+    }
+
+    /// Signs posture reports (POS-1); its public half is published.
+    pub fn posture_signing_key(&self) -> &SigningKey {
+        &self.posture
     }
 
     /// Signs audit checkpoints (AUD-7); its public half is published.

@@ -12,6 +12,8 @@
 //! check, here.
 
 pub mod checks;
+pub mod http;
+pub mod signed;
 
 use serde::{Deserialize, Serialize};
 

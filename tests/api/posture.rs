@@ -166,3 +166,81 @@ async fn ctl_pos_1_verify_turns_a_tampered_control_to_fail_and_exits_non_zero() 
         report["AUD-7"]
     );
 }
+
+#[tokio::test]
+async fn ctl_pos_1_a_saved_signed_report_verifies_and_an_edited_one_does_not() {
+    use crate::helpers::RunOff;
+    let app = crate::helpers::spawn_app().await;
+    let _admin = app.admin("acme").await;
+    let out = app
+        .cli()
+        .await
+        .args(["verify", "--signed"])
+        .run()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = crate::helpers::temp_dir("posture");
+    let saved = dir.join("report.json");
+    std::fs::write(&saved, &out.stdout).unwrap();
+    let document: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(document["report"]["controls"].as_array().unwrap().len(), 58);
+    // The key the instance publishes is the one that signed it.
+    let published: serde_json::Value = app
+        .client
+        .get(format!("{}/api/v1/posture/key", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(published["public_key"], document["public_key"]);
+    let key = published["public_key"].as_str().unwrap().to_owned();
+    let check = |file: &std::path::Path, key: Option<&str>| {
+        let mut cmd = crate::helpers::cli(&app.data_dir, &app.database_url);
+        cmd.args(["posture", "check"]).arg(file);
+        if let Some(key) = key {
+            cmd.args(["--key", key]);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = check(&saved, Some(&key));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("signature valid"));
+    // Offline, against the instance's own key.
+    assert!(check(&saved, None).status.success());
+    // One verdict changed: refused.
+    let text = String::from_utf8(out.stdout).unwrap();
+    let edited = dir.join("edited.json");
+    std::fs::write(&edited, text.replacen("\"pass\"", "\"fail\"", 1)).unwrap();
+    let refused = check(&edited, Some(&key));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("changed after it was signed"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Another instance's key does not vouch for it.
+    let other = crate::helpers::spawn_app().await;
+    let other_key: serde_json::Value = other
+        .client
+        .get(format!("{}/api/v1/posture/key", other.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let foreign = check(&saved, other_key["public_key"].as_str());
+    assert!(!foreign.status.success());
+    assert!(String::from_utf8_lossy(&foreign.stderr).contains("another key"));
+}
