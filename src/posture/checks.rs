@@ -43,11 +43,160 @@ pub async fn run(
 ) -> Result<Vec<Finding>, StoreError> {
     let scopes = crate::tenancy::all_scopes(store).await?;
     Ok(vec![
+        audit_fields(store, &scopes).await?,
         audit_chains(store, &scopes, checkpoint_key).await?,
         row_level_security(store).await?,
         retention(store, &scopes, config).await?,
+        data_keys(store, &scopes).await?,
         heartbeats(store, config).await?,
+        install(store, config).await?,
     ])
+}
+
+/// AUD-1: every tenant's newest event carries who, from where, which
+/// request and which version.
+async fn audit_fields(
+    store: &Store,
+    scopes: &[crate::context::TenantScope],
+) -> Result<Finding, StoreError> {
+    let mut lacking = Vec::new();
+    let mut seen = 0;
+    for scope in scopes {
+        let mut tx = store.read(scope).await?;
+        let row = db::query(
+            "SELECT seq, actor_type, request_id, app_version, occurred_at FROM audit_events \
+             WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(scope.id_str())
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some(row) = row else { continue };
+        seen += 1;
+        let fields: [(&str, Option<String>); 4] = [
+            ("actor", row.try_get(1)?),
+            ("request id", row.try_get(2)?),
+            ("version", row.try_get(3)?),
+            ("time", row.try_get(4)?),
+        ];
+        for (name, value) in fields {
+            if value.as_deref().is_none_or(str::is_empty) {
+                let seq: i64 = row.try_get(0)?;
+                lacking.push(format!(
+                    "tenant {} event {seq} has no {name}",
+                    scope.id_str()
+                ));
+            }
+        }
+    }
+    Ok(if lacking.is_empty() {
+        finding(
+            "AUD-1",
+            Verdict::Pass,
+            format!(
+                "the newest event of each of {seen} tenants names actor, request, version and time"
+            ),
+        )
+    } else {
+        finding("AUD-1", Verdict::Fail, lacking.join("; "))
+    })
+}
+
+/// ENC-3: every tenant that holds sealed data has an active wrapped key,
+/// unless its keys were destroyed on purpose.
+async fn data_keys(
+    store: &Store,
+    scopes: &[crate::context::TenantScope],
+) -> Result<Finding, StoreError> {
+    let (mut keyed, mut shredded, mut missing) = (0, 0, Vec::new());
+    for scope in scopes {
+        let mut tx = store.read(scope).await?;
+        let row = db::query(
+            "SELECT (SELECT COUNT(*) FROM tenant_keys WHERE tenant_id = $1 AND state = 'active'), \
+             (SELECT COUNT(*) FROM tenant_keys WHERE tenant_id = $1 AND state = 'destroyed'), \
+             (SELECT COUNT(*) FROM records WHERE tenant_id = $1 AND key_version IS NOT NULL) + \
+             (SELECT COUNT(*) FROM files WHERE tenant_id = $1)",
+        )
+        .bind(scope.id_str())
+        .fetch_one(tx.conn())
+        .await?;
+        let (active, destroyed, sealed): (i64, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if active > 0 {
+            keyed += 1;
+        } else if destroyed > 0 {
+            shredded += 1;
+        } else if sealed > 0 {
+            missing.push(format!(
+                "tenant {} holds {sealed} sealed records and files but no active key",
+                scope.id_str()
+            ));
+        }
+    }
+    Ok(if missing.is_empty() {
+        finding(
+            "ENC-3",
+            Verdict::Pass,
+            format!(
+                "{keyed} of {} tenants have an active wrapped data key, {shredded} had theirs \
+                 destroyed (crypto-shredded); the others hold no sealed data yet (a key is made \
+                 at the first sealed write)",
+                scopes.len()
+            ),
+        )
+    } else {
+        finding("ENC-3", Verdict::Fail, missing.join("; "))
+    })
+}
+
+/// OPS-3: this executable and configuration against the last start.
+async fn install(store: &Store, config: &Config) -> Result<Finding, StoreError> {
+    let now = match crate::ops::install::fingerprint(config) {
+        Ok(now) => now,
+        Err(e) => {
+            return Ok(finding(
+                "OPS-3",
+                Verdict::Fail,
+                format!("cannot read this executable to take its digest: {e}"),
+            ));
+        }
+    };
+    let last = crate::ops::install::last_start(store).await?;
+    Ok(match last {
+        None => finding(
+            "OPS-3",
+            Verdict::Warn,
+            format!(
+                "no server start recorded yet; this binary {}",
+                &now.binary_sha256[..16]
+            ),
+        ),
+        Some(last) if last.fingerprint == now => finding(
+            "OPS-3",
+            Verdict::Pass,
+            format!(
+                "binary {} and configuration {} are those of the last start ({} on {})",
+                &now.binary_sha256[..16],
+                &now.config_sha256[..16],
+                last.started_at,
+                last.node
+            ),
+        ),
+        Some(last) => finding(
+            "OPS-3",
+            Verdict::Warn,
+            format!(
+                "differs from the last start ({} on {}, version {}): binary {} then {} now, \
+                 configuration {} then {} now (the server records a security event at start)",
+                last.started_at,
+                last.node,
+                last.version,
+                &last.fingerprint.binary_sha256[..16],
+                &now.binary_sha256[..16],
+                &last.fingerprint.config_sha256[..16],
+                &now.config_sha256[..16]
+            ),
+        ),
+    })
 }
 
 /// AUD-7: every tenant's chain verified now, against its signed checkpoints.

@@ -109,10 +109,15 @@ async fn ctl_pos_1_verify_turns_a_tampered_control_to_fail_and_exits_non_zero() 
     let app = crate::helpers::spawn_app().await;
     let admin = app.admin("acme").await;
     app.work_orders(&admin).await;
-    app.create_order(&admin, serde_json::json!({"title": "pump"}))
-        .await;
+    app.create_order(
+        &admin,
+        serde_json::json!({"title": "pump", "notes": "sealed"}),
+    )
+    .await;
     let (code, report) = verify(&app).await;
     assert_eq!(code, 0, "{report:?}");
+    assert_eq!(report["AUD-1"]["verdict"], "pass", "{}", report["AUD-1"]);
+    assert_eq!(report["ENC-3"]["verdict"], "pass", "{}", report["ENC-3"]);
     assert_eq!(report["AUD-7"]["verdict"], "pass", "{}", report["AUD-7"]);
     assert!(
         report["AUD-7"]["evidence"]
@@ -149,6 +154,18 @@ async fn ctl_pos_1_verify_turns_a_tampered_control_to_fail_and_exits_non_zero() 
     } else {
         assert_eq!(report["TEN-2"]["verdict"], "warn");
     }
+    // The tenant's active key retired behind the app's back, sealed data left.
+    sqlx::query("UPDATE tenant_keys SET state = 'retired' WHERE state = 'active'")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let (code, report) = verify(&app).await;
+    assert_eq!(code, 1);
+    assert_eq!(report["ENC-3"]["verdict"], "fail", "{}", report["ENC-3"]);
+    sqlx::query("UPDATE tenant_keys SET state = 'active' WHERE state = 'retired'")
+        .execute(&mut raw)
+        .await
+        .unwrap();
     // An audit event edited in the database.
     sqlx::query("UPDATE audit_events SET action = 'record.read' WHERE seq = 2")
         .execute(&mut raw)
