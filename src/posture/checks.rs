@@ -50,7 +50,173 @@ pub async fn run(
         data_keys(store, &scopes).await?,
         heartbeats(store, config).await?,
         install(store, config).await?,
+        versions(store).await?,
+        access_log(store, &scopes, config).await?,
+        environment(config),
+        transport(config),
+        replica(config),
     ])
+}
+
+/// OPS-6: the version of the last start is this build's, and events carry it.
+async fn versions(store: &Store) -> Result<Finding, StoreError> {
+    let last = crate::ops::install::last_start(store).await?;
+    Ok(match last {
+        Some(last) if last.version == crate::VERSION => finding(
+            "OPS-6",
+            Verdict::Pass,
+            format!(
+                "running version {} (the last start's, {}), stamped on every audit event, \
+                 access-log row and journal entry",
+                crate::VERSION,
+                last.started_at
+            ),
+        ),
+        Some(last) => finding(
+            "OPS-6",
+            Verdict::Warn,
+            format!(
+                "the last start ran {}, this executable is {}",
+                last.version,
+                crate::VERSION
+            ),
+        ),
+        None => finding(
+            "OPS-6",
+            Verdict::Warn,
+            format!("version {}; no server start recorded yet", crate::VERSION),
+        ),
+    })
+}
+
+/// AUD-2: the access log is on, and what it holds for the last day.
+async fn access_log(
+    store: &Store,
+    scopes: &[crate::context::TenantScope],
+    config: &Config,
+) -> Result<Finding, StoreError> {
+    if !config.access_log {
+        return Ok(finding(
+            "AUD-2",
+            Verdict::Fail,
+            "access_log is off: requests are not recorded".to_owned(),
+        ));
+    }
+    let since = crate::clock::in_seconds(-86_400);
+    let mut rows = 0;
+    for scope in scopes {
+        let mut tx = store.read(scope).await?;
+        let n: i64 = db::query_scalar(
+            "SELECT COUNT(*) FROM access_log WHERE tenant_id = $1 AND occurred_at >= $2",
+        )
+        .bind(scope.id_str())
+        .bind(&since)
+        .fetch_one(tx.conn())
+        .await?;
+        rows += n;
+    }
+    Ok(finding(
+        "AUD-2",
+        Verdict::Pass,
+        format!(
+            "the access log is on; {rows} rows of {} tenants in the last 24 h",
+            scopes.len()
+        ),
+    ))
+}
+
+/// TEN-3: which environment this is, and for production, that nothing
+/// it refuses is configured.
+fn environment(config: &Config) -> Finding {
+    let name = config.environment.as_str();
+    let problems = match config.environment {
+        crate::config::Environment::Production => config.production_problems(),
+        _ => Vec::new(),
+    };
+    if problems.is_empty() {
+        finding(
+            "TEN-3",
+            Verdict::Pass,
+            format!(
+                "environment {name}, named in every response, /healthz and every audit event{}",
+                if name == "production" {
+                    "; none of production's refusals applies"
+                } else {
+                    ""
+                }
+            ),
+        )
+    } else {
+        finding("TEN-3", Verdict::Fail, problems.join("; "))
+    }
+}
+
+/// ENC-1: how the listener is reached: TLS with a certificate that loads,
+/// behind a proxy that ends TLS, or plain HTTP on loopback only.
+fn transport(config: &Config) -> Finding {
+    use rustls_pki_types::pem::PemObject;
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let chain: Result<Vec<_>, _> =
+                rustls_pki_types::CertificateDer::pem_file_iter(cert).and_then(|c| c.collect());
+            let key_ok = rustls_pki_types::PrivateKeyDer::from_pem_file(key).is_ok();
+            match chain {
+                Ok(chain) if !chain.is_empty() && key_ok => finding(
+                    "ENC-1",
+                    Verdict::Pass,
+                    format!(
+                        "HTTPS only (TLS 1.3/1.2, AEAD suites), a chain of {} certificates from {}",
+                        chain.len(),
+                        cert.display()
+                    ),
+                ),
+                _ => finding(
+                    "ENC-1",
+                    Verdict::Fail,
+                    format!(
+                        "tls_cert {} or tls_key {} does not load",
+                        cert.display(),
+                        key.display()
+                    ),
+                ),
+            }
+        }
+        _ if !config.trusted_proxies.is_empty() => finding(
+            "ENC-1",
+            Verdict::Warn,
+            "plain HTTP behind trusted proxies, which must end TLS".to_owned(),
+        ),
+        _ if config.listen.ip().is_loopback() => finding(
+            "ENC-1",
+            Verdict::Warn,
+            format!("plain HTTP on {} (loopback only)", config.listen),
+        ),
+        _ => finding(
+            "ENC-1",
+            Verdict::Fail,
+            format!("plain HTTP on the public address {}", config.listen),
+        ),
+    }
+}
+
+/// FIL-5: a second object store receives every object.
+fn replica(config: &Config) -> Finding {
+    match &config.object_store_replica_url {
+        Some(url) => finding(
+            "FIL-5",
+            Verdict::Pass,
+            format!(
+                "every object is written to a replica too ({}); `strongroom files verify` \
+                 scrubs both against their checksums",
+                url.split('?').next().unwrap_or(url)
+            ),
+        ),
+        None => finding(
+            "FIL-5",
+            Verdict::Warn,
+            "no object_store_replica_url: objects are kept once (checksummed)".to_owned(),
+        ),
+    }
 }
 
 /// AUD-1: every tenant's newest event carries who, from where, which
