@@ -184,6 +184,21 @@ async fn ctl_pos_1_verify_turns_a_tampered_control_to_fail_and_exits_non_zero() 
     );
 }
 
+/// The public key an instance publishes for its posture reports.
+async fn published_key(app: &crate::helpers::TestApp) -> String {
+    let published: serde_json::Value = app
+        .client
+        .get(format!("{}/api/v1/posture/key", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(published["algorithm"], "Ed25519");
+    published["public_key"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn ctl_pos_1_a_saved_signed_report_verifies_and_an_edited_one_does_not() {
     use crate::helpers::RunOff;
@@ -207,17 +222,8 @@ async fn ctl_pos_1_a_saved_signed_report_verifies_and_an_edited_one_does_not() {
     let document: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(document["report"]["controls"].as_array().unwrap().len(), 58);
     // The key the instance publishes is the one that signed it.
-    let published: serde_json::Value = app
-        .client
-        .get(format!("{}/api/v1/posture/key", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(published["public_key"], document["public_key"]);
-    let key = published["public_key"].as_str().unwrap().to_owned();
+    let key = published_key(&app).await;
+    assert_eq!(document["public_key"], key.as_str());
     let check = |file: &std::path::Path, key: Option<&str>| {
         let mut cmd = crate::helpers::cli(&app.data_dir, &app.database_url);
         cmd.args(["posture", "check"]).arg(file);
@@ -247,17 +253,8 @@ async fn ctl_pos_1_a_saved_signed_report_verifies_and_an_edited_one_does_not() {
         String::from_utf8_lossy(&refused.stderr)
     );
     // Another instance's key does not vouch for it.
-    let other = crate::helpers::spawn_app().await;
-    let other_key: serde_json::Value = other
-        .client
-        .get(format!("{}/api/v1/posture/key", other.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let foreign = check(&saved, other_key["public_key"].as_str());
+    let other = published_key(&crate::helpers::spawn_app().await).await;
+    let foreign = check(&saved, Some(&other));
     assert!(!foreign.status.success());
     assert!(String::from_utf8_lossy(&foreign.stderr).contains("another key"));
 }
