@@ -55,6 +55,20 @@ impl Rate {
             burst: f64::from(n.max(1)),
         }
     }
+
+    /// `tokens` after `seconds` of refilling.
+    fn refilled(self, tokens: f64, seconds: f64) -> f64 {
+        (tokens + seconds.max(0.0) * self.per_second).min(self.burst)
+    }
+
+    /// How long until `tokens` reach one (zero: now).
+    fn wait(self, tokens: f64) -> Duration {
+        if tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(((1.0 - tokens) / self.per_second).max(0.0))
+        }
+    }
 }
 
 struct Bucket {
@@ -65,18 +79,9 @@ struct Bucket {
 
 impl Bucket {
     fn refill(&mut self, now: Instant) {
-        let refilled = now.duration_since(self.at).as_secs_f64() * self.rate.per_second;
-        self.tokens = (self.tokens + refilled).min(self.rate.burst);
+        let seconds = now.duration_since(self.at).as_secs_f64();
+        self.tokens = self.rate.refilled(self.tokens, seconds);
         self.at = now;
-    }
-
-    /// How long until one token is there (zero: now).
-    fn wait(&self) -> Duration {
-        if self.tokens >= 1.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(((1.0 - self.tokens) / self.rate.per_second).max(0.0))
-        }
     }
 }
 
@@ -123,7 +128,7 @@ impl Buckets {
             });
             bucket.rate = rate;
             bucket.refill(now);
-            wait = wait.max(bucket.wait());
+            wait = wait.max(bucket.rate.wait(bucket.tokens));
         }
         if wait > Duration::ZERO {
             return Err(wait);
@@ -200,11 +205,6 @@ impl RateLimits {
         }
     }
 
-    /// Whether `ip` is exempt from every limit (and every ban).
-    pub fn is_exempt(&self, ip: IpAddr) -> bool {
-        self.exempt.contains(ip)
-    }
-
     /// The client address an attempt counts against: `Some(None)` when it
     /// is not known, `None` when it is exempt from every limit.
     fn limited(&self, ip: Option<&str>) -> Option<Option<IpAddr>> {
@@ -215,25 +215,44 @@ impl RateLimits {
         }
     }
 
+    /// The buckets a password attempt for `account` from `ip` counts
+    /// against (kind, key, rate); `None` when `ip` is exempt.
+    fn login_buckets(
+        &self,
+        ip: Option<&str>,
+        account: &str,
+    ) -> Option<Vec<(&'static str, String, Rate)>> {
+        let ip = self.limited(ip)?;
+        let mut buckets = vec![(
+            "login-account",
+            account.to_lowercase(),
+            self.rates.login_per_account,
+        )];
+        if let Some(ip) = ip {
+            buckets.push(("login-ip", ip.to_string(), self.rates.login_per_ip));
+        }
+        Some(buckets)
+    }
+
+    /// The shared buckets' rows for `account` from `ip`, by hashed key.
+    fn shared_buckets(&self, ip: Option<&str>, account: &str) -> Option<Vec<(String, Rate)>> {
+        Some(
+            self.login_buckets(ip, account)?
+                .into_iter()
+                .map(|(kind, key, rate)| (bucket_key(kind, &key), rate))
+                .collect(),
+        )
+    }
+
     /// One password attempt for `account` (tenant and e-mail, or an
     /// invitation) from `ip`: in the shared buckets when there are some.
     pub async fn attempt(&self, ip: Option<&str>, account: &str) -> Result<(), AttemptError> {
         let Some(store) = &self.shared else {
             return Ok(self.attempt_here(ip, account)?);
         };
-        let Some(ip) = self.limited(ip) else {
+        let Some(wanted) = self.shared_buckets(ip, account) else {
             return Ok(());
         };
-        let mut wanted = vec![(
-            bucket_key("login-account", &account.to_lowercase()),
-            self.rates.login_per_account,
-        )];
-        if let Some(ip) = ip {
-            wanted.push((
-                bucket_key("login-ip", &ip.to_string()),
-                self.rates.login_per_ip,
-            ));
-        }
         let sweep = self
             .attempts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -250,18 +269,13 @@ impl RateLimits {
             self.refund(ip, account);
             return;
         };
-        let Some(ip) = self.limited(ip) else {
+        let Some(given) = self.shared_buckets(ip, account) else {
             return;
         };
-        let mut keys = vec![bucket_key("login-account", &account.to_lowercase())];
-        if let Some(ip) = ip {
-            keys.push(bucket_key("login-ip", &ip.to_string()));
-        }
-        let rates = [self.rates.login_per_account, self.rates.login_per_ip];
         let given = store
             .append_internal(None, move |conn| {
                 Box::pin(async move {
-                    for (key, rate) in keys.iter().zip(rates) {
+                    for (key, rate) in &given {
                         db::query(
                             "UPDATE rate_buckets SET tokens = LEAST(tokens + 1, $2) WHERE key = $1",
                         )
@@ -281,19 +295,13 @@ impl RateLimits {
 
     /// One password attempt in this process's buckets.
     pub fn attempt_here(&self, ip: Option<&str>, account: &str) -> Result<(), TooMany> {
-        let Some(ip) = self.limited(ip) else {
+        let Some(buckets) = self.login_buckets(ip, account) else {
             return Ok(());
         };
-        let account = account.to_lowercase();
-        let ip = ip.map(|ip| ip.to_string());
-        let mut wanted = vec![(
-            "login-account",
-            account.as_str(),
-            self.rates.login_per_account,
-        )];
-        if let Some(ip) = &ip {
-            wanted.push(("login-ip", ip.as_str(), self.rates.login_per_ip));
-        }
+        let wanted: Vec<_> = buckets
+            .iter()
+            .map(|(kind, key, rate)| (*kind, key.as_str(), *rate))
+            .collect();
         self.buckets
             .take_each(&wanted)
             .map_err(|wait| too_many(wait, "password attempts"))
@@ -304,15 +312,13 @@ impl RateLimits {
     /// weak new password). Only failed guesses use the limit up, and as
     /// the token was taken first, concurrent guesses cannot slip past it.
     pub fn refund(&self, ip: Option<&str>, account: &str) {
-        let Some(ip) = self.limited(ip) else {
+        let Some(buckets) = self.login_buckets(ip, account) else {
             return;
         };
-        let account = account.to_lowercase();
-        let ip = ip.map(|ip| ip.to_string());
-        let mut given = vec![("login-account", account.as_str())];
-        if let Some(ip) = &ip {
-            given.push(("login-ip", ip.as_str()));
-        }
+        let given: Vec<_> = buckets
+            .iter()
+            .map(|(kind, key, _)| (*kind, key.as_str()))
+            .collect();
         self.buckets.give_back(&given);
     }
 
@@ -376,15 +382,9 @@ async fn take_shared(
                             .fetch_one(conn)
                             .await?;
                     let (tokens, at): (f64, f64) = (row.try_get(0)?, row.try_get(1)?);
-                    let mut bucket = Bucket {
-                        tokens,
-                        at: Instant::now(),
-                        rate: *rate,
-                    };
-                    bucket.tokens =
-                        (tokens + (now - at).max(0.0) * rate.per_second).min(rate.burst);
-                    wait = wait.max(bucket.wait());
-                    refilled.push(bucket.tokens);
+                    let tokens = rate.refilled(tokens, now - at);
+                    wait = wait.max(rate.wait(tokens));
+                    refilled.push(tokens);
                 }
                 let take = if wait == Duration::ZERO { 1.0 } else { 0.0 };
                 for ((key, _), tokens) in wanted.iter().zip(refilled) {

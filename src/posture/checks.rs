@@ -9,6 +9,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::ops::JobRun;
 use crate::store::{Backend, Store, StoreError, db};
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -42,13 +43,15 @@ pub async fn run(
     config: &Config,
 ) -> Result<Vec<Finding>, StoreError> {
     let scopes = crate::tenancy::all_scopes(store).await?;
+    // Read once: the retention and heartbeat checks both look at them.
+    let runs = crate::ops::last_runs(store).await?;
     Ok(vec![
         audit_fields(store, &scopes).await?,
         audit_chains(store, &scopes, checkpoint_key).await?,
         row_level_security(store).await?,
-        retention(store, &scopes, config).await?,
+        retention(store, &scopes, &runs, config).await?,
         data_keys(store, &scopes).await?,
-        heartbeats(store, config).await?,
+        heartbeats(&runs, config),
         install(store, config).await?,
         versions(store).await?,
         access_log(store, &scopes, config).await?,
@@ -468,6 +471,7 @@ async fn row_level_security(store: &Store) -> Result<Finding, StoreError> {
 async fn retention(
     store: &Store,
     scopes: &[crate::context::TenantScope],
+    runs: &[JobRun],
     config: &Config,
 ) -> Result<Finding, StoreError> {
     let mut short = Vec::new();
@@ -487,7 +491,7 @@ async fn retention(
         return Ok(finding("AUD-3", Verdict::Fail, short.join("; ")));
     }
     let every = Duration::from_secs(config.retention_interval_seconds);
-    let (verdict, job) = job_freshness(store, crate::audit::RETENTION_JOB, every).await?;
+    let (verdict, job) = job_freshness(runs, crate::audit::RETENTION_JOB, every);
     Ok(finding(
         "AUD-3",
         verdict,
@@ -499,7 +503,7 @@ async fn retention(
 }
 
 /// OPS-1: every scheduled job has run within twice its interval.
-async fn heartbeats(store: &Store, config: &Config) -> Result<Finding, StoreError> {
+fn heartbeats(runs: &[JobRun], config: &Config) -> Finding {
     let jobs = [
         (
             "audit.checkpoint",
@@ -517,7 +521,7 @@ async fn heartbeats(store: &Store, config: &Config) -> Result<Finding, StoreErro
     let mut worst = Verdict::Pass;
     let mut evidence = Vec::new();
     for (job, every) in jobs {
-        let (verdict, said) = job_freshness(store, job, every).await?;
+        let (verdict, said) = job_freshness(runs, job, every);
         worst = match (worst, verdict) {
             (Verdict::Fail, _) | (_, Verdict::Fail) => Verdict::Fail,
             (Verdict::Warn, _) | (_, Verdict::Warn) => Verdict::Warn,
@@ -525,28 +529,23 @@ async fn heartbeats(store: &Store, config: &Config) -> Result<Finding, StoreErro
         };
         evidence.push(said);
     }
-    Ok(finding("OPS-1", worst, evidence.join("; ")))
+    finding("OPS-1", worst, evidence.join("; "))
 }
 
 /// Whether `job` last ran, successfully, within twice `every`.
-async fn job_freshness(
-    store: &Store,
-    job: &str,
-    every: Duration,
-) -> Result<(Verdict, String), StoreError> {
-    let runs = crate::ops::last_runs(store).await?;
+fn job_freshness(runs: &[JobRun], job: &str, every: Duration) -> (Verdict, String) {
     let Some(run) = runs.iter().find(|r| r.job == job) else {
-        return Ok((
+        return (
             Verdict::Warn,
             format!("{job} has not run yet (every {} s)", every.as_secs()),
-        ));
+        );
     };
     let age = crate::clock::parse_rfc3339(&run.last_run_at).map(|at| {
         (time::OffsetDateTime::now_utc() - at)
             .whole_seconds()
             .max(0) as u64
     });
-    Ok(match age {
+    match age {
         Some(age) if run.ok && age <= 2 * every.as_secs() => (
             Verdict::Pass,
             format!(
@@ -571,5 +570,5 @@ async fn job_freshness(
                 run.detail.as_deref().unwrap_or("")
             ),
         ),
-    })
+    }
 }
