@@ -63,6 +63,9 @@ const ENV_KEYS: &[&str] = &[
     "metrics_listen",
     "body_idle_timeout_seconds",
     "anonymous_log_retention_days",
+    "operator_token",
+    "posture_interval_seconds",
+    "advisory_db",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -164,6 +167,14 @@ pub struct Config {
     /// How long access-log rows of requests nobody was authenticated for
     /// are kept (they belong to no tenant's retention).
     pub anonymous_log_retention_days: u32,
+    /// The bearer token of `GET /api/v1/ops/posture` until the operator
+    /// realm exists: at least 32 bytes; the route is closed when unset.
+    pub operator_token: Option<SecretString>,
+    /// How often the posture job runs every live check and keeps the
+    /// signed report (POS-1).
+    pub posture_interval_seconds: u64,
+    /// A RustSec advisory-db checkout the posture check of OPS-2 reads.
+    pub advisory_db: Option<PathBuf>,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -260,6 +271,9 @@ impl Default for Config {
             metrics_listen: None,
             body_idle_timeout_seconds: 10,
             anonymous_log_retention_days: 90,
+            operator_token: None,
+            posture_interval_seconds: 3600,
+            advisory_db: None,
         }
     }
 }
@@ -360,6 +374,7 @@ impl Config {
             ("ban_window_seconds", self.ban_window_seconds),
             ("ban_seconds", self.ban_seconds),
             ("body_idle_timeout_seconds", self.body_idle_timeout_seconds),
+            ("posture_interval_seconds", self.posture_interval_seconds),
             (
                 "anonymous_log_retention_days",
                 u64::from(self.anonymous_log_retention_days),
@@ -368,6 +383,13 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError(format!("{name} must be at least 1")));
             }
+        }
+        if let Some(token) = &self.operator_token
+            && token.expose_secret().len() < 32
+        {
+            return Err(ConfigError(
+                "operator_token must be at least 32 bytes (e.g. `openssl rand -base64 32`)".into(),
+            ));
         }
         if self.metrics_listen == Some(self.listen) {
             return Err(ConfigError(
@@ -526,6 +548,12 @@ impl fmt::Debug for Config {
                 "anonymous_log_retention_days",
                 &self.anonymous_log_retention_days,
             )
+            .field(
+                "operator_token",
+                &self.operator_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("posture_interval_seconds", &self.posture_interval_seconds)
+            .field("advisory_db", &self.advisory_db)
             .finish()
     }
 }

@@ -186,6 +186,19 @@ pub(super) async fn verify_files(
             scrub.unreadable
         );
     }
+    if tenant.is_none() {
+        let detail = format!(
+            "{} files in {} stores: {} good, {} damaged, {} repaired, {} unreadable",
+            scrub.files,
+            files.objects.targets().len(),
+            scrub.good,
+            scrub.damaged,
+            scrub.repaired,
+            scrub.unreadable
+        );
+        let ok = scrub.damaged == 0 && scrub.unreadable == 0;
+        crate::ops::heartbeat(&state.store, crate::posture::checks::SCRUB_JOB, ok, detail).await?;
+    }
     anyhow::ensure!(
         scrub.damaged == 0 && scrub.unreadable == 0,
         "{} damaged and {} unreadable files{}",

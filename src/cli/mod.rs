@@ -74,10 +74,13 @@ enum Command {
         json: bool,
     },
     /// The posture report: every control, and for those with a live check
-    /// its verdict and evidence now. Exits 1 when an enforced control fails.
+    /// its verdict and evidence now. Exits 1 when a control fails its check.
     Verify {
         #[arg(long, conflicts_with = "signed")]
         json: bool,
+        /// One tenant's view: its data, and the instance's settings.
+        #[arg(long)]
+        tenant: Option<String>,
         /// Print the report as a signed JSON document (check it with
         /// `strongroom posture check FILE`).
         #[arg(long)]
@@ -310,19 +313,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Verify { json, signed } => {
-            let config_copy = config.clone();
+        Command::Verify {
+            json,
+            signed,
+            tenant,
+        } => {
             let state = crate::open(config).await?;
-            let key = state.keyring.checkpoint_signing_key().verifying_key();
-            let findings = crate::posture::checks::run(&state.store, &key, &config_copy).await;
+            let taken = match &tenant {
+                None => crate::http::probe::instance_report(&state).await,
+                Some(_) => {
+                    let scopes: Vec<_> = tenant_scopes(&state.store, tenant.as_deref())
+                        .await?
+                        .into_iter()
+                        .map(|(scope, _)| scope)
+                        .collect();
+                    let probe = crate::posture::http::probe(&state);
+                    crate::posture::take(&probe, &scopes, crate::posture::Reach::Tenant, Vec::new())
+                        .await
+                }
+            };
+            let report = taken?;
+            let scope = match &tenant {
+                None => serde_json::json!("instance"),
+                Some(slug) => serde_json::json!({"tenant": {"slug": slug}}),
+            };
+            let document = crate::posture::signed::sign(
+                state.keyring.posture_signing_key(),
+                state.store.node(),
+                scope,
+                &report,
+            );
+            // The instance's report is kept, as the posture job's are
+            // (`GET /api/v1/ops/posture` serves the newest).
+            if tenant.is_none() {
+                crate::posture::keep(&state.store, &document, crate::posture::failing(&report))
+                    .await?;
+            }
+            state.access_log.flush().await;
             state.store.close().await;
-            let report = crate::posture::report(crate::posture::catalog(), findings?);
             if signed {
-                let document = crate::posture::signed::sign(
-                    state.keyring.posture_signing_key(),
-                    state.store.node(),
-                    &report,
-                );
                 println!("{}", serde_json::to_string_pretty(&document)?);
             } else if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -798,6 +827,32 @@ fn start_jobs(state: &crate::http::AppState) {
                     .map(|s| serde_json::to_string(&s).unwrap_or_default())
                     .map_err(|e| e.to_string())
             }
+        },
+    );
+    // The posture report: once soon after start, then on its interval.
+    let job_state = state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let ran = crate::http::probe::posture_job(&job_state).await;
+        let (ok, detail) = match ran {
+            Ok(detail) => (true, detail),
+            Err(e) => (false, e),
+        };
+        if let Err(e) =
+            crate::ops::heartbeat(&job_state.store, crate::posture::JOB, ok, detail).await
+        {
+            tracing::warn!(error = %e, "could not record the posture job's heartbeat");
+        }
+    });
+    let job_state = state.clone();
+    crate::ops::every(
+        state.store.clone(),
+        &state.schedule,
+        crate::posture::JOB,
+        std::time::Duration::from_secs(state.config.posture_interval_seconds),
+        move || {
+            let state = job_state.clone();
+            async move { crate::http::probe::posture_job(&state).await }
         },
     );
     let every = std::time::Duration::from_secs(state.config.audit_checkpoint_seconds);

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod listen;
+pub mod probe;
 pub mod state;
 
 use std::future::Future;

@@ -10,7 +10,7 @@
 //!   the same `401` after the same Argon2 work.
 
 mod http;
-mod password;
+pub mod password;
 mod sessions;
 mod tokens;
 mod users;

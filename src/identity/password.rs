@@ -246,9 +246,33 @@ pub async fn verify(password: SecretString, stored: Option<String>) -> Result<bo
     .await
 }
 
+/// Whether a stored hash is Argon2id with at least the parameters new
+/// hashes get (the posture check of IAM-1 reads every stored hash).
+pub fn meets_policy(stored: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let param = |name: &str| hash.params.get_decimal(name).map_or(0, u64::from);
+    hash.algorithm.as_str() == "argon2id"
+        && param("m") >= 19 * 1024
+        && param("t") >= 2
+        && param("p") >= 1
+        && hash.hash.is_some_and(|h| h.len() >= 32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_hashes_are_held_to_the_parameters_of_new_ones() {
+        let strong = hash_blocking(&SecretString::from("correct horse battery staple"));
+        assert!(meets_policy(&strong));
+        let weak = strong.replace("m=19456", "m=4096");
+        assert!(!meets_policy(&weak));
+        assert!(!meets_policy("plain-text-password"));
+        assert!(!meets_policy(&strong.replace("argon2id", "argon2i")));
+    }
 
     #[test]
     fn short_common_and_self_derived_passwords_are_refused() {

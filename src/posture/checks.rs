@@ -5,14 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::context::TenantScope;
+use crate::crypto::{Keyring, Vault};
 use crate::ops::JobRun;
 use crate::store::{Backend, Store, StoreError, db};
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Pass,
@@ -28,7 +29,7 @@ pub struct Finding {
     pub evidence: String,
 }
 
-fn finding(control: &'static str, verdict: Verdict, evidence: String) -> Finding {
+pub(super) fn finding(control: &'static str, verdict: Verdict, evidence: String) -> Finding {
     Finding {
         control,
         verdict,
@@ -36,29 +37,308 @@ fn finding(control: &'static str, verdict: Verdict, evidence: String) -> Finding
     }
 }
 
-/// Every check, now.
+/// What the checks look at: the instance's store, keys, object stores and
+/// configuration.
+pub struct Probe<'a> {
+    pub store: &'a Store,
+    pub vault: &'a Vault,
+    pub keyring: &'a Keyring,
+    pub files: crate::files::Files,
+    pub config: &'a Config,
+}
+
+/// Whom a report is for: the operator sees the whole instance; a tenant
+/// sees its own data and the instance's settings, never another tenant's
+/// names or counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    Instance,
+    Tenant,
+}
+
+impl Reach {
+    /// "all 3 tenants", or "this tenant".
+    pub(super) fn tenants(self, n: usize) -> String {
+        match self {
+            Reach::Instance if n == 1 => "the one tenant".to_owned(),
+            Reach::Instance => format!("all {n} tenants"),
+            Reach::Tenant => "this tenant".to_owned(),
+        }
+    }
+}
+
+/// Every check, now, over `scopes` (every tenant for the instance view,
+/// one for a tenant's).
 pub async fn run(
-    store: &Store,
-    checkpoint_key: &VerifyingKey,
-    config: &Config,
+    probe: &Probe<'_>,
+    scopes: &[TenantScope],
+    reach: Reach,
 ) -> Result<Vec<Finding>, StoreError> {
-    let scopes = crate::tenancy::all_scopes(store).await?;
+    let (store, config) = (probe.store, probe.config);
+    let checkpoint_key = probe.keyring.checkpoint_signing_key().verifying_key();
     // Read once: the retention and heartbeat checks both look at them.
     let runs = crate::ops::last_runs(store).await?;
-    Ok(vec![
-        audit_fields(store, &scopes).await?,
-        audit_chains(store, &scopes, checkpoint_key).await?,
+    let [fil3, fil4] = super::sampled::file_records(probe, scopes, reach).await?;
+    let [bak1, bak7] = super::sampled::journal(probe, scopes, reach).await?;
+    let [fil1, enc4] = super::sampled::object_stores(probe, reach).await;
+    let mut findings = vec![
+        super::sampled::tenant_keys(probe, scopes, reach).await?,
         row_level_security(store).await?,
-        retention(store, &scopes, &runs, config).await?,
-        data_keys(store, &scopes).await?,
+        environment(config),
+        super::sampled::password_hashes(probe, scopes, reach).await?,
+        sessions(store, scopes, reach, config).await?,
+        roles(store, scopes, reach).await?,
+        audit_fields(store, scopes, reach).await?,
+        access_log(store, scopes, reach, config).await?,
+        retention(store, scopes, reach, &runs, config).await?,
+        super::sampled::exports(probe, scopes, reach).await?,
+        log_shipping(config),
+        audit_chains(store, scopes, reach, &checkpoint_key).await?,
+        transport(config),
+        super::sampled::sealed_at_rest(probe, scopes, reach).await,
+        data_keys(store, scopes, reach).await?,
+        enc4,
+        fil1,
+        super::sampled::signed_links(probe),
+        fil3,
+        fil4,
+        replica(config, &runs),
+        bak1,
+        bak7,
+        https_only(config),
+        allow_lists(store, scopes, reach).await?,
+        abuse(store, reach, config).await?,
         heartbeats(&runs, config),
         install(store, config).await?,
         versions(store).await?,
-        access_log(store, &scopes, config).await?,
-        environment(config),
-        transport(config),
-        replica(config),
-    ])
+        posture_job(&runs, config),
+    ];
+    findings.push(advisories(config));
+    Ok(findings)
+}
+
+/// POS-1: the catalog is whole and the posture job keeps the signed report.
+fn posture_job(runs: &[JobRun], config: &Config) -> Finding {
+    let every = Duration::from_secs(config.posture_interval_seconds);
+    let (verdict, job) = job_freshness(runs, super::JOB, every);
+    finding(
+        "POS-1",
+        verdict,
+        format!(
+            "{} controls in the catalog, each with its status; {job}",
+            super::catalog().len()
+        ),
+    )
+}
+
+/// AUD-6: where committed audit and security events go.
+fn log_shipping(config: &Config) -> Finding {
+    let to = match &config.syslog_url {
+        Some(url) => format!(" and to syslog at {url} (RFC 5424)"),
+        None => String::new(),
+    };
+    finding(
+        "AUD-6",
+        Verdict::Pass,
+        format!(
+            "every committed audit event (log target audit) and security event (target \
+             security) goes to the {:?} log on stdout{to}",
+            config.log_format
+        ),
+    )
+}
+
+/// IAM-5: access tokens live 60 s, and refresh tokens are stored only as
+/// hashes.
+async fn sessions(
+    store: &Store,
+    scopes: &[TenantScope],
+    reach: Reach,
+    config: &Config,
+) -> Result<Finding, StoreError> {
+    let (mut live, mut raw) = (0i64, 0i64);
+    let now = crate::clock::now();
+    for scope in scopes {
+        let mut tx = store.read(scope).await?;
+        let row = db::query(
+            "SELECT (SELECT COUNT(*) FROM sessions WHERE tenant_id = $1 AND revoked_at IS NULL \
+             AND expires_at > $2), \
+             (SELECT COUNT(*) FROM refresh_tokens WHERE tenant_id = $1 AND \
+              LENGTH(token_hash) <> 43)",
+        )
+        .bind(scope.id_str())
+        .bind(&now)
+        .fetch_one(tx.conn())
+        .await?;
+        live += row.try_get::<i64, _>(0)?;
+        raw += row.try_get::<i64, _>(1)?;
+    }
+    Ok(if raw == 0 {
+        finding(
+            "IAM-5",
+            Verdict::Pass,
+            format!(
+                "access tokens live {} s; {live} open sessions of {} (at most {} h); every \
+                 stored refresh token is a SHA-256 digest, never the token",
+                crate::identity::ACCESS_TOKEN_TTL_SECONDS,
+                reach.tenants(scopes.len()),
+                config.session_ttl_hours
+            ),
+        )
+    } else {
+        finding(
+            "IAM-5",
+            Verdict::Fail,
+            format!("{raw} refresh tokens are not stored as SHA-256 digests"),
+        )
+    })
+}
+
+/// ACC-1: every user holds a role the code knows.
+async fn roles(store: &Store, scopes: &[TenantScope], reach: Reach) -> Result<Finding, StoreError> {
+    let (mut users, mut unknown) = (0i64, Vec::new());
+    for scope in scopes {
+        let mut tx = store.read(scope).await?;
+        let rows = db::query("SELECT role, COUNT(*) FROM users WHERE tenant_id = $1 GROUP BY role")
+            .bind(scope.id_str())
+            .fetch_all(tx.conn())
+            .await?;
+        for row in rows {
+            let (role, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+            users += n;
+            if crate::access::Role::parse(&role).is_none() {
+                unknown.push(format!("{n} users with role {role:?}"));
+            }
+        }
+    }
+    Ok(if unknown.is_empty() {
+        finding(
+            "ACC-1",
+            Verdict::Pass,
+            format!(
+                "the {users} users of {} hold built-in roles (admin, member, viewer, auditor), \
+                 each a fixed set of permissions checked on every operation",
+                reach.tenants(scopes.len())
+            ),
+        )
+    } else {
+        finding("ACC-1", Verdict::Fail, unknown.join("; "))
+    })
+}
+
+/// NET-1: HTTPS only, with HSTS, when this server ends TLS.
+fn https_only(config: &Config) -> Finding {
+    match (&config.tls_cert, config.http_redirect_listen) {
+        (Some(_), redirect) => finding(
+            "NET-1",
+            Verdict::Pass,
+            format!(
+                "HTTPS only on {}, HSTS on every response{}",
+                config.listen,
+                match redirect {
+                    Some(at) => format!("; {at} answers only 308 to HTTPS"),
+                    None => String::new(),
+                }
+            ),
+        ),
+        (None, _) if !config.trusted_proxies.is_empty() => finding(
+            "NET-1",
+            Verdict::Warn,
+            "TLS ends at the trusted proxies; HSTS is sent when they say X-Forwarded-Proto: https"
+                .to_owned(),
+        ),
+        (None, _) => finding(
+            "NET-1",
+            Verdict::Warn,
+            format!("plain HTTP on {}: no TLS configured", config.listen),
+        ),
+    }
+}
+
+/// NET-2: every tenant's allow-list parses, and who restricts.
+async fn allow_lists(
+    store: &Store,
+    scopes: &[TenantScope],
+    reach: Reach,
+) -> Result<Finding, StoreError> {
+    let (mut restricted, mut broken, mut entries) = (0, Vec::new(), Vec::new());
+    for scope in scopes {
+        let mut tx = store.read(scope).await?;
+        let text: String =
+            db::query_scalar("SELECT ip_allowlist FROM tenant_settings WHERE tenant_id = $1")
+                .bind(scope.id_str())
+                .fetch_one(tx.conn())
+                .await?;
+        let list: Result<Vec<String>, String> =
+            serde_json::from_str(&text).map_err(|e| e.to_string());
+        match list.and_then(crate::tenancy::allowlist::List::parse) {
+            Ok(list) if list.entries.is_empty() => {}
+            Ok(list) => {
+                restricted += 1;
+                entries = list.entries;
+            }
+            Err(e) => broken.push(format!("tenant {}: {e}", scope.id_str())),
+        }
+    }
+    if !broken.is_empty() {
+        return Ok(finding("NET-2", Verdict::Fail, broken.join("; ")));
+    }
+    let evidence = match reach {
+        Reach::Tenant if restricted == 1 => format!(
+            "this tenant admits its users only from {}; anything else is 403 before data is read",
+            entries.join(", ")
+        ),
+        Reach::Tenant => "this tenant has no allow-list: its users may come from any address \
+                          (PATCH /api/v1/tenant/settings sets one)"
+            .to_owned(),
+        Reach::Instance => format!(
+            "{restricted} of {} tenants admit their users only from their allow-lists, each \
+             list valid; the others admit every address",
+            scopes.len()
+        ),
+    };
+    Ok(finding("NET-2", Verdict::Pass, evidence))
+}
+
+/// NET-3: the limits in force and the bans.
+async fn abuse(store: &Store, reach: Reach, config: &Config) -> Result<Finding, StoreError> {
+    let limits = format!(
+        "password attempts {}/min per address and {}/min per account{}; requests {}/s per \
+         user, {}/s per address, {}/s per tenant; more than {} 401/404/405 in {} s ban an \
+         address for {} s, doubling",
+        config.login_attempts_per_minute_per_ip,
+        config.login_attempts_per_minute_per_account,
+        if store.backend() == Backend::Postgres {
+            " shared by every node"
+        } else {
+            ""
+        },
+        config.requests_per_second_per_user,
+        config.requests_per_second_per_ip,
+        config.requests_per_second_per_tenant,
+        config.ban_after_strikes,
+        config.ban_window_seconds,
+        config.ban_seconds
+    );
+    if reach == Reach::Tenant || !store.schema_has(8) {
+        return Ok(finding("NET-3", Verdict::Pass, limits));
+    }
+    let mut tx = store.read_unscoped().await?;
+    let active: i64 =
+        db::query_scalar("SELECT COUNT(*) FROM ip_bans WHERE until > $1 AND lifted_at IS NULL")
+            .bind(crate::clock::now())
+            .fetch_one(tx.conn())
+            .await?;
+    Ok(finding(
+        "NET-3",
+        Verdict::Pass,
+        format!("{limits}; {active} addresses banned now"),
+    ))
+}
+
+/// OPS-2: the dependencies compiled in, against the advisory database.
+fn advisories(config: &Config) -> Finding {
+    super::advisories::check(config.advisory_db.as_deref())
 }
 
 /// OPS-6: the version of the last start is this build's, and events carry it.
@@ -95,7 +375,8 @@ async fn versions(store: &Store) -> Result<Finding, StoreError> {
 /// AUD-2: the access log is on, and what it holds for the last day.
 async fn access_log(
     store: &Store,
-    scopes: &[crate::context::TenantScope],
+    scopes: &[TenantScope],
+    reach: Reach,
     config: &Config,
 ) -> Result<Finding, StoreError> {
     if !config.access_log {
@@ -122,8 +403,8 @@ async fn access_log(
         "AUD-2",
         Verdict::Pass,
         format!(
-            "the access log is on; {rows} rows of {} tenants in the last 24 h",
-            scopes.len()
+            "the access log is on; {rows} rows of {} in the last 24 h",
+            reach.tenants(scopes.len())
         ),
     ))
 }
@@ -202,22 +483,38 @@ fn transport(config: &Config) -> Finding {
     }
 }
 
-/// FIL-5: a second object store receives every object.
-fn replica(config: &Config) -> Finding {
-    match &config.object_store_replica_url {
-        Some(url) => finding(
+/// The heartbeat `strongroom files verify` leaves after a scrub of every
+/// tenant's files.
+pub const SCRUB_JOB: &str = "files.scrub";
+
+/// FIL-5: a second object store receives every object, and what the last
+/// scrub found.
+fn replica(config: &Config, runs: &[JobRun]) -> Finding {
+    let scrub = runs.iter().find(|r| r.job == SCRUB_JOB);
+    let scrubbed = match scrub {
+        Some(run) => format!(
+            "the last scrub (`strongroom files verify`, {} on {}): {}",
+            run.last_run_at,
+            run.node.as_deref().unwrap_or("?"),
+            run.detail.as_deref().unwrap_or("")
+        ),
+        None => "no scrub recorded yet (`strongroom files verify`)".to_owned(),
+    };
+    match (&config.object_store_replica_url, scrub) {
+        (_, Some(run)) if !run.ok => finding("FIL-5", Verdict::Fail, scrubbed),
+        (Some(url), _) => finding(
             "FIL-5",
             Verdict::Pass,
             format!(
-                "every object is written to a replica too ({}); `strongroom files verify` \
-                 scrubs both against their checksums",
+                "every object is written to a replica too ({}), reads fall back to it and \
+                 repair the primary; {scrubbed}",
                 url.split('?').next().unwrap_or(url)
             ),
         ),
-        None => finding(
+        (None, _) => finding(
             "FIL-5",
             Verdict::Warn,
-            "no object_store_replica_url: objects are kept once (checksummed)".to_owned(),
+            format!("no object_store_replica_url: objects are kept once (checksummed); {scrubbed}"),
         ),
     }
 }
@@ -226,7 +523,8 @@ fn replica(config: &Config) -> Finding {
 /// request and which version.
 async fn audit_fields(
     store: &Store,
-    scopes: &[crate::context::TenantScope],
+    scopes: &[TenantScope],
+    reach: Reach,
 ) -> Result<Finding, StoreError> {
     let mut lacking = Vec::new();
     let mut seen = 0;
@@ -262,7 +560,8 @@ async fn audit_fields(
             "AUD-1",
             Verdict::Pass,
             format!(
-                "the newest event of each of {seen} tenants names actor, request, version and time"
+                "the newest event of {} ({seen} with events) names actor, request, version and time",
+                reach.tenants(scopes.len())
             ),
         )
     } else {
@@ -274,7 +573,8 @@ async fn audit_fields(
 /// unless its keys were destroyed on purpose.
 async fn data_keys(
     store: &Store,
-    scopes: &[crate::context::TenantScope],
+    scopes: &[TenantScope],
+    reach: Reach,
 ) -> Result<Finding, StoreError> {
     let (mut keyed, mut shredded, mut missing) = (0, 0, Vec::new());
     for scope in scopes {
@@ -306,10 +606,10 @@ async fn data_keys(
             "ENC-3",
             Verdict::Pass,
             format!(
-                "{keyed} of {} tenants have an active wrapped data key, {shredded} had theirs \
-                 destroyed (crypto-shredded); the others hold no sealed data yet (a key is made \
+                "of {}: {keyed} with an active wrapped data key, {shredded} with theirs \
+                 destroyed (crypto-shredded); any other holds no sealed data yet (a key is made \
                  at the first sealed write)",
-                scopes.len()
+                reach.tenants(scopes.len())
             ),
         )
     } else {
@@ -371,8 +671,9 @@ async fn install(store: &Store, config: &Config) -> Result<Finding, StoreError> 
 /// AUD-7: every tenant's chain verified now, against its signed checkpoints.
 async fn audit_chains(
     store: &Store,
-    scopes: &[crate::context::TenantScope],
-    key: &VerifyingKey,
+    scopes: &[TenantScope],
+    reach: Reach,
+    key: &ed25519_dalek::VerifyingKey,
 ) -> Result<Finding, StoreError> {
     let started = Instant::now();
     let (mut events, mut checkpoints, mut broken) = (0, 0, Vec::new());
@@ -395,9 +696,9 @@ async fn audit_chains(
             "AUD-7",
             Verdict::Pass,
             format!(
-                "{} tenants' chains verified now: {events} events, {checkpoints} signed \
+                "the chain of {} verified now: {events} events, {checkpoints} signed \
                  checkpoints, in {took:.3} s",
-                scopes.len()
+                reach.tenants(scopes.len())
             ),
         )
     } else {
@@ -470,7 +771,8 @@ async fn row_level_security(store: &Store) -> Result<Finding, StoreError> {
 /// retention job has run within twice its interval.
 async fn retention(
     store: &Store,
-    scopes: &[crate::context::TenantScope],
+    scopes: &[TenantScope],
+    reach: Reach,
     runs: &[JobRun],
     config: &Config,
 ) -> Result<Finding, StoreError> {
@@ -496,8 +798,8 @@ async fn retention(
         "AUD-3",
         verdict,
         format!(
-            "all {} tenants keep their trail ≥ 90 days; {job}",
-            scopes.len()
+            "{} keep the trail ≥ 90 days; {job}",
+            reach.tenants(scopes.len())
         ),
     ))
 }
@@ -516,6 +818,10 @@ fn heartbeats(runs: &[JobRun], config: &Config) -> Finding {
         (
             "files.sweep",
             Duration::from_secs(config.file_sweep_seconds),
+        ),
+        (
+            super::JOB,
+            Duration::from_secs(config.posture_interval_seconds),
         ),
     ];
     let mut worst = Verdict::Pass;

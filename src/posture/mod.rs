@@ -11,13 +11,28 @@
 //! `strongroom verify`. Every later control adds its entry, and its live
 //! check, here.
 
+mod advisories;
 pub mod checks;
 pub mod http;
+mod page;
+mod sampled;
 pub mod signed;
 
 use serde::{Deserialize, Serialize};
 
-pub use checks::{Finding, Verdict};
+pub use checks::{Finding, Probe, Reach, Verdict};
+
+use crate::context::TenantScope;
+use crate::store::{Store, StoreError, db};
+
+/// The scheduled job that runs every check and keeps the signed report.
+pub const JOB: &str = "posture.check";
+
+/// How long kept reports stay.
+const KEEP_DAYS: i64 = 30;
+
+/// The schema migration that brought `posture_reports`.
+const SCHEMA: i64 = 9;
 
 /// The catalog as data: `controls.toml`, compiled into the binary.
 const CATALOG: &str = include_str!("controls.toml");
@@ -110,11 +125,100 @@ pub fn report(controls: Vec<Control>, findings: Vec<Finding>) -> Vec<Reported> {
         .collect()
 }
 
-/// Whether the report fails: an enforced control whose check fails.
+/// Whether the report fails: a control (enforced, or partial in what is
+/// built) whose check fails.
 pub fn fails(report: &[Reported]) -> bool {
+    failing(report) > 0
+}
+
+/// How many controls fail their check.
+pub fn failing(report: &[Reported]) -> usize {
     report
         .iter()
-        .any(|r| r.status == Status::Enforced && r.verdict == Some(Verdict::Fail))
+        .filter(|r| r.verdict == Some(Verdict::Fail))
+        .count()
+}
+
+/// Runs every check over `scopes` and puts the verdicts beside the
+/// catalog; `extra` are findings made elsewhere (the front door's, which
+/// the HTTP layer probes).
+pub async fn take(
+    probe: &Probe<'_>,
+    scopes: &[TenantScope],
+    reach: Reach,
+    extra: Vec<Finding>,
+) -> Result<Vec<Reported>, StoreError> {
+    let mut findings = checks::run(probe, scopes, reach).await?;
+    findings.extend(extra);
+    Ok(report(catalog(), findings))
+}
+
+/// A report the posture job kept.
+#[derive(Debug, Serialize)]
+pub struct Kept {
+    pub taken_at: String,
+    pub node: String,
+    pub failing: i64,
+    /// The signed document, as `strongroom verify --signed` prints it.
+    pub document: serde_json::Value,
+}
+
+/// Keeps a signed instance report, and forgets those older than 30 days.
+pub async fn keep(
+    store: &Store,
+    document: &serde_json::Value,
+    failing: usize,
+) -> Result<(), StoreError> {
+    if !store.schema_has(SCHEMA) {
+        return Ok(());
+    }
+    let (node, text) = (store.node().to_owned(), document.to_string());
+    let cutoff = crate::clock::in_seconds(-KEEP_DAYS * 86_400);
+    store
+        .append_internal(None, move |conn| {
+            Box::pin(async move {
+                db::query(
+                    "INSERT INTO posture_reports (id, taken_at, node, failing, document) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(crate::clock::now())
+                .bind(node)
+                .bind(failing as i64)
+                .bind(text)
+                .execute(&mut *conn)
+                .await?;
+                db::query("DELETE FROM posture_reports WHERE taken_at < $1")
+                    .bind(cutoff)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// The newest kept report.
+pub async fn last(store: &Store) -> Result<Option<Kept>, StoreError> {
+    if !store.schema_has(SCHEMA) {
+        return Ok(None);
+    }
+    let mut tx = store.read_unscoped().await?;
+    let row = db::query(
+        "SELECT taken_at, node, failing, document FROM posture_reports \
+         ORDER BY taken_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let text: String = row.try_get(3)?;
+    Ok(Some(Kept {
+        taken_at: row.try_get(0)?,
+        node: row.try_get(1)?,
+        failing: row.try_get(2)?,
+        document: serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("kept posture report: {e}")))?,
+    }))
 }
 
 /// The README's control table, generated.

@@ -17,11 +17,13 @@ use super::Reported;
 const CONTEXT: &[u8] = b"strongroom-posture-report/v1\n";
 
 /// The report signed: `{"report": …, "signature": …, "public_key": …}`.
-pub fn sign(key: &SigningKey, node: &str, report: &[Reported]) -> Value {
+/// `scope` says whom it covers: `"instance"`, or `{"tenant": …}`.
+pub fn sign(key: &SigningKey, node: &str, scope: Value, report: &[Reported]) -> Value {
     let body = json!({
         "format": "strongroom-posture-report/v1",
         "version": crate::VERSION,
         "node": node,
+        "scope": scope,
         "generated_at": crate::clock::now(),
         "controls": report,
     });
@@ -104,7 +106,7 @@ mod tests {
             verdict: Some(super::super::Verdict::Pass),
             evidence: Some("1 tenants' chains verified now".into()),
         }];
-        let signed = sign(&key, "node-1", &report);
+        let signed = sign(&key, "node-1", json!("instance"), &report);
         let pretty = serde_json::to_string_pretty(&signed).unwrap();
         assert!(check(&pretty, Some(&key.verifying_key())).is_ok());
         let edited = pretty.replace("\"pass\"", "\"fail\"");

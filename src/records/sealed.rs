@@ -138,3 +138,98 @@ pub async fn reseal(
     seal_fields(place, key, data, stale.into_iter());
     Ok(changed)
 }
+
+/// What a sample of stored values showed (the posture check of ENC-2).
+#[derive(Debug, Default)]
+pub struct Sample {
+    /// Collections with encrypted fields.
+    pub collections: usize,
+    pub records: usize,
+    /// Encrypted-field values that were sealed and opened with the key.
+    pub values: usize,
+    /// Values that could not be checked because the tenant's keys are
+    /// revoked or destroyed (on purpose).
+    pub locked: usize,
+    /// Values stored in clear, or sealed values that do not open.
+    pub problems: Vec<String>,
+}
+
+/// Reads the raw stored values of the newest `per_collection` records of
+/// every collection of the tenant with encrypted fields, and checks that
+/// each encrypted field's value is ciphertext that opens with the
+/// tenant's key, in its own place.
+pub async fn sample(
+    vault: &Vault,
+    conn: &mut Conn,
+    backend: crate::store::Backend,
+    tenant: &str,
+    per_collection: i64,
+) -> Result<Sample, RecordError> {
+    use crate::store::db;
+    let rows = db::query(
+        "SELECT id, name, fields, created_at, updated_at FROM collections \
+         WHERE tenant_id = $1 ORDER BY name",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut sample = Sample::default();
+    for row in &rows {
+        let collection = Collection::from_row(row)?;
+        if !collection.has_encrypted() {
+            continue;
+        }
+        sample.collections += 1;
+        let data = match backend {
+            crate::store::Backend::Sqlite => "data",
+            crate::store::Backend::Postgres => "data::text AS data",
+        };
+        let records = db::query(format!(
+            "SELECT id, {data} FROM records WHERE tenant_id = $1 AND collection_id = $2 \
+             ORDER BY created_at DESC, id DESC LIMIT {per_collection}"
+        ))
+        .bind(tenant)
+        .bind(&collection.id)
+        .fetch_all(&mut *conn)
+        .await?;
+        for record in &records {
+            sample.records += 1;
+            let id: String = record.try_get("id")?;
+            let text: String = record.try_get("data")?;
+            let Ok(Value::Object(data)) = serde_json::from_str::<Value>(&text) else {
+                sample
+                    .problems
+                    .push(format!("record {id}: its data is not a JSON object"));
+                continue;
+            };
+            let place = Place {
+                tenant,
+                collection: &collection,
+                record_id: &id,
+            };
+            for field in collection.fields.iter().filter(|f| f.is_encrypted()) {
+                let Some(value) = data.get(&field.name) else {
+                    continue;
+                };
+                if version_of(value).is_none() {
+                    sample.problems.push(format!(
+                        "{}.{} of record {id} is stored in clear",
+                        collection.name, field.name
+                    ));
+                    continue;
+                }
+                match open_one(vault, conn, &place, &field.name, value).await {
+                    Ok(_) => sample.values += 1,
+                    Err(RecordError::Crypto(
+                        CryptoError::KeyRevoked { .. } | CryptoError::KeysDestroyed,
+                    )) => sample.locked += 1,
+                    Err(e) => sample.problems.push(format!(
+                        "{}.{} of record {id}: {e}",
+                        collection.name, field.name
+                    )),
+                }
+            }
+        }
+    }
+    Ok(sample)
+}

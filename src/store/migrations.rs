@@ -22,6 +22,7 @@ const SQLITE: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0007_instance_starts.sql"),
     ),
     (8, include_str!("migrations/sqlite/0008_front_door.sql")),
+    (9, include_str!("migrations/sqlite/0009_posture.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -38,6 +39,7 @@ const POSTGRES: &[(i64, &str)] = &[
         include_str!("migrations/postgres/0007_instance_starts.sql"),
     ),
     (8, include_str!("migrations/postgres/0008_front_door.sql")),
+    (9, include_str!("migrations/postgres/0009_posture.sql")),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.

@@ -109,6 +109,8 @@ pub fn test_config(data_dir: &std::path::Path, database_url: &str) -> Config {
         }),
         object_store_access_key_id: s3.as_ref().map(|_| "test".to_owned()),
         object_store_secret_access_key: s3.as_ref().map(|_| SecretString::from("test")),
+        // The test command names the advisory database cargo audit reads.
+        advisory_db: std::env::var_os("STRONGROOM_ADVISORY_DB").map(PathBuf::from),
         ..Config::default()
     }
 }

@@ -123,8 +123,27 @@ async fn ctl_pos_1_verify_turns_a_tampered_control_to_fail_and_exits_non_zero() 
         report["AUD-7"]["evidence"]
             .as_str()
             .unwrap()
-            .contains("1 tenants' chains verified now")
+            .contains("the chain of the one tenant verified now"),
+        "{}",
+        report["AUD-7"]
     );
+    assert_eq!(report["ENC-2"]["verdict"], "pass", "{}", report["ENC-2"]);
+    assert!(
+        report["ENC-2"]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("1 values of encrypted fields in 1 records"),
+        "{}",
+        report["ENC-2"]
+    );
+    // Every control the README calls done, and has a check that can pass
+    // on a bare test instance, passes.
+    for id in [
+        "TEN-1", "TEN-3", "IAM-1", "AUD-1", "AUD-2", "AUD-4", "AUD-6", "AUD-7", "ENC-3", "FIL-1",
+        "FIL-2", "FIL-3", "NET-2", "NET-3", "NET-5",
+    ] {
+        assert_eq!(report[id]["verdict"], "pass", "{id}: {}", report[id]);
+    }
     // Controls without a check say so; none is hidden.
     assert_eq!(report["IAM-2"]["status"], "not_built");
     assert!(report["IAM-2"]["verdict"].is_null());
@@ -166,6 +185,24 @@ async fn ctl_pos_1_verify_turns_a_tampered_control_to_fail_and_exits_non_zero() 
         .execute(&mut raw)
         .await
         .unwrap();
+    // A clear value written into a sealed field, behind the app's back.
+    sqlx::query(
+        "UPDATE records SET data = '{\"title\": \"pump\", \"notes\": \"written in clear\"}'",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    let (code, report) = verify(&app).await;
+    assert_eq!(code, 1, "a clear value in a sealed field exits non-zero");
+    assert_eq!(report["ENC-2"]["verdict"], "fail", "{}", report["ENC-2"]);
+    assert!(
+        report["ENC-2"]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("work_orders.notes of record"),
+        "{}",
+        report["ENC-2"]
+    );
     // An audit event edited in the database.
     sqlx::query("UPDATE audit_events SET action = 'record.read' WHERE seq = 2")
         .execute(&mut raw)
@@ -257,4 +294,245 @@ async fn ctl_pos_1_a_saved_signed_report_verifies_and_an_edited_one_does_not() {
     let foreign = check(&saved, Some(&other));
     assert!(!foreign.status.success());
     assert!(String::from_utf8_lossy(&foreign.stderr).contains("another key"));
+}
+
+const OPERATOR_TOKEN: &str = "an-operator-token-of-at-least-32-bytes";
+
+#[tokio::test]
+async fn ctl_pos_1_the_instance_view_needs_the_operator_token_and_serves_the_kept_report() {
+    use crate::helpers::RunOff;
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.operator_token = Some(secrecy::SecretString::from(OPERATOR_TOKEN));
+    })
+    .await;
+    let _admin = app.admin("acme").await;
+    let url = format!("{}/api/v1/ops/posture", app.address);
+    let get = |token: Option<&str>, query: &str| {
+        let mut request = app.client.get(format!("{url}{query}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        crate::helpers::send(request)
+    };
+    for wrong in [
+        None,
+        Some("an-operator-token-of-at-least-32-bytez"),
+        Some("short"),
+    ] {
+        let (status, body) = get(wrong, "").await;
+        assert_eq!(status, 401, "{body}");
+    }
+    // `strongroom verify` keeps the instance's report, as the posture job does.
+    let out = app.cli().await.args(["verify"]).run().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (status, kept) = get(Some(OPERATOR_TOKEN), "").await;
+    assert_eq!(status, 200, "{kept}");
+    assert!(kept["age_seconds"].as_i64().unwrap() < 120, "{kept}");
+    assert_eq!(kept["failing"], 0);
+    let signed = &kept["signed"];
+    assert_eq!(signed["report"]["scope"], "instance");
+    assert_eq!(signed["public_key"], published_key(&app).await.as_str());
+    let controls = signed["report"]["controls"].as_array().unwrap();
+    assert_eq!(controls.len(), 58);
+    let net4 = controls.iter().find(|c| c["id"] == "NET-4").unwrap();
+    assert_eq!(net4["verdict"], "pass", "{net4}");
+    // The document verifies offline as it was served.
+    let dir = crate::helpers::temp_dir("ops-posture");
+    std::fs::write(dir.join("kept.json"), signed.to_string()).unwrap();
+    let checked = crate::helpers::cli(&app.data_dir, &app.database_url)
+        .args(["posture", "check"])
+        .arg(dir.join("kept.json"))
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // A fresh one now: the front door's verdicts come from the kept report.
+    let (status, fresh) = get(Some(OPERATOR_TOKEN), "?fresh=true").await;
+    assert_eq!(status, 200, "{fresh}");
+    assert_ne!(fresh["taken_at"], kept["taken_at"]);
+    let controls = fresh["signed"]["report"]["controls"].as_array().unwrap();
+    let net4 = controls.iter().find(|c| c["id"] == "NET-4").unwrap();
+    assert!(
+        net4["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("(posture job, "),
+        "{net4}"
+    );
+    for (query, status) in [("?fresh=maybe", 422), ("?tenant=acme", 400)] {
+        assert_eq!(get(Some(OPERATOR_TOKEN), query).await.0, status, "{query}");
+    }
+    // No token configured: the view is closed, and says so.
+    let closed = crate::helpers::spawn_app().await;
+    let (status, body) = crate::helpers::send(
+        closed
+            .client
+            .get(format!("{}/api/v1/ops/posture", closed.address))
+            .bearer_auth(OPERATOR_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(body["type"], "urn:strongroom:problem:operator-token-unset");
+}
+
+#[tokio::test]
+async fn ctl_pos_1_a_tenants_view_says_nothing_about_another_tenant() {
+    let app = crate::helpers::spawn_app().await;
+    let acme = app.admin("acme").await;
+    app.work_orders(&acme).await;
+    app.create_order(&acme, serde_json::json!({"title": "pump", "notes": "a"}))
+        .await;
+    let globex = app.admin("globex-hidden").await;
+    app.work_orders(&globex).await;
+    for n in 0..3 {
+        app.create_order(
+            &globex,
+            serde_json::json!({"title": format!("t{n}"), "notes": "b"}),
+        )
+        .await;
+    }
+    let view = |token: String| {
+        let url = format!("{}/api/v1/tenant/posture", app.address);
+        let client = app.client.clone();
+        async move {
+            let res = client.get(url).bearer_auth(token).send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let (status, text) = view(acme.access_token.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    for other in [globex.tenant_id.as_str(), "globex", "2 tenants", "of 2"] {
+        assert!(!text.contains(other), "acme's view names {other:?}: {text}");
+    }
+    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let report = &document["report"];
+    assert_eq!(report["scope"]["tenant"]["slug"], "acme");
+    assert_eq!(report["scope"]["tenant"]["id"], acme.tenant_id.as_str());
+    let control = |report: &serde_json::Value, id: &str| {
+        report["controls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let enc2 = control(report, "ENC-2");
+    assert!(
+        enc2["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("1 values of encrypted fields in 1 records"),
+        "{enc2}"
+    );
+    assert!(
+        control(report, "AUD-7")["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("this tenant")
+    );
+    // Globex's own view counts its three records.
+    let (_, theirs) = view(globex.access_token.clone()).await;
+    assert!(
+        theirs.contains("3 values of encrypted fields in 3 records"),
+        "{theirs}"
+    );
+    assert!(!theirs.contains(&acme.tenant_id));
+    // Auditors may read it; members may not.
+    let auditor = app.user(&acme, "auditor@acme.test", "auditor").await;
+    assert_eq!(view(auditor.access_token.clone()).await.0, 200);
+    let member = app.user(&acme, "member@acme.test", "member").await;
+    assert_eq!(view(member.access_token.clone()).await.0, 403);
+    // The signed document verifies against the instance's published key.
+    let dir = crate::helpers::temp_dir("tenant-posture");
+    std::fs::write(dir.join("acme.json"), &text).unwrap();
+    let checked = crate::helpers::cli(&app.data_dir, &app.database_url)
+        .args(["posture", "check"])
+        .arg(dir.join("acme.json"))
+        .args(["--key", &published_key(&app).await])
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[tokio::test]
+async fn ctl_pos_1_the_trust_page_is_one_self_contained_page_under_a_strict_policy() {
+    let app = crate::helpers::spawn_app().await;
+    let acme = app.admin("acme").await;
+    let res = app
+        .client
+        .get(format!("{}/api/v1/tenant/posture?format=html", app.address))
+        .bearer_auth(&acme.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let header = |name: &str| res.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    let csp = header("content-security-policy");
+    assert!(
+        csp.starts_with("default-src 'none'; style-src 'sha256-"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"));
+    let html = res.text().await.unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("Security posture of acme Ltd (acme)"));
+    for outside in [
+        "<script", "src=", "href=", "http://", "https://", "@import", "url(",
+    ] {
+        assert!(!html.contains(outside), "the page holds {outside:?}");
+    }
+    assert_eq!(html.matches("<tr><td class=\"id\">").count(), 58);
+    let (status, body) = crate::helpers::send(
+        app.client
+            .get(format!("{}/api/v1/tenant/posture?format=pdf", app.address))
+            .bearer_auth(&acme.access_token),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+
+    // In a real browser: no console error or warning (a CSP violation is
+    // one), no script error, no request but the page itself.
+    let Some(chromium) = std::env::var_os("STRONGROOM_TEST_CHROMIUM") else {
+        panic!(
+            "STRONGROOM_TEST_CHROMIUM is unset: run the suite with scripts/test, which installs Chromium"
+        );
+    };
+    let shot = crate::helpers::temp_dir("trust-page").join("trust-page.png");
+    let url = format!("{}/api/v1/tenant/posture?format=html", app.address);
+    let out = {
+        use crate::helpers::RunOff;
+        let mut command = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/trust-page"),
+        );
+        command
+            .env("STRONGROOM_CHROMIUM", chromium)
+            .args([&url, &acme.access_token])
+            .arg(&shot);
+        command.run().await.unwrap()
+    };
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{seen}");
+    assert_eq!(seen["status"], 200);
+    assert_eq!(seen["rows"], 58, "{seen}");
+    assert_eq!(seen["requests"], serde_json::json!([url]), "{seen}");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 }
