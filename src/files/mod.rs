@@ -859,7 +859,7 @@ impl Files {
                 "SELECT COUNT(*) FROM files f WHERE f.tenant_id = $1 AND f.created_at >= \
                  COALESCE((SELECT MIN(occurred_at) FROM audit_events WHERE tenant_id = $1), \
                  f.created_at) AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE \
-                 a.tenant_id = $1 AND a.action = 'file.upload' AND a.target_id = f.id)",
+                 a.tenant_id = $1 AND a.action = 'file.upload' AND a.target_id = CAST(f.id AS TEXT))",
             )
             .bind(tenant)
             .fetch_one(tx.conn())

@@ -178,17 +178,18 @@ async fn tenant_tables(probe: &Probe<'_>) -> Result<Vec<(String, bool)>, StoreEr
     let mut tx = probe.store.read_unscoped().await?;
     Ok(match probe.store.backend() {
         Backend::Postgres => {
+            // pg_catalog, not information_schema: the latter shows only
+            // constraints of tables the current role owns.
             let rows = db::query(
-                "SELECT c.table_name, CAST(EXISTS (SELECT 1 FROM information_schema.key_column_usage k \
-                 JOIN information_schema.referential_constraints r ON r.constraint_name = k.constraint_name \
-                 AND r.constraint_schema = k.constraint_schema \
-                 JOIN information_schema.constraint_column_usage u ON u.constraint_name = r.unique_constraint_name \
-                 AND u.constraint_schema = r.unique_constraint_schema \
-                 WHERE k.table_schema = c.table_schema AND k.table_name = c.table_name \
-                 AND k.column_name = 'tenant_id' AND u.table_name = 'tenants') AS int) \
-                 FROM information_schema.columns c \
-                 WHERE c.table_schema = current_schema() AND c.column_name = 'tenant_id' \
-                 ORDER BY c.table_name",
+                "SELECT c.relname, CAST(EXISTS (SELECT 1 FROM pg_constraint k \
+                 JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = ANY (k.conkey) \
+                 WHERE k.conrelid = c.oid AND k.contype = 'f' AND a.attname = 'tenant_id' \
+                 AND k.confrelid = (SELECT t.oid FROM pg_class t WHERE t.relname = 'tenants' \
+                 AND t.relnamespace = c.relnamespace)) AS int) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND EXISTS \
+                 (SELECT 1 FROM pg_attribute t WHERE t.attrelid = c.oid AND t.attname = 'tenant_id' \
+                  AND NOT t.attisdropped) ORDER BY c.relname",
             )
             .fetch_all(tx.conn())
             .await?;
@@ -292,7 +293,7 @@ pub async fn journal(
              (SELECT COALESCE(MAX(journal_seq), 0) FROM tenant_sequences WHERE tenant_id = $1), \
              (SELECT COUNT(*) FROM records r WHERE r.tenant_id = $1 AND NOT EXISTS \
               (SELECT 1 FROM journal j WHERE j.tenant_id = $1 AND j.entity = 'record' \
-               AND j.entity_id = r.id))",
+               AND j.entity_id = CAST(r.id AS TEXT)))",
         )
         .bind(scope.id_str())
         .fetch_one(tx.conn())
