@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod files;
 pub mod http;
 pub mod identity;
+pub mod json;
 pub mod keys;
 pub mod metrics;
 pub mod ops;

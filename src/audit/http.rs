@@ -23,27 +23,97 @@ use crate::store::sql::{decode_cursor, encode_cursor, one_page};
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
+/// The trail's filters, as query parameters.
+fn audit_filters(op: Op) -> Op {
+    op.param(
+        "from",
+        json!({"type": "string", "format": "date-time"}),
+        false,
+    )
+    .param(
+        "to",
+        json!({"type": "string", "format": "date-time"}),
+        false,
+    )
+    .param(
+        "actor",
+        json!({"type": "string", "description": "a user id or e-mail"}),
+        false,
+    )
+    .param("action", json!({"type": "string"}), false)
+    .param("target_type", json!({"type": "string"}), false)
+    .param("target_id", json!({"type": "string"}), false)
+    .param(
+        "outcome",
+        json!({"enum": ["success", "failure", "denied"]}),
+        false,
+    )
+}
+
+/// The access log's filters, as query parameters.
+fn access_filters(op: Op) -> Op {
+    op.param(
+        "from",
+        json!({"type": "string", "format": "date-time"}),
+        false,
+    )
+    .param(
+        "to",
+        json!({"type": "string", "format": "date-time"}),
+        false,
+    )
+    .param(
+        "user",
+        json!({"type": "string", "description": "a user id"}),
+        false,
+    )
+    .param("path_prefix", json!({"type": "string"}), false)
+    .param(
+        "status",
+        json!({"type": "integer", "minimum": 100, "maximum": 599}),
+        false,
+    )
+}
+
+fn limit(op: Op) -> Op {
+    op.param(
+        "limit",
+        json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+        false,
+    )
+}
+
+fn format(op: Op) -> Op {
+    op.param("format", json!({"enum": ["jsonl", "csv"]}), false)
+        .produces(&["application/jsonl", "text/csv"])
+}
+
 pub fn router() -> Api {
     Api::new()
         .route(
-            Op::new(
-                "GET",
-                "/api/v1/audit",
-                "The tenant's audit events, newest first: from, to, actor, action, target_type, \
-                 target_id, outcome, limit, cursor",
-            )
-            .tag("audit")
-            .permission(Permission::AuditRead),
+            limit(audit_filters(
+                Op::new(
+                    "GET",
+                    "/api/v1/audit",
+                    "The tenant's audit events, newest first: from, to, actor, action, target_type, \
+                     target_id, outcome, limit, cursor (the next_cursor of the previous page)",
+                )
+                .tag("audit")
+                .permission(Permission::AuditRead),
+            ))
+            .param("cursor", json!({"type": "string", "pattern": "^[0-9]{1,18}$"}), false),
             get(list),
         )
         .route(
-            Op::new(
-                "GET",
-                "/api/v1/audit/export",
-                "Stream the audit events (oldest first) as format=jsonl or csv, with the list filters",
-            )
-            .tag("audit")
-            .permission(Permission::AuditRead),
+            format(audit_filters(
+                Op::new(
+                    "GET",
+                    "/api/v1/audit/export",
+                    "Stream the audit events (oldest first) as format=jsonl or csv, with the list filters",
+                )
+                .tag("audit")
+                .permission(Permission::AuditRead),
+            )),
             get(export_events),
         )
         .route(
@@ -211,23 +281,28 @@ async fn checkpoint_key(State(state): State<AppState>) -> impl IntoResponse {
 pub fn access_log_router() -> Api {
     Api::new()
         .route(
-            Op::new(
-                "GET",
-                "/api/v1/access-log",
-                "Every request to the tenant, newest first: from, to, user, path_prefix, status, limit, cursor",
-            )
-            .tag("audit")
-            .permission(Permission::AuditRead),
+            limit(access_filters(
+                Op::new(
+                    "GET",
+                    "/api/v1/access-log",
+                    "Every request to the tenant, newest first: from, to, user, path_prefix, status, \
+                     limit, cursor (opaque: the next_cursor of the previous page)",
+                )
+                .tag("audit")
+                .permission(Permission::AuditRead),
+            )),
             get(list_access),
         )
         .route(
-            Op::new(
-                "GET",
-                "/api/v1/access-log/export",
-                "Stream the access log (oldest first) as format=jsonl or csv, with the list filters",
-            )
-            .tag("audit")
-            .permission(Permission::AuditRead),
+            format(access_filters(
+                Op::new(
+                    "GET",
+                    "/api/v1/access-log/export",
+                    "Stream the access log (oldest first) as format=jsonl or csv, with the list filters",
+                )
+                .tag("audit")
+                .permission(Permission::AuditRead),
+            )),
             get(export_access),
         )
 }

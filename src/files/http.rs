@@ -33,6 +33,9 @@ pub fn router() -> Api {
             )
             .tag("files")
             .permission(Permission::RecordsWrite)
+            .errors(&[409, 410, 423])
+            .multipart(json!({"type": "object", "required": ["file"], "additionalProperties": false,
+                              "properties": {"file": {"type": "string", "format": "binary"}}}))
             .ok(201),
             post(upload).layer(DefaultBodyLimit::disable()),
         )
@@ -43,13 +46,18 @@ pub fn router() -> Api {
                 "Download the file with id {file} as an attachment; ?signed=1&expires_in=60 returns a link that works without a token (at most 300 s)",
             )
             .tag("files")
-            .permission(Permission::RecordsRead),
+            .permission(Permission::RecordsRead)
+            .errors(&[410, 423])
+            .param("signed", json!({"enum": ["1", "true", "0", "false"]}), false)
+            .param("expires_in", json!({"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS}), false)
+            .produces(&["*/*"]),
             get(download),
         )
         .route(
             Op::new("DELETE", FILE_PATH, "Delete the file with id {file}")
                 .tag("files")
                 .permission(Permission::RecordsWrite)
+                .errors(&[410, 423])
                 .ok(204),
             delete(remove),
         )
@@ -59,7 +67,13 @@ pub fn router() -> Api {
                 "/api/v1/files/{file}",
                 "Download through a signed link (tenant, by, expires, signature); 403 once expired or altered",
             )
-            .tag("files"),
+            .tag("files")
+            .errors(&[404, 410, 423])
+            .param("tenant", json!({"type": "string"}), true)
+            .param("by", json!({"type": "string"}), true)
+            .param("expires", json!({"type": "integer"}), true)
+            .param("signature", json!({"type": "string", "pattern": "^[0-9a-f]{64}$"}), true)
+            .produces(&["*/*"]),
             get(signed_download),
         )
 }
@@ -125,20 +139,24 @@ async fn upload(
             format!("send multipart/form-data with one part named \"file\": {e}"),
         )
     })?;
-    let part = loop {
-        match multipart.next_field().await {
-            Ok(Some(part)) if part.name() == Some("file") => break part,
-            Ok(Some(_)) => continue,
-            Ok(None) => {
-                return Err(ApiError::bad_request(
-                    "the multipart body has no part named \"file\"",
-                ));
-            }
-            Err(e) => {
-                return Err(ApiError::bad_request(format!(
-                    "malformed multipart body: {e}"
-                )));
-            }
+    // One part, named "file": anything else is refused, not skipped.
+    let part = match multipart.next_field().await {
+        Ok(Some(part)) if part.name() == Some("file") => part,
+        Ok(Some(part)) => {
+            return Err(ApiError::validation(format!(
+                "unexpected part {:?}: send one part, named \"file\"",
+                part.name().unwrap_or("")
+            )));
+        }
+        Ok(None) => {
+            return Err(ApiError::bad_request(
+                "the multipart body has no part named \"file\"",
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "malformed multipart body: {e}"
+            )));
         }
     };
     let file_name = clean_name(part.file_name());

@@ -23,6 +23,15 @@ pub struct Op {
     pub body: Option<Value>,
     /// The success status.
     pub ok: u16,
+    /// Statuses this operation answers beyond the ones every operation of
+    /// its kind can (see [`describe`]).
+    pub errors: &'static [u16],
+    /// Query parameters, as OpenAPI parameter objects.
+    pub query: Vec<Value>,
+    /// The success body's content types (JSON when empty).
+    pub produces: &'static [&'static str],
+    /// The request body is `multipart/form-data` with this schema.
+    pub multipart: Option<Value>,
 }
 
 #[derive(Clone, Copy)]
@@ -30,6 +39,8 @@ pub enum Auth {
     Public,
     Bearer,
     Permission(Permission),
+    /// The operator's bearer token (`operator_token`).
+    Operator,
 }
 
 impl Op {
@@ -42,7 +53,33 @@ impl Op {
             auth: Auth::Public,
             body: None,
             ok: 200,
+            errors: &[],
+            query: Vec::new(),
+            produces: &[],
+            multipart: None,
         }
+    }
+
+    pub fn errors(mut self, statuses: &'static [u16]) -> Op {
+        self.errors = statuses;
+        self
+    }
+
+    /// A query parameter: its name, schema, and whether it is required.
+    pub fn param(mut self, name: &str, schema: Value, required: bool) -> Op {
+        self.query
+            .push(json!({"name": name, "in": "query", "required": required, "schema": schema}));
+        self
+    }
+
+    pub fn produces(mut self, types: &'static [&'static str]) -> Op {
+        self.produces = types;
+        self
+    }
+
+    pub fn multipart(mut self, schema: Value) -> Op {
+        self.multipart = Some(schema);
+        self
     }
 
     pub fn tag(mut self, tag: &'static str) -> Op {
@@ -52,6 +89,11 @@ impl Op {
 
     pub fn bearer(mut self) -> Op {
         self.auth = Auth::Bearer;
+        self
+    }
+
+    pub fn operator(mut self) -> Op {
+        self.auth = Auth::Operator;
         self
     }
 
@@ -123,7 +165,9 @@ impl Api {
             "paths": paths,
             "components": {
                 "securitySchemes": {
-                    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA, 60 s)"}
+                    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA, 60 s)"},
+                    "operator": {"type": "http", "scheme": "bearer",
+                                 "description": "the instance's operator_token"}
                 },
                 "schemas": {
                     "Problem": {
@@ -142,34 +186,76 @@ impl Api {
     }
 }
 
+/// What each status means when an operation documents it.
+fn meaning(status: u16) -> &'static str {
+    match status {
+        400 => "malformed request (syntax, unknown query parameter)",
+        401 => "missing, invalid or expired token or credentials",
+        403 => {
+            "refused: permission denied (recorded in the audit trail), an address outside \
+                the tenant's allow-list, or a banned address"
+        }
+        404 => "not found in your tenant",
+        409 => "conflicts with the current state",
+        412 => "If-Match does not match the current version",
+        413 => "the body is larger than allowed",
+        415 => "the body is not of the media type the operation takes",
+        422 => "invalid input",
+        423 => "the tenant's data is locked (its key was revoked or destroyed)",
+        429 => "too many requests: wait for Retry-After",
+        503 => "not ready",
+        _ => "error",
+    }
+}
+
 fn describe(op: &Op) -> Value {
-    let params: Vec<Value> = op
+    let mut params: Vec<Value> = op
         .path
         .split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
         .collect();
+    params.extend(op.query.iter().cloned());
     let problem = json!({"content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
     let mut responses = Map::new();
     let mut ok = json!({"description": "success"});
     if op.ok != 204 {
-        ok["content"] = json!({"application/json": {"schema": {"type": "object"}}});
+        let types: &[&str] = match op.produces {
+            [] => &["application/json"],
+            types => types,
+        };
+        let content: Map<String, Value> = types
+            .iter()
+            .map(|t| {
+                let schema = match *t {
+                    "application/json" => json!({"type": "object"}),
+                    _ => json!({"type": "string"}),
+                };
+                ((*t).to_owned(), json!({"schema": schema}))
+            })
+            .collect();
+        ok["content"] = Value::Object(content);
     }
     responses.insert(op.ok.to_string(), ok);
-    let mut errors = vec![("400", "malformed request"), ("422", "invalid input")];
-    if !matches!(op.auth, Auth::Public) {
-        errors.push(("401", "missing, invalid or expired token"));
+    // Every operation: malformed or invalid input, and a banned address.
+    let mut errors = vec![400, 403, 422];
+    if op.body.is_some() || op.multipart.is_some() {
+        errors.extend([413, 415]);
     }
-    if matches!(op.auth, Auth::Permission(_)) {
-        errors.push(("403", "permission denied (recorded in the audit trail)"));
+    if !matches!(op.auth, Auth::Public) {
+        // Authenticated requests are rate limited per user, address, tenant.
+        errors.extend([401, 429]);
     }
     if op.path.contains('{') {
-        errors.push(("404", "not found in your tenant"));
+        errors.push(404);
     }
-    for (status, description) in errors {
+    errors.extend(op.errors.iter().copied());
+    errors.sort_unstable();
+    errors.dedup();
+    for status in errors {
         let mut response = problem.clone();
-        response["description"] = json!(description);
-        responses.insert(status.to_owned(), response);
+        response["description"] = json!(meaning(status));
+        responses.insert(status.to_string(), response);
     }
     let mut operation = json!({
         "summary": op.summary,
@@ -181,6 +267,7 @@ fn describe(op: &Op) -> Value {
     match op.auth {
         Auth::Public => {}
         Auth::Bearer => operation["security"] = json!([{"bearer": []}]),
+        Auth::Operator => operation["security"] = json!([{"operator": []}]),
         Auth::Permission(p) => {
             operation["security"] = json!([{"bearer": []}]);
             operation["x-permission"] = json!(p.name());
@@ -190,6 +277,12 @@ fn describe(op: &Op) -> Value {
         operation["requestBody"] = json!({
             "required": true,
             "content": {"application/json": {"schema": schema}}
+        });
+    }
+    if let Some(schema) = &op.multipart {
+        operation["requestBody"] = json!({
+            "required": true,
+            "content": {"multipart/form-data": {"schema": schema}}
         });
     }
     operation

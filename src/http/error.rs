@@ -216,7 +216,7 @@ impl From<IdentityError> for ApiError {
             Unauthenticated => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
-            EmailTaken | LastAdmin => {
+            EmailTaken | LastAdmin | NotYetAccepted => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             UserNotFound => ApiError::not_found(e.to_string()),

@@ -60,8 +60,18 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            // Every body the API takes is an object (serde would read a
+            // struct from an array too).
+            Ok(axum::Json(value)) if !value.is_object() => {
+                Err(ApiError::validation("the body must be a JSON object"))
+            }
+            Ok(axum::Json(mut value)) => {
+                integral_numbers(&mut value);
+                serde_json::from_value(value)
+                    .map(ApiJson)
+                    .map_err(|e| ApiError::validation(format!("invalid body: {e}")))
+            }
             Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::bad_request(format!(
                 "malformed JSON: {}",
                 e.body_text()
@@ -77,6 +87,25 @@ where
             }
             Err(other) => Err(ApiError::bad_request(other.body_text())),
         }
+    }
+}
+
+/// Writes numbers with no fraction as integers (`30.0` as `30`): JSON
+/// Schema, and so the API's documented schemas, count them as integers.
+fn integral_numbers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers),
+        _ => {}
     }
 }
 

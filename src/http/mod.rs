@@ -95,7 +95,12 @@ fn system_routes() -> Api {
             get(healthz),
         )
         .route(
-            Op::new("GET", "/readyz", "Readiness: the database answers"),
+            Op::new(
+                "GET",
+                "/readyz",
+                "Readiness: the database answers and no job is overdue",
+            )
+            .errors(&[503]),
             get(readyz),
         )
 }

@@ -18,6 +18,9 @@ use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, ApiPath, Who};
 use crate::http::state::AppState;
 
+/// What `Email::parse` accepts, as a JSON Schema pattern.
+const EMAIL_PATTERN: &str = "^[^@\\s<>\",\\u0000-\\u001f\\u007f-\\u009f]{1,64}@[^@\\s<>\",.\\u0000-\\u001f\\u007f-\\u009f][^@\\s<>\",\\u0000-\\u001f\\u007f-\\u009f]*\\.[^@\\s<>\",\\u0000-\\u001f\\u007f-\\u009f]*[^@\\s<>\",.\\u0000-\\u001f\\u007f-\\u009f]$";
+
 pub fn sessions_router() -> Api {
     Api::new()
         .route(
@@ -27,6 +30,7 @@ pub fn sessions_router() -> Api {
                 "Log in with tenant, e-mail and password",
             )
             .tag("auth")
+            .errors(&[401, 429])
             .body(json!({
                 "type": "object", "required": ["tenant", "email", "password"],
                 "properties": {"tenant": {"type": "string"}, "email": {"type": "string"},
@@ -41,6 +45,7 @@ pub fn sessions_router() -> Api {
                 "Rotate a refresh token for a new token pair",
             )
             .tag("auth")
+            .errors(&[401, 429])
             .body(json!({"type": "object", "required": ["refresh_token"],
                              "properties": {"refresh_token": {"type": "string"}}})),
             post(refresh),
@@ -59,6 +64,7 @@ pub fn sessions_router() -> Api {
                 "Accept an invitation: choose a password and log in",
             )
             .tag("auth")
+            .errors(&[401, 429])
             .body(json!({"type": "object", "required": ["token", "password"],
                          "properties": {"token": {"type": "string"},
                                         "password": {"type": "string", "writeOnly": true}}})),
@@ -88,8 +94,11 @@ pub fn router() -> Api {
             Op::new("POST", "/api/v1/users", "Invite a user with a role")
                 .tag("users")
                 .permission(Permission::UsersManage)
+                .errors(&[409])
                 .body(json!({"type": "object", "required": ["email", "role"],
-                             "properties": {"email": {"type": "string"},
+                             "additionalProperties": false,
+                             "properties": {"email": {"type": "string", "maxLength": 254,
+                                                      "pattern": EMAIL_PATTERN},
                                             "role": {"enum": ["admin", "member", "viewer", "auditor"]}}}))
                 .ok(201),
             post(create_user),
@@ -108,7 +117,8 @@ pub fn router() -> Api {
             )
             .tag("users")
             .permission(Permission::UsersManage)
-            .body(json!({"type": "object",
+            .errors(&[409])
+            .body(json!({"type": "object", "additionalProperties": false,
                              "properties": {"role": {"enum": ["admin", "member", "viewer", "auditor"]},
                                             "status": {"enum": ["active", "disabled"]}}})),
             axum::routing::patch(update_user),
@@ -121,6 +131,7 @@ pub fn router() -> Api {
             )
             .tag("users")
             .permission(Permission::UsersManage)
+            .errors(&[409])
             .ok(204),
             axum::routing::delete(delete_user),
         )

@@ -43,10 +43,11 @@ pub struct Email(String);
 impl Email {
     pub fn parse(text: &str) -> Result<Email, IdentityError> {
         let text = text.trim().to_lowercase();
-        let valid = text.len() <= 254
+        // Lengths in characters, as the API's schema states them.
+        let valid = text.chars().count() <= 254
             && text.split_once('@').is_some_and(|(local, domain)| {
                 !local.is_empty()
-                    && local.len() <= 64
+                    && local.chars().count() <= 64
                     && domain.contains('.')
                     && !domain.starts_with('.')
                     && !domain.ends_with('.')
@@ -91,6 +92,8 @@ pub enum IdentityError {
     UnknownRole(String),
     #[error("unknown status {0:?}: use active or disabled")]
     UnknownStatus(String),
+    #[error("an invited user becomes active only by accepting the invitation")]
+    NotYetAccepted,
     #[error("a user with this e-mail already exists")]
     EmailTaken,
     #[error("user not found")]

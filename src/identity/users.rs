@@ -188,7 +188,9 @@ pub(super) async fn find_user(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
+    #[serde(default, deserialize_with = "crate::json::present")]
     pub role: Option<String>,
+    #[serde(default, deserialize_with = "crate::json::present")]
     pub status: Option<String>,
 }
 
@@ -220,9 +222,7 @@ pub async fn update_user(
                 if let Some(status) = status {
                     if before.status == "invited" && status == "active" {
                         // Only accepting the invitation activates an account.
-                        return Err(IdentityError::UnknownStatus(
-                            "active (the user has not accepted the invitation yet)".into(),
-                        ));
+                        return Err(IdentityError::NotYetAccepted);
                     }
                     after.status = status;
                 }

@@ -38,6 +38,7 @@ pub fn router() -> Api {
             )
             .tag("keys")
             .permission(Permission::KeysManage)
+            .errors(&[409, 410, 423])
             .ok(202),
             post(rotate),
         )
@@ -49,9 +50,11 @@ pub fn router() -> Api {
             )
             .tag("keys")
             .permission(Permission::KeysManage)
+            .errors(&[409, 410])
             .body(json!({
-                "type": "object", "required": ["key"],
-                "properties": {"key": {"type": "string", "description": "base64 of 32 random bytes"}}
+                "type": "object", "required": ["key"], "additionalProperties": false,
+                "properties": {"key": {"type": "string", "description": "base64 of 32 random bytes",
+                                       "pattern": "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"}}
             })),
             put(supply_byok),
         )
@@ -62,7 +65,8 @@ pub fn router() -> Api {
                 "Revoke the tenant's own key: its data is unreadable until the key is supplied again",
             )
             .tag("keys")
-            .permission(Permission::KeysManage),
+            .permission(Permission::KeysManage)
+            .errors(&[404, 409, 410]),
             axum::routing::delete(revoke_byok),
         )
 }

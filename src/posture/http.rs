@@ -43,7 +43,9 @@ pub fn router() -> Api {
                 "The instance's signed posture report as the posture job last took it (with its \
                  age); `fresh=true` takes one now. Bearer `operator_token`",
             )
-            .tag("posture"),
+            .tag("posture")
+            .operator()
+            .param("fresh", json!({"enum": ["true", "false"]}), false),
             get(instance),
         )
         .route(
@@ -54,7 +56,9 @@ pub fn router() -> Api {
                  or `format=html`, the printable trust page",
             )
             .tag("posture")
-            .permission(Permission::AuditRead),
+            .permission(Permission::AuditRead)
+            .param("format", json!({"enum": ["json", "html"]}), false)
+            .produces(&["application/json", "text/html"]),
             get(tenant),
         )
 }

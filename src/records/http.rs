@@ -17,28 +17,64 @@ use crate::http::extract::{ApiJson, ApiPath};
 use crate::http::state::AppState;
 
 pub fn router() -> Api {
-    let field_schema = json!({
-        "type": "object", "required": ["name", "type"],
-        "properties": {
-            "name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"},
-            "type": {"enum": ["text", "integer", "number", "boolean", "datetime", "email", "select", "json", "file"]},
-            "required": {"type": "boolean"}, "unique": {"type": "boolean"},
-            "indexed": {"type": "boolean"},
-            "personal": {"type": "boolean", "description": "personal data: stored encrypted"},
-            "sensitive": {"type": "boolean", "description": "stored encrypted, redacted in the audit trail"},
-            "options": {"type": "array", "items": {"type": "string"}},
-            "max_size": {"type": "integer", "description": "file fields: largest file in bytes (default 25 MiB)"},
-            "max_files": {"type": "integer", "description": "file fields: files per record (default 1)"},
-            "accept": {"type": "array", "items": {"type": "string"}, "description": "file fields: allowed content types, sniffed from the bytes"}
-        }
+    // What `validate_fields` accepts, as far as JSON Schema can say it
+    // (names unique within the list cannot be said).
+    let common = json!({
+        "name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$",
+                 "not": {"enum": ["id", "collection", "version", "created_at", "updated_at"]}},
+        "required": {"type": "boolean"},
+        "personal": {"type": "boolean", "description": "personal data: stored encrypted"},
+        "sensitive": {"type": "boolean", "description": "stored encrypted, redacted in the audit trail"},
     });
+    let variant = |types: &[&str], extra: Value| {
+        let mut properties = common.clone();
+        properties["type"] = json!({"enum": types});
+        if let (Some(p), Value::Object(extra)) = (properties.as_object_mut(), extra) {
+            p.extend(extra);
+        }
+        json!({"type": "object", "required": ["name", "type"], "additionalProperties": false,
+               "properties": properties})
+    };
+    // Encrypted values cannot be looked up: no unique or indexed then.
+    let keyed = json!({"unique": {"type": "boolean"}, "indexed": {"type": "boolean"}});
+    let not_encrypted_and_keyed = json!({"not": {"allOf": [
+        {"anyOf": [{"required": ["sensitive"], "properties": {"sensitive": {"const": true}}},
+                   {"required": ["personal"], "properties": {"personal": {"const": true}}}]},
+        {"anyOf": [{"required": ["unique"], "properties": {"unique": {"const": true}}},
+                   {"required": ["indexed"], "properties": {"indexed": {"const": true}}}]}
+    ]}});
+    let mut select_extra = keyed.clone();
+    select_extra["options"] = json!({"type": "array", "minItems": 1, "maxItems": 500,
+        "items": {"type": "string", "minLength": 1, "maxLength": 200}});
+    let mut select = variant(&["select"], select_extra);
+    select["required"] = json!(["name", "type", "options"]);
+    let field_schema = json!({"oneOf": [
+        {"allOf": [variant(&["text", "integer", "number", "boolean", "datetime", "email"], keyed.clone()),
+                   not_encrypted_and_keyed.clone()]},
+        {"allOf": [select, not_encrypted_and_keyed]},
+        variant(&["json"], json!({"unique": {"const": false}, "indexed": {"const": false}})),
+        variant(&["file"], json!({
+            "required": {"const": false},
+            "unique": {"const": false}, "indexed": {"const": false},
+            "max_size": {"type": "integer", "minimum": 1, "maximum": super::schema::MAX_FILE_BYTES,
+                         "description": "largest file in bytes (default 25 MiB)"},
+            "max_files": {"type": "integer", "minimum": 1, "maximum": 100,
+                          "description": "files per record (default 1)"},
+            "accept": {"type": "array", "minItems": 1,
+                       "items": {"enum": super::schema::KNOWN_TYPES},
+                       "description": "allowed content types, sniffed from the bytes"}
+        })),
+    ]});
+    let fields = json!({"type": "array", "maxItems": 200, "items": field_schema,
+                        "description": "field names are unique within the list"});
     let collection_body = json!({
-        "type": "object", "required": ["name", "fields"],
-        "properties": {"name": {"type": "string"}, "fields": {"type": "array", "items": field_schema}}
+        "type": "object", "required": ["name", "fields"], "additionalProperties": false,
+        "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"},
+                       "fields": fields.clone()}
     });
     let fields_body = json!({
-        "type": "object", "required": ["fields"],
-        "properties": {"fields": {"type": "array", "items": field_schema}}
+        "type": "object", "required": ["fields"], "additionalProperties": false,
+        "properties": {"fields": fields}
     });
     let record_body = json!({"type": "object", "description": "the record's fields"});
     Api::new()
@@ -52,6 +88,7 @@ pub fn router() -> Api {
             Op::new("POST", "/api/v1/collections", "Define a collection")
                 .tag("collections")
                 .permission(Permission::CollectionsManage)
+                .errors(&[409])
                 .body(collection_body)
                 .ok(201),
             post(create_collection),
@@ -74,6 +111,7 @@ pub fn router() -> Api {
             )
             .tag("collections")
             .permission(Permission::CollectionsManage)
+            .errors(&[409])
             .body(fields_body),
             axum::routing::patch(update_collection),
         )
@@ -95,7 +133,18 @@ pub fn router() -> Api {
                 "List records: filter[field]=value, sort=created_at|-created_at, limit, cursor",
             )
             .tag("records")
-            .permission(Permission::RecordsRead),
+            .permission(Permission::RecordsRead)
+            .errors(&[410, 423])
+            .param(
+                "sort",
+                json!({"enum": ["created_at", "-created_at"]}),
+                false,
+            )
+            .param(
+                "limit",
+                json!({"type": "integer", "minimum": 1, "maximum": super::MAX_PAGE}),
+                false,
+            ),
             get(list_records),
         )
         .route(
@@ -106,6 +155,7 @@ pub fn router() -> Api {
             )
             .tag("records")
             .permission(Permission::RecordsWrite)
+            .errors(&[409, 410, 423])
             .body(record_body.clone())
             .ok(201),
             post(create_record),
@@ -117,7 +167,8 @@ pub fn router() -> Api {
                 "Read a record (ETag)",
             )
             .tag("records")
-            .permission(Permission::RecordsRead),
+            .permission(Permission::RecordsRead)
+            .errors(&[410, 423]),
             get(get_record),
         )
         .route(
@@ -128,6 +179,7 @@ pub fn router() -> Api {
             )
             .tag("records")
             .permission(Permission::RecordsWrite)
+            .errors(&[409, 410, 412, 423])
             .body(record_body),
             axum::routing::patch(update_record),
         )

@@ -97,16 +97,32 @@ pub struct Field {
     /// Never shown in clear outside the record itself (audit, logs).
     #[serde(default)]
     pub sensitive: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub options: Option<Vec<String>>,
     /// File fields: largest file in bytes (default 25 MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_size: Option<u64>,
     /// File fields: how many files the field holds (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_files: Option<u32>,
     /// File fields: content types allowed, as sniffed from the bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub accept: Option<Vec<String>>,
 }
 

@@ -14,6 +14,9 @@ use super::TenancyError;
 use crate::access::{Permission, Principal, authorize};
 use crate::context::Permit;
 use crate::context::RequestMeta;
+
+/// An IPv4 CIDR block, as a JSON Schema pattern.
+const IPV4_BLOCK: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$";
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
@@ -36,7 +39,9 @@ pub struct TenantSettings {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
+    #[serde(default, deserialize_with = "crate::json::present")]
     pub audit_retention_days: Option<i64>,
+    #[serde(default, deserialize_with = "crate::json::present")]
     pub ip_allowlist: Option<Vec<String>>,
     /// Saving a list that leaves out the caller's own address needs this.
     #[serde(default)]
@@ -174,11 +179,15 @@ pub fn router() -> Api {
             )
             .tag("tenant")
             .permission(Permission::SettingsManage)
-            .body(json!({"type": "object", "properties": {
+            .errors(&[409])
+            .body(json!({"type": "object", "additionalProperties": false, "properties": {
                 "audit_retention_days": {"type": "integer", "minimum": MIN_AUDIT_RETENTION_DAYS,
                                          "maximum": MAX_AUDIT_RETENTION_DAYS},
                 "ip_allowlist": {"type": "array", "maxItems": MAX_ALLOWLIST,
-                                 "items": {"type": "string", "description": "an address or CIDR block"}},
+                                 "items": {"type": "string",
+                                           "description": "an address or CIDR block (IPv6 blocks too)",
+                                           "anyOf": [{"format": "ipv4"}, {"format": "ipv6"},
+                                                     {"pattern": IPV4_BLOCK}]}},
                 "confirm_lockout": {"type": "boolean",
                                     "description": "save a list that leaves out the caller's own address"}
             }})),

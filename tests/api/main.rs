@@ -6,6 +6,7 @@ mod access_log;
 mod audit;
 mod auth;
 mod cluster;
+mod contract;
 mod durability;
 mod files;
 mod freed;
