@@ -23,56 +23,46 @@ use crate::store::sql::{decode_cursor, encode_cursor, one_page};
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
+/// The time window both logs filter by.
+fn time_window(op: Op) -> Op {
+    let time = json!({"type": "string", "format": "date-time"});
+    op.param("from", time.clone(), false)
+        .param("to", time, false)
+}
+
 /// The trail's filters, as query parameters.
 fn audit_filters(op: Op) -> Op {
-    op.param(
-        "from",
-        json!({"type": "string", "format": "date-time"}),
-        false,
-    )
-    .param(
-        "to",
-        json!({"type": "string", "format": "date-time"}),
-        false,
-    )
-    .param(
-        "actor",
-        json!({"type": "string", "description": "a user id or e-mail"}),
-        false,
-    )
-    .param("action", json!({"type": "string"}), false)
-    .param("target_type", json!({"type": "string"}), false)
-    .param("target_id", json!({"type": "string"}), false)
-    .param(
-        "outcome",
-        json!({"enum": ["success", "failure", "denied"]}),
-        false,
-    )
+    let text = json!({"type": "string"});
+    time_window(op)
+        .param(
+            "actor",
+            json!({"type": "string", "description": "a user id or e-mail"}),
+            false,
+        )
+        .param("action", text.clone(), false)
+        .param("target_type", text.clone(), false)
+        .param("target_id", text, false)
+        .param(
+            "outcome",
+            json!({"enum": ["success", "failure", "denied"]}),
+            false,
+        )
 }
 
 /// The access log's filters, as query parameters.
 fn access_filters(op: Op) -> Op {
-    op.param(
-        "from",
-        json!({"type": "string", "format": "date-time"}),
-        false,
-    )
-    .param(
-        "to",
-        json!({"type": "string", "format": "date-time"}),
-        false,
-    )
-    .param(
-        "user",
-        json!({"type": "string", "description": "a user id"}),
-        false,
-    )
-    .param("path_prefix", json!({"type": "string"}), false)
-    .param(
-        "status",
-        json!({"type": "integer", "minimum": 100, "maximum": 599}),
-        false,
-    )
+    time_window(op)
+        .param(
+            "user",
+            json!({"type": "string", "description": "a user id"}),
+            false,
+        )
+        .param("path_prefix", json!({"type": "string"}), false)
+        .param(
+            "status",
+            json!({"type": "integer", "minimum": 100, "maximum": 599}),
+            false,
+        )
 }
 
 fn limit(op: Op) -> Op {

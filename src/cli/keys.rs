@@ -107,6 +107,15 @@ struct Scrub {
     unreadable: u64,
 }
 
+impl Scrub {
+    fn summary(&self, stores: usize) -> String {
+        format!(
+            "{} files in {stores} stores: {} good, {} damaged, {} repaired, {} unreadable",
+            self.files, self.good, self.damaged, self.repaired, self.unreadable
+        )
+    }
+}
+
 /// FIL-5: checks every copy of every file against its recorded checksum.
 pub(super) async fn verify_files(
     state: &AppState,
@@ -176,26 +185,11 @@ pub(super) async fn verify_files(
     if json {
         println!("{}", serde_json::to_string(&scrub)?);
     } else {
-        println!(
-            "checked {} files in {} stores: {} good, {} damaged, {} repaired, {} unreadable",
-            scrub.files,
-            files.objects.targets().len(),
-            scrub.good,
-            scrub.damaged,
-            scrub.repaired,
-            scrub.unreadable
-        );
+        println!("checked {}", scrub.summary(files.objects.targets().len()));
     }
+    // A scrub of every tenant is what the FIL-5 check reports.
     if tenant.is_none() {
-        let detail = format!(
-            "{} files in {} stores: {} good, {} damaged, {} repaired, {} unreadable",
-            scrub.files,
-            files.objects.targets().len(),
-            scrub.good,
-            scrub.damaged,
-            scrub.repaired,
-            scrub.unreadable
-        );
+        let detail = scrub.summary(files.objects.targets().len());
         let ok = scrub.damaged == 0 && scrub.unreadable == 0;
         crate::ops::heartbeat(&state.store, crate::posture::checks::SCRUB_JOB, ok, detail).await?;
     }

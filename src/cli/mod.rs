@@ -829,26 +829,14 @@ fn start_jobs(state: &crate::http::AppState) {
             }
         },
     );
-    // The posture report: once soon after start, then on its interval.
+    // The posture report reads the other jobs' heartbeats: it runs first
+    // once they have run.
     let job_state = state.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        let ran = crate::http::probe::posture_job(&job_state).await;
-        let (ok, detail) = match ran {
-            Ok(detail) => (true, detail),
-            Err(e) => (false, e),
-        };
-        if let Err(e) =
-            crate::ops::heartbeat(&job_state.store, crate::posture::JOB, ok, detail).await
-        {
-            tracing::warn!(error = %e, "could not record the posture job's heartbeat");
-        }
-    });
-    let job_state = state.clone();
-    crate::ops::every(
+    crate::ops::every_from(
         state.store.clone(),
         &state.schedule,
         crate::posture::JOB,
+        crate::ops::FIRST_RUN_AFTER * 4,
         std::time::Duration::from_secs(state.config.posture_interval_seconds),
         move || {
             let state = job_state.clone();

@@ -186,6 +186,29 @@ impl Api {
     }
 }
 
+/// The pattern of text the API takes: anything but NUL (U+0000), which no
+/// stored text may hold (PostgreSQL refuses it, and so does the server).
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// Gives every free-text string of `schema` the [`NO_NUL`] pattern (one
+/// already constrained by a pattern, enum, format or alternatives keeps
+/// its own, which admit no NUL either).
+fn without_nul(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let constrained = ["pattern", "enum", "const", "format", "anyOf", "oneOf"]
+                .iter()
+                .any(|k| map.contains_key(*k));
+            if map.get("type").and_then(Value::as_str) == Some("string") && !constrained {
+                map.insert("pattern".into(), json!(NO_NUL));
+            }
+            map.values_mut().for_each(without_nul);
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_nul),
+        _ => {}
+    }
+}
+
 /// What each status means when an operation documents it.
 fn meaning(status: u16) -> &'static str {
     match status {
@@ -216,6 +239,7 @@ fn describe(op: &Op) -> Value {
         .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
         .collect();
     params.extend(op.query.iter().cloned());
+    params.iter_mut().for_each(without_nul);
     let problem = json!({"content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
     let mut responses = Map::new();
     let mut ok = json!({"description": "success"});
@@ -274,12 +298,16 @@ fn describe(op: &Op) -> Value {
         }
     }
     if let Some(schema) = &op.body {
+        let mut schema = schema.clone();
+        without_nul(&mut schema);
         operation["requestBody"] = json!({
             "required": true,
             "content": {"application/json": {"schema": schema}}
         });
     }
     if let Some(schema) = &op.multipart {
+        let mut schema = schema.clone();
+        without_nul(&mut schema);
         operation["requestBody"] = json!({
             "required": true,
             "content": {"multipart/form-data": {"schema": schema}}

@@ -66,6 +66,9 @@ where
             Ok(axum::Json(value)) if !value.is_object() => {
                 Err(ApiError::validation("the body must be a JSON object"))
             }
+            Ok(axum::Json(value)) if holds_nul(&value) => {
+                Err(ApiError::validation("text may not contain NUL (U+0000)"))
+            }
             Ok(axum::Json(mut value)) => {
                 integral_numbers(&mut value);
                 serde_json::from_value(value)
@@ -87,6 +90,17 @@ where
             }
             Err(other) => Err(ApiError::bad_request(other.body_text())),
         }
+    }
+}
+
+/// Whether any string of `value`, or any key, holds NUL.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 

@@ -189,6 +189,12 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     // A banned address is refused before anything else (NET-3).
     let client: Option<std::net::IpAddr> = meta.ip.as_deref().and_then(|ip| ip.parse().ok());
     let banned = client.and_then(|ip| state.bans.refused(ip));
+    // No text the API takes holds NUL; one in the path or query is refused
+    // here, before any handler binds it to a query.
+    let nul = req
+        .uri()
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().to_ascii_lowercase().contains("%00"));
     let mut response = REQUEST_ID
         .scope(
             id.clone(),
@@ -205,6 +211,10 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
                         )
                         .with_retry_after(left)
                         .into_response(),
+                        None if nul => {
+                            ApiError::bad_request("the path and query may not contain NUL (%00)")
+                                .into_response()
+                        }
                         None => next.run(req).await,
                     }
                 },

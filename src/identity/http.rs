@@ -33,6 +33,7 @@ pub fn sessions_router() -> Api {
             .errors(&[401, 429])
             .body(json!({
                 "type": "object", "required": ["tenant", "email", "password"],
+                "additionalProperties": false,
                 "properties": {"tenant": {"type": "string"}, "email": {"type": "string"},
                                "password": {"type": "string", "writeOnly": true}}
             })),
@@ -46,7 +47,7 @@ pub fn sessions_router() -> Api {
             )
             .tag("auth")
             .errors(&[401, 429])
-            .body(json!({"type": "object", "required": ["refresh_token"],
+            .body(json!({"type": "object", "required": ["refresh_token"], "additionalProperties": false,
                              "properties": {"refresh_token": {"type": "string"}}})),
             post(refresh),
         )
@@ -65,7 +66,7 @@ pub fn sessions_router() -> Api {
             )
             .tag("auth")
             .errors(&[401, 429])
-            .body(json!({"type": "object", "required": ["token", "password"],
+            .body(json!({"type": "object", "required": ["token", "password"], "additionalProperties": false,
                          "properties": {"token": {"type": "string"},
                                         "password": {"type": "string", "writeOnly": true}}})),
             post(accept_invitation),
@@ -138,6 +139,7 @@ pub fn router() -> Api {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LoginBody {
     tenant: String,
     email: String,
@@ -188,6 +190,7 @@ async fn login(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RefreshBody {
     refresh_token: SecretString,
 }
@@ -220,6 +223,7 @@ async fn logout(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AcceptBody {
     token: SecretString,
     password: SecretString,

@@ -130,19 +130,38 @@ pub async fn heartbeat(
         .await
 }
 
-/// Runs `run` every `every` (the first time after one period) until the
-/// process stops, recording a heartbeat after each run. A tick at which
-/// another node holds the job's lease is skipped.
+/// How soon after start a job first runs (sooner if its interval is
+/// shorter): a fresh server's heartbeats are known at once.
+pub const FIRST_RUN_AFTER: Duration = Duration::from_secs(2);
+
+/// Runs `run` every `every` (the first time [`FIRST_RUN_AFTER`] after start)
+/// until the process stops, recording a heartbeat after each run. A tick at
+/// which another node holds the job's lease is skipped.
 pub fn every<F, Fut>(store: Store, schedule: &Schedule, job: &'static str, every: Duration, run: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, String>> + Send,
 {
+    every_from(store, schedule, job, FIRST_RUN_AFTER, every, run)
+}
+
+/// [`every`], the first time after `first` (or `every`, if shorter).
+pub fn every_from<F, Fut>(
+    store: Store,
+    schedule: &Schedule,
+    job: &'static str,
+    first: Duration,
+    every: Duration,
+    run: F,
+) where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, String>> + Send,
+{
     schedule.add(job, every);
     tokio::spawn(async move {
+        tokio::time::sleep(every.min(first)).await;
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
         loop {
             ticker.tick().await;
             if !store.hold_lease(job).await {

@@ -221,6 +221,43 @@ async fn ctl_pos_1_verify_turns_a_tampered_control_to_fail_and_exits_non_zero() 
     );
 }
 
+/// `strongroom posture check FILE [--key KEY]` on the app's data dir.
+fn posture_check(
+    app: &crate::helpers::TestApp,
+    file: &std::path::Path,
+    key: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = crate::helpers::cli(&app.data_dir, &app.database_url);
+    cmd.args(["posture", "check"]).arg(file);
+    if let Some(key) = key {
+        cmd.args(["--key", key]);
+    }
+    cmd.output().unwrap()
+}
+
+/// Writes `text` to a file and checks it as a saved report: it must verify.
+fn assert_verifies(app: &crate::helpers::TestApp, text: &str, key: Option<&str>) {
+    let file = crate::helpers::temp_dir("posture-saved").join("report.json");
+    std::fs::write(&file, text).unwrap();
+    let checked = posture_check(app, &file, key);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+/// One control of a signed report.
+fn control(document: &serde_json::Value, id: &str) -> serde_json::Value {
+    document["report"]["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap()
+        .clone()
+}
+
 /// The public key an instance publishes for its posture reports.
 async fn published_key(app: &crate::helpers::TestApp) -> String {
     let published: serde_json::Value = app
@@ -261,14 +298,7 @@ async fn ctl_pos_1_a_saved_signed_report_verifies_and_an_edited_one_does_not() {
     // The key the instance publishes is the one that signed it.
     let key = published_key(&app).await;
     assert_eq!(document["public_key"], key.as_str());
-    let check = |file: &std::path::Path, key: Option<&str>| {
-        let mut cmd = crate::helpers::cli(&app.data_dir, &app.database_url);
-        cmd.args(["posture", "check"]).arg(file);
-        if let Some(key) = key {
-            cmd.args(["--key", key]);
-        }
-        cmd.output().unwrap()
-    };
+    let check = |file: &std::path::Path, key: Option<&str>| posture_check(&app, file, key);
     let ok = check(&saved, Some(&key));
     assert!(
         ok.status.success(),
@@ -336,29 +366,16 @@ async fn ctl_pos_1_the_instance_view_needs_the_operator_token_and_serves_the_kep
     let signed = &kept["signed"];
     assert_eq!(signed["report"]["scope"], "instance");
     assert_eq!(signed["public_key"], published_key(&app).await.as_str());
-    let controls = signed["report"]["controls"].as_array().unwrap();
-    assert_eq!(controls.len(), 58);
-    let net4 = controls.iter().find(|c| c["id"] == "NET-4").unwrap();
+    assert_eq!(signed["report"]["controls"].as_array().unwrap().len(), 58);
+    let net4 = control(signed, "NET-4");
     assert_eq!(net4["verdict"], "pass", "{net4}");
     // The document verifies offline as it was served.
-    let dir = crate::helpers::temp_dir("ops-posture");
-    std::fs::write(dir.join("kept.json"), signed.to_string()).unwrap();
-    let checked = crate::helpers::cli(&app.data_dir, &app.database_url)
-        .args(["posture", "check"])
-        .arg(dir.join("kept.json"))
-        .output()
-        .unwrap();
-    assert!(
-        checked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    assert_verifies(&app, &signed.to_string(), None);
     // A fresh one now: the front door's verdicts come from the kept report.
     let (status, fresh) = get(Some(OPERATOR_TOKEN), "?fresh=true").await;
     assert_eq!(status, 200, "{fresh}");
     assert_ne!(fresh["taken_at"], kept["taken_at"]);
-    let controls = fresh["signed"]["report"]["controls"].as_array().unwrap();
-    let net4 = controls.iter().find(|c| c["id"] == "NET-4").unwrap();
+    let net4 = control(&fresh["signed"], "NET-4");
     assert!(
         net4["evidence"]
             .as_str()
@@ -415,16 +432,7 @@ async fn ctl_pos_1_a_tenants_view_says_nothing_about_another_tenant() {
     let report = &document["report"];
     assert_eq!(report["scope"]["tenant"]["slug"], "acme");
     assert_eq!(report["scope"]["tenant"]["id"], acme.tenant_id.as_str());
-    let control = |report: &serde_json::Value, id: &str| {
-        report["controls"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == id)
-            .unwrap()
-            .clone()
-    };
-    let enc2 = control(report, "ENC-2");
+    let enc2 = control(&document, "ENC-2");
     assert!(
         enc2["evidence"]
             .as_str()
@@ -433,7 +441,7 @@ async fn ctl_pos_1_a_tenants_view_says_nothing_about_another_tenant() {
         "{enc2}"
     );
     assert!(
-        control(report, "AUD-7")["evidence"]
+        control(&document, "AUD-7")["evidence"]
             .as_str()
             .unwrap()
             .contains("this tenant")
@@ -451,19 +459,7 @@ async fn ctl_pos_1_a_tenants_view_says_nothing_about_another_tenant() {
     let member = app.user(&acme, "member@acme.test", "member").await;
     assert_eq!(view(member.access_token.clone()).await.0, 403);
     // The signed document verifies against the instance's published key.
-    let dir = crate::helpers::temp_dir("tenant-posture");
-    std::fs::write(dir.join("acme.json"), &text).unwrap();
-    let checked = crate::helpers::cli(&app.data_dir, &app.database_url)
-        .args(["posture", "check"])
-        .arg(dir.join("acme.json"))
-        .args(["--key", &published_key(&app).await])
-        .output()
-        .unwrap();
-    assert!(
-        checked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    assert_verifies(&app, &text, Some(&published_key(&app).await));
 }
 
 #[tokio::test]
