@@ -20,10 +20,18 @@ use super::AppState;
 /// The whole instance's report, now: every check, and the front door
 /// probed through the application router.
 pub async fn instance_report(state: &AppState) -> Result<Vec<Reported>, StoreError> {
+    report_by(state, false).await
+}
+
+/// [`instance_report`], saying whether the posture job takes it.
+async fn report_by(state: &AppState, by_job: bool) -> Result<Vec<Reported>, StoreError> {
     let app = super::app(state.clone());
     let extra = front_door(&app, &state.config).await;
     let scopes = crate::tenancy::all_scopes(&state.store).await?;
-    let probe = crate::posture::http::probe(state);
+    let probe = crate::posture::Probe {
+        by_job,
+        ..crate::posture::http::probe(state)
+    };
     crate::posture::take(&probe, &scopes, Reach::Instance, extra).await
 }
 
@@ -31,7 +39,7 @@ pub async fn instance_report(state: &AppState) -> Result<Vec<Reported>, StoreErr
 /// (`GET /api/v1/ops/posture` serves it); a failing control is a security
 /// event.
 pub async fn posture_job(state: &AppState) -> Result<String, String> {
-    let report = instance_report(state).await.map_err(|e| e.to_string())?;
+    let report = report_by(state, true).await.map_err(|e| e.to_string())?;
     let document = crate::posture::signed::sign(
         state.keyring.posture_signing_key(),
         state.store.node(),

@@ -33,7 +33,10 @@ fn hex(digest: &[u8]) -> String {
 
 /// The digests of the running executable and of `config`.
 pub fn fingerprint(config: &Config) -> std::io::Result<Fingerprint> {
-    let mut file = std::fs::File::open(std::env::current_exe()?)?;
+    // The image this process runs, even when its file was replaced or
+    // removed since it started (Linux); elsewhere, the file by its path.
+    let mut file = std::fs::File::open("/proc/self/exe")
+        .or_else(|_| std::env::current_exe().and_then(std::fs::File::open))?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
     Ok(Fingerprint {

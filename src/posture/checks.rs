@@ -45,6 +45,9 @@ pub struct Probe<'a> {
     pub keyring: &'a Keyring,
     pub files: crate::files::Files,
     pub config: &'a Config,
+    /// Whether the posture job itself takes this report (its own heartbeat
+    /// is written after it).
+    pub by_job: bool,
 }
 
 /// Whom a report is for: the operator sees the whole instance; a tenant
@@ -108,19 +111,19 @@ pub async fn run(
         https_only(config),
         allow_lists(store, scopes, reach).await?,
         abuse(store, reach, config).await?,
-        heartbeats(&runs, config),
+        heartbeats(&runs, config, probe.by_job),
         install(store, config).await?,
         versions(store).await?,
-        posture_job(&runs, config),
+        posture_job(&runs, config, probe.by_job),
     ];
     findings.push(advisories(config));
     Ok(findings)
 }
 
 /// POS-1: the catalog is whole and the posture job keeps the signed report.
-fn posture_job(runs: &[JobRun], config: &Config) -> Finding {
+fn posture_job(runs: &[JobRun], config: &Config, by_job: bool) -> Finding {
     let every = Duration::from_secs(config.posture_interval_seconds);
-    let (verdict, job) = job_freshness(runs, super::JOB, every);
+    let (verdict, job) = job_freshness(runs, super::JOB, every, by_job);
     finding(
         "POS-1",
         verdict,
@@ -793,19 +796,19 @@ async fn retention(
         return Ok(finding("AUD-3", Verdict::Fail, short.join("; ")));
     }
     let every = Duration::from_secs(config.retention_interval_seconds);
-    let (verdict, job) = job_freshness(runs, crate::audit::RETENTION_JOB, every);
+    let (verdict, job) = job_freshness(runs, crate::audit::RETENTION_JOB, every, false);
     Ok(finding(
         "AUD-3",
         verdict,
         format!(
-            "{} keep the trail ≥ 90 days; {job}",
+            "the trail of {} is kept ≥ 90 days; {job}",
             reach.tenants(scopes.len())
         ),
     ))
 }
 
 /// OPS-1: every scheduled job has run within twice its interval.
-fn heartbeats(runs: &[JobRun], config: &Config) -> Finding {
+fn heartbeats(runs: &[JobRun], config: &Config, by_job: bool) -> Finding {
     let jobs = [
         (
             "audit.checkpoint",
@@ -827,7 +830,7 @@ fn heartbeats(runs: &[JobRun], config: &Config) -> Finding {
     let mut worst = Verdict::Pass;
     let mut evidence = Vec::new();
     for (job, every) in jobs {
-        let (verdict, said) = job_freshness(runs, job, every);
+        let (verdict, said) = job_freshness(runs, job, every, by_job && job == super::JOB);
         worst = match (worst, verdict) {
             (Verdict::Fail, _) | (_, Verdict::Fail) => Verdict::Fail,
             (Verdict::Warn, _) | (_, Verdict::Warn) => Verdict::Warn,
@@ -838,8 +841,24 @@ fn heartbeats(runs: &[JobRun], config: &Config) -> Finding {
     finding("OPS-1", worst, evidence.join("; "))
 }
 
-/// Whether `job` last ran, successfully, within twice `every`.
-fn job_freshness(runs: &[JobRun], job: &str, every: Duration) -> (Verdict, String) {
+/// Whether `job` last ran, successfully, within twice `every` — or is
+/// running now, taking this very report.
+fn job_freshness(runs: &[JobRun], job: &str, every: Duration, now: bool) -> (Verdict, String) {
+    if now {
+        let before = runs
+            .iter()
+            .find(|r| r.job == job)
+            .map_or("its first run".to_owned(), |r| {
+                format!("its last run before this one {}", r.last_run_at)
+            });
+        return (
+            Verdict::Pass,
+            format!(
+                "{job} is taking this report now (every {} s; {before})",
+                every.as_secs()
+            ),
+        );
+    }
     let Some(run) = runs.iter().find(|r| r.job == job) else {
         return (
             Verdict::Warn,

@@ -71,6 +71,7 @@ pub fn probe(state: &AppState) -> Probe<'_> {
         keyring: &state.keyring,
         files: state.files(),
         config: &state.config,
+        by_job: false,
     }
 }
 

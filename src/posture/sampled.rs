@@ -155,8 +155,8 @@ pub async fn password_hashes(
             "IAM-1",
             Verdict::Pass,
             format!(
-                "all {hashes} stored password hashes of {} are Argon2id with m ≥ 19 MiB, t ≥ 2, \
-                 p ≥ 1; new passwords need 12–256 characters and zxcvbn score ≥ 3",
+                "the {hashes} stored password hashes of {} are all Argon2id with m ≥ 19 MiB, \
+                 t ≥ 2, p ≥ 1; new passwords need 12–256 characters and zxcvbn score ≥ 3",
                 reach.tenants(scopes.len())
             ),
         )
