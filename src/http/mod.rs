@@ -194,7 +194,7 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let nul = req
         .uri()
         .path_and_query()
-        .is_some_and(|pq| pq.as_str().to_ascii_lowercase().contains("%00"));
+        .is_some_and(|pq| pq.as_str().contains("%00"));
     let mut response = REQUEST_ID
         .scope(
             id.clone(),
