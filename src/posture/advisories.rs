@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::checks::{Finding, Verdict, finding};
+use super::finding::{Finding, Verdict, finding};
 
 const LOCK: &str = include_str!("../../Cargo.lock");
 const AUDIT_TOML: &str = include_str!("../../.cargo/audit.toml");

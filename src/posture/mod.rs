@@ -13,6 +13,7 @@
 
 mod advisories;
 pub mod checks;
+mod finding;
 pub mod http;
 mod page;
 mod sampled;
@@ -20,7 +21,7 @@ pub mod signed;
 
 use serde::{Deserialize, Serialize};
 
-pub use checks::{Finding, Probe, Reach, Verdict};
+pub use finding::{Finding, Probe, Reach, Verdict};
 
 use crate::context::TenantScope;
 use crate::store::{Store, StoreError, db};

@@ -7,7 +7,7 @@
 
 use futures_util::StreamExt;
 
-use super::checks::{Finding, Probe, Reach, Verdict, finding};
+use super::finding::{Finding, Probe, Reach, Verdict, finding};
 use crate::context::TenantScope;
 use crate::store::{Backend, StoreError, db};
 
