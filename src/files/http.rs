@@ -300,6 +300,10 @@ async fn signed_download(
     let tenant_id = TenantId::parse(&grant.tenant).ok_or(FileError::BadSignature)?;
     who.set(&grant.tenant, &grant.by, None);
     let scope = TenantScope::trusted(tenant_id);
+    // The link is its issuer's read: it ends when they may no longer read.
+    if !crate::identity::may_still_read(&state.store, &scope, &grant.by).await? {
+        return Err(FileError::BadSignature.into());
+    }
     let files = state.files();
     let file = files.open_by_id(&scope, &grant.file).await?;
     let permit = Permit::signed_link(scope, grant.by.clone());

@@ -26,7 +26,9 @@ pub use sessions::{
     authenticate_cached, login, logout, refresh,
 };
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
-pub use users::{User, UserPatch, create_user, delete_user, get_user, list_users, update_user};
+pub use users::{
+    User, UserPatch, create_user, delete_user, get_user, list_users, may_still_read, update_user,
+};
 
 pub(crate) use users::invite_user;
 

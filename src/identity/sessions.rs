@@ -243,7 +243,8 @@ pub async fn accept_invitation(
         let mut tx = store.read(&scope).await?;
         db::query_scalar(
             "SELECT u.email FROM invitations i JOIN users u ON u.id = i.user_id \
-             WHERE i.tenant_id = $1 AND i.token_hash = $2 AND i.used_at IS NULL AND i.expires_at > $3",
+             WHERE i.tenant_id = $1 AND i.token_hash = $2 AND i.used_at IS NULL AND i.expires_at > $3 \
+             AND u.status = 'invited'",
         )
         .bind(scope.id_str())
         .bind(&hash)
@@ -265,10 +266,13 @@ pub async fn accept_invitation(
             Box::pin(async move {
                 let tenant = tx.scope().id_str().to_owned();
                 let now = crate::clock::now();
-                // Re-checked inside the write: two concurrent accepts, one wins.
+                // Re-checked inside the write: two concurrent accepts, one
+                // wins; an invitation whose user was disabled (cancelled)
+                // or deleted meanwhile lets nobody in.
                 let row = db::query(
-                    "SELECT id, user_id FROM invitations \
-                     WHERE tenant_id = $1 AND token_hash = $2 AND used_at IS NULL AND expires_at > $3",
+                    "SELECT i.id, i.user_id FROM invitations i JOIN users u ON u.id = i.user_id \
+                     WHERE i.tenant_id = $1 AND i.token_hash = $2 AND i.used_at IS NULL \
+                     AND i.expires_at > $3 AND u.status = 'invited'",
                 )
                 .bind(&tenant)
                 .bind(&hash)
@@ -278,12 +282,19 @@ pub async fn accept_invitation(
                 .ok_or(IdentityError::InvalidToken)?;
                 let invitation_id: String = row.try_get("id")?;
                 let user_id: String = row.try_get("user_id")?;
-                db::query("UPDATE invitations SET used_at = $1 WHERE tenant_id = $2 AND id = $3")
-                    .bind(&now)
-                    .bind(&tenant)
-                    .bind(&invitation_id)
-                    .execute(tx.conn())
-                    .await?;
+                // Used once: the statement itself says whether this use won.
+                let used = db::query(
+                    "UPDATE invitations SET used_at = $1 \
+                     WHERE tenant_id = $2 AND id = $3 AND used_at IS NULL",
+                )
+                .bind(&now)
+                .bind(&tenant)
+                .bind(&invitation_id)
+                .execute(tx.conn())
+                .await?;
+                if used.rows_affected() != 1 {
+                    return Err(IdentityError::InvalidToken);
+                }
                 db::query(
                     "UPDATE users SET password_hash = $1, status = 'active', updated_at = $2 \
                      WHERE tenant_id = $3 AND id = $4",
@@ -353,8 +364,9 @@ pub async fn refresh(
                 let now = crate::clock::now();
                 let row = db::query(
                     "SELECT r.session_id, r.used_at, s.revoked_at, s.expires_at, u.id AS user_id, \
-                     u.email, u.status FROM refresh_tokens r \
+                     u.email, u.status, t.status AS tenant_status FROM refresh_tokens r \
                      JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id \
+                     JOIN tenants t ON t.id = r.tenant_id \
                      WHERE r.tenant_id = $1 AND r.token_hash = $2",
                 )
                 .bind(&tenant)
@@ -371,6 +383,7 @@ pub async fn refresh(
                 let expires_at: String = row.try_get("expires_at")?;
                 let user_id: String = row.try_get("user_id")?;
                 let status: String = row.try_get("status")?;
+                let tenant_status: String = row.try_get("tenant_status")?;
                 tx.set_actor(Actor {
                     kind: ActorKind::User,
                     id: Some(user_id.clone()),
@@ -388,15 +401,27 @@ pub async fn refresh(
                     );
                     return Ok(RefreshResult::Reused);
                 }
-                if revoked_at.is_some() || expires_at <= now || status != "active" {
+                if revoked_at.is_some()
+                    || expires_at <= now
+                    || status != "active"
+                    || tenant_status != "active"
+                {
                     return Ok(RefreshResult::Invalid);
                 }
-                db::query("UPDATE refresh_tokens SET used_at = $1 WHERE tenant_id = $2 AND token_hash = $3")
-                    .bind(&now)
-                    .bind(&tenant)
-                    .bind(&hash)
-                    .execute(tx.conn())
-                    .await?;
+                // Used once: a use that lost a race to another is reuse.
+                let used = db::query(
+                    "UPDATE refresh_tokens SET used_at = $1 \
+                     WHERE tenant_id = $2 AND token_hash = $3 AND used_at IS NULL",
+                )
+                .bind(&now)
+                .bind(&tenant)
+                .bind(&hash)
+                .execute(tx.conn())
+                .await?;
+                if used.rows_affected() != 1 {
+                    revoke_session(tx, &session_id, "refresh_token_reuse").await?;
+                    return Ok(RefreshResult::Reused);
+                }
                 db::query("UPDATE sessions SET last_used_at = $1 WHERE tenant_id = $2 AND id = $3")
                     .bind(&now)
                     .bind(&tenant)
@@ -598,8 +623,9 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
         .read_text_row(
             &scope,
             "SELECT u.email, u.role, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id \
+             JOIN tenants t ON t.id = s.tenant_id \
              WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
-             AND s.expires_at > $4 AND u.status = 'active'",
+             AND s.expires_at > $4 AND u.status = 'active' AND t.status = 'active'",
             &[scope.id_str(), &claims.sid, &claims.sub, &now],
         )
         .await?

@@ -324,3 +324,26 @@ async fn ensure_another_admin(tx: &mut WriteTx, except: &str) -> Result<(), Iden
         Ok(())
     }
 }
+
+/// Whether `user_id` may still read records now: the user exists and is
+/// active, holds a role that reads records, and the tenant is active. A
+/// signed link is only as good as its issuer is (FIL-2): disabling,
+/// deleting or demoting a user ends the links they issued.
+pub async fn may_still_read(
+    store: &Store,
+    scope: &crate::context::TenantScope,
+    user_id: &str,
+) -> Result<bool, IdentityError> {
+    let mut tx = store.read(scope).await?;
+    let role: Option<String> = db::query_scalar(
+        "SELECT u.role FROM users u JOIN tenants t ON t.id = u.tenant_id \
+         WHERE u.tenant_id = $1 AND u.id = $2 AND u.status = 'active' AND t.status = 'active'",
+    )
+    .bind(scope.id_str())
+    .bind(user_id)
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(role
+        .and_then(|r| Role::parse(&r))
+        .is_some_and(|r| r.allows(crate::access::Permission::RecordsRead)))
+}

@@ -432,3 +432,39 @@ async fn failed_and_successful_logins_are_audited() {
             .any(|e| e["action"] == "auth.invitation.accept" && e["outcome"] == "success")
     );
 }
+
+#[tokio::test]
+async fn ctl_iam_5_a_tenant_no_longer_active_ends_its_sessions_and_refreshes() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    assert_eq!(
+        app.get("/api/v1/me", &admin.access_token).await.status(),
+        StatusCode::OK
+    );
+    // Suspended behind the app's back (no announcement reaches the cache):
+    // the session check notices within its lifetime.
+    let mut raw = app.raw().await;
+    sqlx::query(&format!(
+        "UPDATE tenants SET status = 'suspended' WHERE id = '{}'",
+        admin.tenant_id
+    ))
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    tokio::time::sleep(
+        strongroom::identity::SESSION_CHECK_TTL + std::time::Duration::from_millis(200),
+    )
+    .await;
+    assert_eq!(
+        app.get("/api/v1/me", &admin.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": admin.refresh_token}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}

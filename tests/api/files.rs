@@ -766,3 +766,57 @@ async fn ctl_net_5_stored_file_names_lose_bidirectional_controls() {
     .await;
     assert_eq!(info["name"], "abc.png");
 }
+
+#[tokio::test]
+async fn ctl_fil_2_a_signed_link_ends_when_its_issuer_may_no_longer_read() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let record = assets(&app, &admin).await;
+    let info = upload_ok(&app, &admin, &record, "photos", "plan.png", PNG).await;
+    let file_id = info["id"].as_str().unwrap().to_owned();
+    let link_of = |session: Session| {
+        let (app, record, file_id) = (&app, record.clone(), file_id.clone());
+        async move {
+            let res = app
+                .get(
+                    &format!("{}?signed=1&expires_in=300", files_path(&record, &file_id)),
+                    &session.access_token,
+                )
+                .await;
+            assert_eq!(res.status(), StatusCode::OK);
+            let link: Value = res.json().await.unwrap();
+            format!("{}{}", app.address, link["url"].as_str().unwrap())
+        }
+    };
+    // Three members each issue a link, which works; then one is demoted to
+    // auditor (no record reads), one disabled, one deleted.
+    let changes = [
+        ("demoted", json!({"role": "auditor"})),
+        ("disabled", json!({"status": "disabled"})),
+        ("deleted", Value::Null),
+    ];
+    for (what, patch) in changes {
+        let member = app
+            .user(&admin, &format!("{what}@acme.test"), "member")
+            .await;
+        let url = link_of(member.clone()).await;
+        assert_eq!(
+            app.client.get(&url).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+        let path = format!("/api/v1/users/{}", member.user_id);
+        let res = match patch {
+            Value::Null => app.delete(&path, &admin.access_token).await,
+            patch => app.patch(&path, &admin.access_token, patch).await,
+        };
+        assert!(res.status().is_success(), "{what}: {}", res.status());
+        let res = app.client.get(&url).send().await.unwrap();
+        problem(res, StatusCode::FORBIDDEN).await;
+    }
+    // The admin's own link still works.
+    let url = link_of(admin.clone()).await;
+    assert_eq!(
+        app.client.get(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}

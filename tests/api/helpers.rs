@@ -125,6 +125,23 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let database_url = fresh_database(&data_dir).await;
     let mut config = test_config(&data_dir, &database_url);
     configure(&mut config);
+    serve(config, data_dir, database_url).await
+}
+
+impl TestApp {
+    /// A second app server on this one's database, data dir and object
+    /// stores: another node of the same instance, with its own writer.
+    pub async fn second_node(&self) -> TestApp {
+        serve(
+            (*self.state.config).clone(),
+            self.data_dir.clone(),
+            self.database_url.clone(),
+        )
+        .await
+    }
+}
+
+async fn serve(config: Config, data_dir: PathBuf, database_url: String) -> TestApp {
     let state = {
         let _guard = if is_postgres() {
             Some(PG_SETUP.lock().await)

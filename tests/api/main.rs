@@ -17,6 +17,7 @@ mod keys;
 mod layering;
 mod metrics;
 mod posture;
+mod races;
 mod records;
 mod secrets;
 mod supply;

@@ -1,0 +1,209 @@
+//! Check-then-act on shared state holds under concurrent requests (#15's
+//! defects): one refresh token, one invitation, the last admin. One app
+//! server runs its writes one after another; two app servers on one
+//! PostgreSQL run them in transactions side by side. So each test races
+//! its requests over two nodes of one instance, many times.
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, spawn_app_with};
+
+/// An app whose password-attempt limits let the racers through: the races,
+/// not the limits, are under test.
+async fn spawn_app() -> crate::helpers::TestApp {
+    spawn_app_with(|c| {
+        c.login_attempts_per_minute_per_ip = 1_000_000;
+        c.login_attempts_per_minute_per_account = 1_000_000;
+    })
+    .await
+}
+
+const RACERS: usize = 8;
+const ROUNDS: usize = 25;
+
+#[tokio::test]
+async fn ctl_iam_5_racing_refreshes_of_one_token_give_one_pair_and_revoke_the_session() {
+    let app = spawn_app().await;
+    let other = app.second_node().await;
+    let nodes = [&app, &other];
+    let admin = app.admin("acme").await;
+    for round in 0..ROUNDS {
+        let res = app
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"tenant": "acme", "email": admin.email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let pair: Value = res.json().await.unwrap();
+        let refresh = pair["refresh_token"].as_str().unwrap().to_owned();
+        let answers = join_all((0..RACERS).map(|i| {
+            nodes[i % 2].post(
+                "/api/v1/auth/refresh",
+                None,
+                json!({"refresh_token": refresh}),
+            )
+        }))
+        .await;
+        let mut winners = Vec::new();
+        for res in answers {
+            match res.status() {
+                StatusCode::OK => winners.push(res.json::<Value>().await.unwrap()),
+                StatusCode::UNAUTHORIZED => {}
+                other => panic!("round {round}: a refresh answered {other}"),
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} refreshes of one token won",
+            winners.len()
+        );
+        // The others were reuse: the session is revoked, the winner's pair with it.
+        let next = winners[0]["refresh_token"].as_str().unwrap();
+        let res = app
+            .post("/api/v1/auth/refresh", None, json!({"refresh_token": next}))
+            .await;
+        assert_eq!(
+            res.status(),
+            StatusCode::UNAUTHORIZED,
+            "round {round}: reuse went unnoticed"
+        );
+        let access = winners[0]["access_token"].as_str().unwrap();
+        assert_eq!(
+            app.get("/api/v1/me", access).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn ctl_iam_2_racing_acceptances_of_one_invitation_let_one_in() {
+    let app = spawn_app().await;
+    let other = app.second_node().await;
+    let nodes = [&app, &other];
+    let admin = app.admin("acme").await;
+    for round in 0..ROUNDS {
+        let email = format!("racer{round}@acme.test");
+        let res = app
+            .post(
+                "/api/v1/users",
+                Some(&admin.access_token),
+                json!({"email": email, "role": "member"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let token = res.json::<Value>().await.unwrap()["invitation_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let answers = join_all((0..RACERS).map(|i| {
+            nodes[i % 2].post(
+                "/api/v1/auth/invitations/accept",
+                None,
+                json!({"token": token, "password": PASSWORD}),
+            )
+        }))
+        .await;
+        let ok = answers
+            .iter()
+            .filter(|r| r.status() == StatusCode::OK)
+            .count();
+        assert_eq!(ok, 1, "round {round}: one invitation let {ok} sessions in");
+        for res in &answers {
+            assert!(
+                matches!(res.status(), StatusCode::OK | StatusCode::UNAUTHORIZED),
+                "round {round}: {}",
+                res.status()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn ctl_acc_1_two_admins_demoting_each_other_at_once_leave_one_admin() {
+    let app = spawn_app().await;
+    let other = app.second_node().await;
+    for round in 0..ROUNDS {
+        // A tenant with exactly two admins; each demotes the other at once,
+        // through a node of its own.
+        let first = app.admin(&format!("pair{round}")).await;
+        let second = app
+            .user(&first, &format!("second@pair{round}.test"), "admin")
+            .await;
+        let (to_second, to_first) = (
+            format!("/api/v1/users/{}", second.user_id),
+            format!("/api/v1/users/{}", first.user_id),
+        );
+        let (a, b) = tokio::join!(
+            app.patch(&to_second, &first.access_token, json!({"role": "member"})),
+            other.patch(&to_first, &second.access_token, json!({"role": "member"})),
+        );
+        let statuses = [a.status(), b.status()];
+        let admins = app
+            .count(&format!(
+                "SELECT COUNT(*) FROM users WHERE tenant_id = '{}' AND role = 'admin' \
+                 AND status = 'active'",
+                first.tenant_id
+            ))
+            .await;
+        assert_eq!(
+            admins, 1,
+            "round {round}: {statuses:?} left {admins} admins"
+        );
+        assert!(
+            statuses.contains(&StatusCode::OK)
+                && (statuses.contains(&StatusCode::CONFLICT)
+                    || statuses.contains(&StatusCode::FORBIDDEN)),
+            "round {round}: {statuses:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ctl_iam_2_a_cancelled_invitation_cannot_be_accepted() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let res = app
+        .post(
+            "/api/v1/users",
+            Some(&admin.access_token),
+            json!({"email": "later@acme.test", "role": "admin"}),
+        )
+        .await;
+    let invited: Value = res.json().await.unwrap();
+    let token = invited["invitation_token"].as_str().unwrap().to_owned();
+    let id = invited["id"].as_str().unwrap().to_owned();
+    // Cancelled: the admin disables the invited user.
+    let res = app
+        .patch(
+            &format!("/api/v1/users/{id}"),
+            &admin.access_token,
+            json!({"status": "disabled"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = app
+        .post(
+            "/api/v1/auth/invitations/accept",
+            None,
+            json!({"token": token, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::UNAUTHORIZED,
+        "a cancelled invitation let its user in"
+    );
+    let user: Value = app
+        .get(&format!("/api/v1/users/{id}"), &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(user["status"], "disabled", "{user}");
+    assert_eq!(user["role"], "admin");
+}
