@@ -219,7 +219,7 @@ impl From<IdentityError> for ApiError {
             EmailTaken | LastAdmin | NotYetAccepted => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            UserNotFound => ApiError::not_found(e.to_string()),
+            UserNotFound | SessionNotFound => ApiError::not_found(e.to_string()),
             Internal(_) => ApiError::internal(&e),
             Access(e) => e.into(),
             Store(e) => e.into(),

@@ -52,6 +52,37 @@ pub fn sessions_router() -> Api {
             post(refresh),
         )
         .route(
+            Op::new(
+                "GET",
+                "/api/v1/auth/sessions",
+                "The caller's live sessions: device, address, created, last used, which is current",
+            )
+            .tag("auth")
+            .bearer(),
+            get(my_sessions),
+        )
+        .route(
+            Op::new(
+                "DELETE",
+                "/api/v1/auth/sessions",
+                "End every live session of the caller but the current one",
+            )
+            .tag("auth")
+            .bearer(),
+            axum::routing::delete(end_other_sessions),
+        )
+        .route(
+            Op::new(
+                "DELETE",
+                "/api/v1/auth/sessions/{id}",
+                "End one of the caller's live sessions",
+            )
+            .tag("auth")
+            .bearer()
+            .ok(204),
+            axum::routing::delete(end_session),
+        )
+        .route(
             Op::new("POST", "/api/v1/auth/logout", "Revoke the current session")
                 .tag("auth")
                 .bearer()
@@ -136,6 +167,26 @@ pub fn router() -> Api {
             .ok(204),
             axum::routing::delete(delete_user),
         )
+        .route(
+            Op::new(
+                "GET",
+                "/api/v1/users/{id}/sessions",
+                "A user's live sessions (an admin's view of IAM-5)",
+            )
+            .tag("users")
+            .permission(Permission::UsersManage),
+            get(user_sessions),
+        )
+        .route(
+            Op::new(
+                "DELETE",
+                "/api/v1/users/{id}/sessions",
+                "End every live session of a user",
+            )
+            .tag("users")
+            .permission(Permission::UsersManage),
+            axum::routing::delete(end_user_sessions),
+        )
 }
 
 #[derive(Deserialize)]
@@ -211,6 +262,77 @@ async fn refresh(
     .await?;
     who.set(&tokens.tenant_id, &tokens.user_id, None);
     Ok(Json(tokens))
+}
+
+async fn my_sessions(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    let sessions = super::list_sessions(
+        &state.store,
+        principal.scope(),
+        &principal.user_id,
+        Some(&principal.session_id),
+    )
+    .await?;
+    Ok(Json(json!({"items": sessions})))
+}
+
+async fn end_other_sessions(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    let ended = super::revoke_other_sessions(&state.store, &principal, &meta).await?;
+    Ok(Json(json!({"revoked": ended})))
+}
+
+async fn end_session(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    super::revoke_own_session(&state.store, &principal, &meta, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn user_sessions(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::UsersManage,
+        "user.sessions.read",
+        &meta,
+    )
+    .await?;
+    // 404 for a user of another tenant, as everywhere.
+    super::get_user(&state.store, &permit, &id).await?;
+    let sessions = super::list_sessions(&state.store, permit.scope(), &id, None).await?;
+    Ok(Json(json!({"items": sessions})))
+}
+
+async fn end_user_sessions(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::UsersManage,
+        "user.sessions.revoke",
+        &meta,
+    )
+    .await?;
+    let ended = super::revoke_user_sessions(&state.store, &permit, &meta, &id).await?;
+    Ok(Json(json!({"revoked": ended})))
 }
 
 async fn logout(

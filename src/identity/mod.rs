@@ -22,8 +22,9 @@ use serde::Serialize;
 pub use http::{router, sessions_router};
 pub use password::{hash as hash_password, warm_up};
 pub use sessions::{
-    SESSION_CHECK_TTL, SESSION_KINDS, SessionCache, TokenPair, accept_invitation, authenticate,
-    authenticate_cached, login, logout, refresh,
+    SESSION_CHECK_TTL, SESSION_KINDS, SessionCache, SessionInfo, TokenPair, accept_invitation,
+    authenticate, authenticate_cached, list_sessions, login, logout, refresh,
+    revoke_other_sessions, revoke_own_session, revoke_user_sessions,
 };
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
 pub use users::{
@@ -100,6 +101,8 @@ pub enum IdentityError {
     EmailTaken,
     #[error("user not found")]
     UserNotFound,
+    #[error("no such live session of yours")]
+    SessionNotFound,
     #[error("the tenant must keep at least one active admin")]
     LastAdmin,
     #[error("internal error: {0}")]

@@ -479,6 +479,141 @@ pub async fn logout(
         .await
 }
 
+/// One live session, as its user (or an admin) sees it (IAM-5).
+#[derive(Debug, Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub expires_at: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The session the request itself belongs to.
+    pub current: bool,
+}
+
+/// A user's live sessions, newest first; `current` marks the caller's.
+pub async fn list_sessions(
+    store: &Store,
+    scope: &TenantScope,
+    user_id: &str,
+    current: Option<&str>,
+) -> Result<Vec<SessionInfo>, IdentityError> {
+    let mut tx = store.read(scope).await?;
+    let rows = db::query(
+        "SELECT id, created_at, last_used_at, expires_at, ip, user_agent FROM sessions \
+         WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3 \
+         ORDER BY created_at DESC, id DESC",
+    )
+    .bind(scope.id_str())
+    .bind(user_id)
+    .bind(crate::clock::now())
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            Ok(SessionInfo {
+                current: current == Some(id.as_str()),
+                id,
+                created_at: row.try_get("created_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+                expires_at: row.try_get("expires_at")?,
+                ip: row.try_get("ip")?,
+                user_agent: row.try_get("user_agent")?,
+            })
+        })
+        .collect::<Result<_, db::Error>>()
+        .map_err(|e| IdentityError::from(crate::store::StoreError::from(e)))
+}
+
+/// Ends one of the caller's own live sessions.
+pub async fn revoke_own_session(
+    store: &Store,
+    principal: &Principal,
+    meta: &RequestMeta,
+    session_id: &str,
+) -> Result<(), IdentityError> {
+    let (user_id, session_id) = (principal.user_id.clone(), session_id.to_owned());
+    store
+        .write(
+            &Permit::user(principal.scope().clone(), principal.actor()),
+            meta,
+            "auth.session.revoke",
+            move |tx| {
+                Box::pin(async move {
+                    let live: Option<String> = db::query_scalar(
+                        "SELECT id FROM sessions WHERE tenant_id = $1 AND user_id = $2 \
+                         AND CAST(id AS TEXT) = $3 AND revoked_at IS NULL",
+                    )
+                    .bind(tx.scope().id_str().to_owned())
+                    .bind(&user_id)
+                    .bind(&session_id)
+                    .fetch_optional(tx.conn())
+                    .await?;
+                    if live.is_none() {
+                        return Err(IdentityError::SessionNotFound);
+                    }
+                    revoke_session(tx, &session_id, "revoked_by_user").await
+                })
+            },
+        )
+        .await
+}
+
+/// Ends every live session of the caller but the current one; how many.
+pub async fn revoke_other_sessions(
+    store: &Store,
+    principal: &Principal,
+    meta: &RequestMeta,
+) -> Result<usize, IdentityError> {
+    let (user_id, keep) = (principal.user_id.clone(), principal.session_id.clone());
+    store
+        .write(
+            &Permit::user(principal.scope().clone(), principal.actor()),
+            meta,
+            "auth.session.revoke_others",
+            move |tx| {
+                Box::pin(async move {
+                    let ended =
+                        revoke_all_but(tx, &user_id, Some(&keep), "revoked_by_user").await?;
+                    tx.set_target("user", user_id);
+                    Ok(ended)
+                })
+            },
+        )
+        .await
+}
+
+/// An admin ends every live session of a user of the tenant; how many.
+pub async fn revoke_user_sessions(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    user_id: &str,
+) -> Result<usize, IdentityError> {
+    let user_id = user_id.to_owned();
+    store
+        .write(permit, meta, "user.sessions.revoke", move |tx| {
+            Box::pin(async move {
+                let exists: Option<String> = db::query_scalar(
+                    "SELECT id FROM users WHERE tenant_id = $1 AND CAST(id AS TEXT) = $2",
+                )
+                .bind(tx.scope().id_str().to_owned())
+                .bind(&user_id)
+                .fetch_optional(tx.conn())
+                .await?;
+                if exists.is_none() {
+                    return Err(IdentityError::UserNotFound);
+                }
+                let ended = revoke_all_but(tx, &user_id, None, "revoked_by_admin").await?;
+                tx.set_target("user", user_id);
+                Ok(ended)
+            })
+        })
+        .await
+}
+
 async fn revoke_session(
     tx: &mut WriteTx,
     session_id: &str,
@@ -514,6 +649,16 @@ pub(super) async fn revoke_all(
     user_id: &str,
     reason: &str,
 ) -> Result<(), IdentityError> {
+    revoke_all_but(tx, user_id, None, reason).await.map(|_| ())
+}
+
+/// Revokes every live session of a user except `keep`; how many.
+async fn revoke_all_but(
+    tx: &mut WriteTx,
+    user_id: &str,
+    keep: Option<&str>,
+    reason: &str,
+) -> Result<usize, IdentityError> {
     let ids: Vec<String> = db::query_scalar(
         "SELECT id FROM sessions WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
     )
@@ -521,10 +666,12 @@ pub(super) async fn revoke_all(
     .bind(user_id)
     .fetch_all(tx.conn())
     .await?;
-    for id in ids {
-        revoke_session(tx, &id, reason).await?;
+    let mut ended = 0;
+    for id in ids.iter().filter(|id| Some(id.as_str()) != keep) {
+        revoke_session(tx, id, reason).await?;
+        ended += 1;
     }
-    Ok(())
+    Ok(ended)
 }
 
 /// Tokens whose signature was already checked, by SHA-256 of (verifying key,

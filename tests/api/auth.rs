@@ -468,3 +468,161 @@ async fn ctl_iam_5_a_tenant_no_longer_active_ends_its_sessions_and_refreshes() {
         .await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn ctl_iam_5_a_user_lists_and_ends_their_sessions_and_an_admin_ends_a_users() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let member = app.user(&admin, "member@acme.test", "member").await;
+    // Two more logins of the member: three live sessions.
+    let mut logins = Vec::new();
+    for _ in 0..2 {
+        let res = app
+            .post(
+                "/api/v1/auth/login",
+                None,
+                login_body("acme", "member@acme.test", PASSWORD),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        logins.push(res.json::<Value>().await.unwrap());
+    }
+    let listed: Value = app
+        .get("/api/v1/auth/sessions", &member.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{listed}");
+    assert_eq!(items.iter().filter(|s| s["current"] == true).count(), 1);
+    assert!(
+        items
+            .iter()
+            .all(|s| s["user_agent"] == "strongroom-tests/1"),
+        "{listed}"
+    );
+    // End one other session by id: its token and refresh stop at once.
+    let me: Value = app
+        .get("/api/v1/me", logins[0]["access_token"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first_login = me["session_id"].as_str().unwrap().to_owned();
+    let res = app
+        .delete(
+            &format!("/api/v1/auth/sessions/{first_login}"),
+            &member.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let token = logins[0]["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.get("/api/v1/me", token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": logins[0]["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // Gone now, and another user's session is not the member's to end.
+    for id in [first_login.as_str(), "not-a-session"] {
+        let res = app
+            .delete(&format!("/api/v1/auth/sessions/{id}"), &member.access_token)
+            .await;
+        problem(res, StatusCode::NOT_FOUND).await;
+    }
+    let admins: Value = app
+        .get("/api/v1/me", &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let res = app
+        .delete(
+            &format!(
+                "/api/v1/auth/sessions/{}",
+                admins["session_id"].as_str().unwrap()
+            ),
+            &member.access_token,
+        )
+        .await;
+    problem(res, StatusCode::NOT_FOUND).await;
+    assert_eq!(
+        app.get("/api/v1/me", &admin.access_token).await.status(),
+        StatusCode::OK
+    );
+    // All the others: the current one stays.
+    let ended: Value = app
+        .delete("/api/v1/auth/sessions", &member.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ended["revoked"], 1);
+    let second = logins[1]["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.get("/api/v1/me", second).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/v1/me", &member.access_token).await.status(),
+        StatusCode::OK
+    );
+    // The member may not see or end anyone's sessions by user; the admin may.
+    let path = format!("/api/v1/users/{}/sessions", member.user_id);
+    problem(
+        app.get(&path, &member.access_token).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    let theirs: Value = app
+        .get(&path, &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["items"].as_array().unwrap().len(), 1, "{theirs}");
+    assert_eq!(theirs["items"][0]["current"], false);
+    let ended: Value = app
+        .delete(&path, &admin.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ended["revoked"], 1);
+    assert_eq!(
+        app.get("/api/v1/me", &member.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Another tenant's user: 404.
+    let other = app.admin("globex").await;
+    let path = format!("/api/v1/users/{}/sessions", other.user_id);
+    problem(
+        app.get(&path, &admin.access_token).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        app.delete(&path, &admin.access_token).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // Every ending is in the trail.
+    let trail = app.audit(&admin).await;
+    for action in [
+        "auth.session.revoke",
+        "auth.session.revoke_others",
+        "user.sessions.revoke",
+    ] {
+        assert!(
+            trail.iter().any(|e| e["action"] == action),
+            "{action} missing"
+        );
+    }
+}
