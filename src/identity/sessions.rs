@@ -123,6 +123,9 @@ pub async fn login(
     };
     let permit = Permit::authentication(scope.clone(), actor);
     let user_id = account.id.clone();
+    let session_ttl_hours = Bounds::of(store, &scope)
+        .await?
+        .ttl_hours(session_ttl_hours);
     let (session_id, refresh) = store
         .write(&permit, meta, "auth.login", move |tx| {
             Box::pin(async move { open_session(tx, &user_id, session_ttl_hours).await })
@@ -156,6 +159,57 @@ async fn find_account(
 }
 
 /// Opens a session and issues its first refresh token, inside `tx`.
+/// A tenant's bounds on its sessions (IAM-5): minutes without a refresh,
+/// hours in all; 0 where the tenant leaves the instance's.
+#[derive(Clone, Copy, Default)]
+struct Bounds {
+    idle_minutes: i64,
+    max_hours: i64,
+}
+
+impl Bounds {
+    async fn of(store: &Store, scope: &TenantScope) -> Result<Bounds, IdentityError> {
+        if !store.schema_has(tenancy::SESSION_SETTINGS_SCHEMA) {
+            return Ok(Bounds::default());
+        }
+        let mut tx = store.read(scope).await?;
+        let row = db::query(
+            "SELECT session_idle_minutes, session_max_hours FROM tenant_settings \
+             WHERE tenant_id = $1",
+        )
+        .bind(scope.id_str())
+        .fetch_optional(tx.conn())
+        .await?;
+        Ok(match row {
+            Some(row) => Bounds {
+                idle_minutes: row.try_get(0)?,
+                max_hours: row.try_get(1)?,
+            },
+            None => Bounds::default(),
+        })
+    }
+
+    /// A new session's lifetime: the instance's, or the tenant's if shorter.
+    fn ttl_hours(self, instance: u32) -> u32 {
+        match u32::try_from(self.max_hours) {
+            Ok(max) if max > 0 => max.min(instance),
+            _ => instance,
+        }
+    }
+
+    /// Whether a session created and last used at these times is still
+    /// within the tenant's bounds now (lowering a bound ends sessions at
+    /// once, not only new ones).
+    fn admit(self, created_at: &str, last_used_at: &str) -> bool {
+        let now = time::OffsetDateTime::now_utc();
+        let within = |at: &str, limit: time::Duration| {
+            crate::clock::parse_rfc3339(at).is_some_and(|at| now - at <= limit)
+        };
+        (self.idle_minutes <= 0 || within(last_used_at, time::Duration::minutes(self.idle_minutes)))
+            && (self.max_hours <= 0 || within(created_at, time::Duration::hours(self.max_hours)))
+    }
+}
+
 async fn open_session(
     tx: &mut WriteTx,
     user_id: &str,
@@ -261,6 +315,9 @@ pub async fn accept_invitation(
         email: Some(email),
     };
     let permit = Permit::authentication(scope.clone(), actor);
+    let session_ttl_hours = Bounds::of(store, &scope)
+        .await?
+        .ttl_hours(session_ttl_hours);
     let (user_id, session_id, refresh) = store
         .write(&permit, meta, "auth.invitation.accept", move |tx| {
             Box::pin(async move {
@@ -357,6 +414,7 @@ pub async fn refresh(
     let scope = TenantScope::trusted(token.tenant());
     let permit = Permit::authentication(scope.clone(), Actor::anonymous(None));
     let hash = token.hash();
+    let bounds = Bounds::of(store, &scope).await?;
     let result = store
         .write(&permit, meta, "auth.refresh", move |tx| {
             Box::pin(async move {
@@ -364,7 +422,8 @@ pub async fn refresh(
                 let now = crate::clock::now();
                 let row = db::query(
                     "SELECT r.session_id, r.used_at, s.revoked_at, s.expires_at, u.id AS user_id, \
-                     u.email, u.status, t.status AS tenant_status FROM refresh_tokens r \
+                     u.email, u.status, t.status AS tenant_status, s.created_at, s.last_used_at \
+                     FROM refresh_tokens r \
                      JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id \
                      JOIN tenants t ON t.id = r.tenant_id \
                      WHERE r.tenant_id = $1 AND r.token_hash = $2",
@@ -384,6 +443,8 @@ pub async fn refresh(
                 let user_id: String = row.try_get("user_id")?;
                 let status: String = row.try_get("status")?;
                 let tenant_status: String = row.try_get("tenant_status")?;
+                let created_at: String = row.try_get("created_at")?;
+                let last_used_at: String = row.try_get("last_used_at")?;
                 tx.set_actor(Actor {
                     kind: ActorKind::User,
                     id: Some(user_id.clone()),
@@ -405,6 +466,7 @@ pub async fn refresh(
                     || expires_at <= now
                     || status != "active"
                     || tenant_status != "active"
+                    || !bounds.admit(&created_at, &last_used_at)
                 {
                     return Ok(RefreshResult::Invalid);
                 }
@@ -766,22 +828,51 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
     let tenant = TenantId::parse(&claims.tid).ok_or(IdentityError::Unauthenticated)?;
     let scope = TenantScope::trusted(tenant);
     let now = crate::clock::now();
+    // One statement, the tenant's session bounds with it (0 where unset,
+    // or before the schema has them).
+    let bounds = if store.schema_has(tenancy::SESSION_SETTINGS_SCHEMA) {
+        "COALESCE(ts.session_idle_minutes, 0), COALESCE(ts.session_max_hours, 0)"
+    } else {
+        "0, 0"
+    };
+    let sql = format!(
+        "SELECT u.email, u.role, s.expires_at, s.created_at, s.last_used_at, {bounds} \
+         FROM sessions s JOIN users u ON u.id = s.user_id JOIN tenants t ON t.id = s.tenant_id \
+         LEFT JOIN tenant_settings ts ON ts.tenant_id = s.tenant_id \
+         WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
+         AND s.expires_at > $4 AND u.status = 'active' AND t.status = 'active'"
+    );
     let row = store
         .read_text_row(
             &scope,
-            "SELECT u.email, u.role, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id \
-             JOIN tenants t ON t.id = s.tenant_id \
-             WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
-             AND s.expires_at > $4 AND u.status = 'active' AND t.status = 'active'",
+            &sql,
             &[scope.id_str(), &claims.sid, &claims.sub, &now],
         )
         .await?
         .ok_or(IdentityError::Unauthenticated)?;
-    let [Some(email), Some(role), Some(expires_at)] = row.as_slice() else {
+    let [
+        Some(email),
+        Some(role),
+        Some(expires_at),
+        Some(created_at),
+        Some(last_used_at),
+        Some(idle),
+        Some(max),
+    ] = row.as_slice()
+    else {
         return Err(IdentityError::Internal(
-            "session row without email, role or expiry",
+            "session row without email, role or times",
         ));
     };
+    // The tenant's idle and absolute bounds (IAM-5): lowering one ends the
+    // sessions beyond it at once.
+    let bounds = Bounds {
+        idle_minutes: idle.parse().unwrap_or(0),
+        max_hours: max.parse().unwrap_or(0),
+    };
+    if !bounds.admit(created_at, last_used_at) {
+        return Err(IdentityError::Unauthenticated);
+    }
     Ok(LiveSession {
         email: email.clone(),
         role: Role::parse(role).ok_or(IdentityError::Internal("unknown role stored"))?,

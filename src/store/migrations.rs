@@ -23,6 +23,10 @@ const SQLITE: &[(i64, &str)] = &[
     ),
     (8, include_str!("migrations/sqlite/0008_front_door.sql")),
     (9, include_str!("migrations/sqlite/0009_posture.sql")),
+    (
+        10,
+        include_str!("migrations/sqlite/0010_session_settings.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -40,6 +44,10 @@ const POSTGRES: &[(i64, &str)] = &[
     ),
     (8, include_str!("migrations/postgres/0008_front_door.sql")),
     (9, include_str!("migrations/postgres/0009_posture.sql")),
+    (
+        10,
+        include_str!("migrations/postgres/0010_session_settings.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.

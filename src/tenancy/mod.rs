@@ -20,7 +20,8 @@ use crate::context::{Actor, Permit, RequestMeta};
 pub use crate::context::{TenantId, TenantScope};
 pub use allowlist::{AllowListError, AllowLists};
 pub use settings::{
-    MIN_AUDIT_RETENTION_DAYS, SettingsPatch, TenantSettings, get_settings, router, update_settings,
+    MIN_AUDIT_RETENTION_DAYS, SESSION_SETTINGS_SCHEMA, SettingsPatch, TenantSettings, get_settings,
+    router, update_settings,
 };
 
 /// A tenant's public handle, used at login: 2–63 of `a-z 0-9 -`, starting

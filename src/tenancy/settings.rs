@@ -24,6 +24,13 @@ use crate::http::state::AppState;
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store, StoreError};
 
+/// The schema migration that brought the session settings.
+pub const SESSION_SETTINGS_SCHEMA: i64 = 10;
+/// Bounds of `session_idle_minutes` (0: none) and `session_max_hours` (0:
+/// the instance's `session_ttl_hours`).
+pub const SESSION_IDLE_MINUTES: std::ops::RangeInclusive<i64> = 5..=10_080;
+pub const SESSION_MAX_HOURS: std::ops::RangeInclusive<i64> = 1..=8_760;
+
 pub const MIN_AUDIT_RETENTION_DAYS: i64 = 90;
 pub const MAX_AUDIT_RETENTION_DAYS: i64 = 36_500;
 
@@ -33,6 +40,10 @@ pub struct TenantSettings {
     /// Addresses and CIDR blocks the tenant's users may come from; empty,
     /// everyone.
     pub ip_allowlist: Vec<String>,
+    /// Minutes without a refresh after which a session ends (0: never).
+    pub session_idle_minutes: i64,
+    /// Hours after which any session ends (0: the instance's lifetime).
+    pub session_max_hours: i64,
     pub updated_at: String,
 }
 
@@ -43,6 +54,10 @@ pub struct SettingsPatch {
     pub audit_retention_days: Option<i64>,
     #[serde(default, deserialize_with = "crate::json::present")]
     pub ip_allowlist: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::json::present")]
+    pub session_idle_minutes: Option<i64>,
+    #[serde(default, deserialize_with = "crate::json::present")]
+    pub session_max_hours: Option<i64>,
     /// Saving a list that leaves out the caller's own address needs this.
     #[serde(default)]
     pub confirm_lockout: bool,
@@ -52,12 +67,15 @@ pub struct SettingsPatch {
 const MAX_ALLOWLIST: usize = 256;
 
 fn settings_sql(store: &Store) -> &'static str {
-    if store.schema_has(super::allowlist::SCHEMA) {
-        "SELECT audit_retention_days, ip_allowlist, updated_at FROM tenant_settings \
+    if store.schema_has(SESSION_SETTINGS_SCHEMA) {
+        "SELECT audit_retention_days, ip_allowlist, updated_at, session_idle_minutes, \
+         session_max_hours FROM tenant_settings WHERE tenant_id = $1"
+    } else if store.schema_has(super::allowlist::SCHEMA) {
+        "SELECT audit_retention_days, ip_allowlist, updated_at, 0, 0 FROM tenant_settings \
          WHERE tenant_id = $1"
     } else {
-        "SELECT audit_retention_days, '[]' AS ip_allowlist, updated_at FROM tenant_settings \
-         WHERE tenant_id = $1"
+        "SELECT audit_retention_days, '[]' AS ip_allowlist, updated_at, 0, 0 \
+         FROM tenant_settings WHERE tenant_id = $1"
     }
 }
 
@@ -68,6 +86,8 @@ fn settings_from(row: &db::Row) -> Result<TenantSettings, TenancyError> {
         ip_allowlist: serde_json::from_str(&list)
             .map_err(|e| StoreError::Corrupt(format!("ip_allowlist: {e}")))?,
         updated_at: row.try_get(2)?,
+        session_idle_minutes: row.try_get(3)?,
+        session_max_hours: row.try_get(4)?,
     })
 }
 
@@ -93,6 +113,34 @@ pub async fn update_settings(
             "audit_retention_days must be between {MIN_AUDIT_RETENTION_DAYS} and {MAX_AUDIT_RETENTION_DAYS}"
         )));
     }
+    let bounds = [
+        (
+            "session_idle_minutes",
+            patch.session_idle_minutes,
+            SESSION_IDLE_MINUTES,
+        ),
+        (
+            "session_max_hours",
+            patch.session_max_hours,
+            SESSION_MAX_HOURS,
+        ),
+    ];
+    for (name, value, range) in bounds {
+        if let Some(value) = value {
+            if value != 0 && !range.contains(&value) {
+                return Err(TenancyError::InvalidSetting(format!(
+                    "{name} is 0 (the instance's) or {}-{}",
+                    range.start(),
+                    range.end()
+                )));
+            }
+            if !store.schema_has(SESSION_SETTINGS_SCHEMA) {
+                return Err(TenancyError::InvalidSetting(format!(
+                    "the database schema is held back before {name} (migrate_until)"
+                )));
+            }
+        }
+    }
     if let Some(list) = &patch.ip_allowlist {
         if !store.schema_has(super::allowlist::SCHEMA) {
             return Err(TenancyError::InvalidAllowList(
@@ -114,6 +162,7 @@ pub async fn update_settings(
         }
     }
     let with_list = store.schema_has(super::allowlist::SCHEMA);
+    let with_sessions = store.schema_has(SESSION_SETTINGS_SCHEMA);
     let select = settings_sql(store);
     store
         .write(permit, meta, "tenant.settings.update", move |tx| {
@@ -130,24 +179,36 @@ pub async fn update_settings(
                     ip_allowlist: patch
                         .ip_allowlist
                         .unwrap_or_else(|| before.ip_allowlist.clone()),
+                    session_idle_minutes: patch
+                        .session_idle_minutes
+                        .unwrap_or(before.session_idle_minutes),
+                    session_max_hours: patch.session_max_hours.unwrap_or(before.session_max_hours),
                     updated_at: crate::clock::now(),
                 };
                 let list = serde_json::to_string(&after.ip_allowlist)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let update = if with_list {
+                let update = if with_sessions {
+                    "UPDATE tenant_settings SET audit_retention_days = $1, ip_allowlist = $2, \
+                     updated_at = $3, session_idle_minutes = $5, session_max_hours = $6 \
+                     WHERE tenant_id = $4"
+                } else if with_list {
                     "UPDATE tenant_settings SET audit_retention_days = $1, ip_allowlist = $2, \
                      updated_at = $3 WHERE tenant_id = $4"
                 } else {
                     "UPDATE tenant_settings SET audit_retention_days = $1, updated_at = $3 \
                      WHERE tenant_id = $4"
                 };
-                db::query(update)
+                let mut query = db::query(update)
                     .bind(after.audit_retention_days)
                     .bind(list)
                     .bind(&after.updated_at)
-                    .bind(&tenant)
-                    .execute(tx.conn())
-                    .await?;
+                    .bind(&tenant);
+                if with_sessions {
+                    query = query
+                        .bind(after.session_idle_minutes)
+                        .bind(after.session_max_hours);
+                }
+                query.execute(tx.conn()).await?;
                 tx.record(Change {
                     entity: "tenant_settings",
                     entity_id: tenant,
@@ -188,6 +249,12 @@ pub fn router() -> Api {
                                            "description": "an address or CIDR block (IPv6 blocks too)",
                                            "anyOf": [{"format": "ipv4"}, {"format": "ipv6"},
                                                      {"pattern": IPV4_BLOCK}]}},
+                "session_idle_minutes": {"type": "integer", "description":
+                    "minutes without a refresh after which a session ends: 0 (never) or 5-10080",
+                    "anyOf": [{"const": 0}, {"minimum": 5, "maximum": 10_080}]},
+                "session_max_hours": {"type": "integer", "description":
+                    "hours after which any session ends: 0 (the instance's) or 1-8760",
+                    "minimum": 0, "maximum": 8_760},
                 "confirm_lockout": {"type": "boolean",
                                     "description": "save a list that leaves out the caller's own address"}
             }})),

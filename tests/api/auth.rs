@@ -626,3 +626,92 @@ async fn ctl_iam_5_a_user_lists_and_ends_their_sessions_and_an_admin_ends_a_user
         );
     }
 }
+
+#[tokio::test]
+async fn ctl_iam_5_a_tenant_bounds_how_long_sessions_idle_and_live() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    for bad in [
+        json!({"session_idle_minutes": 3}),
+        json!({"session_idle_minutes": 20_000}),
+        json!({"session_max_hours": 9_000}),
+        json!({"session_max_hours": -1}),
+    ] {
+        let res = app
+            .patch("/api/v1/tenant/settings", &admin.access_token, bad.clone())
+            .await;
+        problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+    let res = app
+        .patch(
+            "/api/v1/tenant/settings",
+            &admin.access_token,
+            json!({"session_idle_minutes": 5, "session_max_hours": 2}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let settings: Value = res.json().await.unwrap();
+    assert_eq!(settings["session_idle_minutes"], 5);
+    assert_eq!(settings["session_max_hours"], 2);
+    // A new session lives two hours, not the instance's 720.
+    let member = app.user(&admin, "member@acme.test", "member").await;
+    let mine: Value = app
+        .get("/api/v1/auth/sessions", &member.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let expires = time::OffsetDateTime::parse(
+        mine["items"][0]["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        left <= time::Duration::hours(2) && left > time::Duration::minutes(115),
+        "{left}"
+    );
+    // Idle for ten minutes (behind the app's back): over; so is its refresh.
+    let mut raw = app.raw().await;
+    let ten_minutes_ago = strongroom::clock::in_seconds(-600);
+    sqlx::query(&format!(
+        "UPDATE sessions SET last_used_at = '{ten_minutes_ago}' WHERE user_id = '{}'",
+        member.user_id
+    ))
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    tokio::time::sleep(
+        strongroom::identity::SESSION_CHECK_TTL + std::time::Duration::from_millis(200),
+    )
+    .await;
+    assert_eq!(
+        app.get("/api/v1/me", &member.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": member.refresh_token}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // Used a moment ago but opened three hours ago: over too.
+    let three_hours_ago = strongroom::clock::in_seconds(-3 * 3600);
+    sqlx::query(&format!(
+        "UPDATE sessions SET created_at = '{three_hours_ago}' WHERE user_id = '{}'",
+        admin.user_id
+    ))
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    tokio::time::sleep(
+        strongroom::identity::SESSION_CHECK_TTL + std::time::Duration::from_millis(200),
+    )
+    .await;
+    assert_eq!(
+        app.get("/api/v1/me", &admin.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
