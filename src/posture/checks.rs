@@ -101,8 +101,37 @@ async fn sessions(
     config: &Config,
 ) -> Result<Finding, StoreError> {
     let (mut live, mut raw) = (0i64, 0i64);
+    let (mut idle_bounded, mut life_bounded, mut bounds) = (0, 0, String::new());
     let now = crate::clock::now();
     for scope in scopes {
+        if store.schema_has(crate::tenancy::SESSION_SETTINGS_SCHEMA) {
+            let mut tx = store.read(scope).await?;
+            let row = db::query(
+                "SELECT session_idle_minutes, session_max_hours FROM tenant_settings \
+                 WHERE tenant_id = $1",
+            )
+            .bind(scope.id_str())
+            .fetch_optional(tx.conn())
+            .await?;
+            if let Some(row) = row {
+                let (idle, max): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                idle_bounded += i64::from(idle > 0);
+                life_bounded += i64::from(max > 0);
+                bounds = format!(
+                    "; sessions end after {} idle and {} in all",
+                    if idle > 0 {
+                        format!("{idle} min")
+                    } else {
+                        "no time".into()
+                    },
+                    if max > 0 {
+                        format!("{max} h")
+                    } else {
+                        format!("{} h", config.session_ttl_hours)
+                    }
+                );
+            }
+        }
         let mut tx = store.read(scope).await?;
         let row = db::query(
             "SELECT (SELECT COUNT(*) FROM sessions WHERE tenant_id = $1 AND revoked_at IS NULL \
@@ -118,12 +147,19 @@ async fn sessions(
         raw += row.try_get::<i64, _>(1)?;
     }
     Ok(if raw == 0 {
+        let bounded = match reach {
+            Reach::Tenant => bounds,
+            Reach::Instance => format!(
+                "; {idle_bounded} tenants bound idle time, {life_bounded} the lifetime \
+                 (checked on every session check and refresh)"
+            ),
+        };
         finding(
             "IAM-5",
             Verdict::Pass,
             format!(
-                "access tokens live {} s; {live} open sessions of {} (at most {} h); every \
-                 stored refresh token is a SHA-256 digest, never the token",
+                "access tokens live {} s; {live} open sessions of {} (at most {} h){bounded}; \
+                 every stored refresh token is a SHA-256 digest, never the token",
                 crate::identity::ACCESS_TOKEN_TTL_SECONDS,
                 reach.tenants(scopes.len()),
                 config.session_ttl_hours

@@ -116,20 +116,22 @@ pub async fn update_settings(
     let bounds = [
         (
             "session_idle_minutes",
+            "no idle bound",
             patch.session_idle_minutes,
             SESSION_IDLE_MINUTES,
         ),
         (
             "session_max_hours",
+            "the instance's lifetime",
             patch.session_max_hours,
             SESSION_MAX_HOURS,
         ),
     ];
-    for (name, value, range) in bounds {
+    for (name, zero, value, range) in bounds {
         if let Some(value) = value {
             if value != 0 && !range.contains(&value) {
                 return Err(TenancyError::InvalidSetting(format!(
-                    "{name} is 0 (the instance's) or {}-{}",
+                    "{name} is 0 ({zero}) or {}-{}",
                     range.start(),
                     range.end()
                 )));
