@@ -49,6 +49,7 @@ const CHECKPOINT_LABEL: &[u8] = b"strongroom/v1/audit-checkpoint-signing";
 const POSTURE_LABEL: &[u8] = b"strongroom/v1/posture-report-signing";
 const KEK_LABEL: &[u8] = b"strongroom/v1/key-encryption";
 const URL_LABEL: &[u8] = b"strongroom/v1/signed-urls";
+const COOKIE_LABEL: &[u8] = b"strongroom/v1/session-cookies";
 
 /// Why encrypted data could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +174,7 @@ pub struct Keyring {
     posture: SigningKey,
     kek: Arc<dyn KeyEncryptionKey>,
     url_key: SecretBox<[u8; 32]>,
+    cookie_key: SecretBox<[u8; 32]>,
 }
 
 impl Keyring {
@@ -299,6 +301,9 @@ impl Keyring {
         let mut url_key = Box::new([0u8; 32]);
         hkdf.expand(URL_LABEL, url_key.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mut cookie_key = Box::new([0u8; 32]);
+        hkdf.expand(COOKIE_LABEL, cookie_key.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
         Keyring {
             signing,
             verifying,
@@ -309,6 +314,7 @@ impl Keyring {
                 &kek,
             )),
             url_key: SecretBox::new(url_key),
+            cookie_key: SecretBox::new(cookie_key),
         }
     }
 
@@ -325,6 +331,12 @@ impl Keyring {
     /// HMAC key for signed download URLs (FIL-2).
     pub fn url_signing_key(&self) -> &[u8; 32] {
         self.url_key.expose_secret()
+    }
+
+    /// HMAC key for browser session cookies and their CSRF tokens (IAM-5,
+    /// NET-4).
+    pub fn cookie_signing_key(&self) -> &[u8; 32] {
+        self.cookie_key.expose_secret()
     }
 
     /// Signs posture reports (POS-1); its public half is published.

@@ -167,7 +167,10 @@ impl Api {
                 "securitySchemes": {
                     "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA, 60 s)"},
                     "operator": {"type": "http", "scheme": "bearer",
-                                 "description": "the instance's operator_token"}
+                                 "description": "the instance's operator_token"},
+                    "session_cookie": {"type": "apiKey", "in": "cookie", "name": "__Host-sr_session",
+                                       "description": "a browser session (login with mode cookie); \
+                                                       unsafe methods also need X-CSRF-Token"}
                 },
                 "schemas": {
                     "Problem": {
@@ -290,10 +293,10 @@ fn describe(op: &Op) -> Value {
     });
     match op.auth {
         Auth::Public => {}
-        Auth::Bearer => operation["security"] = json!([{"bearer": []}]),
+        Auth::Bearer => operation["security"] = json!([{"bearer": []}, {"session_cookie": []}]),
         Auth::Operator => operation["security"] = json!([{"operator": []}]),
         Auth::Permission(p) => {
-            operation["security"] = json!([{"bearer": []}]);
+            operation["security"] = json!([{"bearer": []}, {"session_cookie": []}]);
             operation["x-permission"] = json!(p.name());
         }
     }

@@ -156,6 +156,42 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
     }
 }
 
+/// A request without a bearer token, authenticated by the browser session
+/// cookie (IAM-5): an unsafe method must also carry the session's CSRF
+/// token in `X-CSRF-Token` (NET-4), or it is `403 csrf`.
+async fn browser_session(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    use crate::identity::cookies;
+    let cookie = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| cookies::cookie_value(v, cookies::SESSION_COOKIE))
+        .ok_or(crate::identity::IdentityError::Unauthenticated)?;
+    let key = state.keyring.cookie_signing_key();
+    let principal =
+        crate::identity::authenticate_cookie(&state.sessions, &state.store, key, cookie).await?;
+    let safe = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let presented = parts
+        .headers
+        .get(cookies::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if !safe && !presented.is_some_and(|p| cookies::csrf_matches(key, &principal.session_id, p)) {
+        tracing::warn!(target: "security", tenant = principal.scope().id_str(),
+            user = %principal.user_id, method = %parts.method,
+            "a cookie-authenticated request without its CSRF token was refused");
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "csrf",
+            "a request authenticated by the session cookie must carry its X-CSRF-Token",
+        ));
+    }
+    Ok(principal)
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -168,15 +204,19 @@ impl FromRequestParts<AppState> for Principal {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| SecretString::from(t.trim().to_owned()))
-            .ok_or(crate::identity::IdentityError::Unauthenticated)?;
-        let principal = crate::identity::authenticate_cached(
-            &state.sessions,
-            &state.store,
-            state.keyring.token_verifying_key(),
-            &bearer,
-        )
-        .await?;
+            .map(|t| SecretString::from(t.trim().to_owned()));
+        let principal = match bearer {
+            Some(bearer) => {
+                crate::identity::authenticate_cached(
+                    &state.sessions,
+                    &state.store,
+                    state.keyring.token_verifying_key(),
+                    &bearer,
+                )
+                .await?
+            }
+            None => browser_session(parts, state).await?,
+        };
         if let Some(who) = parts.extensions.get::<Who>() {
             who.set(
                 principal.scope().id_str(),

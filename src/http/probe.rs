@@ -138,8 +138,8 @@ pub async fn front_door(app: &Router, config: &Config) -> Vec<Finding> {
             verdict: Verdict::Pass,
             evidence: "probed now: a success and an error both carry nosniff, no-store, \
                        X-Frame-Options DENY, no-referrer and Content-Security-Policy \
-                       default-src 'none'; frame-ancestors 'none' (CSRF protection comes \
-                       with cookie sessions)"
+                       default-src 'none'; frame-ancestors 'none'; an unsafe request on a \
+                       browser session cookie needs its X-CSRF-Token"
                 .to_owned(),
         }
     } else {

@@ -35,7 +35,9 @@ pub fn sessions_router() -> Api {
                 "type": "object", "required": ["tenant", "email", "password"],
                 "additionalProperties": false,
                 "properties": {"tenant": {"type": "string"}, "email": {"type": "string"},
-                               "password": {"type": "string", "writeOnly": true}}
+                               "password": {"type": "string", "writeOnly": true},
+                               "mode": {"enum": ["token", "cookie"], "description":
+                                   "cookie: a __Host- session cookie and a CSRF token instead of tokens"}}
             })),
             post(login),
         )
@@ -195,6 +197,17 @@ struct LoginBody {
     tenant: String,
     email: String,
     password: SecretString,
+    /// `cookie`: a browser session cookie and a CSRF token, no tokens.
+    #[serde(default)]
+    mode: LoginMode,
+}
+
+#[derive(Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum LoginMode {
+    #[default]
+    Token,
+    Cookie,
 }
 
 async fn login(
@@ -237,7 +250,33 @@ async fn login(
     }
     let tokens = tokens?;
     who.set(&tokens.tenant_id, &tokens.user_id, None);
-    Ok(Json(tokens))
+    if body.mode == LoginMode::Token {
+        return Ok(Json(tokens).into_response());
+    }
+    // A browser session (IAM-5, NET-4): the credential stays in an
+    // HttpOnly cookie; the page gets only the CSRF token it must echo.
+    use super::cookies;
+    let key = state.keyring.cookie_signing_key();
+    let session = cookies::CookieSession {
+        tenant: tokens.tenant_id,
+        session: tokens.session_id,
+        user: tokens.user_id,
+    };
+    let max_age = i64::from(state.config.session_ttl_hours) * 3600;
+    let mut response = Json(json!({
+        "mode": "cookie",
+        "csrf_token": cookies::csrf_token(key, &session.session),
+        "csrf_header": "X-CSRF-Token",
+    }))
+    .into_response();
+    for cookie in cookies::set_cookies(key, &session, max_age) {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&cookie) {
+            response
+                .headers_mut()
+                .append(axum::http::header::SET_COOKIE, value);
+        }
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -339,9 +378,18 @@ async fn logout(
     State(state): State<AppState>,
     meta: RequestMeta,
     principal: Principal,
-) -> Result<StatusCode, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     super::logout(&state.store, &principal, &meta).await?;
-    Ok(StatusCode::NO_CONTENT)
+    // A browser session's cookies go with it.
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    for cookie in super::cookies::clear_cookies() {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&cookie) {
+            response
+                .headers_mut()
+                .append(axum::http::header::SET_COOKIE, value);
+        }
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@
 //! * IAM-6 (first cut): wrong password, unknown user and unknown tenant give
 //!   the same `401` after the same Argon2 work.
 
+pub mod cookies;
 mod http;
 pub mod password;
 mod sessions;
@@ -23,7 +24,7 @@ pub use http::{router, sessions_router};
 pub use password::{hash as hash_password, warm_up};
 pub use sessions::{
     SESSION_CHECK_TTL, SESSION_KINDS, SessionCache, SessionInfo, TokenPair, accept_invitation,
-    authenticate, authenticate_cached, list_sessions, login, logout, refresh,
+    authenticate, authenticate_cached, authenticate_cookie, list_sessions, login, logout, refresh,
     revoke_other_sessions, revoke_own_session, revoke_user_sessions,
 };
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};

@@ -38,6 +38,8 @@ pub struct TokenPair {
     pub tenant_id: String,
     #[serde(skip)]
     pub user_id: String,
+    #[serde(skip)]
+    pub session_id: String,
 }
 
 fn token_pair(
@@ -55,6 +57,7 @@ fn token_pair(
         refresh_token: refresh.reveal(),
         tenant_id: scope.id_str().to_owned(),
         user_id: user_id.to_owned(),
+        session_id: session_id.to_owned(),
     }
 }
 
@@ -803,12 +806,76 @@ pub async fn authenticate_cached(
     live.principal(claims)
 }
 
+/// A browser session cookie's principal: the same session check as a
+/// token's (cached alike), for the session the signed cookie names.
+pub async fn authenticate_cookie(
+    cache: &SessionCache,
+    store: &Store,
+    key: &[u8; 32],
+    value: &str,
+) -> Result<Principal, IdentityError> {
+    let named =
+        super::cookies::open_session_cookie(key, value).ok_or(IdentityError::Unauthenticated)?;
+    let claims = AccessClaims {
+        sub: named.user,
+        tid: named.tenant,
+        sid: named.session,
+        iat: 0,
+        exp: i64::MAX,
+        jti: String::new(),
+    };
+    if let Some(live) = cache.get(&claims) {
+        return live.principal(claims);
+    }
+    let epoch = cache.epoch();
+    let live = live_session(store, &claims).await?;
+    cache.put(epoch, &claims, &live);
+    // A browser session has no refresh to mark it used: its use does, at
+    // most once a minute, so the tenant's idle bound counts real idleness.
+    let stale = crate::clock::parse_rfc3339(&live.last_used_at)
+        .is_none_or(|at| time::OffsetDateTime::now_utc() - at > time::Duration::minutes(1));
+    if stale {
+        touch_session(store.clone(), &claims);
+    }
+    live.principal(claims)
+}
+
+/// Marks a session used now, in the background.
+fn touch_session(store: Store, claims: &AccessClaims) {
+    let Some(tenant) = TenantId::parse(&claims.tid) else {
+        return;
+    };
+    let scope = TenantScope::trusted(tenant);
+    let (tenant, session) = (claims.tid.clone(), claims.sid.clone());
+    tokio::spawn(async move {
+        let done = store
+            .append_internal(Some(&scope), move |conn| {
+                Box::pin(async move {
+                    db::query(
+                        "UPDATE sessions SET last_used_at = $1 WHERE tenant_id = $2 AND id = $3",
+                    )
+                    .bind(crate::clock::now())
+                    .bind(tenant)
+                    .bind(session)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "could not mark a browser session used");
+        }
+    });
+}
+
 /// What the session check found: the session is live and its user active.
 #[derive(Clone)]
 struct LiveSession {
     email: String,
     role: Role,
     expires_at: String,
+    last_used_at: String,
 }
 
 impl LiveSession {
@@ -877,6 +944,7 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
         email: email.clone(),
         role: Role::parse(role).ok_or(IdentityError::Internal("unknown role stored"))?,
         expires_at: expires_at.clone(),
+        last_used_at: last_used_at.clone(),
     })
 }
 

@@ -715,3 +715,143 @@ async fn ctl_iam_5_a_tenant_bounds_how_long_sessions_idle_and_live() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// The `name=value` of each `Set-Cookie` of a response, with its attributes.
+fn set_cookies(res: &reqwest::Response) -> Vec<String> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn ctl_net_4_a_browser_session_lives_in_a_host_cookie_and_unsafe_requests_need_its_csrf_token()
+ {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let browser_login = || {
+        let mut body = login_body("acme", &admin.email, PASSWORD);
+        body["mode"] = json!("cookie");
+        app.post("/api/v1/auth/login", None, body)
+    };
+    let res = browser_login().await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookies = set_cookies(&res);
+    let session = cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-sr_session="))
+        .expect("a session cookie")
+        .clone();
+    for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+        assert!(
+            session.split("; ").any(|a| a == attribute),
+            "{session} lacks {attribute}"
+        );
+    }
+    let csrf_cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-sr_csrf="))
+        .unwrap();
+    assert!(
+        !csrf_cookie.contains("HttpOnly"),
+        "the page must read its CSRF token"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body.get("access_token").is_none() && body.get("refresh_token").is_none(),
+        "{body}"
+    );
+    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    let cookie = session.split(';').next().unwrap().to_owned();
+    let call = |method: reqwest::Method, path: &str, csrf: Option<&str>| {
+        let mut request = app
+            .client
+            .request(method, format!("{}{path}", app.address))
+            .header("cookie", &cookie);
+        if let Some(csrf) = csrf {
+            request = request.header("x-csrf-token", csrf);
+        }
+        request
+    };
+    // Safe requests ride on the cookie alone.
+    let me = call(reqwest::Method::GET, "/api/v1/me", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    // An unsafe one without the token, with another session's, or a wrong
+    // one, is refused and changes nothing.
+    let other = browser_login().await.json::<Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let collection = json!({"name": "notes", "fields": [{"name": "text", "type": "text"}]});
+    for presented in [None, Some(other.as_str()), Some("00ff")] {
+        let res = call(reqwest::Method::POST, "/api/v1/collections", presented)
+            .json(&collection)
+            .send()
+            .await
+            .unwrap();
+        let problem = problem(res, StatusCode::FORBIDDEN).await;
+        assert_eq!(problem["type"], "urn:strongroom:problem:csrf");
+    }
+    let listed: Value = call(reqwest::Method::GET, "/api/v1/collections", None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"], json!([]));
+    // With its token it goes through.
+    let res = call(reqwest::Method::POST, "/api/v1/collections", Some(&csrf))
+        .json(&collection)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // A forged or altered cookie is no session.
+    let forged = app
+        .client
+        .get(format!("{}/api/v1/me", app.address))
+        .header("cookie", cookie.replacen('.', ".x", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    // Each login is a new session with a new cookie: none is fixed.
+    let again = set_cookies(&browser_login().await);
+    assert!(!again.iter().any(|c| c.starts_with(&cookie)));
+    // Logout (itself unsafe: it needs the token) ends the session and
+    // clears the cookies.
+    let res = call(reqwest::Method::POST, "/api/v1/auth/logout", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = call(reqwest::Method::POST, "/api/v1/auth/logout", Some(&csrf))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert!(
+        set_cookies(&res)
+            .iter()
+            .any(|c| c.starts_with("__Host-sr_session=;") && c.contains("Max-Age=0"))
+    );
+    let me = call(reqwest::Method::GET, "/api/v1/me", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+    // A bearer token needs no CSRF token: no browser sends it by itself.
+    let res = app
+        .post(
+            "/api/v1/collections",
+            Some(&admin.access_token),
+            json!({"name": "more", "fields": []}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+}
