@@ -105,17 +105,27 @@ pub async fn login(
                 Actor::anonymous(email.map(|e| e.as_str().to_owned())),
             );
             let user_id = other.map(|a| a.id);
-            store
-                .write(&permit, meta, "auth.login", move |tx| {
-                    Box::pin(async move {
-                        tx.set_outcome(Outcome::Failure);
-                        if let Some(id) = user_id {
-                            tx.set_target("user", id);
-                        }
-                        Ok::<_, IdentityError>(())
+            // Audited, but not waited for: a failure for a tenant that
+            // exists then answers in the time of one for a tenant that does
+            // not (no commit to wait for on either path), so timing does
+            // not tell which slugs exist.
+            let (store, meta) = (store.clone(), meta.clone());
+            tokio::spawn(async move {
+                let audited = store
+                    .write(&permit, &meta, "auth.login", move |tx| {
+                        Box::pin(async move {
+                            tx.set_outcome(Outcome::Failure);
+                            if let Some(id) = user_id {
+                                tx.set_target("user", id);
+                            }
+                            Ok::<_, IdentityError>(())
+                        })
                     })
-                })
-                .await?;
+                    .await;
+                if let Err(e) = audited {
+                    tracing::error!(error = %e, "could not audit a failed login");
+                }
+            });
             return Err(IdentityError::InvalidCredentials);
         }
     };
