@@ -462,22 +462,7 @@ async fn ctl_iam_5_a_tenant_no_longer_active_ends_its_sessions_and_refreshes() {
     .execute(&mut raw)
     .await
     .unwrap();
-    tokio::time::sleep(
-        strongroom::identity::SESSION_CHECK_TTL + std::time::Duration::from_millis(200),
-    )
-    .await;
-    assert_eq!(
-        app.get("/api/v1/me", &admin.access_token).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    let res = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": admin.refresh_token}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_session_over(&app, &admin.access_token, &admin.refresh_token).await;
 }
 
 #[tokio::test]
@@ -692,22 +677,7 @@ async fn ctl_iam_5_a_tenant_bounds_how_long_sessions_idle_and_live() {
     .execute(&mut raw)
     .await
     .unwrap();
-    tokio::time::sleep(
-        strongroom::identity::SESSION_CHECK_TTL + std::time::Duration::from_millis(200),
-    )
-    .await;
-    assert_eq!(
-        app.get("/api/v1/me", &member.access_token).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    let res = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": member.refresh_token}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_session_over(&app, &member.access_token, &member.refresh_token).await;
     // Used a moment ago but opened three hours ago: over too.
     let three_hours_ago = strongroom::clock::in_seconds(-3 * 3600);
     sqlx::query(&format!(
@@ -717,14 +687,7 @@ async fn ctl_iam_5_a_tenant_bounds_how_long_sessions_idle_and_live() {
     .execute(&mut raw)
     .await
     .unwrap();
-    tokio::time::sleep(
-        strongroom::identity::SESSION_CHECK_TTL + std::time::Duration::from_millis(200),
-    )
-    .await;
-    assert_eq!(
-        app.get("/api/v1/me", &admin.access_token).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_session_over(&app, &admin.access_token, &admin.refresh_token).await;
 }
 
 /// The `name=value` of each `Set-Cookie` of a response, with its attributes.
@@ -921,4 +884,26 @@ async fn ctl_iam_1_a_failed_login_to_a_real_tenant_does_not_wait_for_a_commit() 
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// After the session check's lifetime, `access` gets `401` and `refresh`
+/// is refused: the session is over (changed behind the app's back, with no
+/// announcement to the cache).
+async fn assert_session_over(app: &crate::helpers::TestApp, access: &str, refresh: &str) {
+    tokio::time::sleep(
+        strongroom::identity::SESSION_CHECK_TTL + std::time::Duration::from_millis(200),
+    )
+    .await;
+    assert_eq!(
+        app.get("/api/v1/me", access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": refresh}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
