@@ -173,6 +173,47 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
         json!(null),
     )
     .await;
+    // A browser session: its cookie and CSRF token are secrets too, used
+    // with and without the token (a refusal is a security event).
+    let browser = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(
+            &json!({"tenant": "acme", "email": "admin@acme.test", "password": PASSWORD,
+                      "mode": "cookie"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let cookie = browser
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("__Host-sr_session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = browser.json::<Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for token in [None, Some(csrf.as_str())] {
+        let mut req = client
+            .post(format!("{base}/api/v1/collections"))
+            .header("cookie", &cookie)
+            .json(&json!({"name": "browser", "fields": []}));
+        if let Some(token) = token {
+            req = req.header("x-csrf-token", token);
+        }
+        req.send().await.unwrap();
+    }
+    let value = cookie.trim_start_matches("__Host-sr_session=").to_owned();
+    // The ids it names are stored, of course; its signature must not be.
+    secrets.push(value.rsplit('.').next().unwrap().to_owned());
+    secrets.push(value);
+    secrets.push(csrf);
     // A graceful stop writes out everything buffered (the access log).
     server.stop().await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
