@@ -253,6 +253,10 @@ pub async fn update_user(
                 });
                 if after.status == "disabled" && before.status != "disabled" {
                     super::sessions::revoke_all(tx, &id, "user_disabled").await?;
+                } else if after.role != before.role {
+                    // A change of privilege is a new session (IAM-5): the
+                    // user logs in again, under the new role, with new ids.
+                    super::sessions::revoke_all(tx, &id, "role_changed").await?;
                 }
                 tx.set_target("user", id.clone());
                 Ok(after)

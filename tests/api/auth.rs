@@ -907,3 +907,52 @@ async fn assert_session_over(app: &crate::helpers::TestApp, access: &str, refres
         .await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn ctl_iam_5_a_change_of_role_ends_the_users_sessions() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let member = app.user(&admin, "member@acme.test", "member").await;
+    let res = app
+        .patch(
+            &format!("/api/v1/users/{}", member.user_id),
+            &admin.access_token,
+            json!({"role": "viewer"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // Ended at once (the write path tells the cache), refresh included.
+    assert_eq!(
+        app.get("/api/v1/me", &member.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let res = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": member.refresh_token}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // A new login is a new session under the new role.
+    let res = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            login_body("acme", "member@acme.test", PASSWORD),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let token = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Value = app.get("/api/v1/me", &token).await.json().await.unwrap();
+    assert_eq!(me["user"]["role"], "viewer");
+    assert_ne!(me["session_id"], Value::Null);
+    // The admin's own session is untouched.
+    assert_eq!(
+        app.get("/api/v1/me", &admin.access_token).await.status(),
+        StatusCode::OK
+    );
+}
