@@ -269,13 +269,7 @@ async fn login(
         "csrf_header": "X-CSRF-Token",
     }))
     .into_response();
-    for cookie in cookies::set_cookies(key, &session, max_age) {
-        if let Ok(value) = axum::http::HeaderValue::from_str(&cookie) {
-            response
-                .headers_mut()
-                .append(axum::http::header::SET_COOKIE, value);
-        }
-    }
+    set_cookies(&mut response, cookies::set_cookies(key, &session, max_age));
     Ok(response)
 }
 
@@ -374,6 +368,17 @@ async fn end_user_sessions(
     Ok(Json(json!({"revoked": ended})))
 }
 
+/// Adds each cookie as a `Set-Cookie` header (their values are ours, ASCII).
+fn set_cookies(response: &mut axum::response::Response, cookies: [String; 2]) {
+    for cookie in cookies {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&cookie) {
+            response
+                .headers_mut()
+                .append(axum::http::header::SET_COOKIE, value);
+        }
+    }
+}
+
 async fn logout(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -382,13 +387,7 @@ async fn logout(
     super::logout(&state.store, &principal, &meta).await?;
     // A browser session's cookies go with it.
     let mut response = StatusCode::NO_CONTENT.into_response();
-    for cookie in super::cookies::clear_cookies() {
-        if let Ok(value) = axum::http::HeaderValue::from_str(&cookie) {
-            response
-                .headers_mut()
-                .append(axum::http::header::SET_COOKIE, value);
-        }
-    }
+    set_cookies(&mut response, super::cookies::clear_cookies());
     Ok(response)
 }
 

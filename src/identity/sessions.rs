@@ -807,13 +807,24 @@ pub async fn authenticate_cached(
     bearer: &SecretString,
 ) -> Result<Principal, IdentityError> {
     let claims = verified_claims(key, bearer.expose_secret())?;
-    if let Some(live) = cache.get(&claims) {
-        return live.principal(claims);
+    let (live, _) = checked(cache, store, &claims).await?;
+    live.principal(claims)
+}
+
+/// The session check for `claims`, from `cache` when it is fresh there;
+/// says whether the database was asked.
+async fn checked(
+    cache: &SessionCache,
+    store: &Store,
+    claims: &AccessClaims,
+) -> Result<(LiveSession, bool), IdentityError> {
+    if let Some(live) = cache.get(claims) {
+        return Ok((live, false));
     }
     let epoch = cache.epoch();
-    let live = live_session(store, &claims).await?;
-    cache.put(epoch, &claims, &live);
-    live.principal(claims)
+    let live = live_session(store, claims).await?;
+    cache.put(epoch, claims, &live);
+    Ok((live, true))
 }
 
 /// A browser session cookie's principal: the same session check as a
@@ -834,17 +845,12 @@ pub async fn authenticate_cookie(
         exp: i64::MAX,
         jti: String::new(),
     };
-    if let Some(live) = cache.get(&claims) {
-        return live.principal(claims);
-    }
-    let epoch = cache.epoch();
-    let live = live_session(store, &claims).await?;
-    cache.put(epoch, &claims, &live);
+    let (live, asked) = checked(cache, store, &claims).await?;
     // A browser session has no refresh to mark it used: its use does, at
     // most once a minute, so the tenant's idle bound counts real idleness.
     let stale = crate::clock::parse_rfc3339(&live.last_used_at)
         .is_none_or(|at| time::OffsetDateTime::now_utc() - at > time::Duration::minutes(1));
-    if stale {
+    if asked && stale {
         touch_session(store.clone(), &claims);
     }
     live.principal(claims)

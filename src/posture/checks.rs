@@ -22,7 +22,8 @@ pub async fn run(
     let checkpoint_key = probe.keyring.checkpoint_signing_key().verifying_key();
     // Read once: the retention and heartbeat checks both look at them.
     let runs = crate::ops::last_runs(store).await?;
-    let [fil3, fil4] = super::sampled::file_records(probe, scopes, reach).await?;
+    let files = super::sampled::sample_files(probe, scopes).await?;
+    let [fil3, fil4] = super::sampled::file_records(&files, reach);
     let [bak1, bak7] = super::sampled::journal(probe, scopes, reach).await?;
     let [fil1, enc4] = super::sampled::object_stores(probe, reach).await;
     let mut findings = vec![
@@ -39,7 +40,7 @@ pub async fn run(
         log_shipping(config),
         audit_chains(store, scopes, reach, &checkpoint_key).await?,
         transport(config),
-        super::sampled::sealed_at_rest(probe, scopes, reach).await,
+        super::sampled::sealed_at_rest(probe, scopes, reach, &files).await,
         data_keys(store, scopes, reach).await?,
         enc4,
         fil1,

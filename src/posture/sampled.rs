@@ -15,10 +15,37 @@ use crate::store::{Backend, StoreError, db};
 /// the ENC-2 check reads raw.
 const SAMPLE: i64 = 20;
 
+/// Each tenant's files looked at once (the table, and the newest objects
+/// read raw), for ENC-2, FIL-3 and FIL-4 alike.
+pub async fn sample_files(
+    probe: &Probe<'_>,
+    scopes: &[TenantScope],
+) -> Result<Vec<crate::files::FileSample>, StoreError> {
+    let mut samples = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        samples.push(
+            probe
+                .files
+                .sample(scope, SAMPLE)
+                .await
+                .map_err(|e| match e {
+                    crate::files::FileError::Store(e) => e,
+                    other => StoreError::Corrupt(other.to_string()),
+                })?,
+        );
+    }
+    Ok(samples)
+}
+
 /// ENC-2: for sampled rows of collections with encrypted fields, the raw
 /// stored value is ciphertext that opens only with the tenant's key in its
 /// place; sampled objects' raw bytes authenticate under their file keys.
-pub async fn sealed_at_rest(probe: &Probe<'_>, scopes: &[TenantScope], reach: Reach) -> Finding {
+pub async fn sealed_at_rest(
+    probe: &Probe<'_>,
+    scopes: &[TenantScope],
+    reach: Reach,
+    files: &[crate::files::FileSample],
+) -> Finding {
     let mut problems = Vec::new();
     let (mut collections, mut records, mut values, mut objects, mut locked) = (0, 0, 0, 0, 0);
     for scope in scopes {
@@ -39,14 +66,11 @@ pub async fn sealed_at_rest(probe: &Probe<'_>, scopes: &[TenantScope], reach: Re
             }
             Err(e) => problems.push(format!("tenant {}: {e}", scope.id_str())),
         }
-        match probe.files.sample(scope, SAMPLE).await {
-            Ok(files) => {
-                objects += files.sealed;
-                locked += files.locked;
-                problems.extend(files.problems);
-            }
-            Err(e) => problems.push(format!("tenant {}: {e}", scope.id_str())),
-        }
+    }
+    for sample in files {
+        objects += sample.sealed;
+        locked += sample.locked;
+        problems.extend(sample.problems.iter().cloned());
     }
     if !problems.is_empty() {
         problems.truncate(10);
@@ -72,23 +96,14 @@ pub async fn sealed_at_rest(probe: &Probe<'_>, scopes: &[TenantScope], reach: Re
 
 /// FIL-3 and FIL-4 from the files table: every file the trail still covers
 /// has its upload event, and no stored type is active content.
-pub async fn file_records(
-    probe: &Probe<'_>,
-    scopes: &[TenantScope],
-    reach: Reach,
-) -> Result<[Finding; 2], StoreError> {
+pub fn file_records(samples: &[crate::files::FileSample], reach: Reach) -> [Finding; 2] {
     let (mut files, mut unaudited, mut active) = (0, 0, Vec::new());
-    for scope in scopes {
-        // Objects are not read here (SAMPLE 0): only the table.
-        let sample = probe.files.sample(scope, 0).await.map_err(|e| match e {
-            crate::files::FileError::Store(e) => e,
-            other => StoreError::Corrupt(other.to_string()),
-        })?;
+    for sample in samples {
         files += sample.files;
         unaudited += sample.unaudited;
-        active.extend(sample.active);
+        active.extend(sample.active.iter().cloned());
     }
-    let who = reach.tenants(scopes.len());
+    let who = reach.tenants(samples.len());
     let audited = if unaudited == 0 {
         finding(
             "FIL-3",
@@ -123,7 +138,7 @@ pub async fn file_records(
             format!("stored files of active types: {}", active.join(", ")),
         )
     };
-    Ok([audited, types])
+    [audited, types]
 }
 
 /// IAM-1: every stored password hash is Argon2id with at least the
