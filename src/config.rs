@@ -66,6 +66,11 @@ const ENV_KEYS: &[&str] = &[
     "operator_token",
     "posture_interval_seconds",
     "advisory_db",
+    "smtp_url",
+    "smtp_username",
+    "smtp_password",
+    "smtp_from",
+    "public_url",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -175,6 +180,19 @@ pub struct Config {
     pub posture_interval_seconds: u64,
     /// A RustSec advisory-db checkout the posture check of OPS-2 reads.
     pub advisory_db: Option<PathBuf>,
+    /// The mail relay (`mail::smtp`): `smtp://host:port` (plain, for a relay
+    /// on this machine), `smtp+starttls://host:port` or `smtps://host:port`.
+    /// Unset, nothing is mailed, and invitation tokens are returned to the
+    /// inviter instead.
+    pub smtp_url: Option<String>,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<SecretString>,
+    /// The sender of every mail, e.g. `Acme <noreply@acme.example>`.
+    pub smtp_from: String,
+    /// Where the product's front end is, for links in mails: it serves
+    /// `/invitation` and `/password-reset`, which take `#token=…`. Unset,
+    /// `http://<listen>`.
+    pub public_url: Option<String>,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -274,6 +292,11 @@ impl Default for Config {
             operator_token: None,
             posture_interval_seconds: 3600,
             advisory_db: None,
+            smtp_url: None,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_from: "Strongroom <noreply@localhost>".to_owned(),
+            public_url: None,
         }
     }
 }
@@ -401,7 +424,33 @@ impl Config {
                 "database_max_connections must be at least 1".into(),
             ));
         }
+        self.mailer().map_err(ConfigError)?;
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError(format!(
+                "public_url {url:?} must start with https:// (or http:// for local use)"
+            )));
+        }
         Ok(())
+    }
+
+    /// The mail service this configuration describes.
+    pub fn mailer(&self) -> Result<crate::mail::Mailer, String> {
+        let smtp = match &self.smtp_url {
+            Some(url) => Some(crate::mail::Smtp::new(
+                url,
+                &self.smtp_from,
+                self.smtp_username.as_deref(),
+                self.smtp_password.as_ref(),
+            )?),
+            None => None,
+        };
+        let public_url = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen));
+        Ok(crate::mail::Mailer::new(smtp, &public_url))
     }
 
     /// What keeps this configuration from running as production (TEN-3),
@@ -436,6 +485,26 @@ impl Config {
                 "the data dir {} is open to group or others (chmod 700)",
                 self.data_dir.display()
             ));
+        }
+        if let Some(relay) = self
+            .smtp_url
+            .as_deref()
+            .and_then(|url| crate::mail::smtp::Relay::parse(url).ok())
+            && relay.security == crate::mail::smtp::Security::Plain
+            && !relay.is_local()
+        {
+            problems.push(format!(
+                "smtp_url is plain SMTP to {}: links and passwords would cross the network in \
+                 clear (use smtp+starttls:// or smtps://)",
+                relay.host
+            ));
+        }
+        if self
+            .public_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("http://"))
+        {
+            problems.push("public_url is http://: links in mails must be https://".to_owned());
         }
         problems
     }

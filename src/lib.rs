@@ -17,6 +17,7 @@ pub mod http;
 pub mod identity;
 pub mod json;
 pub mod keys;
+pub mod mail;
 pub mod metrics;
 pub mod ops;
 pub mod posture;
@@ -48,6 +49,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("object storage: {0}")]
     Objects(String),
+    #[error("mail: {0}")]
+    Mail(String),
 }
 
 /// Opens everything the server needs: data dir (mode 0700), keyring,
@@ -92,6 +95,8 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
             forgetting.forget(tenant)
         })
         .await?;
+    let mailer = Arc::new(config.mailer().map_err(StartupError::Mail)?);
+    mailer.watch(&store).await?;
     let exempt = http::TrustedProxies::parse(&config.rate_limit_exempt).unwrap_or_default();
     let rates = http::limits::Rates {
         login_per_ip: http::limits::Rate::per_minute(config.login_attempts_per_minute_per_ip),
@@ -128,6 +133,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         limits,
         bans,
         allowlists,
+        mailer,
         schedule: Arc::new(ops::Schedule::default()),
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,

@@ -54,9 +54,16 @@ pub async fn audit_verify(events: i64, rounds: u32) -> anyhow::Result<()> {
         ..Config::default()
     };
     let state = crate::open(config).await?;
-    let created = crate::tenancy::create(&state.store, "bench", "Bench", "bench@bench.test", 72)
-        .await
-        .context("bench tenant")?;
+    let created = crate::tenancy::create(
+        &state.store,
+        &state.post(),
+        "bench",
+        "Bench",
+        "bench@bench.test",
+        72,
+    )
+    .await
+    .context("bench tenant")?;
     let scope = crate::tenancy::find_active_by_slug(&state.store, "bench")
         .await?
         .context("bench tenant")?;

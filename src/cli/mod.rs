@@ -504,22 +504,63 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let ttl = config.invitation_ttl_hours;
             let state = crate::open(config).await?;
-            let created =
-                crate::tenancy::create(&state.store, &slug, &name, &admin_email, ttl).await;
+            let created = crate::tenancy::create(
+                &state.store,
+                &state.post(),
+                &slug,
+                &name,
+                &admin_email,
+                ttl,
+            )
+            .await;
+            // The invitation goes out now, not at the server's next sweep.
+            let delivered = match &created {
+                Ok(created) if created.invitation_mailed => {
+                    let scopes: Vec<_> = crate::context::TenantId::parse(&created.tenant_id)
+                        .map(crate::context::TenantScope::trusted)
+                        .into_iter()
+                        .collect();
+                    Some(
+                        crate::mail::deliver(
+                            &state.mailer,
+                            &state.store,
+                            &state.vault,
+                            &scopes,
+                            true,
+                        )
+                        .await,
+                    )
+                }
+                _ => None,
+            };
             state.store.close().await;
             let created = created.context("tenant not created")?;
             if json {
                 println!("{}", serde_json::to_string(&created)?);
             } else {
                 println!("created tenant {} ({})", created.slug, created.tenant_id);
-                println!(
-                    "admin {} invited; invitation token (valid until {}):",
-                    created.admin_email, created.invitation_expires_at
-                );
-                println!("{}", created.invitation_token);
-                println!(
-                    "accept with: POST /api/v1/auth/invitations/accept {{\"token\": \"…\", \"password\": \"…\"}}"
-                );
+                match &created.invitation_token {
+                    Some(token) => {
+                        println!(
+                            "admin {} invited; invitation token (valid until {}):",
+                            created.admin_email, created.invitation_expires_at
+                        );
+                        println!("{token}");
+                        println!(
+                            "accept with: POST /api/v1/auth/invitations/accept {{\"token\": \"…\", \"password\": \"…\"}}"
+                        );
+                    }
+                    None => println!(
+                        "admin {} invited by mail (valid until {}): {}",
+                        created.admin_email,
+                        created.invitation_expires_at,
+                        match delivered {
+                            Some(Ok(done)) => done,
+                            Some(Err(e)) => format!("not sent yet ({e}); the server retries"),
+                            None => String::new(),
+                        }
+                    ),
+                }
             }
             Ok(())
         }
@@ -829,6 +870,7 @@ fn start_jobs(state: &crate::http::AppState) {
             }
         },
     );
+    start_mail_delivery(state);
     // The posture report reads the other jobs' heartbeats: it runs first
     // once they have run.
     let job_state = state.clone();
@@ -857,6 +899,34 @@ fn start_jobs(state: &crate::http::AppState) {
                 crate::audit::checkpoint_all(&state.store, state.keyring.checkpoint_signing_key())
                     .await
                     .map(|n| format!("{n} checkpoints signed"))
+                    .map_err(|e| e.to_string())
+            }
+        },
+    );
+}
+
+/// The outbox's delivery job (`mail.deliver`): at once when mail is queued
+/// on any node, and every `mail::SWEEP` for retries.
+pub fn start_mail_delivery(state: &crate::http::AppState) {
+    let job_state = state.clone();
+    let waker = state.mailer.clone();
+    crate::ops::every_or_woken(
+        state.store.clone(),
+        &state.schedule,
+        "mail.deliver",
+        crate::mail::SWEEP,
+        move |within| {
+            let mailer = waker.clone();
+            async move { mailer.woken_or(within).await }
+        },
+        move |sweep| {
+            let state = job_state.clone();
+            async move {
+                let scopes = crate::tenancy::all_scopes(&state.store)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                crate::mail::deliver(&state.mailer, &state.store, &state.vault, &scopes, sweep)
+                    .await
                     .map_err(|e| e.to_string())
             }
         },

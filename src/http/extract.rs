@@ -142,6 +142,48 @@ where
     }
 }
 
+/// The instance's operator, until the operator realm exists: the request
+/// carries `Authorization: Bearer <operator_token>`, compared in constant
+/// time. With no token configured the operator routes are closed (`403`).
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        use secrecy::ExposeSecret;
+        use subtle::ConstantTimeEq;
+        let Some(expected) = &state.config.operator_token else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "operator-token-unset",
+                "no operator_token is configured: the instance view is closed",
+            ));
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let expected = expected.expose_secret().as_bytes();
+        // Equal lengths first: `ct_eq` of slices of different lengths is
+        // false at once, which only tells the length, never a byte.
+        if given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected)) {
+            Ok(Operator)
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!(
+                    "{} needs Authorization: Bearer <operator_token>",
+                    parts.uri.path()
+                ),
+            ))
+        }
+    }
+}
+
 /// The request's id, client address and user agent, as `request_context`
 /// established them (trusted proxies honoured).
 impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {

@@ -29,11 +29,21 @@ pub struct AppState {
     pub bans: Arc<super::bans::Bans>,
     /// Tenants' IP allow-lists (NET-2), cached.
     pub allowlists: Arc<crate::tenancy::allowlist::AllowLists>,
+    /// The mail relay and outbox delivery (IAM-2).
+    pub mailer: Arc<crate::mail::Mailer>,
     /// The jobs this process schedules (OPS-1).
     pub schedule: Arc<crate::ops::Schedule>,
 }
 
 impl AppState {
+    /// Where identity's mails go out from.
+    pub fn post(&self) -> crate::identity::Post {
+        crate::identity::Post {
+            mailer: self.mailer.clone(),
+            vault: self.vault.clone(),
+        }
+    }
+
     /// The file service over this state's store, keys and object store.
     pub fn files(&self) -> crate::files::Files {
         crate::files::Files {

@@ -506,6 +506,7 @@ async fn create_user(
     .await?;
     let created = super::create_user(
         &state.store,
+        &state.post(),
         &permit,
         &meta,
         &body.email,

@@ -29,10 +29,11 @@ pub use sessions::{
 };
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
 pub use users::{
-    User, UserPatch, create_user, delete_user, get_user, list_users, may_still_read, update_user,
+    Post, User, UserPatch, create_user, delete_user, get_user, list_users, may_still_read,
+    update_user,
 };
 
-pub(crate) use users::invite_user;
+pub(crate) use users::{invite_user, mail_invitation};
 
 use crate::access::AccessError;
 use crate::context::TenantId;
@@ -112,6 +113,8 @@ pub enum IdentityError {
     Access(#[from] AccessError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
 }
 
 impl From<db::Error> for IdentityError {

@@ -9,6 +9,8 @@ use super::{Email, IdentityError, NewInvitation};
 use crate::access::Role;
 use crate::context::Permit;
 use crate::context::RequestMeta;
+use crate::crypto::Vault;
+use crate::mail::{self, Mailer};
 use crate::store::db;
 use crate::store::{Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 
@@ -118,17 +120,71 @@ pub(crate) async fn invite_user(
     Ok(user)
 }
 
-/// A created user and the invitation token to hand to them.
+/// A created user, and the invitation token to hand to them when no mail
+/// carries it.
 #[derive(Debug, Serialize)]
 pub struct InvitedUser {
     #[serde(flatten)]
     pub user: User,
-    pub invitation_token: String,
+    /// Only when mail is off: with a relay configured the token goes to the
+    /// invitee alone, and the inviter never sees it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invitation_token: Option<String>,
+    pub invitation_mailed: bool,
     pub invitation_expires_at: String,
+}
+
+/// Where an invitation's or a reset's mail goes out from, if mail is on.
+#[derive(Clone)]
+pub struct Post {
+    pub mailer: std::sync::Arc<Mailer>,
+    pub vault: Vault,
+}
+
+impl Post {
+    /// The tenant's letterhead when mail is on and the schema has an outbox.
+    pub(crate) async fn letterhead(
+        &self,
+        store: &Store,
+        scope: &crate::context::TenantScope,
+    ) -> Result<Option<mail::Letterhead>, IdentityError> {
+        if !self.mailer.is_configured() || !store.schema_has(mail::SCHEMA) {
+            return Ok(None);
+        }
+        Ok(Some(mail::letterhead(store, scope).await?))
+    }
+}
+
+/// Queues the invitation mail of `user` in `tx`.
+pub(crate) async fn mail_invitation(
+    tx: &mut WriteTx,
+    post: &Post,
+    letterhead: &mail::Letterhead,
+    user: &User,
+    invitation: &NewInvitation,
+) -> Result<(), IdentityError> {
+    let link = post.mailer.link("/invitation", &invitation.token_text());
+    mail::enqueue(
+        tx,
+        &post.vault.in_write(),
+        letterhead,
+        mail::Mail {
+            to: user.email.clone(),
+            template: "invitation",
+            values: vec![
+                ("email", user.email.clone()),
+                ("link", link),
+                ("expires_at", invitation.expires_at.clone()),
+            ],
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn create_user(
     store: &Store,
+    post: &Post,
     permit: &Permit,
     meta: &RequestMeta,
     email: &str,
@@ -138,13 +194,19 @@ pub async fn create_user(
     let email = Email::parse(email)?;
     let role = Role::parse(role).ok_or_else(|| IdentityError::UnknownRole(role.to_owned()))?;
     let invitation = NewInvitation::generate(permit.scope().tenant_id(), invitation_ttl_hours);
+    let letterhead = post.letterhead(store, permit.scope()).await?;
+    let post = post.clone();
     store
         .write(permit, meta, "user.create", move |tx| {
             Box::pin(async move {
                 let user = invite_user(tx, &email, role, &invitation).await?;
+                if let Some(letterhead) = &letterhead {
+                    mail_invitation(tx, &post, letterhead, &user, &invitation).await?;
+                }
                 Ok(InvitedUser {
                     user,
-                    invitation_token: invitation.token_text(),
+                    invitation_token: letterhead.is_none().then(|| invitation.token_text()),
+                    invitation_mailed: letterhead.is_some(),
                     invitation_expires_at: invitation.expires_at.clone(),
                 })
             })

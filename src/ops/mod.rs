@@ -183,3 +183,51 @@ pub fn every_from<F, Fut>(
         }
     });
 }
+
+/// [`every`], and also whenever `woken` resolves (a waiting wake-up
+/// counts): `run` is told whether this run is the periodic one (`true`,
+/// at most every `every`) or an early one. Only periodic runs record a
+/// heartbeat, so a busy job does not write one per wake-up.
+pub fn every_or_woken<F, Fut, W, WFut>(
+    store: Store,
+    schedule: &Schedule,
+    job: &'static str,
+    every: Duration,
+    woken: W,
+    run: F,
+) where
+    F: Fn(bool) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, String>> + Send,
+    W: Fn(Duration) -> WFut + Send + 'static,
+    WFut: Future<Output = ()> + Send,
+{
+    schedule.add(job, every);
+    tokio::spawn(async move {
+        tokio::time::sleep(every.min(FIRST_RUN_AFTER)).await;
+        let mut last_periodic: Option<std::time::Instant> = None;
+        loop {
+            let periodic = last_periodic.is_none_or(|at| at.elapsed() >= every);
+            if periodic {
+                last_periodic = Some(std::time::Instant::now());
+            }
+            if store.hold_lease(job).await {
+                let ran = run(periodic).await;
+                crate::metrics::get().job_run(job, ran.is_ok());
+                if let Err(e) = &ran {
+                    tracing::error!(job, error = %e, "scheduled job failed");
+                }
+                if periodic || ran.is_err() {
+                    let (ok, detail) = match ran {
+                        Ok(detail) => (true, detail),
+                        Err(e) => (false, e),
+                    };
+                    if let Err(e) = heartbeat(&store, job, ok, detail).await {
+                        tracing::warn!(job, error = %e, "could not record a heartbeat");
+                    }
+                }
+            }
+            let next = last_periodic.map_or(every, |at| every.saturating_sub(at.elapsed()));
+            woken(next).await;
+        }
+    });
+}

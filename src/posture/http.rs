@@ -6,10 +6,9 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::{Probe, Reach, Reported, Verdict};
@@ -17,6 +16,7 @@ use crate::access::{Permission, Principal, authorize};
 use crate::context::RequestMeta;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
+use crate::http::extract::Operator;
 use crate::http::state::AppState;
 use crate::store::db;
 
@@ -85,35 +85,6 @@ async fn key(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
-/// The operator's bearer token, compared in constant time.
-fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    use subtle::ConstantTimeEq;
-    let Some(expected) = &state.config.operator_token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "operator-token-unset",
-            "no operator_token is configured: the instance view is closed",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let expected = expected.expose_secret().as_bytes();
-    // Equal lengths first: `ct_eq` of slices of different lengths is false
-    // at once, which only tells the length, never a byte of the token.
-    if given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected)) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "GET /api/v1/ops/posture needs Authorization: Bearer <operator_token>",
-        ))
-    }
-}
-
 fn query(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
         .map_err(|_| ApiError::bad_request("malformed query string"))?;
@@ -134,10 +105,9 @@ fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 async fn instance(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Operator,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    operator(&state, &headers)?;
     let pairs = query(raw.as_deref(), &["fresh"])?;
     let fresh = match param(&pairs, "fresh") {
         None | Some("false") => false,

@@ -27,6 +27,10 @@ const SQLITE: &[(i64, &str)] = &[
         10,
         include_str!("migrations/sqlite/0010_session_settings.sql"),
     ),
+    (
+        11,
+        include_str!("migrations/sqlite/0011_mail_and_passwords.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -47,6 +51,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         10,
         include_str!("migrations/postgres/0010_session_settings.sql"),
+    ),
+    (
+        11,
+        include_str!("migrations/postgres/0011_mail_and_passwords.sql"),
     ),
 ];
 

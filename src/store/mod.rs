@@ -332,6 +332,20 @@ impl Store {
         })
     }
 
+    /// Every tenant's scope, for the system's own jobs and the operator's
+    /// views (the tenant directory is the one table outside every scope).
+    pub async fn tenant_scopes(&self) -> Result<Vec<TenantScope>, StoreError> {
+        let mut tx = self.read_unscoped().await?;
+        let ids: Vec<String> = db::query_scalar("SELECT id FROM tenants ORDER BY id")
+            .fetch_all(tx.conn())
+            .await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| crate::context::TenantId::parse(id))
+            .map(TenantScope::trusted)
+            .collect())
+    }
+
     /// The one write path. `work` changes rows and describes them with
     /// [`WriteTx::record`]; then the journal entries and the audit event
     /// `action` are appended and everything commits together. An error from

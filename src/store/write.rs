@@ -228,6 +228,14 @@ impl WriteTx {
         self.changes.push(change);
     }
 
+    /// Tells the watchers of `kind` once this job commits, as a recorded
+    /// update would, for a change that is not journaled (a queued mail).
+    pub fn touch(&mut self, kind: &'static str) {
+        if !self.touched.contains(&kind) && self.watchers.watches(kind) {
+            self.touched.push(kind);
+        }
+    }
+
     /// A statement that returns nothing and whose failure needs no
     /// particular error: it is sent with the journal and audit appends,
     /// in the order deferred and before them, saving a round trip.

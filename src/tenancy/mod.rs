@@ -94,7 +94,10 @@ pub struct CreatedTenant {
     pub slug: String,
     pub admin_user_id: String,
     pub admin_email: String,
-    pub invitation_token: String,
+    /// Only when mail is off; otherwise the admin alone receives it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invitation_token: Option<String>,
+    pub invitation_mailed: bool,
     pub invitation_expires_at: String,
 }
 
@@ -102,6 +105,7 @@ pub struct CreatedTenant {
 /// with the CLI operator as the actor.
 pub async fn create(
     store: &Store,
+    post: &identity::Post,
     slug: &str,
     name: &str,
     admin_email: &str,
@@ -117,6 +121,14 @@ pub async fn create(
     let scope = TenantScope::trusted(id);
     let permit = Permit::operator(scope, Actor::operator());
     let invitation = NewInvitation::generate(id, invitation_ttl_hours);
+    let letterhead =
+        (post.mailer.is_configured() && store.schema_has(crate::mail::SCHEMA)).then(|| {
+            crate::mail::Letterhead {
+                tenant_name: name.clone(),
+                language: crate::mail::templates::DEFAULT_LANGUAGE.to_owned(),
+            }
+        });
+    let post = post.clone();
     let created = store
         .write(&permit, &RequestMeta::cli(), "tenant.create", move |tx| {
             Box::pin(async move {
@@ -157,13 +169,17 @@ pub async fn create(
                 let user = identity::invite_user(tx, &admin_email, Role::Admin, &invitation)
                     .await
                     .map_err(TenantCreateError::Identity)?;
+                if let Some(letterhead) = &letterhead {
+                    identity::mail_invitation(tx, &post, letterhead, &user, &invitation).await?;
+                }
                 tx.set_target("tenant", tenant_id.clone());
                 Ok::<_, TenantCreateError>(CreatedTenant {
                     tenant_id,
                     slug: slug.as_str().to_owned(),
                     admin_user_id: user.id,
                     admin_email: admin_email.as_str().to_owned(),
-                    invitation_token: invitation.token_text(),
+                    invitation_token: letterhead.is_none().then(|| invitation.token_text()),
+                    invitation_mailed: letterhead.is_some(),
                     invitation_expires_at: invitation.expires_at.clone(),
                 })
             })
@@ -212,15 +228,7 @@ pub async fn list(store: &Store) -> Result<Vec<Tenant>, StoreError> {
 
 /// Every tenant's scope, for the system's own scheduled jobs.
 pub(crate) async fn all_scopes(store: &Store) -> Result<Vec<TenantScope>, StoreError> {
-    let mut tx = store.read_unscoped().await?;
-    let ids: Vec<String> = db::query_scalar("SELECT id FROM tenants ORDER BY id")
-        .fetch_all(tx.conn())
-        .await?;
-    Ok(ids
-        .iter()
-        .filter_map(|id| TenantId::parse(id))
-        .map(TenantScope::trusted)
-        .collect())
+    store.tenant_scopes().await
 }
 
 /// Looks a tenant up by slug, for login. Suspended tenants are not found.

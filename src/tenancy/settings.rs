@@ -44,6 +44,8 @@ pub struct TenantSettings {
     pub session_idle_minutes: i64,
     /// Hours after which any session ends (0: the instance's lifetime).
     pub session_max_hours: i64,
+    /// The language of the tenant's mails: a code of `templates/mail/`.
+    pub language: String,
     pub updated_at: String,
 }
 
@@ -58,6 +60,8 @@ pub struct SettingsPatch {
     pub session_idle_minutes: Option<i64>,
     #[serde(default, deserialize_with = "crate::json::present")]
     pub session_max_hours: Option<i64>,
+    #[serde(default, deserialize_with = "crate::json::present")]
+    pub language: Option<String>,
     /// Saving a list that leaves out the caller's own address needs this.
     #[serde(default)]
     pub confirm_lockout: bool,
@@ -66,17 +70,28 @@ pub struct SettingsPatch {
 /// Entries in one allow-list at most.
 const MAX_ALLOWLIST: usize = 256;
 
-fn settings_sql(store: &Store) -> &'static str {
-    if store.schema_has(SESSION_SETTINGS_SCHEMA) {
-        "SELECT audit_retention_days, ip_allowlist, updated_at, session_idle_minutes, \
-         session_max_hours FROM tenant_settings WHERE tenant_id = $1"
-    } else if store.schema_has(super::allowlist::SCHEMA) {
-        "SELECT audit_retention_days, ip_allowlist, updated_at, 0, 0 FROM tenant_settings \
-         WHERE tenant_id = $1"
+fn settings_sql(store: &Store) -> String {
+    // Columns a schema held back (migrate_until) does not have yet read as
+    // their defaults.
+    let list = if store.schema_has(super::allowlist::SCHEMA) {
+        "ip_allowlist"
     } else {
-        "SELECT audit_retention_days, '[]' AS ip_allowlist, updated_at, 0, 0 \
+        "'[]' AS ip_allowlist"
+    };
+    let sessions = if store.schema_has(SESSION_SETTINGS_SCHEMA) {
+        "session_idle_minutes, session_max_hours"
+    } else {
+        "0, 0"
+    };
+    let language = if store.schema_has(crate::mail::SCHEMA) {
+        "language"
+    } else {
+        "'en'"
+    };
+    format!(
+        "SELECT audit_retention_days, {list}, updated_at, {sessions}, {language} \
          FROM tenant_settings WHERE tenant_id = $1"
-    }
+    )
 }
 
 fn settings_from(row: &db::Row) -> Result<TenantSettings, TenancyError> {
@@ -88,6 +103,7 @@ fn settings_from(row: &db::Row) -> Result<TenantSettings, TenancyError> {
         updated_at: row.try_get(2)?,
         session_idle_minutes: row.try_get(3)?,
         session_max_hours: row.try_get(4)?,
+        language: row.try_get(5)?,
     })
 }
 
@@ -143,6 +159,23 @@ pub async fn update_settings(
             }
         }
     }
+    if let Some(language) = &patch.language {
+        if !crate::mail::templates::is_language(language) {
+            let known: Vec<&str> = crate::mail::templates::languages()
+                .iter()
+                .map(|(code, _)| *code)
+                .collect();
+            return Err(TenancyError::InvalidSetting(format!(
+                "language is one of {}",
+                known.join(", ")
+            )));
+        }
+        if !store.schema_has(crate::mail::SCHEMA) {
+            return Err(TenancyError::InvalidSetting(
+                "the database schema is held back before language (migrate_until)".into(),
+            ));
+        }
+    }
     if let Some(list) = &patch.ip_allowlist {
         if !store.schema_has(super::allowlist::SCHEMA) {
             return Err(TenancyError::InvalidAllowList(
@@ -165,6 +198,7 @@ pub async fn update_settings(
     }
     let with_list = store.schema_has(super::allowlist::SCHEMA);
     let with_sessions = store.schema_has(SESSION_SETTINGS_SCHEMA);
+    let with_language = store.schema_has(crate::mail::SCHEMA);
     let select = settings_sql(store);
     store
         .write(permit, meta, "tenant.settings.update", move |tx| {
@@ -172,7 +206,10 @@ pub async fn update_settings(
                 let tenant = tx.scope().id_str().to_owned();
                 // Read in the write job: two changes at once each see the
                 // other's result, never a stale before-image.
-                let row = db::query(select).bind(&tenant).fetch_one(tx.conn()).await?;
+                let row = db::query(select.as_str())
+                    .bind(&tenant)
+                    .fetch_one(tx.conn())
+                    .await?;
                 let before = settings_from(&row)?;
                 let after = TenantSettings {
                     audit_retention_days: patch
@@ -185,11 +222,19 @@ pub async fn update_settings(
                         .session_idle_minutes
                         .unwrap_or(before.session_idle_minutes),
                     session_max_hours: patch.session_max_hours.unwrap_or(before.session_max_hours),
+                    language: patch
+                        .language
+                        .clone()
+                        .unwrap_or_else(|| before.language.clone()),
                     updated_at: crate::clock::now(),
                 };
                 let list = serde_json::to_string(&after.ip_allowlist)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let update = if with_sessions {
+                let update = if with_language {
+                    "UPDATE tenant_settings SET audit_retention_days = $1, ip_allowlist = $2, \
+                     updated_at = $3, session_idle_minutes = $5, session_max_hours = $6, \
+                     language = $7 WHERE tenant_id = $4"
+                } else if with_sessions {
                     "UPDATE tenant_settings SET audit_retention_days = $1, ip_allowlist = $2, \
                      updated_at = $3, session_idle_minutes = $5, session_max_hours = $6 \
                      WHERE tenant_id = $4"
@@ -209,6 +254,9 @@ pub async fn update_settings(
                     query = query
                         .bind(after.session_idle_minutes)
                         .bind(after.session_max_hours);
+                }
+                if with_language {
+                    query = query.bind(after.language.clone());
                 }
                 query.execute(tx.conn()).await?;
                 tx.record(Change {
@@ -257,6 +305,9 @@ pub fn router() -> Api {
                 "session_max_hours": {"type": "integer", "description":
                     "hours after which any session ends: 0 (the instance's) or 1-8760",
                     "minimum": 0, "maximum": 8_760},
+                "language": {"enum": crate::mail::templates::languages().iter()
+                                 .map(|(code, _)| *code).collect::<Vec<_>>(),
+                             "description": "the language of the tenant's mails"},
                 "confirm_lockout": {"type": "boolean",
                                     "description": "save a list that leaves out the caller's own address"}
             }})),

@@ -70,7 +70,7 @@ async fn ctl_iam_1_weak_passwords_are_refused_and_change_nothing() {
     );
     // The invitation is still usable with a strong password.
     app.accept(
-        &created.invitation_token,
+        created.invitation_token.as_deref().unwrap(),
         &created.admin_email,
         &created.tenant_id,
     )
@@ -319,7 +319,7 @@ async fn invitations_are_single_use_and_expire() {
     let app = spawn_app().await;
     let created = app.create_tenant("acme").await;
     app.accept(
-        &created.invitation_token,
+        created.invitation_token.as_deref().unwrap(),
         &created.admin_email,
         &created.tenant_id,
     )

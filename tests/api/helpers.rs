@@ -223,6 +223,7 @@ impl TestApp {
     pub async fn create_tenant(&self, slug: &str) -> CreatedTenant {
         strongroom::tenancy::create(
             &self.state.store,
+            &self.state.post(),
             slug,
             &format!("{slug} Ltd"),
             &format!("admin@{slug}.test"),
@@ -262,7 +263,7 @@ impl TestApp {
     pub async fn admin(&self, slug: &str) -> Session {
         let created = self.create_tenant(slug).await;
         self.accept(
-            &created.invitation_token,
+            created.invitation_token.as_deref().unwrap(),
             &created.admin_email,
             &created.tenant_id,
         )
@@ -709,5 +710,185 @@ impl RunOff for Command {
                 .await
                 .map_err(std::io::Error::other)?
         }
+    }
+}
+
+/// A real SMTP server (aiosmtpd, `scripts/mail/sink.py`) on a loopback
+/// port, keeping every message it accepts for the test to read. It stops
+/// when this value is dropped (its standard input closes).
+pub struct MailSink {
+    pub port: u16,
+    dir: PathBuf,
+    _process: tokio::process::Child,
+}
+
+/// One message as the sink received and decoded it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SunkMail {
+    pub rcpt_tos: Vec<String>,
+    pub from: String,
+    pub to: String,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+}
+
+impl SunkMail {
+    /// The token after `#token=` in the message's link.
+    pub fn token(&self) -> String {
+        let text = self.text.as_deref().unwrap_or_default();
+        let start = text.find("#token=").expect("the mail carries a link") + "#token=".len();
+        text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect()
+    }
+}
+
+impl MailSink {
+    pub async fn start() -> MailSink {
+        Self::start_with(&[]).await
+    }
+
+    /// A sink that requires AUTH with `user` and `password`.
+    pub async fn with_auth(user: &str, password: &str) -> MailSink {
+        Self::start_with(&[user, password]).await
+    }
+
+    async fn start_with(credentials: &[&str]) -> MailSink {
+        use tokio::io::AsyncBufReadExt;
+        let python = std::env::var("STRONGROOM_TEST_PYTHON").expect(
+            "STRONGROOM_TEST_PYTHON is unset: run the suite with scripts/test, which installs \
+             aiosmtpd into target/test-venv",
+        );
+        let dir = temp_dir("mail");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mail/sink.py");
+        let mut process = tokio::process::Command::new(python)
+            .arg(script)
+            .arg(&dir)
+            .args(credentials)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the mail sink starts");
+        let stdout = process.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the mail sink says where it listens")
+            .unwrap()
+            .unwrap_or_default();
+        let port = line
+            .strip_prefix("listening ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the mail sink: {line:?}"));
+        MailSink {
+            port,
+            dir,
+            _process: process,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, oldest first.
+    pub fn received(&self) -> Vec<SunkMail> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect()
+    }
+
+    /// The messages to `to`, oldest first.
+    pub fn to(&self, to: &str) -> Vec<SunkMail> {
+        self.received()
+            .into_iter()
+            .filter(|m| m.rcpt_tos.iter().any(|r| r == to))
+            .collect()
+    }
+
+    /// Waits (up to 20 s) until `to` has received `count` messages, and
+    /// returns the newest.
+    pub async fn nth_to(&self, to: &str, count: usize) -> SunkMail {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mails = self.to(to);
+            if mails.len() >= count {
+                return mails[count - 1].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{to} received {} of {count} mails: {:?}",
+                mails.len(),
+                self.received()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the first message to `to`.
+    pub async fn first_to(&self, to: &str) -> SunkMail {
+        self.nth_to(to, 1).await
+    }
+}
+
+/// An app that mails through `sink`, with its delivery job running.
+pub async fn spawn_app_mailing(sink: &MailSink) -> TestApp {
+    let url = sink.url();
+    let app = spawn_app_with(|config| {
+        config.smtp_url = Some(url);
+        config.smtp_from = "Strongroom Tests <noreply@strongroom.test>".to_owned();
+        config.public_url = Some("https://app.strongroom.test".to_owned());
+    })
+    .await;
+    strongroom::cli::start_mail_delivery(&app.state);
+    app
+}
+
+impl TestApp {
+    /// A new tenant and its first admin, logged in with the invitation
+    /// `sink` received.
+    pub async fn admin_via(&self, sink: &MailSink, slug: &str) -> Session {
+        let created = self.create_tenant(slug).await;
+        assert!(
+            created.invitation_token.is_none(),
+            "a mailed token is not shown"
+        );
+        let mail = sink.first_to(&created.admin_email).await;
+        self.accept(&mail.token(), &created.admin_email, &created.tenant_id)
+            .await
+    }
+
+    /// Invites a user with `role` and logs them in with the mailed token.
+    pub async fn user_via(
+        &self,
+        sink: &MailSink,
+        admin: &Session,
+        email: &str,
+        role: &str,
+    ) -> Session {
+        let before = sink.to(email).len();
+        let res = self
+            .post(
+                "/api/v1/users",
+                Some(&admin.access_token),
+                json!({"email": email, "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let mail = sink.nth_to(email, before + 1).await;
+        self.accept(&mail.token(), email, &admin.tenant_id).await
     }
 }

@@ -15,6 +15,7 @@ mod health;
 mod helpers;
 mod keys;
 mod layering;
+mod mail;
 mod metrics;
 mod posture;
 mod races;

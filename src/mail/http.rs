@@ -1,0 +1,34 @@
+//! The outbox for the operator: `GET /api/v1/ops/mail` (bearer
+//! `operator_token`) shows what waits, what was sent and what failed,
+//! with reasons and never an addressee.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::http::api::{Api, Op};
+use crate::http::error::ApiError;
+use crate::http::extract::Operator;
+use crate::http::state::AppState;
+
+pub fn router() -> Api {
+    Api::new().route(
+        Op::new(
+            "GET",
+            "/api/v1/ops/mail",
+            "The mail outbox of every tenant: counts by state, the oldest waiting mail's age, \
+             and the latest problems (no addressees). Bearer `operator_token`",
+        )
+        .tag("ops")
+        .operator(),
+        get(outbox),
+    )
+}
+
+async fn outbox(State(state): State<AppState>, _: Operator) -> Result<impl IntoResponse, ApiError> {
+    let scopes = state.store.tenant_scopes().await?;
+    Ok(Json(
+        super::status(&state.mailer, &state.store, &scopes).await?,
+    ))
+}
