@@ -14,7 +14,7 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-pub use addresses::{StoreUrl, SyslogTarget, TrustedProxies};
+pub use addresses::{SmtpRelay, SmtpSecurity, StoreUrl, SyslogTarget, TrustedProxies};
 
 /// Keys that may come from `STRONGROOM_*` variables. Other variables with the
 /// prefix (e.g. test-harness settings) are ignored rather than refused.
@@ -424,7 +424,14 @@ impl Config {
                 "database_max_connections must be at least 1".into(),
             ));
         }
-        self.mailer().map_err(ConfigError)?;
+        if let Some(url) = &self.smtp_url {
+            SmtpRelay::parse(url).map_err(ConfigError)?;
+        }
+        if self.smtp_username.is_some() != self.smtp_password.is_some() {
+            return Err(ConfigError(
+                "smtp_username and smtp_password go together: set both or neither".into(),
+            ));
+        }
         if let Some(url) = &self.public_url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
@@ -433,24 +440,6 @@ impl Config {
             )));
         }
         Ok(())
-    }
-
-    /// The mail service this configuration describes.
-    pub fn mailer(&self) -> Result<crate::mail::Mailer, String> {
-        let smtp = match &self.smtp_url {
-            Some(url) => Some(crate::mail::Smtp::new(
-                url,
-                &self.smtp_from,
-                self.smtp_username.as_deref(),
-                self.smtp_password.as_ref(),
-            )?),
-            None => None,
-        };
-        let public_url = self
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen));
-        Ok(crate::mail::Mailer::new(smtp, &public_url))
     }
 
     /// What keeps this configuration from running as production (TEN-3),
@@ -489,8 +478,8 @@ impl Config {
         if let Some(relay) = self
             .smtp_url
             .as_deref()
-            .and_then(|url| crate::mail::smtp::Relay::parse(url).ok())
-            && relay.security == crate::mail::smtp::Security::Plain
+            .and_then(|url| SmtpRelay::parse(url).ok())
+            && relay.security == SmtpSecurity::Plain
             && !relay.is_local()
         {
             problems.push(format!(

@@ -95,7 +95,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
             forgetting.forget(tenant)
         })
         .await?;
-    let mailer = Arc::new(config.mailer().map_err(StartupError::Mail)?);
+    let mailer = Arc::new(mail::Mailer::from_config(&config).map_err(StartupError::Mail)?);
     mailer.watch(&store).await?;
     let exempt = http::TrustedProxies::parse(&config.rate_limit_exempt).unwrap_or_default();
     let rates = http::limits::Rates {

@@ -124,6 +124,9 @@ pub struct Principal {
     pub email: String,
     pub role: Role,
     pub session_id: String,
+    /// The user holds a temporary password from an admin's reset: only the
+    /// password change (and logout, and `/me`) is allowed (IAM-2).
+    pub must_change_password: bool,
 }
 
 impl Principal {

@@ -1,6 +1,6 @@
 //! Addresses named in the configuration, parsed where it is loaded so that
 //! a bad one stops the start with one clear line: trusted proxies, object
-//! store URLs and the syslog target. They live here, below the modules that
+//! store URLs, the syslog target and the mail relay. They live here, below the modules that
 //! use them, so that the configuration imports nothing above it.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -125,5 +125,130 @@ impl SyslogTarget {
             "tcp" => Ok(SyslogTarget::Tcp(address)),
             _ => Err(bad()),
         }
+    }
+}
+
+/// How the mail relay is reached (`smtp_url`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    Plain,
+    StartTls,
+    Tls,
+}
+
+/// A parsed `smtp_url`: `smtp://` (plain), `smtp+starttls://` or `smtps://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpRelay {
+    pub security: SmtpSecurity,
+    pub host: String,
+    pub port: u16,
+}
+
+impl SmtpRelay {
+    pub fn parse(url: &str) -> Result<SmtpRelay, String> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("smtp_url {url:?} is not smtp://, smtp+starttls:// or smtps://")
+        })?;
+        let (security, default_port) = match scheme {
+            "smtp" => (SmtpSecurity::Plain, 25),
+            "smtp+starttls" => (SmtpSecurity::StartTls, 587),
+            "smtps" => (SmtpSecurity::Tls, 465),
+            other => {
+                return Err(format!(
+                    "smtp_url scheme {other:?} is not smtp, smtp+starttls or smtps"
+                ));
+            }
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "smtp_url {url:?} must be scheme://host[:port] (credentials are smtp_username and \
+                 smtp_password)"
+            ));
+        }
+        // `[v6 address]:port`, `host:port`, or either without its port.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(bracketed) => {
+                let (host, after) = bracketed
+                    .split_once(']')
+                    .ok_or_else(|| format!("smtp_url {url:?} has an unclosed ["))?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            None => default_port,
+            Some(port) => port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("smtp_url {url:?} has no valid port"))?,
+        };
+        if host.is_empty() {
+            return Err(format!("smtp_url {url:?} names no host"));
+        }
+        Ok(SmtpRelay {
+            security,
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// Whether the relay is on this machine (where plain SMTP is safe).
+    pub fn is_local(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relays_parse_with_their_default_ports() {
+        assert_eq!(
+            SmtpRelay::parse("smtp://127.0.0.1:2525").unwrap(),
+            SmtpRelay {
+                security: SmtpSecurity::Plain,
+                host: "127.0.0.1".into(),
+                port: 2525
+            }
+        );
+        let starttls = SmtpRelay::parse("smtp+starttls://mail.example.com").unwrap();
+        assert_eq!(
+            (starttls.security, starttls.port),
+            (SmtpSecurity::StartTls, 587)
+        );
+        assert!(!starttls.is_local());
+        let tls = SmtpRelay::parse("smtps://mail.example.com/").unwrap();
+        assert_eq!((tls.security, tls.port), (SmtpSecurity::Tls, 465));
+        let v6 = SmtpRelay::parse("smtp://[::1]:25").unwrap();
+        assert_eq!(v6.host, "::1");
+        assert!(v6.is_local());
+    }
+
+    #[test]
+    fn bad_relays_say_why() {
+        for bad in [
+            "mail.example.com",
+            "http://mail.example.com",
+            "smtp://user:pw@mail.example.com",
+            "smtp://mail.example.com:0",
+            "smtp://mail.example.com:x",
+            "smtp://",
+            "smtp://host/path",
+            "smtp://[::1",
+        ] {
+            assert!(SmtpRelay::parse(bad).is_err(), "{bad}");
+        }
+        let err = SmtpRelay::parse("smtp://u:p@host").unwrap_err();
+        assert!(err.contains("smtp_password"), "{err}");
     }
 }

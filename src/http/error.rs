@@ -216,7 +216,13 @@ impl From<IdentityError> for ApiError {
             Unauthenticated => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
-            EmailTaken | LastAdmin | NotYetAccepted => {
+            MailOff => ApiError::new(StatusCode::CONFLICT, "mail-off", e.to_string()),
+            PasswordChangeRequired => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "password-change-required",
+                e.to_string(),
+            ),
+            EmailTaken | LastAdmin | NotYetAccepted | NotActive => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             UserNotFound | SessionNotFound => ApiError::not_found(e.to_string()),

@@ -142,6 +142,16 @@ where
     }
 }
 
+/// What a session whose password must change may still do.
+fn allowed_before_password_change(parts: &Parts) -> bool {
+    matches!(
+        (parts.method.as_str(), parts.uri.path()),
+        ("POST", "/api/v1/auth/password/change")
+            | ("POST", "/api/v1/auth/logout")
+            | ("GET", "/api/v1/me")
+    )
+}
+
 /// The instance's operator, until the operator realm exists: the request
 /// carries `Authorization: Bearer <operator_token>`, compared in constant
 /// time. With no token configured the operator routes are closed (`403`).
@@ -259,6 +269,10 @@ impl FromRequestParts<AppState> for Principal {
             }
             None => browser_session(parts, state).await?,
         };
+        // A temporary password from an admin's reset allows only its change.
+        if principal.must_change_password && !allowed_before_password_change(parts) {
+            return Err(crate::identity::IdentityError::PasswordChangeRequired.into());
+        }
         if let Some(who) = parts.extensions.get::<Who>() {
             who.set(
                 principal.scope().id_str(),

@@ -22,7 +22,7 @@ use crate::http::state::AppState;
 const EMAIL_PATTERN: &str = "^[^@\\s<>\",\\u0000-\\u001f\\u007f-\\u009f]{1,64}@[^@\\s<>\",.\\u0000-\\u001f\\u007f-\\u009f][^@\\s<>\",\\u0000-\\u001f\\u007f-\\u009f]*\\.[^@\\s<>\",\\u0000-\\u001f\\u007f-\\u009f]*[^@\\s<>\",.\\u0000-\\u001f\\u007f-\\u009f]$";
 
 pub fn sessions_router() -> Api {
-    Api::new()
+    password_routes(Api::new())
         .route(
             Op::new(
                 "POST",
@@ -189,6 +189,181 @@ pub fn router() -> Api {
             .permission(Permission::UsersManage),
             axum::routing::delete(end_user_sessions),
         )
+        .route(
+            Op::new(
+                "POST",
+                "/api/v1/users/{id}/reset-password",
+                "Reset a user's password: a random temporary one is mailed to the user alone \
+                 (never shown here), their sessions end, and they must change it first",
+            )
+            .tag("users")
+            .permission(Permission::UsersManage)
+            .errors(&[409])
+            .ok(202),
+            post(admin_reset_password),
+        )
+}
+
+/// What the password routes add to the session routes (IAM-2).
+fn password_routes(api: Api) -> Api {
+    api.route(
+        Op::new(
+            "POST",
+            "/api/v1/auth/password/reset-request",
+            "Ask for a password reset link by mail. Always 202, at once, whether or not the \
+             account exists",
+        )
+        .tag("auth")
+        .errors(&[409, 429])
+        .body(json!({
+            "type": "object", "required": ["tenant", "email"], "additionalProperties": false,
+            "properties": {"tenant": {"type": "string"}, "email": {"type": "string"}}
+        }))
+        .ok(202),
+        post(request_password_reset),
+    )
+    .route(
+        Op::new(
+            "POST",
+            "/api/v1/auth/password/reset",
+            "Set a new password with the token of a reset link; every session of the user ends",
+        )
+        .tag("auth")
+        .errors(&[401])
+        .body(json!({
+            "type": "object", "required": ["token", "password"], "additionalProperties": false,
+            "properties": {"token": {"type": "string"},
+                           "password": {"type": "string", "writeOnly": true}}
+        }))
+        .ok(204),
+        post(reset_password),
+    )
+    .route(
+        Op::new(
+            "POST",
+            "/api/v1/auth/password/change",
+            "Change the caller's password, proving the current one; every other session ends",
+        )
+        .tag("auth")
+        .bearer()
+        .errors(&[429])
+        .body(json!({
+            "type": "object", "required": ["current_password", "new_password"],
+            "additionalProperties": false,
+            "properties": {"current_password": {"type": "string", "writeOnly": true},
+                           "new_password": {"type": "string", "writeOnly": true}}
+        }))
+        .ok(204),
+        post(change_password),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequestBody {
+    tenant: String,
+    email: String,
+}
+
+async fn request_password_reset(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<ResetRequestBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    // Counted like a login, known account or not: mail floods are as slow
+    // as guessing (NET-3).
+    let account = format!("reset/{}/{}", body.tenant, body.email.trim().to_lowercase());
+    state.limits.attempt(meta.ip.as_deref(), &account).await?;
+    super::request_reset(
+        &state.store,
+        &state.post(),
+        &body.tenant,
+        &body.email,
+        &meta,
+    )?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "accepted", "detail":
+            "if the account exists and is active, a reset link is on its way"})),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    token: SecretString,
+    password: SecretString,
+}
+
+async fn reset_password(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<ResetBody>,
+) -> Result<StatusCode, ApiError> {
+    use secrecy::ExposeSecret;
+    super::reset(
+        &state.store,
+        &state.post(),
+        body.token.expose_secret(),
+        body.password,
+        &meta,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    current_password: SecretString,
+    new_password: SecretString,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiJson(body): ApiJson<ChangeBody>,
+) -> Result<StatusCode, ApiError> {
+    // The current password is guessed no faster than at login (NET-3).
+    let account = format!(
+        "change/{}/{}",
+        principal.scope().id_str(),
+        principal.user_id
+    );
+    state.limits.attempt(meta.ip.as_deref(), &account).await?;
+    let changed = super::change_password(
+        &state.store,
+        &state.post(),
+        &principal,
+        body.current_password,
+        body.new_password,
+        &meta,
+    )
+    .await;
+    if !matches!(changed, Err(IdentityError::InvalidCredentials)) {
+        state.limits.give_back(meta.ip.as_deref(), &account).await;
+    }
+    changed?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_reset_password(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::UsersManage,
+        "user.password.reset",
+        &meta,
+    )
+    .await?;
+    super::admin_reset(&state.store, &state.post(), &permit, &meta, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"mailed": true}))))
 }
 
 #[derive(Deserialize)]

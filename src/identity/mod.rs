@@ -2,8 +2,10 @@
 //!
 //! * IAM-1: Argon2id password hashes, a password policy, no password in any
 //!   log ([`password`]).
-//! * IAM-2 (first cut): staff never set passwords — a new user gets a
-//!   single-use, expiring invitation and chooses their own.
+//! * IAM-2: staff never set passwords — a new user gets a single-use,
+//!   expiring invitation (by mail when a relay is configured) and chooses
+//!   their own; resets go by mail link, an admin's reset mails a temporary
+//!   password the admin never sees ([`reset`]).
 //! * IAM-5: 60-second EdDSA access tokens and rotating refresh tokens with
 //!   reuse detection; logout revokes the session ([`sessions`]).
 //! * IAM-6 (first cut): wrong password, unknown user and unknown tenant give
@@ -12,6 +14,7 @@
 pub mod cookies;
 mod http;
 pub mod password;
+mod reset;
 mod sessions;
 mod tokens;
 mod users;
@@ -22,6 +25,7 @@ use serde::Serialize;
 
 pub use http::{router, sessions_router};
 pub use password::{hash as hash_password, warm_up};
+pub use reset::{RESET_TTL_MINUTES, admin_reset, change as change_password, request_reset, reset};
 pub use sessions::{
     SESSION_CHECK_TTL, SESSION_KINDS, SessionCache, SessionInfo, TokenPair, accept_invitation,
     authenticate, authenticate_cached, authenticate_cookie, list_sessions, login, logout, refresh,
@@ -107,6 +111,12 @@ pub enum IdentityError {
     SessionNotFound,
     #[error("the tenant must keep at least one active admin")]
     LastAdmin,
+    #[error("mail is off on this instance (no smtp_url): nothing can reach the user alone")]
+    MailOff,
+    #[error("the user is not active (invited or disabled)")]
+    NotActive,
+    #[error("change your password first: until then only the change is allowed")]
+    PasswordChangeRequired,
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error(transparent)]

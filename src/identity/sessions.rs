@@ -33,6 +33,10 @@ pub struct TokenPair {
     pub token_type: &'static str,
     pub expires_in: i64,
     pub refresh_token: String,
+    /// Set after an admin's reset: the tokens allow only the password
+    /// change until it is made (IAM-2).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub password_change_required: bool,
     /// Who the tokens belong to (for the access log; not sent).
     #[serde(skip)]
     pub tenant_id: String,
@@ -55,6 +59,7 @@ fn token_pair(
         token_type: "Bearer",
         expires_in: ACCESS_TOKEN_TTL_SECONDS,
         refresh_token: refresh.reveal(),
+        password_change_required: false,
         tenant_id: scope.id_str().to_owned(),
         user_id: user_id.to_owned(),
         session_id: session_id.to_owned(),
@@ -66,6 +71,7 @@ struct LoginAccount {
     email: String,
     status: String,
     password_hash: Option<String>,
+    must_change_password: bool,
 }
 
 pub async fn login(
@@ -144,7 +150,9 @@ pub async fn login(
             Box::pin(async move { open_session(tx, &user_id, session_ttl_hours).await })
         })
         .await?;
-    Ok(token_pair(key, &scope, &account.id, &session_id, &refresh))
+    let mut pair = token_pair(key, &scope, &account.id, &session_id, &refresh);
+    pair.password_change_required = account.must_change_password;
+    Ok(pair)
 }
 
 async fn find_account(
@@ -153,9 +161,15 @@ async fn find_account(
     email: &Email,
 ) -> Result<Option<LoginAccount>, IdentityError> {
     let mut tx = store.read(scope).await?;
-    let row = db::query(
-        "SELECT id, email, status, password_hash FROM users WHERE tenant_id = $1 AND email = $2",
-    )
+    let must_change = if store.schema_has(crate::mail::SCHEMA) {
+        "password_change_required"
+    } else {
+        "0"
+    };
+    let row = db::query(format!(
+        "SELECT id, email, status, password_hash, {must_change} FROM users \
+         WHERE tenant_id = $1 AND email = $2"
+    ))
     .bind(scope.id_str())
     .bind(email.as_str())
     .fetch_optional(tx.conn())
@@ -166,6 +180,7 @@ async fn find_account(
             email: row.try_get("email")?,
             status: row.try_get("status")?,
             password_hash: row.try_get("password_hash")?,
+            must_change_password: row.try_get::<i64, _>(4)? != 0,
         })
     })
     .transpose()
@@ -728,7 +743,7 @@ pub(super) async fn revoke_all(
 }
 
 /// Revokes every live session of a user except `keep`; how many.
-async fn revoke_all_but(
+pub(super) async fn revoke_all_but(
     tx: &mut WriteTx,
     user_id: &str,
     keep: Option<&str>,
@@ -892,6 +907,8 @@ struct LiveSession {
     role: Role,
     expires_at: String,
     last_used_at: String,
+    /// An admin's reset set a temporary password (IAM-2).
+    must_change_password: bool,
 }
 
 impl LiveSession {
@@ -903,6 +920,7 @@ impl LiveSession {
             scope: TenantScope::trusted(tenant),
             user_id: claims.sub,
             session_id: claims.sid,
+            must_change_password: self.must_change_password,
         })
     }
 }
@@ -918,8 +936,14 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
     } else {
         "0, 0"
     };
+    let must_change = if store.schema_has(crate::mail::SCHEMA) {
+        "u.password_change_required"
+    } else {
+        "0"
+    };
     let sql = format!(
-        "SELECT u.email, u.role, s.expires_at, s.created_at, s.last_used_at, {bounds} \
+        "SELECT u.email, u.role, s.expires_at, s.created_at, s.last_used_at, {bounds}, \
+         {must_change} \
          FROM sessions s JOIN users u ON u.id = s.user_id JOIN tenants t ON t.id = s.tenant_id \
          LEFT JOIN tenant_settings ts ON ts.tenant_id = s.tenant_id \
          WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
@@ -941,6 +965,7 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
         Some(last_used_at),
         Some(idle),
         Some(max),
+        Some(must_change),
     ] = row.as_slice()
     else {
         return Err(IdentityError::Internal(
@@ -961,6 +986,7 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
         role: Role::parse(role).ok_or(IdentityError::Internal("unknown role stored"))?,
         expires_at: expires_at.clone(),
         last_used_at: last_used_at.clone(),
+        must_change_password: must_change != "0",
     })
 }
 

@@ -1,6 +1,6 @@
 //! Credentials handed to clients.
 //!
-//! * Opaque tokens (invitations, refresh tokens): `sr_<kind>_<tenant>_<secret>`
+//! * Opaque tokens (invitations, refresh tokens, password resets): `sr_<kind>_<tenant>_<secret>`
 //!   with 256 random bits. The tenant part lets the server find the right
 //!   tenant scope; only a SHA-256 of the whole token is stored, so a database
 //!   leak yields no usable token. The recognisable prefix lets secret
@@ -30,6 +30,7 @@ const JWT_HEADER: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCJ9";
 pub enum TokenKind {
     Invitation,
     Refresh,
+    PasswordReset,
 }
 
 impl TokenKind {
@@ -37,6 +38,7 @@ impl TokenKind {
         match self {
             TokenKind::Invitation => "sr_inv_",
             TokenKind::Refresh => "sr_rt_",
+            TokenKind::PasswordReset => "sr_pwr_",
         }
     }
 }

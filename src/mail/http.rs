@@ -29,6 +29,6 @@ pub fn router() -> Api {
 async fn outbox(State(state): State<AppState>, _: Operator) -> Result<impl IntoResponse, ApiError> {
     let scopes = state.store.tenant_scopes().await?;
     Ok(Json(
-        super::status(&state.mailer, &state.store, &scopes).await?,
+        super::status(state.mailer.is_configured(), &state.store, &scopes).await?,
     ))
 }

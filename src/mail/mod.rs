@@ -80,6 +80,25 @@ pub struct Mailer {
 }
 
 impl Mailer {
+    /// The mail service `config` describes: its relay (if `smtp_url` is
+    /// set) and where links point.
+    pub fn from_config(config: &crate::config::Config) -> Result<Mailer, String> {
+        let smtp = match &config.smtp_url {
+            Some(url) => Some(Smtp::new(
+                url,
+                &config.smtp_from,
+                config.smtp_username.as_deref(),
+                config.smtp_password.as_ref(),
+            )?),
+            None => None,
+        };
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen));
+        Ok(Mailer::new(smtp, &public_url))
+    }
+
     pub fn new(smtp: Option<Smtp>, public_url: &str) -> Mailer {
         Mailer {
             smtp,
@@ -468,12 +487,12 @@ pub struct Problem {
 
 /// The queue of every tenant in `scopes`.
 pub async fn status(
-    mailer: &Mailer,
+    configured: bool,
     store: &Store,
     scopes: &[TenantScope],
 ) -> Result<QueueStatus, StoreError> {
     let mut out = QueueStatus {
-        configured: mailer.is_configured(),
+        configured,
         ..QueueStatus::default()
     };
     if !store.schema_has(SCHEMA) {

@@ -12,88 +12,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::templates::Rendered;
+pub use crate::config::{SmtpRelay as Relay, SmtpSecurity as Security};
 
 /// How long one conversation with the relay may take.
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// How the relay is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Security {
-    Plain,
-    StartTls,
-    Tls,
-}
-
-/// A parsed `smtp_url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relay {
-    pub security: Security,
-    pub host: String,
-    pub port: u16,
-}
-
-impl Relay {
-    pub fn parse(url: &str) -> Result<Relay, String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            format!("smtp_url {url:?} is not smtp://, smtp+starttls:// or smtps://")
-        })?;
-        let (security, default_port) = match scheme {
-            "smtp" => (Security::Plain, 25),
-            "smtp+starttls" => (Security::StartTls, 587),
-            "smtps" => (Security::Tls, 465),
-            other => {
-                return Err(format!(
-                    "smtp_url scheme {other:?} is not smtp, smtp+starttls or smtps"
-                ));
-            }
-        };
-        let authority = rest.trim_end_matches('/');
-        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
-            return Err(format!(
-                "smtp_url {url:?} must be scheme://host[:port] (credentials are smtp_username and \
-                 smtp_password)"
-            ));
-        }
-        // `[v6 address]:port`, `host:port`, or either without its port.
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(bracketed) => {
-                let (host, after) = bracketed
-                    .split_once(']')
-                    .ok_or_else(|| format!("smtp_url {url:?} has an unclosed ["))?;
-                (host, after.strip_prefix(':'))
-            }
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            },
-        };
-        let port = match port {
-            None => default_port,
-            Some(port) => port
-                .parse()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("smtp_url {url:?} has no valid port"))?,
-        };
-        if host.is_empty() {
-            return Err(format!("smtp_url {url:?} names no host"));
-        }
-        Ok(Relay {
-            security,
-            host: host.to_owned(),
-            port,
-        })
-    }
-
-    /// Whether the relay is on this machine (where plain SMTP is safe).
-    pub fn is_local(&self) -> bool {
-        self.host == "localhost"
-            || self
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    }
-}
 
 /// Why a message was not handed over.
 #[derive(Debug)]
@@ -207,46 +129,6 @@ fn describe(e: &lettre::transport::smtp::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relays_parse_with_their_default_ports() {
-        assert_eq!(
-            Relay::parse("smtp://127.0.0.1:2525").unwrap(),
-            Relay {
-                security: Security::Plain,
-                host: "127.0.0.1".into(),
-                port: 2525
-            }
-        );
-        let starttls = Relay::parse("smtp+starttls://mail.example.com").unwrap();
-        assert_eq!(
-            (starttls.security, starttls.port),
-            (Security::StartTls, 587)
-        );
-        assert!(!starttls.is_local());
-        let tls = Relay::parse("smtps://mail.example.com/").unwrap();
-        assert_eq!((tls.security, tls.port), (Security::Tls, 465));
-        let v6 = Relay::parse("smtp://[::1]:25").unwrap();
-        assert_eq!(v6.host, "::1");
-        assert!(v6.is_local());
-    }
-
-    #[test]
-    fn bad_relays_say_why() {
-        for bad in [
-            "mail.example.com",
-            "http://mail.example.com",
-            "smtp://user:pw@mail.example.com",
-            "smtp://mail.example.com:0",
-            "smtp://mail.example.com:x",
-            "smtp://",
-            "smtp://host/path",
-        ] {
-            assert!(Relay::parse(bad).is_err(), "{bad}");
-        }
-        let err = Relay::parse("smtp://u:p@host").unwrap_err();
-        assert!(err.contains("smtp_password"), "{err}");
-    }
 
     #[test]
     fn credentials_go_together_and_the_sender_must_parse() {

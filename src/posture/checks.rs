@@ -31,6 +31,7 @@ pub async fn run(
         row_level_security(store).await?,
         environment(config),
         super::sampled::password_hashes(probe, scopes, reach).await?,
+        own_passwords(store, scopes, reach, &runs, config, probe.by_job).await?,
         sessions(store, scopes, reach, config).await?,
         roles(store, scopes, reach).await?,
         audit_fields(store, scopes, reach).await?,
@@ -60,6 +61,79 @@ pub async fn run(
     ];
     findings.push(advisories(config));
     Ok(findings)
+}
+
+/// IAM-2: users choose their own passwords. Invitations, reset links and
+/// temporary passwords reach only the user, by mail: a relay is set, the
+/// outbox delivers (nothing waits long, nothing was given up lately), and
+/// no temporary password from an admin's reset stays unchanged for long.
+async fn own_passwords(
+    store: &Store,
+    scopes: &[TenantScope],
+    reach: Reach,
+    runs: &[JobRun],
+    config: &Config,
+    by_job: bool,
+) -> Result<Finding, StoreError> {
+    let Some(url) = &config.smtp_url else {
+        return Ok(finding(
+            "IAM-2",
+            Verdict::Warn,
+            "no smtp_url: invitation tokens are handed to the inviter instead of mailed to the \
+             invitee, and password resets are off"
+                .to_owned(),
+        ));
+    };
+    let relay = crate::mail::smtp::Relay::parse(url)
+        .map(|r| format!("{:?} to {}:{}", r.security, r.host, r.port))
+        .unwrap_or_else(|e| e);
+    let queue = crate::mail::status(true, store, scopes).await?;
+    let (job_verdict, job) = job_freshness(runs, "mail.deliver", crate::mail::SWEEP, false);
+    let mut temporary = 0i64;
+    let mut stale_temporary = 0i64;
+    if store.schema_has(crate::mail::SCHEMA) {
+        let week_ago =
+            crate::clock::format(time::OffsetDateTime::now_utc() - time::Duration::days(7));
+        for scope in scopes {
+            let mut tx = store.read(scope).await?;
+            let row = db::query(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN updated_at < $2 THEN 1 ELSE 0 END), 0) \
+                 FROM users WHERE tenant_id = $1 AND password_change_required <> 0",
+            )
+            .bind(scope.id_str())
+            .bind(&week_ago)
+            .fetch_one(tx.conn())
+            .await?;
+            temporary += row.try_get::<i64, _>(0)?;
+            stale_temporary += row.try_get::<i64, _>(1)?;
+        }
+    }
+    let waited = queue.oldest_pending_seconds.unwrap_or(0);
+    let given_up = queue
+        .recent_problems
+        .iter()
+        .filter(|p| p.state == "failed")
+        .count();
+    let verdict = if waited > 3600 || (job_verdict == Verdict::Fail && !by_job) {
+        Verdict::Fail
+    } else if given_up > 0 || stale_temporary > 0 || queue.pending > 0 && waited > 300 {
+        Verdict::Warn
+    } else {
+        Verdict::Pass
+    };
+    Ok(finding(
+        "IAM-2",
+        verdict,
+        format!(
+            "mail by {relay}; outbox of {}: {} sent, {} waiting (oldest {waited} s), {} given up \
+             ({given_up} among the latest problems); {temporary} temporary passwords from admin \
+             resets not yet changed ({stale_temporary} older than 7 days); {job}",
+            reach.tenants(scopes.len()),
+            queue.sent,
+            queue.pending + queue.sending,
+            queue.failed,
+        ),
+    ))
 }
 
 /// POS-1: the catalog is whole and the posture job keeps the signed report.
@@ -800,6 +874,7 @@ fn heartbeats(runs: &[JobRun], config: &Config, by_job: bool) -> Finding {
             "files.sweep",
             Duration::from_secs(config.file_sweep_seconds),
         ),
+        ("mail.deliver", crate::mail::SWEEP),
         (
             super::JOB,
             Duration::from_secs(config.posture_interval_seconds),

@@ -846,11 +846,20 @@ impl MailSink {
 
 /// An app that mails through `sink`, with its delivery job running.
 pub async fn spawn_app_mailing(sink: &MailSink) -> TestApp {
+    spawn_app_mailing_with(sink, |_| {}).await
+}
+
+/// [`spawn_app_mailing`] with a changed configuration.
+pub async fn spawn_app_mailing_with(
+    sink: &MailSink,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let url = sink.url();
     let app = spawn_app_with(|config| {
         config.smtp_url = Some(url);
         config.smtp_from = "Strongroom Tests <noreply@strongroom.test>".to_owned();
         config.public_url = Some("https://app.strongroom.test".to_owned());
+        configure(config);
     })
     .await;
     strongroom::cli::start_mail_delivery(&app.state);

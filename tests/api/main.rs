@@ -17,6 +17,7 @@ mod keys;
 mod layering;
 mod mail;
 mod metrics;
+mod passwords;
 mod posture;
 mod races;
 mod records;

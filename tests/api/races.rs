@@ -210,3 +210,60 @@ async fn ctl_iam_2_a_cancelled_invitation_cannot_be_accepted() {
     assert_eq!(user["status"], "disabled", "{user}");
     assert_eq!(user["role"], "admin");
 }
+
+#[tokio::test]
+async fn ctl_iam_2_racing_resets_with_one_link_set_one_password() {
+    let sink = crate::helpers::MailSink::start().await;
+    let app = crate::helpers::spawn_app_mailing_with(&sink, |c| {
+        c.login_attempts_per_minute_per_ip = 1_000_000;
+        c.login_attempts_per_minute_per_account = 1_000_000;
+    })
+    .await;
+    let other = app.second_node().await;
+    let nodes = [&app, &other];
+    app.admin_via(&sink, "acme").await;
+    for round in 0..ROUNDS / 5 {
+        let res = app
+            .post(
+                "/api/v1/auth/password/reset-request",
+                None,
+                json!({"tenant": "acme", "email": "admin@acme.test"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        // The invitation, then per round a link and the change's notice.
+        let token = sink.nth_to("admin@acme.test", 2 * round + 2).await.token();
+        let passwords: Vec<String> = (0..RACERS)
+            .map(|i| format!("racing-reset-{round}-{i}-lantern"))
+            .collect();
+        let statuses: Vec<StatusCode> = join_all(passwords.iter().enumerate().map(|(i, p)| {
+            nodes[i % 2].post(
+                "/api/v1/auth/password/reset",
+                None,
+                json!({"token": token, "password": p}),
+            )
+        }))
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+        let won = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::NO_CONTENT)
+            .count();
+        assert_eq!(won, 1, "round {round}: {statuses:?}");
+        // Exactly the winner's password works.
+        let mut working = 0;
+        for password in &passwords {
+            let res = app
+                .post(
+                    "/api/v1/auth/login",
+                    None,
+                    json!({"tenant": "acme", "email": "admin@acme.test", "password": password}),
+                )
+                .await;
+            working += usize::from(res.status() == StatusCode::OK);
+        }
+        assert_eq!(working, 1, "round {round}");
+    }
+}

@@ -280,3 +280,165 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
         );
     }
 }
+
+/// Every secret that travels by mail — invitation and reset tokens, an
+/// admin reset's temporary password, the relay's own password — reaches
+/// the mail and nothing else: not the server's debug log, not a byte of
+/// the database (the outbox seals what waits and drops what was sent), not
+/// any response, not the audit trail.
+#[tokio::test]
+async fn ctl_aud_3_no_mailed_token_or_password_appears_outside_the_mail() {
+    const RELAY_SECRET: &str = "relay-secret-4c1f9a";
+    let sink = crate::helpers::MailSink::with_auth("mailer", RELAY_SECRET).await;
+    let dir = temp_dir("mail-secrets");
+    let url = fresh_database(&dir).await;
+    let relay = sink.url();
+    let env = [
+        ("STRONGROOM_SMTP_URL", relay.as_str()),
+        ("STRONGROOM_SMTP_USERNAME", "mailer"),
+        ("STRONGROOM_SMTP_PASSWORD", RELAY_SECRET),
+        ("STRONGROOM_PUBLIC_URL", "https://app.strongroom.test"),
+    ];
+    let server = ServerProcess::start_with_env(&dir, &url, "debug", &env).await;
+    let out = crate::helpers::cli(&dir, &url)
+        .envs(env)
+        .args(crate::helpers::CREATE_ACME)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut responses = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !responses.contains("sr_inv_"),
+        "the CLI shows no mailed token"
+    );
+    let mut secrets = vec![RELAY_SECRET.to_owned()];
+    let invitation = sink.first_to("admin@acme.test").await.token();
+    secrets.push(invitation.clone());
+
+    let client = crate::helpers::http_client();
+    let base = server.address.clone();
+    let mut call = async |path: &str, token: Option<&str>, body: Value| -> Value {
+        let mut req = client.post(format!("{base}{path}")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let text = req.send().await.unwrap().text().await.unwrap();
+        responses.push_str(&text);
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    };
+    let admin = call(
+        "/api/v1/auth/invitations/accept",
+        None,
+        json!({"token": invitation, "password": PASSWORD}),
+    )
+    .await;
+    let admin = admin["access_token"].as_str().unwrap().to_owned();
+    let user = call(
+        "/api/v1/users",
+        Some(&admin),
+        json!({"email": "w@acme.test", "role": "member"}),
+    )
+    .await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let user_invitation = sink.first_to("w@acme.test").await.token();
+    secrets.push(user_invitation.clone());
+    let first = "lantern-quarry-biscuit-58";
+    call(
+        "/api/v1/auth/invitations/accept",
+        None,
+        json!({"token": user_invitation, "password": first}),
+    )
+    .await;
+    call(
+        "/api/v1/auth/password/reset-request",
+        None,
+        json!({"tenant": "acme", "email": "w@acme.test"}),
+    )
+    .await;
+    let reset = sink.nth_to("w@acme.test", 2).await.token();
+    secrets.push(reset.clone());
+    let second = "saffron-glacier-pulley-73";
+    call(
+        "/api/v1/auth/password/reset",
+        None,
+        json!({"token": reset, "password": second}),
+    )
+    .await;
+    call(
+        &format!("/api/v1/users/{user_id}/reset-password"),
+        Some(&admin),
+        json!({}),
+    )
+    .await;
+    // The notice of the reset's change, then the temporary password.
+    let temporary_mail = sink.nth_to("w@acme.test", 4).await;
+    let temporary = temporary_mail
+        .text
+        .as_deref()
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 23 && l.split('-').all(|g| g.len() == 5))
+        .unwrap()
+        .to_owned();
+    secrets.push(temporary.clone());
+    let session = call(
+        "/api/v1/auth/login",
+        None,
+        json!({"tenant": "acme", "email": "w@acme.test", "password": temporary}),
+    )
+    .await;
+    let third = "harbour-pepper-tundra-19";
+    call(
+        "/api/v1/auth/password/change",
+        session["access_token"].as_str(),
+        json!({"current_password": temporary, "new_password": third}),
+    )
+    .await;
+    sink.nth_to("w@acme.test", 5).await;
+    for password in [first, second, third] {
+        secrets.push(password.to_owned());
+    }
+    let audit = reqwest::Client::new()
+        .get(format!("{base}/api/v1/audit?limit=500"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(audit.contains("user.password.reset"), "{audit}");
+    server.stop().await;
+
+    let log = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("server-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    assert!(log.contains("\"level\":\"DEBUG\""), "debug logging was on");
+    let database = crate::helpers::database_dump(&dir, &url).await;
+    assert!(
+        database.contains("password_temporary"),
+        "the outbox was scanned"
+    );
+    for secret in &secrets {
+        for (place, text) in [
+            ("the server log", &log),
+            ("the database", &database),
+            ("a response", &responses),
+            ("the audit trail", &audit),
+        ] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{place} contains a mailed secret ({} chars)",
+                secret.len()
+            );
+        }
+    }
+}
