@@ -19,7 +19,7 @@ fn allowed(file: &Path) -> Option<&'static [&'static str]> {
         "http/api.rs" | "http/error.rs" | "http/extract.rs" | "http/state.rs"
         | "http/client_ip.rs" => &[
             "VERSION", "clock", "context", "config", "store", "access", "audit", "crypto", "files",
-            "identity", "ops", "records", "tenancy", "http", "metrics", "json",
+            "identity", "mail", "ops", "records", "tenancy", "http", "metrics", "json",
         ],
         "telemetry.rs" => BOTTOM,
         "lib.rs" | "main.rs" => return None,
@@ -39,6 +39,7 @@ fn allowed(file: &Path) -> Option<&'static [&'static str]> {
             "files",
             "identity",
             "keys",
+            "mail",
             "ops",
             "records",
             "tenancy",
