@@ -217,6 +217,19 @@ impl From<IdentityError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
             MailOff => ApiError::new(StatusCode::CONFLICT, "mail-off", e.to_string()),
+            LockedOut {
+                retry_after,
+                locked,
+            } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                if locked {
+                    "account-locked"
+                } else {
+                    "login-throttled"
+                },
+                format!("{e}; retry in {retry_after} s"),
+            )
+            .with_retry_after(retry_after),
             PasswordChangeRequired => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "password-change-required",

@@ -36,6 +36,9 @@ pub fn sessions_router() -> Api {
                 "additionalProperties": false,
                 "properties": {"tenant": {"type": "string"}, "email": {"type": "string"},
                                "password": {"type": "string", "writeOnly": true},
+                               "device_token": {"type": "string", "writeOnly": true, "description":
+                                   "the device_token an earlier login returned: a known device is \
+                                    not announced, and not locked out by an attack elsewhere"},
                                "mode": {"enum": ["token", "cookie"], "description":
                                    "cookie: a __Host- session cookie and a CSRF token instead of tokens"}}
             })),
@@ -202,6 +205,16 @@ pub fn router() -> Api {
             .ok(202),
             post(admin_reset_password),
         )
+        .route(
+            Op::new(
+                "POST",
+                "/api/v1/users/{id}/unlock",
+                "Lift a user's login lock after failed attempts (IAM-6)",
+            )
+            .tag("users")
+            .permission(Permission::UsersManage),
+            post(unlock_user),
+        )
 }
 
 /// What the password routes add to the session routes (IAM-2).
@@ -237,6 +250,22 @@ fn password_routes(api: Api) -> Api {
         }))
         .ok(204),
         post(reset_password),
+    )
+    .route(
+        Op::new(
+            "POST",
+            "/api/v1/auth/not-me",
+            "\"This wasn't me\": with the token of a new-device mail, end every session, forget \
+             every device, remove the password and mail a reset link",
+        )
+        .tag("auth")
+        .errors(&[401])
+        .body(json!({
+            "type": "object", "required": ["token"], "additionalProperties": false,
+            "properties": {"token": {"type": "string"}}
+        }))
+        .ok(204),
+        post(not_me),
     )
     .route(
         Op::new(
@@ -348,6 +377,46 @@ async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotMeBody {
+    token: SecretString,
+}
+
+async fn not_me(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<NotMeBody>,
+) -> Result<StatusCode, ApiError> {
+    use secrecy::ExposeSecret;
+    super::not_me(
+        &state.store,
+        &state.post(),
+        body.token.expose_secret(),
+        &meta,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unlock_user(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let permit = authorize(
+        &state.store,
+        &principal,
+        Permission::UsersManage,
+        "user.unlock",
+        &meta,
+    )
+    .await?;
+    let was = super::unlock(&state.store, &permit, &meta, &id).await?;
+    Ok(Json(json!({"unlocked": true, "was_locked_until": was})))
+}
+
 async fn admin_reset_password(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -375,6 +444,10 @@ struct LoginBody {
     /// `cookie`: a browser session cookie and a CSRF token, no tokens.
     #[serde(default)]
     mode: LoginMode,
+    /// The device token an earlier login returned (IAM-7); a browser sends
+    /// the `__Host-sr_device` cookie instead.
+    #[serde(default)]
+    device_token: Option<SecretString>,
 }
 
 #[derive(Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -389,6 +462,7 @@ async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
     who: Who,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     // Before any password is hashed (NET-3).
@@ -410,13 +484,26 @@ async fn login(
         }
         admitted?;
     }
+    let device_token = body.device_token.or_else(|| {
+        headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|h| super::cookies::cookie_value(h, super::DEVICE_COOKIE))
+            .map(|v| SecretString::from(v.to_owned()))
+    });
     let tokens = super::login(
         &state.store,
+        &state.post(),
         state.keyring.token_signing_key(),
         state.config.session_ttl_hours,
-        &body.tenant,
-        &body.email,
-        body.password,
+        super::Credentials {
+            tenant: &body.tenant,
+            email: &body.email,
+            password: body.password,
+            device_token,
+            lockout: state.config.login_lockout,
+        },
         &meta,
     )
     .await;
@@ -445,6 +532,18 @@ async fn login(
     }))
     .into_response();
     set_cookies(&mut response, cookies::set_cookies(key, &session, max_age));
+    // A new device keeps its token in a cookie of its own, for next time.
+    if let Some(device) = &tokens.device_token
+        && let Ok(value) = axum::http::HeaderValue::from_str(&format!(
+            "{}={device}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+            super::DEVICE_COOKIE,
+            super::DEVICE_COOKIE_DAYS * 86_400
+        ))
+    {
+        response
+            .headers_mut()
+            .append(axum::http::header::SET_COOKIE, value);
+    }
     Ok(response)
 }
 

@@ -8,11 +8,17 @@
 //!   password the admin never sees ([`reset`]).
 //! * IAM-5: 60-second EdDSA access tokens and rotating refresh tokens with
 //!   reuse detection; logout revokes the session ([`sessions`]).
-//! * IAM-6 (first cut): wrong password, unknown user and unknown tenant give
-//!   the same `401` after the same Argon2 work.
+//! * IAM-6: wrong password, unknown user and unknown tenant give the same
+//!   `401` after the same Argon2 work; failures slow the next attempt and
+//!   lock the account for a while, counted alike for accounts that do not
+//!   exist; a known device is counted on its own ([`lockout`]).
+//! * IAM-7: devices are remembered; a login from a new one is audited and
+//!   mailed with a "this wasn't me" link ([`devices`]).
 
 pub mod cookies;
+mod devices;
 mod http;
+pub mod lockout;
 pub mod password;
 mod reset;
 mod sessions;
@@ -23,13 +29,15 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub use devices::{DEVICE_COOKIE, DEVICE_COOKIE_DAYS, not_me};
 pub use http::{router, sessions_router};
+pub use lockout::unlock;
 pub use password::{hash as hash_password, warm_up};
 pub use reset::{RESET_TTL_MINUTES, admin_reset, change as change_password, request_reset, reset};
 pub use sessions::{
-    SESSION_CHECK_TTL, SESSION_KINDS, SessionCache, SessionInfo, TokenPair, accept_invitation,
-    authenticate, authenticate_cached, authenticate_cookie, list_sessions, login, logout, refresh,
-    revoke_other_sessions, revoke_own_session, revoke_user_sessions,
+    Credentials, SESSION_CHECK_TTL, SESSION_KINDS, SessionCache, SessionInfo, TokenPair,
+    accept_invitation, authenticate, authenticate_cached, authenticate_cookie, list_sessions,
+    login, logout, refresh, revoke_other_sessions, revoke_own_session, revoke_user_sessions,
 };
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
 pub use users::{
@@ -117,6 +125,8 @@ pub enum IdentityError {
     NotActive,
     #[error("change your password first: until then only the change is allowed")]
     PasswordChangeRequired,
+    #[error("{}", if *locked { "too many failed logins: this account is locked for now" } else { "too many failed logins: wait before the next attempt" })]
+    LockedOut { retry_after: u64, locked: bool },
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error(transparent)]

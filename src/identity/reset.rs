@@ -88,9 +88,7 @@ async fn issue_reset(
         return Ok(());
     };
     let letterhead = mail::letterhead(store, &scope).await?;
-    let token = OpaqueToken::generate(TokenKind::PasswordReset, scope.tenant_id());
-    let link = post.mailer.link("/password-reset", &token.reveal());
-    let expires_at = crate::clock::in_seconds(RESET_TTL_MINUTES * 60);
+    let link = NewLink::generate(&scope, post);
     let permit = Permit::authentication(
         scope.clone(),
         Actor {
@@ -99,67 +97,101 @@ async fn issue_reset(
             email: Some(email.as_str().to_owned()),
         },
     );
-    let vault = post.vault.in_write();
+    let post = post.clone();
     store
         .write(&permit, meta, "auth.password.reset_request", move |tx| {
             Box::pin(async move {
-                let tenant = tx.scope().id_str().to_owned();
-                let now = crate::clock::now();
-                // One link at a time: a new request ends the earlier ones.
-                db::query(
-                    "UPDATE password_resets SET used_at = $1 \
-                     WHERE tenant_id = $2 AND user_id = $3 AND used_at IS NULL",
-                )
-                .bind(&now)
-                .bind(&tenant)
-                .bind(&user_id)
-                .execute(tx.conn())
-                .await?;
-                let id = uuid::Uuid::now_v7().to_string();
-                db::query(
-                    "INSERT INTO password_resets (id, tenant_id, user_id, token_hash, expires_at, \
-                     created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&id)
-                .bind(&tenant)
-                .bind(&user_id)
-                .bind(token.hash())
-                .bind(&expires_at)
-                .bind(&now)
-                .execute(tx.conn())
-                .await?;
-                tx.record(Change {
-                    entity: "password_reset",
-                    entity_id: id,
-                    op: JournalOp::Insert,
-                    before: None,
-                    after: Some(serde_json::json!({
-                        "user_id": user_id, "token_hash": token.hash(),
-                        "expires_at": expires_at, "created_at": now,
-                    })),
-                    sensitive: vec!["token_hash".into()],
-                    diff_of: None,
-                });
-                mail::enqueue(
-                    tx,
-                    &vault,
-                    &letterhead,
-                    Mail {
-                        to: email.as_str().to_owned(),
-                        template: "password_reset",
-                        values: vec![
-                            ("email", email.as_str().to_owned()),
-                            ("link", link),
-                            ("expires_at", expires_at.clone()),
-                        ],
-                    },
-                )
-                .await?;
+                link.issue(tx, &post, &letterhead, &user_id, email.as_str())
+                    .await?;
                 tx.set_target("user", user_id);
                 Ok::<_, IdentityError>(())
             })
         })
         .await
+}
+
+/// A reset link about to be issued: its token is mailed, only its hash is
+/// stored.
+pub(super) struct NewLink {
+    token: OpaqueToken,
+    link: String,
+    expires_at: String,
+}
+
+impl NewLink {
+    pub(super) fn generate(scope: &TenantScope, post: &Post) -> NewLink {
+        let token = OpaqueToken::generate(TokenKind::PasswordReset, scope.tenant_id());
+        NewLink {
+            link: post.mailer.link("/password-reset", &token.reveal()),
+            token,
+            expires_at: crate::clock::in_seconds(RESET_TTL_MINUTES * 60),
+        }
+    }
+
+    /// Stores the link for `user_id` (ending any earlier one) and queues
+    /// its mail, in `tx`.
+    pub(super) async fn issue(
+        &self,
+        tx: &mut WriteTx,
+        post: &Post,
+        letterhead: &mail::Letterhead,
+        user_id: &str,
+        email: &str,
+    ) -> Result<(), IdentityError> {
+        let tenant = tx.scope().id_str().to_owned();
+        let now = crate::clock::now();
+        // One link at a time: a new one ends the earlier ones.
+        db::query(
+            "UPDATE password_resets SET used_at = $1 \
+             WHERE tenant_id = $2 AND user_id = $3 AND used_at IS NULL",
+        )
+        .bind(&now)
+        .bind(&tenant)
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+        let id = uuid::Uuid::now_v7().to_string();
+        db::query(
+            "INSERT INTO password_resets (id, tenant_id, user_id, token_hash, expires_at, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&id)
+        .bind(&tenant)
+        .bind(user_id)
+        .bind(self.token.hash())
+        .bind(&self.expires_at)
+        .bind(&now)
+        .execute(tx.conn())
+        .await?;
+        tx.record(Change {
+            entity: "password_reset",
+            entity_id: id,
+            op: JournalOp::Insert,
+            before: None,
+            after: Some(serde_json::json!({
+                "user_id": user_id, "token_hash": self.token.hash(),
+                "expires_at": self.expires_at, "created_at": now,
+            })),
+            sensitive: vec!["token_hash".into()],
+            diff_of: None,
+        });
+        mail::enqueue(
+            tx,
+            &post.vault.in_write(),
+            letterhead,
+            Mail {
+                to: email.to_owned(),
+                template: "password_reset",
+                values: vec![
+                    ("email", email.to_owned()),
+                    ("link", self.link.clone()),
+                    ("expires_at", self.expires_at.clone()),
+                ],
+            },
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 /// Sets a new password with a reset link's token; every session of the
@@ -195,14 +227,14 @@ pub async fn reset(
     let password_hash = password::hash(new_password).await?;
     let letterhead = post.letterhead(store, &scope).await?;
     let permit = Permit::authentication(
-        scope,
+        scope.clone(),
         Actor {
             kind: ActorKind::User,
             id: Some(user_id.clone()),
             email: Some(email.clone()),
         },
     );
-    let post = post.clone();
+    let (post, mailed) = (post.clone(), email.clone());
     store
         .write(&permit, meta, "auth.password.reset", move |tx| {
             Box::pin(async move {
@@ -235,12 +267,16 @@ pub async fn reset(
                 });
                 set_password(tx, &user_id, &password_hash, false).await?;
                 revoke_all_but(tx, &user_id, None, "password_reset").await?;
-                notify_changed(tx, &post, letterhead.as_ref(), &email).await?;
+                notify_changed(tx, &post, letterhead.as_ref(), &mailed).await?;
                 tx.set_target("user", user_id);
                 Ok(())
             })
         })
-        .await
+        .await?;
+    // Whoever proved the mailbox is the user: their lock is lifted (IAM-6).
+    let key = super::lockout::account_key_of(store, &scope, &email).await?;
+    super::lockout::clear(store, &key).await?;
+    Ok(())
 }
 
 /// The caller changes their own password, proving the current one; every

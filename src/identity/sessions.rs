@@ -13,10 +13,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::json;
 
+use super::lockout;
 use super::tokens::{
     ACCESS_TOKEN_TTL_SECONDS, AccessClaims, OpaqueToken, TokenKind, sign_access_token,
     verify_access_token,
 };
+use super::users::Post;
 use super::{Email, IdentityError, password};
 use crate::access::{Principal, Role};
 use crate::context::Permit;
@@ -33,6 +35,10 @@ pub struct TokenPair {
     pub token_type: &'static str,
     pub expires_in: i64,
     pub refresh_token: String,
+    /// A new device's token (IAM-7): present it at the next login
+    /// (`device_token`, or the `__Host-sr_device` cookie) to be recognised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<String>,
     /// Set after an admin's reset: the tokens allow only the password
     /// change until it is made (IAM-2).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -60,6 +66,7 @@ fn token_pair(
         expires_in: ACCESS_TOKEN_TTL_SECONDS,
         refresh_token: refresh.reveal(),
         password_change_required: false,
+        device_token: None,
         tenant_id: scope.id_str().to_owned(),
         user_id: user_id.to_owned(),
         session_id: session_id.to_owned(),
@@ -74,27 +81,99 @@ struct LoginAccount {
     must_change_password: bool,
 }
 
+/// What a login presents: the tenant and account as typed, the password,
+/// and the device token of an earlier login, if the client kept one.
+pub struct Credentials<'a> {
+    pub tenant: &'a str,
+    pub email: &'a str,
+    pub password: SecretString,
+    pub device_token: Option<SecretString>,
+    /// Whether failures slow and lock (`login_lockout`).
+    pub lockout: bool,
+}
+
 pub async fn login(
     store: &Store,
+    post: &Post,
     key: &SigningKey,
     session_ttl_hours: u32,
-    tenant_slug: &str,
-    email: &str,
-    password: SecretString,
+    credentials: Credentials<'_>,
     meta: &RequestMeta,
 ) -> Result<TokenPair, IdentityError> {
+    let Credentials {
+        tenant: tenant_slug,
+        email: typed_email,
+        password,
+        device_token,
+        lockout,
+    } = credentials;
     let scope = tenancy::find_active_by_slug(store, tenant_slug).await?;
-    let email = Email::parse(email).ok();
+    let email = Email::parse(typed_email).ok();
     let account = match (&scope, &email) {
         (Some(scope), Some(email)) => find_account(store, scope, email).await?,
         _ => None,
     };
+    // IAM-6: the account's failures as typed (known or not alike), or a
+    // known device's own, so that an attack elsewhere does not lock it.
+    let device = match (&scope, &account) {
+        (Some(scope), Some(account)) => {
+            super::devices::recognise(
+                store,
+                scope,
+                &account.id,
+                device_token.as_ref().map(|t| t.expose_secret()),
+            )
+            .await?
+        }
+        _ => None,
+    };
+    let counter = match &device {
+        Some(device) => lockout::device_key(&device.id),
+        None => lockout::account_key(tenant_slug, typed_email),
+    };
+    let had_failures = lockout && lockout::gate(store, &counter).await?;
     // Always one Argon2 verification, whether or not the account exists.
     let matches = password::verify(
         password,
         account.as_ref().and_then(|a| a.password_hash.clone()),
     )
     .await?;
+    let failed = match &account {
+        Some(a) => !(matches && a.status == "active"),
+        None => true,
+    };
+    if failed && lockout {
+        let counted = lockout::failed(store, &counter).await?;
+        if counted.locked_now {
+            tracing::warn!(
+                target: "security",
+                event = "auth.account_locked",
+                failures = counted.failures,
+                device = device.is_some(),
+                "too many failed logins: locked for {} minutes",
+                lockout::LOCK_FOR.whole_minutes()
+            );
+        }
+        if let Some(scope) = &scope {
+            audit_failed_login(
+                store,
+                scope,
+                email.as_ref(),
+                account.as_ref().map(|a| a.id.clone()),
+                counted.locked_now,
+                meta,
+            );
+        }
+    } else if failed && let Some(scope) = &scope {
+        audit_failed_login(
+            store,
+            scope,
+            email.as_ref(),
+            account.as_ref().map(|a| a.id.clone()),
+            false,
+            meta,
+        );
+    }
     let Some(scope) = scope else {
         tracing::info!(
             event = "auth.login",
@@ -104,37 +183,12 @@ pub async fn login(
         return Err(IdentityError::InvalidCredentials);
     };
     let account = match account {
-        Some(a) if matches && a.status == "active" => a,
-        other => {
-            let permit = Permit::authentication(
-                scope,
-                Actor::anonymous(email.map(|e| e.as_str().to_owned())),
-            );
-            let user_id = other.map(|a| a.id);
-            // Audited, but not waited for: a failure for a tenant that
-            // exists then answers in the time of one for a tenant that does
-            // not (no commit to wait for on either path), so timing does
-            // not tell which slugs exist.
-            let (store, meta) = (store.clone(), meta.clone());
-            tokio::spawn(async move {
-                let audited = store
-                    .write(&permit, &meta, "auth.login", move |tx| {
-                        Box::pin(async move {
-                            tx.set_outcome(Outcome::Failure);
-                            if let Some(id) = user_id {
-                                tx.set_target("user", id);
-                            }
-                            Ok::<_, IdentityError>(())
-                        })
-                    })
-                    .await;
-                if let Err(e) = audited {
-                    tracing::error!(error = %e, "could not audit a failed login");
-                }
-            });
-            return Err(IdentityError::InvalidCredentials);
-        }
+        Some(a) if !failed => a,
+        _ => return Err(IdentityError::InvalidCredentials),
     };
+    if had_failures {
+        lockout::clear(store, &counter).await?;
+    }
     let actor = Actor {
         kind: ActorKind::User,
         id: Some(account.id.clone()),
@@ -150,9 +204,64 @@ pub async fn login(
             Box::pin(async move { open_session(tx, &user_id, session_ttl_hours).await })
         })
         .await?;
+    // IAM-7: a known device is marked seen; any other is registered (and
+    // announced to the user when they had another before).
+    let device_token = match &device {
+        Some(device) => {
+            super::devices::seen(store, &scope, device, meta);
+            None
+        }
+        None if store.schema_has(super::devices::SCHEMA) => Some(
+            super::devices::register(store, post, &scope, &account.id, &account.email, meta)
+                .await?,
+        ),
+        None => None,
+    };
     let mut pair = token_pair(key, &scope, &account.id, &session_id, &refresh);
     pair.password_change_required = account.must_change_password;
+    pair.device_token = device_token;
     Ok(pair)
+}
+
+/// Audits a failed login (and a lock it caused) in the tenant's trail,
+/// without the answer waiting for the commit: a failure for a tenant that
+/// exists then answers in the time of one for a tenant that does not, so
+/// timing does not tell which slugs exist.
+fn audit_failed_login(
+    store: &Store,
+    scope: &TenantScope,
+    email: Option<&Email>,
+    user_id: Option<String>,
+    locked: bool,
+    meta: &RequestMeta,
+) {
+    let permit = Permit::authentication(
+        scope.clone(),
+        Actor::anonymous(email.map(|e| e.as_str().to_owned())),
+    );
+    let (store, meta) = (store.clone(), meta.clone());
+    tokio::spawn(async move {
+        for action in ["auth.login", "auth.account_locked"]
+            .into_iter()
+            .take(if locked { 2 } else { 1 })
+        {
+            let target = user_id.clone();
+            let audited = store
+                .write(&permit, &meta, action, move |tx| {
+                    Box::pin(async move {
+                        tx.set_outcome(Outcome::Failure);
+                        if let Some(id) = target {
+                            tx.set_target("user", id);
+                        }
+                        Ok::<_, IdentityError>(())
+                    })
+                })
+                .await;
+            if let Err(e) = audited {
+                tracing::error!(error = %e, action, "could not audit a failed login");
+            }
+        }
+    });
 }
 
 async fn find_account(

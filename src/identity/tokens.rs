@@ -1,6 +1,7 @@
 //! Credentials handed to clients.
 //!
-//! * Opaque tokens (invitations, refresh tokens, password resets): `sr_<kind>_<tenant>_<secret>`
+//! * Opaque tokens (invitations, refresh tokens, password resets, devices,
+//!   "this wasn't me" links): `sr_<kind>_<tenant>_<secret>`
 //!   with 256 random bits. The tenant part lets the server find the right
 //!   tenant scope; only a SHA-256 of the whole token is stored, so a database
 //!   leak yields no usable token. The recognisable prefix lets secret
@@ -31,6 +32,8 @@ pub enum TokenKind {
     Invitation,
     Refresh,
     PasswordReset,
+    Device,
+    NotMe,
 }
 
 impl TokenKind {
@@ -39,6 +42,8 @@ impl TokenKind {
             TokenKind::Invitation => "sr_inv_",
             TokenKind::Refresh => "sr_rt_",
             TokenKind::PasswordReset => "sr_pwr_",
+            TokenKind::Device => "sr_dev_",
+            TokenKind::NotMe => "sr_nm_",
         }
     }
 }

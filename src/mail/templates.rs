@@ -19,6 +19,10 @@ pub const TEMPLATES: &[(&str, &[&str])] = &[
     ("password_reset", &["tenant", "email", "link", "expires_at"]),
     ("password_temporary", &["tenant", "email", "password"]),
     ("password_changed", &["tenant", "email", "changed_at"]),
+    (
+        "new_device",
+        &["tenant", "email", "when", "device", "address", "link"],
+    ),
 ];
 
 /// A language's file: its name, and every other table a template (serde's

@@ -32,6 +32,8 @@ pub async fn run(
         environment(config),
         super::sampled::password_hashes(probe, scopes, reach).await?,
         own_passwords(store, scopes, reach, &runs, config, probe.by_job).await?,
+        guessing(store, reach, config).await?,
+        devices(store, scopes, reach, config).await?,
         sessions(store, scopes, reach, config).await?,
         roles(store, scopes, reach).await?,
         audit_fields(store, scopes, reach).await?,
@@ -134,6 +136,142 @@ async fn own_passwords(
             queue.failed,
         ),
     ))
+}
+
+/// IAM-6: failed logins slow and lock, on by default; the counters hold
+/// hashes, never an address (every key read is a SHA-256 in hex).
+async fn guessing(store: &Store, reach: Reach, config: &Config) -> Result<Finding, StoreError> {
+    if !config.login_lockout {
+        return Ok(finding(
+            "IAM-6",
+            if config.environment == crate::config::Environment::Production {
+                Verdict::Fail
+            } else {
+                Verdict::Warn
+            },
+            "login_lockout is off: failed logins neither slow the next attempt nor lock".to_owned(),
+        ));
+    }
+    if !store.schema_has(crate::identity::lockout::SCHEMA) {
+        return Ok(finding(
+            "IAM-6",
+            Verdict::Warn,
+            "the schema is held back before the login counters (migrate_until)".to_owned(),
+        ));
+    }
+    let mut tx = store.read_unscoped().await?;
+    let keys: Vec<String> = db::query_scalar("SELECT key FROM login_failures")
+        .fetch_all(tx.conn())
+        .await?;
+    let now = crate::clock::now();
+    let locked: i64 =
+        db::query_scalar("SELECT COUNT(*) FROM login_failures WHERE locked_until > $1")
+            .bind(&now)
+            .fetch_one(tx.conn())
+            .await?;
+    let clear = keys
+        .iter()
+        .filter(|k| k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+        .count();
+    let limits = format!(
+        "{} attempts a minute per account and {} per address",
+        config.login_attempts_per_minute_per_account, config.login_attempts_per_minute_per_ip
+    );
+    let scope = match reach {
+        Reach::Instance => String::new(),
+        // Counters belong to no tenant (an account that does not exist is
+        // counted too): a tenant's view shows the policy, not the counts.
+        Reach::Tenant => " (instance-wide)".to_owned(),
+    };
+    Ok(if clear > 0 {
+        finding(
+            "IAM-6",
+            Verdict::Fail,
+            format!("{clear} login counters are keyed by something other than a hash"),
+        )
+    } else {
+        finding(
+            "IAM-6",
+            Verdict::Pass,
+            format!(
+                "failed logins wait 1, 3, 5, then 10 s before the next attempt and {} within {} \
+                 minutes lock for {} minutes, counted alike for accounts that do not exist; {limits}; \
+                 {} accounts or devices with recent failures, {locked} locked now{scope}, every \
+                 counter keyed by a SHA-256",
+                crate::identity::lockout::LOCK_AFTER,
+                crate::identity::lockout::WINDOW.whole_minutes(),
+                crate::identity::lockout::LOCK_FOR.whole_minutes(),
+                keys.len()
+            ),
+        )
+    })
+}
+
+/// IAM-7: the devices users log in from are remembered by the hash of
+/// their token alone, and a new one is announced by mail.
+async fn devices(
+    store: &Store,
+    scopes: &[TenantScope],
+    reach: Reach,
+    config: &Config,
+) -> Result<Finding, StoreError> {
+    if !store.schema_has(crate::identity::lockout::SCHEMA) {
+        return Ok(finding(
+            "IAM-7",
+            Verdict::Warn,
+            "the schema is held back before devices (migrate_until)".to_owned(),
+        ));
+    }
+    let month_ago =
+        crate::clock::format(time::OffsetDateTime::now_utc() - time::Duration::days(30));
+    let (mut devices, mut users, mut announced, mut bad) = (0i64, 0i64, 0i64, 0usize);
+    for scope in scopes {
+        let mut tx = store.read(scope).await?;
+        let row = db::query(
+            "SELECT COUNT(*), COUNT(DISTINCT user_id), \
+             COALESCE(SUM(CASE WHEN not_me_hash IS NOT NULL AND first_seen_at >= $2 THEN 1 ELSE 0 END), 0) \
+             FROM devices WHERE tenant_id = $1",
+        )
+        .bind(scope.id_str())
+        .bind(&month_ago)
+        .fetch_one(tx.conn())
+        .await?;
+        devices += row.try_get::<i64, _>(0)?;
+        users += row.try_get::<i64, _>(1)?;
+        announced += row.try_get::<i64, _>(2)?;
+        let hashes: Vec<String> =
+            db::query_scalar("SELECT token_hash FROM devices WHERE tenant_id = $1")
+                .bind(scope.id_str())
+                .fetch_all(tx.conn())
+                .await?;
+        // A SHA-256 in base64url: 43 characters, never a token (`sr_dev_…`).
+        bad += hashes
+            .iter()
+            .filter(|h| h.len() != 43 || h.starts_with("sr_"))
+            .count();
+    }
+    let evidence = format!(
+        "{devices} devices of {users} users in {}, each by the hash of its token; {announced} new \
+         devices announced by mail in the last 30 days; impossible travel is not judged (no GeoIP)",
+        reach.tenants(scopes.len())
+    );
+    Ok(if bad > 0 {
+        finding(
+            "IAM-7",
+            Verdict::Fail,
+            format!("{bad} device tokens are stored other than hashed; {evidence}"),
+        )
+    } else if config.smtp_url.is_none() {
+        finding(
+            "IAM-7",
+            Verdict::Warn,
+            format!(
+                "no smtp_url: new devices are audited but not mailed to their users; {evidence}"
+            ),
+        )
+    } else {
+        finding("IAM-7", Verdict::Pass, evidence)
+    })
 }
 
 /// POS-1: the catalog is whole and the posture job keeps the signed report.

@@ -31,6 +31,10 @@ const SQLITE: &[(i64, &str)] = &[
         11,
         include_str!("migrations/sqlite/0011_mail_and_passwords.sql"),
     ),
+    (
+        12,
+        include_str!("migrations/sqlite/0012_devices_and_lockout.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -55,6 +59,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         11,
         include_str!("migrations/postgres/0011_mail_and_passwords.sql"),
+    ),
+    (
+        12,
+        include_str!("migrations/postgres/0012_devices_and_lockout.sql"),
     ),
 ];
 

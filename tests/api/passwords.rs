@@ -22,6 +22,11 @@ async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response 
     .await
 }
 
+/// A failed login delays the account's next attempt by a second (IAM-6).
+async fn after_a_failure() {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+}
+
 async fn reset_request(app: &TestApp, tenant: &str, email: &str) -> (StatusCode, Value) {
     let res = app
         .post(
@@ -102,6 +107,7 @@ async fn ctl_iam_2_a_reset_link_is_mailed_used_once_and_ends_every_session() {
         login(&app, "anna@acme.test", PASSWORD).await.status(),
         StatusCode::UNAUTHORIZED
     );
+    after_a_failure().await;
     assert_eq!(
         login(&app, "anna@acme.test", NEW_PASSWORD).await.status(),
         StatusCode::OK
@@ -261,6 +267,7 @@ async fn ctl_iam_2_an_admin_reset_mails_a_temporary_password_that_must_be_change
         login(&app, "anna@acme.test", PASSWORD).await.status(),
         StatusCode::UNAUTHORIZED
     );
+    after_a_failure().await;
     let res = login(&app, "anna@acme.test", &temporary).await;
     assert_eq!(res.status(), StatusCode::OK);
     let tokens: Value = res.json().await.unwrap();

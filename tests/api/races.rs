@@ -217,6 +217,8 @@ async fn ctl_iam_2_racing_resets_with_one_link_set_one_password() {
     let app = crate::helpers::spawn_app_mailing_with(&sink, |c| {
         c.login_attempts_per_minute_per_ip = 1_000_000;
         c.login_attempts_per_minute_per_account = 1_000_000;
+        // The losers' passwords are tried below, one after another.
+        c.login_lockout = false;
     })
     .await;
     let other = app.second_node().await;
@@ -266,4 +268,50 @@ async fn ctl_iam_2_racing_resets_with_one_link_set_one_password() {
         }
         assert_eq!(working, 1, "round {round}");
     }
+}
+
+#[tokio::test]
+async fn ctl_iam_6_racing_guesses_over_two_nodes_all_count_and_lock() {
+    let app = spawn_app().await;
+    let other = app.second_node().await;
+    let nodes = [&app, &other];
+    app.admin("acme").await;
+    let statuses: Vec<StatusCode> = join_all((0..10).map(|i| {
+        nodes[i % 2].post(
+            "/api/v1/auth/login",
+            None,
+            json!({"tenant": "acme", "email": "admin@acme.test", "password": format!("guess-{i}")}),
+        )
+    }))
+    .await
+    .iter()
+    .map(|r| r.status())
+    .collect();
+    let counted = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    // Every guess that was checked counted, on whichever node: ten make a
+    // lock, fewer (some refused as too soon) the wait of that many.
+    for node in nodes {
+        let res = node
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"tenant": "acme", "email": "admin@acme.test", "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+        let problem: Value = res.json().await.unwrap();
+        let kind = if counted == 10 {
+            "urn:strongroom:problem:account-locked"
+        } else {
+            "urn:strongroom:problem:login-throttled"
+        };
+        assert_eq!(problem["type"], kind, "{counted} counted: {statuses:?}");
+    }
+    let failures = app
+        .count("SELECT COALESCE(MAX(failures), 0) FROM login_failures")
+        .await;
+    assert_eq!(failures, counted as i64, "{statuses:?}");
 }

@@ -75,6 +75,8 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
         json!({"tenant": "acme", "email": "nobody@acme.test", "password": wrong}),
     )
     .await;
+    // A failure delays the account's next attempt by a second (IAM-6).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let login = call(
         "POST",
         "/api/v1/auth/login",
@@ -403,6 +405,23 @@ async fn ctl_aud_3_no_mailed_token_or_password_appears_outside_the_mail() {
     for password in [first, second, third] {
         secrets.push(password.to_owned());
     }
+    // Devices (IAM-7): the tokens the logins handed out are the client's
+    // alone (they are in those responses, nowhere else); a login from
+    // another device mails a "this wasn't me" link, which is used.
+    let mut devices = vec![session["device_token"].as_str().unwrap().to_owned()];
+    let again = call(
+        "/api/v1/auth/login",
+        None,
+        json!({"tenant": "acme", "email": "w@acme.test", "password": third}),
+    )
+    .await;
+    devices.push(again["device_token"].as_str().unwrap().to_owned());
+    let not_me = sink.nth_to("w@acme.test", 6).await.token();
+    assert!(not_me.starts_with("sr_nm_"));
+    secrets.push(not_me.clone());
+    call("/api/v1/auth/not-me", None, json!({"token": not_me})).await;
+    let relink = sink.nth_to("w@acme.test", 7).await.token();
+    secrets.push(relink);
     let audit = reqwest::Client::new()
         .get(format!("{base}/api/v1/audit?limit=500"))
         .bearer_auth(&admin)
@@ -427,6 +446,18 @@ async fn ctl_aud_3_no_mailed_token_or_password_appears_outside_the_mail() {
         database.contains("password_temporary"),
         "the outbox was scanned"
     );
+    for device in &devices {
+        for (place, text) in [
+            ("the server log", &log),
+            ("the database", &database),
+            ("the audit trail", &audit),
+        ] {
+            assert!(
+                !text.contains(device.as_str()),
+                "{place} contains a device token"
+            );
+        }
+    }
     for secret in &secrets {
         for (place, text) in [
             ("the server log", &log),

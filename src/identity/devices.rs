@@ -1,0 +1,331 @@
+//! IAM-7: the devices a user logs in from.
+//!
+//! A successful login hands the client a long-lived device token
+//! (`sr_dev_…`, stored as its hash; in cookie mode the `__Host-sr_device`
+//! cookie) and presents it again at the next login. A login without a
+//! token of the user's is a new device: it is registered and audited
+//! (`auth.new_device`, with its user agent and address prefix), and — when
+//! the user had logged in from another device before — mailed to the user
+//! with a "this wasn't me" link. That link (`POST /api/v1/auth/not-me`)
+//! ends every session, forgets every device, removes the password and
+//! mails a reset link: whoever logged in must now prove the mailbox.
+//! A known device is also what lets a real user in while their account is
+//! under attack (IAM-6: it is counted on its own key). Impossible travel
+//! is not judged: there is no GeoIP data here.
+
+use super::tokens::{OpaqueToken, TokenKind};
+use super::users::Post;
+use super::{IdentityError, reset};
+use crate::context::{Actor, ActorKind, Permit, RequestMeta, TenantScope};
+use crate::mail::{self, Mail};
+use crate::store::db;
+use crate::store::{Change, JournalOp, Store};
+
+/// The schema migration that brought devices (with the login counters).
+pub const SCHEMA: i64 = super::lockout::SCHEMA;
+/// The browser cookie that carries the device token.
+pub const DEVICE_COOKIE: &str = "__Host-sr_device";
+/// How long a device token is kept by a browser.
+pub const DEVICE_COOKIE_DAYS: i64 = 400;
+/// How long the "this wasn't me" link of a new device's mail works.
+pub const NOT_ME_DAYS: i64 = 7;
+
+/// A device of the user's that a login presented.
+#[derive(Clone, Debug)]
+pub struct KnownDevice {
+    pub id: String,
+}
+
+/// The device `token` names, if it is one of this user's.
+pub async fn recognise(
+    store: &Store,
+    scope: &TenantScope,
+    user_id: &str,
+    token: Option<&str>,
+) -> Result<Option<KnownDevice>, IdentityError> {
+    let Some(token) = token.and_then(|t| OpaqueToken::parse(TokenKind::Device, t)) else {
+        return Ok(None);
+    };
+    if token.tenant() != scope.tenant_id() {
+        return Ok(None);
+    }
+    let mut tx = store.read(scope).await?;
+    let id: Option<String> = db::query_scalar(
+        "SELECT id FROM devices WHERE tenant_id = $1 AND user_id = $2 AND token_hash = $3",
+    )
+    .bind(scope.id_str())
+    .bind(user_id)
+    .bind(token.hash())
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(id.map(|id| KnownDevice { id }))
+}
+
+/// The address a device is shown with: the /24 of an IPv4 address, the
+/// /48 of an IPv6 one.
+fn prefix(ip: Option<&str>) -> Option<String> {
+    match ip?.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            Some(format!("{a}.{b}.{c}.0/24"))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Some(format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]))
+        }
+    }
+}
+
+/// Marks a known device seen now, in the background.
+pub fn seen(store: &Store, scope: &TenantScope, device: &KnownDevice, meta: &RequestMeta) {
+    let (store, scope) = (store.clone(), scope.clone());
+    let (id, ip_prefix) = (device.id.clone(), prefix(meta.ip.as_deref()));
+    tokio::spawn(async move {
+        let tenant = scope.id_str().to_owned();
+        let done = store
+            .append_internal(Some(&scope), move |conn| {
+                Box::pin(async move {
+                    db::query(
+                        "UPDATE devices SET last_seen_at = $1, ip_prefix = $2 \
+                         WHERE tenant_id = $3 AND id = $4",
+                    )
+                    .bind(crate::clock::now())
+                    .bind(ip_prefix)
+                    .bind(tenant)
+                    .bind(id)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "could not mark a device seen");
+        }
+    });
+}
+
+/// Registers the device a login came from (no known token): audited, and
+/// mailed to the user with a "this wasn't me" link if they had another
+/// device before. Returns the device token to hand back.
+pub async fn register(
+    store: &Store,
+    post: &Post,
+    scope: &TenantScope,
+    user_id: &str,
+    email: &str,
+    meta: &RequestMeta,
+) -> Result<String, IdentityError> {
+    let token = OpaqueToken::generate(TokenKind::Device, scope.tenant_id());
+    let not_me = OpaqueToken::generate(TokenKind::NotMe, scope.tenant_id());
+    let letterhead = post.letterhead(store, scope).await?;
+    let link = post.mailer.link("/not-me", &not_me.reveal());
+    let permit = Permit::authentication(
+        scope.clone(),
+        Actor {
+            kind: ActorKind::User,
+            id: Some(user_id.to_owned()),
+            email: Some(email.to_owned()),
+        },
+    );
+    let (user_id, email, post) = (user_id.to_owned(), email.to_owned(), post.clone());
+    let token_hash = token.hash();
+    store
+        .write(&permit, meta, "auth.new_device", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let before: i64 = db::query_scalar(
+                    "SELECT COUNT(*) FROM devices WHERE tenant_id = $1 AND user_id = $2",
+                )
+                .bind(&tenant)
+                .bind(&user_id)
+                .fetch_one(tx.conn())
+                .await?;
+                // The first device of a user is simply theirs; a later one
+                // is announced, if a mail can say so.
+                let announce = before > 0 && letterhead.is_some();
+                let now = crate::clock::now();
+                let id = uuid::Uuid::now_v7().to_string();
+                let user_agent = tx.meta().user_agent.clone();
+                let ip_prefix = prefix(tx.meta().ip.as_deref());
+                let not_me_expires = crate::clock::in_seconds(NOT_ME_DAYS * 86_400);
+                db::query(
+                    "INSERT INTO devices (id, tenant_id, user_id, token_hash, user_agent, ip_prefix, \
+                     first_seen_at, last_seen_at, not_me_hash, not_me_expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
+                )
+                .bind(&id)
+                .bind(&tenant)
+                .bind(&user_id)
+                .bind(&token_hash)
+                .bind(user_agent.as_deref())
+                .bind(ip_prefix.as_deref())
+                .bind(&now)
+                .bind(announce.then(|| not_me.hash()))
+                .bind(announce.then_some(not_me_expires))
+                .execute(tx.conn())
+                .await?;
+                tx.record(Change {
+                    entity: "device",
+                    entity_id: id.clone(),
+                    op: JournalOp::Insert,
+                    before: None,
+                    after: Some(serde_json::json!({
+                        "id": id, "user_id": user_id, "user_agent": user_agent,
+                        "ip_prefix": ip_prefix, "first_seen_at": now, "announced": announce,
+                    })),
+                    sensitive: vec![],
+                    diff_of: None,
+                });
+                if let (true, Some(letterhead)) = (announce, &letterhead) {
+                    mail::enqueue(
+                        tx,
+                        &post.vault.in_write(),
+                        letterhead,
+                        Mail {
+                            to: email.clone(),
+                            template: "new_device",
+                            values: vec![
+                                ("email", email.clone()),
+                                ("when", now.clone()),
+                                ("device", user_agent.unwrap_or_else(|| "unknown".into())),
+                                ("address", ip_prefix.unwrap_or_else(|| "unknown".into())),
+                                ("link", link),
+                            ],
+                        },
+                    )
+                    .await?;
+                }
+                tx.set_target("device", id);
+                Ok::<_, IdentityError>(())
+            })
+        })
+        .await?;
+    Ok(token.reveal())
+}
+
+/// "This wasn't me": the user disowns a login announced by mail. Every
+/// session ends, every device is forgotten, the password is removed and a
+/// reset link is mailed.
+pub async fn not_me(
+    store: &Store,
+    post: &Post,
+    token: &str,
+    meta: &RequestMeta,
+) -> Result<(), IdentityError> {
+    let token = OpaqueToken::parse(TokenKind::NotMe, token).ok_or(IdentityError::InvalidToken)?;
+    let scope = TenantScope::trusted(token.tenant());
+    let hash = token.hash();
+    let found = {
+        let mut tx = store.read(&scope).await?;
+        db::query(
+            "SELECT u.id, u.email, d.id FROM devices d JOIN users u ON u.id = d.user_id \
+             WHERE d.tenant_id = $1 AND d.not_me_hash = $2 AND d.not_me_expires_at > $3 \
+             AND u.status = 'active'",
+        )
+        .bind(scope.id_str())
+        .bind(&hash)
+        .bind(crate::clock::now())
+        .fetch_optional(tx.conn())
+        .await?
+    };
+    let row = found.ok_or(IdentityError::InvalidToken)?;
+    let (user_id, email, device_id): (String, String, String) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let letterhead = post.letterhead(store, &scope).await?;
+    let permit = Permit::authentication(
+        scope.clone(),
+        Actor {
+            kind: ActorKind::User,
+            id: Some(user_id.clone()),
+            email: Some(email.clone()),
+        },
+    );
+    let link = reset::NewLink::generate(&scope, post);
+    let post = post.clone();
+    store
+        .write(&permit, meta, "auth.not_me", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                // Once: the statement that removes the announced device
+                // says whether this use won.
+                let gone =
+                    db::query("DELETE FROM devices WHERE tenant_id = $1 AND not_me_hash = $2")
+                        .bind(&tenant)
+                        .bind(&hash)
+                        .execute(tx.conn())
+                        .await?;
+                if gone.rows_affected() != 1 {
+                    return Err(IdentityError::InvalidToken);
+                }
+                let others: Vec<String> = db::query_scalar(
+                    "SELECT id FROM devices WHERE tenant_id = $1 AND user_id = $2",
+                )
+                .bind(&tenant)
+                .bind(&user_id)
+                .fetch_all(tx.conn())
+                .await?;
+                db::query("DELETE FROM devices WHERE tenant_id = $1 AND user_id = $2")
+                    .bind(&tenant)
+                    .bind(&user_id)
+                    .execute(tx.conn())
+                    .await?;
+                for id in others.into_iter().chain(std::iter::once(device_id.clone())) {
+                    tx.record(Change {
+                        entity: "device",
+                        entity_id: id,
+                        op: JournalOp::Delete,
+                        before: None,
+                        after: None,
+                        sensitive: vec![],
+                        diff_of: None,
+                    });
+                }
+                let now = crate::clock::now();
+                db::query(
+                    "UPDATE users SET password_hash = NULL, password_change_required = 0, \
+                     updated_at = $1 WHERE tenant_id = $2 AND id = $3",
+                )
+                .bind(&now)
+                .bind(&tenant)
+                .bind(&user_id)
+                .execute(tx.conn())
+                .await?;
+                tx.record(Change {
+                    entity: "user",
+                    entity_id: user_id.clone(),
+                    op: JournalOp::Update,
+                    before: None,
+                    after: Some(serde_json::json!({"password_hash": null, "updated_at": now})),
+                    sensitive: vec!["password_hash".into()],
+                    diff_of: None,
+                });
+                super::sessions::revoke_all_but(tx, &user_id, None, "not_me").await?;
+                if let Some(letterhead) = &letterhead {
+                    link.issue(tx, &post, letterhead, &user_id, &email).await?;
+                }
+                tx.set_target("user", user_id);
+                Ok(())
+            })
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_shown_by_their_prefix() {
+        assert_eq!(
+            prefix(Some("203.0.113.77")).as_deref(),
+            Some("203.0.113.0/24")
+        );
+        assert_eq!(
+            prefix(Some("2001:db8:85a3::8a2e:370:7334")).as_deref(),
+            Some("2001:db8:85a3::/48")
+        );
+        assert_eq!(prefix(Some("not an address")), None);
+        assert_eq!(prefix(None), None);
+    }
+}
