@@ -127,6 +127,13 @@ pub struct Principal {
     /// The user holds a temporary password from an admin's reset: only the
     /// password change (and logout, and `/me`) is allowed (IAM-2).
     pub must_change_password: bool,
+    /// The user has a confirmed second factor (IAM-3).
+    pub mfa_enrolled: bool,
+    /// When this session last passed a second factor (step-up).
+    pub mfa_at: Option<String>,
+    /// The tenant's policy requires a factor the user does not have yet:
+    /// only enrolment is allowed.
+    pub must_enrol_mfa: bool,
 }
 
 impl Principal {

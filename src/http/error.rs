@@ -217,6 +217,16 @@ impl From<IdentityError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
             MailOff => ApiError::new(StatusCode::CONFLICT, "mail-off", e.to_string()),
+            InvalidCode => ApiError::new(StatusCode::UNAUTHORIZED, "invalid-code", e.to_string()),
+            NoSuchFactor => ApiError::not_found(e.to_string()),
+            StepUpRequired => {
+                ApiError::new(StatusCode::FORBIDDEN, "step-up-required", e.to_string())
+            }
+            MfaEnrolmentRequired => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "mfa-enrolment-required",
+                e.to_string(),
+            ),
             LockedOut {
                 retry_after,
                 locked,

@@ -152,6 +152,19 @@ fn allowed_before_password_change(parts: &Parts) -> bool {
     )
 }
 
+/// What a session whose user must first enrol a second factor may do.
+fn allowed_before_enrolment(parts: &Parts) -> bool {
+    let path = parts.uri.path();
+    match parts.method.as_str() {
+        "GET" => matches!(path, "/api/v1/me" | "/api/v1/auth/mfa"),
+        "POST" => {
+            matches!(path, "/api/v1/auth/logout" | "/api/v1/auth/mfa/factors")
+                || (path.starts_with("/api/v1/auth/mfa/factors/") && path.ends_with("/confirm"))
+        }
+        _ => false,
+    }
+}
+
 /// The instance's operator, until the operator realm exists: the request
 /// carries `Authorization: Bearer <operator_token>`, compared in constant
 /// time. With no token configured the operator routes are closed (`403`).
@@ -272,6 +285,11 @@ impl FromRequestParts<AppState> for Principal {
         // A temporary password from an admin's reset allows only its change.
         if principal.must_change_password && !allowed_before_password_change(parts) {
             return Err(crate::identity::IdentityError::PasswordChangeRequired.into());
+        }
+        // A tenant that requires a second factor lets a user without one
+        // only enrol (IAM-3).
+        if principal.must_enrol_mfa && !allowed_before_enrolment(parts) {
+            return Err(crate::identity::IdentityError::MfaEnrolmentRequired.into());
         }
         if let Some(who) = parts.extensions.get::<Who>() {
             who.set(

@@ -50,6 +50,7 @@ pub fn app(state: AppState) -> Router {
         .merge(system_routes())
         .merge(crate::identity::router())
         .merge(crate::identity::sessions_router())
+        .merge(crate::identity::mfa::http::router())
         .merge(crate::records::router())
         .merge(crate::files::http::router())
         .merge(crate::keys::http::router())

@@ -452,7 +452,7 @@ struct LoginBody {
 
 #[derive(Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-enum LoginMode {
+pub(super) enum LoginMode {
     #[default]
     Token,
     Cookie,
@@ -510,13 +510,29 @@ async fn login(
     if !matches!(tokens, Err(IdentityError::InvalidCredentials)) {
         state.limits.give_back(meta.ip.as_deref(), &account).await;
     }
-    let tokens = tokens?;
-    who.set(&tokens.tenant_id, &tokens.user_id, None);
-    if body.mode == LoginMode::Token {
-        return Ok(Json(tokens).into_response());
+    match tokens? {
+        super::LoginOutcome::Tokens(tokens) => {
+            Ok(session_response(&state, &who, tokens, body.mode))
+        }
+        // IAM-3: the second step; `POST /auth/mfa/verify` completes it.
+        super::LoginOutcome::SecondFactor(challenge) => Ok(Json(challenge).into_response()),
     }
-    // A browser session (IAM-5, NET-4): the credential stays in an
-    // HttpOnly cookie; the page gets only the CSRF token it must echo.
+}
+
+/// The answer of a login that opened a session: the tokens, or for a
+/// browser the session cookie and its CSRF token (IAM-5, NET-4).
+pub(super) fn session_response(
+    state: &AppState,
+    who: &Who,
+    tokens: super::TokenPair,
+    mode: LoginMode,
+) -> axum::response::Response {
+    who.set(&tokens.tenant_id, &tokens.user_id, None);
+    if mode == LoginMode::Token {
+        return Json(tokens).into_response();
+    }
+    // The credential stays in an HttpOnly cookie; the page gets only the
+    // CSRF token it must echo.
     use super::cookies;
     let key = state.keyring.cookie_signing_key();
     let session = cookies::CookieSession {
@@ -544,7 +560,7 @@ async fn login(
             .headers_mut()
             .append(axum::http::header::SET_COOKIE, value);
     }
-    Ok(response)
+    response
 }
 
 #[derive(Deserialize)]

@@ -12,17 +12,21 @@
 //!   `401` after the same Argon2 work; failures slow the next attempt and
 //!   lock the account for a while, counted alike for accounts that do not
 //!   exist; a known device is counted on its own ([`lockout`]).
+//! * IAM-3: TOTP and mailed codes as second factors, recovery codes, a
+//!   tenant policy by role, step-up for sensitive operations ([`mfa`]).
 //! * IAM-7: devices are remembered; a login from a new one is audited and
 //!   mailed with a "this wasn't me" link ([`devices`]).
 
 pub mod cookies;
 mod devices;
-mod http;
+pub(crate) mod http;
 pub mod lockout;
+pub mod mfa;
 pub mod password;
 mod reset;
 mod sessions;
 mod tokens;
+pub mod totp;
 mod users;
 
 use std::fmt;
@@ -35,9 +39,10 @@ pub use lockout::unlock;
 pub use password::{hash as hash_password, warm_up};
 pub use reset::{RESET_TTL_MINUTES, admin_reset, change as change_password, request_reset, reset};
 pub use sessions::{
-    Credentials, SESSION_CHECK_TTL, SESSION_KINDS, SessionCache, SessionInfo, TokenPair,
-    accept_invitation, authenticate, authenticate_cached, authenticate_cookie, list_sessions,
-    login, logout, refresh, revoke_other_sessions, revoke_own_session, revoke_user_sessions,
+    Credentials, LoginOutcome, SESSION_CHECK_TTL, SESSION_KINDS, SecondStep, SessionCache,
+    SessionInfo, TokenPair, accept_invitation, authenticate, authenticate_cached,
+    authenticate_cookie, complete_login, list_sessions, login, logout, refresh,
+    revoke_other_sessions, revoke_own_session, revoke_user_sessions,
 };
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
 pub use users::{
@@ -127,6 +132,14 @@ pub enum IdentityError {
     PasswordChangeRequired,
     #[error("{}", if *locked { "too many failed logins: this account is locked for now" } else { "too many failed logins: wait before the next attempt" })]
     LockedOut { retry_after: u64, locked: bool },
+    #[error("the code is wrong, expired or already used")]
+    InvalidCode,
+    #[error("no such second factor of yours")]
+    NoSuchFactor,
+    #[error("this needs a second factor from the last few minutes: POST /api/v1/auth/mfa/step-up")]
+    StepUpRequired,
+    #[error("the tenant requires a second factor: enrol one (POST /api/v1/auth/mfa/factors) first")]
+    MfaEnrolmentRequired,
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error(transparent)]

@@ -289,6 +289,7 @@ pub async fn change(
     new_password: SecretString,
     meta: &RequestMeta,
 ) -> Result<(), IdentityError> {
+    super::mfa::require_recent(principal)?;
     let stored: Option<String> = {
         let mut tx = store.read(principal.scope()).await?;
         db::query_scalar("SELECT password_hash FROM users WHERE tenant_id = $1 AND id = $2")

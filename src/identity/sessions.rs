@@ -92,6 +92,13 @@ pub struct Credentials<'a> {
     pub lockout: bool,
 }
 
+/// What a login's password step leads to: a session, or the second step.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    Tokens(TokenPair),
+    SecondFactor(super::mfa::Challenge),
+}
+
 pub async fn login(
     store: &Store,
     post: &Post,
@@ -99,7 +106,7 @@ pub async fn login(
     session_ttl_hours: u32,
     credentials: Credentials<'_>,
     meta: &RequestMeta,
-) -> Result<TokenPair, IdentityError> {
+) -> Result<LoginOutcome, IdentityError> {
     let Credentials {
         tenant: tenant_slug,
         email: typed_email,
@@ -189,19 +196,74 @@ pub async fn login(
     if had_failures {
         lockout::clear(store, &counter).await?;
     }
+    // IAM-3: a user with a second factor gets the second step, not a session.
+    let methods = super::mfa::methods(store, &scope, &account.id).await?;
+    if !methods.is_empty() {
+        let device_id = device.as_ref().map(|d| d.id.as_str());
+        return Ok(LoginOutcome::SecondFactor(
+            super::mfa::open_challenge(store, &scope, &account.id, device_id, methods).await?,
+        ));
+    }
+    let session = NewSession {
+        scope,
+        user_id: account.id,
+        email: account.email,
+        device,
+        mfa_passed: false,
+        must_change_password: account.must_change_password,
+    };
+    Ok(LoginOutcome::Tokens(
+        finish_login(store, post, key, session_ttl_hours, session, meta).await?,
+    ))
+}
+
+/// A login that passed: who, from which device, with a second factor or not.
+struct NewSession {
+    scope: TenantScope,
+    user_id: String,
+    email: String,
+    device: Option<super::devices::KnownDevice>,
+    mfa_passed: bool,
+    must_change_password: bool,
+}
+
+/// Opens the session of a login that passed, and takes note of its device.
+async fn finish_login(
+    store: &Store,
+    post: &Post,
+    key: &SigningKey,
+    session_ttl_hours: u32,
+    session: NewSession,
+    meta: &RequestMeta,
+) -> Result<TokenPair, IdentityError> {
+    let NewSession {
+        scope,
+        user_id,
+        email,
+        device,
+        mfa_passed,
+        must_change_password,
+    } = session;
     let actor = Actor {
         kind: ActorKind::User,
-        id: Some(account.id.clone()),
-        email: Some(account.email.clone()),
+        id: Some(user_id.clone()),
+        email: Some(email.clone()),
     };
     let permit = Permit::authentication(scope.clone(), actor);
-    let user_id = account.id.clone();
     let session_ttl_hours = Bounds::of(store, &scope)
         .await?
         .ttl_hours(session_ttl_hours);
+    let user = user_id.clone();
     let (session_id, refresh) = store
         .write(&permit, meta, "auth.login", move |tx| {
-            Box::pin(async move { open_session(tx, &user_id, session_ttl_hours).await })
+            Box::pin(async move {
+                let opened = open_session(tx, &user, session_ttl_hours).await?;
+                if mfa_passed {
+                    super::mfa::passed_on_session(tx, &opened.0).await?;
+                    tx.set_target("session", opened.0.clone());
+                }
+                Ok::<_, IdentityError>(opened)
+            })
         })
         .await?;
     // IAM-7: a known device is marked seen; any other is registered (and
@@ -211,16 +273,61 @@ pub async fn login(
             super::devices::seen(store, &scope, device, meta);
             None
         }
-        None if store.schema_has(super::devices::SCHEMA) => Some(
-            super::devices::register(store, post, &scope, &account.id, &account.email, meta)
-                .await?,
-        ),
+        None if store.schema_has(super::devices::SCHEMA) => {
+            Some(super::devices::register(store, post, &scope, &user_id, &email, meta).await?)
+        }
         None => None,
     };
-    let mut pair = token_pair(key, &scope, &account.id, &session_id, &refresh);
-    pair.password_change_required = account.must_change_password;
+    let mut pair = token_pair(key, &scope, &user_id, &session_id, &refresh);
+    pair.password_change_required = must_change_password;
     pair.device_token = device_token;
     Ok(pair)
+}
+
+/// The second step of a login: its token, and the code presented.
+pub struct SecondStep<'a> {
+    pub mfa_token: &'a str,
+    pub method: super::mfa::Method,
+    pub code: &'a SecretString,
+}
+
+/// Completes a login's second step with a code (IAM-3).
+pub async fn complete_login(
+    store: &Store,
+    post: &Post,
+    key: &SigningKey,
+    session_ttl_hours: u32,
+    step: SecondStep<'_>,
+    meta: &RequestMeta,
+) -> Result<TokenPair, IdentityError> {
+    let passed =
+        super::mfa::pass_challenge(store, &post.vault, step.mfa_token, step.method, step.code)
+            .await?;
+    let must_change: bool = if store.schema_has(crate::mail::SCHEMA) {
+        let mut tx = store.read(&passed.scope).await?;
+        db::query_scalar::<i64>(
+            "SELECT password_change_required FROM users WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(passed.scope.id_str())
+        .bind(&passed.user_id)
+        .fetch_optional(tx.conn())
+        .await?
+        .unwrap_or(0)
+            != 0
+    } else {
+        false
+    };
+    let session = NewSession {
+        device: passed
+            .device_id
+            .map(|id| super::devices::KnownDevice { id }),
+        scope: passed.scope,
+        user_id: passed.user_id,
+        email: passed.email,
+        mfa_passed: true,
+        must_change_password: must_change,
+    };
+    finish_login(store, post, key, session_ttl_hours, session, meta).await
 }
 
 /// Audits a failed login (and a lock it caused) in the tenant's trail,
@@ -1018,6 +1125,9 @@ struct LiveSession {
     last_used_at: String,
     /// An admin's reset set a temporary password (IAM-2).
     must_change_password: bool,
+    mfa_enrolled: bool,
+    mfa_at: Option<String>,
+    must_enrol_mfa: bool,
 }
 
 impl LiveSession {
@@ -1030,6 +1140,9 @@ impl LiveSession {
             user_id: claims.sub,
             session_id: claims.sid,
             must_change_password: self.must_change_password,
+            mfa_enrolled: self.mfa_enrolled,
+            mfa_at: self.mfa_at,
+            must_enrol_mfa: self.must_enrol_mfa,
         })
     }
 }
@@ -1050,9 +1163,14 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
     } else {
         "0"
     };
+    let mfa = if store.schema_has(super::mfa::SCHEMA) {
+        "u.mfa_enrolled, COALESCE(ts.mfa_policy, 'off'), s.mfa_at"
+    } else {
+        "0, 'off', NULL"
+    };
     let sql = format!(
         "SELECT u.email, u.role, s.expires_at, s.created_at, s.last_used_at, {bounds}, \
-         {must_change} \
+         {must_change}, {mfa} \
          FROM sessions s JOIN users u ON u.id = s.user_id JOIN tenants t ON t.id = s.tenant_id \
          LEFT JOIN tenant_settings ts ON ts.tenant_id = s.tenant_id \
          WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
@@ -1075,6 +1193,9 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
         Some(idle),
         Some(max),
         Some(must_change),
+        Some(enrolled),
+        Some(policy),
+        mfa_at,
     ] = row.as_slice()
     else {
         return Err(IdentityError::Internal(
@@ -1096,6 +1217,9 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
         expires_at: expires_at.clone(),
         last_used_at: last_used_at.clone(),
         must_change_password: must_change != "0",
+        mfa_enrolled: enrolled != "0",
+        must_enrol_mfa: enrolled == "0" && super::mfa::Policy::from_stored(policy).requires(role),
+        mfa_at: mfa_at.clone(),
     })
 }
 

@@ -34,6 +34,7 @@ pub enum TokenKind {
     PasswordReset,
     Device,
     NotMe,
+    MfaChallenge,
 }
 
 impl TokenKind {
@@ -44,6 +45,7 @@ impl TokenKind {
             TokenKind::PasswordReset => "sr_pwr_",
             TokenKind::Device => "sr_dev_",
             TokenKind::NotMe => "sr_nm_",
+            TokenKind::MfaChallenge => "sr_mfa_",
         }
     }
 }

@@ -19,6 +19,7 @@ pub const TEMPLATES: &[(&str, &[&str])] = &[
     ("password_reset", &["tenant", "email", "link", "expires_at"]),
     ("password_temporary", &["tenant", "email", "password"]),
     ("password_changed", &["tenant", "email", "changed_at"]),
+    ("mfa_code", &["tenant", "email", "code", "minutes"]),
     (
         "new_device",
         &["tenant", "email", "when", "device", "address", "link"],

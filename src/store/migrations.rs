@@ -35,6 +35,7 @@ const SQLITE: &[(i64, &str)] = &[
         12,
         include_str!("migrations/sqlite/0012_devices_and_lockout.sql"),
     ),
+    (13, include_str!("migrations/sqlite/0013_mfa.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -64,6 +65,7 @@ const POSTGRES: &[(i64, &str)] = &[
         12,
         include_str!("migrations/postgres/0012_devices_and_lockout.sql"),
     ),
+    (13, include_str!("migrations/postgres/0013_mfa.sql")),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.

@@ -46,6 +46,9 @@ pub struct TenantSettings {
     pub session_max_hours: i64,
     /// The language of the tenant's mails: a code of `templates/mail/`.
     pub language: String,
+    /// Who must have a second factor (IAM-3): `"off"`, `"all"`, or a list
+    /// of roles.
+    pub mfa_policy: serde_json::Value,
     pub updated_at: String,
 }
 
@@ -62,6 +65,8 @@ pub struct SettingsPatch {
     pub session_max_hours: Option<i64>,
     #[serde(default, deserialize_with = "crate::json::present")]
     pub language: Option<String>,
+    #[serde(default, deserialize_with = "crate::json::present")]
+    pub mfa_policy: Option<serde_json::Value>,
     /// Saving a list that leaves out the caller's own address needs this.
     #[serde(default)]
     pub confirm_lockout: bool,
@@ -88,8 +93,13 @@ fn settings_sql(store: &Store) -> String {
     } else {
         "'en'"
     };
+    let mfa = if store.schema_has(crate::identity::mfa::SCHEMA) {
+        "mfa_policy"
+    } else {
+        "'off'"
+    };
     format!(
-        "SELECT audit_retention_days, {list}, updated_at, {sessions}, {language} \
+        "SELECT audit_retention_days, {list}, updated_at, {sessions}, {language}, {mfa} \
          FROM tenant_settings WHERE tenant_id = $1"
     )
 }
@@ -104,6 +114,8 @@ fn settings_from(row: &db::Row) -> Result<TenantSettings, TenancyError> {
         session_idle_minutes: row.try_get(3)?,
         session_max_hours: row.try_get(4)?,
         language: row.try_get(5)?,
+        mfa_policy: crate::identity::mfa::Policy::from_stored(&row.try_get::<String, _>(6)?)
+            .to_json(),
     })
 }
 
@@ -176,6 +188,43 @@ pub async fn update_settings(
             ));
         }
     }
+    let mfa_policy = match &patch.mfa_policy {
+        None => None,
+        Some(value) => {
+            use crate::identity::mfa::Policy;
+            let policy = match value {
+                serde_json::Value::String(s) if s == "off" => Policy::Off,
+                serde_json::Value::String(s) if s == "all" => Policy::All,
+                serde_json::Value::Array(items) if !items.is_empty() => {
+                    let mut roles = Vec::new();
+                    for item in items {
+                        match item.as_str().and_then(crate::access::Role::parse) {
+                            Some(role) => roles.push(role.as_str().to_owned()),
+                            None => {
+                                return Err(TenancyError::InvalidSetting(
+                                    "mfa_policy roles are admin, member, viewer or auditor".into(),
+                                ));
+                            }
+                        }
+                    }
+                    roles.sort();
+                    roles.dedup();
+                    Policy::Roles(roles)
+                }
+                _ => {
+                    return Err(TenancyError::InvalidSetting(
+                        "mfa_policy is \"off\", \"all\" or a non-empty list of roles".into(),
+                    ));
+                }
+            };
+            if !store.schema_has(crate::identity::mfa::SCHEMA) {
+                return Err(TenancyError::InvalidSetting(
+                    "the database schema is held back before mfa_policy (migrate_until)".into(),
+                ));
+            }
+            Some(policy)
+        }
+    };
     if let Some(list) = &patch.ip_allowlist {
         if !store.schema_has(super::allowlist::SCHEMA) {
             return Err(TenancyError::InvalidAllowList(
@@ -199,6 +248,7 @@ pub async fn update_settings(
     let with_list = store.schema_has(super::allowlist::SCHEMA);
     let with_sessions = store.schema_has(SESSION_SETTINGS_SCHEMA);
     let with_language = store.schema_has(crate::mail::SCHEMA);
+    let with_mfa = store.schema_has(crate::identity::mfa::SCHEMA);
     let select = settings_sql(store);
     store
         .write(permit, meta, "tenant.settings.update", move |tx| {
@@ -226,11 +276,19 @@ pub async fn update_settings(
                         .language
                         .clone()
                         .unwrap_or_else(|| before.language.clone()),
+                    mfa_policy: mfa_policy
+                        .as_ref()
+                        .map(|p| p.to_json())
+                        .unwrap_or_else(|| before.mfa_policy.clone()),
                     updated_at: crate::clock::now(),
                 };
                 let list = serde_json::to_string(&after.ip_allowlist)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let update = if with_language {
+                let update = if with_mfa {
+                    "UPDATE tenant_settings SET audit_retention_days = $1, ip_allowlist = $2, \
+                     updated_at = $3, session_idle_minutes = $5, session_max_hours = $6, \
+                     language = $7, mfa_policy = $8 WHERE tenant_id = $4"
+                } else if with_language {
                     "UPDATE tenant_settings SET audit_retention_days = $1, ip_allowlist = $2, \
                      updated_at = $3, session_idle_minutes = $5, session_max_hours = $6, \
                      language = $7 WHERE tenant_id = $4"
@@ -257,6 +315,15 @@ pub async fn update_settings(
                 }
                 if with_language {
                     query = query.bind(after.language.clone());
+                }
+                if with_mfa {
+                    let stored = match &mfa_policy {
+                        Some(policy) => policy.to_stored(),
+                        None => {
+                            crate::identity::mfa::Policy::from_json(&before.mfa_policy).to_stored()
+                        }
+                    };
+                    query = query.bind(stored);
                 }
                 query.execute(tx.conn()).await?;
                 tx.record(Change {
@@ -308,6 +375,11 @@ pub fn router() -> Api {
                 "language": {"enum": crate::mail::templates::languages().iter()
                                  .map(|(code, _)| *code).collect::<Vec<_>>(),
                              "description": "the language of the tenant's mails"},
+                "mfa_policy": {"description":
+                    "who must have a second factor: \"off\", \"all\", or a list of roles",
+                    "anyOf": [{"enum": ["off", "all"]},
+                              {"type": "array", "minItems": 1, "uniqueItems": true,
+                               "items": {"enum": ["admin", "member", "viewer", "auditor"]}}]},
                 "confirm_lockout": {"type": "boolean",
                                     "description": "save a list that leaves out the caller's own address"}
             }})),

@@ -838,6 +838,28 @@ impl MailSink {
         }
     }
 
+    /// Waits (up to 20 s) until `to` has received `count` messages whose
+    /// subject starts with `subject`, and returns the newest of them.
+    pub async fn nth_about(&self, to: &str, subject: &str, count: usize) -> SunkMail {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mails: Vec<SunkMail> = self
+                .to(to)
+                .into_iter()
+                .filter(|m| m.subject.starts_with(subject))
+                .collect();
+            if mails.len() >= count {
+                return mails[count - 1].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{to} received {} of {count} mails about {subject:?}",
+                mails.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for the first message to `to`.
     pub async fn first_to(&self, to: &str) -> SunkMail {
         self.nth_to(to, 1).await

@@ -19,6 +19,7 @@ mod layering;
 mod lockout;
 mod mail;
 mod metrics;
+mod mfa;
 mod passwords;
 mod posture;
 mod races;

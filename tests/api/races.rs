@@ -233,8 +233,10 @@ async fn ctl_iam_2_racing_resets_with_one_link_set_one_password() {
             )
             .await;
         assert_eq!(res.status(), StatusCode::ACCEPTED);
-        // The invitation, then per round a link and the change's notice.
-        let token = sink.nth_to("admin@acme.test", 2 * round + 2).await.token();
+        let token = sink
+            .nth_about("admin@acme.test", "Reset your password", round + 1)
+            .await
+            .token();
         let passwords: Vec<String> = (0..RACERS)
             .map(|i| format!("racing-reset-{round}-{i}-lantern"))
             .collect();
@@ -314,4 +316,70 @@ async fn ctl_iam_6_racing_guesses_over_two_nodes_all_count_and_lock() {
         .count("SELECT COALESCE(MAX(failures), 0) FROM login_failures")
         .await;
     assert_eq!(failures, counted as i64, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn ctl_iam_3_racing_codes_for_one_second_step_open_one_session() {
+    let app = spawn_app().await;
+    let other = app.second_node().await;
+    let nodes = [&app, &other];
+    let admin = app.admin("acme").await;
+    let (secret, step, codes) = crate::mfa::enrol_totp(&app, &admin).await;
+    for (round, code) in codes.iter().take(5).enumerate() {
+        let res = app
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"tenant": "acme", "email": "admin@acme.test", "password": PASSWORD}),
+            )
+            .await;
+        let token = res.json::<Value>().await.unwrap()["mfa_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Each round a code not used yet: a recovery code, tried by all.
+        let statuses: Vec<StatusCode> = join_all((0..RACERS).map(|i| {
+            nodes[i % 2].post(
+                "/api/v1/auth/mfa/verify",
+                None,
+                json!({"mfa_token": token, "method": "recovery", "code": code}),
+            )
+        }))
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+        let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+        assert_eq!(won, 1, "round {round}: {statuses:?}");
+    }
+    // And one TOTP step, raced over two second steps, logs in once.
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let res = app
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"tenant": "acme", "email": "admin@acme.test", "password": PASSWORD}),
+            )
+            .await;
+        let body: Value = res.json().await.unwrap();
+        tokens.push(body["mfa_token"].as_str().unwrap().to_owned());
+    }
+    let code = strongroom::identity::totp::code(&secret, step + 1);
+    let statuses: Vec<StatusCode> = join_all(tokens.iter().enumerate().map(|(i, token)| {
+        nodes[i % 2].post(
+            "/api/v1/auth/mfa/verify",
+            None,
+            json!({"mfa_token": token, "method": "totp", "code": code}),
+        )
+    }))
+    .await
+    .iter()
+    .map(|r| r.status())
+    .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
 }

@@ -1,0 +1,1156 @@
+//! IAM-3: second factors.
+//!
+//! * **Factors.** TOTP (RFC 6238, [`super::totp`]; the secret sealed with
+//!   the tenant's key, each step accepted once) and one-time codes by mail
+//!   (six digits, ten minutes, stored hashed). Ten single-use recovery codes
+//!   (80 bits each, stored as SHA-256) come with the first factor.
+//! * **Login.** A user with a confirmed factor gets `{mfa_required,
+//!   mfa_token, methods}` from the password step; `POST /auth/mfa/verify`
+//!   with a code completes it. The token is single-use, lives five minutes
+//!   and allows five codes.
+//! * **Policy.** The tenant's `mfa_policy` (`off`, `all`, or a list of
+//!   roles): a user it covers who has no factor can only enrol one.
+//! * **Step-up.** Enrolling another factor, removing one, new recovery
+//!   codes and a password change need a second factor from the last
+//!   [`STEP_UP_MINUTES`] on the session (`POST /auth/mfa/step-up`).
+//! * Admins see which users have which factors, never a secret, and can
+//!   remove a user's factors (a lost phone).
+
+pub mod http;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::tokens::{OpaqueToken, TokenKind};
+use super::users::Post;
+use super::{IdentityError, totp};
+use crate::access::Principal;
+use crate::context::{Permit, RequestMeta, TenantScope};
+use crate::crypto::Vault;
+use crate::mail::{self, Mail};
+use crate::store::db;
+use crate::store::{Change, JournalOp, Store, WriteTx};
+
+/// The schema migration that brought second factors.
+pub const SCHEMA: i64 = 13;
+/// How long the second step of a login may take.
+pub const CHALLENGE_MINUTES: i64 = 5;
+/// Codes one login's second step allows.
+pub const CHALLENGE_ATTEMPTS: i64 = 5;
+/// How recent a second factor must be for a sensitive operation.
+pub const STEP_UP_MINUTES: i64 = 10;
+/// How long a mailed code works.
+pub const EMAIL_CODE_MINUTES: i64 = 10;
+/// Recovery codes issued at once.
+pub const RECOVERY_CODES: usize = 10;
+
+/// How a code is presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Totp,
+    Email,
+    Recovery,
+}
+
+impl Method {
+    pub fn parse(text: &str) -> Option<Method> {
+        match text {
+            "totp" => Some(Method::Totp),
+            "email" => Some(Method::Email),
+            "recovery" => Some(Method::Recovery),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant's `mfa_policy`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Off,
+    All,
+    Roles(Vec<String>),
+}
+
+impl Policy {
+    /// As stored: `off`, `all`, or a JSON list of roles.
+    pub fn from_stored(text: &str) -> Policy {
+        match text {
+            "all" => Policy::All,
+            "off" | "" => Policy::Off,
+            list => serde_json::from_str::<Vec<String>>(list)
+                .map(Policy::Roles)
+                .unwrap_or(Policy::All),
+        }
+    }
+
+    pub fn to_stored(&self) -> String {
+        match self {
+            Policy::Off => "off".to_owned(),
+            Policy::All => "all".to_owned(),
+            Policy::Roles(roles) => serde_json::to_string(roles).unwrap_or_else(|_| "all".into()),
+        }
+    }
+
+    /// The policy's JSON form in the settings: `"off"`, `"all"` or a list.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Policy::Off => json!("off"),
+            Policy::All => json!("all"),
+            Policy::Roles(roles) => json!(roles),
+        }
+    }
+
+    /// The policy a settings value shows (`to_json`'s inverse).
+    pub fn from_json(value: &serde_json::Value) -> Policy {
+        match value {
+            serde_json::Value::String(s) => Policy::from_stored(s),
+            serde_json::Value::Array(items) => Policy::Roles(
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_owned))
+                    .collect(),
+            ),
+            _ => Policy::Off,
+        }
+    }
+
+    pub fn requires(&self, role: &str) -> bool {
+        match self {
+            Policy::Off => false,
+            Policy::All => true,
+            Policy::Roles(roles) => roles.iter().any(|r| r == role),
+        }
+    }
+}
+
+/// A factor as its user and their admins see it: never its secret.
+#[derive(Debug, Serialize)]
+pub struct Factor {
+    pub id: String,
+    pub kind: String,
+    pub confirmed: bool,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+/// A user's factors and how many recovery codes are left.
+#[derive(Debug, Serialize)]
+pub struct Factors {
+    pub factors: Vec<Factor>,
+    pub recovery_codes_left: i64,
+}
+
+fn sha256(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(text.as_bytes()))
+}
+
+fn aad(tenant: &str, factor: &str) -> Vec<u8> {
+    format!("strongroom/v1/mfa/{tenant}/{factor}").into_bytes()
+}
+
+/// A recovery code as typed, normalised: upper case, no separators.
+fn normalise(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// Ten fresh recovery codes: 16 base32 characters (80 bits) in groups of 4.
+fn new_recovery_codes() -> Vec<String> {
+    (0..RECOVERY_CODES)
+        .map(|_| {
+            let text = totp::base32(&crate::crypto::random_bytes::<10>());
+            text.as_bytes()
+                .chunks(4)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join("-")
+        })
+        .collect()
+}
+
+/// A six-digit code for mail, uniformly drawn.
+fn six_digits() -> String {
+    loop {
+        let n = u32::from_be_bytes(crate::crypto::random_bytes::<4>());
+        // Below the largest multiple of 10^6, every code is equally likely.
+        if n < u32::MAX - (u32::MAX % 1_000_000) {
+            return format!("{:06}", n % 1_000_000);
+        }
+    }
+}
+
+/// The kinds of the user's confirmed factors, and `recovery` if codes are
+/// left: the methods the second step of a login offers.
+pub(super) async fn methods(
+    store: &Store,
+    scope: &TenantScope,
+    user_id: &str,
+) -> Result<Vec<&'static str>, IdentityError> {
+    if !store.schema_has(SCHEMA) {
+        return Ok(Vec::new());
+    }
+    let mut tx = store.read(scope).await?;
+    let kinds: Vec<String> = db::query_scalar(
+        "SELECT DISTINCT kind FROM mfa_factors WHERE tenant_id = $1 AND user_id = $2 \
+         AND confirmed_at IS NOT NULL ORDER BY kind",
+    )
+    .bind(scope.id_str())
+    .bind(user_id)
+    .fetch_all(tx.conn())
+    .await?;
+    let mut methods: Vec<&'static str> = kinds
+        .iter()
+        .filter_map(|k| match k.as_str() {
+            "totp" => Some("totp"),
+            "email" => Some("email"),
+            _ => None,
+        })
+        .collect();
+    if !methods.is_empty() {
+        let left: i64 = db::query_scalar(
+            "SELECT COUNT(*) FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2 \
+             AND used_at IS NULL",
+        )
+        .bind(scope.id_str())
+        .bind(user_id)
+        .fetch_one(tx.conn())
+        .await?;
+        if left > 0 {
+            methods.push("recovery");
+        }
+    }
+    Ok(methods)
+}
+
+/// The second step a login must take.
+#[derive(Debug, Serialize)]
+pub struct Challenge {
+    pub mfa_required: bool,
+    pub mfa_token: String,
+    pub methods: Vec<&'static str>,
+    pub expires_in: i64,
+}
+
+/// Opens the second step of a login whose password was right.
+pub(super) async fn open_challenge(
+    store: &Store,
+    scope: &TenantScope,
+    user_id: &str,
+    device_id: Option<&str>,
+    methods: Vec<&'static str>,
+) -> Result<Challenge, IdentityError> {
+    let token = OpaqueToken::generate(TokenKind::MfaChallenge, scope.tenant_id());
+    let (tenant, user, device, hash) = (
+        scope.id_str().to_owned(),
+        user_id.to_owned(),
+        device_id.map(str::to_owned),
+        token.hash(),
+    );
+    let expires_at = crate::clock::in_seconds(CHALLENGE_MINUTES * 60);
+    store
+        .append_internal(Some(scope), move |conn| {
+            Box::pin(async move {
+                db::query(
+                    "INSERT INTO mfa_challenges (id, tenant_id, user_id, token_hash, device_id, \
+                     expires_at, attempts, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(tenant)
+                .bind(user)
+                .bind(hash)
+                .bind(device)
+                .bind(expires_at)
+                .bind(crate::clock::now())
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await?;
+    Ok(Challenge {
+        mfa_required: true,
+        mfa_token: token.reveal(),
+        methods,
+        expires_in: CHALLENGE_MINUTES * 60,
+    })
+}
+
+/// Who a completed second step logs in.
+pub(super) struct Passed {
+    pub scope: TenantScope,
+    pub user_id: String,
+    pub email: String,
+    pub device_id: Option<String>,
+}
+
+/// Checks a code against a login's second step: at most
+/// [`CHALLENGE_ATTEMPTS`] codes, and the step is spent by the one that
+/// succeeds (a guarded update: racing codes, one wins).
+pub(super) async fn pass_challenge(
+    store: &Store,
+    vault: &Vault,
+    token: &str,
+    method: Method,
+    code: &SecretString,
+) -> Result<Passed, IdentityError> {
+    let token =
+        OpaqueToken::parse(TokenKind::MfaChallenge, token).ok_or(IdentityError::InvalidToken)?;
+    let scope = TenantScope::trusted(token.tenant());
+    let hash = token.hash();
+    let row = {
+        let mut tx = store.read(&scope).await?;
+        db::query(
+            "SELECT c.id, c.user_id, u.email, c.device_id, c.email_code_hash, \
+             c.email_code_expires_at FROM mfa_challenges c JOIN users u ON u.id = c.user_id \
+             WHERE c.tenant_id = $1 AND c.token_hash = $2 AND c.used_at IS NULL \
+             AND c.expires_at > $3 AND c.attempts < $4 AND u.status = 'active'",
+        )
+        .bind(scope.id_str())
+        .bind(&hash)
+        .bind(crate::clock::now())
+        .bind(CHALLENGE_ATTEMPTS)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(IdentityError::InvalidToken)?
+    };
+    let (challenge_id, user_id, email): (String, String, String) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let device_id: Option<String> = row.try_get(3)?;
+    let mailed: Option<String> = row.try_get(4)?;
+    let mailed_until: Option<String> = row.try_get(5)?;
+    // The attempt counts before the code is looked at.
+    let counted = spend(store, &scope, &challenge_id, false).await?;
+    if !counted {
+        return Err(IdentityError::InvalidToken);
+    }
+    let ok = match method {
+        Method::Email => {
+            let fresh = mailed_until
+                .as_deref()
+                .is_some_and(|until| until > crate::clock::now().as_str());
+            fresh
+                && mailed.is_some_and(|h| {
+                    use subtle::ConstantTimeEq;
+                    bool::from(
+                        h.as_bytes()
+                            .ct_eq(sha256(code.expose_secret().trim()).as_bytes()),
+                    )
+                })
+        }
+        Method::Totp => totp_matches(store, vault, &scope, &user_id, code).await?,
+        Method::Recovery => use_recovery_code(store, &scope, &user_id, code).await?,
+    };
+    if !ok {
+        return Err(IdentityError::InvalidCode);
+    }
+    if !spend(store, &scope, &challenge_id, true).await? {
+        return Err(IdentityError::InvalidToken);
+    }
+    Ok(Passed {
+        scope,
+        user_id,
+        email,
+        device_id,
+    })
+}
+
+/// Counts an attempt on a challenge (`used`: marks it used), guarded.
+async fn spend(
+    store: &Store,
+    scope: &TenantScope,
+    challenge_id: &str,
+    used: bool,
+) -> Result<bool, IdentityError> {
+    let (tenant, id) = (scope.id_str().to_owned(), challenge_id.to_owned());
+    Ok(store
+        .append_internal(Some(scope), move |conn| {
+            Box::pin(async move {
+                let query = if used {
+                    db::query(
+                        "UPDATE mfa_challenges SET used_at = $3 WHERE tenant_id = $1 \
+                         AND id = $2 AND used_at IS NULL",
+                    )
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(crate::clock::now())
+                } else {
+                    db::query(
+                        "UPDATE mfa_challenges SET attempts = attempts + 1 WHERE tenant_id = $1 \
+                         AND id = $2 AND used_at IS NULL AND attempts < $3",
+                    )
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(CHALLENGE_ATTEMPTS)
+                };
+                Ok(query.execute(conn).await?.rows_affected() == 1)
+            })
+        })
+        .await?)
+}
+
+/// Whether `code` is the current TOTP code of one of the user's confirmed
+/// TOTP factors; the step it matched is spent (a replay is refused).
+async fn totp_matches(
+    store: &Store,
+    vault: &Vault,
+    scope: &TenantScope,
+    user_id: &str,
+    code: &SecretString,
+) -> Result<bool, IdentityError> {
+    let tenant = scope.id_str().to_owned();
+    let rows = {
+        let mut tx = store.read(scope).await?;
+        let rows = db::query(
+            "SELECT id, key_version, sealed FROM mfa_factors WHERE tenant_id = $1 \
+             AND user_id = $2 AND kind = 'totp' AND confirmed_at IS NOT NULL",
+        )
+        .bind(&tenant)
+        .bind(user_id)
+        .fetch_all(tx.conn())
+        .await?;
+        let mut opened = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let version: i64 = row.try_get(1)?;
+            let sealed: Vec<u8> = row.try_get(2)?;
+            let key = vault
+                .key(tx.conn(), &tenant, version)
+                .await
+                .map_err(|e| IdentityError::Mail(crate::mail::MailError::Crypto(e)))?;
+            if let Ok(secret) = key.open(&aad(&tenant, &id), &sealed) {
+                opened.push((id, secret));
+            }
+        }
+        opened
+    };
+    let now = totp::step_at(crate::clock::unix_now());
+    for (id, secret) in rows {
+        if let Some(step) = totp::matching_step(&secret, code.expose_secret(), now)
+            && spend_step(store, scope, &id, step).await?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Records `step` as the factor's last, if it is later than the last: the
+/// statement says whether this use of the step is the first.
+async fn spend_step(
+    store: &Store,
+    scope: &TenantScope,
+    factor_id: &str,
+    step: i64,
+) -> Result<bool, IdentityError> {
+    let (tenant, id) = (scope.id_str().to_owned(), factor_id.to_owned());
+    Ok(store
+        .append_internal(Some(scope), move |conn| {
+            Box::pin(async move {
+                let done = db::query(
+                    "UPDATE mfa_factors SET last_step = $3, last_used_at = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND last_step < $3",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(step)
+                .bind(crate::clock::now())
+                .execute(conn)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            })
+        })
+        .await?)
+}
+
+/// Uses one of the user's recovery codes, once.
+async fn use_recovery_code(
+    store: &Store,
+    scope: &TenantScope,
+    user_id: &str,
+    code: &SecretString,
+) -> Result<bool, IdentityError> {
+    let (tenant, user, hash) = (
+        scope.id_str().to_owned(),
+        user_id.to_owned(),
+        sha256(&normalise(code.expose_secret())),
+    );
+    Ok(store
+        .append_internal(Some(scope), move |conn| {
+            Box::pin(async move {
+                let done = db::query(
+                    "UPDATE recovery_codes SET used_at = $4 WHERE tenant_id = $1 \
+                     AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+                )
+                .bind(tenant)
+                .bind(user)
+                .bind(hash)
+                .bind(crate::clock::now())
+                .execute(conn)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            })
+        })
+        .await?)
+}
+
+/// Mails a code for a login's second step, if the user has a confirmed
+/// mail factor (otherwise nothing is sent; the answer is the same).
+pub async fn mail_login_code(store: &Store, post: &Post, token: &str) -> Result<(), IdentityError> {
+    let token =
+        OpaqueToken::parse(TokenKind::MfaChallenge, token).ok_or(IdentityError::InvalidToken)?;
+    let scope = TenantScope::trusted(token.tenant());
+    let hash = token.hash();
+    let row = {
+        let mut tx = store.read(&scope).await?;
+        db::query(
+            "SELECT c.id, c.user_id, u.email, (SELECT COUNT(*) FROM mfa_factors f \
+             WHERE f.tenant_id = c.tenant_id AND f.user_id = c.user_id AND f.kind = 'email' \
+             AND f.confirmed_at IS NOT NULL) FROM mfa_challenges c JOIN users u ON u.id = c.user_id \
+             WHERE c.tenant_id = $1 AND c.token_hash = $2 AND c.used_at IS NULL \
+             AND c.expires_at > $3 AND c.attempts < $4",
+        )
+        .bind(scope.id_str())
+        .bind(&hash)
+        .bind(crate::clock::now())
+        .bind(CHALLENGE_ATTEMPTS)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(IdentityError::InvalidToken)?
+    };
+    let (challenge_id, user_id, email): (String, String, String) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    if row.try_get::<i64, _>(3)? == 0 {
+        return Err(IdentityError::NoSuchFactor);
+    }
+    let letterhead = post
+        .letterhead(store, &scope)
+        .await?
+        .ok_or(IdentityError::MailOff)?;
+    let code = six_digits();
+    let code_hash = sha256(&code);
+    let permit = Permit::authentication(
+        scope.clone(),
+        crate::context::Actor {
+            kind: crate::context::ActorKind::User,
+            id: Some(user_id.clone()),
+            email: Some(email.clone()),
+        },
+    );
+    let post = post.clone();
+    store
+        .write(
+            &permit,
+            &RequestMeta::default(),
+            "auth.mfa.code_mailed",
+            move |tx| {
+                Box::pin(async move {
+                    db::query(
+                    "UPDATE mfa_challenges SET email_code_hash = $1, email_code_expires_at = $2 \
+                     WHERE tenant_id = $3 AND id = $4",
+                )
+                .bind(&code_hash)
+                .bind(crate::clock::in_seconds(EMAIL_CODE_MINUTES * 60))
+                .bind(tx.scope().id_str().to_owned())
+                .bind(&challenge_id)
+                .execute(tx.conn())
+                .await?;
+                    mail_code(tx, &post, &letterhead, &email, &code).await?;
+                    tx.set_target("user", user_id);
+                    Ok(())
+                })
+            },
+        )
+        .await
+}
+
+async fn mail_code(
+    tx: &mut WriteTx,
+    post: &Post,
+    letterhead: &mail::Letterhead,
+    email: &str,
+    code: &str,
+) -> Result<(), IdentityError> {
+    mail::enqueue(
+        tx,
+        &post.vault.in_write(),
+        letterhead,
+        Mail {
+            to: email.to_owned(),
+            template: "mfa_code",
+            values: vec![
+                ("email", email.to_owned()),
+                ("code", code.to_owned()),
+                ("minutes", EMAIL_CODE_MINUTES.to_string()),
+            ],
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Refuses a sensitive operation without a recent second factor, for a
+/// user who has one.
+pub fn require_recent(principal: &Principal) -> Result<(), IdentityError> {
+    if !principal.mfa_enrolled {
+        return Ok(());
+    }
+    let recent = principal
+        .mfa_at
+        .as_deref()
+        .and_then(crate::clock::parse_rfc3339)
+        .is_some_and(|at| {
+            time::OffsetDateTime::now_utc() - at <= time::Duration::minutes(STEP_UP_MINUTES)
+        });
+    if recent {
+        Ok(())
+    } else {
+        Err(IdentityError::StepUpRequired)
+    }
+}
+
+/// A factor being enrolled, until a code confirms it: for TOTP the secret
+/// to show once (as text and as the URI of a QR code); for mail, nothing
+/// (the code is in the mail).
+#[derive(Debug, Serialize)]
+pub struct Enrolment {
+    pub factor_id: String,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otpauth_uri: Option<String>,
+}
+
+/// Starts a factor for the caller: TOTP (the secret is returned once) or
+/// mail (a code is mailed). It counts once a code confirms it.
+pub async fn enrol(
+    store: &Store,
+    post: &Post,
+    principal: &Principal,
+    kind: &str,
+    meta: &RequestMeta,
+) -> Result<Enrolment, IdentityError> {
+    require_recent(principal)?;
+    let kind = match kind {
+        "totp" => "totp",
+        "email" => "email",
+        _ => return Err(IdentityError::NoSuchFactor),
+    };
+    let letterhead = post.letterhead(store, principal.scope()).await?;
+    if kind == "email" && letterhead.is_none() {
+        return Err(IdentityError::MailOff);
+    }
+    let tenant_name = mail::letterhead(store, principal.scope())
+        .await?
+        .tenant_name;
+    let secret = crate::crypto::random_bytes::<{ totp::SECRET_BYTES }>();
+    let code = six_digits();
+    let factor_id = uuid::Uuid::now_v7().to_string();
+    let (user_id, email) = (principal.user_id.clone(), principal.email.clone());
+    let post_in = post.clone();
+    let id = factor_id.clone();
+    store
+        .write(
+            &Permit::user(principal.scope().clone(), principal.actor()),
+            meta,
+            "auth.mfa.enrol",
+            move |tx| {
+                Box::pin(async move {
+                    let tenant = tx.scope().id_str().to_owned();
+                    let key = post_in
+                        .vault
+                        .in_write()
+                        .active_in(tx)
+                        .await
+                        .map_err(|e| IdentityError::Mail(crate::mail::MailError::Crypto(e)))?;
+                    // A TOTP factor seals its secret; a mail factor seals
+                    // the hash of the code that confirms it.
+                    let payload = match kind {
+                        "totp" => secret.to_vec(),
+                        _ => sha256(&code).into_bytes(),
+                    };
+                    let sealed = key.key.seal(&aad(&tenant, &id), &payload);
+                    let now = crate::clock::now();
+                    db::query(
+                        "INSERT INTO mfa_factors (id, tenant_id, user_id, kind, key_version, \
+                         sealed, last_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
+                    )
+                    .bind(&id)
+                    .bind(&tenant)
+                    .bind(&user_id)
+                    .bind(kind)
+                    .bind(key.version)
+                    .bind(sealed)
+                    .bind(&now)
+                    .execute(tx.conn())
+                    .await?;
+                    tx.record(Change {
+                        entity: "mfa_factor",
+                        entity_id: id.clone(),
+                        op: JournalOp::Insert,
+                        before: None,
+                        after: Some(json!({
+                            "id": id, "user_id": user_id, "kind": kind, "created_at": now,
+                        })),
+                        sensitive: vec![],
+                        diff_of: None,
+                    });
+                    if let (true, Some(letterhead)) = (kind == "email", &letterhead) {
+                        mail_code(tx, &post_in, letterhead, &email, &code).await?;
+                    }
+                    tx.set_target("mfa_factor", id);
+                    Ok::<_, IdentityError>(())
+                })
+            },
+        )
+        .await?;
+    let totp = kind == "totp";
+    Ok(Enrolment {
+        otpauth_uri: totp.then(|| {
+            totp::uri(
+                &format!("Strongroom {tenant_name}"),
+                &principal.email,
+                &secret,
+            )
+        }),
+        secret: totp.then(|| totp::base32(&secret)),
+        kind,
+        factor_id,
+    })
+}
+
+/// Confirms one of the caller's factors with a code; the first factor
+/// comes with recovery codes (returned once). The session counts as having
+/// just passed a second factor.
+pub async fn confirm(
+    store: &Store,
+    vault: &Vault,
+    principal: &Principal,
+    factor_id: &str,
+    code: &SecretString,
+    meta: &RequestMeta,
+) -> Result<Option<Vec<String>>, IdentityError> {
+    let tenant = principal.scope().id_str().to_owned();
+    let (kind, opened) = {
+        let mut tx = store.read(principal.scope()).await?;
+        let row = db::query(
+            "SELECT kind, key_version, sealed FROM mfa_factors WHERE tenant_id = $1 \
+             AND user_id = $2 AND CAST(id AS TEXT) = $3 AND confirmed_at IS NULL",
+        )
+        .bind(&tenant)
+        .bind(&principal.user_id)
+        .bind(factor_id)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(IdentityError::NoSuchFactor)?;
+        let kind: String = row.try_get(0)?;
+        let version: i64 = row.try_get(1)?;
+        let sealed: Vec<u8> = row.try_get(2)?;
+        let key = vault
+            .key(tx.conn(), &tenant, version)
+            .await
+            .map_err(|e| IdentityError::Mail(crate::mail::MailError::Crypto(e)))?;
+        let opened = key
+            .open(&aad(&tenant, factor_id), &sealed)
+            .map_err(|_| IdentityError::Internal("a factor's secret does not open"))?;
+        (kind, opened)
+    };
+    let step = match kind.as_str() {
+        "totp" => totp::matching_step(
+            &opened,
+            code.expose_secret(),
+            totp::step_at(crate::clock::unix_now()),
+        ),
+        _ => {
+            use subtle::ConstantTimeEq;
+            bool::from(
+                opened
+                    .as_slice()
+                    .ct_eq(sha256(code.expose_secret().trim()).as_bytes()),
+            )
+            .then_some(0)
+        }
+    };
+    let step = step.ok_or(IdentityError::InvalidCode)?;
+    let codes = new_recovery_codes();
+    let hashes: Vec<String> = codes.iter().map(|c| sha256(&normalise(c))).collect();
+    let (user_id, session_id, id) = (
+        principal.user_id.clone(),
+        principal.session_id.clone(),
+        factor_id.to_owned(),
+    );
+    let issued = store
+        .write(
+            &Permit::user(principal.scope().clone(), principal.actor()),
+            meta,
+            "auth.mfa.confirm",
+            move |tx| {
+                Box::pin(async move {
+                    let tenant = tx.scope().id_str().to_owned();
+                    let now = crate::clock::now();
+                    let done = db::query(
+                        "UPDATE mfa_factors SET confirmed_at = $1, last_step = $2, \
+                         last_used_at = $1 WHERE tenant_id = $3 AND CAST(id AS TEXT) = $4 \
+                         AND confirmed_at IS NULL",
+                    )
+                    .bind(&now)
+                    .bind(step)
+                    .bind(&tenant)
+                    .bind(&id)
+                    .execute(tx.conn())
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(IdentityError::NoSuchFactor);
+                    }
+                    tx.record(Change {
+                        entity: "mfa_factor",
+                        entity_id: id.clone(),
+                        op: JournalOp::Update,
+                        before: None,
+                        after: Some(json!({"confirmed_at": now})),
+                        sensitive: vec![],
+                        diff_of: None,
+                    });
+                    let left: i64 = db::query_scalar(
+                        "SELECT COUNT(*) FROM recovery_codes WHERE tenant_id = $1 \
+                         AND user_id = $2 AND used_at IS NULL",
+                    )
+                    .bind(&tenant)
+                    .bind(&user_id)
+                    .fetch_one(tx.conn())
+                    .await?;
+                    let issue = left == 0;
+                    if issue {
+                        store_recovery_codes(tx, &user_id, &hashes).await?;
+                    }
+                    set_enrolled(tx, &user_id, true).await?;
+                    passed_on_session(tx, &session_id).await?;
+                    tx.set_target("mfa_factor", id);
+                    Ok(issue)
+                })
+            },
+        )
+        .await?;
+    Ok(issued.then_some(codes))
+}
+
+async fn store_recovery_codes(
+    tx: &mut WriteTx,
+    user_id: &str,
+    hashes: &[String],
+) -> Result<(), IdentityError> {
+    let tenant = tx.scope().id_str().to_owned();
+    let now = crate::clock::now();
+    db::query("DELETE FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2")
+        .bind(&tenant)
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    for hash in hashes {
+        db::query(
+            "INSERT INTO recovery_codes (id, tenant_id, user_id, code_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(&tenant)
+        .bind(user_id)
+        .bind(hash)
+        .bind(&now)
+        .execute(tx.conn())
+        .await?;
+    }
+    tx.record(Change {
+        entity: "recovery_codes",
+        entity_id: user_id.to_owned(),
+        op: JournalOp::Update,
+        before: None,
+        after: Some(json!({"issued": hashes.len(), "at": now})),
+        sensitive: vec![],
+        diff_of: None,
+    });
+    Ok(())
+}
+
+/// Marks whether the user has a confirmed factor (read by the session
+/// check, with the tenant's policy).
+async fn set_enrolled(
+    tx: &mut WriteTx,
+    user_id: &str,
+    enrolled: bool,
+) -> Result<(), IdentityError> {
+    db::query("UPDATE users SET mfa_enrolled = $1 WHERE tenant_id = $2 AND id = $3")
+        .bind(i64::from(enrolled))
+        .bind(tx.scope().id_str().to_owned())
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    tx.record(Change {
+        entity: "user",
+        entity_id: user_id.to_owned(),
+        op: JournalOp::Update,
+        before: None,
+        after: Some(json!({"mfa_enrolled": enrolled})),
+        sensitive: vec![],
+        diff_of: None,
+    });
+    Ok(())
+}
+
+/// The session just passed a second factor (step-up), in `tx`.
+pub(super) async fn passed_on_session(
+    tx: &mut WriteTx,
+    session_id: &str,
+) -> Result<(), IdentityError> {
+    let now = crate::clock::now();
+    db::query("UPDATE sessions SET mfa_at = $1 WHERE tenant_id = $2 AND id = $3")
+        .bind(&now)
+        .bind(tx.scope().id_str().to_owned())
+        .bind(session_id)
+        .execute(tx.conn())
+        .await?;
+    tx.record(Change {
+        entity: "session",
+        entity_id: session_id.to_owned(),
+        op: JournalOp::Update,
+        before: None,
+        after: Some(json!({"mfa_at": now})),
+        sensitive: vec![],
+        diff_of: None,
+    });
+    Ok(())
+}
+
+/// The caller proves a second factor now (TOTP or a recovery code), for
+/// the sensitive operations of the next minutes.
+pub async fn step_up(
+    store: &Store,
+    vault: &Vault,
+    principal: &Principal,
+    method: Method,
+    code: &SecretString,
+    meta: &RequestMeta,
+) -> Result<(), IdentityError> {
+    let ok = match method {
+        Method::Totp => {
+            totp_matches(store, vault, principal.scope(), &principal.user_id, code).await?
+        }
+        Method::Recovery => {
+            use_recovery_code(store, principal.scope(), &principal.user_id, code).await?
+        }
+        Method::Email => return Err(IdentityError::NoSuchFactor),
+    };
+    if !ok {
+        return Err(IdentityError::InvalidCode);
+    }
+    let session_id = principal.session_id.clone();
+    store
+        .write(
+            &Permit::user(principal.scope().clone(), principal.actor()),
+            meta,
+            "auth.mfa.step_up",
+            move |tx| Box::pin(async move { passed_on_session(tx, &session_id).await }),
+        )
+        .await
+}
+
+/// A user's factors (never their secrets), for them or their admins.
+pub async fn factors(
+    store: &Store,
+    scope: &TenantScope,
+    user_id: &str,
+) -> Result<Factors, IdentityError> {
+    let mut tx = store.read(scope).await?;
+    let rows = db::query(
+        "SELECT id, kind, confirmed_at, created_at, last_used_at FROM mfa_factors \
+         WHERE tenant_id = $1 AND user_id = $2 ORDER BY created_at, id",
+    )
+    .bind(scope.id_str())
+    .bind(user_id)
+    .fetch_all(tx.conn())
+    .await?;
+    let factors = rows
+        .iter()
+        .map(|row| {
+            Ok(Factor {
+                id: row.try_get(0)?,
+                kind: row.try_get(1)?,
+                confirmed: row.try_get::<Option<String>, _>(2)?.is_some(),
+                created_at: row.try_get(3)?,
+                last_used_at: row.try_get(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, db::Error>>()?;
+    let left: i64 = db::query_scalar(
+        "SELECT COUNT(*) FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2 \
+         AND used_at IS NULL",
+    )
+    .bind(scope.id_str())
+    .bind(user_id)
+    .fetch_one(tx.conn())
+    .await?;
+    Ok(Factors {
+        factors,
+        recovery_codes_left: left,
+    })
+}
+
+/// Removes factors of `user_id` (one, or all when `factor_id` is `None`):
+/// without a confirmed factor left, the recovery codes go too.
+async fn remove(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    action: &'static str,
+    user_id: &str,
+    factor_id: Option<&str>,
+) -> Result<(), IdentityError> {
+    let (user_id, factor_id) = (user_id.to_owned(), factor_id.map(str::to_owned));
+    store
+        .write(permit, meta, action, move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let ids: Vec<String> = db::query_scalar(
+                    "SELECT id FROM mfa_factors WHERE tenant_id = $1 AND user_id = $2 \
+                     AND ($3 = '' OR CAST(id AS TEXT) = $3)",
+                )
+                .bind(&tenant)
+                .bind(&user_id)
+                .bind(factor_id.as_deref().unwrap_or(""))
+                .fetch_all(tx.conn())
+                .await?;
+                if ids.is_empty() && factor_id.is_some() {
+                    return Err(IdentityError::NoSuchFactor);
+                }
+                for id in &ids {
+                    db::query("DELETE FROM mfa_factors WHERE tenant_id = $1 AND id = $2")
+                        .bind(&tenant)
+                        .bind(id)
+                        .execute(tx.conn())
+                        .await?;
+                    tx.record(Change {
+                        entity: "mfa_factor",
+                        entity_id: id.clone(),
+                        op: JournalOp::Delete,
+                        before: None,
+                        after: None,
+                        sensitive: vec![],
+                        diff_of: None,
+                    });
+                }
+                let left: i64 = db::query_scalar(
+                    "SELECT COUNT(*) FROM mfa_factors WHERE tenant_id = $1 AND user_id = $2 \
+                     AND confirmed_at IS NOT NULL",
+                )
+                .bind(&tenant)
+                .bind(&user_id)
+                .fetch_one(tx.conn())
+                .await?;
+                if left == 0 {
+                    store_recovery_codes(tx, &user_id, &[]).await?;
+                    set_enrolled(tx, &user_id, false).await?;
+                }
+                tx.set_target("user", user_id);
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// The caller removes one of their factors (step-up first).
+pub async fn remove_own(
+    store: &Store,
+    principal: &Principal,
+    factor_id: &str,
+    meta: &RequestMeta,
+) -> Result<(), IdentityError> {
+    require_recent(principal)?;
+    remove(
+        store,
+        &Permit::user(principal.scope().clone(), principal.actor()),
+        meta,
+        "auth.mfa.remove",
+        &principal.user_id,
+        Some(factor_id),
+    )
+    .await
+}
+
+/// An admin removes every factor of a user (a lost phone): they log in
+/// with their password again and, if the policy covers them, enrol anew.
+pub async fn admin_remove(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    user_id: &str,
+) -> Result<(), IdentityError> {
+    super::get_user(store, permit, user_id).await?;
+    remove(store, permit, meta, "user.mfa.remove", user_id, None).await
+}
+
+/// New recovery codes for the caller (step-up first); the old ones end.
+pub async fn new_codes(
+    store: &Store,
+    principal: &Principal,
+    meta: &RequestMeta,
+) -> Result<Vec<String>, IdentityError> {
+    if !principal.mfa_enrolled {
+        return Err(IdentityError::NoSuchFactor);
+    }
+    require_recent(principal)?;
+    let codes = new_recovery_codes();
+    let hashes: Vec<String> = codes.iter().map(|c| sha256(&normalise(c))).collect();
+    let user_id = principal.user_id.clone();
+    store
+        .write(
+            &Permit::user(principal.scope().clone(), principal.actor()),
+            meta,
+            "auth.mfa.recovery_codes",
+            move |tx| {
+                Box::pin(async move {
+                    store_recovery_codes(tx, &user_id, &hashes).await?;
+                    tx.set_target("user", user_id);
+                    Ok::<_, IdentityError>(())
+                })
+            },
+        )
+        .await?;
+    Ok(codes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_round_trip_and_cover_roles() {
+        for policy in [
+            Policy::Off,
+            Policy::All,
+            Policy::Roles(vec!["admin".into()]),
+        ] {
+            assert_eq!(Policy::from_stored(&policy.to_stored()), policy);
+        }
+        let admins = Policy::Roles(vec!["admin".into()]);
+        assert!(admins.requires("admin") && !admins.requires("member"));
+        assert!(Policy::All.requires("viewer") && !Policy::Off.requires("admin"));
+    }
+
+    #[test]
+    fn recovery_codes_are_random_grouped_and_normalised() {
+        let codes = new_recovery_codes();
+        assert_eq!(codes.len(), RECOVERY_CODES);
+        assert_eq!(codes[0].len(), 19);
+        assert_ne!(codes[0], codes[1]);
+        assert_eq!(
+            normalise(&codes[0].to_lowercase()),
+            codes[0].replace('-', "")
+        );
+        let digits = six_digits();
+        assert!(digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()));
+    }
+}

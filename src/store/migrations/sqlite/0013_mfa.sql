@@ -1,0 +1,47 @@
+-- Second factors (IAM-3): a TOTP secret (or, for a mail factor, the hash
+-- of the code that confirms it) sealed with the tenant's data key; the
+-- last TOTP step used, so a code works once.
+CREATE TABLE mfa_factors (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    user_id       TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    kind          TEXT NOT NULL,
+    key_version   INTEGER NOT NULL,
+    sealed        BLOB NOT NULL,
+    last_step     INTEGER NOT NULL DEFAULT 0,
+    confirmed_at  TEXT,
+    created_at    TEXT NOT NULL,
+    last_used_at  TEXT
+);
+CREATE INDEX mfa_factors_user ON mfa_factors(tenant_id, user_id);
+-- Single-use recovery codes, as SHA-256 of 80 random bits each.
+CREATE TABLE recovery_codes (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    user_id     TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    code_hash   TEXT NOT NULL,
+    used_at     TEXT,
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX recovery_codes_user ON recovery_codes(tenant_id, user_id);
+-- The second step of a login: a single-use token (hashed), five minutes,
+-- five codes; a mailed code's hash when one was asked for.
+CREATE TABLE mfa_challenges (
+    id                     TEXT PRIMARY KEY,
+    tenant_id              TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    user_id                TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    token_hash             TEXT NOT NULL UNIQUE,
+    device_id              TEXT,
+    expires_at             TEXT NOT NULL,
+    attempts               INTEGER NOT NULL DEFAULT 0,
+    used_at                TEXT,
+    email_code_hash        TEXT,
+    email_code_expires_at  TEXT,
+    created_at             TEXT NOT NULL
+);
+-- When the session last passed a second factor (step-up).
+ALTER TABLE sessions ADD COLUMN mfa_at TEXT;
+-- Whether the user has a confirmed factor, read by the session check.
+ALTER TABLE users ADD COLUMN mfa_enrolled INTEGER NOT NULL DEFAULT 0;
+-- Who must have a second factor: off, all, or a JSON list of roles.
+ALTER TABLE tenant_settings ADD COLUMN mfa_policy TEXT NOT NULL DEFAULT 'off';
