@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 mod bench;
+mod bench_login;
 mod dev_cert;
 mod keys;
 
@@ -188,6 +189,21 @@ enum BenchCommand {
     FileCrypto {
         #[arg(long, default_value_t = 100)]
         mb: usize,
+    },
+    /// Logins with a TOTP second step (two calls each) through the real
+    /// server on a fresh SQLite instance, against the hash-bound limit
+    /// measured in the same run. Each login is a user of its own.
+    LoginMfa {
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Returning users: each logged in once during set-up and presents
+        /// that device's token (otherwise each timed login is a new device).
+        #[arg(long)]
+        known_devices: bool,
     },
 }
 
@@ -484,6 +500,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::PasswordHash { count }) => {
             anyhow::ensure!(count > 0, "count must be positive");
             bench::password_hash(count).await
+        }
+        Command::Bench(BenchCommand::LoginMfa {
+            users,
+            seconds,
+            concurrency,
+            known_devices,
+        }) => {
+            anyhow::ensure!(
+                users > 0 && seconds > 0 && (1..=256).contains(&concurrency),
+                "users and seconds must be positive, concurrency 1-256"
+            );
+            bench_login::login_mfa(users, seconds, concurrency, known_devices).await
         }
         Command::Bench(BenchCommand::FileCrypto { mb }) => {
             anyhow::ensure!((1..=4096).contains(&mb), "mb must be 1-4096");

@@ -209,7 +209,7 @@ pub async fn login(
         user_id: account.id,
         email: account.email,
         device,
-        mfa_passed: false,
+        challenge: None,
         must_change_password: account.must_change_password,
     };
     Ok(LoginOutcome::Tokens(
@@ -223,7 +223,8 @@ struct NewSession {
     user_id: String,
     email: String,
     device: Option<super::devices::KnownDevice>,
-    mfa_passed: bool,
+    /// The second step passed, to spend as the session opens.
+    challenge: Option<String>,
     must_change_password: bool,
 }
 
@@ -241,7 +242,7 @@ async fn finish_login(
         user_id,
         email,
         device,
-        mfa_passed,
+        challenge,
         must_change_password,
     } = session;
     let actor = Actor {
@@ -257,8 +258,11 @@ async fn finish_login(
     let (session_id, refresh) = store
         .write(&permit, meta, "auth.login", move |tx| {
             Box::pin(async move {
+                if let Some(challenge) = &challenge {
+                    super::mfa::spend_in(tx, challenge).await?;
+                }
                 let opened = open_session(tx, &user, session_ttl_hours).await?;
-                if mfa_passed {
+                if challenge.is_some() {
                     super::mfa::passed_on_session(tx, &opened.0).await?;
                     tx.set_target("session", opened.0.clone());
                 }
@@ -324,7 +328,7 @@ pub async fn complete_login(
         scope: passed.scope,
         user_id: passed.user_id,
         email: passed.email,
-        mfa_passed: true,
+        challenge: Some(passed.challenge_id),
         must_change_password: must_change,
     };
     finish_login(store, post, key, session_ttl_hours, session, meta).await

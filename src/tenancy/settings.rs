@@ -207,8 +207,14 @@ pub async fn update_settings(
                             }
                         }
                     }
+                    let given = roles.len();
                     roles.sort();
                     roles.dedup();
+                    if roles.len() != given {
+                        return Err(TenancyError::InvalidSetting(
+                            "mfa_policy names a role twice".into(),
+                        ));
+                    }
                     Policy::Roles(roles)
                 }
                 _ => {

@@ -145,8 +145,8 @@ async fn ctl_pos_1_verify_turns_a_tampered_control_to_fail_and_exits_non_zero() 
         assert_eq!(report[id]["verdict"], "pass", "{id}: {}", report[id]);
     }
     // Controls without a check say so; none is hidden.
-    assert_eq!(report["IAM-3"]["status"], "not_built");
-    assert!(report["IAM-3"]["verdict"].is_null());
+    assert_eq!(report["IAM-4"]["status"], "not_built");
+    assert!(report["IAM-4"]["verdict"].is_null());
     // Without a relay, resets are off and invitation tokens are shown.
     assert_eq!(report["IAM-2"]["verdict"], "warn", "{}", report["IAM-2"]);
     let mut raw = app.raw().await;

@@ -286,6 +286,8 @@ pub(super) struct Passed {
     pub user_id: String,
     pub email: String,
     pub device_id: Option<String>,
+    /// To spend when the session opens ([`spend_in`]).
+    pub challenge_id: String,
 }
 
 /// Checks a code against a login's second step: at most
@@ -323,71 +325,143 @@ pub(super) async fn pass_challenge(
     let device_id: Option<String> = row.try_get(3)?;
     let mailed: Option<String> = row.try_get(4)?;
     let mailed_until: Option<String> = row.try_get(5)?;
-    // The attempt counts before the code is looked at.
-    let counted = spend(store, &scope, &challenge_id, false).await?;
-    if !counted {
-        return Err(IdentityError::InvalidToken);
-    }
-    let ok = match method {
+    // What the code would spend is found first (pure work on what was
+    // read); counting the attempt and spending then go in one job, so no
+    // code is accepted without its attempt counted.
+    let spends = match method {
         Method::Email => {
             let fresh = mailed_until
                 .as_deref()
                 .is_some_and(|until| until > crate::clock::now().as_str());
-            fresh
-                && mailed.is_some_and(|h| {
-                    use subtle::ConstantTimeEq;
-                    bool::from(
-                        h.as_bytes()
-                            .ct_eq(sha256(code.expose_secret().trim()).as_bytes()),
-                    )
-                })
+            Spends::Nothing(
+                fresh
+                    && mailed.is_some_and(|h| {
+                        use subtle::ConstantTimeEq;
+                        bool::from(
+                            h.as_bytes()
+                                .ct_eq(sha256(code.expose_secret().trim()).as_bytes()),
+                        )
+                    }),
+            )
         }
-        Method::Totp => totp_matches(store, vault, &scope, &user_id, code).await?,
-        Method::Recovery => use_recovery_code(store, &scope, &user_id, code).await?,
+        Method::Totp => match totp_candidate(store, vault, &scope, &user_id, code).await? {
+            Some((factor, step)) => Spends::Step(factor, step),
+            None => Spends::Nothing(false),
+        },
+        Method::Recovery => Spends::Recovery(sha256(&normalise(code.expose_secret()))),
     };
-    if !ok {
-        return Err(IdentityError::InvalidCode);
-    }
-    if !spend(store, &scope, &challenge_id, true).await? {
-        return Err(IdentityError::InvalidToken);
+    match attempt(store, &scope, &challenge_id, &user_id, spends).await? {
+        Attempt::NotCounted => return Err(IdentityError::InvalidToken),
+        Attempt::Counted(false) => return Err(IdentityError::InvalidCode),
+        Attempt::Counted(true) => {}
     }
     Ok(Passed {
         scope,
         user_id,
         email,
         device_id,
+        challenge_id,
     })
 }
 
-/// Counts an attempt on a challenge (`used`: marks it used), guarded.
-async fn spend(
+/// Spends a passed challenge in the write job that opens its session: of
+/// racing codes for one second step, one opens a session.
+pub(super) async fn spend_in(tx: &mut WriteTx, challenge_id: &str) -> Result<(), IdentityError> {
+    let done = db::query(
+        "UPDATE mfa_challenges SET used_at = $1 WHERE tenant_id = $2 AND id = $3 \
+         AND used_at IS NULL",
+    )
+    .bind(crate::clock::now())
+    .bind(tx.scope().id_str().to_owned())
+    .bind(challenge_id)
+    .execute(tx.conn())
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(IdentityError::InvalidToken)
+    }
+}
+
+/// What a code presented to a second step uses up if it is right.
+enum Spends {
+    /// Nothing, and whether the code was right (a mailed code).
+    Nothing(bool),
+    /// A TOTP factor's step.
+    Step(String, i64),
+    /// A recovery code, by its hash.
+    Recovery(String),
+}
+
+enum Attempt {
+    /// The challenge is used or out of attempts.
+    NotCounted,
+    /// Counted; whether the code was right and what it uses was still there.
+    Counted(bool),
+}
+
+/// Counts an attempt on a challenge and, if it counted, spends what the
+/// code uses — each by a guarded update, in one job.
+async fn attempt(
     store: &Store,
     scope: &TenantScope,
     challenge_id: &str,
-    used: bool,
-) -> Result<bool, IdentityError> {
-    let (tenant, id) = (scope.id_str().to_owned(), challenge_id.to_owned());
+    user_id: &str,
+    spends: Spends,
+) -> Result<Attempt, IdentityError> {
+    let (tenant, id, user) = (
+        scope.id_str().to_owned(),
+        challenge_id.to_owned(),
+        user_id.to_owned(),
+    );
     Ok(store
         .append_internal(Some(scope), move |conn| {
             Box::pin(async move {
-                let query = if used {
-                    db::query(
-                        "UPDATE mfa_challenges SET used_at = $3 WHERE tenant_id = $1 \
-                         AND id = $2 AND used_at IS NULL",
-                    )
-                    .bind(tenant)
-                    .bind(id)
-                    .bind(crate::clock::now())
-                } else {
-                    db::query(
-                        "UPDATE mfa_challenges SET attempts = attempts + 1 WHERE tenant_id = $1 \
-                         AND id = $2 AND used_at IS NULL AND attempts < $3",
-                    )
-                    .bind(tenant)
-                    .bind(id)
-                    .bind(CHALLENGE_ATTEMPTS)
+                let counted = db::query(
+                    "UPDATE mfa_challenges SET attempts = attempts + 1 WHERE tenant_id = $1 \
+                     AND id = $2 AND used_at IS NULL AND attempts < $3",
+                )
+                .bind(&tenant)
+                .bind(&id)
+                .bind(CHALLENGE_ATTEMPTS)
+                .execute(&mut *conn)
+                .await?;
+                if counted.rows_affected() != 1 {
+                    return Ok(Attempt::NotCounted);
+                }
+                let now = crate::clock::now();
+                let spent = match spends {
+                    Spends::Nothing(right) => right,
+                    Spends::Step(factor, step) => {
+                        db::query(
+                            "UPDATE mfa_factors SET last_step = $3, last_used_at = $4 \
+                             WHERE tenant_id = $1 AND id = $2 AND last_step < $3",
+                        )
+                        .bind(&tenant)
+                        .bind(factor)
+                        .bind(step)
+                        .bind(&now)
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected()
+                            == 1
+                    }
+                    Spends::Recovery(hash) => {
+                        db::query(
+                            "UPDATE recovery_codes SET used_at = $4 WHERE tenant_id = $1 \
+                             AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+                        )
+                        .bind(&tenant)
+                        .bind(&user)
+                        .bind(hash)
+                        .bind(&now)
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected()
+                            == 1
+                    }
                 };
-                Ok(query.execute(conn).await?.rows_affected() == 1)
+                Ok(Attempt::Counted(spent))
             })
         })
         .await?)
@@ -402,6 +476,21 @@ async fn totp_matches(
     user_id: &str,
     code: &SecretString,
 ) -> Result<bool, IdentityError> {
+    match totp_candidate(store, vault, scope, user_id, code).await? {
+        Some((factor, step)) => spend_step(store, scope, &factor, step).await,
+        None => Ok(false),
+    }
+}
+
+/// The factor and step whose TOTP code `code` is, among the user's
+/// confirmed factors, if any (not yet spent).
+async fn totp_candidate(
+    store: &Store,
+    vault: &Vault,
+    scope: &TenantScope,
+    user_id: &str,
+    code: &SecretString,
+) -> Result<Option<(String, i64)>, IdentityError> {
     let tenant = scope.id_str().to_owned();
     let rows = {
         let mut tx = store.read(scope).await?;
@@ -429,14 +518,9 @@ async fn totp_matches(
         opened
     };
     let now = totp::step_at(crate::clock::unix_now());
-    for (id, secret) in rows {
-        if let Some(step) = totp::matching_step(&secret, code.expose_secret(), now)
-            && spend_step(store, scope, &id, step).await?
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(rows.into_iter().find_map(|(id, secret)| {
+        totp::matching_step(&secret, code.expose_secret(), now).map(|step| (id, step))
+    }))
 }
 
 /// Records `step` as the factor's last, if it is later than the last: the

@@ -1,0 +1,318 @@
+//! `strongroom bench login-mfa`: logins with a TOTP second step (two
+//! calls each: the password, then the code) against the real HTTP server
+//! on a fresh SQLite instance, beside the hash-bound limit measured in the
+//! same run (cores / time of one Argon2id hash). Every login uses a user
+//! of its own, because a TOTP step is accepted once per factor. With
+//! `known_devices` each user logged in once during set-up and presents
+//! that device's token (a returning user); without, every timed login is a
+//! first login from a new device (registered and audited).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::identity::totp;
+
+const PASSWORD: &str = "violet-harbour-tractor-92";
+
+async fn call(
+    client: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: Value,
+) -> anyhow::Result<(u16, Value)> {
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body)?);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let res = req.send().await?;
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// Decodes what `totp::base32` encoded.
+fn unbase32(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => continue,
+        };
+        buffer = (buffer << 5) | u32::from(value);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    out
+}
+
+struct Enrolled {
+    email: String,
+    secret: Vec<u8>,
+    confirmed_step: i64,
+    device: Option<String>,
+}
+
+pub async fn login_mfa(
+    users: usize,
+    seconds: u64,
+    concurrency: usize,
+    known_devices: bool,
+) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = std::env::temp_dir().join(format!(
+        "strongroom-bench-login-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let config = Config {
+        data_dir: dir.clone(),
+        access_log: true,
+        // Thousands of logins from one address, on purpose.
+        login_attempts_per_minute_per_ip: 1_000_000,
+        login_attempts_per_minute_per_account: 1_000_000,
+        requests_per_second_per_ip: 1_000_000,
+        requests_per_second_per_user: 1_000_000,
+        requests_per_second_per_tenant: 1_000_000,
+        ..Config::default()
+    };
+    let state = crate::open(config).await?;
+    crate::identity::warm_up();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::http::run(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+
+    // Set-up: a tenant, its admin, and `users` members each with a
+    // confirmed TOTP factor.
+    let created = crate::tenancy::create(
+        &state.store,
+        &state.post(),
+        "bench",
+        "Bench",
+        "admin@bench.test",
+        72,
+    )
+    .await
+    .context("bench tenant")?;
+    let (_, admin) = call(
+        &client,
+        format!("{base}/api/v1/auth/invitations/accept"),
+        None,
+        json!({"token": created.invitation_token, "password": PASSWORD}),
+    )
+    .await?;
+    let admin = admin["access_token"]
+        .as_str()
+        .context("admin session")?
+        .to_owned();
+    let set_up = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, base, admin, next) =
+            (client.clone(), base.clone(), admin.clone(), next.clone());
+        workers.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= users {
+                    return Ok::<_, anyhow::Error>(mine);
+                }
+                let email = format!("user{i}@bench.test");
+                let (_, invited) = call(
+                    &client,
+                    format!("{base}/api/v1/users"),
+                    Some(&admin),
+                    json!({"email": email, "role": "member"}),
+                )
+                .await?;
+                let (_, session) = call(
+                    &client,
+                    format!("{base}/api/v1/auth/invitations/accept"),
+                    None,
+                    json!({"token": invited["invitation_token"], "password": PASSWORD}),
+                )
+                .await?;
+                let mut access = session["access_token"]
+                    .as_str()
+                    .context("accepted")?
+                    .to_owned();
+                let mut device = None;
+                if known_devices {
+                    // A first login from this device, before the factor.
+                    let (_, first) = call(
+                        &client,
+                        format!("{base}/api/v1/auth/login"),
+                        None,
+                        json!({"tenant": "bench", "email": email, "password": PASSWORD}),
+                    )
+                    .await?;
+                    access = first["access_token"]
+                        .as_str()
+                        .context("logged in")?
+                        .to_owned();
+                    device = first["device_token"].as_str().map(str::to_owned);
+                }
+                let (_, started) = call(
+                    &client,
+                    format!("{base}/api/v1/auth/mfa/factors"),
+                    Some(&access),
+                    json!({"kind": "totp"}),
+                )
+                .await?;
+                let secret = unbase32(started["secret"].as_str().context("a TOTP secret")?);
+                let step = totp::step_at(crate::clock::unix_now());
+                let (status, _) = call(
+                    &client,
+                    format!(
+                        "{base}/api/v1/auth/mfa/factors/{}/confirm",
+                        started["factor_id"].as_str().unwrap_or_default()
+                    ),
+                    Some(&access),
+                    json!({"code": totp::code(&secret, step)}),
+                )
+                .await?;
+                anyhow::ensure!(status == 200, "confirming a factor answered {status}");
+                mine.push(Enrolled {
+                    email,
+                    secret,
+                    confirmed_step: step,
+                    device,
+                });
+            }
+        });
+    }
+    let mut enrolled = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        enrolled.extend(done??);
+    }
+    let set_up = set_up.elapsed();
+
+    // The hash-bound limit, measured now on the same machine: one hash at
+    // a time (its time per hash), and one per core at once (what the cores
+    // together hash a second: the limit a login cannot pass).
+    let password = secrecy::SecretString::from(PASSWORD.to_owned());
+    let hashes = 20u32;
+    let timer = Instant::now();
+    for _ in 0..hashes {
+        crate::identity::hash_password(password.clone()).await?;
+    }
+    let per_hash = timer.elapsed().as_secs_f64() / f64::from(hashes);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let timer = Instant::now();
+    let mut hashing = tokio::task::JoinSet::new();
+    for _ in 0..cores {
+        let password = password.clone();
+        hashing.spawn(async move {
+            for _ in 0..hashes {
+                crate::identity::hash_password(password.clone()).await?;
+            }
+            Ok::<_, crate::identity::IdentityError>(())
+        });
+    }
+    while let Some(done) = hashing.join_next().await {
+        done??;
+    }
+    let limit = f64::from(hashes) * cores as f64 / timer.elapsed().as_secs_f64();
+
+    // The timed part: each login is its own user's, two calls.
+    let enrolled = Arc::new(enrolled);
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, base, enrolled, next) =
+            (client.clone(), base.clone(), enrolled.clone(), next.clone());
+        workers.spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(user) = enrolled.get(i) else { break };
+                let (_, first) = call(
+                    &client,
+                    format!("{base}/api/v1/auth/login"),
+                    None,
+                    match &user.device {
+                        Some(device) => json!({"tenant": "bench", "email": user.email,
+                                               "password": PASSWORD, "device_token": device}),
+                        None => {
+                            json!({"tenant": "bench", "email": user.email, "password": PASSWORD})
+                        }
+                    },
+                )
+                .await?;
+                let step = totp::step_at(crate::clock::unix_now()).max(user.confirmed_step + 1);
+                let (status, _) = call(
+                    &client,
+                    format!("{base}/api/v1/auth/mfa/verify"),
+                    None,
+                    json!({"mfa_token": first["mfa_token"], "method": "totp",
+                           "code": totp::code(&user.secret, step)}),
+                )
+                .await?;
+                if status == 200 {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            Ok::<_, anyhow::Error>((ok, failed))
+        });
+    }
+    let (mut ok, mut failed) = (0u64, 0u64);
+    while let Some(done) = workers.join_next().await {
+        let (o, f) = done??;
+        ok += o;
+        failed += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = ok as f64 / elapsed;
+    println!(
+        "{}",
+        json!({
+            "benchmark": "login-mfa",
+            "calls_per_login": 2,
+            "known_devices": known_devices,
+            "users_enrolled": enrolled.len(),
+            "set_up_seconds": set_up.as_secs_f64(),
+            "concurrency": concurrency,
+            "seconds": elapsed,
+            "logins": ok,
+            "failed": failed,
+            "users_ran_out": ok + failed >= enrolled.len() as u64,
+            "logins_per_second": rate,
+            "ms_per_hash": per_hash * 1000.0,
+            "cores": cores,
+            "cores_over_ms_per_hash": cores as f64 / per_hash,
+            "hash_bound_logins_per_second": limit,
+            "share_of_hash_bound_limit": rate / limit,
+        })
+    );
+    let _ = stop.send(());
+    let _ = server.await;
+    state.store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+    anyhow::ensure!(failed == 0, "{failed} logins failed");
+    Ok(())
+}
