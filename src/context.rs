@@ -93,6 +93,15 @@ impl ActorKind {
 }
 
 impl Actor {
+    /// A user of a tenant, by id and e-mail address.
+    pub fn user(id: impl Into<String>, email: impl Into<String>) -> Actor {
+        Actor {
+            kind: ActorKind::User,
+            id: Some(id.into()),
+            email: Some(email.into()),
+        }
+    }
+
     pub fn anonymous(claimed_email: Option<String>) -> Actor {
         Actor {
             kind: ActorKind::Anonymous,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 pub use crate::context::Permit;
 use crate::context::TenantScope;
-use crate::context::{Actor, ActorKind, Outcome, RequestMeta};
+use crate::context::{Actor, Outcome, RequestMeta};
 use crate::store::{Store, StoreError};
 
 /// A named permission; every API operation names the one it needs.
@@ -142,11 +142,7 @@ impl Principal {
     }
 
     pub fn actor(&self) -> Actor {
-        Actor {
-            kind: ActorKind::User,
-            id: Some(self.user_id.clone()),
-            email: Some(self.email.clone()),
-        }
+        Actor::user(self.user_id.clone(), self.email.clone())
     }
 }
 

@@ -16,7 +16,7 @@
 use super::tokens::{OpaqueToken, TokenKind};
 use super::users::Post;
 use super::{IdentityError, reset};
-use crate::context::{Actor, ActorKind, Permit, RequestMeta, TenantScope};
+use crate::context::{Actor, Permit, RequestMeta, TenantScope};
 use crate::mail::{self, Mail};
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store};
@@ -122,11 +122,7 @@ pub async fn register(
     let link = post.mailer.link("/not-me", &not_me.reveal());
     let permit = Permit::authentication(
         scope.clone(),
-        Actor {
-            kind: ActorKind::User,
-            id: Some(user_id.to_owned()),
-            email: Some(email.to_owned()),
-        },
+        Actor::user(user_id.to_owned(), email.to_owned()),
     );
     let (user_id, email, post) = (user_id.to_owned(), email.to_owned(), post.clone());
     let token_hash = token.hash();
@@ -233,14 +229,7 @@ pub async fn not_me(
     let (user_id, email, device_id): (String, String, String) =
         (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
     let letterhead = post.letterhead(store, &scope).await?;
-    let permit = Permit::authentication(
-        scope.clone(),
-        Actor {
-            kind: ActorKind::User,
-            id: Some(user_id.clone()),
-            email: Some(email.clone()),
-        },
-    );
+    let permit = Permit::authentication(scope.clone(), Actor::user(user_id.clone(), email.clone()));
     let link = reset::NewLink::generate(&scope, post);
     let post = post.clone();
     store

@@ -30,7 +30,7 @@ pub fn sessions_router() -> Api {
                 "Log in with tenant, e-mail and password",
             )
             .tag("auth")
-            .errors(&[401, 429])
+            .errors(&[401, 410, 423, 429])
             .body(json!({
                 "type": "object", "required": ["tenant", "email", "password"],
                 "additionalProperties": false,
@@ -131,7 +131,7 @@ pub fn router() -> Api {
             Op::new("POST", "/api/v1/users", "Invite a user with a role")
                 .tag("users")
                 .permission(Permission::UsersManage)
-                .errors(&[409])
+                .errors(&[409, 410, 423])
                 .body(json!({"type": "object", "required": ["email", "role"],
                              "additionalProperties": false,
                              "properties": {"email": {"type": "string", "maxLength": 254,
@@ -201,7 +201,7 @@ pub fn router() -> Api {
             )
             .tag("users")
             .permission(Permission::UsersManage)
-            .errors(&[409])
+            .errors(&[409, 410, 423])
             .ok(202),
             post(admin_reset_password),
         )
@@ -242,7 +242,7 @@ fn password_routes(api: Api) -> Api {
             "Set a new password with the token of a reset link; every session of the user ends",
         )
         .tag("auth")
-        .errors(&[401])
+        .errors(&[401, 410, 423])
         .body(json!({
             "type": "object", "required": ["token", "password"], "additionalProperties": false,
             "properties": {"token": {"type": "string"},
@@ -259,7 +259,7 @@ fn password_routes(api: Api) -> Api {
              every device, remove the password and mail a reset link",
         )
         .tag("auth")
-        .errors(&[401])
+        .errors(&[401, 410, 423])
         .body(json!({
             "type": "object", "required": ["token"], "additionalProperties": false,
             "properties": {"token": {"type": "string"}}
@@ -275,7 +275,7 @@ fn password_routes(api: Api) -> Api {
         )
         .tag("auth")
         .bearer()
-        .errors(&[429])
+        .errors(&[410, 423, 429])
         .body(json!({
             "type": "object", "required": ["current_password", "new_password"],
             "additionalProperties": false,

@@ -19,7 +19,7 @@ use super::tokens::{OpaqueToken, TokenKind};
 use super::users::Post;
 use super::{Email, IdentityError, password};
 use crate::access::Principal;
-use crate::context::{Actor, ActorKind, Permit, RequestMeta, TenantScope};
+use crate::context::{Actor, Permit, RequestMeta, TenantScope};
 use crate::mail::{self, Mail};
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store, WriteTx};
@@ -91,11 +91,7 @@ async fn issue_reset(
     let link = NewLink::generate(&scope, post);
     let permit = Permit::authentication(
         scope.clone(),
-        Actor {
-            kind: ActorKind::User,
-            id: Some(user_id.clone()),
-            email: Some(email.as_str().to_owned()),
-        },
+        Actor::user(user_id.clone(), email.as_str().to_owned()),
     );
     let post = post.clone();
     store
@@ -226,14 +222,7 @@ pub async fn reset(
     password::check_policy(&new_password, &[&email])?;
     let password_hash = password::hash(new_password).await?;
     let letterhead = post.letterhead(store, &scope).await?;
-    let permit = Permit::authentication(
-        scope.clone(),
-        Actor {
-            kind: ActorKind::User,
-            id: Some(user_id.clone()),
-            email: Some(email.clone()),
-        },
-    );
+    let permit = Permit::authentication(scope.clone(), Actor::user(user_id.clone(), email.clone()));
     let (post, mailed) = (post.clone(), email.clone());
     store
         .write(&permit, meta, "auth.password.reset", move |tx| {

@@ -245,11 +245,7 @@ async fn finish_login(
         challenge,
         must_change_password,
     } = session;
-    let actor = Actor {
-        kind: ActorKind::User,
-        id: Some(user_id.clone()),
-        email: Some(email.clone()),
-    };
+    let actor = Actor::user(user_id.clone(), email.clone());
     let permit = Permit::authentication(scope.clone(), actor);
     let session_ttl_hours = Bounds::of(store, &scope)
         .await?

@@ -31,7 +31,7 @@ pub fn router() -> Api {
                 "Complete a login's second step with a code (TOTP, mailed or recovery)",
             )
             .tag("auth")
-            .errors(&[401])
+            .errors(&[401, 410, 423])
             .body(json!({
                 "type": "object", "required": ["mfa_token", "method", "code"],
                 "additionalProperties": false,
@@ -48,7 +48,7 @@ pub fn router() -> Api {
                 "Mail a one-time code for a login's second step",
             )
             .tag("auth")
-            .errors(&[401, 404, 409])
+            .errors(&[401, 404, 409, 410, 423])
             .body(json!({
                 "type": "object", "required": ["mfa_token"], "additionalProperties": false,
                 "properties": {"mfa_token": {"type": "string"}}
@@ -75,7 +75,7 @@ pub fn router() -> Api {
             )
             .tag("auth")
             .bearer()
-            .errors(&[404, 409])
+            .errors(&[404, 409, 410, 423])
             .body(json!({
                 "type": "object", "required": ["kind"], "additionalProperties": false,
                 "properties": {"kind": {"enum": ["totp", "email"]}}
@@ -91,7 +91,7 @@ pub fn router() -> Api {
             )
             .tag("auth")
             .bearer()
-            .errors(&[401, 404])
+            .errors(&[401, 404, 410, 423])
             .body(json!({
                 "type": "object", "required": ["code"], "additionalProperties": false,
                 "properties": {"code": {"type": "string", "writeOnly": true}}
@@ -129,7 +129,7 @@ pub fn router() -> Api {
             )
             .tag("auth")
             .bearer()
-            .errors(&[401, 404])
+            .errors(&[401, 404, 410, 423])
             .body(json!({
                 "type": "object", "required": ["method", "code"], "additionalProperties": false,
                 "properties": {"method": {"enum": ["totp", "recovery"]},

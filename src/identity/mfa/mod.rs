@@ -619,11 +619,7 @@ pub async fn mail_login_code(store: &Store, post: &Post, token: &str) -> Result<
     let code_hash = sha256(&code);
     let permit = Permit::authentication(
         scope.clone(),
-        crate::context::Actor {
-            kind: crate::context::ActorKind::User,
-            id: Some(user_id.clone()),
-            email: Some(email.clone()),
-        },
+        crate::context::Actor::user(user_id.clone(), email.clone()),
     );
     let post = post.clone();
     store
