@@ -13,8 +13,8 @@
 //! under attack (IAM-6: it is counted on its own key). Impossible travel
 //! is not judged: there is no GeoIP data here.
 
+use super::post::Post;
 use super::tokens::{OpaqueToken, TokenKind};
-use super::users::Post;
 use super::{IdentityError, reset};
 use crate::context::{Actor, Permit, RequestMeta, TenantScope};
 use crate::mail::{self, Mail};
@@ -289,7 +289,7 @@ pub async fn not_me(
                     sensitive: vec!["password_hash".into()],
                     diff_of: None,
                 });
-                super::sessions::revoke_all_but(tx, &user_id, None, "not_me").await?;
+                super::revoke::revoke_all_but(tx, &user_id, None, "not_me").await?;
                 if let Some(letterhead) = &letterhead {
                     link.issue(tx, &post, letterhead, &user_id, &email).await?;
                 }

@@ -23,7 +23,9 @@ pub(crate) mod http;
 pub mod lockout;
 pub mod mfa;
 pub mod password;
+mod post;
 mod reset;
+mod revoke;
 mod sessions;
 mod tokens;
 pub mod totp;
@@ -37,6 +39,7 @@ pub use devices::{DEVICE_COOKIE, DEVICE_COOKIE_DAYS, not_me};
 pub use http::{router, sessions_router};
 pub use lockout::unlock;
 pub use password::{hash as hash_password, warm_up};
+pub use post::Post;
 pub use reset::{RESET_TTL_MINUTES, admin_reset, change as change_password, request_reset, reset};
 pub use sessions::{
     Credentials, LoginOutcome, SESSION_CHECK_TTL, SESSION_KINDS, SecondStep, SessionCache,
@@ -46,8 +49,7 @@ pub use sessions::{
 };
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
 pub use users::{
-    Post, User, UserPatch, create_user, delete_user, get_user, list_users, may_still_read,
-    update_user,
+    User, UserPatch, create_user, delete_user, get_user, list_users, may_still_read, update_user,
 };
 
 pub(crate) use users::{invite_user, mail_invitation};

@@ -14,9 +14,9 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::sessions::revoke_all_but;
+use super::post::Post;
+use super::revoke::revoke_all_but;
 use super::tokens::{OpaqueToken, TokenKind};
-use super::users::Post;
 use super::{Email, IdentityError, password};
 use crate::access::Principal;
 use crate::context::{Actor, Permit, RequestMeta, TenantScope};

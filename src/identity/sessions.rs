@@ -14,11 +14,12 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::lockout;
+use super::post::Post;
+use super::revoke::{revoke_all_but, revoke_session};
 use super::tokens::{
     ACCESS_TOKEN_TTL_SECONDS, AccessClaims, OpaqueToken, TokenKind, sign_access_token,
     verify_access_token,
 };
-use super::users::Post;
 use super::{Email, IdentityError, password};
 use crate::access::{Principal, Role};
 use crate::context::Permit;
@@ -918,66 +919,6 @@ pub async fn revoke_user_sessions(
             })
         })
         .await
-}
-
-async fn revoke_session(
-    tx: &mut WriteTx,
-    session_id: &str,
-    reason: &str,
-) -> Result<(), IdentityError> {
-    let now = crate::clock::now();
-    db::query(
-        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
-         WHERE tenant_id = $3 AND id = $4 AND revoked_at IS NULL",
-    )
-    .bind(&now)
-    .bind(reason)
-    .bind(tx.scope().id_str().to_owned())
-    .bind(session_id)
-    .execute(tx.conn())
-    .await?;
-    tx.record(Change {
-        entity: "session",
-        entity_id: session_id.to_owned(),
-        op: JournalOp::Update,
-        before: None,
-        after: Some(json!({"revoked_at": now, "revoked_reason": reason})),
-        sensitive: vec![],
-        diff_of: None,
-    });
-    tx.set_target("session", session_id.to_owned());
-    Ok(())
-}
-
-/// Revokes every live session of a user (disabled account).
-pub(super) async fn revoke_all(
-    tx: &mut WriteTx,
-    user_id: &str,
-    reason: &str,
-) -> Result<(), IdentityError> {
-    revoke_all_but(tx, user_id, None, reason).await.map(|_| ())
-}
-
-/// Revokes every live session of a user except `keep`; how many.
-pub(super) async fn revoke_all_but(
-    tx: &mut WriteTx,
-    user_id: &str,
-    keep: Option<&str>,
-    reason: &str,
-) -> Result<usize, IdentityError> {
-    let ids: Vec<String> = db::query_scalar(
-        "SELECT id FROM sessions WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
-    )
-    .bind(tx.scope().id_str().to_owned())
-    .bind(user_id)
-    .fetch_all(tx.conn())
-    .await?;
-    let mut ended = 0;
-    for id in ids.iter().filter(|id| Some(id.as_str()) != keep) {
-        revoke_session(tx, id, reason).await?;
-        ended += 1;
-    }
-    Ok(ended)
 }
 
 /// Tokens whose signature was already checked, by SHA-256 of (verifying key,

@@ -5,12 +5,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::post::Post;
 use super::{Email, IdentityError, NewInvitation};
 use crate::access::Role;
 use crate::context::Permit;
 use crate::context::RequestMeta;
-use crate::crypto::Vault;
-use crate::mail::{self, Mailer};
+use crate::mail;
 use crate::store::db;
 use crate::store::{Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 
@@ -132,27 +132,6 @@ pub struct InvitedUser {
     pub invitation_token: Option<String>,
     pub invitation_mailed: bool,
     pub invitation_expires_at: String,
-}
-
-/// Where an invitation's or a reset's mail goes out from, if mail is on.
-#[derive(Clone)]
-pub struct Post {
-    pub mailer: std::sync::Arc<Mailer>,
-    pub vault: Vault,
-}
-
-impl Post {
-    /// The tenant's letterhead when mail is on and the schema has an outbox.
-    pub(crate) async fn letterhead(
-        &self,
-        store: &Store,
-        scope: &crate::context::TenantScope,
-    ) -> Result<Option<mail::Letterhead>, IdentityError> {
-        if !self.mailer.is_configured() || !store.schema_has(mail::SCHEMA) {
-            return Ok(None);
-        }
-        Ok(Some(mail::letterhead(store, scope).await?))
-    }
 }
 
 /// Queues the invitation mail of `user` in `tx`.
@@ -314,11 +293,11 @@ pub async fn update_user(
                     diff_of: None,
                 });
                 if after.status == "disabled" && before.status != "disabled" {
-                    super::sessions::revoke_all(tx, &id, "user_disabled").await?;
+                    super::revoke::revoke_all(tx, &id, "user_disabled").await?;
                 } else if after.role != before.role {
                     // A change of privilege is a new session (IAM-5): the
                     // user logs in again, under the new role, with new ids.
-                    super::sessions::revoke_all(tx, &id, "role_changed").await?;
+                    super::revoke::revoke_all(tx, &id, "role_changed").await?;
                 }
                 tx.set_target("user", id.clone());
                 Ok(after)

@@ -23,8 +23,8 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::post::Post;
 use super::tokens::{OpaqueToken, TokenKind};
-use super::users::Post;
 use super::{IdentityError, totp};
 use crate::access::Principal;
 use crate::context::{Permit, RequestMeta, TenantScope};

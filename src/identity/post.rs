@@ -1,0 +1,29 @@
+//! Where identity's mails go out from: the mail service, and the vault
+//! that seals what it queues.
+
+use crate::crypto::Vault;
+use crate::mail::{self, Mailer};
+use crate::store::Store;
+
+use super::IdentityError;
+
+/// Where an invitation's or a reset's mail goes out from, if mail is on.
+#[derive(Clone)]
+pub struct Post {
+    pub mailer: std::sync::Arc<Mailer>,
+    pub vault: Vault,
+}
+
+impl Post {
+    /// The tenant's letterhead when mail is on and the schema has an outbox.
+    pub(crate) async fn letterhead(
+        &self,
+        store: &Store,
+        scope: &crate::context::TenantScope,
+    ) -> Result<Option<mail::Letterhead>, IdentityError> {
+        if !self.mailer.is_configured() || !store.schema_has(mail::SCHEMA) {
+            return Ok(None);
+        }
+        Ok(Some(mail::letterhead(store, scope).await?))
+    }
+}
