@@ -144,6 +144,12 @@ impl Principal {
     pub fn actor(&self) -> Actor {
         Actor::user(self.user_id.clone(), self.email.clone())
     }
+
+    /// The permit to act on the principal's own account (their sessions,
+    /// password, factors): no permission is needed for that.
+    pub(crate) fn own_permit(&self) -> crate::context::Permit {
+        crate::context::Permit::user(self.scope.clone(), self.actor())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -307,7 +307,7 @@ pub async fn change(
     let post = post.clone();
     store
         .write(
-            &Permit::user(principal.scope().clone(), principal.actor()),
+            &principal.own_permit(),
             meta,
             "auth.password.change",
             move |tx| {

@@ -772,17 +772,12 @@ pub async fn logout(
 ) -> Result<(), IdentityError> {
     let session_id = principal.session_id.clone();
     store
-        .write(
-            &Permit::user(principal.scope().clone(), principal.actor()),
-            meta,
-            "auth.logout",
-            move |tx| {
-                Box::pin(async move {
-                    revoke_session(tx, &session_id, "logout").await?;
-                    Ok::<_, IdentityError>(())
-                })
-            },
-        )
+        .write(&principal.own_permit(), meta, "auth.logout", move |tx| {
+            Box::pin(async move {
+                revoke_session(tx, &session_id, "logout").await?;
+                Ok::<_, IdentityError>(())
+            })
+        })
         .await
 }
 
@@ -844,7 +839,7 @@ pub async fn revoke_own_session(
     let (user_id, session_id) = (principal.user_id.clone(), session_id.to_owned());
     store
         .write(
-            &Permit::user(principal.scope().clone(), principal.actor()),
+            &principal.own_permit(),
             meta,
             "auth.session.revoke",
             move |tx| {
@@ -877,7 +872,7 @@ pub async fn revoke_other_sessions(
     let (user_id, keep) = (principal.user_id.clone(), principal.session_id.clone());
     store
         .write(
-            &Permit::user(principal.scope().clone(), principal.actor()),
+            &principal.own_permit(),
             meta,
             "auth.session.revoke_others",
             move |tx| {

@@ -735,59 +735,54 @@ pub async fn enrol(
     let post_in = post.clone();
     let id = factor_id.clone();
     store
-        .write(
-            &Permit::user(principal.scope().clone(), principal.actor()),
-            meta,
-            "auth.mfa.enrol",
-            move |tx| {
-                Box::pin(async move {
-                    let tenant = tx.scope().id_str().to_owned();
-                    let key = post_in
-                        .vault
-                        .in_write()
-                        .active_in(tx)
-                        .await
-                        .map_err(|e| IdentityError::Mail(crate::mail::MailError::Crypto(e)))?;
-                    // A TOTP factor seals its secret; a mail factor seals
-                    // the hash of the code that confirms it.
-                    let payload = match kind {
-                        "totp" => secret.to_vec(),
-                        _ => sha256(&code).into_bytes(),
-                    };
-                    let sealed = key.key.seal(&aad(&tenant, &id), &payload);
-                    let now = crate::clock::now();
-                    db::query(
-                        "INSERT INTO mfa_factors (id, tenant_id, user_id, kind, key_version, \
+        .write(&principal.own_permit(), meta, "auth.mfa.enrol", move |tx| {
+            Box::pin(async move {
+                let tenant = tx.scope().id_str().to_owned();
+                let key = post_in
+                    .vault
+                    .in_write()
+                    .active_in(tx)
+                    .await
+                    .map_err(|e| IdentityError::Mail(crate::mail::MailError::Crypto(e)))?;
+                // A TOTP factor seals its secret; a mail factor seals
+                // the hash of the code that confirms it.
+                let payload = match kind {
+                    "totp" => secret.to_vec(),
+                    _ => sha256(&code).into_bytes(),
+                };
+                let sealed = key.key.seal(&aad(&tenant, &id), &payload);
+                let now = crate::clock::now();
+                db::query(
+                    "INSERT INTO mfa_factors (id, tenant_id, user_id, kind, key_version, \
                          sealed, last_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
-                    )
-                    .bind(&id)
-                    .bind(&tenant)
-                    .bind(&user_id)
-                    .bind(kind)
-                    .bind(key.version)
-                    .bind(sealed)
-                    .bind(&now)
-                    .execute(tx.conn())
-                    .await?;
-                    tx.record(Change {
-                        entity: "mfa_factor",
-                        entity_id: id.clone(),
-                        op: JournalOp::Insert,
-                        before: None,
-                        after: Some(json!({
-                            "id": id, "user_id": user_id, "kind": kind, "created_at": now,
-                        })),
-                        sensitive: vec![],
-                        diff_of: None,
-                    });
-                    if let (true, Some(letterhead)) = (kind == "email", &letterhead) {
-                        mail_code(tx, &post_in, letterhead, &email, &code).await?;
-                    }
-                    tx.set_target("mfa_factor", id);
-                    Ok::<_, IdentityError>(())
-                })
-            },
-        )
+                )
+                .bind(&id)
+                .bind(&tenant)
+                .bind(&user_id)
+                .bind(kind)
+                .bind(key.version)
+                .bind(sealed)
+                .bind(&now)
+                .execute(tx.conn())
+                .await?;
+                tx.record(Change {
+                    entity: "mfa_factor",
+                    entity_id: id.clone(),
+                    op: JournalOp::Insert,
+                    before: None,
+                    after: Some(json!({
+                        "id": id, "user_id": user_id, "kind": kind, "created_at": now,
+                    })),
+                    sensitive: vec![],
+                    diff_of: None,
+                });
+                if let (true, Some(letterhead)) = (kind == "email", &letterhead) {
+                    mail_code(tx, &post_in, letterhead, &email, &code).await?;
+                }
+                tx.set_target("mfa_factor", id);
+                Ok::<_, IdentityError>(())
+            })
+        })
         .await?;
     let totp = kind == "totp";
     Ok(Enrolment {
@@ -866,7 +861,7 @@ pub async fn confirm(
     );
     let issued = store
         .write(
-            &Permit::user(principal.scope().clone(), principal.actor()),
+            &principal.own_permit(),
             meta,
             "auth.mfa.confirm",
             move |tx| {
@@ -1030,7 +1025,7 @@ pub async fn step_up(
     let session_id = principal.session_id.clone();
     store
         .write(
-            &Permit::user(principal.scope().clone(), principal.actor()),
+            &principal.own_permit(),
             meta,
             "auth.mfa.step_up",
             move |tx| Box::pin(async move { passed_on_session(tx, &session_id).await }),
@@ -1151,7 +1146,7 @@ pub async fn remove_own(
     require_recent(principal)?;
     remove(
         store,
-        &Permit::user(principal.scope().clone(), principal.actor()),
+        &principal.own_permit(),
         meta,
         "auth.mfa.remove",
         &principal.user_id,
@@ -1187,7 +1182,7 @@ pub async fn new_codes(
     let user_id = principal.user_id.clone();
     store
         .write(
-            &Permit::user(principal.scope().clone(), principal.actor()),
+            &principal.own_permit(),
             meta,
             "auth.mfa.recovery_codes",
             move |tx| {
