@@ -72,6 +72,8 @@ const ENV_KEYS: &[&str] = &[
     "smtp_from",
     "public_url",
     "login_lockout",
+    "sms_webhook_url",
+    "sms_webhook_secret",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -198,6 +200,12 @@ pub struct Config {
     /// 15 minutes lock the account for 15 minutes (IAM-6). Only load and
     /// limiter tests turn it off.
     pub login_lockout: bool,
+    /// Where SMS one-time codes go (IAM-3, `mail::sms`): an HTTP(S) webhook
+    /// in front of the operator's SMS provider, given `{"to", "text"}` and
+    /// an HMAC-SHA-256 signature under `sms_webhook_secret`. Unset, there
+    /// is no SMS factor.
+    pub sms_webhook_url: Option<String>,
+    pub sms_webhook_secret: Option<SecretString>,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -303,6 +311,8 @@ impl Default for Config {
             smtp_from: "Strongroom <noreply@localhost>".to_owned(),
             public_url: None,
             login_lockout: true,
+            sms_webhook_url: None,
+            sms_webhook_secret: None,
         }
     }
 }
@@ -438,6 +448,18 @@ impl Config {
                 "smtp_username and smtp_password go together: set both or neither".into(),
             ));
         }
+        if self.sms_webhook_url.is_some() != self.sms_webhook_secret.is_some() {
+            return Err(ConfigError(
+                "sms_webhook_url and sms_webhook_secret go together: set both or neither".into(),
+            ));
+        }
+        if let Some(url) = &self.sms_webhook_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError(format!(
+                "sms_webhook_url {url:?} must start with https:// (or http:// for local use)"
+            )));
+        }
         if let Some(url) = &self.public_url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
@@ -500,6 +522,16 @@ impl Config {
             .is_some_and(|url| url.starts_with("http://"))
         {
             problems.push("public_url is http://: links in mails must be https://".to_owned());
+        }
+        if self
+            .sms_webhook_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("http://"))
+        {
+            problems.push(
+                "sms_webhook_url is http://: one-time codes would cross the network in clear"
+                    .to_owned(),
+            );
         }
         problems
     }

@@ -217,6 +217,10 @@ impl From<IdentityError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
             MailOff => ApiError::new(StatusCode::CONFLICT, "mail-off", e.to_string()),
+            SmsOff => ApiError::new(StatusCode::CONFLICT, "sms-off", e.to_string()),
+            InvalidPhone => ApiError::validation(e.to_string()).with_field("phone"),
+            SmsNotSent(_) => ApiError::new(StatusCode::BAD_GATEWAY, "sms-not-sent", e.to_string()),
+            BadPasskey(_) => ApiError::validation(e.to_string()).with_field("credential"),
             InvalidCode => ApiError::new(StatusCode::UNAUTHORIZED, "invalid-code", e.to_string()),
             NoSuchFactor => ApiError::not_found(e.to_string()),
             StepUpRequired => {

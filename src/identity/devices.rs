@@ -12,6 +12,14 @@
 //! A known device is also what lets a real user in while their account is
 //! under attack (IAM-6: it is counted on its own key). Impossible travel
 //! is not judged: there is no GeoIP data here.
+//!
+//! IAM-3's trusted devices live here too: a tenant may let a device that
+//! passed a second factor skip it for `mfa_trust_days` (0, the default:
+//! never). The user sees their devices and when each is trusted until
+//! (`GET /api/v1/auth/devices`) and ends a device's trust
+//! (`DELETE /api/v1/auth/devices/{id}/trust`); a password change or reset
+//! ends every device's trust, and setting the tenant's days to 0 ends it
+//! at the next login.
 
 use super::post::Post;
 use super::tokens::{OpaqueToken, TokenKind};
@@ -115,7 +123,7 @@ pub async fn register(
     user_id: &str,
     email: &str,
     meta: &RequestMeta,
-) -> Result<String, IdentityError> {
+) -> Result<(String, String), IdentityError> {
     let token = OpaqueToken::generate(TokenKind::Device, scope.tenant_id());
     let not_me = OpaqueToken::generate(TokenKind::NotMe, scope.tenant_id());
     let letterhead = post.letterhead(store, scope).await?;
@@ -126,6 +134,8 @@ pub async fn register(
     );
     let (user_id, email, post) = (user_id.to_owned(), email.to_owned(), post.clone());
     let token_hash = token.hash();
+    let device_id = uuid::Uuid::now_v7().to_string();
+    let id = device_id.clone();
     store
         .write(&permit, meta, "auth.new_device", move |tx| {
             Box::pin(async move {
@@ -141,7 +151,6 @@ pub async fn register(
                 // is announced, if a mail can say so.
                 let announce = before > 0 && letterhead.is_some();
                 let now = crate::clock::now();
-                let id = uuid::Uuid::now_v7().to_string();
                 let user_agent = tx.meta().user_agent.clone();
                 let ip_prefix = prefix(tx.meta().ip.as_deref());
                 let not_me_expires = crate::clock::in_seconds(NOT_ME_DAYS * 86_400);
@@ -197,7 +206,202 @@ pub async fn register(
             })
         })
         .await?;
-    Ok(token.reveal())
+    Ok((device_id, token.reveal()))
+}
+
+/// How many days the tenant lets a device skip the second factor, if any.
+pub async fn trust_days(store: &Store, scope: &TenantScope) -> Result<Option<i64>, IdentityError> {
+    if !store.schema_has(super::mfa::passkeys::SCHEMA) {
+        return Ok(None);
+    }
+    let mut tx = store.read(scope).await?;
+    let days: Option<i64> =
+        db::query_scalar("SELECT mfa_trust_days FROM tenant_settings WHERE tenant_id = $1")
+            .bind(scope.id_str())
+            .fetch_optional(tx.conn())
+            .await?;
+    Ok(days.filter(|d| *d > 0))
+}
+
+/// Whether `device` skips the second factor now: it is trusted until a
+/// later time, and the tenant still allows trust.
+pub async fn trusted(
+    store: &Store,
+    scope: &TenantScope,
+    device: &KnownDevice,
+) -> Result<bool, IdentityError> {
+    if trust_days(store, scope).await?.is_none() {
+        return Ok(false);
+    }
+    let mut tx = store.read(scope).await?;
+    let until: Option<String> =
+        db::query_scalar("SELECT mfa_trusted_until FROM devices WHERE tenant_id = $1 AND id = $2")
+            .bind(scope.id_str())
+            .bind(&device.id)
+            .fetch_optional(tx.conn())
+            .await?
+            .flatten();
+    Ok(until.is_some_and(|until| until > crate::clock::now()))
+}
+
+/// Trusts a device of the user's for `days`, audited; until when.
+pub async fn trust(
+    store: &Store,
+    scope: &TenantScope,
+    user_id: &str,
+    email: &str,
+    device_id: &str,
+    days: i64,
+    meta: &RequestMeta,
+) -> Result<String, IdentityError> {
+    let until = crate::clock::in_seconds(days * 86_400);
+    let permit = Permit::authentication(
+        scope.clone(),
+        Actor::user(user_id.to_owned(), email.to_owned()),
+    );
+    set_trust(
+        store,
+        &permit,
+        meta,
+        "auth.device_trusted",
+        device_id,
+        Some(until.clone()),
+    )
+    .await?;
+    Ok(until)
+}
+
+/// Sets or ends (`None`) a device's trust, in a write of its own.
+async fn set_trust(
+    store: &Store,
+    permit: &Permit,
+    meta: &RequestMeta,
+    action: &'static str,
+    device_id: &str,
+    until: Option<String>,
+) -> Result<(), IdentityError> {
+    let (id, user_id) = (device_id.to_owned(), permit.actor().id.clone());
+    store
+        .write(permit, meta, action, move |tx| {
+            Box::pin(async move {
+                let done = db::query(
+                    "UPDATE devices SET mfa_trusted_until = $1 WHERE tenant_id = $2 \
+                     AND CAST(id AS TEXT) = $3 AND CAST(user_id AS TEXT) = $4",
+                )
+                .bind(until.as_deref())
+                .bind(tx.scope().id_str().to_owned())
+                .bind(&id)
+                .bind(user_id.as_deref().unwrap_or(""))
+                .execute(tx.conn())
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err(IdentityError::SessionNotFound);
+                }
+                tx.record(Change {
+                    entity: "device",
+                    entity_id: id.clone(),
+                    op: JournalOp::Update,
+                    before: None,
+                    after: Some(serde_json::json!({"mfa_trusted_until": until})),
+                    sensitive: vec![],
+                    diff_of: None,
+                });
+                tx.set_target("device", id);
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// The caller ends one of their devices' trust.
+pub async fn untrust(
+    store: &Store,
+    principal: &crate::access::Principal,
+    device_id: &str,
+    meta: &RequestMeta,
+) -> Result<(), IdentityError> {
+    if !store.schema_has(super::mfa::passkeys::SCHEMA) {
+        return Err(IdentityError::SessionNotFound);
+    }
+    set_trust(
+        store,
+        &principal.own_permit(),
+        meta,
+        "auth.device_untrusted",
+        device_id,
+        None,
+    )
+    .await
+}
+
+/// Ends the trust of every device of a user, in `tx` (a password change
+/// or reset).
+pub(super) async fn forget_trust(
+    tx: &mut crate::store::WriteTx,
+    user_id: &str,
+    schema_has_trust: bool,
+) -> Result<(), IdentityError> {
+    if !schema_has_trust {
+        return Ok(());
+    }
+    db::query(
+        "UPDATE devices SET mfa_trusted_until = NULL WHERE tenant_id = $1 AND user_id = $2 \
+         AND mfa_trusted_until IS NOT NULL",
+    )
+    .bind(tx.scope().id_str().to_owned())
+    .bind(user_id)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// One of a user's devices, as they see it.
+#[derive(Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub user_agent: Option<String>,
+    pub ip_prefix: Option<String>,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+    /// Until when it skips the second factor (IAM-3), if trusted.
+    pub trusted_until: Option<String>,
+}
+
+/// The caller's devices, most recently seen first.
+pub async fn list(
+    store: &Store,
+    principal: &crate::access::Principal,
+) -> Result<Vec<DeviceInfo>, IdentityError> {
+    let trust = if store.schema_has(super::mfa::passkeys::SCHEMA) {
+        "mfa_trusted_until"
+    } else {
+        "NULL"
+    };
+    let mut tx = store.read(principal.scope()).await?;
+    let rows = db::query(format!(
+        "SELECT id, user_agent, ip_prefix, first_seen_at, last_seen_at, {trust} FROM devices \
+         WHERE tenant_id = $1 AND user_id = $2 ORDER BY last_seen_at DESC, id"
+    ))
+    .bind(principal.scope().id_str())
+    .bind(&principal.user_id)
+    .fetch_all(tx.conn())
+    .await?;
+    let now = crate::clock::now();
+    rows.iter()
+        .map(|row| {
+            Ok(DeviceInfo {
+                id: row.try_get(0)?,
+                user_agent: row.try_get(1)?,
+                ip_prefix: row.try_get(2)?,
+                first_seen_at: row.try_get(3)?,
+                last_seen_at: row.try_get(4)?,
+                trusted_until: row
+                    .try_get::<Option<String>, _>(5)?
+                    .filter(|until| *until > now),
+            })
+        })
+        .collect::<Result<_, db::Error>>()
+        .map_err(IdentityError::from)
 }
 
 /// "This wasn't me": the user disowns a login announced by mail. Every

@@ -484,14 +484,7 @@ async fn login(
         }
         admitted?;
     }
-    let device_token = body.device_token.or_else(|| {
-        headers
-            .get_all(axum::http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|h| super::cookies::cookie_value(h, super::DEVICE_COOKIE))
-            .map(|v| SecretString::from(v.to_owned()))
-    });
+    let device_token = body.device_token.or_else(|| device_cookie(&headers));
     let tokens = super::login(
         &state.store,
         &state.post(),
@@ -517,6 +510,16 @@ async fn login(
         // IAM-3: the second step; `POST /auth/mfa/verify` completes it.
         super::LoginOutcome::SecondFactor(challenge) => Ok(Json(challenge).into_response()),
     }
+}
+
+/// The device token a browser keeps in its `__Host-sr_device` cookie.
+pub(super) fn device_cookie(headers: &axum::http::HeaderMap) -> Option<SecretString> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| super::cookies::cookie_value(h, super::DEVICE_COOKIE))
+        .map(|v| SecretString::from(v.to_owned()))
 }
 
 /// The answer of a login that opened a session: the tokens, or for a

@@ -17,6 +17,7 @@
 //! * IAM-7: devices are remembered; a login from a new one is audited and
 //!   mailed with a "this wasn't me" link ([`devices`]).
 
+mod cbor;
 pub mod cookies;
 mod devices;
 pub(crate) mod http;
@@ -30,12 +31,15 @@ mod sessions;
 mod tokens;
 pub mod totp;
 mod users;
+pub mod webauthn;
 
 use std::fmt;
 
 use serde::Serialize;
 
-pub use devices::{DEVICE_COOKIE, DEVICE_COOKIE_DAYS, not_me};
+pub use devices::{
+    DEVICE_COOKIE, DEVICE_COOKIE_DAYS, list as list_devices, not_me, untrust as untrust_device,
+};
 pub use http::{router, sessions_router};
 pub use lockout::unlock;
 pub use password::{hash as hash_password, warm_up};
@@ -44,8 +48,8 @@ pub use reset::{RESET_TTL_MINUTES, admin_reset, change as change_password, reque
 pub use sessions::{
     Credentials, LoginOutcome, SESSION_CHECK_TTL, SESSION_KINDS, SecondStep, SessionCache,
     SessionInfo, TokenPair, accept_invitation, authenticate, authenticate_cached,
-    authenticate_cookie, complete_login, list_sessions, login, logout, refresh,
-    revoke_other_sessions, revoke_own_session, revoke_user_sessions,
+    authenticate_cookie, complete_login, list_sessions, login, logout, passkey_login,
+    passkey_ticket, refresh, revoke_other_sessions, revoke_own_session, revoke_user_sessions,
 };
 pub use tokens::{ACCESS_TOKEN_TTL_SECONDS, AccessClaims, verify_access_token};
 pub use users::{
@@ -142,6 +146,14 @@ pub enum IdentityError {
     StepUpRequired,
     #[error("the tenant requires a second factor: enrol one (POST /api/v1/auth/mfa/factors) first")]
     MfaEnrolmentRequired,
+    #[error("SMS is off on this instance (no sms_webhook_url)")]
+    SmsOff,
+    #[error("not a phone number in international form (+ and 8 to 15 digits)")]
+    InvalidPhone,
+    #[error("the text message could not be sent: {0}")]
+    SmsNotSent(String),
+    #[error("the passkey response is not valid: {0}")]
+    BadPasskey(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error(transparent)]

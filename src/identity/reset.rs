@@ -224,6 +224,7 @@ pub async fn reset(
     let letterhead = post.letterhead(store, &scope).await?;
     let permit = Permit::authentication(scope.clone(), Actor::user(user_id.clone(), email.clone()));
     let (post, mailed) = (post.clone(), email.clone());
+    let trust = store.schema_has(super::mfa::passkeys::SCHEMA);
     store
         .write(&permit, meta, "auth.password.reset", move |tx| {
             Box::pin(async move {
@@ -256,6 +257,7 @@ pub async fn reset(
                 });
                 set_password(tx, &user_id, &password_hash, false).await?;
                 revoke_all_but(tx, &user_id, None, "password_reset").await?;
+                super::devices::forget_trust(tx, &user_id, trust).await?;
                 notify_changed(tx, &post, letterhead.as_ref(), &mailed).await?;
                 tx.set_target("user", user_id);
                 Ok(())
@@ -305,6 +307,7 @@ pub async fn change(
         principal.email.clone(),
     );
     let post = post.clone();
+    let trust = store.schema_has(super::mfa::passkeys::SCHEMA);
     store
         .write(
             &principal.own_permit(),
@@ -314,6 +317,7 @@ pub async fn change(
                 Box::pin(async move {
                     set_password(tx, &user_id, &password_hash, false).await?;
                     revoke_all_but(tx, &user_id, Some(&keep), "password_changed").await?;
+                    super::devices::forget_trust(tx, &user_id, trust).await?;
                     notify_changed(tx, &post, letterhead.as_ref(), &email).await?;
                     tx.set_target("user", user_id);
                     Ok(())
@@ -344,6 +348,7 @@ pub async fn admin_reset(
     let password_hash = password::hash(temporary.clone()).await?;
     let letterhead = mail::letterhead(store, permit.scope()).await?;
     let vault = post.vault.in_write();
+    let trust = store.schema_has(super::mfa::passkeys::SCHEMA);
     store
         .write(permit, meta, "user.password.reset", move |tx| {
             Box::pin(async move {
@@ -353,6 +358,7 @@ pub async fn admin_reset(
                     return Err(IdentityError::UserNotFound);
                 }
                 revoke_all_but(tx, &user.id, None, "password_reset_by_admin").await?;
+                super::devices::forget_trust(tx, &user.id, trust).await?;
                 mail::enqueue(
                     tx,
                     &vault,

@@ -44,6 +44,10 @@ pub struct TokenPair {
     /// change until it is made (IAM-2).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub password_change_required: bool,
+    /// Until when this device skips the second factor, when the second
+    /// step asked to trust it and the tenant allows it (IAM-3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_trusted_until: Option<String>,
     /// Who the tokens belong to (for the access log; not sent).
     #[serde(skip)]
     pub tenant_id: String,
@@ -67,6 +71,7 @@ fn token_pair(
         expires_in: ACCESS_TOKEN_TTL_SECONDS,
         refresh_token: refresh.reveal(),
         password_change_required: false,
+        device_trusted_until: None,
         device_token: None,
         tenant_id: scope.id_str().to_owned(),
         user_id: user_id.to_owned(),
@@ -197,12 +202,21 @@ pub async fn login(
     if had_failures {
         lockout::clear(store, &counter).await?;
     }
-    // IAM-3: a user with a second factor gets the second step, not a session.
+    // IAM-3: a user with a second factor gets the second step, not a
+    // session, unless this device is trusted to skip it (and the tenant
+    // still allows that).
     let methods = super::mfa::methods(store, &scope, &account.id).await?;
-    if !methods.is_empty() {
+    let trusted = match &device {
+        Some(device) if !methods.is_empty() => {
+            super::devices::trusted(store, &scope, device).await?
+        }
+        _ => false,
+    };
+    if !methods.is_empty() && !trusted {
         let device_id = device.as_ref().map(|d| d.id.as_str());
         return Ok(LoginOutcome::SecondFactor(
-            super::mfa::open_challenge(store, &scope, &account.id, device_id, methods).await?,
+            super::mfa::open_challenge(store, post, &scope, &account.id, device_id, methods)
+                .await?,
         ));
     }
     let session = NewSession {
@@ -210,7 +224,9 @@ pub async fn login(
         user_id: account.id,
         email: account.email,
         device,
-        challenge: None,
+        passed: None,
+        trusted_device: trusted,
+        trust_days: None,
         must_change_password: account.must_change_password,
     };
     Ok(LoginOutcome::Tokens(
@@ -224,8 +240,12 @@ struct NewSession {
     user_id: String,
     email: String,
     device: Option<super::devices::KnownDevice>,
-    /// The second step passed, to spend as the session opens.
-    challenge: Option<String>,
+    /// The second factor passed, to spend as the session opens.
+    passed: Option<super::mfa::Spend>,
+    /// A trusted device let the login skip the second factor.
+    trusted_device: bool,
+    /// Trust the device for so many days (the second step asked to).
+    trust_days: Option<i64>,
     must_change_password: bool,
 }
 
@@ -243,7 +263,9 @@ async fn finish_login(
         user_id,
         email,
         device,
-        challenge,
+        passed,
+        trusted_device,
+        trust_days,
         must_change_password,
     } = session;
     let actor = Actor::user(user_id.clone(), email.clone());
@@ -255,13 +277,24 @@ async fn finish_login(
     let (session_id, refresh) = store
         .write(&permit, meta, "auth.login", move |tx| {
             Box::pin(async move {
-                if let Some(challenge) = &challenge {
-                    super::mfa::spend_in(tx, challenge).await?;
+                if let Some(passed) = &passed {
+                    super::mfa::spend_in(tx, passed).await?;
                 }
                 let opened = open_session(tx, &user, session_ttl_hours).await?;
-                if challenge.is_some() {
+                if passed.is_some() {
                     super::mfa::passed_on_session(tx, &opened.0).await?;
                     tx.set_target("session", opened.0.clone());
+                }
+                if trusted_device {
+                    tx.record(Change {
+                        entity: "session",
+                        entity_id: opened.0.clone(),
+                        op: JournalOp::Update,
+                        before: None,
+                        after: Some(json!({"second_factor": "trusted_device"})),
+                        sensitive: vec![],
+                        diff_of: None,
+                    });
                 }
                 Ok::<_, IdentityError>(opened)
             })
@@ -269,19 +302,29 @@ async fn finish_login(
         .await?;
     // IAM-7: a known device is marked seen; any other is registered (and
     // announced to the user when they had another before).
-    let device_token = match &device {
+    let (device_id, device_token) = match &device {
         Some(device) => {
             super::devices::seen(store, &scope, device, meta);
-            None
+            (Some(device.id.clone()), None)
         }
         None if store.schema_has(super::devices::SCHEMA) => {
-            Some(super::devices::register(store, post, &scope, &user_id, &email, meta).await?)
+            let (id, token) =
+                super::devices::register(store, post, &scope, &user_id, &email, meta).await?;
+            (Some(id), Some(token))
         }
-        None => None,
+        None => (None, None),
+    };
+    // A second step that asked to trust its device (the tenant allowing).
+    let trusted_until = match (trust_days, &device_id) {
+        (Some(days), Some(id)) => {
+            Some(super::devices::trust(store, &scope, &user_id, &email, id, days, meta).await?)
+        }
+        _ => None,
     };
     let mut pair = token_pair(key, &scope, &user_id, &session_id, &refresh);
     pair.password_change_required = must_change_password;
     pair.device_token = device_token;
+    pair.device_trusted_until = trusted_until;
     Ok(pair)
 }
 
@@ -289,7 +332,10 @@ async fn finish_login(
 pub struct SecondStep<'a> {
     pub mfa_token: &'a str,
     pub method: super::mfa::Method,
-    pub code: &'a SecretString,
+    pub proof: &'a super::mfa::Proof,
+    /// Trust this device to skip the second factor for the tenant's
+    /// `mfa_trust_days` (ignored when the tenant allows none).
+    pub trust_device: bool,
 }
 
 /// Completes a login's second step with a code (IAM-3).
@@ -302,8 +348,12 @@ pub async fn complete_login(
     meta: &RequestMeta,
 ) -> Result<TokenPair, IdentityError> {
     let passed =
-        super::mfa::pass_challenge(store, &post.vault, step.mfa_token, step.method, step.code)
-            .await?;
+        super::mfa::pass_challenge(store, post, step.mfa_token, step.method, step.proof).await?;
+    let trust_days = if step.trust_device {
+        super::devices::trust_days(store, &passed.scope).await?
+    } else {
+        None
+    };
     let must_change: bool = if store.schema_has(crate::mail::SCHEMA) {
         let mut tx = store.read(&passed.scope).await?;
         db::query_scalar::<i64>(
@@ -325,10 +375,104 @@ pub async fn complete_login(
         scope: passed.scope,
         user_id: passed.user_id,
         email: passed.email,
-        challenge: Some(passed.challenge_id),
+        passed: Some(super::mfa::Spend::Challenge(passed.challenge_id)),
+        trusted_device: false,
+        trust_days,
         must_change_password: must_change,
     };
     finish_login(store, post, key, session_ttl_hours, session, meta).await
+}
+
+/// A login with a passkey and no password (IAM-3): the assertion answers a
+/// ticket from [`passkey_ticket`], by a passkey that verified its user. It
+/// counts as password and second factor at once. Failures of every kind
+/// (unknown tenant, unknown passkey, a bad signature) are the same 401.
+pub async fn passkey_login(
+    store: &Store,
+    post: &Post,
+    key: &SigningKey,
+    session_ttl_hours: u32,
+    ticket: &str,
+    credential: &serde_json::Value,
+    device_token: Option<&SecretString>,
+    meta: &RequestMeta,
+) -> Result<TokenPair, IdentityError> {
+    if !store.schema_has(super::mfa::passkeys::SCHEMA) {
+        return Err(IdentityError::InvalidCredentials);
+    }
+    let presented = super::mfa::passkeys::open_ticket(key, ticket)
+        .map_err(|_| IdentityError::InvalidCredentials)?;
+    let active: i64 = {
+        let mut tx = store.read_unscoped().await?;
+        db::query_scalar("SELECT COUNT(*) FROM tenants WHERE id = $1 AND status = 'active'")
+            .bind(presented.scope.id_str())
+            .fetch_one(tx.conn())
+            .await?
+    };
+    if active == 0 {
+        return Err(IdentityError::InvalidCredentials);
+    }
+    let found = super::mfa::passkeys::passwordless(store, post, &presented, credential).await?;
+    let account = {
+        let mut tx = store.read(&presented.scope).await?;
+        db::query(
+            "SELECT email, password_change_required FROM users WHERE tenant_id = $1 AND id = $2 \
+             AND status = 'active'",
+        )
+        .bind(presented.scope.id_str())
+        .bind(&found.user_id)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(IdentityError::InvalidCredentials)?
+    };
+    let (email, must_change): (String, i64) = (account.try_get(0)?, account.try_get(1)?);
+    let device = match device_token {
+        Some(token) => {
+            super::devices::recognise(
+                store,
+                &presented.scope,
+                &found.user_id,
+                Some(token.expose_secret()),
+            )
+            .await?
+        }
+        None => None,
+    };
+    let session = NewSession {
+        device,
+        user_id: found.user_id,
+        email,
+        passed: Some(super::mfa::Spend::Ticket {
+            hash: presented.hash,
+            expires_at: presented.expires_at,
+            factor_id: found.factor_id,
+            counter: found.counter,
+        }),
+        scope: presented.scope,
+        trusted_device: false,
+        trust_days: None,
+        must_change_password: must_change != 0,
+    };
+    finish_login(store, post, key, session_ttl_hours, session, meta).await
+}
+
+/// A ticket to log in with a passkey: for any tenant slug alike (an
+/// unknown one gets a ticket that later finds no passkey), and nothing is
+/// written.
+pub async fn passkey_ticket(
+    store: &Store,
+    post: &Post,
+    key: &SigningKey,
+    tenant_slug: &str,
+) -> Result<serde_json::Value, IdentityError> {
+    let scope = tenancy::find_active_by_slug(store, tenant_slug).await?;
+    let ticket = super::mfa::passkeys::issue_ticket(key, scope.map(|s| s.tenant_id()));
+    let options = super::mfa::passkeys::ticket_options(post, &ticket, &[], true)?;
+    Ok(json!({
+        "ticket": ticket.token,
+        "expires_in": super::mfa::passkeys::TICKET_SECONDS,
+        "passkey": options,
+    }))
 }
 
 /// Audits a failed login (and a lock it caused) in the tenant's trail,

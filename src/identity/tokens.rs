@@ -35,6 +35,7 @@ pub enum TokenKind {
     Device,
     NotMe,
     MfaChallenge,
+    PasskeyTicket,
 }
 
 impl TokenKind {
@@ -46,6 +47,7 @@ impl TokenKind {
             TokenKind::Device => "sr_dev_",
             TokenKind::NotMe => "sr_nm_",
             TokenKind::MfaChallenge => "sr_mfa_",
+            TokenKind::PasskeyTicket => "sr_pk_",
         }
     }
 }

@@ -19,6 +19,7 @@
 //!   the oldest waiting mail's age, and recent failures — never addressees.
 
 pub mod http;
+pub mod sms;
 pub mod smtp;
 pub mod templates;
 
@@ -73,6 +74,8 @@ impl From<db::Error> for MailError {
 /// links point, and who to wake when mail is queued.
 pub struct Mailer {
     smtp: Option<Smtp>,
+    /// Where text messages go (IAM-3's SMS codes), if anywhere.
+    sms: Option<std::sync::Arc<dyn sms::SmsSender>>,
     public_url: String,
     wake: Notify,
     /// Tenants with mail queued since the last run; `None` in it: any.
@@ -96,12 +99,17 @@ impl Mailer {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", config.listen));
-        Ok(Mailer::new(smtp, &public_url))
+        let mut mailer = Mailer::new(smtp, &public_url);
+        if let (Some(url), Some(secret)) = (&config.sms_webhook_url, &config.sms_webhook_secret) {
+            mailer.sms = Some(std::sync::Arc::new(sms::Webhook::new(url, secret.clone())?));
+        }
+        Ok(mailer)
     }
 
     pub fn new(smtp: Option<Smtp>, public_url: &str) -> Mailer {
         Mailer {
             smtp,
+            sms: None,
             public_url: public_url.trim_end_matches('/').to_owned(),
             wake: Notify::new(),
             woken: Mutex::new(HashSet::new()),
@@ -111,6 +119,16 @@ impl Mailer {
     /// Whether mails are sent at all (`smtp_url` is set).
     pub fn is_configured(&self) -> bool {
         self.smtp.is_some()
+    }
+
+    /// Where the product's front end is (`public_url`), without a final `/`.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// Where text messages go, when `sms_webhook_url` is set.
+    pub fn sms(&self) -> Option<&dyn sms::SmsSender> {
+        self.sms.as_deref()
     }
 
     pub fn smtp(&self) -> Option<&Smtp> {

@@ -20,6 +20,8 @@ pub const TEMPLATES: &[(&str, &[&str])] = &[
     ("password_temporary", &["tenant", "email", "password"]),
     ("password_changed", &["tenant", "email", "changed_at"]),
     ("mfa_code", &["tenant", "email", "code", "minutes"]),
+    // A text message: only its `text` is sent.
+    ("sms_code", &["tenant", "code", "minutes"]),
     (
         "new_device",
         &["tenant", "email", "when", "device", "address", "link"],

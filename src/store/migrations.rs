@@ -36,6 +36,10 @@ const SQLITE: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0012_devices_and_lockout.sql"),
     ),
     (13, include_str!("migrations/sqlite/0013_mfa.sql")),
+    (
+        14,
+        include_str!("migrations/sqlite/0014_sms_passkeys_trust.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -66,6 +70,10 @@ const POSTGRES: &[(i64, &str)] = &[
         include_str!("migrations/postgres/0012_devices_and_lockout.sql"),
     ),
     (13, include_str!("migrations/postgres/0013_mfa.sql")),
+    (
+        14,
+        include_str!("migrations/postgres/0014_sms_passkeys_trust.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming "Strongroom migrations" for pg_advisory_xact_lock.

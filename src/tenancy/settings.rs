@@ -49,6 +49,9 @@ pub struct TenantSettings {
     /// Who must have a second factor (IAM-3): `"off"`, `"all"`, or a list
     /// of roles.
     pub mfa_policy: serde_json::Value,
+    /// Days a device that passed a second factor may skip it (IAM-3's
+    /// trusted devices); 0: never.
+    pub mfa_trust_days: i64,
     pub updated_at: String,
 }
 
@@ -67,10 +70,15 @@ pub struct SettingsPatch {
     pub language: Option<String>,
     #[serde(default, deserialize_with = "crate::json::present")]
     pub mfa_policy: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "crate::json::present")]
+    pub mfa_trust_days: Option<i64>,
     /// Saving a list that leaves out the caller's own address needs this.
     #[serde(default)]
     pub confirm_lockout: bool,
 }
+
+/// The longest a device may be trusted to skip the second factor.
+const MAX_TRUST_DAYS: i64 = 90;
 
 /// Entries in one allow-list at most.
 const MAX_ALLOWLIST: usize = 256;
@@ -98,9 +106,14 @@ fn settings_sql(store: &Store) -> String {
     } else {
         "'off'"
     };
+    let trust = if store.schema_has(crate::identity::mfa::passkeys::SCHEMA) {
+        "mfa_trust_days"
+    } else {
+        "0"
+    };
     format!(
-        "SELECT audit_retention_days, {list}, updated_at, {sessions}, {language}, {mfa} \
-         FROM tenant_settings WHERE tenant_id = $1"
+        "SELECT audit_retention_days, {list}, updated_at, {sessions}, {language}, {mfa}, \
+         {trust} FROM tenant_settings WHERE tenant_id = $1"
     )
 }
 
@@ -116,6 +129,7 @@ fn settings_from(row: &db::Row) -> Result<TenantSettings, TenancyError> {
         language: row.try_get(5)?,
         mfa_policy: crate::identity::mfa::Policy::from_stored(&row.try_get::<String, _>(6)?)
             .to_json(),
+        mfa_trust_days: row.try_get(7)?,
     })
 }
 
@@ -231,6 +245,18 @@ pub async fn update_settings(
             Some(policy)
         }
     };
+    if let Some(days) = patch.mfa_trust_days {
+        if !(0..=MAX_TRUST_DAYS).contains(&days) {
+            return Err(TenancyError::InvalidSetting(format!(
+                "mfa_trust_days is 0 (never) to {MAX_TRUST_DAYS}"
+            )));
+        }
+        if !store.schema_has(crate::identity::mfa::passkeys::SCHEMA) {
+            return Err(TenancyError::InvalidSetting(
+                "the database schema is held back before mfa_trust_days (migrate_until)".into(),
+            ));
+        }
+    }
     if let Some(list) = &patch.ip_allowlist {
         if !store.schema_has(super::allowlist::SCHEMA) {
             return Err(TenancyError::InvalidAllowList(
@@ -255,6 +281,7 @@ pub async fn update_settings(
     let with_sessions = store.schema_has(SESSION_SETTINGS_SCHEMA);
     let with_language = store.schema_has(crate::mail::SCHEMA);
     let with_mfa = store.schema_has(crate::identity::mfa::SCHEMA);
+    let with_trust = store.schema_has(crate::identity::mfa::passkeys::SCHEMA);
     let select = settings_sql(store);
     store
         .write(permit, meta, "tenant.settings.update", move |tx| {
@@ -286,11 +313,16 @@ pub async fn update_settings(
                         .as_ref()
                         .map(|p| p.to_json())
                         .unwrap_or_else(|| before.mfa_policy.clone()),
+                    mfa_trust_days: patch.mfa_trust_days.unwrap_or(before.mfa_trust_days),
                     updated_at: crate::clock::now(),
                 };
                 let list = serde_json::to_string(&after.ip_allowlist)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let update = if with_mfa {
+                let update = if with_trust {
+                    "UPDATE tenant_settings SET audit_retention_days = $1, ip_allowlist = $2, \
+                     updated_at = $3, session_idle_minutes = $5, session_max_hours = $6, \
+                     language = $7, mfa_policy = $8, mfa_trust_days = $9 WHERE tenant_id = $4"
+                } else if with_mfa {
                     "UPDATE tenant_settings SET audit_retention_days = $1, ip_allowlist = $2, \
                      updated_at = $3, session_idle_minutes = $5, session_max_hours = $6, \
                      language = $7, mfa_policy = $8 WHERE tenant_id = $4"
@@ -330,6 +362,9 @@ pub async fn update_settings(
                         }
                     };
                     query = query.bind(stored);
+                }
+                if with_trust {
+                    query = query.bind(after.mfa_trust_days);
                 }
                 query.execute(tx.conn()).await?;
                 tx.record(Change {
@@ -386,6 +421,9 @@ pub fn router() -> Api {
                     "anyOf": [{"enum": ["off", "all"]},
                               {"type": "array", "minItems": 1, "uniqueItems": true,
                                "items": {"enum": ["admin", "member", "viewer", "auditor"]}}]},
+                "mfa_trust_days": {"type": "integer", "minimum": 0, "maximum": MAX_TRUST_DAYS,
+                    "description": "days a device that passed a second factor may skip it, when \
+                                    its user asks (trust_device); 0: never"},
                 "confirm_lockout": {"type": "boolean",
                                     "description": "save a list that leaves out the caller's own address"}
             }})),

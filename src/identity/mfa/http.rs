@@ -20,7 +20,17 @@ use crate::http::state::AppState;
 use crate::identity::IdentityError;
 use crate::identity::http::{LoginMode, session_response};
 
-const METHODS: [&str; 3] = ["totp", "email", "recovery"];
+const METHODS: [&str; 5] = ["totp", "email", "sms", "recovery", "passkey"];
+
+/// A passkey's answer as JSON (`PublicKeyCredential.toJSON()`).
+fn credential_schema() -> serde_json::Value {
+    json!({"type": "object", "description":
+        "the browser's PublicKeyCredential as JSON (byte fields in base64url)",
+        "required": ["type", "response"],
+        "properties": {"id": {"type": "string"}, "rawId": {"type": "string"},
+                       "type": {"const": "public-key"},
+                       "response": {"type": "object"}}})
+}
 
 pub fn router() -> Api {
     Api::new()
@@ -33,13 +43,96 @@ pub fn router() -> Api {
             .tag("auth")
             .errors(&[401, 410, 423])
             .body(json!({
-                "type": "object", "required": ["mfa_token", "method", "code"],
+                "type": "object", "required": ["mfa_token", "method"],
                 "additionalProperties": false,
                 "properties": {"mfa_token": {"type": "string"}, "method": {"enum": METHODS},
-                               "code": {"type": "string", "writeOnly": true},
+                               "code": {"type": "string", "writeOnly": true, "description":
+                                   "the code (every method but passkey)"},
+                               "credential": credential_schema(),
+                               "trust_device": {"type": "boolean", "description":
+                                   "skip the second factor on this device for the tenant's \
+                                    mfa_trust_days (when it allows any)"},
                                "mode": {"enum": ["token", "cookie"]}}
             })),
             post(verify),
+        )
+        .route(
+            Op::new(
+                "POST",
+                "/api/v1/auth/mfa/sms-code",
+                "Text a one-time code for a login's second step",
+            )
+            .tag("auth")
+            .errors(&[401, 404, 409, 410, 423, 502])
+            .body(json!({
+                "type": "object", "required": ["mfa_token"], "additionalProperties": false,
+                "properties": {"mfa_token": {"type": "string"}}
+            }))
+            .ok(202),
+            post(sms_code),
+        )
+        .route(
+            Op::new(
+                "POST",
+                "/api/v1/auth/passkey/start",
+                "Start a login with a passkey and no password: a ticket and the options for \
+                 navigator.credentials.get()",
+            )
+            .tag("auth")
+            .body(json!({
+                "type": "object", "required": ["tenant"], "additionalProperties": false,
+                "properties": {"tenant": {"type": "string"}}
+            })),
+            post(passkey_start),
+        )
+        .route(
+            Op::new(
+                "POST",
+                "/api/v1/auth/passkey/login",
+                "Log in with a passkey that verified its user, answering a ticket",
+            )
+            .tag("auth")
+            .errors(&[401, 410, 423])
+            .body(json!({
+                "type": "object", "required": ["ticket", "credential"],
+                "additionalProperties": false,
+                "properties": {"ticket": {"type": "string"}, "credential": credential_schema(),
+                               "device_token": {"type": "string", "writeOnly": true},
+                               "mode": {"enum": ["token", "cookie"]}}
+            })),
+            post(passkey_login),
+        )
+        .route(
+            Op::new(
+                "POST",
+                "/api/v1/auth/mfa/step-up/passkey",
+                "A ticket and options to step up with one of the caller's passkeys",
+            )
+            .tag("auth")
+            .bearer(),
+            post(step_up_ticket),
+        )
+        .route(
+            Op::new(
+                "GET",
+                "/api/v1/auth/devices",
+                "The caller's devices (IAM-7) and until when each skips the second factor",
+            )
+            .tag("auth")
+            .bearer(),
+            get(devices),
+        )
+        .route(
+            Op::new(
+                "DELETE",
+                "/api/v1/auth/devices/{id}/trust",
+                "End a device's trust: its next login takes the second factor again",
+            )
+            .tag("auth")
+            .bearer()
+            .errors(&[404])
+            .ok(204),
+            delete(untrust),
         )
         .route(
             Op::new(
@@ -70,15 +163,20 @@ pub fn router() -> Api {
             Op::new(
                 "POST",
                 "/api/v1/auth/mfa/factors",
-                "Start a second factor: `totp` (its secret is returned once) or `email` (a code is \
-                 mailed); a code confirms it",
+                "Start a second factor: `totp` (its secret is returned once), `email` or `sms` (a \
+                 code is sent) or `passkey` (options for navigator.credentials.create()); a code \
+                 or the new credential confirms it",
             )
             .tag("auth")
             .bearer()
-            .errors(&[404, 409, 410, 423])
+            .errors(&[404, 409, 410, 423, 502])
             .body(json!({
                 "type": "object", "required": ["kind"], "additionalProperties": false,
-                "properties": {"kind": {"enum": ["totp", "email"]}}
+                "properties": {"kind": {"enum": ["totp", "email", "sms", "passkey"]},
+                               "phone": {"type": "string", "description":
+                                   "for sms: the number in international form (+420 …)"},
+                               "name": {"type": "string", "maxLength": 64, "description":
+                                   "for passkey: a name to tell it by"}}
             }))
             .ok(201),
             post(enrol),
@@ -93,8 +191,9 @@ pub fn router() -> Api {
             .bearer()
             .errors(&[401, 404, 410, 423])
             .body(json!({
-                "type": "object", "required": ["code"], "additionalProperties": false,
-                "properties": {"code": {"type": "string", "writeOnly": true}}
+                "type": "object", "additionalProperties": false,
+                "properties": {"code": {"type": "string", "writeOnly": true},
+                               "credential": credential_schema()}
             })),
             post(confirm),
         )
@@ -131,9 +230,12 @@ pub fn router() -> Api {
             .bearer()
             .errors(&[401, 404, 410, 423])
             .body(json!({
-                "type": "object", "required": ["method", "code"], "additionalProperties": false,
-                "properties": {"method": {"enum": ["totp", "recovery"]},
-                               "code": {"type": "string", "writeOnly": true}}
+                "type": "object", "required": ["method"], "additionalProperties": false,
+                "properties": {"method": {"enum": ["totp", "recovery", "passkey"]},
+                               "code": {"type": "string", "writeOnly": true},
+                               "ticket": {"type": "string", "description":
+                                   "for passkey: from POST /api/v1/auth/mfa/step-up/passkey"},
+                               "credential": credential_schema()}
             }))
             .ok(204),
             post(step_up),
@@ -164,8 +266,26 @@ pub fn router() -> Api {
 
 fn method(text: &str) -> Result<Method, ApiError> {
     Method::parse(text).ok_or_else(|| {
-        ApiError::validation("method is totp, email or recovery").with_field("method")
+        ApiError::validation("method is totp, email, sms, recovery or passkey").with_field("method")
     })
+}
+
+/// What a body proves with: a passkey's credential for `passkey`, else a
+/// code; the other one is a client's mistake.
+fn proof(
+    method: Method,
+    code: Option<SecretString>,
+    credential: Option<serde_json::Value>,
+) -> Result<super::Proof, ApiError> {
+    match (method, code, credential) {
+        (Method::Passkey, None, Some(credential)) => Ok(super::Proof::Passkey(credential)),
+        (Method::Passkey, _, _) => Err(ApiError::validation(
+            "a passkey sends its credential (and no code)",
+        )
+        .with_field("credential")),
+        (_, Some(code), None) => Ok(super::Proof::Code(code)),
+        _ => Err(ApiError::validation("send the code (and no credential)").with_field("code")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -173,7 +293,12 @@ fn method(text: &str) -> Result<Method, ApiError> {
 struct VerifyBody {
     mfa_token: SecretString,
     method: String,
-    code: SecretString,
+    #[serde(default)]
+    code: Option<SecretString>,
+    #[serde(default)]
+    credential: Option<serde_json::Value>,
+    #[serde(default)]
+    trust_device: bool,
     #[serde(default)]
     mode: LoginMode,
 }
@@ -186,6 +311,7 @@ async fn verify(
 ) -> Result<axum::response::Response, ApiError> {
     use secrecy::ExposeSecret;
     let method = method(&body.method)?;
+    let proof = proof(method, body.code, body.credential)?;
     let tokens = crate::identity::complete_login(
         &state.store,
         &state.post(),
@@ -194,7 +320,8 @@ async fn verify(
         crate::identity::SecondStep {
             mfa_token: body.mfa_token.expose_secret(),
             method,
-            code: &body.code,
+            proof: &proof,
+            trust_device: body.trust_device,
         },
         &meta,
     )
@@ -213,8 +340,124 @@ async fn mail_code(
     ApiJson(body): ApiJson<MailCodeBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     use secrecy::ExposeSecret;
-    super::mail_login_code(&state.store, &state.post(), body.mfa_token.expose_secret()).await?;
+    super::send_login_code(
+        &state.store,
+        &state.post(),
+        body.mfa_token.expose_secret(),
+        Method::Email,
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"mailed": true}))))
+}
+
+async fn sms_code(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<MailCodeBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    use secrecy::ExposeSecret;
+    super::send_login_code(
+        &state.store,
+        &state.post(),
+        body.mfa_token.expose_secret(),
+        Method::Sms,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"texted": true}))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasskeyStartBody {
+    tenant: String,
+}
+
+async fn passkey_start(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<PasskeyStartBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        crate::identity::passkey_ticket(
+            &state.store,
+            &state.post(),
+            state.keyring.token_signing_key(),
+            &body.tenant,
+        )
+        .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasskeyLoginBody {
+    ticket: String,
+    credential: serde_json::Value,
+    #[serde(default)]
+    device_token: Option<SecretString>,
+    #[serde(default)]
+    mode: LoginMode,
+}
+
+async fn passkey_login(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    who: Who,
+    headers: axum::http::HeaderMap,
+    ApiJson(body): ApiJson<PasskeyLoginBody>,
+) -> Result<axum::response::Response, ApiError> {
+    let device_token = body
+        .device_token
+        .or_else(|| crate::identity::http::device_cookie(&headers));
+    let tokens = crate::identity::passkey_login(
+        &state.store,
+        &state.post(),
+        state.keyring.token_signing_key(),
+        state.config.session_ttl_hours,
+        &body.ticket,
+        &body.credential,
+        device_token.as_ref(),
+        &meta,
+    )
+    .await?;
+    Ok(session_response(&state, &who, tokens, body.mode))
+}
+
+async fn step_up_ticket(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    let allow = super::passkeys::own_credentials(&state.store, &principal).await?;
+    if allow.is_empty() {
+        return Err(IdentityError::NoSuchFactor.into());
+    }
+    let ticket = super::passkeys::issue_ticket(
+        state.keyring.token_signing_key(),
+        Some(principal.scope().tenant_id()),
+    );
+    let options = super::passkeys::ticket_options(&state.post(), &ticket, &allow, false)?;
+    Ok(Json(json!({
+        "ticket": ticket.token,
+        "expires_in": super::passkeys::TICKET_SECONDS,
+        "passkey": options,
+    })))
+}
+
+async fn devices(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(json!({
+        "items": crate::identity::list_devices(&state.store, &principal).await?
+    })))
+}
+
+async fn untrust(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    crate::identity::untrust_device(&state.store, &principal, &id, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn mine(
@@ -230,6 +473,10 @@ async fn mine(
 #[serde(deny_unknown_fields)]
 struct EnrolBody {
     kind: String,
+    #[serde(default)]
+    phone: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 async fn enrol(
@@ -238,14 +485,22 @@ async fn enrol(
     principal: Principal,
     ApiJson(body): ApiJson<EnrolBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let started = super::enrol(&state.store, &state.post(), &principal, &body.kind, &meta).await?;
+    let request = super::NewFactor {
+        kind: body.kind,
+        phone: body.phone,
+        name: body.name,
+    };
+    let started = super::enrol(&state.store, &state.post(), &principal, &request, &meta).await?;
     Ok((StatusCode::CREATED, Json(started)))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CodeBody {
-    code: SecretString,
+struct ConfirmBody {
+    #[serde(default)]
+    code: Option<SecretString>,
+    #[serde(default)]
+    credential: Option<serde_json::Value>,
 }
 
 async fn confirm(
@@ -253,17 +508,19 @@ async fn confirm(
     meta: RequestMeta,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<CodeBody>,
+    ApiJson(body): ApiJson<ConfirmBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let codes = super::confirm(
-        &state.store,
-        &state.vault,
-        &principal,
-        &id,
-        &body.code,
-        &meta,
-    )
-    .await?;
+    let proof = match (body.code, body.credential) {
+        (Some(code), None) => super::Proof::Code(code),
+        (None, Some(credential)) => super::Proof::Passkey(credential),
+        _ => {
+            return Err(ApiError::validation(
+                "send the code, or for a passkey the credential (one of them)",
+            )
+            .with_field("code"));
+        }
+    };
+    let codes = super::confirm(&state.store, &state.post(), &principal, &id, &proof, &meta).await?;
     Ok(Json(json!({"confirmed": true, "recovery_codes": codes})))
 }
 
@@ -290,7 +547,12 @@ async fn recovery_codes(
 #[serde(deny_unknown_fields)]
 struct StepUpBody {
     method: String,
-    code: SecretString,
+    #[serde(default)]
+    code: Option<SecretString>,
+    #[serde(default)]
+    ticket: Option<String>,
+    #[serde(default)]
+    credential: Option<serde_json::Value>,
 }
 
 async fn step_up(
@@ -300,12 +562,15 @@ async fn step_up(
     ApiJson(body): ApiJson<StepUpBody>,
 ) -> Result<StatusCode, ApiError> {
     let method = method(&body.method)?;
+    let proof = proof(method, body.code, body.credential)?;
     super::step_up(
         &state.store,
-        &state.vault,
+        &state.post(),
+        state.keyring.token_signing_key(),
         &principal,
         method,
-        &body.code,
+        &proof,
+        body.ticket.as_deref(),
         &meta,
     )
     .await?;

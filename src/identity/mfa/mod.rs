@@ -17,6 +17,7 @@
 //!   remove a user's factors (a lost phone).
 
 pub mod http;
+pub mod passkeys;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -51,7 +52,9 @@ pub const RECOVERY_CODES: usize = 10;
 pub enum Method {
     Totp,
     Email,
+    Sms,
     Recovery,
+    Passkey,
 }
 
 impl Method {
@@ -59,8 +62,35 @@ impl Method {
         match text {
             "totp" => Some(Method::Totp),
             "email" => Some(Method::Email),
+            "sms" => Some(Method::Sms),
             "recovery" => Some(Method::Recovery),
+            "passkey" => Some(Method::Passkey),
             _ => None,
+        }
+    }
+
+    /// The channel a one-time code of this method is sent by.
+    fn channel(self) -> Option<&'static str> {
+        match self {
+            Method::Email => Some("email"),
+            Method::Sms => Some("sms"),
+            _ => None,
+        }
+    }
+}
+
+/// What a second step is shown: a code (TOTP, sent, recovery) or a
+/// passkey's assertion (the JSON of `navigator.credentials.get()`).
+pub enum Proof {
+    Code(SecretString),
+    Passkey(serde_json::Value),
+}
+
+impl Proof {
+    fn code(&self) -> Result<&SecretString, IdentityError> {
+        match self {
+            Proof::Code(code) => Ok(code),
+            Proof::Passkey(_) => Err(IdentityError::InvalidCode),
         }
     }
 }
@@ -130,6 +160,8 @@ impl Policy {
 pub struct Factor {
     pub id: String,
     pub kind: String,
+    /// An SMS number's last digits, or a passkey's name.
+    pub label: Option<String>,
     pub confirmed: bool,
     pub created_at: String,
     pub last_used_at: Option<String>,
@@ -208,6 +240,8 @@ pub(super) async fn methods(
         .filter_map(|k| match k.as_str() {
             "totp" => Some("totp"),
             "email" => Some("email"),
+            "sms" => Some("sms"),
+            "passkey" => Some("passkey"),
             _ => None,
         })
         .collect();
@@ -234,17 +268,27 @@ pub struct Challenge {
     pub mfa_token: String,
     pub methods: Vec<&'static str>,
     pub expires_in: i64,
+    /// With a passkey among the methods: the options to pass to
+    /// `navigator.credentials.get()`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passkey: Option<serde_json::Value>,
 }
 
 /// Opens the second step of a login whose password was right.
 pub(super) async fn open_challenge(
     store: &Store,
+    post: &Post,
     scope: &TenantScope,
     user_id: &str,
     device_id: Option<&str>,
     methods: Vec<&'static str>,
 ) -> Result<Challenge, IdentityError> {
     let token = OpaqueToken::generate(TokenKind::MfaChallenge, scope.tenant_id());
+    let passkey = if methods.contains(&"passkey") {
+        passkeys::second_step_options(store, post, scope, user_id, &token.hash()).await?
+    } else {
+        None
+    };
     let (tenant, user, device, hash) = (
         scope.id_str().to_owned(),
         user_id.to_owned(),
@@ -277,6 +321,7 @@ pub(super) async fn open_challenge(
         mfa_token: token.reveal(),
         methods,
         expires_in: CHALLENGE_MINUTES * 60,
+        passkey,
     })
 }
 
@@ -295,23 +340,29 @@ pub(super) struct Passed {
 /// succeeds (a guarded update: racing codes, one wins).
 pub(super) async fn pass_challenge(
     store: &Store,
-    vault: &Vault,
+    post: &Post,
     token: &str,
     method: Method,
-    code: &SecretString,
+    proof: &Proof,
 ) -> Result<Passed, IdentityError> {
+    let vault = &post.vault;
     let token =
         OpaqueToken::parse(TokenKind::MfaChallenge, token).ok_or(IdentityError::InvalidToken)?;
     let scope = TenantScope::trusted(token.tenant());
     let hash = token.hash();
     let row = {
         let mut tx = store.read(&scope).await?;
-        db::query(
+        db::query(format!(
             "SELECT c.id, c.user_id, u.email, c.device_id, c.email_code_hash, \
-             c.email_code_expires_at FROM mfa_challenges c JOIN users u ON u.id = c.user_id \
+             c.email_code_expires_at, {} FROM mfa_challenges c JOIN users u ON u.id = c.user_id \
              WHERE c.tenant_id = $1 AND c.token_hash = $2 AND c.used_at IS NULL \
              AND c.expires_at > $3 AND c.attempts < $4 AND u.status = 'active'",
-        )
+            if store.schema_has(passkeys::SCHEMA) {
+                "c.code_channel"
+            } else {
+                "NULL"
+            }
+        ))
         .bind(scope.id_str())
         .bind(&hash)
         .bind(crate::clock::now())
@@ -325,16 +376,22 @@ pub(super) async fn pass_challenge(
     let device_id: Option<String> = row.try_get(3)?;
     let mailed: Option<String> = row.try_get(4)?;
     let mailed_until: Option<String> = row.try_get(5)?;
+    let channel: Option<String> = row.try_get(6)?;
     // What the code would spend is found first (pure work on what was
     // read); counting the attempt and spending then go in one job, so no
     // code is accepted without its attempt counted.
     let spends = match method {
-        Method::Email => {
+        Method::Email | Method::Sms => {
+            let code = proof.code()?;
             let fresh = mailed_until
                 .as_deref()
                 .is_some_and(|until| until > crate::clock::now().as_str());
+            // A code counts only by the channel it was sent by (rows from
+            // before SMS existed were mailed).
+            let by = channel.as_deref().unwrap_or("email");
             Spends::Nothing(
                 fresh
+                    && method.channel() == Some(by)
                     && mailed.is_some_and(|h| {
                         use subtle::ConstantTimeEq;
                         bool::from(
@@ -344,11 +401,22 @@ pub(super) async fn pass_challenge(
                     }),
             )
         }
-        Method::Totp => match totp_candidate(store, vault, &scope, &user_id, code).await? {
-            Some((factor, step)) => Spends::Step(factor, step),
-            None => Spends::Nothing(false),
-        },
-        Method::Recovery => Spends::Recovery(sha256(&normalise(code.expose_secret()))),
+        Method::Totp => {
+            match totp_candidate(store, vault, &scope, &user_id, proof.code()?).await? {
+                Some((factor, step)) => Spends::Step(factor, step),
+                None => Spends::Nothing(false),
+            }
+        }
+        Method::Recovery => Spends::Recovery(sha256(&normalise(proof.code()?.expose_secret()))),
+        Method::Passkey => {
+            let Proof::Passkey(credential) = proof else {
+                return Err(IdentityError::InvalidCode);
+            };
+            match passkeys::second_step(store, post, &scope, &user_id, &hash, credential).await? {
+                Some((factor, count)) => Spends::Counter(factor, count),
+                None => Spends::Nothing(false),
+            }
+        }
     };
     match attempt(store, &scope, &challenge_id, &user_id, spends).await? {
         Attempt::NotCounted => return Err(IdentityError::InvalidToken),
@@ -364,9 +432,42 @@ pub(super) async fn pass_challenge(
     })
 }
 
-/// Spends a passed challenge in the write job that opens its session: of
-/// racing codes for one second step, one opens a session.
-pub(super) async fn spend_in(tx: &mut WriteTx, challenge_id: &str) -> Result<(), IdentityError> {
+/// A second factor that passed, to spend in the write job that opens its
+/// session.
+pub(in crate::identity) enum Spend {
+    /// A login's second step.
+    Challenge(String),
+    /// A passkey ticket (a login without a password) and its counter.
+    Ticket {
+        hash: String,
+        expires_at: String,
+        factor_id: String,
+        counter: i64,
+    },
+}
+
+/// Spends what a login passed in the write job that opens its session: of
+/// racing uses of one second step or ticket, one opens a session.
+pub(in crate::identity) async fn spend_in(
+    tx: &mut WriteTx,
+    spend: &Spend,
+) -> Result<(), IdentityError> {
+    let challenge_id = match spend {
+        Spend::Challenge(id) => id,
+        Spend::Ticket {
+            hash,
+            expires_at,
+            factor_id,
+            counter,
+        } => {
+            passkeys::spend_ticket(tx, hash, expires_at).await?;
+            let tenant = tx.scope().id_str().to_owned();
+            if !passkeys::spend_counter(tx.conn(), &tenant, factor_id, *counter).await? {
+                return Err(IdentityError::InvalidCredentials);
+            }
+            return Ok(());
+        }
+    };
     let done = db::query(
         "UPDATE mfa_challenges SET used_at = $1 WHERE tenant_id = $2 AND id = $3 \
          AND used_at IS NULL",
@@ -391,6 +492,9 @@ enum Spends {
     Step(String, i64),
     /// A recovery code, by its hash.
     Recovery(String),
+    /// A passkey's signature counter (which must grow, unless it is kept
+    /// at zero).
+    Counter(String, i64),
 }
 
 enum Attempt {
@@ -445,6 +549,9 @@ async fn attempt(
                         .await?
                         .rows_affected()
                             == 1
+                    }
+                    Spends::Counter(factor, count) => {
+                        passkeys::spend_counter(&mut *conn, &tenant, &factor, count).await?
                     }
                     Spends::Recovery(hash) => {
                         db::query(
@@ -582,21 +689,25 @@ async fn use_recovery_code(
         .await?)
 }
 
-/// Mails a code for a login's second step, if the user has a confirmed
-/// mail factor (otherwise nothing is sent; the answer is the same).
-pub async fn mail_login_code(store: &Store, post: &Post, token: &str) -> Result<(), IdentityError> {
+/// Sends a code for a login's second step by mail or SMS, if the user has
+/// a confirmed factor of that kind (404 otherwise).
+pub async fn send_login_code(
+    store: &Store,
+    post: &Post,
+    token: &str,
+    method: Method,
+) -> Result<(), IdentityError> {
+    let channel = method.channel().ok_or(IdentityError::NoSuchFactor)?;
     let token =
         OpaqueToken::parse(TokenKind::MfaChallenge, token).ok_or(IdentityError::InvalidToken)?;
     let scope = TenantScope::trusted(token.tenant());
     let hash = token.hash();
-    let row = {
+    let (challenge_id, user_id, email) = {
         let mut tx = store.read(&scope).await?;
-        db::query(
-            "SELECT c.id, c.user_id, u.email, (SELECT COUNT(*) FROM mfa_factors f \
-             WHERE f.tenant_id = c.tenant_id AND f.user_id = c.user_id AND f.kind = 'email' \
-             AND f.confirmed_at IS NOT NULL) FROM mfa_challenges c JOIN users u ON u.id = c.user_id \
-             WHERE c.tenant_id = $1 AND c.token_hash = $2 AND c.used_at IS NULL \
-             AND c.expires_at > $3 AND c.attempts < $4",
+        let row = db::query(
+            "SELECT c.id, c.user_id, u.email FROM mfa_challenges c \
+             JOIN users u ON u.id = c.user_id WHERE c.tenant_id = $1 AND c.token_hash = $2 \
+             AND c.used_at IS NULL AND c.expires_at > $3 AND c.attempts < $4",
         )
         .bind(scope.id_str())
         .bind(&hash)
@@ -604,48 +715,189 @@ pub async fn mail_login_code(store: &Store, post: &Post, token: &str) -> Result<
         .bind(CHALLENGE_ATTEMPTS)
         .fetch_optional(tx.conn())
         .await?
-        .ok_or(IdentityError::InvalidToken)?
+        .ok_or(IdentityError::InvalidToken)?;
+        (
+            row.try_get::<String, _>(0)?,
+            row.try_get::<String, _>(1)?,
+            row.try_get::<String, _>(2)?,
+        )
     };
-    let (challenge_id, user_id, email): (String, String, String) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    if row.try_get::<i64, _>(3)? == 0 {
-        return Err(IdentityError::NoSuchFactor);
-    }
-    let letterhead = post
-        .letterhead(store, &scope)
-        .await?
-        .ok_or(IdentityError::MailOff)?;
+    // The phone of an SMS factor (its sealed payload), or the mail factor.
+    let phone = match method {
+        Method::Sms => Some(
+            sms_phone(store, &post.vault, &scope, &user_id)
+                .await?
+                .ok_or(IdentityError::NoSuchFactor)?,
+        ),
+        _ => {
+            if !has_factor(store, &scope, &user_id, "email").await? {
+                return Err(IdentityError::NoSuchFactor);
+            }
+            None
+        }
+    };
+    let letterhead = match method {
+        Method::Sms => {
+            post.mailer.sms().ok_or(IdentityError::SmsOff)?;
+            None
+        }
+        _ => Some(
+            post.letterhead(store, &scope)
+                .await?
+                .ok_or(IdentityError::MailOff)?,
+        ),
+    };
     let code = six_digits();
     let code_hash = sha256(&code);
     let permit = Permit::authentication(
         scope.clone(),
         crate::context::Actor::user(user_id.clone(), email.clone()),
     );
-    let post = post.clone();
+    let post_in = post.clone();
+    let with_channel = store.schema_has(passkeys::SCHEMA);
+    let (code_in, id) = (code.clone(), challenge_id.clone());
     store
         .write(
             &permit,
             &RequestMeta::default(),
-            "auth.mfa.code_mailed",
+            if phone.is_some() {
+                "auth.mfa.code_texted"
+            } else {
+                "auth.mfa.code_mailed"
+            },
             move |tx| {
                 Box::pin(async move {
-                    db::query(
-                    "UPDATE mfa_challenges SET email_code_hash = $1, email_code_expires_at = $2 \
-                     WHERE tenant_id = $3 AND id = $4",
-                )
-                .bind(&code_hash)
-                .bind(crate::clock::in_seconds(EMAIL_CODE_MINUTES * 60))
-                .bind(tx.scope().id_str().to_owned())
-                .bind(&challenge_id)
-                .execute(tx.conn())
-                .await?;
-                    mail_code(tx, &post, &letterhead, &email, &code).await?;
+                    let set_channel = if with_channel {
+                        ", code_channel = $5"
+                    } else {
+                        ", email_code_hash = email_code_hash"
+                    };
+                    db::query(format!(
+                        "UPDATE mfa_challenges SET email_code_hash = $1, \
+                         email_code_expires_at = $2{set_channel} \
+                         WHERE tenant_id = $3 AND id = $4"
+                    ))
+                    .bind(&code_hash)
+                    .bind(crate::clock::in_seconds(EMAIL_CODE_MINUTES * 60))
+                    .bind(tx.scope().id_str().to_owned())
+                    .bind(&id)
+                    .bind(channel)
+                    .execute(tx.conn())
+                    .await?;
+                    if let Some(letterhead) = &letterhead {
+                        mail_code(tx, &post_in, letterhead, &email, &code_in).await?;
+                    }
                     tx.set_target("user", user_id);
-                    Ok(())
+                    Ok::<_, IdentityError>(())
                 })
             },
         )
+        .await?;
+    if let Some(phone) = phone {
+        text_code(store, post, &scope, &phone, &code).await?;
+    }
+    Ok(())
+}
+
+/// Whether the user has a confirmed factor of `kind`.
+async fn has_factor(
+    store: &Store,
+    scope: &TenantScope,
+    user_id: &str,
+    kind: &str,
+) -> Result<bool, IdentityError> {
+    let mut tx = store.read(scope).await?;
+    let n: i64 = db::query_scalar(
+        "SELECT COUNT(*) FROM mfa_factors WHERE tenant_id = $1 AND user_id = $2 \
+         AND kind = $3 AND confirmed_at IS NOT NULL",
+    )
+    .bind(scope.id_str())
+    .bind(user_id)
+    .bind(kind)
+    .fetch_one(tx.conn())
+    .await?;
+    Ok(n > 0)
+}
+
+/// What an SMS factor seals: its number and, until it is confirmed, the
+/// hash of the code that confirms it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SmsPayload {
+    phone: String,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// The number of the user's (newest) confirmed SMS factor.
+async fn sms_phone(
+    store: &Store,
+    vault: &Vault,
+    scope: &TenantScope,
+    user_id: &str,
+) -> Result<Option<String>, IdentityError> {
+    let tenant = scope.id_str().to_owned();
+    let mut tx = store.read(scope).await?;
+    let row = db::query(
+        "SELECT id, key_version, sealed FROM mfa_factors WHERE tenant_id = $1 \
+         AND user_id = $2 AND kind = 'sms' AND confirmed_at IS NOT NULL \
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(&tenant)
+    .bind(user_id)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let (id, version, sealed): (String, i64, Vec<u8>) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let opened = open_sealed(vault, &mut tx, &tenant, &id, version, &sealed).await?;
+    let payload: SmsPayload = serde_json::from_slice(&opened)
+        .map_err(|_| IdentityError::Internal("an SMS factor's payload does not parse"))?;
+    Ok(Some(payload.phone))
+}
+
+/// Opens a factor's sealed payload.
+async fn open_sealed(
+    vault: &Vault,
+    tx: &mut crate::store::ReadTx,
+    tenant: &str,
+    factor_id: &str,
+    version: i64,
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, IdentityError> {
+    let key = vault
+        .key(tx.conn(), tenant, version)
         .await
+        .map_err(|e| IdentityError::Mail(crate::mail::MailError::Crypto(e)))?;
+    key.open(&aad(tenant, factor_id), sealed)
+        .map_err(|_| IdentityError::Internal("a factor's secret does not open"))
+}
+
+/// Sends `code` by SMS to `phone`, in the tenant's language.
+async fn text_code(
+    store: &Store,
+    post: &Post,
+    scope: &TenantScope,
+    phone: &str,
+    code: &str,
+) -> Result<(), IdentityError> {
+    let sender = post.mailer.sms().ok_or(IdentityError::SmsOff)?;
+    let letterhead = mail::letterhead(store, scope).await?;
+    let minutes = EMAIL_CODE_MINUTES.to_string();
+    let text = mail::templates::render(
+        "sms_code",
+        &letterhead.language,
+        &[
+            ("tenant", letterhead.tenant_name.as_str()),
+            ("code", code),
+            ("minutes", minutes.as_str()),
+        ],
+    )
+    .map_err(|e| IdentityError::Mail(e.into()))?
+    .text;
+    sender
+        .send(phone, text.trim())
+        .await
+        .map_err(IdentityError::SmsNotSent)
 }
 
 async fn mail_code(
@@ -693,9 +945,10 @@ pub fn require_recent(principal: &Principal) -> Result<(), IdentityError> {
     }
 }
 
-/// A factor being enrolled, until a code confirms it: for TOTP the secret
-/// to show once (as text and as the URI of a QR code); for mail, nothing
-/// (the code is in the mail).
+/// A factor being enrolled, until it is confirmed: for TOTP the secret to
+/// show once (as text and as the URI of a QR code); for mail and SMS,
+/// nothing (the code is sent); for a passkey, the options to pass to
+/// `navigator.credentials.create()`.
 #[derive(Debug, Serialize)]
 pub struct Enrolment {
     pub factor_id: String,
@@ -704,22 +957,57 @@ pub struct Enrolment {
     pub secret: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otpauth_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passkey: Option<serde_json::Value>,
 }
 
-/// Starts a factor for the caller: TOTP (the secret is returned once) or
-/// mail (a code is mailed). It counts once a code confirms it.
+/// What a user asks to enrol.
+pub struct NewFactor {
+    pub kind: String,
+    /// For SMS: the number, as typed.
+    pub phone: Option<String>,
+    /// For a passkey: a name to tell it by.
+    pub name: Option<String>,
+}
+
+/// Starts a factor for the caller: TOTP (the secret is returned once),
+/// mail or SMS (a code is sent), or a passkey (the browser creates it). It
+/// counts once confirmed.
 pub async fn enrol(
     store: &Store,
     post: &Post,
     principal: &Principal,
-    kind: &str,
+    request: &NewFactor,
     meta: &RequestMeta,
 ) -> Result<Enrolment, IdentityError> {
     require_recent(principal)?;
-    let kind = match kind {
+    let kind = match request.kind.as_str() {
         "totp" => "totp",
         "email" => "email",
+        "sms" => "sms",
+        "passkey" => "passkey",
         _ => return Err(IdentityError::NoSuchFactor),
+    };
+    if matches!(kind, "sms" | "passkey") && !store.schema_has(passkeys::SCHEMA) {
+        return Err(IdentityError::NoSuchFactor);
+    }
+    let phone = match kind {
+        "sms" => {
+            post.mailer.sms().ok_or(IdentityError::SmsOff)?;
+            Some(
+                request
+                    .phone
+                    .as_deref()
+                    .and_then(crate::mail::sms::parse_phone)
+                    .ok_or(IdentityError::InvalidPhone)?,
+            )
+        }
+        _ => None,
+    };
+    let label = match kind {
+        "sms" => phone.as_deref().map(crate::mail::sms::masked),
+        "passkey" => Some(passkeys::label(request.name.as_deref())?),
+        _ => None,
     };
     let letterhead = post.letterhead(store, principal.scope()).await?;
     if kind == "email" && letterhead.is_none() {
@@ -729,11 +1017,33 @@ pub async fn enrol(
         .await?
         .tenant_name;
     let secret = crate::crypto::random_bytes::<{ totp::SECRET_BYTES }>();
+    let challenge = crate::crypto::random_bytes::<32>();
+    let passkey = match kind {
+        "passkey" => Some(
+            passkeys::creation_options(store, post, principal, &tenant_name, &challenge).await?,
+        ),
+        _ => None,
+    };
     let code = six_digits();
+    let code_in = code.clone();
     let factor_id = uuid::Uuid::now_v7().to_string();
     let (user_id, email) = (principal.user_id.clone(), principal.email.clone());
     let post_in = post.clone();
     let id = factor_id.clone();
+    // A TOTP factor seals its secret; a mail factor the hash of the code
+    // that confirms it; an SMS factor its number and that hash; a passkey
+    // the challenge its creation must sign.
+    let payload = zeroize::Zeroizing::new(match kind {
+        "totp" => secret.to_vec(),
+        "sms" => serde_json::to_vec(&SmsPayload {
+            phone: phone.clone().unwrap_or_default(),
+            code: Some(sha256(&code)),
+        })
+        .map_err(|_| IdentityError::Internal("an SMS factor does not serialise"))?,
+        "passkey" => challenge.to_vec(),
+        _ => sha256(&code).into_bytes(),
+    });
+    let labelled = store.schema_has(passkeys::SCHEMA);
     store
         .write(&principal.own_permit(), meta, "auth.mfa.enrol", move |tx| {
             Box::pin(async move {
@@ -744,18 +1054,14 @@ pub async fn enrol(
                     .active_in(tx)
                     .await
                     .map_err(|e| IdentityError::Mail(crate::mail::MailError::Crypto(e)))?;
-                // A TOTP factor seals its secret; a mail factor seals
-                // the hash of the code that confirms it.
-                let payload = match kind {
-                    "totp" => secret.to_vec(),
-                    _ => sha256(&code).into_bytes(),
-                };
                 let sealed = key.key.seal(&aad(&tenant, &id), &payload);
                 let now = crate::clock::now();
-                db::query(
+                db::query(format!(
                     "INSERT INTO mfa_factors (id, tenant_id, user_id, kind, key_version, \
-                         sealed, last_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
-                )
+                     sealed, last_step, created_at{}) VALUES ($1, $2, $3, $4, $5, $6, 0, $7{})",
+                    if labelled { ", label" } else { "" },
+                    if labelled { ", $8" } else { "" }
+                ))
                 .bind(&id)
                 .bind(&tenant)
                 .bind(&user_id)
@@ -763,6 +1069,7 @@ pub async fn enrol(
                 .bind(key.version)
                 .bind(sealed)
                 .bind(&now)
+                .bind(label.clone())
                 .execute(tx.conn())
                 .await?;
                 tx.record(Change {
@@ -771,19 +1078,23 @@ pub async fn enrol(
                     op: JournalOp::Insert,
                     before: None,
                     after: Some(json!({
-                        "id": id, "user_id": user_id, "kind": kind, "created_at": now,
+                        "id": id, "user_id": user_id, "kind": kind, "label": label,
+                        "created_at": now,
                     })),
                     sensitive: vec![],
                     diff_of: None,
                 });
                 if let (true, Some(letterhead)) = (kind == "email", &letterhead) {
-                    mail_code(tx, &post_in, letterhead, &email, &code).await?;
+                    mail_code(tx, &post_in, letterhead, &email, &code_in).await?;
                 }
                 tx.set_target("mfa_factor", id);
                 Ok::<_, IdentityError>(())
             })
         })
         .await?;
+    if let Some(phone) = &phone {
+        text_code(store, post, principal.scope(), phone, &code).await?;
+    }
     let totp = kind == "totp";
     Ok(Enrolment {
         otpauth_uri: totp.then(|| {
@@ -796,18 +1107,27 @@ pub async fn enrol(
         secret: totp.then(|| totp::base32(&secret)),
         kind,
         factor_id,
+        passkey,
     })
 }
 
-/// Confirms one of the caller's factors with a code; the first factor
-/// comes with recovery codes (returned once). The session counts as having
-/// just passed a second factor.
+/// What confirming a factor changes besides marking it confirmed: its
+/// first counter or step, and for a passkey its key and credential id.
+struct Confirmed {
+    step: i64,
+    passkey: Option<(String, Vec<u8>)>,
+}
+
+/// Confirms one of the caller's factors with a code (or, for a passkey,
+/// the browser's new credential); the first factor comes with recovery
+/// codes (returned once). The session counts as having just passed a
+/// second factor.
 pub async fn confirm(
     store: &Store,
-    vault: &Vault,
+    post: &Post,
     principal: &Principal,
     factor_id: &str,
-    code: &SecretString,
+    proof: &Proof,
     meta: &RequestMeta,
 ) -> Result<Option<Vec<String>>, IdentityError> {
     let tenant = principal.scope().id_str().to_owned();
@@ -826,32 +1146,59 @@ pub async fn confirm(
         let kind: String = row.try_get(0)?;
         let version: i64 = row.try_get(1)?;
         let sealed: Vec<u8> = row.try_get(2)?;
-        let key = vault
-            .key(tx.conn(), &tenant, version)
-            .await
-            .map_err(|e| IdentityError::Mail(crate::mail::MailError::Crypto(e)))?;
-        let opened = key
-            .open(&aad(&tenant, factor_id), &sealed)
-            .map_err(|_| IdentityError::Internal("a factor's secret does not open"))?;
+        let opened =
+            open_sealed(&post.vault, &mut tx, &tenant, factor_id, version, &sealed).await?;
         (kind, opened)
     };
-    let step = match kind.as_str() {
+    let matches_hash = |hash: &[u8], code: &SecretString| {
+        use subtle::ConstantTimeEq;
+        bool::from(hash.ct_eq(sha256(code.expose_secret().trim()).as_bytes()))
+    };
+    let confirmed = match kind.as_str() {
         "totp" => totp::matching_step(
             &opened,
-            code.expose_secret(),
+            proof.code()?.expose_secret(),
             totp::step_at(crate::clock::unix_now()),
-        ),
-        _ => {
-            use subtle::ConstantTimeEq;
-            bool::from(
-                opened
-                    .as_slice()
-                    .ct_eq(sha256(code.expose_secret().trim()).as_bytes()),
-            )
-            .then_some(0)
+        )
+        .map(|step| Confirmed {
+            step,
+            passkey: None,
+        }),
+        "sms" => {
+            let payload: SmsPayload = serde_json::from_slice(&opened)
+                .map_err(|_| IdentityError::Internal("an SMS factor's payload does not parse"))?;
+            let code = proof.code()?;
+            let right = payload
+                .code
+                .as_deref()
+                .is_some_and(|h| matches_hash(h.as_bytes(), code));
+            right.then(|| Confirmed {
+                step: 0,
+                passkey: None,
+            })
         }
+        "passkey" => {
+            let Proof::Passkey(credential) = proof else {
+                return Err(IdentityError::BadPasskey(
+                    "send the credential the browser created".into(),
+                ));
+            };
+            let (registered, payload) =
+                passkeys::register(store, post, principal.scope(), &opened, credential).await?;
+            Some(Confirmed {
+                step: i64::from(registered.sign_count),
+                passkey: Some((
+                    crate::identity::webauthn::encode_b64url(&registered.credential_id),
+                    payload,
+                )),
+            })
+        }
+        _ => matches_hash(&opened, proof.code()?).then_some(Confirmed {
+            step: 0,
+            passkey: None,
+        }),
     };
-    let step = step.ok_or(IdentityError::InvalidCode)?;
+    let confirmed = confirmed.ok_or(IdentityError::InvalidCode)?;
     let codes = new_recovery_codes();
     let hashes: Vec<String> = codes.iter().map(|c| sha256(&normalise(c))).collect();
     let (user_id, session_id, id) = (
@@ -859,6 +1206,20 @@ pub async fn confirm(
         principal.session_id.clone(),
         factor_id.to_owned(),
     );
+    let post_in = post.clone();
+    // An SMS factor keeps its number and forgets the confirming code.
+    let resealed = match kind.as_str() {
+        "sms" => serde_json::from_slice::<SmsPayload>(&opened)
+            .ok()
+            .and_then(|p| {
+                serde_json::to_vec(&SmsPayload {
+                    phone: p.phone,
+                    code: None,
+                })
+                .ok()
+            }),
+        _ => None,
+    };
     let issued = store
         .write(
             &principal.own_permit(),
@@ -874,13 +1235,35 @@ pub async fn confirm(
                          AND confirmed_at IS NULL",
                     )
                     .bind(&now)
-                    .bind(step)
+                    .bind(confirmed.step)
                     .bind(&tenant)
                     .bind(&id)
                     .execute(tx.conn())
                     .await?;
                     if done.rows_affected() != 1 {
                         return Err(IdentityError::NoSuchFactor);
+                    }
+                    let reseal = match &confirmed.passkey {
+                        Some((_, payload)) => Some(payload.clone()),
+                        None => resealed,
+                    };
+                    if let Some(payload) = reseal {
+                        let key =
+                            post_in.vault.in_write().active_in(tx).await.map_err(|e| {
+                                IdentityError::Mail(crate::mail::MailError::Crypto(e))
+                            })?;
+                        let sealed = key.key.seal(&aad(&tenant, &id), &payload);
+                        db::query(
+                            "UPDATE mfa_factors SET key_version = $1, sealed = $2, \
+                             credential_id = $3 WHERE tenant_id = $4 AND CAST(id AS TEXT) = $5",
+                        )
+                        .bind(key.version)
+                        .bind(sealed)
+                        .bind(confirmed.passkey.as_ref().map(|(c, _)| c.clone()))
+                        .bind(&tenant)
+                        .bind(&id)
+                        .execute(tx.conn())
+                        .await?;
                     }
                     tx.record(Change {
                         entity: "mfa_factor",
@@ -1000,24 +1383,44 @@ pub(super) async fn passed_on_session(
     Ok(())
 }
 
-/// The caller proves a second factor now (TOTP or a recovery code), for
+/// The caller proves a second factor now (TOTP, a recovery code, or a
+/// passkey answering a ticket from `POST /auth/mfa/step-up/passkey`), for
 /// the sensitive operations of the next minutes.
 pub async fn step_up(
     store: &Store,
-    vault: &Vault,
+    post: &Post,
+    key: &ed25519_dalek::SigningKey,
     principal: &Principal,
     method: Method,
-    code: &SecretString,
+    proof: &Proof,
+    ticket: Option<&str>,
     meta: &RequestMeta,
 ) -> Result<(), IdentityError> {
-    let ok = match method {
-        Method::Totp => {
-            totp_matches(store, vault, principal.scope(), &principal.user_id, code).await?
+    let mut passkey = None;
+    let ok = match (method, proof) {
+        (Method::Totp, Proof::Code(code)) => {
+            totp_matches(
+                store,
+                &post.vault,
+                principal.scope(),
+                &principal.user_id,
+                code,
+            )
+            .await?
         }
-        Method::Recovery => {
+        (Method::Recovery, Proof::Code(code)) => {
             use_recovery_code(store, principal.scope(), &principal.user_id, code).await?
         }
-        Method::Email => return Err(IdentityError::NoSuchFactor),
+        (Method::Passkey, Proof::Passkey(credential)) => {
+            let ticket = ticket.ok_or(IdentityError::InvalidToken)?;
+            let presented = passkeys::open_ticket(key, ticket)?;
+            let (factor, counter) =
+                passkeys::step_up(store, post, principal, &presented, credential).await?;
+            passkey = Some((presented, factor, counter));
+            true
+        }
+        (Method::Passkey, _) | (_, Proof::Passkey(_)) => return Err(IdentityError::InvalidCode),
+        _ => return Err(IdentityError::NoSuchFactor),
     };
     if !ok {
         return Err(IdentityError::InvalidCode);
@@ -1028,7 +1431,18 @@ pub async fn step_up(
             &principal.own_permit(),
             meta,
             "auth.mfa.step_up",
-            move |tx| Box::pin(async move { passed_on_session(tx, &session_id).await }),
+            move |tx| {
+                Box::pin(async move {
+                    if let Some((presented, factor, counter)) = &passkey {
+                        passkeys::spend_ticket(tx, &presented.hash, &presented.expires_at).await?;
+                        let tenant = tx.scope().id_str().to_owned();
+                        if !passkeys::spend_counter(tx.conn(), &tenant, factor, *counter).await? {
+                            return Err(IdentityError::InvalidCode);
+                        }
+                    }
+                    passed_on_session(tx, &session_id).await
+                })
+            },
         )
         .await
 }
@@ -1040,10 +1454,12 @@ pub async fn factors(
     user_id: &str,
 ) -> Result<Factors, IdentityError> {
     let mut tx = store.read(scope).await?;
-    let rows = db::query(
-        "SELECT id, kind, confirmed_at, created_at, last_used_at FROM mfa_factors \
+    let labelled = store.schema_has(passkeys::SCHEMA);
+    let rows = db::query(format!(
+        "SELECT id, kind, confirmed_at, created_at, last_used_at{} FROM mfa_factors \
          WHERE tenant_id = $1 AND user_id = $2 ORDER BY created_at, id",
-    )
+        if labelled { ", label" } else { "" }
+    ))
     .bind(scope.id_str())
     .bind(user_id)
     .fetch_all(tx.conn())
@@ -1054,6 +1470,7 @@ pub async fn factors(
             Ok(Factor {
                 id: row.try_get(0)?,
                 kind: row.try_get(1)?,
+                label: if labelled { row.try_get(5)? } else { None },
                 confirmed: row.try_get::<Option<String>, _>(2)?.is_some(),
                 created_at: row.try_get(3)?,
                 last_used_at: row.try_get(4)?,
