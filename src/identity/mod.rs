@@ -46,8 +46,8 @@ pub use password::{hash as hash_password, warm_up};
 pub use post::Post;
 pub use reset::{RESET_TTL_MINUTES, admin_reset, change as change_password, request_reset, reset};
 pub use sessions::{
-    Credentials, LoginOutcome, SESSION_CHECK_TTL, SESSION_KINDS, SecondStep, SessionCache,
-    SessionInfo, TokenPair, accept_invitation, authenticate, authenticate_cached,
+    Credentials, LoginOutcome, PasskeyLogin, SESSION_CHECK_TTL, SESSION_KINDS, SecondStep,
+    SessionCache, SessionInfo, TokenPair, accept_invitation, authenticate, authenticate_cached,
     authenticate_cookie, complete_login, list_sessions, login, logout, passkey_login,
     passkey_ticket, refresh, revoke_other_sessions, revoke_own_session, revoke_user_sessions,
 };

@@ -383,6 +383,14 @@ pub async fn complete_login(
     finish_login(store, post, key, session_ttl_hours, session, meta).await
 }
 
+/// What a login with a passkey shows: the ticket it answers, the
+/// browser's assertion, and the device token of an earlier login.
+pub struct PasskeyLogin<'a> {
+    pub ticket: &'a str,
+    pub credential: &'a serde_json::Value,
+    pub device_token: Option<&'a SecretString>,
+}
+
 /// A login with a passkey and no password (IAM-3): the assertion answers a
 /// ticket from [`passkey_ticket`], by a passkey that verified its user. It
 /// counts as password and second factor at once. Failures of every kind
@@ -392,11 +400,14 @@ pub async fn passkey_login(
     post: &Post,
     key: &SigningKey,
     session_ttl_hours: u32,
-    ticket: &str,
-    credential: &serde_json::Value,
-    device_token: Option<&SecretString>,
+    shown: PasskeyLogin<'_>,
     meta: &RequestMeta,
 ) -> Result<TokenPair, IdentityError> {
+    let PasskeyLogin {
+        ticket,
+        credential,
+        device_token,
+    } = shown;
     if !store.schema_has(super::mfa::passkeys::SCHEMA) {
         return Err(IdentityError::InvalidCredentials);
     }

@@ -32,7 +32,7 @@ pub async fn run(
         environment(config),
         super::sampled::password_hashes(probe, scopes, reach).await?,
         own_passwords(store, scopes, reach, &runs, config, probe.by_job).await?,
-        second_factors(store, scopes, reach).await?,
+        second_factors(store, scopes, reach, config).await?,
         guessing(store, reach, config).await?,
         devices(store, scopes, reach, config).await?,
         sessions(store, scopes, reach, config).await?,
@@ -140,12 +140,16 @@ async fn own_passwords(
 }
 
 /// IAM-3: who the tenants' policies cover and how many of them have a
-/// second factor; TOTP secrets are sealed (nonce, secret, tag: 48 bytes,
-/// never 20 clear ones) and recovery codes stored as hashes.
+/// second factor, of which kinds; TOTP secrets are sealed (nonce, secret,
+/// tag: 48 bytes, never 20 clear ones), SMS numbers and passkey keys sealed
+/// (never clear JSON), every passkey has its credential id, recovery codes
+/// are stored as hashes; which tenants let devices skip the second factor
+/// and how many devices do.
 async fn second_factors(
     store: &Store,
     scopes: &[TenantScope],
     reach: Reach,
+    config: &Config,
 ) -> Result<Finding, StoreError> {
     use crate::identity::mfa::{Policy, SCHEMA};
     if !store.schema_has(SCHEMA) {
@@ -157,6 +161,8 @@ async fn second_factors(
     }
     let (mut covered, mut lacking, mut enrolled, mut totp, mut mailed) = (0, 0, 0, 0, 0);
     let (mut badly_sealed, mut clear_codes, mut policies) = (0usize, 0usize, 0);
+    let (mut texted, mut passkeys, mut trusting, mut trusted) = (0, 0, 0, 0i64);
+    let later = store.schema_has(crate::identity::mfa::passkeys::SCHEMA);
     for scope in scopes {
         let mut tx = store.read(scope).await?;
         let policy: Option<String> =
@@ -183,21 +189,53 @@ async fn second_factors(
                 lacking += i64::from(!has);
             }
         }
-        let factors = db::query(
-            "SELECT kind, sealed FROM mfa_factors WHERE tenant_id = $1 AND confirmed_at IS NOT NULL",
-        )
+        let factors = db::query(format!(
+            "SELECT kind, sealed, {} FROM mfa_factors WHERE tenant_id = $1 \
+             AND confirmed_at IS NOT NULL",
+            if later { "credential_id" } else { "NULL" }
+        ))
         .bind(scope.id_str())
         .fetch_all(tx.conn())
         .await?;
         for row in factors {
             let kind: String = row.try_get(0)?;
             let sealed: Vec<u8> = row.try_get(1)?;
+            let credential: Option<String> = row.try_get(2)?;
+            // A sealed payload is a nonce, the ciphertext and a tag; a clear
+            // one would show its JSON keys.
+            let shows = |key: &[u8]| sealed.windows(key.len()).any(|w| w == key);
+            let clear = sealed.len() < 12 + 16 + 1 || shows(b"\"phone\"") || shows(b"\"alg\"");
             match kind.as_str() {
                 "totp" => {
                     totp += 1;
                     badly_sealed += usize::from(sealed.len() != 12 + 20 + 16);
                 }
+                "sms" => {
+                    texted += 1;
+                    badly_sealed += usize::from(clear);
+                }
+                "passkey" => {
+                    passkeys += 1;
+                    badly_sealed += usize::from(clear || credential.is_none());
+                }
                 _ => mailed += 1,
+            }
+        }
+        if later {
+            let days: Option<i64> =
+                db::query_scalar("SELECT mfa_trust_days FROM tenant_settings WHERE tenant_id = $1")
+                    .bind(scope.id_str())
+                    .fetch_optional(tx.conn())
+                    .await?;
+            if days.unwrap_or(0) > 0 {
+                trusting += 1;
+                trusted += db::query_scalar::<i64>(
+                    "SELECT COUNT(*) FROM devices WHERE tenant_id = $1 AND mfa_trusted_until > $2",
+                )
+                .bind(scope.id_str())
+                .bind(crate::clock::now())
+                .fetch_one(tx.conn())
+                .await?;
             }
         }
         let hashes: Vec<String> =
@@ -210,17 +248,23 @@ async fn second_factors(
     let evidence = format!(
         "{policies} of {} require a second factor; {covered} active users are covered, \
          {lacking} of them without a factor yet (they can only enrol); {enrolled} users have one \
-         ({totp} TOTP, {mailed} mail); TOTP secrets sealed, recovery codes hashed; not built yet: \
-         SMS codes and passkeys",
-        reach.tenants(scopes.len())
+         ({totp} TOTP, {mailed} mail, {texted} SMS, {passkeys} passkey factors); secrets, numbers \
+         and keys sealed, recovery codes hashed; SMS {}; {trusting} tenants let devices skip the \
+         second factor, {trusted} devices do now",
+        reach.tenants(scopes.len()),
+        match &config.sms_webhook_url {
+            Some(url) if url.starts_with("https://") => "by a signed HTTPS webhook",
+            Some(_) => "by a signed plain-HTTP webhook (local use only)",
+            None => "off (no sms_webhook_url)",
+        }
     );
     Ok(if badly_sealed > 0 || clear_codes > 0 {
         finding(
             "IAM-3",
             Verdict::Fail,
             format!(
-                "{badly_sealed} TOTP secrets not sealed as expected, {clear_codes} recovery codes \
-                 not stored as hashes; {evidence}"
+                "{badly_sealed} factors not sealed as expected, {clear_codes} recovery codes not \
+                 stored as hashes; {evidence}"
             ),
         )
     } else if lacking > 0 {

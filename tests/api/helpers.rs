@@ -923,3 +923,109 @@ impl TestApp {
         self.accept(&mail.token(), email, &admin.tenant_id).await
     }
 }
+
+/// A software passkey (soft-webauthn, `scripts/webauthn/authenticator.py`):
+/// one child process, one credential, an implementation independent of
+/// the server's.
+pub struct Authenticator {
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    _process: tokio::process::Child,
+}
+
+/// The origin the passkey tests' front end is at (`public_url`).
+pub const PASSKEY_ORIGIN: &str = "https://app.acme.test";
+
+impl Authenticator {
+    pub fn start() -> Authenticator {
+        use tokio::io::AsyncBufReadExt;
+        let python = std::env::var("STRONGROOM_TEST_WEBAUTHN_PYTHON").expect(
+            "STRONGROOM_TEST_WEBAUTHN_PYTHON is unset: run the suite with scripts/test, which \
+             installs soft-webauthn into target/webauthn-venv",
+        );
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts/webauthn/authenticator.py");
+        let mut process = tokio::process::Command::new(python)
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the software authenticator starts");
+        let stdin = process.stdin.take().unwrap();
+        let lines = tokio::io::BufReader::new(process.stdout.take().unwrap()).lines();
+        Authenticator {
+            stdin,
+            lines,
+            _process: process,
+        }
+    }
+
+    async fn ask(&mut self, command: Value) -> Value {
+        use tokio::io::AsyncWriteExt;
+        let mut line = command.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
+            .await
+            .expect("the authenticator answers")
+            .unwrap()
+            .expect("the authenticator is running");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert!(answer.get("error").is_none(), "authenticator: {answer}");
+        answer
+    }
+
+    /// `navigator.credentials.create()` at `origin`.
+    pub async fn create(&mut self, options: &Value, origin: &str) -> Value {
+        self.ask(json!({"op": "create", "options": options, "origin": origin}))
+            .await
+    }
+
+    /// `navigator.credentials.get()` at the tests' origin; `uv`: the user
+    /// verified themselves to the authenticator.
+    pub async fn get(&mut self, options: &Value, uv: bool) -> Value {
+        self.ask(json!({"op": "get", "options": options, "origin": PASSKEY_ORIGIN, "uv": uv}))
+            .await
+    }
+}
+
+/// An app whose front end is at [`PASSKEY_ORIGIN`].
+pub async fn spawn_app_for_passkeys() -> TestApp {
+    spawn_app_with(|c| {
+        c.public_url = Some(PASSKEY_ORIGIN.to_owned());
+        c.login_attempts_per_minute_per_ip = 1_000_000;
+        c.login_attempts_per_minute_per_account = 1_000_000;
+    })
+    .await
+}
+
+/// Registers a passkey for `who` with `authenticator`: its factor id.
+pub async fn register_passkey(
+    app: &TestApp,
+    who: &Session,
+    authenticator: &mut Authenticator,
+) -> String {
+    let res = app
+        .post(
+            "/api/v1/auth/mfa/factors",
+            Some(&who.access_token),
+            json!({"kind": "passkey", "name": "soft key"}),
+        )
+        .await;
+    assert_eq!(res.status(), reqwest::StatusCode::CREATED);
+    let started: Value = res.json().await.unwrap();
+    let id = started["factor_id"].as_str().unwrap().to_owned();
+    let credential = authenticator
+        .create(&started["passkey"], PASSKEY_ORIGIN)
+        .await;
+    let res = app
+        .post(
+            &format!("/api/v1/auth/mfa/factors/{id}/confirm"),
+            Some(&who.access_token),
+            json!({ "credential": credential }),
+        )
+        .await;
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    id
+}

@@ -383,3 +383,46 @@ async fn ctl_iam_3_racing_codes_for_one_second_step_open_one_session() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn ctl_iam_3_racing_uses_of_one_passkey_assertion_open_one_session() {
+    let app = crate::helpers::spawn_app_for_passkeys().await;
+    let other = app.second_node().await;
+    let nodes = [&app, &other];
+    let admin = app.admin("acme").await;
+    let mut key = crate::helpers::Authenticator::start();
+    crate::helpers::register_passkey(&app, &admin, &mut key).await;
+    for round in 0..ROUNDS {
+        let ticket: Value = app
+            .post(
+                "/api/v1/auth/passkey/start",
+                None,
+                json!({"tenant": "acme"}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let assertion = key.get(&ticket["passkey"], true).await;
+        // One ticket and one signature, presented by all at once.
+        let statuses: Vec<StatusCode> = join_all((0..RACERS).map(|i| {
+            nodes[i % 2].post(
+                "/api/v1/auth/passkey/login",
+                None,
+                json!({"ticket": ticket["ticket"], "credential": assertion}),
+            )
+        }))
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+        let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+        assert_eq!(won, 1, "round {round}: {statuses:?}");
+        assert!(
+            statuses
+                .iter()
+                .all(|s| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED),
+            "round {round}: {statuses:?}"
+        );
+    }
+}

@@ -292,6 +292,7 @@ async fn ctl_aud_3_no_password_token_or_secret_appears_in_logs_database_or_respo
 async fn ctl_aud_3_no_mailed_token_or_password_appears_outside_the_mail() {
     const RELAY_SECRET: &str = "relay-secret-4c1f9a";
     let sink = crate::helpers::MailSink::with_auth("mailer", RELAY_SECRET).await;
+    let texts = crate::sms::SmsSink::start().await;
     let dir = temp_dir("mail-secrets");
     let url = fresh_database(&dir).await;
     let relay = sink.url();
@@ -300,6 +301,8 @@ async fn ctl_aud_3_no_mailed_token_or_password_appears_outside_the_mail() {
         ("STRONGROOM_SMTP_USERNAME", "mailer"),
         ("STRONGROOM_SMTP_PASSWORD", RELAY_SECRET),
         ("STRONGROOM_PUBLIC_URL", "https://app.strongroom.test"),
+        ("STRONGROOM_SMS_WEBHOOK_URL", texts.url.as_str()),
+        ("STRONGROOM_SMS_WEBHOOK_SECRET", crate::sms::SECRET),
     ];
     let server = ServerProcess::start_with_env(&dir, &url, "debug", &env).await;
     let out = crate::helpers::cli(&dir, &url)
@@ -422,6 +425,54 @@ async fn ctl_aud_3_no_mailed_token_or_password_appears_outside_the_mail() {
     call("/api/v1/auth/not-me", None, json!({"token": not_me})).await;
     let relink = sink.nth_to("w@acme.test", 7).await.token();
     secrets.push(relink);
+    // Second factors (IAM-3): the texted codes, the number and the
+    // webhook's secret appear nowhere; the recovery codes and the second
+    // step's token only in the responses that hand them out.
+    const PHONE: &str = "+420601234567";
+    secrets.extend([crate::sms::SECRET.to_owned(), PHONE.to_owned()]);
+    let enrolled = call(
+        "/api/v1/auth/mfa/factors",
+        Some(&admin),
+        json!({"kind": "sms", "phone": PHONE}),
+    )
+    .await;
+    let code = texts.texts()[0].code();
+    secrets.push(code.clone());
+    let confirmed = call(
+        &format!(
+            "/api/v1/auth/mfa/factors/{}/confirm",
+            enrolled["factor_id"].as_str().unwrap()
+        ),
+        Some(&admin),
+        json!({ "code": code }),
+    )
+    .await;
+    for code in confirmed["recovery_codes"].as_array().unwrap() {
+        devices.push(code.as_str().unwrap().to_owned());
+    }
+    let step = call(
+        "/api/v1/auth/login",
+        None,
+        json!({"tenant": "acme", "email": "admin@acme.test", "password": PASSWORD}),
+    )
+    .await;
+    let mfa_token = step["mfa_token"].as_str().unwrap().to_owned();
+    devices.push(mfa_token.clone());
+    call(
+        "/api/v1/auth/mfa/sms-code",
+        None,
+        json!({ "mfa_token": mfa_token }),
+    )
+    .await;
+    let code = texts.texts()[1].code();
+    secrets.push(code.clone());
+    let passed = call(
+        "/api/v1/auth/mfa/verify",
+        None,
+        json!({"mfa_token": mfa_token, "method": "sms", "code": code}),
+    )
+    .await;
+    assert!(passed["access_token"].is_string(), "{passed}");
     let audit = reqwest::Client::new()
         .get(format!("{base}/api/v1/audit?limit=500"))
         .bearer_auth(&admin)
@@ -454,7 +505,7 @@ async fn ctl_aud_3_no_mailed_token_or_password_appears_outside_the_mail() {
         ] {
             assert!(
                 !text.contains(device.as_str()),
-                "{place} contains a device token"
+                "{place} contains a device token, recovery code or second-step token"
             );
         }
     }

@@ -22,14 +22,34 @@ use crate::identity::http::{LoginMode, session_response};
 
 const METHODS: [&str; 5] = ["totp", "email", "sms", "recovery", "passkey"];
 
+/// A body that proves with `method`: a passkey sends its credential and no
+/// code, every other method a code and no credential.
+fn proof_rule(others: &[&str]) -> serde_json::Value {
+    json!({"oneOf": [
+        {"properties": {"method": {"const": "passkey"}},
+         "required": ["credential"], "not": {"required": ["code"]}},
+        {"properties": {"method": {"enum": others}},
+         "required": ["code"], "not": {"required": ["credential"]}}
+    ]})
+}
+
 /// A passkey's answer as JSON (`PublicKeyCredential.toJSON()`).
 fn credential_schema() -> serde_json::Value {
+    let text = json!({"type": "string"});
     json!({"type": "object", "description":
         "the browser's PublicKeyCredential as JSON (byte fields in base64url)",
-        "required": ["type", "response"],
-        "properties": {"id": {"type": "string"}, "rawId": {"type": "string"},
-                       "type": {"const": "public-key"},
-                       "response": {"type": "object"}}})
+        "required": ["type", "response"], "additionalProperties": false,
+        "properties": {
+            "id": text, "rawId": text, "type": {"const": "public-key"},
+            "authenticatorAttachment": text,
+            "clientExtensionResults": {"type": "object", "additionalProperties":
+                {"type": "object", "additionalProperties": {"type": "boolean"}}},
+            "response": {"type": "object", "additionalProperties": false, "properties": {
+                "clientDataJSON": text, "attestationObject": text,
+                "authenticatorData": text, "signature": text,
+                "userHandle": {"type": ["string", "null"]}, "publicKey": text,
+                "publicKeyAlgorithm": {"type": "integer"},
+                "transports": {"type": "array", "items": text}}}}})
 }
 
 pub fn router() -> Api {
@@ -45,6 +65,7 @@ pub fn router() -> Api {
             .body(json!({
                 "type": "object", "required": ["mfa_token", "method"],
                 "additionalProperties": false,
+                "allOf": [proof_rule(&["totp", "email", "sms", "recovery"])],
                 "properties": {"mfa_token": {"type": "string"}, "method": {"enum": METHODS},
                                "code": {"type": "string", "writeOnly": true, "description":
                                    "the code (every method but passkey)"},
@@ -109,7 +130,8 @@ pub fn router() -> Api {
                 "A ticket and options to step up with one of the caller's passkeys",
             )
             .tag("auth")
-            .bearer(),
+            .bearer()
+            .errors(&[404]),
             post(step_up_ticket),
         )
         .route(
@@ -175,8 +197,9 @@ pub fn router() -> Api {
                 "properties": {"kind": {"enum": ["totp", "email", "sms", "passkey"]},
                                "phone": {"type": "string", "description":
                                    "for sms: the number in international form (+420 …)"},
-                               "name": {"type": "string", "maxLength": 64, "description":
-                                   "for passkey: a name to tell it by"}}
+                               "name": {"type": "string", "maxLength": 64,
+                                        "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
+                                        "description": "for passkey: a name to tell it by"}}
             }))
             .ok(201),
             post(enrol),
@@ -192,6 +215,7 @@ pub fn router() -> Api {
             .errors(&[401, 404, 410, 423])
             .body(json!({
                 "type": "object", "additionalProperties": false,
+                "oneOf": [{"required": ["code"]}, {"required": ["credential"]}],
                 "properties": {"code": {"type": "string", "writeOnly": true},
                                "credential": credential_schema()}
             })),
@@ -231,6 +255,7 @@ pub fn router() -> Api {
             .errors(&[401, 404, 410, 423])
             .body(json!({
                 "type": "object", "required": ["method"], "additionalProperties": false,
+                "allOf": [proof_rule(&["totp", "recovery"])],
                 "properties": {"method": {"enum": ["totp", "recovery", "passkey"]},
                                "code": {"type": "string", "writeOnly": true},
                                "ticket": {"type": "string", "description":
@@ -412,9 +437,11 @@ async fn passkey_login(
         &state.post(),
         state.keyring.token_signing_key(),
         state.config.session_ttl_hours,
-        &body.ticket,
-        &body.credential,
-        device_token.as_ref(),
+        crate::identity::PasskeyLogin {
+            ticket: &body.ticket,
+            credential: &body.credential,
+            device_token: device_token.as_ref(),
+        },
         &meta,
     )
     .await?;
@@ -568,9 +595,11 @@ async fn step_up(
         &state.post(),
         state.keyring.token_signing_key(),
         &principal,
-        method,
-        &proof,
-        body.ticket.as_deref(),
+        super::StepUp {
+            method,
+            proof: &proof,
+            ticket: body.ticket.as_deref(),
+        },
         &meta,
     )
     .await?;

@@ -1172,7 +1172,7 @@ pub async fn confirm(
                 .code
                 .as_deref()
                 .is_some_and(|h| matches_hash(h.as_bytes(), code));
-            right.then(|| Confirmed {
+            right.then_some(Confirmed {
                 step: 0,
                 passkey: None,
             })
@@ -1383,6 +1383,14 @@ pub(super) async fn passed_on_session(
     Ok(())
 }
 
+/// What a step-up shows: the method, its code or credential, and for a
+/// passkey the ticket it answers.
+pub struct StepUp<'a> {
+    pub method: Method,
+    pub proof: &'a Proof,
+    pub ticket: Option<&'a str>,
+}
+
 /// The caller proves a second factor now (TOTP, a recovery code, or a
 /// passkey answering a ticket from `POST /auth/mfa/step-up/passkey`), for
 /// the sensitive operations of the next minutes.
@@ -1391,11 +1399,14 @@ pub async fn step_up(
     post: &Post,
     key: &ed25519_dalek::SigningKey,
     principal: &Principal,
-    method: Method,
-    proof: &Proof,
-    ticket: Option<&str>,
+    shown: StepUp<'_>,
     meta: &RequestMeta,
 ) -> Result<(), IdentityError> {
+    let StepUp {
+        method,
+        proof,
+        ticket,
+    } = shown;
     let mut passkey = None;
     let ok = match (method, proof) {
         (Method::Totp, Proof::Code(code)) => {
