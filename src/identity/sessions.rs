@@ -411,18 +411,7 @@ pub async fn passkey_login(
     if !store.schema_has(super::mfa::passkeys::SCHEMA) {
         return Err(IdentityError::InvalidCredentials);
     }
-    let presented = super::mfa::passkeys::open_ticket(key, ticket)
-        .map_err(|_| IdentityError::InvalidCredentials)?;
-    let active: i64 = {
-        let mut tx = store.read_unscoped().await?;
-        db::query_scalar("SELECT COUNT(*) FROM tenants WHERE id = $1 AND status = 'active'")
-            .bind(presented.scope.id_str())
-            .fetch_one(tx.conn())
-            .await?
-    };
-    if active == 0 {
-        return Err(IdentityError::InvalidCredentials);
-    }
+    let presented = super::mfa::passkeys::open_login_ticket(store, key, ticket).await?;
     let found = super::mfa::passkeys::passwordless(store, post, &presented, credential).await?;
     let account = {
         let mut tx = store.read(&presented.scope).await?;
@@ -467,17 +456,18 @@ pub async fn passkey_login(
     finish_login(store, post, key, session_ttl_hours, session, meta).await
 }
 
-/// A ticket to log in with a passkey: for any tenant slug alike (an
-/// unknown one gets a ticket that later finds no passkey), and nothing is
-/// written.
-pub async fn passkey_ticket(
-    store: &Store,
+/// A ticket to log in with a passkey: for any tenant slug alike (the
+/// tenant is looked up when the ticket is used; an unknown one then finds
+/// no passkey), and nothing is read or written.
+pub fn passkey_ticket(
     post: &Post,
     key: &SigningKey,
     tenant_slug: &str,
 ) -> Result<serde_json::Value, IdentityError> {
-    let scope = tenancy::find_active_by_slug(store, tenant_slug).await?;
-    let ticket = super::mfa::passkeys::issue_ticket(key, scope.map(|s| s.tenant_id()));
+    let ticket = super::mfa::passkeys::issue_ticket(
+        key,
+        super::mfa::passkeys::TicketFor::Login(tenant_slug),
+    );
     let options = super::mfa::passkeys::ticket_options(post, &ticket, &[], true)?;
     Ok(json!({
         "ticket": ticket.token,

@@ -35,7 +35,6 @@ pub enum TokenKind {
     Device,
     NotMe,
     MfaChallenge,
-    PasskeyTicket,
 }
 
 impl TokenKind {
@@ -47,7 +46,6 @@ impl TokenKind {
             TokenKind::Device => "sr_dev_",
             TokenKind::NotMe => "sr_nm_",
             TokenKind::MfaChallenge => "sr_mfa_",
-            TokenKind::PasskeyTicket => "sr_pk_",
         }
     }
 }

@@ -400,15 +400,11 @@ async fn passkey_start(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<PasskeyStartBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        crate::identity::passkey_ticket(
-            &state.store,
-            &state.post(),
-            state.keyring.token_signing_key(),
-            &body.tenant,
-        )
-        .await?,
-    ))
+    Ok(Json(crate::identity::passkey_ticket(
+        &state.post(),
+        state.keyring.token_signing_key(),
+        &body.tenant,
+    )?))
 }
 
 #[derive(Deserialize)]
@@ -458,7 +454,7 @@ async fn step_up_ticket(
     }
     let ticket = super::passkeys::issue_ticket(
         state.keyring.token_signing_key(),
-        Some(principal.scope().tenant_id()),
+        super::passkeys::TicketFor::StepUp(principal.scope()),
     );
     let options = super::passkeys::ticket_options(&state.post(), &ticket, &allow, false)?;
     Ok(Json(json!({

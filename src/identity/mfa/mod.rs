@@ -1424,7 +1424,7 @@ pub async fn step_up(
         }
         (Method::Passkey, Proof::Passkey(credential)) => {
             let ticket = ticket.ok_or(IdentityError::InvalidToken)?;
-            let presented = passkeys::open_ticket(key, ticket)?;
+            let presented = passkeys::open_step_up_ticket(key, ticket, principal)?;
             let (factor, counter) =
                 passkeys::step_up(store, post, principal, &presented, credential).await?;
             passkey = Some((presented, factor, counter));

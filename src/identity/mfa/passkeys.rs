@@ -25,7 +25,6 @@ use sha2::{Digest, Sha256};
 
 use super::super::IdentityError;
 use super::super::post::Post;
-use super::super::tokens::{OpaqueToken, TokenKind};
 use super::super::webauthn::{self, PublicKey, Registered, RelyingParty};
 use crate::access::Principal;
 use crate::context::TenantScope;
@@ -288,10 +287,29 @@ pub(super) async fn spend_counter(
     Ok(done.rows_affected() == 1)
 }
 
-/// A signed, single-use passkey ticket: `sr_pk_<tenant>_<random>.<expiry>.<signature>`.
+/// A signed, single-use passkey ticket:
+/// `sr_pk_<random>.<realm>.<expiry>.<signature>`, where the realm says what
+/// it is for: a login to the tenant slug as typed, or a step-up in one
+/// tenant. A ticket names no tenant id, so one for a slug that does not
+/// exist looks like one for a slug that does.
 pub struct Ticket {
     pub token: String,
     pub challenge: Vec<u8>,
+}
+
+/// What a ticket is for.
+pub enum TicketFor<'a> {
+    Login(&'a str),
+    StepUp(&'a TenantScope),
+}
+
+impl TicketFor<'_> {
+    fn realm(&self) -> String {
+        match self {
+            TicketFor::Login(slug) => format!("login:{slug}"),
+            TicketFor::StepUp(scope) => format!("step-up:{}", scope.id_str()),
+        }
+    }
 }
 
 /// A presented ticket that verified: its tenant, challenge, and the hash
@@ -303,19 +321,22 @@ pub(in crate::identity) struct Presented {
     pub expires_at: String,
 }
 
-fn ticket_message(body: &str, expires: i64) -> String {
-    format!("strongroom/v1/passkey-ticket/{body}.{expires}")
+fn ticket_message(random: &str, realm: &str, expires: i64) -> String {
+    format!("strongroom/v1/passkey-ticket/{random}/{realm}/{expires}")
 }
 
-/// Issues a ticket for `tenant` (for a tenant that does not exist, a
-/// random one: it verifies, and then finds no passkey).
-pub fn issue_ticket(key: &SigningKey, tenant: Option<crate::context::TenantId>) -> Ticket {
-    let tenant = tenant.unwrap_or_else(crate::context::TenantId::generate);
-    let body = OpaqueToken::generate(TokenKind::PasskeyTicket, tenant).reveal();
+/// Issues a ticket; starting one writes nothing.
+pub fn issue_ticket(key: &SigningKey, purpose: TicketFor<'_>) -> Ticket {
+    let random = format!(
+        "sr_pk_{}",
+        webauthn::encode_b64url(&crate::crypto::random_bytes::<32>())
+    );
+    let realm = purpose.realm();
     let expires = crate::clock::unix_now() + TICKET_SECONDS;
-    let signature = key.sign(ticket_message(&body, expires).as_bytes());
+    let signature = key.sign(ticket_message(&random, &realm, expires).as_bytes());
     let token = format!(
-        "{body}.{expires}.{}",
+        "{random}.{}.{expires}.{}",
+        webauthn::encode_b64url(realm.as_bytes()),
         webauthn::encode_b64url(&signature.to_bytes())
     );
     Ticket {
@@ -324,24 +345,31 @@ pub fn issue_ticket(key: &SigningKey, tenant: Option<crate::context::TenantId>) 
     }
 }
 
-/// A ticket this instance signed and that has not expired.
-pub(in crate::identity) fn open_ticket(
+/// A ticket this instance signed and that has not expired: its realm, the
+/// challenge, the hash its use records and when it ends.
+fn open_ticket(
     key: &SigningKey,
     token: &str,
-) -> Result<Presented, IdentityError> {
-    let mut parts = token.splitn(3, '.');
-    let (body, expires, signature) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(b), Some(e), Some(s)) => (b, e, s),
-        _ => return Err(IdentityError::InvalidToken),
+) -> Result<(String, Vec<u8>, String, String), IdentityError> {
+    let parts: Vec<&str> = token.split('.').collect();
+    let [random, realm, expires, signature] = parts[..] else {
+        return Err(IdentityError::InvalidToken);
     };
-    let opaque =
-        OpaqueToken::parse(TokenKind::PasskeyTicket, body).ok_or(IdentityError::InvalidToken)?;
+    if !random.starts_with("sr_pk_") || random.len() != 6 + 43 {
+        return Err(IdentityError::InvalidToken);
+    }
+    let realm = webauthn::decode_b64url(realm)
+        .and_then(|r| String::from_utf8(r).ok())
+        .ok_or(IdentityError::InvalidToken)?;
     let expires: i64 = expires.parse().map_err(|_| IdentityError::InvalidToken)?;
     let signature = webauthn::decode_b64url(signature)
         .and_then(|b| Signature::from_slice(&b).ok())
         .ok_or(IdentityError::InvalidToken)?;
     key.verifying_key()
-        .verify(ticket_message(body, expires).as_bytes(), &signature)
+        .verify(
+            ticket_message(random, &realm, expires).as_bytes(),
+            &signature,
+        )
         .map_err(|_| IdentityError::InvalidToken)?;
     if expires <= crate::clock::unix_now() {
         return Err(IdentityError::InvalidToken);
@@ -353,10 +381,52 @@ pub(in crate::identity) fn open_ticket(
                 .ok()
         })
         .ok_or(IdentityError::InvalidToken)?;
+    let hash = webauthn::encode_b64url(&Sha256::digest(random.as_bytes()));
+    Ok((
+        realm,
+        Sha256::digest(token.as_bytes()).to_vec(),
+        hash,
+        expires_at,
+    ))
+}
+
+/// A login ticket, for an active tenant (else the same 401 as any other
+/// failed login).
+pub(in crate::identity) async fn open_login_ticket(
+    store: &Store,
+    key: &SigningKey,
+    token: &str,
+) -> Result<Presented, IdentityError> {
+    let (realm, challenge, hash, expires_at) =
+        open_ticket(key, token).map_err(|_| IdentityError::InvalidCredentials)?;
+    let slug = realm
+        .strip_prefix("login:")
+        .ok_or(IdentityError::InvalidCredentials)?;
+    let scope = crate::tenancy::find_active_by_slug(store, slug)
+        .await?
+        .ok_or(IdentityError::InvalidCredentials)?;
     Ok(Presented {
-        scope: TenantScope::trusted(opaque.tenant()),
-        challenge: Sha256::digest(token.as_bytes()).to_vec(),
-        hash: opaque.hash(),
+        scope,
+        challenge,
+        hash,
+        expires_at,
+    })
+}
+
+/// A step-up ticket issued in the caller's tenant.
+pub(in crate::identity) fn open_step_up_ticket(
+    key: &SigningKey,
+    token: &str,
+    principal: &Principal,
+) -> Result<Presented, IdentityError> {
+    let (realm, challenge, hash, expires_at) = open_ticket(key, token)?;
+    if realm != TicketFor::StepUp(principal.scope()).realm() {
+        return Err(IdentityError::InvalidToken);
+    }
+    Ok(Presented {
+        scope: principal.scope().clone(),
+        challenge,
+        hash,
         expires_at,
     })
 }
@@ -430,9 +500,6 @@ pub(in crate::identity) async fn step_up(
     presented: &Presented,
     credential: &Value,
 ) -> Result<(String, i64), IdentityError> {
-    if presented.scope.tenant_id() != principal.scope().tenant_id() {
-        return Err(IdentityError::InvalidToken);
-    }
     let stored = find(store, post, principal.scope(), credential)
         .await?
         .filter(|s| s.user_id == principal.user_id)
