@@ -334,27 +334,6 @@ pub async fn untrust(
     .await
 }
 
-/// Ends the trust of every device of a user, in `tx` (a password change
-/// or reset).
-pub(super) async fn forget_trust(
-    tx: &mut crate::store::WriteTx,
-    user_id: &str,
-    schema_has_trust: bool,
-) -> Result<(), IdentityError> {
-    if !schema_has_trust {
-        return Ok(());
-    }
-    db::query(
-        "UPDATE devices SET mfa_trusted_until = NULL WHERE tenant_id = $1 AND user_id = $2 \
-         AND mfa_trusted_until IS NOT NULL",
-    )
-    .bind(tx.scope().id_str().to_owned())
-    .bind(user_id)
-    .execute(tx.conn())
-    .await?;
-    Ok(())
-}
-
 /// One of a user's devices, as they see it.
 #[derive(Debug, serde::Serialize)]
 pub struct DeviceInfo {

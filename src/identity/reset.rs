@@ -257,7 +257,7 @@ pub async fn reset(
                 });
                 set_password(tx, &user_id, &password_hash, false).await?;
                 revoke_all_but(tx, &user_id, None, "password_reset").await?;
-                super::devices::forget_trust(tx, &user_id, trust).await?;
+                super::revoke::forget_trust(tx, &user_id, trust).await?;
                 notify_changed(tx, &post, letterhead.as_ref(), &mailed).await?;
                 tx.set_target("user", user_id);
                 Ok(())
@@ -317,7 +317,7 @@ pub async fn change(
                 Box::pin(async move {
                     set_password(tx, &user_id, &password_hash, false).await?;
                     revoke_all_but(tx, &user_id, Some(&keep), "password_changed").await?;
-                    super::devices::forget_trust(tx, &user_id, trust).await?;
+                    super::revoke::forget_trust(tx, &user_id, trust).await?;
                     notify_changed(tx, &post, letterhead.as_ref(), &email).await?;
                     tx.set_target("user", user_id);
                     Ok(())
@@ -358,7 +358,7 @@ pub async fn admin_reset(
                     return Err(IdentityError::UserNotFound);
                 }
                 revoke_all_but(tx, &user.id, None, "password_reset_by_admin").await?;
-                super::devices::forget_trust(tx, &user.id, trust).await?;
+                super::revoke::forget_trust(tx, &user.id, trust).await?;
                 mail::enqueue(
                     tx,
                     &vault,

@@ -1,7 +1,8 @@
 //! Ending sessions in a write job: one, all of a user's, or all but one.
 //! Every way a session ends (logout, revocation, a disabled or demoted
 //! user, a password change or reset, "this wasn't me") comes through here,
-//! so each ending is journaled alike and ends cached session checks.
+//! so each ending is journaled alike and ends cached session checks. A
+//! password change or reset also ends every device's trust (IAM-3) here.
 
 use serde_json::json;
 
@@ -67,4 +68,25 @@ pub(super) async fn revoke_all_but(
         ended += 1;
     }
     Ok(ended)
+}
+
+/// Ends the trust of every device of a user, in `tx` (a password change
+/// or reset).
+pub(super) async fn forget_trust(
+    tx: &mut WriteTx,
+    user_id: &str,
+    schema_has_trust: bool,
+) -> Result<(), IdentityError> {
+    if !schema_has_trust {
+        return Ok(());
+    }
+    db::query(
+        "UPDATE devices SET mfa_trusted_until = NULL WHERE tenant_id = $1 AND user_id = $2 \
+         AND mfa_trusted_until IS NOT NULL",
+    )
+    .bind(tx.scope().id_str().to_owned())
+    .bind(user_id)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }
