@@ -375,7 +375,7 @@ pub async fn complete_login(
         scope: passed.scope,
         user_id: passed.user_id,
         email: passed.email,
-        passed: Some(super::mfa::Spend::Challenge(passed.challenge_id)),
+        passed: Some(passed.spend),
         trusted_device: false,
         trust_days,
         must_change_password: must_change,

@@ -455,3 +455,33 @@ async fn ctl_iam_3_mailed_codes_are_a_second_factor_and_admins_see_factors_not_s
         .await;
     assert!(res.json::<Value>().await.unwrap()["access_token"].is_string());
 }
+
+#[tokio::test]
+async fn ctl_iam_3_a_second_step_takes_five_wrong_codes_then_ends() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let (secret, step, codes) = enrol_totp(&app, &admin).await;
+    let (token, _) = password_step(&app, "admin@acme.test", PASSWORD).await;
+    // Wrong TOTP codes, a replayed one and wrong recovery codes all count.
+    let replayed = totp::code(&secret, step);
+    for (method, code) in [
+        ("totp", "000000"),
+        ("totp", replayed.as_str()),
+        ("recovery", "AAAA-BBBB-CCCC-DDDD"),
+        ("recovery", "not a code"),
+        ("email", "123456"),
+    ] {
+        let res = verify(&app, &token, method, code).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method} {code}");
+    }
+    // The sixth try is refused even with a right code, which stays unused.
+    let res = verify(&app, &token, "recovery", &codes[0]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:strongroom:problem:invalid-token");
+    let (next, _) = password_step(&app, "admin@acme.test", PASSWORD).await;
+    assert_eq!(
+        verify(&app, &next, "recovery", &codes[0]).await.status(),
+        StatusCode::OK
+    );
+}

@@ -331,8 +331,9 @@ pub(super) struct Passed {
     pub user_id: String,
     pub email: String,
     pub device_id: Option<String>,
-    /// To spend when the session opens ([`spend_in`]).
-    pub challenge_id: String,
+    /// To spend when the session opens ([`spend_in`]): the second step,
+    /// and what its code uses up.
+    pub spend: Spend,
 }
 
 /// Checks a code against a login's second step: at most
@@ -407,7 +408,24 @@ pub(super) async fn pass_challenge(
                 None => Spends::Nothing(false),
             }
         }
-        Method::Recovery => Spends::Recovery(sha256(&normalise(proof.code()?.expose_secret()))),
+        Method::Recovery => {
+            let hash = sha256(&normalise(proof.code()?.expose_secret()));
+            let mut tx = store.read(&scope).await?;
+            let left: i64 = db::query_scalar(
+                "SELECT COUNT(*) FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2 \
+                 AND code_hash = $3 AND used_at IS NULL",
+            )
+            .bind(scope.id_str())
+            .bind(&user_id)
+            .bind(&hash)
+            .fetch_one(tx.conn())
+            .await?;
+            if left == 1 {
+                Spends::Recovery(hash)
+            } else {
+                Spends::Nothing(false)
+            }
+        }
         Method::Passkey => {
             let Proof::Passkey(credential) = proof else {
                 return Err(IdentityError::InvalidCode);
@@ -418,25 +436,39 @@ pub(super) async fn pass_challenge(
             }
         }
     };
-    match attempt(store, &scope, &challenge_id, &user_id, spends).await? {
-        Attempt::NotCounted => return Err(IdentityError::InvalidToken),
-        Attempt::Counted(false) => return Err(IdentityError::InvalidCode),
-        Attempt::Counted(true) => {}
+    // A wrong code is counted in a job of its own (it must count although
+    // nothing else commits); a right one is counted, and what it uses
+    // spent, in the write that opens the session ([`spend_in`]), one
+    // durable write fewer per login.
+    if let Spends::Nothing(false) = spends {
+        return Err(if count_attempt(store, &scope, &challenge_id).await? {
+            IdentityError::InvalidCode
+        } else {
+            IdentityError::InvalidToken
+        });
     }
     Ok(Passed {
         scope,
-        user_id,
+        user_id: user_id.clone(),
         email,
         device_id,
-        challenge_id,
+        spend: Spend::Challenge {
+            id: challenge_id,
+            user_id,
+            spends,
+        },
     })
 }
 
 /// A second factor that passed, to spend in the write job that opens its
 /// session.
 pub(in crate::identity) enum Spend {
-    /// A login's second step.
-    Challenge(String),
+    /// A login's second step, its user, and what the right code uses up.
+    Challenge {
+        id: String,
+        user_id: String,
+        spends: Spends,
+    },
     /// A passkey ticket (a login without a password) and its counter.
     Ticket {
         hash: String,
@@ -452,8 +484,12 @@ pub(in crate::identity) async fn spend_in(
     tx: &mut WriteTx,
     spend: &Spend,
 ) -> Result<(), IdentityError> {
-    let challenge_id = match spend {
-        Spend::Challenge(id) => id,
+    let (challenge_id, user_id, spends) = match spend {
+        Spend::Challenge {
+            id,
+            user_id,
+            spends,
+        } => (id, user_id, spends),
         Spend::Ticket {
             hash,
             expires_at,
@@ -468,24 +504,77 @@ pub(in crate::identity) async fn spend_in(
             return Ok(());
         }
     };
+    // Counted and spent in one guarded statement: of racing codes for one
+    // second step, one gets here; the others roll back.
+    let tenant = tx.scope().id_str().to_owned();
     let done = db::query(
-        "UPDATE mfa_challenges SET used_at = $1 WHERE tenant_id = $2 AND id = $3 \
-         AND used_at IS NULL",
+        "UPDATE mfa_challenges SET used_at = $1, attempts = attempts + 1 \
+         WHERE tenant_id = $2 AND id = $3 AND used_at IS NULL AND attempts < $4",
     )
     .bind(crate::clock::now())
-    .bind(tx.scope().id_str().to_owned())
+    .bind(&tenant)
     .bind(challenge_id)
+    .bind(CHALLENGE_ATTEMPTS)
     .execute(tx.conn())
     .await?;
-    if done.rows_affected() == 1 {
+    if done.rows_affected() != 1 {
+        return Err(IdentityError::InvalidToken);
+    }
+    if spend_what(tx.conn(), &tenant, user_id, spends).await? {
         Ok(())
     } else {
-        Err(IdentityError::InvalidToken)
+        Err(IdentityError::InvalidCode)
     }
 }
 
+/// Uses up what a right code spends, each by a guarded update: whether it
+/// was still there (a step not yet used, a recovery code not yet used, a
+/// passkey counter that grew).
+async fn spend_what(
+    conn: &mut db::Conn,
+    tenant: &str,
+    user: &str,
+    spends: &Spends,
+) -> Result<bool, db::Error> {
+    let now = crate::clock::now();
+    Ok(match spends {
+        Spends::Nothing(right) => *right,
+        Spends::Step(factor, step) => {
+            db::query(
+                "UPDATE mfa_factors SET last_step = $3, last_used_at = $4 \
+                 WHERE tenant_id = $1 AND id = $2 AND last_step < $3",
+            )
+            .bind(tenant)
+            .bind(factor)
+            .bind(*step)
+            .bind(&now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1
+        }
+        Spends::Counter(factor, count) => {
+            passkeys::spend_counter(conn, tenant, factor, *count).await?
+        }
+        Spends::Recovery(hash) => {
+            db::query(
+                "UPDATE recovery_codes SET used_at = $4 WHERE tenant_id = $1 \
+                 AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+            )
+            .bind(tenant)
+            .bind(user)
+            .bind(hash)
+            .bind(&now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1
+        }
+    })
+}
+
 /// What a code presented to a second step uses up if it is right.
-enum Spends {
+pub(in crate::identity) enum Spends {
     /// Nothing, and whether the code was right (a mailed code).
     Nothing(bool),
     /// A TOTP factor's step.
@@ -497,27 +586,14 @@ enum Spends {
     Counter(String, i64),
 }
 
-enum Attempt {
-    /// The challenge is used or out of attempts.
-    NotCounted,
-    /// Counted; whether the code was right and what it uses was still there.
-    Counted(bool),
-}
-
-/// Counts an attempt on a challenge and, if it counted, spends what the
-/// code uses — each by a guarded update, in one job.
-async fn attempt(
+/// Counts a wrong code against a login's second step (a guarded update):
+/// whether it counted (false: the step is used or out of attempts).
+async fn count_attempt(
     store: &Store,
     scope: &TenantScope,
     challenge_id: &str,
-    user_id: &str,
-    spends: Spends,
-) -> Result<Attempt, IdentityError> {
-    let (tenant, id, user) = (
-        scope.id_str().to_owned(),
-        challenge_id.to_owned(),
-        user_id.to_owned(),
-    );
+) -> Result<bool, IdentityError> {
+    let (tenant, id) = (scope.id_str().to_owned(), challenge_id.to_owned());
     Ok(store
         .append_internal(Some(scope), move |conn| {
             Box::pin(async move {
@@ -528,47 +604,9 @@ async fn attempt(
                 .bind(&tenant)
                 .bind(&id)
                 .bind(CHALLENGE_ATTEMPTS)
-                .execute(&mut *conn)
+                .execute(conn)
                 .await?;
-                if counted.rows_affected() != 1 {
-                    return Ok(Attempt::NotCounted);
-                }
-                let now = crate::clock::now();
-                let spent = match spends {
-                    Spends::Nothing(right) => right,
-                    Spends::Step(factor, step) => {
-                        db::query(
-                            "UPDATE mfa_factors SET last_step = $3, last_used_at = $4 \
-                             WHERE tenant_id = $1 AND id = $2 AND last_step < $3",
-                        )
-                        .bind(&tenant)
-                        .bind(factor)
-                        .bind(step)
-                        .bind(&now)
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected()
-                            == 1
-                    }
-                    Spends::Counter(factor, count) => {
-                        passkeys::spend_counter(&mut *conn, &tenant, &factor, count).await?
-                    }
-                    Spends::Recovery(hash) => {
-                        db::query(
-                            "UPDATE recovery_codes SET used_at = $4 WHERE tenant_id = $1 \
-                             AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
-                        )
-                        .bind(&tenant)
-                        .bind(&user)
-                        .bind(hash)
-                        .bind(&now)
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected()
-                            == 1
-                    }
-                };
-                Ok(Attempt::Counted(spent))
+                Ok(counted.rows_affected() == 1)
             })
         })
         .await?)
@@ -602,7 +640,7 @@ async fn totp_candidate(
     let rows = {
         let mut tx = store.read(scope).await?;
         let rows = db::query(
-            "SELECT id, key_version, sealed FROM mfa_factors WHERE tenant_id = $1 \
+            "SELECT id, key_version, sealed, last_step FROM mfa_factors WHERE tenant_id = $1 \
              AND user_id = $2 AND kind = 'totp' AND confirmed_at IS NOT NULL",
         )
         .bind(&tenant)
@@ -614,19 +652,24 @@ async fn totp_candidate(
             let id: String = row.try_get(0)?;
             let version: i64 = row.try_get(1)?;
             let sealed: Vec<u8> = row.try_get(2)?;
+            let last: i64 = row.try_get(3)?;
             let key = vault
                 .key(tx.conn(), &tenant, version)
                 .await
                 .map_err(|e| IdentityError::Mail(crate::mail::MailError::Crypto(e)))?;
             if let Ok(secret) = key.open(&aad(&tenant, &id), &sealed) {
-                opened.push((id, secret));
+                opened.push((id, secret, last));
             }
         }
         opened
     };
+    // A step used already is no candidate (a replay counts as a wrong
+    // code); the guarded update still decides between racing uses.
     let now = totp::step_at(crate::clock::unix_now());
-    Ok(rows.into_iter().find_map(|(id, secret)| {
-        totp::matching_step(&secret, code.expose_secret(), now).map(|step| (id, step))
+    Ok(rows.into_iter().find_map(|(id, secret, last)| {
+        totp::matching_step(&secret, code.expose_secret(), now)
+            .filter(|step| *step > last)
+            .map(|step| (id, step))
     }))
 }
 
