@@ -36,18 +36,22 @@ fn proof_rule(others: &[&str]) -> serde_json::Value {
 /// A passkey's answer as JSON (`PublicKeyCredential.toJSON()`).
 fn credential_schema() -> serde_json::Value {
     let text = json!({"type": "string"});
+    let name = json!({"pattern": "^[A-Za-z][A-Za-z0-9]{0,31}$"});
     json!({"type": "object", "description":
         "the browser's PublicKeyCredential as JSON (byte fields in base64url)",
         "required": ["type", "response"], "additionalProperties": false,
         "properties": {
             "id": text, "rawId": text, "type": {"const": "public-key"},
             "authenticatorAttachment": text,
-            "clientExtensionResults": {"type": "object", "additionalProperties":
-                {"type": "object", "additionalProperties": {"type": "boolean"}}},
+            // Extension results are named by identifiers (`credProps`, `rk`).
+            "clientExtensionResults": {"type": "object", "propertyNames": name,
+                "additionalProperties": {"type": "object", "propertyNames": name,
+                                         "additionalProperties": {"type": "boolean"}}},
             "response": {"type": "object", "additionalProperties": false, "properties": {
                 "clientDataJSON": text, "attestationObject": text,
                 "authenticatorData": text, "signature": text,
-                "userHandle": {"type": ["string", "null"]}, "publicKey": text,
+                "userHandle": {"type": ["string", "null"], "pattern": "^[^\\u0000]*$"},
+                "publicKey": text,
                 "publicKeyAlgorithm": {"type": "integer"},
                 "transports": {"type": "array", "items": text}}}}})
 }
