@@ -42,6 +42,8 @@ pub const NOT_ME_DAYS: i64 = 7;
 #[derive(Clone, Debug)]
 pub struct KnownDevice {
     pub id: String,
+    /// Until when it skips the second factor (IAM-3), if it was trusted.
+    pub trusted_until: Option<String>,
 }
 
 /// The device `token` names, if it is one of this user's.
@@ -58,15 +60,27 @@ pub async fn recognise(
         return Ok(None);
     }
     let mut tx = store.read(scope).await?;
-    let id: Option<String> = db::query_scalar(
-        "SELECT id FROM devices WHERE tenant_id = $1 AND user_id = $2 AND token_hash = $3",
-    )
+    let trust = if store.schema_has(super::mfa::passkeys::SCHEMA) {
+        "mfa_trusted_until"
+    } else {
+        "NULL"
+    };
+    let row = db::query(format!(
+        "SELECT id, {trust} FROM devices WHERE tenant_id = $1 AND user_id = $2 \
+         AND token_hash = $3"
+    ))
     .bind(scope.id_str())
     .bind(user_id)
     .bind(token.hash())
     .fetch_optional(tx.conn())
     .await?;
-    Ok(id.map(|id| KnownDevice { id }))
+    row.map(|row| {
+        Ok(KnownDevice {
+            id: row.try_get(0)?,
+            trusted_until: row.try_get(1)?,
+        })
+    })
+    .transpose()
 }
 
 /// The address a device is shown with: the /24 of an IPv4 address, the
@@ -224,24 +238,18 @@ pub async fn trust_days(store: &Store, scope: &TenantScope) -> Result<Option<i64
 }
 
 /// Whether `device` skips the second factor now: it is trusted until a
-/// later time, and the tenant still allows trust.
+/// later time, and the tenant still allows trust (read only then: an
+/// untrusted device costs no query).
 pub async fn trusted(
     store: &Store,
     scope: &TenantScope,
     device: &KnownDevice,
 ) -> Result<bool, IdentityError> {
-    if trust_days(store, scope).await?.is_none() {
-        return Ok(false);
-    }
-    let mut tx = store.read(scope).await?;
-    let until: Option<String> =
-        db::query_scalar("SELECT mfa_trusted_until FROM devices WHERE tenant_id = $1 AND id = $2")
-            .bind(scope.id_str())
-            .bind(&device.id)
-            .fetch_optional(tx.conn())
-            .await?
-            .flatten();
-    Ok(until.is_some_and(|until| until > crate::clock::now()))
+    let later = device
+        .trusted_until
+        .as_deref()
+        .is_some_and(|until| until > crate::clock::now().as_str());
+    Ok(later && trust_days(store, scope).await?.is_some())
 }
 
 /// Trusts a device of the user's for `days`, audited; until when.

@@ -354,31 +354,18 @@ pub async fn complete_login(
     } else {
         None
     };
-    let must_change: bool = if store.schema_has(crate::mail::SCHEMA) {
-        let mut tx = store.read(&passed.scope).await?;
-        db::query_scalar::<i64>(
-            "SELECT password_change_required FROM users WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(passed.scope.id_str())
-        .bind(&passed.user_id)
-        .fetch_optional(tx.conn())
-        .await?
-        .unwrap_or(0)
-            != 0
-    } else {
-        false
-    };
     let session = NewSession {
-        device: passed
-            .device_id
-            .map(|id| super::devices::KnownDevice { id }),
+        device: passed.device_id.map(|id| super::devices::KnownDevice {
+            id,
+            trusted_until: None,
+        }),
         scope: passed.scope,
         user_id: passed.user_id,
         email: passed.email,
+        must_change_password: passed.must_change_password,
         passed: Some(passed.spend),
         trusted_device: false,
         trust_days,
-        must_change_password: must_change,
     };
     finish_login(store, post, key, session_ttl_hours, session, meta).await
 }

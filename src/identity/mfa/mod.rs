@@ -331,6 +331,8 @@ pub(super) struct Passed {
     pub user_id: String,
     pub email: String,
     pub device_id: Option<String>,
+    /// An admin's reset is waiting for the user's own password (IAM-2).
+    pub must_change_password: bool,
     /// To spend when the session opens ([`spend_in`]): the second step,
     /// and what its code uses up.
     pub spend: Spend,
@@ -355,13 +357,19 @@ pub(super) async fn pass_challenge(
         let mut tx = store.read(&scope).await?;
         db::query(format!(
             "SELECT c.id, c.user_id, u.email, c.device_id, c.email_code_hash, \
-             c.email_code_expires_at, {} FROM mfa_challenges c JOIN users u ON u.id = c.user_id \
+             c.email_code_expires_at, {}, {} FROM mfa_challenges c \
+             JOIN users u ON u.id = c.user_id \
              WHERE c.tenant_id = $1 AND c.token_hash = $2 AND c.used_at IS NULL \
              AND c.expires_at > $3 AND c.attempts < $4 AND u.status = 'active'",
             if store.schema_has(passkeys::SCHEMA) {
                 "c.code_channel"
             } else {
                 "NULL"
+            },
+            if store.schema_has(mail::SCHEMA) {
+                "u.password_change_required"
+            } else {
+                "0"
             }
         ))
         .bind(scope.id_str())
@@ -378,6 +386,7 @@ pub(super) async fn pass_challenge(
     let mailed: Option<String> = row.try_get(4)?;
     let mailed_until: Option<String> = row.try_get(5)?;
     let channel: Option<String> = row.try_get(6)?;
+    let must_change_password = row.try_get::<i64, _>(7)? != 0;
     // What the code would spend is found first (pure work on what was
     // read); counting the attempt and spending then go in one job, so no
     // code is accepted without its attempt counted.
@@ -452,6 +461,7 @@ pub(super) async fn pass_challenge(
         user_id: user_id.clone(),
         email,
         device_id,
+        must_change_password,
         spend: Spend::Challenge {
             id: challenge_id,
             user_id,
