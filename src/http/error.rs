@@ -202,7 +202,7 @@ impl From<IdentityError> for ApiError {
             .with_field("password"),
             UnknownRole(_) => ApiError::validation(e.to_string()).with_field("role"),
             UnknownStatus(_) => ApiError::validation(e.to_string()).with_field("status"),
-            InvalidCredentials => ApiError::new(
+            PasskeyRefused | InvalidCredentials => ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid-credentials",
                 e.to_string(),

@@ -152,6 +152,10 @@ pub enum IdentityError {
     InvalidPhone,
     #[error("the text message could not be sent: {0}")]
     SmsNotSent(String),
+    #[error(
+        "the passkey was not accepted (unknown here, not verified by its user, or the ticket is used or expired)"
+    )]
+    PasskeyRefused,
     #[error("the passkey response is not valid: {0}")]
     BadPasskey(String),
     #[error("internal error: {0}")]

@@ -396,7 +396,7 @@ pub async fn passkey_login(
         device_token,
     } = shown;
     if !store.schema_has(super::mfa::passkeys::SCHEMA) {
-        return Err(IdentityError::InvalidCredentials);
+        return Err(IdentityError::PasskeyRefused);
     }
     let presented = super::mfa::passkeys::open_login_ticket(store, key, ticket).await?;
     let found = super::mfa::passkeys::passwordless(store, post, &presented, credential).await?;
@@ -410,7 +410,7 @@ pub async fn passkey_login(
         .bind(&found.user_id)
         .fetch_optional(tx.conn())
         .await?
-        .ok_or(IdentityError::InvalidCredentials)?
+        .ok_or(IdentityError::PasskeyRefused)?
     };
     let (email, must_change): (String, i64) = (account.try_get(0)?, account.try_get(1)?);
     let device = match device_token {

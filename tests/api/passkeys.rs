@@ -239,9 +239,16 @@ async fn ctl_iam_3_a_passkey_logs_in_without_a_password_only_if_it_verified_its_
     };
     // Presence without verification does not replace a password.
     let unverified = key.get(&ticket["passkey"], false).await;
+    let res = passkey_login(&ticket, &unverified).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let problem: Value = res.json().await.unwrap();
     assert_eq!(
-        passkey_login(&ticket, &unverified).await.status(),
-        StatusCode::UNAUTHORIZED
+        problem["type"],
+        "urn:strongroom:problem:invalid-credentials"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("passkey"),
+        "{problem}"
     );
     let verified = key.get(&ticket["passkey"], true).await;
     let res = passkey_login(&ticket, &verified).await;

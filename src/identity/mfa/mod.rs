@@ -509,7 +509,7 @@ pub(in crate::identity) async fn spend_in(
             passkeys::spend_ticket(tx, hash, expires_at).await?;
             let tenant = tx.scope().id_str().to_owned();
             if !passkeys::spend_counter(tx.conn(), &tenant, factor_id, *counter).await? {
-                return Err(IdentityError::InvalidCredentials);
+                return Err(IdentityError::PasskeyRefused);
             }
             return Ok(());
         }

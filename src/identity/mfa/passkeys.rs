@@ -398,13 +398,13 @@ pub(in crate::identity) async fn open_login_ticket(
     token: &str,
 ) -> Result<Presented, IdentityError> {
     let (realm, challenge, hash, expires_at) =
-        open_ticket(key, token).map_err(|_| IdentityError::InvalidCredentials)?;
+        open_ticket(key, token).map_err(|_| IdentityError::PasskeyRefused)?;
     let slug = realm
         .strip_prefix("login:")
-        .ok_or(IdentityError::InvalidCredentials)?;
+        .ok_or(IdentityError::PasskeyRefused)?;
     let scope = crate::tenancy::find_active_by_slug(store, slug)
         .await?
-        .ok_or(IdentityError::InvalidCredentials)?;
+        .ok_or(IdentityError::PasskeyRefused)?;
     Ok(Presented {
         scope,
         challenge,
@@ -476,14 +476,14 @@ pub(in crate::identity) async fn passwordless(
 ) -> Result<Passwordless, IdentityError> {
     let stored = find(store, post, &presented.scope, credential)
         .await?
-        .ok_or(IdentityError::InvalidCredentials)?;
+        .ok_or(IdentityError::PasskeyRefused)?;
     if let Some(handle) = webauthn::user_handle(credential)
         && handle != stored.user_id.as_bytes()
     {
-        return Err(IdentityError::InvalidCredentials);
+        return Err(IdentityError::PasskeyRefused);
     }
     let counter = check(post, &stored, &presented.challenge, credential, true)?
-        .ok_or(IdentityError::InvalidCredentials)?;
+        .ok_or(IdentityError::PasskeyRefused)?;
     Ok(Passwordless {
         user_id: stored.user_id,
         factor_id: stored.factor_id,
