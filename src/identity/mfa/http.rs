@@ -368,30 +368,32 @@ async fn mail_code(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<MailCodeBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    use secrecy::ExposeSecret;
-    super::send_login_code(
-        &state.store,
-        &state.post(),
-        body.mfa_token.expose_secret(),
-        Method::Email,
-    )
-    .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"mailed": true}))))
+    send_code(&state, &body, Method::Email, "mailed").await
 }
 
 async fn sms_code(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<MailCodeBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    send_code(&state, &body, Method::Sms, "texted").await
+}
+
+/// Sends a login's second-step code by `method`; `202 {<said>: true}`.
+async fn send_code(
+    state: &AppState,
+    body: &MailCodeBody,
+    method: Method,
+    said: &str,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     use secrecy::ExposeSecret;
     super::send_login_code(
         &state.store,
         &state.post(),
         body.mfa_token.expose_secret(),
-        Method::Sms,
+        method,
     )
     .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"texted": true}))))
+    Ok((StatusCode::ACCEPTED, Json(json!({ said: true }))))
 }
 
 #[derive(Deserialize)]

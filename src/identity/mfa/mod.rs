@@ -417,24 +417,7 @@ pub(super) async fn pass_challenge(
                 None => Spends::Nothing(false),
             }
         }
-        Method::Recovery => {
-            let hash = sha256(&normalise(proof.code()?.expose_secret()));
-            let mut tx = store.read(&scope).await?;
-            let left: i64 = db::query_scalar(
-                "SELECT COUNT(*) FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2 \
-                 AND code_hash = $3 AND used_at IS NULL",
-            )
-            .bind(scope.id_str())
-            .bind(&user_id)
-            .bind(&hash)
-            .fetch_one(tx.conn())
-            .await?;
-            if left == 1 {
-                Spends::Recovery(hash)
-            } else {
-                Spends::Nothing(false)
-            }
-        }
+        Method::Recovery => recovery_spends(store, &scope, &user_id, proof.code()?).await?,
         Method::Passkey => {
             let Proof::Passkey(credential) = proof else {
                 return Err(IdentityError::InvalidCode);
@@ -622,21 +605,6 @@ async fn count_attempt(
         .await?)
 }
 
-/// Whether `code` is the current TOTP code of one of the user's confirmed
-/// TOTP factors; the step it matched is spent (a replay is refused).
-async fn totp_matches(
-    store: &Store,
-    vault: &Vault,
-    scope: &TenantScope,
-    user_id: &str,
-    code: &SecretString,
-) -> Result<bool, IdentityError> {
-    match totp_candidate(store, vault, scope, user_id, code).await? {
-        Some((factor, step)) => spend_step(store, scope, &factor, step).await,
-        None => Ok(false),
-    }
-}
-
 /// The factor and step whose TOTP code `code` is, among the user's
 /// confirmed factors, if any (not yet spent).
 async fn totp_candidate(
@@ -683,63 +651,30 @@ async fn totp_candidate(
     }))
 }
 
-/// Records `step` as the factor's last, if it is later than the last: the
-/// statement says whether this use of the step is the first.
-async fn spend_step(
-    store: &Store,
-    scope: &TenantScope,
-    factor_id: &str,
-    step: i64,
-) -> Result<bool, IdentityError> {
-    let (tenant, id) = (scope.id_str().to_owned(), factor_id.to_owned());
-    Ok(store
-        .append_internal(Some(scope), move |conn| {
-            Box::pin(async move {
-                let done = db::query(
-                    "UPDATE mfa_factors SET last_step = $3, last_used_at = $4 \
-                     WHERE tenant_id = $1 AND id = $2 AND last_step < $3",
-                )
-                .bind(tenant)
-                .bind(id)
-                .bind(step)
-                .bind(crate::clock::now())
-                .execute(conn)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            })
-        })
-        .await?)
-}
-
-/// Uses one of the user's recovery codes, once.
-async fn use_recovery_code(
+/// What a recovery code would spend: itself, if it is one of the user's
+/// unused codes (else it is a wrong code, counted as one).
+async fn recovery_spends(
     store: &Store,
     scope: &TenantScope,
     user_id: &str,
     code: &SecretString,
-) -> Result<bool, IdentityError> {
-    let (tenant, user, hash) = (
-        scope.id_str().to_owned(),
-        user_id.to_owned(),
-        sha256(&normalise(code.expose_secret())),
-    );
-    Ok(store
-        .append_internal(Some(scope), move |conn| {
-            Box::pin(async move {
-                let done = db::query(
-                    "UPDATE recovery_codes SET used_at = $4 WHERE tenant_id = $1 \
-                     AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
-                )
-                .bind(tenant)
-                .bind(user)
-                .bind(hash)
-                .bind(crate::clock::now())
-                .execute(conn)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            })
-        })
-        .await?)
+) -> Result<Spends, IdentityError> {
+    let hash = sha256(&normalise(code.expose_secret()));
+    let mut tx = store.read(scope).await?;
+    let left: i64 = db::query_scalar(
+        "SELECT COUNT(*) FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2 \
+         AND code_hash = $3 AND used_at IS NULL",
+    )
+    .bind(scope.id_str())
+    .bind(user_id)
+    .bind(&hash)
+    .fetch_one(tx.conn())
+    .await?;
+    Ok(if left == 1 {
+        Spends::Recovery(hash)
+    } else {
+        Spends::Nothing(false)
+    })
 }
 
 /// Sends a code for a login's second step by mail or SMS, if the user has
@@ -1168,7 +1103,11 @@ pub async fn enrol(
 /// first counter or step, and for a passkey its key and credential id.
 struct Confirmed {
     step: i64,
-    passkey: Option<(String, Vec<u8>)>,
+    /// The payload to seal in place of the pending one (an SMS number
+    /// without its confirming code, a passkey's public key).
+    reseal: Option<Vec<u8>>,
+    /// A passkey's credential id.
+    credential_id: Option<String>,
 }
 
 /// Confirms one of the caller's factors with a code (or, for a passkey,
@@ -1215,7 +1154,8 @@ pub async fn confirm(
         )
         .map(|step| Confirmed {
             step,
-            passkey: None,
+            reseal: None,
+            credential_id: None,
         }),
         "sms" => {
             let payload: SmsPayload = serde_json::from_slice(&opened)
@@ -1225,9 +1165,16 @@ pub async fn confirm(
                 .code
                 .as_deref()
                 .is_some_and(|h| matches_hash(h.as_bytes(), code));
+            // The factor keeps its number and forgets the confirming code.
+            let kept = serde_json::to_vec(&SmsPayload {
+                phone: payload.phone,
+                code: None,
+            })
+            .map_err(|_| IdentityError::Internal("an SMS factor does not serialise"))?;
             right.then_some(Confirmed {
                 step: 0,
-                passkey: None,
+                reseal: Some(kept),
+                credential_id: None,
             })
         }
         "passkey" => {
@@ -1240,15 +1187,16 @@ pub async fn confirm(
                 passkeys::register(store, post, principal.scope(), &opened, credential).await?;
             Some(Confirmed {
                 step: i64::from(registered.sign_count),
-                passkey: Some((
-                    crate::identity::webauthn::encode_b64url(&registered.credential_id),
-                    payload,
+                reseal: Some(payload),
+                credential_id: Some(crate::identity::webauthn::encode_b64url(
+                    &registered.credential_id,
                 )),
             })
         }
         _ => matches_hash(&opened, proof.code()?).then_some(Confirmed {
             step: 0,
-            passkey: None,
+            reseal: None,
+            credential_id: None,
         }),
     };
     let confirmed = confirmed.ok_or(IdentityError::InvalidCode)?;
@@ -1260,19 +1208,6 @@ pub async fn confirm(
         factor_id.to_owned(),
     );
     let post_in = post.clone();
-    // An SMS factor keeps its number and forgets the confirming code.
-    let resealed = match kind.as_str() {
-        "sms" => serde_json::from_slice::<SmsPayload>(&opened)
-            .ok()
-            .and_then(|p| {
-                serde_json::to_vec(&SmsPayload {
-                    phone: p.phone,
-                    code: None,
-                })
-                .ok()
-            }),
-        _ => None,
-    };
     let issued = store
         .write(
             &principal.own_permit(),
@@ -1296,23 +1231,19 @@ pub async fn confirm(
                     if done.rows_affected() != 1 {
                         return Err(IdentityError::NoSuchFactor);
                     }
-                    let reseal = match &confirmed.passkey {
-                        Some((_, payload)) => Some(payload.clone()),
-                        None => resealed,
-                    };
-                    if let Some(payload) = reseal {
+                    if let Some(payload) = &confirmed.reseal {
                         let key =
                             post_in.vault.in_write().active_in(tx).await.map_err(|e| {
                                 IdentityError::Mail(crate::mail::MailError::Crypto(e))
                             })?;
-                        let sealed = key.key.seal(&aad(&tenant, &id), &payload);
+                        let sealed = key.key.seal(&aad(&tenant, &id), payload);
                         db::query(
                             "UPDATE mfa_factors SET key_version = $1, sealed = $2, \
                              credential_id = $3 WHERE tenant_id = $4 AND CAST(id AS TEXT) = $5",
                         )
                         .bind(key.version)
                         .bind(sealed)
-                        .bind(confirmed.passkey.as_ref().map(|(c, _)| c.clone()))
+                        .bind(confirmed.credential_id.clone())
                         .bind(&tenant)
                         .bind(&id)
                         .execute(tx.conn())
@@ -1460,10 +1391,13 @@ pub async fn step_up(
         proof,
         ticket,
     } = shown;
-    let mut passkey = None;
-    let ok = match (method, proof) {
+    // What the proof spends is found first; it is spent, by the guarded
+    // updates a login's second step uses, in the write that marks the
+    // session (of racing step-ups with one code, one passes).
+    let mut ticket_used = None;
+    let spends = match (method, proof) {
         (Method::Totp, Proof::Code(code)) => {
-            totp_matches(
+            match totp_candidate(
                 store,
                 &post.vault,
                 principal.scope(),
@@ -1471,25 +1405,29 @@ pub async fn step_up(
                 code,
             )
             .await?
+            {
+                Some((factor, step)) => Spends::Step(factor, step),
+                None => Spends::Nothing(false),
+            }
         }
         (Method::Recovery, Proof::Code(code)) => {
-            use_recovery_code(store, principal.scope(), &principal.user_id, code).await?
+            recovery_spends(store, principal.scope(), &principal.user_id, code).await?
         }
         (Method::Passkey, Proof::Passkey(credential)) => {
             let ticket = ticket.ok_or(IdentityError::InvalidToken)?;
             let presented = passkeys::open_step_up_ticket(key, ticket, principal)?;
             let (factor, counter) =
                 passkeys::step_up(store, post, principal, &presented, credential).await?;
-            passkey = Some((presented, factor, counter));
-            true
+            ticket_used = Some(presented);
+            Spends::Counter(factor, counter)
         }
         (Method::Passkey, _) | (_, Proof::Passkey(_)) => return Err(IdentityError::InvalidCode),
         _ => return Err(IdentityError::NoSuchFactor),
     };
-    if !ok {
+    if let Spends::Nothing(false) = spends {
         return Err(IdentityError::InvalidCode);
     }
-    let session_id = principal.session_id.clone();
+    let (session_id, user_id) = (principal.session_id.clone(), principal.user_id.clone());
     store
         .write(
             &principal.own_permit(),
@@ -1497,12 +1435,12 @@ pub async fn step_up(
             "auth.mfa.step_up",
             move |tx| {
                 Box::pin(async move {
-                    if let Some((presented, factor, counter)) = &passkey {
+                    if let Some(presented) = &ticket_used {
                         passkeys::spend_ticket(tx, &presented.hash, &presented.expires_at).await?;
-                        let tenant = tx.scope().id_str().to_owned();
-                        if !passkeys::spend_counter(tx.conn(), &tenant, factor, *counter).await? {
-                            return Err(IdentityError::InvalidCode);
-                        }
+                    }
+                    let tenant = tx.scope().id_str().to_owned();
+                    if !spend_what(tx.conn(), &tenant, &user_id, &spends).await? {
+                        return Err(IdentityError::InvalidCode);
                     }
                     passed_on_session(tx, &session_id).await
                 })
