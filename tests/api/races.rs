@@ -426,3 +426,31 @@ async fn ctl_iam_3_racing_uses_of_one_passkey_assertion_open_one_session() {
         );
     }
 }
+
+#[tokio::test]
+async fn ctl_iam_3_racing_step_ups_with_one_code_pass_once() {
+    let app = spawn_app().await;
+    let other = app.second_node().await;
+    let nodes = [&app, &other];
+    let admin = app.admin("acme").await;
+    let (_, _, codes) = crate::mfa::enrol_totp(&app, &admin).await;
+    for (round, code) in codes.iter().take(5).enumerate() {
+        // One recovery code, presented by all at once for one session.
+        let statuses: Vec<StatusCode> = join_all((0..RACERS).map(|i| {
+            nodes[i % 2].post(
+                "/api/v1/auth/mfa/step-up",
+                Some(&admin.access_token),
+                json!({"method": "recovery", "code": code}),
+            )
+        }))
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+        let passed = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::NO_CONTENT)
+            .count();
+        assert_eq!(passed, 1, "round {round}: {statuses:?}");
+    }
+}
