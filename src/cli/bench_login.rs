@@ -5,7 +5,9 @@
 //! of its own, because a TOTP step is accepted once per factor. With
 //! `known_devices` each user logged in once during set-up and presents
 //! that device's token (a returning user); without, every timed login is a
-//! first login from a new device (registered and audited).
+//! first login from a new device (registered and audited). Beside the
+//! rate it reports where the timed part's CPU went, by thread kind, and
+//! how many durable commits and writer jobs a login took.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,6 +75,7 @@ pub async fn login_mfa(
     seconds: u64,
     concurrency: usize,
     known_devices: bool,
+    second_step: bool,
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = std::env::temp_dir().join(format!(
@@ -88,6 +91,8 @@ pub async fn login_mfa(
         requests_per_second_per_ip: 1_000_000,
         requests_per_second_per_user: 1_000_000,
         requests_per_second_per_tenant: 1_000_000,
+        // The set-up's connections and the timed part's, from one address.
+        max_connections_per_ip: concurrency * 8,
         ..Config::default()
     };
     let state = crate::open(config).await?;
@@ -212,6 +217,15 @@ pub async fn login_mfa(
                         .to_owned();
                     device = first["device_token"].as_str().map(str::to_owned);
                 }
+                if !second_step {
+                    mine.push(Enrolled {
+                        email,
+                        secret: Vec::new(),
+                        confirmed_step: 0,
+                        device,
+                    });
+                    continue;
+                }
                 let (_, started) = call(
                     &client,
                     format!("{base}/api/v1/auth/mfa/factors"),
@@ -267,17 +281,43 @@ pub async fn login_mfa(
     let enrolled = Arc::new(enrolled);
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
+    let cpu_before = cpu_by_thread();
+    let commits_before = commits();
+    // For a profiler to attach to the timed part only.
+    eprintln!(
+        "bench: set-up done in {:.1} s, timed part starts",
+        set_up.as_secs_f64()
+    );
+    // The timed part's clients run on a thread of their own, with a client
+    // of their own (its connections' tasks live where they were opened),
+    // so that what the load costs is told apart from what the server does.
+    let load = Load(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bench-client")
+            .enable_all()
+            .build()?,
+    ));
+    let client = load
+        .handle()
+        .spawn(async move {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(concurrency * 2)
+                .build()
+        })
+        .await??;
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (client, base, enrolled, next) =
             (client.clone(), base.clone(), enrolled.clone(), next.clone());
-        workers.spawn(async move {
-            let (mut ok, mut failed) = (0u64, 0u64);
-            while Instant::now() < deadline {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(user) = enrolled.get(i) else { break };
-                let (_, first) = call(
+        workers.spawn_on(
+            async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(user) = enrolled.get(i) else { break };
+                    let (_, first) = call(
                     &client,
                     format!("{base}/api/v1/auth/login"),
                     None,
@@ -290,23 +330,33 @@ pub async fn login_mfa(
                     },
                 )
                 .await?;
-                let step = totp::step_at(crate::clock::unix_now()).max(user.confirmed_step + 1);
-                let (status, _) = call(
-                    &client,
-                    format!("{base}/api/v1/auth/mfa/verify"),
-                    None,
-                    json!({"mfa_token": first["mfa_token"], "method": "totp",
+                    if !second_step {
+                        if first["access_token"].is_string() {
+                            ok += 1;
+                        } else {
+                            failed += 1;
+                        }
+                        continue;
+                    }
+                    let step = totp::step_at(crate::clock::unix_now()).max(user.confirmed_step + 1);
+                    let (status, _) = call(
+                        &client,
+                        format!("{base}/api/v1/auth/mfa/verify"),
+                        None,
+                        json!({"mfa_token": first["mfa_token"], "method": "totp",
                            "code": totp::code(&user.secret, step)}),
-                )
-                .await?;
-                if status == 200 {
-                    ok += 1;
-                } else {
-                    failed += 1;
+                    )
+                    .await?;
+                    if status == 200 {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
                 }
-            }
-            Ok::<_, anyhow::Error>((ok, failed))
-        });
+                Ok::<_, anyhow::Error>((ok, failed))
+            },
+            load.handle(),
+        );
     }
     let (mut ok, mut failed) = (0u64, 0u64);
     while let Some(done) = workers.join_next().await {
@@ -315,14 +365,32 @@ pub async fn login_mfa(
         failed += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let busy: std::collections::BTreeMap<String, f64> = cpu_by_thread()
+        .into_iter()
+        .map(|(name, ticks)| {
+            let spent = ticks - cpu_before.get(&name).copied().unwrap_or(0.0);
+            (name, spent / elapsed)
+        })
+        .collect();
+    drop(load);
     let rate = ok as f64 / elapsed;
+    let (commits_after, jobs_after) = commits();
+    let (commits, jobs) = (
+        commits_after - commits_before.0,
+        jobs_after - commits_before.1,
+    );
     let limit_after = parallel_hash_rate(&password, hashes * 3, cores).await?;
     let limit = (limit_before + limit_after) / 2.0;
+    // The cores the load generator took were not the server's to hash on:
+    // the limit on what is left, for the server's share alone.
+    let client_cores = busy.get("bench-client").copied().unwrap_or(0.0);
+    let server_limit = limit * (1.0 - client_cores / cores as f64);
     println!(
         "{}",
         json!({
             "benchmark": "login-mfa",
-            "calls_per_login": 2,
+            "second_step": second_step,
+            "calls_per_login": if second_step { 2 } else { 1 },
             "known_devices": known_devices,
             "users_enrolled": enrolled.len(),
             "set_up_seconds": set_up.as_secs_f64(),
@@ -338,6 +406,10 @@ pub async fn login_mfa(
             "hash_bound_logins_per_second": limit,
             "hash_bound_before_and_after": [limit_before, limit_after],
             "share_of_hash_bound_limit": rate / limit,
+            "share_of_hash_bound_limit_left_by_the_client": rate / server_limit,
+            "cores_busy_by_thread": busy,
+            "commits_per_login": commits / ok.max(1) as f64,
+            "writes_per_login": jobs / ok.max(1) as f64,
         })
     );
     let _ = stop.send(());
@@ -370,4 +442,73 @@ async fn parallel_hash_rate(
         done??;
     }
     Ok(f64::from(per_core) * cores as f64 / timer.elapsed().as_secs_f64())
+}
+
+/// CPU seconds each kind of thread of this process has used (threads
+/// named alike, as `argon2-0` and `argon2-1`, summed under `argon2`), from
+/// `/proc/self/task/*/stat`: where a timed part's cores went. Empty where
+/// there is no `/proc`.
+fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
+    // The kernel reports CPU time in USER_HZ ticks, 100 a second on Linux.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let mut spent = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return spent;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "pid (name) state ppid …": the name may hold spaces, the fields
+        // after its closing parenthesis do not; utime and stime are the
+        // 14th and 15th fields of the line.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        *spent.entry(name.to_owned()).or_insert(0.0) += (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
+    }
+    spent
+}
+
+/// Group commits so far and the writes they held, from the metrics.
+fn commits() -> (f64, f64) {
+    let text = crate::metrics::get().encode();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("strongroom_write_batch_jobs_count"),
+        value("strongroom_write_batch_jobs_sum"),
+    )
+}
+
+/// The load generator's runtime, shut down without waiting wherever it is
+/// dropped (a runtime may not be dropped plainly inside another).
+struct Load(Option<tokio::runtime::Runtime>);
+
+impl Load {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime is there until dropped")
+            .handle()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }

@@ -204,6 +204,10 @@ enum BenchCommand {
         /// that device's token (otherwise each timed login is a new device).
         #[arg(long)]
         known_devices: bool,
+        /// The peer in the same harness: users without a second factor,
+        /// one call per login.
+        #[arg(long)]
+        without_mfa: bool,
     },
 }
 
@@ -506,12 +510,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
             concurrency,
             known_devices,
+            without_mfa,
         }) => {
             anyhow::ensure!(
                 users > 0 && seconds > 0 && (1..=256).contains(&concurrency),
                 "users and seconds must be positive, concurrency 1-256"
             );
-            bench_login::login_mfa(users, seconds, concurrency, known_devices).await
+            bench_login::login_mfa(users, seconds, concurrency, known_devices, !without_mfa).await
         }
         Command::Bench(BenchCommand::FileCrypto { mb }) => {
             anyhow::ensure!((1..=4096).contains(&mb), "mb must be 1-4096");

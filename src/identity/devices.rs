@@ -4,7 +4,8 @@
 //! (`sr_dev_…`, stored as its hash; in cookie mode the `__Host-sr_device`
 //! cookie) and presents it again at the next login. A login without a
 //! token of the user's is a new device: it is registered and audited
-//! (`auth.new_device`, with its user agent and address prefix), and — when
+//! (`auth.new_device`, with its user agent and address prefix, an event of
+//! its own in the login's write: one commit for both), and — when
 //! the user had logged in from another device before — mailed to the user
 //! with a "this wasn't me" link. That link (`POST /api/v1/auth/not-me`)
 //! ends every session, forgets every device, removes the password and
@@ -27,7 +28,7 @@ use super::{IdentityError, reset};
 use crate::context::{Actor, Permit, RequestMeta, TenantScope};
 use crate::mail::{self, Mail};
 use crate::store::db;
-use crate::store::{Change, JournalOp, Store};
+use crate::store::{Change, JournalOp, Store, WriteTx};
 
 /// The schema migration that brought devices (with the login counters).
 pub const SCHEMA: i64 = super::lockout::SCHEMA;
@@ -98,129 +99,132 @@ fn prefix(ip: Option<&str>) -> Option<String> {
     }
 }
 
-/// Marks a known device seen now, in the background.
-pub fn seen(store: &Store, scope: &TenantScope, device: &KnownDevice, meta: &RequestMeta) {
-    let (store, scope) = (store.clone(), scope.clone());
-    let (id, ip_prefix) = (device.id.clone(), prefix(meta.ip.as_deref()));
-    tokio::spawn(async move {
-        let tenant = scope.id_str().to_owned();
-        let done = store
-            .append_internal(Some(&scope), move |conn| {
-                Box::pin(async move {
-                    db::query(
-                        "UPDATE devices SET last_seen_at = $1, ip_prefix = $2 \
-                         WHERE tenant_id = $3 AND id = $4",
-                    )
-                    .bind(crate::clock::now())
-                    .bind(ip_prefix)
-                    .bind(tenant)
-                    .bind(id)
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await;
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "could not mark a device seen");
-        }
-    });
+/// Marks a known device seen now, in the login's own write: a statement
+/// sent with its journal appends, no write of its own.
+pub fn seen_in(tx: &mut WriteTx, device: &KnownDevice) {
+    let (now, ip_prefix) = (crate::clock::now(), prefix(tx.meta().ip.as_deref()));
+    let tenant = tx.scope().id_str().to_owned();
+    let batch = tx.defer();
+    let values = [
+        batch.param(now),
+        batch.param(ip_prefix),
+        batch.param(tenant),
+        batch.param(device.id.clone()),
+    ];
+    batch.push(format!(
+        "UPDATE devices SET last_seen_at = {}, ip_prefix = {} WHERE tenant_id = {} AND id = {}",
+        values[0], values[1], values[2], values[3]
+    ));
 }
 
-/// Registers the device a login came from (no known token): audited, and
+/// The device a login came from with no token of the user's: made before
+/// the login's write, registered in it ([`register_in`]).
+pub struct NewDevice {
+    id: String,
+    token: OpaqueToken,
+    not_me: OpaqueToken,
+    /// Whether a mail could announce it.
+    mail_on: bool,
+}
+
+impl NewDevice {
+    pub fn new(store: &Store, post: &Post, scope: &TenantScope) -> NewDevice {
+        NewDevice {
+            id: uuid::Uuid::now_v7().to_string(),
+            token: OpaqueToken::generate(TokenKind::Device, scope.tenant_id()),
+            not_me: OpaqueToken::generate(TokenKind::NotMe, scope.tenant_id()),
+            mail_on: post.mail_on(store),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The device token, to hand back once.
+    pub fn reveal(&self) -> String {
+        self.token.reveal()
+    }
+}
+
+/// Registers a login's new device in the login's write: journaled, audited
+/// as an event of its own (`auth.new_device`) in the same commit, and
 /// mailed to the user with a "this wasn't me" link if they had another
-/// device before. Returns the device token to hand back.
-pub async fn register(
-    store: &Store,
+/// device before.
+pub async fn register_in(
+    tx: &mut WriteTx,
     post: &Post,
-    scope: &TenantScope,
+    device: &NewDevice,
     user_id: &str,
     email: &str,
-    meta: &RequestMeta,
-) -> Result<(String, String), IdentityError> {
-    let token = OpaqueToken::generate(TokenKind::Device, scope.tenant_id());
-    let not_me = OpaqueToken::generate(TokenKind::NotMe, scope.tenant_id());
-    let letterhead = post.letterhead(store, scope).await?;
-    let link = post.mailer.link("/not-me", &not_me.reveal());
-    let permit = Permit::authentication(
-        scope.clone(),
-        Actor::user(user_id.to_owned(), email.to_owned()),
-    );
-    let (user_id, email, post) = (user_id.to_owned(), email.to_owned(), post.clone());
-    let token_hash = token.hash();
-    let device_id = uuid::Uuid::now_v7().to_string();
-    let id = device_id.clone();
-    store
-        .write(&permit, meta, "auth.new_device", move |tx| {
-            Box::pin(async move {
-                let tenant = tx.scope().id_str().to_owned();
-                let before: i64 = db::query_scalar(
-                    "SELECT COUNT(*) FROM devices WHERE tenant_id = $1 AND user_id = $2",
-                )
-                .bind(&tenant)
-                .bind(&user_id)
-                .fetch_one(tx.conn())
-                .await?;
-                // The first device of a user is simply theirs; a later one
-                // is announced, if a mail can say so.
-                let announce = before > 0 && letterhead.is_some();
-                let now = crate::clock::now();
-                let user_agent = tx.meta().user_agent.clone();
-                let ip_prefix = prefix(tx.meta().ip.as_deref());
-                let not_me_expires = crate::clock::in_seconds(NOT_ME_DAYS * 86_400);
-                db::query(
-                    "INSERT INTO devices (id, tenant_id, user_id, token_hash, user_agent, ip_prefix, \
-                     first_seen_at, last_seen_at, not_me_hash, not_me_expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
-                )
-                .bind(&id)
-                .bind(&tenant)
-                .bind(&user_id)
-                .bind(&token_hash)
-                .bind(user_agent.as_deref())
-                .bind(ip_prefix.as_deref())
-                .bind(&now)
-                .bind(announce.then(|| not_me.hash()))
-                .bind(announce.then_some(not_me_expires))
-                .execute(tx.conn())
-                .await?;
-                tx.record(Change {
-                    entity: "device",
-                    entity_id: id.clone(),
-                    op: JournalOp::Insert,
-                    before: None,
-                    after: Some(serde_json::json!({
-                        "id": id, "user_id": user_id, "user_agent": user_agent,
-                        "ip_prefix": ip_prefix, "first_seen_at": now, "announced": announce,
-                    })),
-                    sensitive: vec![],
-                    diff_of: None,
-                });
-                if let (true, Some(letterhead)) = (announce, &letterhead) {
-                    mail::enqueue(
-                        tx,
-                        &post.vault.in_write(),
-                        letterhead,
-                        Mail {
-                            to: email.clone(),
-                            template: "new_device",
-                            values: vec![
-                                ("email", email.clone()),
-                                ("when", now.clone()),
-                                ("device", user_agent.unwrap_or_else(|| "unknown".into())),
-                                ("address", ip_prefix.unwrap_or_else(|| "unknown".into())),
-                                ("link", link),
-                            ],
-                        },
-                    )
-                    .await?;
-                }
-                tx.set_target("device", id);
-                Ok::<_, IdentityError>(())
-            })
-        })
+) -> Result<(), IdentityError> {
+    let tenant = tx.scope().id_str().to_owned();
+    let before: i64 =
+        db::query_scalar("SELECT COUNT(*) FROM devices WHERE tenant_id = $1 AND user_id = $2")
+            .bind(&tenant)
+            .bind(user_id)
+            .fetch_one(tx.conn())
+            .await?;
+    // The first device of a user is simply theirs; a later one is
+    // announced, if a mail can say so.
+    let announce = before > 0 && device.mail_on;
+    let now = crate::clock::now();
+    let user_agent = tx.meta().user_agent.clone();
+    let ip_prefix = prefix(tx.meta().ip.as_deref());
+    let not_me_expires = crate::clock::in_seconds(NOT_ME_DAYS * 86_400);
+    let id = device.id.clone();
+    db::query(
+        "INSERT INTO devices (id, tenant_id, user_id, token_hash, user_agent, ip_prefix, \
+         first_seen_at, last_seen_at, not_me_hash, not_me_expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
+    )
+    .bind(&id)
+    .bind(&tenant)
+    .bind(user_id)
+    .bind(device.token.hash())
+    .bind(user_agent.as_deref())
+    .bind(ip_prefix.as_deref())
+    .bind(&now)
+    .bind(announce.then(|| device.not_me.hash()))
+    .bind(announce.then_some(not_me_expires))
+    .execute(tx.conn())
+    .await?;
+    tx.record(Change {
+        entity: "device",
+        entity_id: id.clone(),
+        op: JournalOp::Insert,
+        before: None,
+        after: Some(serde_json::json!({
+            "id": id, "user_id": user_id, "user_agent": user_agent,
+            "ip_prefix": ip_prefix, "first_seen_at": now, "announced": announce,
+        })),
+        sensitive: vec![],
+        diff_of: None,
+    });
+    if announce {
+        let scope = tx.scope().clone();
+        let letterhead = mail::letterhead_in(tx.conn(), &scope).await?;
+        let link = post.mailer.link("/not-me", &device.not_me.reveal());
+        mail::enqueue(
+            tx,
+            &post.vault.in_write(),
+            &letterhead,
+            Mail {
+                to: email.to_owned(),
+                template: "new_device",
+                values: vec![
+                    ("email", email.to_owned()),
+                    ("when", now.clone()),
+                    ("device", user_agent.unwrap_or_else(|| "unknown".into())),
+                    ("address", ip_prefix.unwrap_or_else(|| "unknown".into())),
+                    ("link", link),
+                ],
+            },
+        )
         .await?;
-    Ok((device_id, token.reveal()))
+    }
+    tx.also_audit("auth.new_device", "device", id);
+    Ok(())
 }
 
 /// How many days the tenant lets a device skip the second factor, if any.

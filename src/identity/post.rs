@@ -15,13 +15,19 @@ pub struct Post {
 }
 
 impl Post {
+    /// Whether mails go out: a mailer is configured and the schema has an
+    /// outbox.
+    pub(crate) fn mail_on(&self, store: &Store) -> bool {
+        self.mailer.is_configured() && store.schema_has(mail::SCHEMA)
+    }
+
     /// The tenant's letterhead when mail is on and the schema has an outbox.
     pub(crate) async fn letterhead(
         &self,
         store: &Store,
         scope: &crate::context::TenantScope,
     ) -> Result<Option<mail::Letterhead>, IdentityError> {
-        if !self.mailer.is_configured() || !store.schema_has(mail::SCHEMA) {
+        if !self.mail_on(store) {
             return Ok(None);
         }
         Ok(Some(mail::letterhead(store, scope).await?))

@@ -215,7 +215,7 @@ pub async fn login(
     if !methods.is_empty() && !trusted {
         let device_id = device.as_ref().map(|d| d.id.as_str());
         return Ok(LoginOutcome::SecondFactor(
-            super::mfa::open_challenge(store, post, &scope, &account.id, device_id, methods)
+            super::mfa::open_challenge(store, post, key, &scope, &account.id, device_id, methods)
                 .await?,
         ));
     }
@@ -273,7 +273,22 @@ async fn finish_login(
     let session_ttl_hours = Bounds::of(store, &scope)
         .await?
         .ttl_hours(session_ttl_hours);
-    let user = user_id.clone();
+    // IAM-7: a known device is marked seen; any other is registered (and
+    // announced to the user when they had another before), both in the
+    // login's own write.
+    let new_device = match &device {
+        None if store.schema_has(super::devices::SCHEMA) => {
+            Some(super::devices::NewDevice::new(store, post, &scope))
+        }
+        _ => None,
+    };
+    let device_id = match (&device, &new_device) {
+        (Some(device), _) => Some(device.id.clone()),
+        (None, Some(new)) => Some(new.id().to_owned()),
+        (None, None) => None,
+    };
+    let device_token = new_device.as_ref().map(super::devices::NewDevice::reveal);
+    let (user, mail, post_in) = (user_id.clone(), email.clone(), post.clone());
     let (session_id, refresh) = store
         .write(&permit, meta, "auth.login", move |tx| {
             Box::pin(async move {
@@ -296,24 +311,17 @@ async fn finish_login(
                         diff_of: None,
                     });
                 }
+                match (&device, &new_device) {
+                    (Some(device), _) => super::devices::seen_in(tx, device),
+                    (None, Some(new)) => {
+                        super::devices::register_in(tx, &post_in, new, &user, &mail).await?
+                    }
+                    (None, None) => {}
+                }
                 Ok::<_, IdentityError>(opened)
             })
         })
         .await?;
-    // IAM-7: a known device is marked seen; any other is registered (and
-    // announced to the user when they had another before).
-    let (device_id, device_token) = match &device {
-        Some(device) => {
-            super::devices::seen(store, &scope, device, meta);
-            (Some(device.id.clone()), None)
-        }
-        None if store.schema_has(super::devices::SCHEMA) => {
-            let (id, token) =
-                super::devices::register(store, post, &scope, &user_id, &email, meta).await?;
-            (Some(id), Some(token))
-        }
-        None => (None, None),
-    };
     // A second step that asked to trust its device (the tenant allowing).
     let trusted_until = match (trust_days, &device_id) {
         (Some(days), Some(id)) => {
@@ -348,7 +356,8 @@ pub async fn complete_login(
     meta: &RequestMeta,
 ) -> Result<TokenPair, IdentityError> {
     let passed =
-        super::mfa::pass_challenge(store, post, step.mfa_token, step.method, step.proof).await?;
+        super::mfa::pass_challenge(store, post, key, step.mfa_token, step.method, step.proof)
+            .await?;
     let trust_days = if step.trust_device {
         super::devices::trust_days(store, &passed.scope).await?
     } else {

@@ -187,7 +187,24 @@ pub struct Letterhead {
 /// The tenant's name and mail language, read before the write that mails.
 pub async fn letterhead(store: &Store, scope: &TenantScope) -> Result<Letterhead, StoreError> {
     let mut tx = store.read(scope).await?;
-    let language = if store.schema_has(SCHEMA) {
+    letterhead_of(tx.conn(), scope, store.schema_has(SCHEMA)).await
+}
+
+/// The letterhead, read inside a write (where mail is on, so the schema
+/// has the tenant's language).
+pub async fn letterhead_in(
+    conn: &mut db::Conn,
+    scope: &TenantScope,
+) -> Result<Letterhead, StoreError> {
+    letterhead_of(conn, scope, true).await
+}
+
+async fn letterhead_of(
+    conn: &mut db::Conn,
+    scope: &TenantScope,
+    has_language: bool,
+) -> Result<Letterhead, StoreError> {
+    let language = if has_language {
         "(SELECT language FROM tenant_settings WHERE tenant_id = t.id)"
     } else {
         "NULL"
@@ -196,7 +213,7 @@ pub async fn letterhead(store: &Store, scope: &TenantScope) -> Result<Letterhead
         "SELECT t.name, {language} FROM tenants t WHERE t.id = $1"
     ))
     .bind(scope.id_str())
-    .fetch_optional(tx.conn())
+    .fetch_optional(conn)
     .await?;
     let (tenant_name, language): (String, Option<String>) = match row {
         Some(row) => (row.try_get(0)?, row.try_get(1)?),

@@ -182,6 +182,9 @@ pub struct WriteTx {
     action: &'static str,
     outcome: Outcome,
     target: Option<Target>,
+    /// Further events the job's work amounts to, after its own: an action
+    /// and what it concerns ([`WriteTx::also_audit`]).
+    also: Vec<(&'static str, Target)>,
     changes: Vec<Change>,
     /// Statements to send with the journal and audit appends.
     deferred: Combined,
@@ -282,6 +285,21 @@ impl WriteTx {
         });
     }
 
+    /// Records a further audit event in this job, after its own: for work
+    /// that is two things at once (a login from a new device is a login
+    /// and a device registration). Same actor, outcome and request; its
+    /// diff is the recorded change of `kind`/`id`, if any. Both events
+    /// commit together or not at all.
+    pub fn also_audit(&mut self, action: &'static str, kind: &'static str, id: impl Into<String>) {
+        self.also.push((
+            action,
+            Target {
+                kind,
+                id: id.into(),
+            },
+        ));
+    }
+
     /// Commits the work but records the attempt as failed (e.g. a wrong
     /// password): the audit event must survive even though the caller errs.
     pub fn set_outcome(&mut self, outcome: Outcome) {
@@ -299,13 +317,15 @@ impl WriteTx {
         self.memo.is_some()
     }
 
-    /// Appends the journal entries and the audit event. One counter update
-    /// reserves the whole range of sequence numbers, so both stay gap-free.
-    /// Returns the event as JSON, for the log sinks once it has committed,
-    /// if any sink takes it.
-    async fn finish(&mut self) -> Result<Option<String>, StoreError> {
+    /// Appends the journal entries and the audit events (the job's own and
+    /// any [`WriteTx::also_audit`] added). One counter update reserves the
+    /// whole range of sequence numbers, so both stay gap-free. Returns the
+    /// events as JSON, for the log sinks once they have committed, if any
+    /// sink takes them.
+    async fn finish(&mut self) -> Result<Vec<String>, StoreError> {
         let tenant = self.scope.id_str().to_owned();
         let entries = self.changes.len() as i64;
+        let events = 1 + self.also.len() as i64;
         let mut batch = std::mem::take(&mut self.deferred);
         let (known, stored) = with_memo(self.memo.as_ref(), |memo| {
             let known = memo.tenants.get(&tenant);
@@ -321,9 +341,13 @@ impl WriteTx {
         // (`Memo::store_unstored`); SQLite's writer stores them each time,
         // in process, where a statement costs no round trip.
         let store_counters = self.backend == Backend::Sqlite;
-        let (journal_last, audit_seq, prev) = match known {
-            Some(known) => (known.journal_seq + entries, known.audit_seq + 1, known.head),
-            None => self.reserve(&tenant, entries).await?,
+        let (journal_last, audit_last, prev) = match known {
+            Some(known) => (
+                known.journal_seq + entries,
+                known.audit_seq + events,
+                known.head,
+            ),
+            None => self.reserve(&tenant, entries, events).await?,
         };
         let now = crate::clock::now();
         for (i, change) in self.changes.iter().enumerate() {
@@ -336,38 +360,50 @@ impl WriteTx {
                 id: c.entity_id.clone(),
             })
         });
-        let diff = target.as_ref().and_then(|t| {
-            self.changes
-                .iter()
-                .find(|c| c.entity == t.kind && c.entity_id == t.id)
-                .map(audit_diff)
-        });
-        // Only built when a log sink takes audit events (AUD-6).
-        let logged = tracing::enabled!(target: "audit", tracing::Level::INFO).then(|| {
-            serde_json::json!({
-                "tenant_id": tenant, "seq": audit_seq, "occurred_at": now, "action": self.action,
-                "outcome": self.outcome, "actor": self.actor, "ip": self.meta.ip,
-                "user_agent": self.meta.user_agent, "request_id": self.meta.request_id,
-                "app_version": crate::VERSION, "environment": self.environment,
-                "target": target, "changes": diff,
-            })
-        });
-        let hash = trail::append(
-            &mut batch,
-            NewEvent {
-                tenant_id: &tenant,
-                seq: audit_seq,
-                occurred_at: &now,
-                action: self.action,
-                outcome: self.outcome,
-                actor: &self.actor,
-                meta: &self.meta,
-                target: target.as_ref(),
-                changes: diff,
-                environment: self.environment,
-            },
-            &prev,
-        );
+        let also = std::mem::take(&mut self.also);
+        let mut hash = prev;
+        let mut logged = Vec::new();
+        let all = std::iter::once((self.action, target))
+            .chain(also.into_iter().map(|(a, t)| (a, Some(t))));
+        for (i, (action, target)) in all.enumerate() {
+            let audit_seq = audit_last - events + 1 + i as i64;
+            let diff = target.as_ref().and_then(|t| {
+                self.changes
+                    .iter()
+                    .find(|c| c.entity == t.kind && c.entity_id == t.id)
+                    .map(audit_diff)
+            });
+            // Only built when a log sink takes audit events (AUD-6).
+            if tracing::enabled!(target: "audit", tracing::Level::INFO) {
+                logged.push(serde_json::json!({
+                    "tenant_id": tenant, "seq": audit_seq, "occurred_at": now, "action": action,
+                    "outcome": self.outcome, "actor": self.actor, "ip": self.meta.ip,
+                    "user_agent": self.meta.user_agent, "request_id": self.meta.request_id,
+                    "app_version": crate::VERSION, "environment": self.environment,
+                    "target": target, "changes": diff,
+                }));
+            }
+            hash = trail::append(
+                &mut batch,
+                NewEvent {
+                    tenant_id: &tenant,
+                    seq: audit_seq,
+                    occurred_at: &now,
+                    action,
+                    outcome: self.outcome,
+                    actor: &self.actor,
+                    meta: &self.meta,
+                    target: target.as_ref(),
+                    changes: diff,
+                    environment: self.environment,
+                },
+                &hash,
+            );
+            if let Some(logged) = logged.last_mut() {
+                logged["hash"] = chain::to_hex(&hash).into();
+            }
+        }
+        let audit_seq = audit_last;
         let head = chain::to_hex(&hash);
         let mut now_stored = None;
         match known {
@@ -443,10 +479,7 @@ impl WriteTx {
             });
             known.stored = now_stored;
         });
-        Ok(logged.map(|mut logged| {
-            logged["hash"] = head.into();
-            logged.to_string()
-        }))
+        Ok(logged.into_iter().map(|event| event.to_string()).collect())
     }
 
     /// Notes which watched kinds this job updated or deleted, and tells
@@ -469,22 +502,24 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Reserves `entries` journal numbers and one audit number from the
-    /// database, returning the last journal number, the audit number and
-    /// the chain head before this event.
+    /// Reserves `entries` journal numbers and `events` audit numbers from
+    /// the database, returning the last journal number, the last audit
+    /// number and the chain head before these events.
     async fn reserve(
         &mut self,
         tenant: &str,
         entries: i64,
+        events: i64,
     ) -> Result<(i64, i64, Hash), StoreError> {
         // RETURNING gives the new counters and the chain head before this
         // event (the UPDATE does not touch it); the row lock it takes
         // serialises a tenant's writers on PostgreSQL, keeping both gap-free.
         let row: Option<(i64, i64, Option<String>, Option<String>)> = db::query_as(
-            "UPDATE tenant_sequences SET journal_seq = journal_seq + $1, audit_seq = audit_seq + 1 \
-             WHERE tenant_id = $2 RETURNING journal_seq, audit_seq, audit_head, audit_anchor_hash",
+            "UPDATE tenant_sequences SET journal_seq = journal_seq + $1, audit_seq = audit_seq + $2 \
+             WHERE tenant_id = $3 RETURNING journal_seq, audit_seq, audit_head, audit_anchor_hash",
         )
         .bind(entries)
+        .bind(events)
         .bind(tenant)
         .fetch_optional(&mut self.conn)
         .await?;
@@ -686,6 +721,7 @@ impl Writer {
                     action,
                     outcome: Outcome::Success,
                     target: None,
+                    also: Vec::new(),
                     changes: Vec::new(),
                     deferred: Combined::default(),
                     memo,
@@ -697,7 +733,7 @@ impl Writer {
                 let outcome = std::panic::AssertUnwindSafe(async {
                     let value = work(&mut tx).await?;
                     let event = tx.finish().await?;
-                    Ok::<(T, Option<String>), E>((value, event))
+                    Ok::<(T, Vec<String>), E>((value, event))
                 })
                 .catch_unwind()
                 .await;
@@ -718,7 +754,7 @@ impl Writer {
                     }
                     let result = settle(committed, result).map(|(value, event)| {
                         // Only now did it happen: tell the log sinks (AUD-6).
-                        if let Some(event) = event {
+                        for event in event {
                             tracing::info!(target: "audit", audit_event = %event, "audit event");
                         }
                         value

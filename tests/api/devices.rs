@@ -89,6 +89,21 @@ async fn ctl_iam_7_a_new_device_is_mailed_and_this_wasnt_me_ends_everything() {
         .filter(|e| e["action"] == "auth.new_device")
         .collect();
     assert_eq!(new_devices.len(), 2, "the laptop and the browser");
+    // Each new device is an event of its own, committed with its login's
+    // (the next number in the chain), and the chain still verifies.
+    for device in &new_devices {
+        let login = events
+            .iter()
+            .find(|e| e["seq"].as_i64() == device["seq"].as_i64().map(|s| s - 1))
+            .expect("the event before a new device");
+        assert_eq!(login["action"], "auth.login", "{login}");
+        assert_eq!(login["request_id"], device["request_id"]);
+        assert_eq!(device["target"]["type"], "device", "{device}");
+    }
+    let res = app.get("/api/v1/audit/verify", &admin.access_token).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["ok"], true, "{report}");
 
     // "This wasn't me."
     let not_me = mail.token();

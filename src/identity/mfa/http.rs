@@ -389,6 +389,7 @@ async fn send_code(
     super::send_login_code(
         &state.store,
         &state.post(),
+        state.keyring.token_signing_key(),
         body.mfa_token.expose_secret(),
         method,
     )

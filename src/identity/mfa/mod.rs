@@ -7,7 +7,8 @@
 //! * **Login.** A user with a confirmed factor gets `{mfa_required,
 //!   mfa_token, methods}` from the password step; `POST /auth/mfa/verify`
 //!   with a code completes it. The token is single-use, lives five minutes
-//!   and allows five codes.
+//!   and allows five codes; it is signed, so the password step writes
+//!   nothing ([`challenge`]).
 //! * **Policy.** The tenant's `mfa_policy` (`off`, `all`, or a list of
 //!   roles): a user it covers who has no factor can only enrol one.
 //! * **Step-up.** Enrolling another factor, removing one, new recovery
@@ -16,6 +17,7 @@
 //! * Admins see which users have which factors, never a secret, and can
 //!   remove a user's factors (a lost phone).
 
+mod challenge;
 pub mod http;
 pub mod passkeys;
 
@@ -25,7 +27,6 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::post::Post;
-use super::tokens::{OpaqueToken, TokenKind};
 use super::{IdentityError, totp};
 use crate::access::Principal;
 use crate::context::{Permit, RequestMeta, TenantScope};
@@ -274,51 +275,26 @@ pub struct Challenge {
     pub passkey: Option<serde_json::Value>,
 }
 
-/// Opens the second step of a login whose password was right.
+/// Opens the second step of a login whose password was right: a signed
+/// token, and nothing written ([`challenge`]).
 pub(super) async fn open_challenge(
     store: &Store,
     post: &Post,
+    key: &ed25519_dalek::SigningKey,
     scope: &TenantScope,
     user_id: &str,
     device_id: Option<&str>,
     methods: Vec<&'static str>,
 ) -> Result<Challenge, IdentityError> {
-    let token = OpaqueToken::generate(TokenKind::MfaChallenge, scope.tenant_id());
+    let (token, step) = challenge::issue(key, scope, user_id, device_id);
     let passkey = if methods.contains(&"passkey") {
-        passkeys::second_step_options(store, post, scope, user_id, &token.hash()).await?
+        passkeys::second_step_options(store, post, scope, user_id, &step.hash).await?
     } else {
         None
     };
-    let (tenant, user, device, hash) = (
-        scope.id_str().to_owned(),
-        user_id.to_owned(),
-        device_id.map(str::to_owned),
-        token.hash(),
-    );
-    let expires_at = crate::clock::in_seconds(CHALLENGE_MINUTES * 60);
-    store
-        .append_internal(Some(scope), move |conn| {
-            Box::pin(async move {
-                db::query(
-                    "INSERT INTO mfa_challenges (id, tenant_id, user_id, token_hash, device_id, \
-                     expires_at, attempts, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
-                )
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(tenant)
-                .bind(user)
-                .bind(hash)
-                .bind(device)
-                .bind(expires_at)
-                .bind(crate::clock::now())
-                .execute(conn)
-                .await?;
-                Ok(())
-            })
-        })
-        .await?;
     Ok(Challenge {
         mfa_required: true,
-        mfa_token: token.reveal(),
+        mfa_token: token,
         methods,
         expires_in: CHALLENGE_MINUTES * 60,
         passkey,
@@ -344,49 +320,16 @@ pub(super) struct Passed {
 pub(super) async fn pass_challenge(
     store: &Store,
     post: &Post,
+    key: &ed25519_dalek::SigningKey,
     token: &str,
     method: Method,
     proof: &Proof,
 ) -> Result<Passed, IdentityError> {
     let vault = &post.vault;
-    let token =
-        OpaqueToken::parse(TokenKind::MfaChallenge, token).ok_or(IdentityError::InvalidToken)?;
-    let scope = TenantScope::trusted(token.tenant());
-    let hash = token.hash();
-    let row = {
-        let mut tx = store.read(&scope).await?;
-        db::query(format!(
-            "SELECT c.id, c.user_id, u.email, c.device_id, c.email_code_hash, \
-             c.email_code_expires_at, {}, {} FROM mfa_challenges c \
-             JOIN users u ON u.id = c.user_id \
-             WHERE c.tenant_id = $1 AND c.token_hash = $2 AND c.used_at IS NULL \
-             AND c.expires_at > $3 AND c.attempts < $4 AND u.status = 'active'",
-            if store.schema_has(passkeys::SCHEMA) {
-                "c.code_channel"
-            } else {
-                "NULL"
-            },
-            if store.schema_has(mail::SCHEMA) {
-                "u.password_change_required"
-            } else {
-                "0"
-            }
-        ))
-        .bind(scope.id_str())
-        .bind(&hash)
-        .bind(crate::clock::now())
-        .bind(CHALLENGE_ATTEMPTS)
-        .fetch_optional(tx.conn())
-        .await?
-        .ok_or(IdentityError::InvalidToken)?
-    };
-    let (challenge_id, user_id, email): (String, String, String) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    let device_id: Option<String> = row.try_get(3)?;
-    let mailed: Option<String> = row.try_get(4)?;
-    let mailed_until: Option<String> = row.try_get(5)?;
-    let channel: Option<String> = row.try_get(6)?;
-    let must_change_password = row.try_get::<i64, _>(7)? != 0;
+    let step = challenge::open(key, token)?;
+    let open = challenge::state(store, &step).await?;
+    let (scope, user_id, hash) = (step.scope.clone(), step.user_id.clone(), step.hash.clone());
+    let (mailed, mailed_until, channel) = (open.code_hash, open.code_until, open.code_channel);
     // What the code would spend is found first (pure work on what was
     // read); counting the attempt and spending then go in one job, so no
     // code is accepted without its attempt counted.
@@ -433,7 +376,7 @@ pub(super) async fn pass_challenge(
     // spent, in the write that opens the session ([`spend_in`]), one
     // durable write fewer per login.
     if let Spends::Nothing(false) = spends {
-        return Err(if count_attempt(store, &scope, &challenge_id).await? {
+        return Err(if count_attempt(store, &step).await? {
             IdentityError::InvalidCode
         } else {
             IdentityError::InvalidToken
@@ -441,25 +384,20 @@ pub(super) async fn pass_challenge(
     }
     Ok(Passed {
         scope,
-        user_id: user_id.clone(),
-        email,
-        device_id,
-        must_change_password,
-        spend: Spend::Challenge {
-            id: challenge_id,
-            user_id,
-            spends,
-        },
+        user_id,
+        email: open.email,
+        device_id: step.device_id.clone(),
+        must_change_password: open.must_change_password,
+        spend: Spend::Challenge { step, spends },
     })
 }
 
 /// A second factor that passed, to spend in the write job that opens its
 /// session.
 pub(in crate::identity) enum Spend {
-    /// A login's second step, its user, and what the right code uses up.
+    /// A login's second step, and what the right code uses up.
     Challenge {
-        id: String,
-        user_id: String,
+        step: challenge::Step,
         spends: Spends,
     },
     /// A passkey ticket (a login without a password) and its counter.
@@ -477,12 +415,8 @@ pub(in crate::identity) async fn spend_in(
     tx: &mut WriteTx,
     spend: &Spend,
 ) -> Result<(), IdentityError> {
-    let (challenge_id, user_id, spends) = match spend {
-        Spend::Challenge {
-            id,
-            user_id,
-            spends,
-        } => (id, user_id, spends),
+    let (step, spends) = match spend {
+        Spend::Challenge { step, spends } => (step, spends),
         Spend::Ticket {
             hash,
             expires_at,
@@ -497,23 +431,13 @@ pub(in crate::identity) async fn spend_in(
             return Ok(());
         }
     };
-    // Counted and spent in one guarded statement: of racing codes for one
+    // Counted and spent in one guarded upsert: of racing codes for one
     // second step, one gets here; the others roll back.
-    let tenant = tx.scope().id_str().to_owned();
-    let done = db::query(
-        "UPDATE mfa_challenges SET used_at = $1, attempts = attempts + 1 \
-         WHERE tenant_id = $2 AND id = $3 AND used_at IS NULL AND attempts < $4",
-    )
-    .bind(crate::clock::now())
-    .bind(&tenant)
-    .bind(challenge_id)
-    .bind(CHALLENGE_ATTEMPTS)
-    .execute(tx.conn())
-    .await?;
-    if done.rows_affected() != 1 {
+    if !challenge::record(tx.conn(), step, challenge::Record::Spent).await? {
         return Err(IdentityError::InvalidToken);
     }
-    if spend_what(tx.conn(), &tenant, user_id, spends).await? {
+    let tenant = tx.scope().id_str().to_owned();
+    if spend_what(tx.conn(), &tenant, &step.user_id, spends).await? {
         Ok(())
     } else {
         Err(IdentityError::InvalidCode)
@@ -579,27 +503,14 @@ pub(in crate::identity) enum Spends {
     Counter(String, i64),
 }
 
-/// Counts a wrong code against a login's second step (a guarded update):
+/// Counts a wrong code against a login's second step (a guarded upsert):
 /// whether it counted (false: the step is used or out of attempts).
-async fn count_attempt(
-    store: &Store,
-    scope: &TenantScope,
-    challenge_id: &str,
-) -> Result<bool, IdentityError> {
-    let (tenant, id) = (scope.id_str().to_owned(), challenge_id.to_owned());
+async fn count_attempt(store: &Store, step: &challenge::Step) -> Result<bool, IdentityError> {
+    let step = step.clone();
     Ok(store
-        .append_internal(Some(scope), move |conn| {
+        .append_internal(Some(&step.scope.clone()), move |conn| {
             Box::pin(async move {
-                let counted = db::query(
-                    "UPDATE mfa_challenges SET attempts = attempts + 1 WHERE tenant_id = $1 \
-                     AND id = $2 AND used_at IS NULL AND attempts < $3",
-                )
-                .bind(&tenant)
-                .bind(&id)
-                .bind(CHALLENGE_ATTEMPTS)
-                .execute(conn)
-                .await?;
-                Ok(counted.rows_affected() == 1)
+                Ok(challenge::record(conn, &step, challenge::Record::Attempt).await?)
             })
         })
         .await?)
@@ -682,34 +593,14 @@ async fn recovery_spends(
 pub async fn send_login_code(
     store: &Store,
     post: &Post,
+    key: &ed25519_dalek::SigningKey,
     token: &str,
     method: Method,
 ) -> Result<(), IdentityError> {
     let channel = method.channel().ok_or(IdentityError::NoSuchFactor)?;
-    let token =
-        OpaqueToken::parse(TokenKind::MfaChallenge, token).ok_or(IdentityError::InvalidToken)?;
-    let scope = TenantScope::trusted(token.tenant());
-    let hash = token.hash();
-    let (challenge_id, user_id, email) = {
-        let mut tx = store.read(&scope).await?;
-        let row = db::query(
-            "SELECT c.id, c.user_id, u.email FROM mfa_challenges c \
-             JOIN users u ON u.id = c.user_id WHERE c.tenant_id = $1 AND c.token_hash = $2 \
-             AND c.used_at IS NULL AND c.expires_at > $3 AND c.attempts < $4",
-        )
-        .bind(scope.id_str())
-        .bind(&hash)
-        .bind(crate::clock::now())
-        .bind(CHALLENGE_ATTEMPTS)
-        .fetch_optional(tx.conn())
-        .await?
-        .ok_or(IdentityError::InvalidToken)?;
-        (
-            row.try_get::<String, _>(0)?,
-            row.try_get::<String, _>(1)?,
-            row.try_get::<String, _>(2)?,
-        )
-    };
+    let step = challenge::open(key, token)?;
+    let email = challenge::state(store, &step).await?.email;
+    let (scope, user_id) = (step.scope.clone(), step.user_id.clone());
     // The phone of an SMS factor (its sealed payload), or the mail factor.
     let phone = match method {
         Method::Sms => Some(
@@ -743,7 +634,7 @@ pub async fn send_login_code(
     );
     let post_in = post.clone();
     let with_channel = store.schema_has(passkeys::SCHEMA);
-    let (code_in, id) = (code.clone(), challenge_id.clone());
+    let code_in = code.clone();
     store
         .write(
             &permit,
@@ -755,23 +646,15 @@ pub async fn send_login_code(
             },
             move |tx| {
                 Box::pin(async move {
-                    let set_channel = if with_channel {
-                        ", code_channel = $5"
-                    } else {
-                        ", email_code_hash = email_code_hash"
+                    let until = crate::clock::in_seconds(EMAIL_CODE_MINUTES * 60);
+                    let sent = challenge::Record::Code {
+                        hash: &code_hash,
+                        until: &until,
+                        channel: with_channel.then_some(channel),
                     };
-                    db::query(format!(
-                        "UPDATE mfa_challenges SET email_code_hash = $1, \
-                         email_code_expires_at = $2{set_channel} \
-                         WHERE tenant_id = $3 AND id = $4"
-                    ))
-                    .bind(&code_hash)
-                    .bind(crate::clock::in_seconds(EMAIL_CODE_MINUTES * 60))
-                    .bind(tx.scope().id_str().to_owned())
-                    .bind(&id)
-                    .bind(channel)
-                    .execute(tx.conn())
-                    .await?;
+                    if !challenge::record(tx.conn(), &step, sent).await? {
+                        return Err(IdentityError::InvalidToken);
+                    }
                     if let Some(letterhead) = &letterhead {
                         mail_code(tx, &post_in, letterhead, &email, &code_in).await?;
                     }
