@@ -40,6 +40,11 @@ const ENV_KEYS: &[&str] = &[
     "object_store_replica_url",
     "object_store_replica_access_key_id",
     "object_store_replica_secret_access_key",
+    "backup",
+    "backup_url",
+    "backup_access_key_id",
+    "backup_secret_access_key",
+    "backup_lag_alert_seconds",
     "file_sweep_seconds",
     "key_cache_seconds",
     "migrate_until",
@@ -121,6 +126,17 @@ pub struct Config {
     pub object_store_replica_url: Option<String>,
     pub object_store_replica_access_key_id: Option<String>,
     pub object_store_replica_secret_access_key: Option<SecretString>,
+    /// BAK-1: ship every tenant's journal to the backup target (`serve`).
+    pub backup: bool,
+    /// The backup target: `file:///path` or `s3://bucket/prefix?…`; by
+    /// default `<data dir's parent>/strongroom-backups/<data dir name>`.
+    /// Never inside the data dir, nor on the file store's location.
+    pub backup_url: Option<String>,
+    /// S3 credentials of the backup target's own.
+    pub backup_access_key_id: Option<String>,
+    pub backup_secret_access_key: Option<SecretString>,
+    /// Past this lag of shipping behind the journal, a security event.
+    pub backup_lag_alert_seconds: u64,
     /// How often objects of deleted files are removed from the stores.
     pub file_sweep_seconds: u64,
     /// How long unwrapped data keys stay in memory. A key revoked or
@@ -279,6 +295,11 @@ impl Default for Config {
             object_store_replica_url: None,
             object_store_replica_access_key_id: None,
             object_store_replica_secret_access_key: None,
+            backup: true,
+            backup_url: None,
+            backup_access_key_id: None,
+            backup_secret_access_key: None,
+            backup_lag_alert_seconds: 60,
             file_sweep_seconds: 60,
             key_cache_seconds: 60,
             migrate_until: None,
@@ -374,6 +395,9 @@ impl Config {
             .flatten()
         {
             StoreUrl::parse(url).map_err(ConfigError)?;
+        }
+        if let Some(url) = &self.backup_url {
+            StoreUrl::parse(url).map_err(|e| ConfigError(format!("backup_url: {e}")))?;
         }
         if self.file_sweep_seconds == 0 {
             return Err(ConfigError("file_sweep_seconds must be at least 1".into()));
@@ -600,6 +624,14 @@ impl fmt::Debug for Config {
                     .as_ref()
                     .map(|_| "[redacted]"),
             )
+            .field("backup", &self.backup)
+            .field("backup_url", &self.backup_url)
+            .field("backup_access_key_id", &self.backup_access_key_id)
+            .field(
+                "backup_secret_access_key",
+                &self.backup_secret_access_key.as_ref().map(|_| "[redacted]"),
+            )
+            .field("backup_lag_alert_seconds", &self.backup_lag_alert_seconds)
             .field("file_sweep_seconds", &self.file_sweep_seconds)
             .field("key_cache_seconds", &self.key_cache_seconds)
             .field("migrate_until", &self.migrate_until)

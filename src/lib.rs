@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;

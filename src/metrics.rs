@@ -78,6 +78,11 @@ pub struct Metrics {
     pub job_runs: Family<JobResultLabels, Counter>,
     /// Unix time of each job's last successful run, from the heartbeats.
     pub job_last_success: Family<JobLabels, Gauge>,
+    /// BAK-1: how long the oldest journal entry not yet in the backup
+    /// target has waited (0 when everything is shipped).
+    pub backup_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub backup_segments: Counter,
+    pub backup_failures: Counter,
 }
 
 impl Metrics {
@@ -170,6 +175,24 @@ impl Metrics {
             "When each scheduled job last succeeded, on any node (Unix time)",
             job_last_success.clone(),
         );
+        let backup_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "backup_lag_seconds",
+            "Age of the oldest committed journal entry not yet shipped to the backup target",
+            backup_lag_seconds.clone(),
+        );
+        let backup_segments = Counter::default();
+        registry.register(
+            "backup_segments",
+            "Journal segments shipped to the backup target",
+            backup_segments.clone(),
+        );
+        let backup_failures = Counter::default();
+        registry.register(
+            "backup_failures",
+            "Failed attempts to ship to the backup target",
+            backup_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -187,6 +210,9 @@ impl Metrics {
             bans_active,
             job_runs,
             job_last_success,
+            backup_lag_seconds,
+            backup_segments,
+            backup_failures,
         }
     }
 

@@ -36,7 +36,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn open(
+    pub(crate) fn open(
         role: &'static str,
         url: &StoreUrl,
         key_id: Option<&str>,

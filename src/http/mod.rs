@@ -100,7 +100,7 @@ fn system_routes() -> Api {
             Op::new(
                 "GET",
                 "/readyz",
-                "Readiness: the database answers and no job is overdue",
+                "Readiness: the database answers and no job is overdue; with backups on, how far shipping is behind (`backup_lag_seconds`)",
             )
             .errors(&[503]),
             get(readyz),
@@ -119,8 +119,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => match state.schedule.overdue(&state.store).await {
             Ok(overdue) if overdue.is_empty() => {
-                Json(json!({"status": "ready", "database": state.store.backend().name()}))
-                    .into_response()
+                let mut body = json!({"status": "ready", "database": state.store.backend().name()});
+                if state.config.backup {
+                    // BAK-1: how far shipping is behind the journal.
+                    body["backup_lag_seconds"] =
+                        json!(crate::metrics::get().backup_lag_seconds.get());
+                }
+                Json(body).into_response()
             }
             Ok(overdue) => {
                 tracing::warn!(jobs = ?overdue, "scheduled jobs overdue");

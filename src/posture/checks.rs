@@ -24,8 +24,9 @@ pub async fn run(
     let runs = crate::ops::last_runs(store).await?;
     let files = super::sampled::sample_files(probe, scopes).await?;
     let [fil3, fil4] = super::sampled::file_records(&files, reach);
-    let [bak1, bak7] = super::sampled::journal(probe, scopes, reach).await?;
-    let [fil1, enc4] = super::sampled::object_stores(probe, reach).await;
+    let [journaled, bak7] = super::sampled::journal(probe, scopes, reach).await?;
+    let [fil1, stores] = super::sampled::object_stores(probe, reach).await;
+    let [bak1, enc4] = super::backups::check(probe, scopes, reach, journaled, stores).await;
     let mut findings = vec![
         super::sampled::tenant_keys(probe, scopes, reach).await?,
         row_level_security(store).await?,

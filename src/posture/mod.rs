@@ -12,6 +12,7 @@
 //! check, here.
 
 mod advisories;
+mod backups;
 pub mod checks;
 mod finding;
 pub mod http;

@@ -109,6 +109,9 @@ pub fn test_config(data_dir: &std::path::Path, database_url: &str) -> Config {
         }),
         object_store_access_key_id: s3.as_ref().map(|_| "test".to_owned()),
         object_store_secret_access_key: s3.as_ref().map(|_| SecretString::from("test")),
+        // Backups are shipped by the tests of backups (backups.rs), which
+        // turn them on with a target of their own.
+        backup: false,
         // The test command names the advisory database cargo audit reads.
         advisory_db: std::env::var_os("STRONGROOM_ADVISORY_DB").map(PathBuf::from),
         ..Config::default()
@@ -363,6 +366,11 @@ impl TestApp {
                 "STRONGROOM_OBJECT_STORE_ACCESS_KEY_ID",
                 &config.object_store_access_key_id,
             ),
+            ("STRONGROOM_BACKUP_URL", &config.backup_url),
+            (
+                "STRONGROOM_BACKUP_ACCESS_KEY_ID",
+                &config.backup_access_key_id,
+            ),
         ];
         for (name, value) in settings {
             if let Some(value) = value {
@@ -374,6 +382,10 @@ impl TestApp {
                 "STRONGROOM_OBJECT_STORE_SECRET_ACCESS_KEY",
                 "test".to_owned(),
             ));
+        }
+        vars.push(("STRONGROOM_BACKUP", config.backup.to_string()));
+        if config.backup_secret_access_key.is_some() {
+            vars.push(("STRONGROOM_BACKUP_SECRET_ACCESS_KEY", "test".to_owned()));
         }
         vars
     }
@@ -557,7 +569,9 @@ pub fn cli(data_dir: &std::path::Path, database_url: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_strongroom"));
     cmd.env("STRONGROOM_DATA_DIR", data_dir)
         .env("STRONGROOM_DATABASE_URL", database_url)
-        .env_remove("STRONGROOM_LISTEN");
+        .env_remove("STRONGROOM_LISTEN")
+        // Backups are shipped where a test asks for them (store_env).
+        .env("STRONGROOM_BACKUP", "false");
     // Load tests fire bursts: the request limits and bans are proved by
     // tests of their own (abuse.rs), which set them low.
     for (key, value) in UNLIMITED {

@@ -35,6 +35,7 @@ fn allowed(file: &Path) -> Option<&'static [&'static str]> {
             "store",
             "access",
             "audit",
+            "backup",
             "crypto",
             "files",
             "identity",

@@ -5,6 +5,7 @@ mod abuse;
 mod access_log;
 mod audit;
 mod auth;
+mod backups;
 mod cluster;
 mod contract;
 mod devices;
