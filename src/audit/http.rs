@@ -253,8 +253,16 @@ async fn verify(
     )
     .await?;
     let key = state.keyring.checkpoint_signing_key().verifying_key();
+    // With backups on, held against the newest checkpoint kept there too.
+    let target = match state.config.backup {
+        true => Some(
+            crate::backup::BackupTarget::open(&state.config)
+                .map_err(|e| ApiError::from(crate::store::StoreError::Native(e)))?,
+        ),
+        false => None,
+    };
     Ok(Json(
-        super::verify(&state.store, permit.scope(), &key).await?,
+        super::verify_with_target(&state.store, permit.scope(), &key, target.as_ref()).await?,
     ))
 }
 

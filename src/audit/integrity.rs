@@ -16,52 +16,162 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::Serialize;
 
 use super::chain::{self, Chained, GENESIS, Hash, checkpoint_message, from_hex, hex_bytes, to_hex};
+use crate::backup::BackupTarget;
 use crate::context::TenantScope;
 use crate::store::db;
 use crate::store::{Store, StoreError};
 use crate::tenancy;
 
 /// Signs the current head of every tenant whose trail moved since its last
-/// checkpoint; returns how many checkpoints were written.
-pub async fn checkpoint_all(store: &Store, key: &SigningKey) -> Result<usize, StoreError> {
+/// checkpoint; returns how many checkpoints were written. With `outside`
+/// (the backup target) each checkpoint is written there first, and only
+/// then kept in the database: what the database says was signed, the
+/// target holds too, out of reach of whoever can rewrite the database.
+/// A tenant whose new events do not chain from its last checkpoint to its
+/// head gets no checkpoint: the job fails naming it.
+pub async fn checkpoint_all(
+    store: &Store,
+    key: &SigningKey,
+    outside: Option<&BackupTarget>,
+) -> Result<usize, StoreError> {
     let mut written = 0;
+    let mut refused = Vec::new();
     for scope in tenancy::all_scopes(store).await? {
-        if checkpoint(store, &scope, key).await? {
-            written += 1;
+        match checkpoint(store, &scope, key, outside).await {
+            Ok(true) => written += 1,
+            Ok(false) => {}
+            Err(StoreError::Corrupt(why)) => refused.push(why),
+            Err(e) => return Err(e),
         }
     }
-    Ok(written)
+    if refused.is_empty() {
+        Ok(written)
+    } else {
+        Err(StoreError::Corrupt(refused.join("; ")))
+    }
+}
+
+/// A signed checkpoint as it is kept outside the database.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub tenant_id: String,
+    pub seq: i64,
+    pub hash: String,
+    pub signed_at: String,
+    pub signature: String,
 }
 
 async fn checkpoint(
     store: &Store,
     scope: &TenantScope,
     key: &SigningKey,
+    outside: Option<&BackupTarget>,
 ) -> Result<bool, StoreError> {
-    let (seq, head, last): (i64, Option<String>, Option<i64>) = {
+    type Row = (i64, Option<String>, i64, Option<String>, Option<Checkpoint>);
+    let (seq, head, anchor_seq, anchor_hash, last): Row = {
         let mut tx = store.read(scope).await?;
         let row = db::query(
-            "SELECT s.audit_seq, s.audit_head, \
-             (SELECT MAX(seq) FROM audit_checkpoints c WHERE c.tenant_id = s.tenant_id) AS last \
-             FROM tenant_sequences s WHERE s.tenant_id = $1",
+            "SELECT s.audit_seq, s.audit_head, s.audit_anchor_seq, s.audit_anchor_hash, \
+             c.seq, c.hash, c.signed_at, c.signature FROM tenant_sequences s \
+             LEFT JOIN audit_checkpoints c ON c.tenant_id = s.tenant_id AND c.seq = \
+             (SELECT MAX(seq) FROM audit_checkpoints m WHERE m.tenant_id = s.tenant_id) \
+             WHERE s.tenant_id = $1",
         )
         .bind(scope.id_str())
         .fetch_optional(tx.conn())
         .await?;
-        match row {
-            Some(row) => (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?),
-            None => return Ok(false),
-        }
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let last = match row.try_get::<Option<i64>, _>(4)? {
+            Some(seq) => Some(Checkpoint {
+                tenant_id: scope.id_str().to_owned(),
+                seq,
+                hash: row.try_get(5)?,
+                signed_at: row.try_get(6)?,
+                signature: row.try_get(7)?,
+            }),
+            None => None,
+        };
+        (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+            last,
+        )
     };
     let Some(head) = head else {
         return Ok(false);
     };
-    if last.is_some_and(|last| last >= seq) {
+    if last.as_ref().is_some_and(|last| last.seq >= seq) {
         return Ok(false);
+    }
+    // What is signed must be the chain: the events since the last
+    // checkpoint (or the retention anchor) are walked to the head first.
+    let refuse = |why: String| {
+        tracing::error!(
+            target: "security",
+            event = "audit.checkpoint_refused",
+            tenant = scope.id_str(),
+            "the audit trail does not verify; no checkpoint signed: {why}"
+        );
+        StoreError::Corrupt(format!(
+            "tenant {}: no checkpoint signed: {why}",
+            scope.id_str()
+        ))
+    };
+    let (after, prev) = match last.as_ref().filter(|last| last.seq > anchor_seq) {
+        Some(last) => {
+            let message = checkpoint_message(scope.id_str(), last.seq, &last.hash, &last.signed_at);
+            let genuine = decode_signature(&last.signature)
+                .is_some_and(|sig| key.verifying_key().verify(message.as_bytes(), &sig).is_ok());
+            if !genuine {
+                return Err(refuse(format!(
+                    "the checkpoint at seq {} has an invalid signature",
+                    last.seq
+                )));
+            }
+            let prev =
+                from_hex(&last.hash).ok_or_else(|| refuse("a bad checkpoint hash".into()))?;
+            (last.seq, prev)
+        }
+        None => match anchor_hash.as_deref() {
+            Some(hex) => (
+                anchor_seq,
+                from_hex(hex).ok_or_else(|| refuse("a bad anchor hash".into()))?,
+            ),
+            None => (anchor_seq, GENESIS),
+        },
+    };
+    if let Err((_, why)) = verify_since(store, scope, after, prev, seq, &head).await? {
+        return Err(refuse(why));
     }
     let signed_at = crate::clock::now();
     let message = checkpoint_message(scope.id_str(), seq, &head, &signed_at);
     let signature = to_hex(&key.sign(message.as_bytes()).to_bytes());
+    let signed = Checkpoint {
+        tenant_id: scope.id_str().to_owned(),
+        seq,
+        hash: head,
+        signed_at,
+        signature,
+    };
+    if let Some(target) = outside {
+        target
+            .put_checkpoint(
+                scope.id_str(),
+                seq,
+                serde_json::to_vec(&signed).unwrap_or_default(),
+            )
+            .await
+            .map_err(|e| {
+                StoreError::Native(format!(
+                    "tenant {}: the checkpoint could not be written to the backup target: {e}",
+                    scope.id_str()
+                ))
+            })?;
+    }
     let tenant = scope.id_str().to_owned();
     store
         .append_internal(Some(scope), move |conn| {
@@ -71,10 +181,10 @@ async fn checkpoint(
                      VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(&tenant)
-                .bind(seq)
-                .bind(&head)
-                .bind(&signed_at)
-                .bind(&signature)
+                .bind(signed.seq)
+                .bind(&signed.hash)
+                .bind(&signed.signed_at)
+                .bind(&signed.signature)
                 .execute(conn)
                 .await?;
                 Ok(())
@@ -82,6 +192,77 @@ async fn checkpoint(
         })
         .await?;
     Ok(true)
+}
+
+/// The newest checkpoint of a tenant kept in the backup target, if any.
+pub async fn shipped_checkpoint(
+    target: &BackupTarget,
+    tenant: &str,
+) -> Result<Option<Checkpoint>, StoreError> {
+    let bytes = target.newest_checkpoint(tenant).await.map_err(|e| {
+        StoreError::Native(format!(
+            "cannot read checkpoints from the backup target: {e}"
+        ))
+    })?;
+    bytes
+        .map(|b| {
+            serde_json::from_slice(&b).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "tenant {tenant}: a checkpoint in the backup target does not parse: {e}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// [`verify`] against the newest checkpoint in the backup target when
+/// backups are on (`target`), else against the database's alone.
+pub async fn verify_with_target(
+    store: &Store,
+    scope: &TenantScope,
+    key: &VerifyingKey,
+    target: Option<&BackupTarget>,
+) -> Result<VerifyReport, StoreError> {
+    let shipped = match target {
+        Some(target) => shipped_checkpoint(target, scope.id_str()).await?,
+        None => None,
+    };
+    verify_against(store, scope, key, shipped).await
+}
+
+/// The events after `after` (whose hash is `prev`) up to `head_seq`: they
+/// must be there, chain, and end in `head`.
+async fn verify_since(
+    store: &Store,
+    scope: &TenantScope,
+    after: i64,
+    prev: Hash,
+    head_seq: i64,
+    head: &str,
+) -> Result<Result<(), Failure>, StoreError> {
+    let tenant = scope.id_str();
+    let mut tx = store.read(scope).await?;
+    let mut walk = Walk::resume(tenant, after, prev, BTreeMap::new());
+    let walked = walk_pages(&mut tx, tenant, &mut walk, Some(head_seq)).await?;
+    if walked.is_err() {
+        return Ok(walked);
+    }
+    let last = walk.expected - 1;
+    if last != head_seq {
+        return Ok(Err((
+            last + 1,
+            format!(
+                "the trail should reach seq {head_seq} but ends at {last}: events were deleted"
+            ),
+        )));
+    }
+    if walk.prev_hex.as_slice() != head.as_bytes() {
+        return Ok(Err((
+            head_seq,
+            format!("event {head_seq} is not the recorded head of the chain"),
+        )));
+    }
+    Ok(Ok(()))
 }
 
 /// Master-key rotation: re-signs a tenant's checkpoints with `new`. Only
@@ -353,7 +534,19 @@ pub async fn verify(
     scope: &TenantScope,
     key: &VerifyingKey,
 ) -> Result<VerifyReport, StoreError> {
-    verify_splitting_from(store, scope, key, PARALLEL_FROM).await
+    verify_splitting_from(store, scope, key, PARALLEL_FROM, None).await
+}
+
+/// [`verify`], and against `shipped` too: the newest checkpoint kept
+/// outside the database. A trail cut back together with its checkpoints
+/// in the database still falls short of it.
+pub async fn verify_against(
+    store: &Store,
+    scope: &TenantScope,
+    key: &VerifyingKey,
+    shipped: Option<Checkpoint>,
+) -> Result<VerifyReport, StoreError> {
+    verify_splitting_from(store, scope, key, PARALLEL_FROM, shipped).await
 }
 
 /// [`verify`], splitting the SQLite walk in two halves even for short
@@ -364,7 +557,7 @@ pub async fn verify_in_halves(
     scope: &TenantScope,
     key: &VerifyingKey,
 ) -> Result<VerifyReport, StoreError> {
-    verify_splitting_from(store, scope, key, 2).await
+    verify_splitting_from(store, scope, key, 2, None).await
 }
 
 async fn verify_splitting_from(
@@ -372,16 +565,34 @@ async fn verify_splitting_from(
     scope: &TenantScope,
     key: &VerifyingKey,
     parallel_from: i64,
+    shipped: Option<Checkpoint>,
 ) -> Result<VerifyReport, StoreError> {
+    let shipped = shipped.filter(|c| c.tenant_id == scope.id_str());
     if let Some(path) = store.sqlite_file() {
         let (tenant, key) = (scope.id_str().to_owned(), *key);
         return tokio::task::spawn_blocking(move || {
-            verify_sqlite(&path, &tenant, &key, parallel_from)
+            verify_sqlite(&path, &tenant, &key, parallel_from, shipped.as_ref())
         })
         .await
         .map_err(|_| StoreError::Corrupt("verification task failed".into()))?;
     }
-    verify_paged(store, scope, key).await
+    verify_paged(store, scope, key, shipped.as_ref()).await
+}
+
+/// Adds the checkpoint kept outside the database to the walk, unless the
+/// database holds it (then its own copy was checked) or retention passed it.
+fn add_shipped(
+    walk: &mut Walk,
+    key: &VerifyingKey,
+    start: &Start,
+    shipped: Option<&Checkpoint>,
+) -> Result<(), Failure> {
+    match shipped {
+        Some(c) if c.seq > start.anchor_seq && !walk.checkpoints.contains_key(&c.seq) => {
+            walk.checkpoint(key, c.seq, &c.hash, &c.signed_at, &c.signature)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Below this many events one thread verifies alone.
@@ -410,6 +621,7 @@ fn verify_sqlite(
     tenant: &str,
     key: &VerifyingKey,
     parallel_from: i64,
+    shipped: Option<&Checkpoint>,
 ) -> Result<VerifyReport, StoreError> {
     use rusqlite::params;
     let native = |e: rusqlite::Error| StoreError::Native(e.to_string());
@@ -444,6 +656,7 @@ fn verify_sqlite(
         Ok(Ok(()))
     })()
     .map_err(native)?;
+    let checked = checked.and_then(|()| add_shipped(&mut walk, key, &start, shipped));
     if checked.is_err() {
         return Ok(walk.report(checked));
     }
@@ -558,6 +771,7 @@ async fn verify_paged(
     store: &Store,
     scope: &TenantScope,
     key: &VerifyingKey,
+    shipped: Option<&Checkpoint>,
 ) -> Result<VerifyReport, StoreError> {
     let tenant = scope.id_str();
     let mut tx = store.read(scope).await?;
@@ -585,6 +799,31 @@ async fn verify_paged(
             return Ok(walk.report(checked));
         }
     }
+    let checked = add_shipped(&mut walk, key, &start, shipped);
+    if checked.is_err() {
+        return Ok(walk.report(checked));
+    }
+    let walked = walk_pages(&mut tx, tenant, &mut walk, None).await?;
+    if walked.is_err() {
+        return Ok(walk.report(walked));
+    }
+    let end = walk.end(&start);
+    Ok(walk.report(end))
+}
+
+/// Events per verification page (PostgreSQL).
+const VERIFY_PAGE: i64 = 4096;
+
+/// A page of events as one JSON array of arrays, built by the database in
+/// C (`json_array` / `json_build_array`), in seq order.
+/// Steps `walk` through the tenant's events after its position, a page at
+/// a time, up to `until` if given (else to the last event).
+async fn walk_pages(
+    tx: &mut crate::store::ReadTx,
+    tenant: &str,
+    walk: &mut Walk,
+    until: Option<i64>,
+) -> Result<Result<(), Failure>, StoreError> {
     let page_sql = page_query(tx.backend());
     loop {
         let row = db::query(&page_sql)
@@ -594,10 +833,15 @@ async fn verify_paged(
             .fetch_one(tx.conn())
             .await?;
         let page: Option<String> = row.try_get(0)?;
-        let Some(page) = page else { break };
+        let Some(page) = page else {
+            return Ok(Ok(()));
+        };
         let rows: Vec<PageRow<'_>> = serde_json::from_str(&page)
             .map_err(|e| StoreError::Corrupt(format!("malformed audit page: {e}")))?;
         for row in &rows {
+            if until.is_some_and(|until| row.1 > until) {
+                return Ok(Ok(()));
+            }
             let event = Chained {
                 id: &row.0,
                 tenant_id: tenant,
@@ -619,19 +863,12 @@ async fn verify_paged(
             };
             let stepped = walk.event(&event, row.15.as_deref(), row.16.as_deref());
             if stepped.is_err() {
-                return Ok(walk.report(stepped));
+                return Ok(stepped);
             }
         }
     }
-    let end = walk.end(&start);
-    Ok(walk.report(end))
 }
 
-/// Events per verification page (PostgreSQL).
-const VERIFY_PAGE: i64 = 4096;
-
-/// A page of events as one JSON array of arrays, built by the database in
-/// C (`json_array` / `json_build_array`), in seq order.
 fn page_query(backend: crate::store::Backend) -> String {
     use crate::store::Backend;
     // SQLite's group_concat follows the order of the (ordered) subquery;

@@ -19,6 +19,9 @@ pub use crate::context::{Actor, ActorKind, Outcome, RequestMeta, Target};
 pub use crate::store::chain;
 pub use chain::{GENESIS, Hash, from_hex as chain_hash_from_hex, to_hex as hash_to_hex};
 pub use http::{access_log_router, router};
-pub use integrity::{VerifyReport, checkpoint_all, resign_checkpoints, verify, verify_in_halves};
+pub use integrity::{
+    Checkpoint, VerifyReport, checkpoint_all, resign_checkpoints, shipped_checkpoint, verify,
+    verify_against, verify_in_halves, verify_with_target,
+};
 pub use query::{AuditError, AuditEvent, AuditFilter, Page, list};
 pub use retention::{JOB as RETENTION_JOB, RetentionSummary, apply_retention};

@@ -17,6 +17,10 @@
 //!   (`strongroom_backup_lag_seconds`) and `/readyz`, and raised as a
 //!   security event past `backup_lag_alert_seconds`.
 //!
+//! * **Checkpoints (AUD-7).** Every signed audit checkpoint is written here
+//!   before the database keeps it (`audit::checkpoint_all`), and `audit
+//!   verify` holds the database against the newest one here.
+//!
 //! Not built yet (the rest of the backups issue): snapshots, restore,
 //! drills, files in the target, the warm standby.
 
@@ -163,13 +167,36 @@ impl BackupTarget {
         Ok(keys)
     }
 
+    /// AUD-7: a signed audit checkpoint, kept apart from the database.
+    pub async fn put_checkpoint(
+        &self,
+        tenant: &str,
+        seq: i64,
+        signed: Vec<u8>,
+    ) -> Result<(), object_store::Error> {
+        self.put(&format!("t/{tenant}/checkpoints/{seq:020}.json"), signed)
+            .await
+    }
+
+    /// The newest signed audit checkpoint the target holds of a tenant.
+    pub async fn newest_checkpoint(
+        &self,
+        tenant: &str,
+    ) -> Result<Option<Bytes>, object_store::Error> {
+        let keys = self.keys(&format!("t/{tenant}/checkpoints/")).await?;
+        match keys.last() {
+            Some(key) => self.get(key).await,
+            None => Ok(None),
+        }
+    }
+
     /// ENC-4: a canary sealed the way segments are, written to the target
     /// and read back raw: the plaintext must not show, and the bytes must
     /// open back to it. Fails when the target cannot be written or read.
     pub async fn self_test(&self) -> Result<(), String> {
         let canary = format!(
             "strongroom-canary-{}",
-            crate::audit::chain::to_hex(&crate::crypto::random_bytes::<16>())
+            crate::store::chain::to_hex(&crate::crypto::random_bytes::<16>())
         );
         let plaintext = canary.repeat(64);
         let key = crate::crypto::aead::generate_key();

@@ -76,7 +76,7 @@ pub fn head_key(tenant: &str) -> String {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    crate::audit::chain::to_hex(Sha256::digest(bytes).as_slice())
+    crate::store::chain::to_hex(Sha256::digest(bytes).as_slice())
 }
 
 /// The object of a segment: `entries` (consecutive, from `header.first`)

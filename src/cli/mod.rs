@@ -641,6 +641,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 AuditCommand::Checkpoint => crate::audit::checkpoint_all(
                     &state.store,
                     state.keyring.checkpoint_signing_key(),
+                    backup_target(&state)?.as_ref(),
                 )
                 .await
                 .map(|n| println!("{n} checkpoints signed"))
@@ -743,15 +744,29 @@ async fn tenant_scopes(
         .collect())
 }
 
+/// The backup target, when backups are on.
+fn backup_target(
+    state: &crate::http::AppState,
+) -> anyhow::Result<Option<crate::backup::BackupTarget>> {
+    if !state.config.backup {
+        return Ok(None);
+    }
+    Ok(Some(
+        crate::backup::BackupTarget::open(&state.config).map_err(anyhow::Error::msg)?,
+    ))
+}
+
 async fn audit_verify(
     state: &crate::http::AppState,
     tenant: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
     let key = state.keyring.checkpoint_signing_key().verifying_key();
+    let target = backup_target(state)?;
     let mut failures = Vec::new();
     for (scope, name) in tenant_scopes(&state.store, tenant.as_deref()).await? {
-        let report = crate::audit::verify(&state.store, &scope, &key).await?;
+        let report =
+            crate::audit::verify_with_target(&state.store, &scope, &key, target.as_ref()).await?;
         if json {
             println!("{}", serde_json::to_string(&report)?);
         } else if report.ok {
@@ -881,8 +896,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let fingerprint = crate::ops::install::fingerprint(&config)
         .context("cannot read this executable to take its digest")?;
+    let notifier = crate::ops::supervise::Notifier::from_env();
     let state = crate::open(config).await?;
     crate::ops::install::record_start(&state.store, &fingerprint).await?;
+    report_unclean_stop(&state).await?;
     crate::identity::warm_up();
     // ENC-4 for backups: no canary through the target, no server.
     let backups = match state.config.backup {
@@ -894,7 +911,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         false => None,
     };
-    start_jobs(&state);
+    start_jobs(&state, backups.clone());
     if let Some(target) = backups {
         crate::backup::ship::start(
             state.store.clone(),
@@ -911,13 +928,78 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, database = state.store.backend().name(), "listening");
-    crate::http::run(listener, state, shutdown_signal()).await?;
+    let data_dir = state.config.data_dir.clone();
+    let stopping = notifier.clone();
+    if let Some(notifier) = notifier {
+        notifier.send(&format!(
+            "READY=1\nSTATUS=listening on {}",
+            listener.local_addr()?
+        ));
+        if let Some(every) = notifier.watchdog() {
+            // Alive is more than running: the pings stop while the
+            // database does not answer, and the manager restarts us.
+            let store = state.store.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match store.ping().await {
+                        Ok(()) => notifier.send("WATCHDOG=1"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the database does not answer: no watchdog ping")
+                        }
+                    }
+                }
+            });
+        }
+    }
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some(notifier) = stopping {
+            notifier.send("STOPPING=1");
+        }
+    };
+    crate::http::run(listener, state, shutdown).await?;
+    crate::ops::supervise::mark_stopped(&data_dir);
     tracing::info!("stopped");
     Ok(())
 }
 
+/// BAK-7: a start after an unclean stop says so, and what it found: the
+/// database opened (SQLite replayed its write-ahead log), its integrity
+/// check, and what resumes by itself.
+async fn report_unclean_stop(state: &crate::http::AppState) -> anyhow::Result<()> {
+    let Some(earlier) = crate::ops::supervise::mark_running(&state.config.data_dir)
+        .context("cannot write the running marker in the data dir")?
+    else {
+        return Ok(());
+    };
+    let check = match state.store.backend() {
+        crate::store::Backend::Sqlite => {
+            let mut tx = state.store.read_unscoped().await?;
+            let result: String = crate::store::db::query_scalar("PRAGMA quick_check")
+                .fetch_one(tx.conn())
+                .await?;
+            format!("SQLite replayed its write-ahead log; quick_check: {result}")
+        }
+        crate::store::Backend::Postgres => {
+            "PostgreSQL recovers by itself; this process lost nothing it acknowledged".to_owned()
+        }
+    };
+    let rotations = crate::keys::unfinished(&state.store).await?.len();
+    tracing::warn!(
+        event = "server.unclean_stop",
+        earlier = %earlier,
+        "the last run ({earlier}) did not stop cleanly: {check}; {rotations} unfinished key \
+         rotations resume; queued mail and backups carry on from where they were"
+    );
+    Ok(())
+}
+
 /// The server's scheduled jobs; each records a heartbeat.
-fn start_jobs(state: &crate::http::AppState) {
+fn start_jobs(
+    state: &crate::http::AppState,
+    backups: Option<std::sync::Arc<crate::backup::BackupTarget>>,
+) {
     let files = state.files();
     let resume = files.clone();
     tokio::spawn(async move {
@@ -993,12 +1075,16 @@ fn start_jobs(state: &crate::http::AppState) {
         "audit.checkpoint",
         every,
         move || {
-            let state = job_state.clone();
+            let (state, backups) = (job_state.clone(), backups.clone());
             async move {
-                crate::audit::checkpoint_all(&state.store, state.keyring.checkpoint_signing_key())
-                    .await
-                    .map(|n| format!("{n} checkpoints signed"))
-                    .map_err(|e| e.to_string())
+                crate::audit::checkpoint_all(
+                    &state.store,
+                    state.keyring.checkpoint_signing_key(),
+                    backups.as_deref(),
+                )
+                .await
+                .map(|n| format!("{n} checkpoints signed"))
+                .map_err(|e| e.to_string())
             }
         },
     );

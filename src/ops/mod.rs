@@ -4,9 +4,11 @@
 //! job runs on the one node holding its lease (`Store::hold_lease`).
 //! Each node knows the jobs it schedules and their intervals ([`Schedule`]);
 //! `/readyz` fails naming any that has not run for twice its interval.
-//! Integrity at start (OPS-3) is `install`.
+//! Integrity at start (OPS-3) is `install`; running under a supervisor
+//! (BAK-7) is `supervise`.
 
 pub mod install;
+pub mod supervise;
 
 use std::future::Future;
 use std::time::Duration;

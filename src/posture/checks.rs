@@ -43,7 +43,7 @@ pub async fn run(
         retention(store, scopes, reach, &runs, config).await?,
         super::sampled::exports(probe, scopes, reach).await?,
         log_shipping(config),
-        audit_chains(store, scopes, reach, &checkpoint_key).await?,
+        audit_chains(store, scopes, reach, &checkpoint_key, config).await?,
         transport(config),
         super::sampled::sealed_at_rest(probe, scopes, reach, &files).await,
         data_keys(store, scopes, reach).await?,
@@ -1004,11 +1004,16 @@ async fn audit_chains(
     scopes: &[TenantScope],
     reach: Reach,
     key: &ed25519_dalek::VerifyingKey,
+    config: &Config,
 ) -> Result<Finding, StoreError> {
     let started = Instant::now();
     let (mut events, mut checkpoints, mut broken) = (0, 0, Vec::new());
+    let target = match config.backup {
+        true => crate::backup::BackupTarget::open(config).ok(),
+        false => None,
+    };
     for scope in scopes {
-        let report = crate::audit::verify(store, scope, key).await?;
+        let report = crate::audit::verify_with_target(store, scope, key, target.as_ref()).await?;
         events += report.events_checked;
         checkpoints += report.checkpoints_checked;
         if !report.ok {

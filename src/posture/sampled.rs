@@ -374,13 +374,24 @@ pub async fn journal(
                 ))
         }
     };
+    // Whether this process answers to a service manager that restarts it.
+    let supervised = match crate::ops::supervise::Notifier::from_env() {
+        Some(n) if n.watchdog().is_some() => {
+            "; this process runs under a service manager with a watchdog"
+        }
+        Some(_) => "; this process runs under a service manager (no watchdog asked)",
+        None => {
+            "; this process was not started by a service manager (deploy/strongroom.service \
+             restarts the server on exit and on a missed watchdog)"
+        }
+    };
     let recovered = match (durable, gaps.is_empty()) {
         (Ok(how), true) => finding(
             "BAK-7",
             Verdict::Pass,
             format!(
                 "{how}: a write is acknowledged only after a durable commit, and no \
-                 acknowledged write is missing by the journal's count"
+                 acknowledged write is missing by the journal's count{supervised}"
             ),
         ),
         (Ok(how), false) => finding(

@@ -193,6 +193,7 @@ async fn trail() -> (crate::helpers::TestApp, crate::helpers::Session) {
     let signed = strongroom::audit::checkpoint_all(
         &app.state.store,
         app.state.keyring.checkpoint_signing_key(),
+        None,
     )
     .await
     .unwrap();

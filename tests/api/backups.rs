@@ -312,3 +312,138 @@ async fn ctl_enc_4_a_backup_target_that_cannot_keep_the_canary_stops_the_start()
     let refused = BackupTarget::open(&config).err().unwrap();
     assert!(refused.contains("data dir"), "{refused}");
 }
+
+/// Signs checkpoints of every tenant now, keeping them in the target too.
+async fn checkpoint(app: &TestApp, target: &BackupTarget) -> Result<usize, String> {
+    strongroom::audit::checkpoint_all(
+        &app.state.store,
+        app.state.keyring.checkpoint_signing_key(),
+        Some(target),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+async fn tamper(app: &TestApp, statements: &[String]) {
+    let mut conn = app.raw().await;
+    for sql in statements {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn ctl_aud_7_a_trail_cut_back_with_its_checkpoints_falls_short_of_the_shipped_one() {
+    let app = spawn_with_backups(backup_url()).await;
+    let (target, _) = shipper(&app);
+    let admin = app.admin("acme").await;
+    app.work_orders(&admin).await;
+    for i in 0..3 {
+        app.create_order(&admin, json!({"title": format!("a{i}")}))
+            .await;
+    }
+    assert_eq!(checkpoint(&app, &target).await, Ok(1));
+    let kept = app
+        .count(&format!(
+            "SELECT audit_seq FROM tenant_sequences WHERE tenant_id = '{}'",
+            admin.tenant_id
+        ))
+        .await;
+    for i in 0..3 {
+        app.create_order(&admin, json!({"title": format!("b{i}")}))
+            .await;
+    }
+    assert_eq!(checkpoint(&app, &target).await, Ok(1));
+
+    // Someone with the database: the newest events and their checkpoint
+    // deleted, the head set back to the last event kept.
+    let t = &admin.tenant_id;
+    tamper(
+        &app,
+        &[
+            format!("DELETE FROM audit_events WHERE tenant_id = '{t}' AND seq > {kept}"),
+            format!("DELETE FROM audit_checkpoints WHERE tenant_id = '{t}' AND seq > {kept}"),
+            format!(
+                "UPDATE tenant_sequences SET audit_seq = {kept}, audit_head = \
+                 (SELECT hash FROM audit_events WHERE tenant_id = '{t}' AND seq = {kept}) \
+                 WHERE tenant_id = '{t}'"
+            ),
+        ],
+    )
+    .await;
+    let scope = scope(&app, &admin).await;
+    let key = app.state.keyring.checkpoint_signing_key().verifying_key();
+    // The database alone is consistent again: that is the hole.
+    let alone = strongroom::audit::verify(&app.state.store, &scope, &key)
+        .await
+        .unwrap();
+    assert!(alone.ok, "{alone:?}");
+    // The checkpoint in the backup target is not in the database's reach.
+    let report =
+        strongroom::audit::verify_with_target(&app.state.store, &scope, &key, Some(&target))
+            .await
+            .unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.first_bad_seq, Some(kept + 1), "{report:?}");
+    assert!(
+        report
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("events were deleted"),
+        "{report:?}"
+    );
+    let out = app
+        .cli()
+        .await
+        .args(["audit", "verify", "--tenant", "acme"])
+        .run()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("TAMPERED at seq {}", kept + 1)),
+        "{said}"
+    );
+}
+
+#[tokio::test]
+async fn ctl_aud_7_no_checkpoint_is_signed_over_events_that_do_not_chain() {
+    let app = spawn_with_backups(backup_url()).await;
+    let (target, _) = shipper(&app);
+    let admin = app.admin("acme").await;
+    app.work_orders(&admin).await;
+    assert_eq!(checkpoint(&app, &target).await, Ok(1));
+    let kept = app
+        .count(&format!(
+            "SELECT audit_seq FROM tenant_sequences WHERE tenant_id = '{}'",
+            admin.tenant_id
+        ))
+        .await;
+    for i in 0..2 {
+        app.create_order(&admin, json!({"title": format!("c{i}")}))
+            .await;
+    }
+    let t = &admin.tenant_id;
+    tamper(
+        &app,
+        &[format!(
+            "UPDATE audit_events SET action = 'record.viewed' WHERE tenant_id = '{t}' AND seq = {}",
+            kept + 1
+        )],
+    )
+    .await;
+    let refused = checkpoint(&app, &target).await.unwrap_err();
+    assert!(
+        refused.contains(&format!("event {} was modified", kept + 1)),
+        "{refused}"
+    );
+    let signed = app
+        .count(&format!(
+            "SELECT COUNT(*) FROM audit_checkpoints WHERE tenant_id = '{t}'"
+        ))
+        .await;
+    assert_eq!(signed, 1, "nothing signed over the change");
+    let shipped = target.keys(&format!("t/{t}/checkpoints/")).await.unwrap();
+    assert_eq!(shipped.len(), 1, "{shipped:?}");
+}

@@ -164,3 +164,83 @@ async fn the_server_shuts_down_gracefully_on_sigterm() {
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(log.contains("shutdown signal received"), "{log}");
 }
+
+/// BAK-7: `serve` under a service manager: `READY=1` once it listens,
+/// `WATCHDOG=1` at half the asked interval while the database answers,
+/// `STOPPING=1` on SIGTERM; a start after `kill -9` says the last run did
+/// not stop cleanly and what it checked. The shipped unit asks systemd to
+/// restart it on exit and on a missed watchdog.
+#[tokio::test]
+async fn ctl_bak_7_serve_speaks_sd_notify_and_reports_an_unclean_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let data_dir = crate::helpers::temp_dir("notify");
+    let database_url = crate::helpers::fresh_database(&data_dir).await;
+    let socket_path = data_dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let socket_env = socket_path.to_string_lossy().into_owned();
+    let env = [
+        ("NOTIFY_SOCKET", socket_env.as_str()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    let server =
+        crate::helpers::ServerProcess::start_with_env(&data_dir, &database_url, "info", &env).await;
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 512];
+    while messages
+        .iter()
+        .filter(|m: &&String| m.as_str() == "WATCHDOG=1")
+        .count()
+        < 2
+    {
+        let n = socket.recv(&mut buf).expect("a message from the server");
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        messages[0].starts_with("READY=1\nSTATUS=listening on 127.0.0.1:"),
+        "{messages:?}"
+    );
+    server.stop().await;
+    let stopping = loop {
+        let n = socket.recv(&mut buf).expect("a message from the server");
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message != "WATCHDOG=1" {
+            break message;
+        }
+    };
+    assert_eq!(stopping, "STOPPING=1");
+
+    // A clean stop leaves nothing to report; kill -9 does.
+    let server = crate::helpers::ServerProcess::start(&data_dir, &database_url, "info").await;
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(!log.contains("did not stop cleanly"), "{log}");
+    let pid = server.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let server = crate::helpers::ServerProcess::start(&data_dir, &database_url, "info").await;
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("did not stop cleanly"), "{log}");
+    if !crate::helpers::is_postgres() {
+        assert!(log.contains("quick_check: ok"), "{log}");
+    }
+    server.stop().await;
+
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/strongroom.service"
+    ))
+    .unwrap();
+    for line in [
+        "Type=notify",
+        "Restart=always",
+        "WatchdogSec=30",
+        "NotifyAccess=main",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+}
