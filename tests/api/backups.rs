@@ -10,7 +10,7 @@ use strongroom::backup::ship::{self, Shipper};
 use strongroom::backup::{BackupTarget, segment};
 use strongroom::tenancy::TenantScope;
 
-use crate::helpers::{RunOff, Session, TestApp, spawn_app_with, temp_dir};
+use crate::helpers::{Session, TestApp, spawn_app_with, temp_dir};
 
 /// A backup target of the test's own: beside the data dir, or a fresh
 /// prefix of the test bucket when the files are in S3.
@@ -54,6 +54,14 @@ async fn scope(app: &TestApp, session: &Session) -> TenantScope {
         .into_iter()
         .find(|s| s.id_str() == session.tenant_id)
         .unwrap()
+}
+
+async fn audit_seq(app: &TestApp, session: &Session) -> i64 {
+    app.count(&format!(
+        "SELECT audit_seq FROM tenant_sequences WHERE tenant_id = '{}'",
+        session.tenant_id
+    ))
+    .await
 }
 
 async fn journal_seq(app: &TestApp, session: &Session) -> i64 {
@@ -214,15 +222,10 @@ async fn ctl_bak_1_a_tampered_missing_reordered_or_cut_segment_is_named() {
         "{problems:?}"
     );
     // And the CLI says so, exiting non-zero.
-    let out = app
-        .cli()
-        .await
-        .args(["backup", "verify", "--tenant", "acme"])
-        .run()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&middle));
+    let said = app
+        .cli_fails(&["backup", "verify", "--tenant", "acme"])
+        .await;
+    assert!(said.contains(&middle), "{said}");
 
     // Missing: the next one names the gap and the broken chain.
     target.delete(&middle).await.unwrap();
@@ -342,12 +345,7 @@ async fn ctl_aud_7_a_trail_cut_back_with_its_checkpoints_falls_short_of_the_ship
             .await;
     }
     assert_eq!(checkpoint(&app, &target).await, Ok(1));
-    let kept = app
-        .count(&format!(
-            "SELECT audit_seq FROM tenant_sequences WHERE tenant_id = '{}'",
-            admin.tenant_id
-        ))
-        .await;
+    let kept = audit_seq(&app, &admin).await;
     for i in 0..3 {
         app.create_order(&admin, json!({"title": format!("b{i}")}))
             .await;
@@ -392,15 +390,9 @@ async fn ctl_aud_7_a_trail_cut_back_with_its_checkpoints_falls_short_of_the_ship
             .contains("events were deleted"),
         "{report:?}"
     );
-    let out = app
-        .cli()
-        .await
-        .args(["audit", "verify", "--tenant", "acme"])
-        .run()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = app
+        .cli_fails(&["audit", "verify", "--tenant", "acme"])
+        .await;
     assert!(
         said.contains(&format!("TAMPERED at seq {}", kept + 1)),
         "{said}"
@@ -414,12 +406,7 @@ async fn ctl_aud_7_no_checkpoint_is_signed_over_events_that_do_not_chain() {
     let admin = app.admin("acme").await;
     app.work_orders(&admin).await;
     assert_eq!(checkpoint(&app, &target).await, Ok(1));
-    let kept = app
-        .count(&format!(
-            "SELECT audit_seq FROM tenant_sequences WHERE tenant_id = '{}'",
-            admin.tenant_id
-        ))
-        .await;
+    let kept = audit_seq(&app, &admin).await;
     for i in 0..2 {
         app.create_order(&admin, json!({"title": format!("c{i}")}))
             .await;

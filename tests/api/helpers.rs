@@ -415,6 +415,19 @@ impl TestApp {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs the CLI with `args` on this app's stores; it must fail.
+    /// Returns what it printed.
+    pub async fn cli_fails(&self, args: &[&str]) -> String {
+        let out = self.cli().await.args(args).run().await.unwrap();
+        assert!(
+            !out.status.success(),
+            "strongroom {} succeeded: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Every object in one store (0 primary, 1 replica): key and raw bytes.
     pub async fn objects(&self, store: usize) -> Vec<(String, Vec<u8>)> {
         let target = &self.state.objects.targets()[store];
