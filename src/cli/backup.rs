@@ -66,8 +66,20 @@ pub async fn verify(state: &AppState, tenant: Option<&str>, json: bool) -> anyho
     }
 }
 
-/// One shipping pass now (what `serve` does every half second).
+/// One shipping pass now (what `serve` does every half second). Two
+/// shippers at once would write the same segment twice with different
+/// bytes, so this refuses while a server runs on the data dir or another
+/// node holds the shipping job's lease.
 pub async fn ship_now(state: &AppState) -> anyhow::Result<()> {
+    if let Some(running) = crate::ops::supervise::running(&state.config.data_dir) {
+        anyhow::bail!(
+            "a server runs on this data dir ({running}) and ships by itself; not shipping \
+             (if none runs, its last run stopped uncleanly: start and stop it once)"
+        );
+    }
+    if !state.store.hold_lease(ship::JOB).await {
+        anyhow::bail!("another node ships now (it holds the {} lease)", ship::JOB);
+    }
     let target = target(state)?;
     let shipper = ship::Shipper::new(
         state.store.clone(),

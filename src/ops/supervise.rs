@@ -89,6 +89,14 @@ pub fn mark_running(data_dir: &Path) -> std::io::Result<Option<String>> {
     Ok(earlier.map(|e| e.trim().to_owned()))
 }
 
+/// What the marker of a running server (or of one that did not stop
+/// cleanly) says, if there is one.
+pub fn running(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(marker(data_dir))
+        .ok()
+        .map(|m| m.trim().to_owned())
+}
+
 /// A clean stop: the marker goes.
 pub fn mark_stopped(data_dir: &Path) {
     if let Err(e) = std::fs::remove_file(marker(data_dir)) {

@@ -172,6 +172,7 @@ async fn the_server_shuts_down_gracefully_on_sigterm() {
 /// restart it on exit and on a missed watchdog.
 #[tokio::test]
 async fn ctl_bak_7_serve_speaks_sd_notify_and_reports_an_unclean_stop() {
+    use crate::helpers::RunOff;
     use std::os::unix::net::UnixDatagram;
     let data_dir = crate::helpers::temp_dir("notify");
     let database_url = crate::helpers::fresh_database(&data_dir).await;
@@ -201,6 +202,18 @@ async fn ctl_bak_7_serve_speaks_sd_notify_and_reports_an_unclean_stop() {
     assert!(
         messages[0].starts_with("READY=1\nSTATUS=listening on 127.0.0.1:"),
         "{messages:?}"
+    );
+    // While it runs, a second shipper from the CLI is refused.
+    let out = crate::helpers::cli(&data_dir, &database_url)
+        .args(["backup", "ship"])
+        .run()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a server runs on this data dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     server.stop().await;
     let stopping = loop {
