@@ -154,17 +154,32 @@ impl BackupTarget {
         self.target.delete(key).await
     }
 
-    /// Every key under `prefix`, sorted.
-    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, object_store::Error> {
-        let mut keys: Vec<String> = self
-            .target
-            .list_keys()
+    /// Every key in `folder` (e.g. `t/<tenant>/journal/`; `""` for all),
+    /// sorted.
+    pub async fn keys(&self, folder: &str) -> Result<Vec<String>, object_store::Error> {
+        Ok(self
+            .objects(folder)
             .await?
             .into_iter()
-            .filter(|k| k.starts_with(prefix))
-            .collect();
-        keys.sort();
-        Ok(keys)
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Every object in `folder` with its size, sorted by key. Only that
+    /// folder is listed, not the whole target.
+    pub async fn objects(&self, folder: &str) -> Result<Vec<(String, u64)>, object_store::Error> {
+        let mut objects = match folder {
+            "" => self
+                .target
+                .list_keys()
+                .await?
+                .into_iter()
+                .map(|k| (k, 0))
+                .collect(),
+            folder => self.target.list_folder(folder).await?,
+        };
+        objects.sort();
+        Ok(objects)
     }
 
     /// AUD-7: a signed audit checkpoint, kept apart from the database.

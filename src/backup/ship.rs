@@ -389,25 +389,22 @@ pub struct Listing {
 
 /// What `backup list` shows of each tenant.
 pub async fn list(target: &BackupTarget, tenant: &str) -> Result<Listing, String> {
-    let keys = target
-        .keys(&segment::journal_prefix(tenant))
+    let objects = target
+        .objects(&segment::journal_prefix(tenant))
         .await
         .map_err(|e| e.to_string())?;
     let mut listing = Listing {
         tenant: tenant.to_owned(),
-        segments: keys.len(),
+        segments: objects.len(),
         first: None,
         last: None,
-        bytes: 0,
+        bytes: objects.iter().map(|(_, size)| size).sum(),
         head: head(target, tenant).await?,
     };
-    for key in &keys {
+    for (key, _) in &objects {
         if let Some((first, last)) = range_of(key) {
             listing.first = Some(listing.first.map_or(first, |f: i64| f.min(first)));
             listing.last = Some(listing.last.map_or(last, |l: i64| l.max(last)));
-        }
-        if let Ok(Some(bytes)) = target.get(key).await {
-            listing.bytes += bytes.len() as u64;
         }
     }
     Ok(listing)

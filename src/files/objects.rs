@@ -152,6 +152,31 @@ impl Target {
         Ok(keys)
     }
 
+    /// Every object under `folder` (keys below the prefix that start with
+    /// `folder/`), with its size, listed by the store under that folder
+    /// alone.
+    pub async fn list_folder(
+        &self,
+        folder: &str,
+    ) -> Result<Vec<(String, u64)>, object_store::Error> {
+        let within = self.path(folder.trim_end_matches('/'));
+        let mut objects = Vec::new();
+        let mut listing = self.store.list(Some(&within));
+        while let Some(meta) = listing.next().await {
+            let meta = counted("list", meta)?;
+            let path = meta.location.to_string();
+            let key = match self.prefix.is_empty() {
+                true => path,
+                false => path
+                    .strip_prefix(&format!("{}/", self.prefix))
+                    .unwrap_or(&path)
+                    .to_owned(),
+            };
+            objects.push((key, meta.size));
+        }
+        Ok(objects)
+    }
+
     /// Copies a good object over this store's copy (FIL-5 repair).
     pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), object_store::Error> {
         counted("put", self.store.put(&self.path(key), bytes.into()).await)?;

@@ -117,6 +117,13 @@ async fn ctl_bak_1_committed_writes_reach_the_backup_target_sealed_and_whole() {
     };
     assert_eq!(listing.last, Some(wanted), "shipped: {listing:?}");
     assert_eq!(listing.head.as_ref().map(|h| h.last), Some(wanted));
+    let sizes: u64 = raw_objects(&target)
+        .await
+        .iter()
+        .filter(|(k, _)| k.ends_with(".seg"))
+        .map(|(_, bytes)| bytes.len() as u64)
+        .sum();
+    assert_eq!(listing.bytes, sizes, "{listing:?}");
     println!(
         "journal seq {wanted} in the target {} ms after the last write",
         waited.elapsed().as_millis()
