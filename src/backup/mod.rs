@@ -168,16 +168,7 @@ impl BackupTarget {
     /// Every object in `folder` with its size, sorted by key. Only that
     /// folder is listed, not the whole target.
     pub async fn objects(&self, folder: &str) -> Result<Vec<(String, u64)>, object_store::Error> {
-        let mut objects = match folder {
-            "" => self
-                .target
-                .list_keys()
-                .await?
-                .into_iter()
-                .map(|k| (k, 0))
-                .collect(),
-            folder => self.target.list_folder(folder).await?,
-        };
+        let mut objects = self.target.list_folder(folder).await?;
         objects.sort();
         Ok(objects)
     }

@@ -135,33 +135,29 @@ impl Target {
 
     /// Every object key under the prefix (for scrubs and tests).
     pub async fn list_keys(&self) -> Result<Vec<String>, object_store::Error> {
-        let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
-        let mut keys = Vec::new();
-        let mut listing = self.store.list(prefix.as_ref());
-        while let Some(meta) = listing.next().await {
-            let path = counted("list", meta)?.location.to_string();
-            let key = match self.prefix.is_empty() {
-                true => path,
-                false => path
-                    .strip_prefix(&format!("{}/", self.prefix))
-                    .unwrap_or(&path)
-                    .to_owned(),
-            };
-            keys.push(key);
-        }
-        Ok(keys)
+        Ok(self
+            .list_folder("")
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
     }
 
     /// Every object under `folder` (keys below the prefix that start with
-    /// `folder/`), with its size, listed by the store under that folder
-    /// alone.
+    /// `folder/`; `""` for all), with its size, listed by the store under
+    /// that folder alone.
     pub async fn list_folder(
         &self,
         folder: &str,
     ) -> Result<Vec<(String, u64)>, object_store::Error> {
-        let within = self.path(folder.trim_end_matches('/'));
+        let folder = folder.trim_end_matches('/');
+        let within = match (folder.is_empty(), self.prefix.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(ObjectPath::from(self.prefix.as_str())),
+            (false, _) => Some(self.path(folder)),
+        };
         let mut objects = Vec::new();
-        let mut listing = self.store.list(Some(&within));
+        let mut listing = self.store.list(within.as_ref());
         while let Some(meta) = listing.next().await {
             let meta = counted("list", meta)?;
             let path = meta.location.to_string();
