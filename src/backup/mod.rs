@@ -24,8 +24,11 @@
 //! Not built yet (the rest of the backups issue): snapshots, restore,
 //! drills, files in the target, the warm standby.
 
+pub mod keys;
+pub mod restore;
 pub mod segment;
 pub mod ship;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 

@@ -46,6 +46,10 @@ pub struct Entry {
     pub entity_id: String,
     pub op: String,
     pub after: Option<String>,
+    /// The stored rows the change left, by table (`store::image`); absent
+    /// where nothing is restored, and in entries from before images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<String>,
     pub app_version: String,
 }
 
@@ -176,6 +180,7 @@ mod tests {
             entity_id: format!("r{seq}"),
             op: "insert".into(),
             after: Some(format!("{{\"title\":\"secret-{seq}\"}}")),
+            rows: None,
             app_version: "test".into(),
         }
     }

@@ -12,17 +12,18 @@
 //! failed pass is retried with backoff (up to [`MAX_BACKOFF`]) while the
 //! lag grows. Writes never wait for any of it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::BackupTarget;
+use super::{BackupTarget, keys};
 use super::segment::{self, Entry, Head, Header, NO_SEGMENT, SegmentError};
 use crate::context::{Permit, RequestMeta, TenantScope};
 use crate::crypto::Vault;
+use crate::crypto::aead::DataKey;
 use crate::store::{Store, db};
 
 /// Journal entries in one segment at most.
@@ -49,6 +50,8 @@ pub struct Shipper {
     positions: std::sync::Mutex<HashMap<String, Position>>,
     alert_after: Duration,
     alerted: AtomicBool,
+    /// By tenant id: the key versions the target holds, once written.
+    keys: std::sync::Mutex<HashMap<String, HashSet<i64>>>,
 }
 
 /// What one pass did.
@@ -76,6 +79,7 @@ impl Shipper {
             positions: std::sync::Mutex::new(HashMap::new()),
             alert_after,
             alerted: AtomicBool::new(false),
+            keys: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -188,34 +192,40 @@ impl Shipper {
         let mut position = self.position(scope).await?;
         let mut shipped = (0, 0);
         loop {
-            let (entries, key_version, key) = {
+            let entries = {
                 let mut tx = self.store.read(scope).await.map_err(|e| e.to_string())?;
-                let entries = read_entries(tx.conn(), &tenant, position.last).await?;
-                if entries.is_empty() {
-                    return Ok(shipped);
-                }
-                let version: Option<i64> = db::query_scalar(
-                    "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND state = 'active'",
-                )
-                .bind(&tenant)
-                .fetch_optional(tx.conn())
-                .await
-                .map_err(|e| e.to_string())?;
-                let version = match version {
-                    Some(v) => v,
-                    None => {
-                        drop(tx);
-                        self.create_key(scope).await?;
-                        continue;
-                    }
-                };
-                let key = self
-                    .vault
-                    .key(tx.conn(), &tenant, version)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                (entries, version, key)
+                read_entries(tx.conn(), &tenant, position.last).await?
             };
+            if entries.is_empty() {
+                return Ok(shipped);
+            }
+            let (key_version, key) = active_key(&self.store, &self.vault, scope).await?;
+            // The key a segment is sealed with is in the target before it.
+            let known = self
+                .keys
+                .lock()
+                .ok()
+                .and_then(|k| k.get(&tenant).cloned())
+                .unwrap_or_default();
+            if !known.contains(&key_version) {
+                let mut known = known;
+                keys::ship_keys(&self.store, &self.vault, &self.target, scope, &mut known).await?;
+                if let Ok(mut keys) = self.keys.lock() {
+                    keys.insert(tenant.clone(), known);
+                }
+            }
+            // Keys destroyed in these entries: their copies go too.
+            if entries
+                .iter()
+                .any(|e| e.entity == crate::crypto::vault::KEYS_ENTITY)
+            {
+                let erased = keys::ship_erasures(&self.store, &self.target, scope).await?;
+                if let Ok(mut keys) = self.keys.lock()
+                    && let Some(known) = keys.get_mut(&tenant)
+                {
+                    known.retain(|v| !erased.contains(v));
+                }
+            }
             let (first, last) = (entries[0].seq, entries[entries.len() - 1].seq);
             if first != position.last + 1 {
                 return Err(format!(
@@ -263,11 +273,36 @@ impl Shipper {
         }
     }
 
-    /// A tenant that never sealed anything has no key yet: one is made the
-    /// way any first sealed write makes it, through the write path.
-    async fn create_key(&self, scope: &TenantScope) -> Result<(), String> {
-        let vault = self.vault.in_write();
-        self.store
+}
+
+/// The tenant's active key version and key. A tenant that never sealed
+/// anything has none yet: one is made the way any first sealed write makes
+/// it, through the write path.
+pub async fn active_key(
+    store: &Store,
+    vault: &Vault,
+    scope: &TenantScope,
+) -> Result<(i64, Arc<DataKey>), String> {
+    let tenant = scope.id_str();
+    for _ in 0..2 {
+        let mut tx = store.read(scope).await.map_err(|e| e.to_string())?;
+        let version: Option<i64> = db::query_scalar(
+            "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND state = 'active'",
+        )
+        .bind(tenant)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Some(version) = version {
+            let key = vault
+                .key(tx.conn(), tenant, version)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok((version, key));
+        }
+        drop(tx);
+        let vault = vault.in_write();
+        store
             .write(
                 &Permit::system(scope.clone(), JOB),
                 &RequestMeta::default(),
@@ -283,13 +318,14 @@ impl Shipper {
                 },
             )
             .await
-            .map_err(|e| format!("cannot make the tenant's first key: {e}"))
+            .map_err(|e| format!("cannot make the tenant's first key: {e}"))?;
     }
+    Err("the tenant has no active key".into())
 }
 
 async fn read_entries(conn: &mut db::Conn, tenant: &str, after: i64) -> Result<Vec<Entry>, String> {
     let rows = db::query(
-        "SELECT seq, occurred_at, entity, entity_id, op, after, app_version FROM journal \
+        "SELECT seq, occurred_at, entity, entity_id, op, after, app_version, rows FROM journal \
          WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     )
     .bind(tenant)
@@ -308,6 +344,7 @@ async fn read_entries(conn: &mut db::Conn, tenant: &str, after: i64) -> Result<V
                 op: row.try_get(4)?,
                 after: row.try_get(5)?,
                 app_version: row.try_get(6)?,
+                rows: row.try_get(7)?,
             })
         })
         .collect::<Result<_, db::Error>>()

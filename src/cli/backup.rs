@@ -1,9 +1,12 @@
 //! `strongroom backup list|verify|ship` (BAK-1): what the backup target
 //! holds of each tenant's journal, and whether it is whole.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
-use crate::backup::{BackupTarget, ship};
+use anyhow::Context;
+
+use crate::backup::{BackupTarget, restore, ship, snapshot};
 use crate::http::AppState;
 
 fn target(state: &AppState) -> anyhow::Result<Arc<BackupTarget>> {
@@ -93,5 +96,183 @@ pub async fn ship_now(state: &AppState) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("shipping failed: {}", pass.failures.join("; "))
+    }
+}
+
+/// `backup now`: each tenant's snapshot, taken now (BAK-2).
+pub async fn snapshot_now(state: &AppState, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let target = target(state)?;
+    let mut failures = Vec::new();
+    for (scope, name) in super::tenant_scopes(&state.store, tenant).await? {
+        match snapshot::take(&state.store, &state.vault, &target, &scope).await {
+            Ok(taken) if json => println!("{}", serde_json::to_string(&taken)?),
+            Ok(taken) => println!(
+                "{name} ({}): snapshot at journal seq {}, {} rows, {} bytes sealed: {}",
+                scope.id_str(),
+                taken.seq,
+                taken.rows,
+                taken.bytes,
+                taken.key
+            ),
+            Err(e) => {
+                eprintln!("{name} ({}): {e}", scope.id_str());
+                failures.push(name);
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("no snapshot of {}", failures.join(", "))
+    }
+}
+
+pub struct RestoreArgs {
+    pub tenant: Option<String>,
+    pub all: bool,
+    pub to: String,
+    pub into_new_instance: Option<std::path::PathBuf>,
+    pub json: bool,
+}
+
+/// A progress line on a terminal, nothing otherwise.
+fn progress_for(label: String) -> impl Fn(usize, usize) {
+    let terminal = std::io::stderr().is_terminal();
+    move |done, total| {
+        if terminal && total > 0 {
+            eprint!("\r{label}: segment {}/{total}", done + 1);
+            if done + 1 == total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+fn report(restored: &restore::Restored, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(restored)?);
+    } else {
+        println!(
+            "restored {} ({}) to journal seq {}: snapshot at seq {} plus {} entries, {} rows, newest change {}, in {:.2} s",
+            restored.slug.as_deref().unwrap_or("?"),
+            restored.tenant,
+            restored.to_seq,
+            restored.snapshot_seq,
+            restored.entries_replayed,
+            restored.rows,
+            restored.newest_change_at.as_deref().unwrap_or("-"),
+            restored.seconds
+        );
+    }
+    Ok(())
+}
+
+/// `backup restore` (BAK-4).
+pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> {
+    let point = restore::Point::parse(&args.to).map_err(anyhow::Error::msg)?;
+    let target = target(state)?;
+    let meta = crate::context::RequestMeta::default();
+    if args.all {
+        if !crate::tenancy::list(&state.store).await?.is_empty() {
+            anyhow::bail!(
+                "--all restores onto an empty instance, and this one has tenants: point the data dir \
+                 (or database_url) at an empty one"
+            );
+        }
+        let tenants = restore::tenants_in(&target)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        if tenants.is_empty() {
+            anyhow::bail!("the backup target {} holds no tenant snapshot", target.describe());
+        }
+        for tenant in tenants {
+            let restored = restore::restore_tenant(
+                &state.store,
+                &state.vault,
+                &target,
+                &tenant,
+                &point,
+                restore::Mode::Fresh,
+                &meta,
+                &progress_for(format!("tenant {tenant}")),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("tenant {tenant}: {e}"))?;
+            report(&restored, args.json)?;
+        }
+        return Ok(());
+    }
+    let slug = args.tenant.unwrap_or_default();
+    match args.into_new_instance {
+        None => {
+            if let Some(running) = crate::ops::supervise::running(&state.config.data_dir) {
+                anyhow::bail!(
+                    "a server runs on this data dir ({running}): stop it before restoring a tenant \
+                     into it, or restore with --into-new-instance DIR"
+                );
+            }
+            let (scope, _) = super::tenant_scopes(&state.store, Some(&slug))
+                .await?
+                .pop()
+                .context("no such tenant")?;
+            let restored = restore::restore_tenant(
+                &state.store,
+                &state.vault,
+                &target,
+                scope.id_str(),
+                &point,
+                restore::Mode::Live,
+                &meta,
+                &progress_for(format!("restoring {slug}")),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            report(&restored, args.json)?;
+            // The next restore of this tenant starts from here.
+            snapshot::take(&state.store, &state.vault, &target, &scope)
+                .await
+                .map_err(|e| anyhow::anyhow!("restored, but the snapshot after it failed: {e}"))?;
+            Ok(())
+        }
+        Some(dir) => {
+            if state.config.database_url.is_some() {
+                anyhow::bail!(
+                    "--into-new-instance builds a SQLite instance; for PostgreSQL run `backup restore` \
+                     with the new instance's configuration (its database_url)"
+                );
+            }
+            if dir.join("strongroom.db").exists() {
+                anyhow::bail!("{} already holds an instance", dir.display());
+            }
+            let tenant = restore::find_by_slug(&state.vault, &target, &slug)
+                .await
+                .map_err(anyhow::Error::msg)?
+                .with_context(|| format!("the backup target holds no tenant with slug {slug:?}"))?;
+            crate::create_private_dir(&dir)?;
+            let key_file = state.config.data_dir.join(crate::crypto::KEY_FILE);
+            if state.config.master_key.is_none() && key_file.exists() {
+                std::fs::copy(&key_file, dir.join(crate::crypto::KEY_FILE))?;
+            }
+            let mut config = (*state.config).clone();
+            config.data_dir = dir.clone();
+            config.backup = false;
+            let fresh = crate::open(config).await?;
+            let restored = restore::restore_tenant(
+                &fresh.store,
+                &fresh.vault,
+                &target,
+                &tenant,
+                &point,
+                restore::Mode::Fresh,
+                &meta,
+                &progress_for(format!("restoring {slug}")),
+            )
+            .await
+            .map_err(anyhow::Error::msg);
+            fresh.store.close().await;
+            report(&restored?, args.json)?;
+            println!("the new instance is in {}", dir.display());
+            Ok(())
+        }
     }
 }

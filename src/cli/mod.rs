@@ -239,6 +239,34 @@ enum BackupCommand {
     /// Ship what the journal holds beyond the target now (the server does
     /// it every half second).
     Ship,
+    /// Take each tenant's snapshot now (BAK-2; the server takes one daily).
+    Now {
+        /// Only this tenant (slug); default all.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a tenant to a point in time from the backup target (BAK-4):
+    /// into this instance (stop the server first), into a new SQLite
+    /// instance, or every tenant onto an empty data dir (`--all`).
+    Restore {
+        /// The tenant (slug).
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        tenant: Option<String>,
+        /// Every tenant the target holds, onto this (empty) instance.
+        #[arg(long)]
+        all: bool,
+        /// `latest`, `seq:N` (journal entry N) or an RFC 3339 time.
+        #[arg(long, default_value = "latest")]
+        to: String,
+        /// Build the tenant in a new SQLite instance in this directory
+        /// instead of replacing it here.
+        #[arg(long, conflicts_with = "all")]
+        into_new_instance: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -651,6 +679,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             result
         }
         Command::Backup(command) => {
+            // A new master key would open none of the target's key versions.
+            if let BackupCommand::Restore { all: true, .. } = &command
+                && config.master_key.is_none()
+                && !config.data_dir.join(crate::crypto::KEY_FILE).exists()
+            {
+                anyhow::bail!(
+                    "restoring the whole instance needs the lost instance's master key: set master_key \
+                     (STRONGROOM_MASTER_KEY) or put its {} into {}",
+                    crate::crypto::KEY_FILE,
+                    config.data_dir.display()
+                );
+            }
             let state = crate::open(config).await?;
             let result = match command {
                 BackupCommand::List { tenant, json } => {
@@ -660,6 +700,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     backup::verify(&state, tenant.as_deref(), json).await
                 }
                 BackupCommand::Ship => backup::ship_now(&state).await,
+                BackupCommand::Now { tenant, json } => {
+                    backup::snapshot_now(&state, tenant.as_deref(), json).await
+                }
+                BackupCommand::Restore {
+                    tenant,
+                    all,
+                    to,
+                    into_new_instance,
+                    json,
+                } => {
+                    backup::restore(
+                        &state,
+                        backup::RestoreArgs {
+                            tenant,
+                            all,
+                            to,
+                            into_new_instance,
+                            json,
+                        },
+                    )
+                    .await
+                }
             };
             state.store.close().await;
             result

@@ -39,7 +39,7 @@ pub use vault::Vault;
 use crate::store::StoreError;
 use crate::store::db;
 
-const KEY_FILE: &str = "master.key";
+pub const KEY_FILE: &str = "master.key";
 /// The key a master-key rotation moves to, until the rotation finishes.
 const NEXT_KEY_FILE: &str = "master.key.next";
 /// Present while the master key is one `serve` generated on first start.

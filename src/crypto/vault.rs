@@ -34,6 +34,16 @@ pub const KEYS_CHANGED: &str = "strongroom_keys";
 
 /// The entity kind every change to a tenant's keys is recorded as.
 pub const KEYS_ENTITY: &str = "tenant_keys";
+/// The erasure log's kind for a destroyed key version (BAK-4).
+pub const ERASED_KEY: &str = "key_version";
+
+/// A key version as `tenant_keys` stores it.
+#[derive(Clone, Debug)]
+pub struct WrappedVersion {
+    pub version: i64,
+    pub wrapped_by: String,
+    pub wrapped: Option<Vec<u8>>,
+}
 
 #[derive(Clone)]
 pub struct Vault {
@@ -262,6 +272,51 @@ impl Vault {
         let key = Arc::new(DataKey::new(&bytes));
         self.remember(tenant, version, key.clone());
         Ok(key)
+    }
+
+    /// Every key version of the tenant as stored (wrapped; `None` once
+    /// destroyed), for the backup target's copy of each (BAK-4).
+    pub async fn wrapped_versions(
+        &self,
+        conn: &mut Conn,
+        tenant: &str,
+    ) -> Result<Vec<WrappedVersion>, CryptoError> {
+        let rows = db::query(
+            "SELECT version, wrapped_by, wrapped FROM tenant_keys WHERE tenant_id = $1 ORDER BY version",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WrappedVersion {
+                    version: row.try_get("version")?,
+                    wrapped_by: row.try_get("wrapped_by")?,
+                    wrapped: row.try_get("wrapped")?,
+                })
+            })
+            .collect::<Result<_, db::Error>>()
+            .map_err(CryptoError::from)
+    }
+
+    /// Opens a key version from its wrapped form alone (a restore's, from
+    /// the backup target): only what the master key wrapped.
+    pub async fn open_wrapped(
+        &self,
+        tenant: &str,
+        version: i64,
+        wrapped_by: &str,
+        wrapped: &[u8],
+    ) -> Result<DataKey, CryptoError> {
+        if wrapped_by != self.inner.master.id() {
+            return Err(CryptoError::UnknownWrappingKey(wrapped_by.to_owned()));
+        }
+        let bytes = self
+            .inner
+            .master
+            .unwrap(&dek_aad(tenant, version), wrapped)
+            .await?;
+        Ok(DataKey::new(&bytes))
     }
 
     /// The key-encryption key named by `wrapped_by`.
@@ -585,6 +640,26 @@ impl Vault {
     /// Crypto-shredding: every version loses its key material for good.
     /// Returns how many versions were destroyed.
     pub async fn destroy(&self, conn: &mut Conn, tenant: &str) -> Result<u64, CryptoError> {
+        // BAK-4: each version destroyed stays destroyed through any restore.
+        let versions: Vec<i64> = db::query_scalar(
+            "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND wrapped IS NOT NULL",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+        for version in versions {
+            db::query(
+                "INSERT INTO erasures (id, tenant_id, kind, subject, recorded_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, kind, subject) DO NOTHING",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(tenant)
+            .bind(ERASED_KEY)
+            .bind(version.to_string())
+            .bind(crate::clock::now())
+            .execute(&mut *conn)
+            .await?;
+        }
         let done = db::query(
             "UPDATE tenant_keys SET state = 'destroyed', wrapped = NULL WHERE tenant_id = $1",
         )

@@ -238,8 +238,9 @@ async fn tenant_tables(probe: &Probe<'_>) -> Result<Vec<(String, bool)>, StoreEr
 
 /// Tables whose tenant rows are kept on purpose after the tenant row (they
 /// have no foreign key by design): the access log keeps anonymous rows,
-/// tombstones outlive their files, and the rate and ban tables have none.
-const UNKEYED_BY_DESIGN: &[&str] = &["access_log", "file_tombstones"];
+/// tombstones outlive their files, the erasure log outlives the tenant it
+/// erased (BAK-4), and the rate and ban tables have none.
+const UNKEYED_BY_DESIGN: &[&str] = &["access_log", "file_tombstones", "erasures"];
 
 /// TEN-1: every table holding tenant rows names its tenant by a foreign key
 /// to `tenants`, and no row of the tenant points anywhere else.

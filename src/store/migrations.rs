@@ -40,6 +40,10 @@ const SQLITE: &[(i64, &str)] = &[
         14,
         include_str!("migrations/sqlite/0014_sms_passkeys_trust.sql"),
     ),
+    (
+        15,
+        include_str!("migrations/sqlite/0015_restorable_journal.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -73,6 +77,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         14,
         include_str!("migrations/postgres/0014_sms_passkeys_trust.sql"),
+    ),
+    (
+        15,
+        include_str!("migrations/postgres/0015_restorable_journal.sql"),
     ),
 ];
 

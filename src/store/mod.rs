@@ -22,6 +22,7 @@
 pub mod chain;
 mod cluster;
 pub mod db;
+pub mod image;
 mod journal;
 mod migrations;
 pub mod sql;
@@ -123,6 +124,8 @@ impl ReadTx {
 
 /// The migration that gave audit events their environment column.
 const ENVIRONMENT_SCHEMA: i64 = 8;
+/// The schema version whose journal images rows (BAK-4).
+pub const IMAGES_SCHEMA: i64 = 15;
 
 #[derive(Clone)]
 pub struct Store {
@@ -153,6 +156,9 @@ struct Inner {
     node: String,
     /// The instance's environment, recorded in every audit event (TEN-3).
     environment: std::sync::OnceLock<&'static str>,
+    /// The restorable tables' columns (BAK-4), once the schema has the
+    /// journal's images.
+    images: Option<Arc<image::Images>>,
 }
 
 impl Store {
@@ -187,6 +193,13 @@ impl Store {
         // mutation goes through the writer.
         let mut writes = db::Conn::sqlite(db::open_sqlite_writer(&sqlite_file)?);
         migrations::run_sqlite(&mut writes, until).await?;
+        let images = if until >= IMAGES_SCHEMA {
+            Some(Arc::new(
+                image::Images::load(&mut writes, Backend::Sqlite).await?,
+            ))
+        } else {
+            None
+        };
         let writer = write::Writer::group_commit(writes);
         Ok(Store {
             inner: Arc::new(Inner {
@@ -199,6 +212,7 @@ impl Store {
                 listening: std::sync::atomic::AtomicBool::new(false),
                 migrated_until: until,
                 environment: std::sync::OnceLock::new(),
+                images,
             }),
         })
     }
@@ -212,6 +226,7 @@ impl Store {
         // driver's statement log would carry them, so it is off (AUD-3).
         let options: PgConnectOptions =
             sqlx::ConnectOptions::disable_statement_logging(url.parse::<PgConnectOptions>()?);
+        let mut images = None;
         {
             // Migrations run as the connecting user (the schema owner) …
             let owner = PgPoolOptions::new()
@@ -219,6 +234,13 @@ impl Store {
                 .connect_with(options.clone())
                 .await?;
             migrations::run_postgres(&owner, until).await?;
+            if until >= IMAGES_SCHEMA {
+                let mut conn = Conn::postgres(owner.begin().await?);
+                images = Some(Arc::new(
+                    image::Images::load(&mut conn, Backend::Postgres).await?,
+                ));
+                conn.commit().await?;
+            }
             owner.close().await;
         }
         // … and everything else as strongroom_app, which RLS binds.
@@ -247,12 +269,38 @@ impl Store {
                 listening: std::sync::atomic::AtomicBool::new(false),
                 migrated_until: until,
                 environment: std::sync::OnceLock::new(),
+                images,
             }),
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.inner.backend
+    }
+
+    /// How rows are imaged and put back (BAK-4); `None` before the schema
+    /// has the journal's images.
+    pub fn images(&self) -> Option<&image::Images> {
+        self.inner.images.as_deref()
+    }
+
+    /// A read-only snapshot in `scope` that stays one snapshot across its
+    /// statements on PostgreSQL too (`REPEATABLE READ`), for backups.
+    pub async fn read_consistent(&self, scope: &TenantScope) -> Result<ReadTx, StoreError> {
+        let conn = match &self.inner.reads {
+            Reads::Sqlite(readers) => readers.begin()?,
+            Reads::Postgres(pool, _) => Conn::postgres(
+                pool.begin_with(format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}",
+                    tenant_setting(Some(scope))
+                ))
+                .await?,
+            ),
+        };
+        Ok(ReadTx {
+            conn,
+            backend: self.inner.backend,
+        })
     }
 
     /// The SQLite database file, when that is the backend.
@@ -376,6 +424,7 @@ impl Store {
                         .get()
                         .copied()
                         .filter(|_| self.schema_has(ENVIRONMENT_SCHEMA)),
+                    self.inner.images.clone(),
                 ),
                 permit,
                 meta,

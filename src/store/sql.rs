@@ -83,7 +83,7 @@ pub struct Combined {
     parts: Vec<String>,
     params: Vec<Param>,
     /// Statements without parameters that follow, in the same round trip.
-    then: Option<&'static str>,
+    then: Option<String>,
 }
 
 impl Combined {
@@ -101,8 +101,13 @@ impl Combined {
     /// Statements without parameters, separated by `;`, to run after the
     /// others if they all succeeded, in the same round trip (on PostgreSQL
     /// with the values inlined: [`Conn::execute_then`]).
-    pub fn then(&mut self, statements: &'static str) {
-        self.then = Some(statements);
+    /// Statements given twice run in the order given.
+    pub fn then(&mut self, statements: impl Into<String>) {
+        let statements = statements.into();
+        self.then = Some(match self.then.take() {
+            Some(before) => format!("{before}; {statements}"),
+            None => statements,
+        });
     }
 
     /// Puts one statement before all others (SQLite runs them in order and
@@ -147,30 +152,34 @@ impl Combined {
         match backend {
             Backend::Sqlite => {
                 conn.execute_each(&self.parts, &self.params)?;
-                if let Some(then) = self.then {
+                if let Some(then) = &self.then {
                     conn.execute_batch(then).await?;
                 }
                 Ok(())
             }
-            Backend::Postgres => match (self.parts.is_empty(), self.then) {
-                (true, None) => Ok(()),
-                (true, Some(then)) => conn.execute_batch(then).await,
-                (false, None) => {
-                    let text = self.text(backend);
-                    db::Query::with(text, self.params).execute(conn).await?;
-                    Ok(())
-                }
-                (false, Some(then)) => {
-                    let text = self.text(backend);
-                    match prepared {
+            Backend::Postgres => {
+                let text = self.text(backend);
+                let Combined {
+                    parts,
+                    params,
+                    then,
+                } = self;
+                match (parts.is_empty(), then.as_deref()) {
+                    (true, None) => Ok(()),
+                    (true, Some(then)) => conn.execute_batch(then).await,
+                    (false, None) => {
+                        db::Query::with(text, params).execute(conn).await?;
+                        Ok(())
+                    }
+                    (false, Some(then)) => match prepared {
                         Some(prepared) => {
-                            conn.execute_prepared_then(&text, self.params, then, prepared)
+                            conn.execute_prepared_then(&text, params, then, prepared)
                                 .await
                         }
-                        None => conn.execute_then(&text, self.params, then).await,
-                    }
+                        None => conn.execute_then(&text, params, then).await,
+                    },
                 }
-            },
+            }
         }
     }
 }

@@ -50,6 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::chain::{self, GENESIS, Hash};
 use super::cluster::{self, Watchers};
 use super::db::{self, Conn};
+use super::image::Images;
 use super::journal::{self, Change};
 use super::sql::Combined;
 use super::trail::{self, NewEvent};
@@ -195,6 +196,9 @@ pub struct WriteTx {
     touched: Vec<&'static str>,
     /// The instance's environment, recorded in the event (TEN-3).
     environment: Option<&'static str>,
+    /// How the journal images rows (BAK-4); absent before the schema has
+    /// the column (`migrate_until`).
+    images: Option<Arc<Images>>,
 }
 
 impl WriteTx {
@@ -324,8 +328,11 @@ impl WriteTx {
     /// sink takes them.
     async fn finish(&mut self) -> Result<Vec<String>, StoreError> {
         let tenant = self.scope.id_str().to_owned();
-        let entries = self.changes.len() as i64;
         let events = 1 + self.also.len() as i64;
+        // Every audit event is journaled too when the journal images rows:
+        // the backup then holds the whole trail.
+        let imaged_events = if self.images.is_some() { events } else { 0 };
+        let entries = self.changes.len() as i64 + imaged_events;
         let mut batch = std::mem::take(&mut self.deferred);
         let (known, stored) = with_memo(self.memo.as_ref(), |memo| {
             let known = memo.tenants.get(&tenant);
@@ -404,6 +411,28 @@ impl WriteTx {
             }
         }
         let audit_seq = audit_last;
+        if let Some(images) = &self.images {
+            let first_event_entry = journal_last - imaged_events + 1;
+            for i in 0..imaged_events {
+                let event = Change {
+                    entity: super::image::AUDIT_EVENT,
+                    entity_id: (audit_last - events + 1 + i).to_string(),
+                    op: super::JournalOp::Insert,
+                    before: None,
+                    after: None,
+                    sensitive: Vec::new(),
+                    diff_of: None,
+                };
+                journal::append(&mut batch, &tenant, first_event_entry + i, &now, &event);
+            }
+            // After every statement of the job has run (on PostgreSQL
+            // after its combined statement, which the images must see).
+            batch.then(images.fill_journal(
+                &tenant,
+                journal_last - entries + 1,
+                journal_last,
+            ));
+        }
         let head = chain::to_hex(&hash);
         let mut now_stored = None;
         match known {
@@ -694,7 +723,12 @@ impl Writer {
 
     pub(super) async fn submit<T, E, F>(
         &self,
-        (backend, watchers, environment): (Backend, &Watchers, Option<&'static str>),
+        (backend, watchers, environment, images): (
+            Backend,
+            &Watchers,
+            Option<&'static str>,
+            Option<Arc<Images>>,
+        ),
         permit: &Permit,
         meta: &RequestMeta,
         action: &'static str,
@@ -728,6 +762,7 @@ impl Writer {
                     watchers,
                     touched: Vec::new(),
                     environment,
+                    images,
                 };
                 // A panicking job must not take the writer down with it.
                 let outcome = std::panic::AssertUnwindSafe(async {

@@ -1,0 +1,244 @@
+//! BAK-2: a tenant's logical snapshot — every row of its restorable state
+//! at one journal seq, sealed with the tenant's data key — taken daily by a
+//! scheduled job and by `strongroom backup now`.
+//!
+//! The rows are read in one consistent read (SQLite's read transaction,
+//! PostgreSQL's `REPEATABLE READ`) together with the tenant's counters, and
+//! the journal is written in the same transactions as the rows: the
+//! snapshot is exactly the state after its seq, however many writes run
+//! while it is taken. Object: `strongroom-snapshot-v1\n`, a header line
+//! (tenant, seq, times, key version, build; no data) and the body sealed
+//! with AES-256-GCM, magic and header as associated data.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::BackupTarget;
+use super::keys;
+use super::segment::sha256_hex;
+use crate::context::TenantScope;
+use crate::crypto::Vault;
+use crate::crypto::aead::DataKey;
+use crate::store::image::{Images, RESTORED};
+use crate::store::{Store, db};
+
+const MAGIC: &[u8] = b"strongroom-snapshot-v1\n";
+
+/// What a snapshot says of itself, readable without the key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    pub tenant: String,
+    /// The journal seq it includes up to.
+    pub seq: i64,
+    pub audit_seq: i64,
+    pub taken_at: String,
+    pub key_version: i64,
+    pub app_version: String,
+    /// The backend whose stored form the rows are in.
+    pub backend: String,
+    /// Rows by table.
+    pub rows: BTreeMap<String, usize>,
+}
+
+/// The tenant's counters at the snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sequences {
+    pub journal_seq: i64,
+    pub audit_seq: i64,
+    pub audit_head: Option<String>,
+    pub audit_anchor_seq: i64,
+    pub audit_anchor_hash: Option<String>,
+}
+
+/// An opened snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub header: Header,
+    pub sequences: Sequences,
+    /// Rows by table, as JSON objects.
+    pub tables: BTreeMap<String, Vec<Value>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    sequences: Sequences,
+    tables: BTreeMap<String, Vec<Value>>,
+}
+
+pub fn folder(tenant: &str) -> String {
+    format!("t/{tenant}/snapshots/")
+}
+
+fn object_key(tenant: &str, seq: i64, taken_at: &str) -> String {
+    // Time after seq: two snapshots at one seq (nothing written between)
+    // are both kept, the later sorting last.
+    let stamp: String = taken_at.chars().filter(char::is_ascii_digit).collect();
+    format!("{}{seq:020}-{stamp}.snap", folder(tenant))
+}
+
+/// What a snapshot took.
+#[derive(Debug, Serialize)]
+pub struct Taken {
+    pub key: String,
+    pub seq: i64,
+    pub rows: usize,
+    pub bytes: usize,
+    pub sha256: String,
+}
+
+/// Takes the tenant's snapshot now and writes it to the target.
+pub async fn take(
+    store: &Store,
+    vault: &Vault,
+    target: &BackupTarget,
+    scope: &TenantScope,
+) -> Result<Taken, String> {
+    let images = store
+        .images()
+        .ok_or("the schema predates restorable backups (migrate_until holds it back)")?;
+    let tenant = scope.id_str().to_owned();
+    let (version, key) = super::ship::active_key(store, vault, scope).await?;
+    keys::ship_keys(store, vault, target, scope, &mut HashSet::new()).await?;
+    let (sequences, tables) = read_state(store, images, scope).await?;
+    let header = Header {
+        tenant: tenant.clone(),
+        seq: sequences.journal_seq,
+        audit_seq: sequences.audit_seq,
+        taken_at: crate::clock::now(),
+        key_version: version,
+        app_version: crate::VERSION.to_owned(),
+        backend: store.backend().name().to_owned(),
+        rows: tables.iter().map(|(t, rows)| (t.clone(), rows.len())).collect(),
+    };
+    let body = serde_json::to_vec(&Body { sequences, tables }).map_err(|e| e.to_string())?;
+    let sealed = seal(&header, &body, &key);
+    let object = object_key(&tenant, header.seq, &header.taken_at);
+    let taken = Taken {
+        key: object.clone(),
+        seq: header.seq,
+        rows: header.rows.values().sum(),
+        bytes: sealed.len(),
+        sha256: sha256_hex(&sealed),
+    };
+    target
+        .put(&object, sealed)
+        .await
+        .map_err(|e| format!("cannot write the snapshot: {e}"))?;
+    Ok(taken)
+}
+
+async fn read_state(
+    store: &Store,
+    images: &Images,
+    scope: &TenantScope,
+) -> Result<(Sequences, BTreeMap<String, Vec<Value>>), String> {
+    let tenant = scope.id_str();
+    let mut tx = store
+        .read_consistent(scope)
+        .await
+        .map_err(|e| e.to_string())?;
+    let row = db::query(
+        "SELECT journal_seq, audit_seq, audit_head, audit_anchor_seq, audit_anchor_hash \
+         FROM tenant_sequences WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(|e| e.to_string())?
+    .ok_or("the tenant has no counters")?;
+    let read = || -> Result<Sequences, db::Error> {
+        Ok(Sequences {
+            journal_seq: row.try_get(0)?,
+            audit_seq: row.try_get(1)?,
+            audit_head: row.try_get(2)?,
+            audit_anchor_seq: row.try_get(3)?,
+            audit_anchor_hash: row.try_get(4)?,
+        })
+    };
+    let sequences = read().map_err(|e| e.to_string())?;
+    let mut tables = BTreeMap::new();
+    for table in RESTORED {
+        let text: String = db::query_scalar(images.snapshot_query(table))
+            .bind(tenant)
+            .fetch_one(tx.conn())
+            .await
+            .map_err(|e| format!("cannot read {table}: {e}"))?;
+        let rows: Vec<Value> =
+            serde_json::from_str(&text).map_err(|e| format!("{table} as read: {e}"))?;
+        tables.insert((*table).to_owned(), rows);
+    }
+    Ok((sequences, tables))
+}
+
+fn seal(header: &Header, body: &[u8], key: &DataKey) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend(serde_json::to_vec(header).unwrap_or_default());
+    out.push(b'\n');
+    let sealed = key.seal(&out, body);
+    out.extend(sealed);
+    out
+}
+
+/// The header of a snapshot object, without opening it.
+pub fn header(bytes: &[u8]) -> Result<(Header, usize), String> {
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or("not a snapshot (no header)")?;
+    let end = rest
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("not a snapshot (no header)")?;
+    let header: Header = serde_json::from_slice(&rest[..end])
+        .map_err(|e| format!("its header does not parse: {e}"))?;
+    Ok((header, MAGIC.len() + end + 1))
+}
+
+/// Opens a snapshot object with the key of the version its header names.
+pub fn open(bytes: &[u8], key: &DataKey) -> Result<Snapshot, String> {
+    let (header, body_at) = header(bytes)?;
+    let (aad, sealed) = bytes.split_at(body_at);
+    let body = key.open(aad, sealed).map_err(|_| {
+        format!(
+            "it does not open with key version {}: changed, or not ours",
+            header.key_version
+        )
+    })?;
+    let body: Body =
+        serde_json::from_slice(&body).map_err(|e| format!("its body does not parse: {e}"))?;
+    Ok(Snapshot {
+        header,
+        sequences: body.sequences,
+        tables: body.tables,
+    })
+}
+
+/// A snapshot in the target, by its header.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listed {
+    pub key: String,
+    pub bytes: u64,
+    pub header: Header,
+}
+
+/// The tenant's snapshots in the target, oldest first. Only headers are
+/// read (the first bytes of each object are enough, but objects are read
+/// whole: the target has no ranged reads here).
+pub async fn list(target: &BackupTarget, tenant: &str) -> Result<Vec<Listed>, String> {
+    let mut out = Vec::new();
+    for (key, bytes) in target
+        .objects(&folder(tenant))
+        .await
+        .map_err(|e| format!("cannot list the snapshots: {e}"))?
+    {
+        let Some(object) = target.get(&key).await.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let (header, _) = header(&object).map_err(|e| format!("{key}: {e}"))?;
+        out.push(Listed { key, bytes, header });
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}

@@ -1,0 +1,321 @@
+//! BAK-2, BAK-4: the stored form of a tenant's rows, as the journal keeps
+//! it for each change and as snapshots hold it, and the statements that put
+//! it back.
+//!
+//! An entity's image is a JSON object naming, for each table the entity
+//! lives in, every row it has there (`{"records": [...], "record_keys":
+//! [...]}`), columns as stored: SQLite blobs as hex, PostgreSQL values as
+//! `json_agg` writes them. The write path fills it into the journal once
+//! the job's statements have run (a trailing statement, so PostgreSQL's
+//! combined statement has taken effect), which makes the journal replayable
+//! on top of a snapshot: a restore needs nothing but the images.
+//!
+//! What is not restored has no image: sessions, refresh tokens and one-time
+//! challenges (a restore ends every session of the tenant); wrapped key
+//! material never enters an image (the backup target keeps each key version
+//! once, as an object of its own, so destroying a key shreds it there too).
+
+use std::collections::HashMap;
+
+use super::db::{self, Conn};
+use super::{Backend, StoreError};
+
+/// The tables an entity kind's image covers, each with the column its rows
+/// are found by (the entity id).
+const SOURCES: &[(&str, &[(&str, &str)])] = &[
+    ("record", &[("records", "id"), ("record_keys", "record_id")]),
+    ("collection", &[("collections", "id")]),
+    ("user", &[("users", "id")]),
+    ("invitation", &[("invitations", "id")]),
+    ("mfa_factor", &[("mfa_factors", "id")]),
+    ("recovery_codes", &[("recovery_codes", "user_id")]),
+    ("device", &[("devices", "id")]),
+    ("file", &[("files", "id")]),
+    ("tenant_settings", &[("tenant_settings", "tenant_id")]),
+    (
+        "tenant_keys",
+        &[("tenant_keys", "tenant_id"), ("key_rotations", "tenant_id")],
+    ),
+    ("tenant", &[("tenants", "id")]),
+    (AUDIT_EVENT, &[("audit_events", "seq")]),
+];
+
+/// The journal's entity kind for an audit event: every event is journaled,
+/// so a restore from the target alone has the whole trail.
+pub const AUDIT_EVENT: &str = "audit_event";
+
+/// Every table a tenant's restorable state lives in, parents first: the
+/// order rows are inserted in (and deleted in reverse).
+pub const RESTORED: &[&str] = &[
+    "tenants",
+    "tenant_settings",
+    "users",
+    "collections",
+    "records",
+    "record_keys",
+    "files",
+    "invitations",
+    "devices",
+    "mfa_factors",
+    "recovery_codes",
+    "tenant_keys",
+    "key_rotations",
+    "audit_events",
+    "audit_checkpoints",
+];
+
+/// What a restore empties and does not bring back: every session ends, and
+/// nothing half-done (a reset link, a login step) survives it. Children
+/// first.
+pub const CLEARED: &[&str] = &[
+    "refresh_tokens",
+    "sessions",
+    "password_resets",
+    "mfa_challenges",
+    "passkey_challenges",
+];
+
+/// Columns no image carries: key material (shipped apart, see the module
+/// doc).
+const OMITTED: &[(&str, &str)] = &[("tenant_keys", "wrapped")];
+
+/// The column naming the tenant in `table`.
+pub fn tenant_column(table: &str) -> &'static str {
+    if table == "tenants" { "id" } else { "tenant_id" }
+}
+
+/// The column an entity's rows are found by in `table`, if any entity's
+/// image covers it.
+pub fn key_column(table: &str) -> Option<&'static str> {
+    SOURCES
+        .iter()
+        .flat_map(|(_, parts)| parts.iter())
+        .find(|(t, _)| *t == table)
+        .map(|(_, key)| *key)
+}
+
+/// Whether the journal keeps an image for `entity`.
+pub fn has_image(entity: &str) -> bool {
+    SOURCES.iter().any(|(e, _)| *e == entity)
+}
+
+#[derive(Clone, Debug)]
+struct Column {
+    name: String,
+    /// SQLite: a blob, carried as hex. PostgreSQL: its type name.
+    blob: bool,
+    pg_type: String,
+}
+
+/// The columns of the restorable tables, read from the database once the
+/// migrations have run.
+#[derive(Clone, Debug)]
+pub struct Images {
+    backend: Backend,
+    tables: HashMap<String, Vec<Column>>,
+}
+
+impl Images {
+    pub(super) async fn load(conn: &mut Conn, backend: Backend) -> Result<Images, StoreError> {
+        let mut tables = HashMap::new();
+        for table in RESTORED {
+            let columns = match backend {
+                Backend::Sqlite => {
+                    let rows = db::query(format!("SELECT name, type FROM pragma_table_info('{table}')"))
+                        .fetch_all(conn)
+                        .await?;
+                    rows.iter()
+                        .map(|row| {
+                            let name: String = row.try_get(0)?;
+                            let ty: String = row.try_get(1)?;
+                            Ok(Column {
+                                name,
+                                blob: ty.eq_ignore_ascii_case("blob"),
+                                pg_type: String::new(),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, db::Error>>()?
+                }
+                Backend::Postgres => {
+                    let rows = db::query(
+                        "SELECT column_name::text, udt_name::text FROM information_schema.columns \
+                         WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                    )
+                    .bind(*table)
+                    .fetch_all(conn)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(Column {
+                                name: row.try_get(0)?,
+                                blob: false,
+                                pg_type: row.try_get(1)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, db::Error>>()?
+                }
+            };
+            if columns.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "table {table} has no columns the backup can read"
+                )));
+            }
+            let columns = columns
+                .into_iter()
+                .filter(|c| !OMITTED.contains(&(*table, c.name.as_str())))
+                .collect();
+            tables.insert((*table).to_owned(), columns);
+        }
+        Ok(Images { backend, tables })
+    }
+
+    fn columns(&self, table: &str) -> &[Column] {
+        self.tables.get(table).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// A scalar subquery: every row of `table` matching `filter`, as a JSON
+    /// array (text on SQLite, `json` on PostgreSQL).
+    pub fn rows_of(&self, table: &str, filter: &str) -> String {
+        let columns = self.columns(table);
+        match self.backend {
+            Backend::Sqlite => {
+                let pairs: Vec<String> = columns
+                    .iter()
+                    .map(|c| {
+                        let value = if c.blob {
+                            format!("CASE WHEN \"{0}\" IS NULL THEN NULL ELSE hex(\"{0}\") END", c.name)
+                        } else {
+                            format!("\"{}\"", c.name)
+                        };
+                        format!("'{}', {value}", c.name)
+                    })
+                    .collect();
+                format!(
+                    "(SELECT json_group_array(json_object({})) FROM \"{table}\" WHERE {filter})",
+                    pairs.join(", ")
+                )
+            }
+            Backend::Postgres => {
+                let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+                format!(
+                    "(SELECT COALESCE(json_agg(x), '[]'::json) FROM (SELECT {} FROM \"{table}\" WHERE {filter}) x)",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+
+    /// The statement that fills the images of journal entries `first..=last`
+    /// of `tenant` from the rows as they are now; `None` before the schema
+    /// has the column. `tenant` is a tenant id (checked by its type where it
+    /// came from), inlined because PostgreSQL runs this after its combined
+    /// statement, without parameters.
+    pub fn fill_journal(&self, tenant: &str, first: i64, last: i64) -> String {
+        let mut cases = String::new();
+        let mut kinds = Vec::new();
+        for (entity, parts) in SOURCES {
+            let mut objects = Vec::new();
+            for (table, key) in *parts {
+                let cast = match self.backend {
+                    Backend::Postgres => {
+                        let ty = self
+                            .columns(table)
+                            .iter()
+                            .find(|c| c.name == *key)
+                            .map(|c| c.pg_type.as_str())
+                            .unwrap_or("text");
+                        format!("::{ty}")
+                    }
+                    Backend::Sqlite => String::new(),
+                };
+                let filter = format!(
+                    "\"{table}\".\"{}\" = journal.tenant_id AND \"{table}\".\"{key}\" = journal.entity_id{cast}",
+                    tenant_column(table)
+                );
+                let rows = self.rows_of(table, &filter);
+                objects.push(match self.backend {
+                    Backend::Sqlite => format!("'{table}', json({rows})"),
+                    Backend::Postgres => format!("'{table}', {rows}"),
+                });
+            }
+            let image = match self.backend {
+                Backend::Sqlite => format!("json_object({})", objects.join(", ")),
+                Backend::Postgres => format!("json_build_object({})::text", objects.join(", ")),
+            };
+            cases.push_str(&format!(" WHEN '{entity}' THEN {image}"));
+            kinds.push(format!("'{entity}'"));
+        }
+        let tenant = tenant.replace('\'', "");
+        format!(
+            "UPDATE journal SET rows = CASE entity{cases} END \
+             WHERE tenant_id = '{tenant}' AND seq BETWEEN {first} AND {last} AND entity IN ({})",
+            kinds.join(", ")
+        )
+    }
+
+    /// Every row of the tenant (`$1`) in `table`, as one JSON array.
+    pub fn snapshot_query(&self, table: &str) -> String {
+        let filter = format!("\"{}\" = $1", tenant_column(table));
+        match self.backend {
+            Backend::Sqlite => format!("SELECT {}", self.rows_of(table, &filter)),
+            Backend::Postgres => format!("SELECT {}::text", self.rows_of(table, &filter)),
+        }
+    }
+
+    /// Inserts the rows of the JSON array `$1` into `table`.
+    pub fn insert_rows(&self, table: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => {
+                let columns = self.columns(table);
+                let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+                let values: Vec<String> = columns
+                    .iter()
+                    .map(|c| {
+                        let value = format!("json_extract(value, '$.\"{}\"')", c.name);
+                        if c.blob {
+                            format!("unhex({value})")
+                        } else {
+                            value
+                        }
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO \"{table}\" ({}) SELECT {} FROM json_each($1)",
+                    names.join(", "),
+                    values.join(", ")
+                )
+            }
+            Backend::Postgres => {
+                let names: Vec<String> = self
+                    .columns(table)
+                    .iter()
+                    .map(|c| format!("\"{}\"", c.name))
+                    .collect();
+                format!(
+                    "INSERT INTO \"{table}\" ({0}) SELECT {0} FROM json_populate_recordset(NULL::\"{table}\", $1::json)",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+
+    /// Deletes every row of the tenant (`$1`) from `table`.
+    pub fn delete_rows(table: &str) -> String {
+        format!("DELETE FROM \"{table}\" WHERE \"{}\" = $1", tenant_column(table))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_imaged_table_is_restored_and_found_by_one_column() {
+        for (_, parts) in SOURCES {
+            for (table, key) in *parts {
+                assert!(RESTORED.contains(table), "{table} is imaged but not restored");
+                assert_eq!(key_column(table), Some(*key), "{table} found by two columns");
+            }
+        }
+    }
+}
