@@ -120,7 +120,10 @@ async fn walk_segments(
             .ok_or_else(|| format!("segment {name} vanished while read"))?;
         let (header, _) = segment::header(&bytes).map_err(|e| format!("segment {name}: {e}"))?;
         if header.tenant != tenant {
-            return Err(format!("segment {name} belongs to tenant {}", header.tenant));
+            return Err(format!(
+                "segment {name} belongs to tenant {}",
+                header.tenant
+            ));
         }
         if header.first != previous.0 + 1 || header.previous != previous.1 {
             return Err(format!(
@@ -571,7 +574,9 @@ async fn write_fresh(
         .and_then(|events| {
             events
                 .all()
-                .filter_map(|e| Some((e.get("seq")?.as_i64()?, e.get("hash")?.as_str()?.to_owned())))
+                .filter_map(|e| {
+                    Some((e.get("seq")?.as_i64()?, e.get("hash")?.as_str()?.to_owned()))
+                })
                 .max_by_key(|(seq, _)| *seq)
         })
         .map_or((0, None), |(seq, hash)| (seq, Some(hash)));

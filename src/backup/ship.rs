@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{BackupTarget, keys};
 use super::segment::{self, Entry, Head, Header, NO_SEGMENT, SegmentError};
+use super::{BackupTarget, keys};
 use crate::context::{Permit, RequestMeta, TenantScope};
 use crate::crypto::Vault;
 use crate::crypto::aead::DataKey;
@@ -199,6 +199,19 @@ impl Shipper {
             if entries.is_empty() {
                 return Ok(shipped);
             }
+            // Keys destroyed in these entries: their copies go first (a
+            // tenant whose keys are all destroyed has none to seal with).
+            if entries
+                .iter()
+                .any(|e| e.entity == crate::crypto::vault::KEYS_ENTITY)
+            {
+                let erased = keys::ship_erasures(&self.store, &self.target, scope).await?;
+                if let Ok(mut keys) = self.keys.lock()
+                    && let Some(known) = keys.get_mut(&tenant)
+                {
+                    known.retain(|v| !erased.contains(v));
+                }
+            }
             let (key_version, key) = active_key(&self.store, &self.vault, scope).await?;
             // The key a segment is sealed with is in the target before it.
             let known = self
@@ -212,18 +225,6 @@ impl Shipper {
                 keys::ship_keys(&self.store, &self.vault, &self.target, scope, &mut known).await?;
                 if let Ok(mut keys) = self.keys.lock() {
                     keys.insert(tenant.clone(), known);
-                }
-            }
-            // Keys destroyed in these entries: their copies go too.
-            if entries
-                .iter()
-                .any(|e| e.entity == crate::crypto::vault::KEYS_ENTITY)
-            {
-                let erased = keys::ship_erasures(&self.store, &self.target, scope).await?;
-                if let Ok(mut keys) = self.keys.lock()
-                    && let Some(known) = keys.get_mut(&tenant)
-                {
-                    known.retain(|v| !erased.contains(v));
                 }
             }
             let (first, last) = (entries[0].seq, entries[entries.len() - 1].seq);
@@ -272,7 +273,6 @@ impl Shipper {
             shipped.1 += entries.len() as i64;
         }
     }
-
 }
 
 /// The tenant's active key version and key. A tenant that never sealed

@@ -111,7 +111,10 @@ pub async fn take(
         key_version: version,
         app_version: crate::VERSION.to_owned(),
         backend: store.backend().name().to_owned(),
-        rows: tables.iter().map(|(t, rows)| (t.clone(), rows.len())).collect(),
+        rows: tables
+            .iter()
+            .map(|(t, rows)| (t.clone(), rows.len()))
+            .collect(),
     };
     let body = serde_json::to_vec(&Body { sequences, tables }).map_err(|e| e.to_string())?;
     let sealed = seal(&header, &body, &key);

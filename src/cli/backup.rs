@@ -100,7 +100,11 @@ pub async fn ship_now(state: &AppState) -> anyhow::Result<()> {
 }
 
 /// `backup now`: each tenant's snapshot, taken now (BAK-2).
-pub async fn snapshot_now(state: &AppState, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {
+pub async fn snapshot_now(
+    state: &AppState,
+    tenant: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let target = target(state)?;
     let mut failures = Vec::new();
     for (scope, name) in super::tenant_scopes(&state.store, tenant).await? {
@@ -183,7 +187,10 @@ pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> 
             .await
             .map_err(anyhow::Error::msg)?;
         if tenants.is_empty() {
-            anyhow::bail!("the backup target {} holds no tenant snapshot", target.describe());
+            anyhow::bail!(
+                "the backup target {} holds no tenant snapshot",
+                target.describe()
+            );
         }
         for tenant in tenants {
             let restored = restore::restore_tenant(
@@ -235,7 +242,7 @@ pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> 
             Ok(())
         }
         Some(dir) => {
-            if state.config.database_url.is_some() {
+            if state.store.backend() == crate::store::Backend::Postgres {
                 anyhow::bail!(
                     "--into-new-instance builds a SQLite instance; for PostgreSQL run `backup restore` \
                      with the new instance's configuration (its database_url)"
@@ -255,6 +262,7 @@ pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> 
             }
             let mut config = (*state.config).clone();
             config.data_dir = dir.clone();
+            config.database_url = None;
             config.backup = false;
             let fresh = crate::open(config).await?;
             let restored = restore::restore_tenant(

@@ -81,7 +81,11 @@ const OMITTED: &[(&str, &str)] = &[("tenant_keys", "wrapped")];
 
 /// The column naming the tenant in `table`.
 pub fn tenant_column(table: &str) -> &'static str {
-    if table == "tenants" { "id" } else { "tenant_id" }
+    if table == "tenants" {
+        "id"
+    } else {
+        "tenant_id"
+    }
 }
 
 /// The column an entity's rows are found by in `table`, if any entity's
@@ -121,9 +125,11 @@ impl Images {
         for table in RESTORED {
             let columns = match backend {
                 Backend::Sqlite => {
-                    let rows = db::query(format!("SELECT name, type FROM pragma_table_info('{table}')"))
-                        .fetch_all(conn)
-                        .await?;
+                    let rows = db::query(format!(
+                        "SELECT name, type FROM pragma_table_info('{table}')"
+                    ))
+                    .fetch_all(conn)
+                    .await?;
                     rows.iter()
                         .map(|row| {
                             let name: String = row.try_get(0)?;
@@ -183,7 +189,10 @@ impl Images {
                     .iter()
                     .map(|c| {
                         let value = if c.blob {
-                            format!("CASE WHEN \"{0}\" IS NULL THEN NULL ELSE hex(\"{0}\") END", c.name)
+                            format!(
+                                "CASE WHEN \"{0}\" IS NULL THEN NULL ELSE hex(\"{0}\") END",
+                                c.name
+                            )
                         } else {
                             format!("\"{}\"", c.name)
                         };
@@ -196,7 +205,8 @@ impl Images {
                 )
             }
             Backend::Postgres => {
-                let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+                let names: Vec<String> =
+                    columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
                 format!(
                     "(SELECT COALESCE(json_agg(x), '[]'::json) FROM (SELECT {} FROM \"{table}\" WHERE {filter}) x)",
                     names.join(", ")
@@ -267,7 +277,8 @@ impl Images {
         match self.backend {
             Backend::Sqlite => {
                 let columns = self.columns(table);
-                let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+                let names: Vec<String> =
+                    columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
                 let values: Vec<String> = columns
                     .iter()
                     .map(|c| {
@@ -301,7 +312,10 @@ impl Images {
 
     /// Deletes every row of the tenant (`$1`) from `table`.
     pub fn delete_rows(table: &str) -> String {
-        format!("DELETE FROM \"{table}\" WHERE \"{}\" = $1", tenant_column(table))
+        format!(
+            "DELETE FROM \"{table}\" WHERE \"{}\" = $1",
+            tenant_column(table)
+        )
     }
 }
 
@@ -313,8 +327,15 @@ mod tests {
     fn every_imaged_table_is_restored_and_found_by_one_column() {
         for (_, parts) in SOURCES {
             for (table, key) in *parts {
-                assert!(RESTORED.contains(table), "{table} is imaged but not restored");
-                assert_eq!(key_column(table), Some(*key), "{table} found by two columns");
+                assert!(
+                    RESTORED.contains(table),
+                    "{table} is imaged but not restored"
+                );
+                assert_eq!(
+                    key_column(table),
+                    Some(*key),
+                    "{table} found by two columns"
+                );
             }
         }
     }

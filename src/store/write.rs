@@ -427,11 +427,7 @@ impl WriteTx {
             }
             // After every statement of the job has run (on PostgreSQL
             // after its combined statement, which the images must see).
-            batch.then(images.fill_journal(
-                &tenant,
-                journal_last - entries + 1,
-                journal_last,
-            ));
+            batch.then(images.fill_journal(&tenant, journal_last - entries + 1, journal_last));
         }
         let head = chain::to_hex(&hash);
         let mut now_stored = None;

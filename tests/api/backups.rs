@@ -14,7 +14,7 @@ use crate::helpers::{Session, TestApp, spawn_app_with, temp_dir};
 
 /// A backup target of the test's own: beside the data dir, or a fresh
 /// prefix of the test bucket when the files are in S3.
-fn backup_url() -> String {
+pub(crate) fn backup_url() -> String {
     match std::env::var("STRONGROOM_TEST_S3_ENDPOINT") {
         Ok(endpoint) => format!(
             "s3://strongroom-test/backups-{}?endpoint={endpoint}&region=us-east-1",
@@ -24,7 +24,7 @@ fn backup_url() -> String {
     }
 }
 
-async fn spawn_with_backups(url: String) -> TestApp {
+pub(crate) async fn spawn_with_backups(url: String) -> TestApp {
     let s3 = url.starts_with("s3://");
     spawn_app_with(move |c| {
         c.backup = true;
@@ -37,7 +37,7 @@ async fn spawn_with_backups(url: String) -> TestApp {
     .await
 }
 
-fn shipper(app: &TestApp) -> (Arc<BackupTarget>, Arc<Shipper>) {
+pub(crate) fn shipper(app: &TestApp) -> (Arc<BackupTarget>, Arc<Shipper>) {
     let target = Arc::new(BackupTarget::open(&app.state.config).unwrap());
     let shipper = Shipper::new(
         app.state.store.clone(),
@@ -64,7 +64,7 @@ async fn audit_seq(app: &TestApp, session: &Session) -> i64 {
     .await
 }
 
-async fn journal_seq(app: &TestApp, session: &Session) -> i64 {
+pub(crate) async fn journal_seq(app: &TestApp, session: &Session) -> i64 {
     app.count(&format!(
         "SELECT journal_seq FROM tenant_sequences WHERE tenant_id = '{}'",
         session.tenant_id
@@ -73,7 +73,7 @@ async fn journal_seq(app: &TestApp, session: &Session) -> i64 {
 }
 
 /// Every object in the target, raw.
-async fn raw_objects(target: &BackupTarget) -> Vec<(String, Vec<u8>)> {
+pub(crate) async fn raw_objects(target: &BackupTarget) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for key in target.keys("").await.unwrap() {
         let bytes = target.get(&key).await.unwrap().unwrap();

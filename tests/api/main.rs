@@ -26,6 +26,7 @@ mod passwords;
 mod posture;
 mod races;
 mod records;
+mod restore;
 mod secrets;
 mod sms;
 mod supply;

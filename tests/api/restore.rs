@@ -1,0 +1,392 @@
+//! BAK-2 and BAK-4: snapshots and restores from a real backup target (a
+//! local directory; on the PostgreSQL run, the S3-compatible server), run
+//! through the CLI as an operator would, checked through the API.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use strongroom::backup::ship;
+
+use crate::backups::{backup_url, journal_seq, raw_objects, shipper, spawn_with_backups};
+use crate::helpers::{PASSWORD, RunOff, Session, TestApp, spawn_app_with, temp_dir};
+
+/// Waits until the target holds the tenant's journal up to its counter.
+async fn shipped(
+    app: &TestApp,
+    target: &strongroom::backup::BackupTarget,
+    session: &Session,
+) -> i64 {
+    let wanted = journal_seq(app, session).await;
+    let waited = Instant::now();
+    loop {
+        let listing = ship::list(target, &session.tenant_id).await.unwrap();
+        if listing.last >= Some(wanted) {
+            return wanted;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "seq {wanted} not shipped: {listing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The tenant's work orders as the API shows them, oldest first.
+async fn orders(app: &TestApp, session: &Session) -> Vec<Value> {
+    let res = app
+        .get(
+            "/api/v1/collections/work_orders/records?limit=100",
+            &session.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    let mut items = body["items"].as_array().unwrap().clone();
+    items.sort_by_key(|r| r["id"].as_str().unwrap().to_owned());
+    items
+}
+
+async fn log_in(app: &TestApp, slug: &str, email: &str, tenant_id: &str) -> Session {
+    let res = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"tenant": slug, "email": email, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{}",
+        res.text().await.unwrap()
+    );
+    let body: Value = res.json().await.unwrap();
+    Session {
+        access_token: body["access_token"].as_str().unwrap().to_owned(),
+        refresh_token: body["refresh_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        user_id: String::new(),
+        tenant_id: tenant_id.to_owned(),
+        email: email.to_owned(),
+    }
+}
+
+/// The CLI's outcome: whether it succeeded, and everything it printed.
+async fn cli_run(app: &TestApp, args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
+    let mut cmd = app.cli().await;
+    cmd.env("STRONGROOM_BACKUP", "true")
+        .envs(envs.iter().map(|(k, v)| (*k, v.clone())))
+        .args(args);
+    let out = cmd.run().await.unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn ctl_bak_4_a_tenant_restores_to_a_point_in_time_while_another_keeps_writing() {
+    let app = spawn_with_backups(backup_url()).await;
+    let (target, shipper) = shipper(&app);
+    ship::start(app.state.store.clone(), &app.state.schedule, shipper);
+    let acme = app.admin("acme").await;
+    app.work_orders(&acme).await;
+    for i in 0..5 {
+        app.create_order(&acme, json!({"title": format!("first-{i}"), "notes": format!("sealed-{i}"), "code": format!("c{i}")}))
+            .await;
+    }
+    let (ok, out) = cli_run(&app, &["backup", "now", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    // Changes after the snapshot, up to the point restored to.
+    let mut kept = Vec::new();
+    for i in 0..5 {
+        kept.push(
+            app.create_order(
+                &acme,
+                json!({"title": format!("second-{i}"), "notes": "n", "code": format!("d{i}")}),
+            )
+            .await,
+        );
+    }
+    let point = shipped(&app, &target, &acme).await;
+    let at_point = orders(&app, &acme).await;
+    assert_eq!(at_point.len(), 10);
+
+    // Then edits, a deletion and new rows that the restore must undo.
+    let victim = kept[0]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .patch(
+            &format!("/api/v1/collections/work_orders/records/{victim}"),
+            &acme.access_token,
+            json!({"title": "changed later", "notes": "changed later"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let gone = kept[1]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .delete(
+            &format!("/api/v1/collections/work_orders/records/{gone}"),
+            &acme.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    for i in 0..3 {
+        app.create_order(&acme, json!({"title": format!("late-{i}")}))
+            .await;
+    }
+    app.user(&acme, "late@acme.test", "member").await;
+    shipped(&app, &target, &acme).await;
+
+    // Another tenant writes all through the restore.
+    let globex = app.admin("globex").await;
+    app.work_orders(&globex).await;
+    let to = format!("seq:{point}");
+    let args = ["backup", "restore", "--tenant", "acme", "--to", &to];
+    let restoring = cli_run(&app, &args, &[]);
+    let writing = async {
+        let mut made = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            app.create_order(&globex, json!({"title": format!("globex-{made}")}))
+                .await;
+            made += 1;
+        }
+        made
+    };
+    let ((ok, out), made) = tokio::join!(restoring, writing);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("to journal seq {point}")), "{out}");
+
+    // Every session of the tenant ended; its admin signs in again.
+    let acme_again = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
+    assert_eq!(
+        orders(&app, &acme_again).await,
+        at_point,
+        "the tenant is exactly as it was at seq {point}, sealed values included"
+    );
+    let res = app
+        .get("/api/v1/users?limit=100", &acme_again.access_token)
+        .await;
+    let users: Value = res.json().await.unwrap();
+    assert!(
+        !users.to_string().contains("late@acme.test"),
+        "a user invited after the point is gone: {users}"
+    );
+    // The other tenant lost nothing and was never refused.
+    let globex_rows = app
+        .count(&format!(
+            "SELECT COUNT(*) FROM records WHERE tenant_id = '{}'",
+            globex.tenant_id
+        ))
+        .await;
+    assert_eq!(globex_rows, made);
+
+    // The trail kept everything, the restore included, and still verifies.
+    let (ok, out) = cli_run(&app, &["audit", "verify", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM audit_events WHERE tenant_id = '{}' AND action = 'backup.restored'",
+            acme.tenant_id
+        ))
+        .await,
+        1
+    );
+
+    // Shipping resumes from the restored state, and a second restore to
+    // the latest point starts from the snapshot taken after the first.
+    let after = app
+        .create_order(&acme_again, json!({"title": "after the restore"}))
+        .await;
+    shipped(&app, &target, &acme_again).await;
+    let (ok, out) = cli_run(&app, &["backup", "restore", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    let acme_third = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
+    let now = orders(&app, &acme_third).await;
+    assert_eq!(now.len(), at_point.len() + 1);
+    assert!(now.iter().any(|r| r["id"] == after["id"]));
+
+    // Bad points are refused with a clear error and change nothing.
+    for (to, says) in [
+        ("seq:0", "not a journal seq"),
+        ("yesterday", "RFC 3339"),
+        ("seq:999999999", "beyond what the target holds"),
+    ] {
+        let (ok, out) = cli_run(
+            &app,
+            &["backup", "restore", "--tenant", "acme", "--to", to],
+            &[],
+        )
+        .await;
+        assert!(!ok && out.contains(says), "{to}: {out}");
+    }
+    assert_eq!(orders(&app, &acme_third).await, now);
+
+    // Or into a new instance beside this one (SQLite), which then serves it.
+    if std::env::var("STRONGROOM_TEST_PG_URL").is_err() {
+        let into = temp_dir("restored").join("instance");
+        let (ok, out) = cli_run(
+            &app,
+            &[
+                "backup",
+                "restore",
+                "--tenant",
+                "acme",
+                "--into-new-instance",
+                into.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+        assert!(ok && out.contains("the new instance is in"), "{out}");
+        let (ok, out) = cli_run(
+            &app,
+            &["audit", "verify"],
+            &[
+                ("STRONGROOM_DATA_DIR", into.display().to_string()),
+                (
+                    "STRONGROOM_DATABASE_URL",
+                    format!("sqlite://{}/strongroom.db", into.display()),
+                ),
+            ],
+        )
+        .await;
+        assert!(ok && out.contains(": ok ("), "{out}");
+    }
+
+    // Nothing in the target is readable: no sealed value, no title, no
+    // e-mail address.
+    for (key, bytes) in raw_objects(&target).await {
+        for needle in [
+            &b"sealed-1"[..],
+            b"second-1",
+            b"late@acme.test",
+            b"admin@acme",
+        ] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{key} shows {}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn ctl_bak_4_the_whole_instance_restores_onto_an_empty_one_from_the_target_alone() {
+    let url = backup_url();
+    let app = spawn_with_backups(url.clone()).await;
+    let (target, shipper) = shipper(&app);
+    ship::start(app.state.store.clone(), &app.state.schedule, shipper);
+    let acme = app.admin("acme").await;
+    app.work_orders(&acme).await;
+    let globex = app.admin("globex").await;
+    app.work_orders(&globex).await;
+    let (ok, out) = cli_run(&app, &["backup", "now"], &[]).await;
+    assert!(ok, "{out}");
+    for i in 0..20 {
+        app.create_order(
+            &acme,
+            json!({"title": format!("acme-{i}"), "notes": format!("secret-{i}")}),
+        )
+        .await;
+        app.create_order(&globex, json!({"title": format!("globex-{i}")}))
+            .await;
+    }
+    shipped(&app, &target, &acme).await;
+    shipped(&app, &target, &globex).await;
+    let (acme_orders, globex_orders) = (orders(&app, &acme).await, orders(&app, &globex).await);
+
+    // The machine is gone: a new, empty instance with the same master key
+    // and the backup target is all there is.
+    let key = std::fs::read(app.data_dir.join("master.key")).unwrap();
+    let restored = spawn_app_with(move |c| {
+        c.backup = true;
+        c.backup_url = Some(url);
+        if c.object_store_url.is_some() {
+            c.backup_access_key_id = Some("test".to_owned());
+            c.backup_secret_access_key = Some(secrecy::SecretString::from("test"));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let path = c.data_dir.join("master.key");
+        std::fs::write(&path, &key).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    })
+    .await;
+    let (ok, out) = cli_run(&restored, &["backup", "restore", "--all"], &[]).await;
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("restored ").count(), 2, "{out}");
+    let acme2 = log_in(&restored, "acme", &acme.email, &acme.tenant_id).await;
+    let globex2 = log_in(&restored, "globex", &globex.email, &globex.tenant_id).await;
+    assert_eq!(orders(&restored, &acme2).await, acme_orders);
+    assert_eq!(orders(&restored, &globex2).await, globex_orders);
+    let (ok, out) = cli_run(&restored, &["audit", "verify"], &[]).await;
+    assert!(ok, "{out}");
+
+    // A second --all onto a populated instance is refused.
+    let (ok, out) = cli_run(&restored, &["backup", "restore", "--all"], &[]).await;
+    assert!(!ok && out.contains("empty instance"), "{out}");
+}
+
+#[tokio::test]
+async fn ctl_bak_4_destroyed_keys_shred_the_backups_and_no_restore_brings_them_back() {
+    let app = spawn_with_backups(backup_url()).await;
+    let (target, shipper) = shipper(&app);
+    ship::start(app.state.store.clone(), &app.state.schedule, shipper);
+    let acme = app.admin("acme").await;
+    app.work_orders(&acme).await;
+    app.create_order(&acme, json!({"title": "t", "notes": "sealed"}))
+        .await;
+    let (ok, out) = cli_run(&app, &["backup", "now", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    shipped(&app, &target, &acme).await;
+    let keys = format!("t/{}/keys/", acme.tenant_id);
+    assert!(!target.keys(&keys).await.unwrap().is_empty());
+
+    let (ok, out) = cli_run(&app, &["keys", "destroy", "--tenant", "acme", "--yes"], &[]).await;
+    assert!(ok, "{out}");
+    let waited = Instant::now();
+    while !target.keys(&keys).await.unwrap().is_empty() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "key objects remain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let erasures = target
+        .keys(&format!("erasures/{}/", acme.tenant_id))
+        .await
+        .unwrap();
+    assert!(!erasures.is_empty(), "the erasure log is in the target");
+
+    let (ok, out) = cli_run(&app, &["backup", "restore", "--tenant", "acme"], &[]).await;
+    assert!(!ok && out.contains("destroyed"), "{out}");
+    let dir = temp_dir("restored");
+    let into = dir.join("instance");
+    let (ok, out) = cli_run(
+        &app,
+        &[
+            "backup",
+            "restore",
+            "--tenant",
+            "acme",
+            "--into-new-instance",
+            into.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    let says = if std::env::var("STRONGROOM_TEST_PG_URL").is_ok() {
+        "builds a SQLite instance"
+    } else {
+        "no tenant with slug"
+    };
+    assert!(!ok && out.contains(says), "{out}");
+}
