@@ -45,6 +45,7 @@ const ENV_KEYS: &[&str] = &[
     "backup_access_key_id",
     "backup_secret_access_key",
     "backup_lag_alert_seconds",
+    "backup_snapshot_hours",
     "file_sweep_seconds",
     "key_cache_seconds",
     "migrate_until",
@@ -137,6 +138,9 @@ pub struct Config {
     pub backup_secret_access_key: Option<SecretString>,
     /// Past this lag of shipping behind the journal, a security event.
     pub backup_lag_alert_seconds: u64,
+    /// How old a tenant's newest snapshot may get before the next is taken
+    /// (BAK-2; default 24: daily).
+    pub backup_snapshot_hours: u64,
     /// How often objects of deleted files are removed from the stores.
     pub file_sweep_seconds: u64,
     /// How long unwrapped data keys stay in memory. A key revoked or
@@ -300,6 +304,7 @@ impl Default for Config {
             backup_access_key_id: None,
             backup_secret_access_key: None,
             backup_lag_alert_seconds: 60,
+            backup_snapshot_hours: 24,
             file_sweep_seconds: 60,
             key_cache_seconds: 60,
             migrate_until: None,
@@ -398,6 +403,11 @@ impl Config {
         }
         if let Some(url) = &self.backup_url {
             StoreUrl::parse(url).map_err(|e| ConfigError(format!("backup_url: {e}")))?;
+        }
+        if !(1..=24 * 7).contains(&self.backup_snapshot_hours) {
+            return Err(ConfigError(
+                "backup_snapshot_hours must be 1 to 168 (a snapshot at least weekly)".into(),
+            ));
         }
         if self.file_sweep_seconds == 0 {
             return Err(ConfigError("file_sweep_seconds must be at least 1".into()));
@@ -632,6 +642,7 @@ impl fmt::Debug for Config {
                 &self.backup_secret_access_key.as_ref().map(|_| "[redacted]"),
             )
             .field("backup_lag_alert_seconds", &self.backup_lag_alert_seconds)
+            .field("backup_snapshot_hours", &self.backup_snapshot_hours)
             .field("file_sweep_seconds", &self.file_sweep_seconds)
             .field("key_cache_seconds", &self.key_cache_seconds)
             .field("migrate_until", &self.migrate_until)

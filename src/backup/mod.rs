@@ -1,6 +1,7 @@
-//! Backups (BAK-1, BAK-5, and the backup half of ENC-2 and ENC-4), first
-//! part: the backup target, its start-up canary, and the shipping of every
-//! tenant's journal to it; `strongroom backup list|verify` read it back.
+//! Backups (BAK-1, BAK-2, BAK-4, and the backup half of ENC-2 and ENC-4):
+//! the backup target, its start-up canary, the shipping of every tenant's
+//! journal to it, snapshots and restores; `strongroom backup
+//! list|verify|now|restore`.
 //!
 //! * **Target.** `backup_url`: by default a local directory beside the
 //!   data dir (`<parent>/strongroom-backups/<data dir name>`, never inside
@@ -21,8 +22,14 @@
 //!   before the database keeps it (`audit::checkpoint_all`), and `audit
 //!   verify` holds the database against the newest one here.
 //!
-//! Not built yet (the rest of the backups issue): snapshots, restore,
-//! drills, files in the target, the warm standby.
+//! * **Snapshots (BAK-2)** and **restore (BAK-4)**: [`snapshot`] seals a
+//!   tenant's whole restorable state at one journal seq; [`restore`] rebuilds
+//!   a tenant (or the instance) from the newest snapshot before a point plus
+//!   the journal's row images ([`crate::store::image`]) up to it; [`keys`]
+//!   keeps each key version once in the target and applies the erasure log.
+//!
+//! Not built yet (the rest of the backups issue): drills, files in the
+//! target, retention, the warm standby.
 
 pub mod keys;
 pub mod restore;

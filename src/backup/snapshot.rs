@@ -218,6 +218,80 @@ pub fn open(bytes: &[u8], key: &DataKey) -> Result<Snapshot, String> {
     })
 }
 
+/// The job name its heartbeats and lease go by.
+pub const JOB: &str = "backup.snapshot";
+
+/// When the tenant's newest snapshot was taken, from its object's name
+/// (digits of the time), without reading it.
+async fn newest_stamp(target: &BackupTarget, tenant: &str) -> Result<Option<String>, String> {
+    let keys = target
+        .keys(&folder(tenant))
+        .await
+        .map_err(|e| format!("cannot list the snapshots: {e}"))?;
+    Ok(keys
+        .iter()
+        .filter_map(|k| {
+            k.strip_suffix(".snap")?
+                .rsplit_once('-')
+                .map(|(_, s)| s.to_owned())
+        })
+        .max())
+}
+
+/// One run of the scheduled job: a snapshot of every tenant whose newest
+/// is older than `every` (or that has none).
+pub async fn take_due(
+    store: &Store,
+    vault: &Vault,
+    target: &BackupTarget,
+    every: std::time::Duration,
+) -> Result<String, String> {
+    let due_before: String = crate::clock::format(
+        time::OffsetDateTime::now_utc() - time::Duration::seconds(every.as_secs() as i64),
+    )
+    .chars()
+    .filter(char::is_ascii_digit)
+    .collect();
+    let mut taken = 0;
+    let mut failures = Vec::new();
+    for scope in store.tenant_scopes().await.map_err(|e| e.to_string())? {
+        let newest = newest_stamp(target, scope.id_str()).await?;
+        if newest.is_some_and(|n| n >= due_before) {
+            continue;
+        }
+        match take(store, vault, target, &scope).await {
+            Ok(_) => taken += 1,
+            Err(e) => failures.push(format!("tenant {}: {e}", scope.id_str())),
+        }
+    }
+    if failures.is_empty() {
+        Ok(format!("{taken} snapshots taken"))
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+/// Runs [`take_due`] hourly as the `backup.snapshot` job.
+pub fn start(
+    store: Store,
+    vault: Vault,
+    target: std::sync::Arc<BackupTarget>,
+    schedule: &crate::ops::Schedule,
+    every: std::time::Duration,
+) {
+    let run_store = store.clone();
+    crate::ops::every(
+        store,
+        schedule,
+        JOB,
+        std::time::Duration::from_secs(3600).min(every),
+        move || {
+            let (store, vault, target) = (run_store.clone(), vault.clone(), target.clone());
+            async move { take_due(&store, &vault, &target, every).await }
+        },
+    );
+}
+
 /// A snapshot in the target, by its header.
 #[derive(Clone, Debug, Serialize)]
 pub struct Listed {

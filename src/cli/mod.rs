@@ -975,6 +975,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     start_jobs(&state, backups.clone());
     if let Some(target) = backups {
+        crate::backup::snapshot::start(
+            state.store.clone(),
+            state.vault.clone(),
+            target.clone(),
+            &state.schedule,
+            std::time::Duration::from_secs(state.config.backup_snapshot_hours * 3600),
+        );
         crate::backup::ship::start(
             state.store.clone(),
             &state.schedule,

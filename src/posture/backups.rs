@@ -4,7 +4,7 @@
 //! the target holds.
 
 use super::finding::{Finding, Probe, Reach, Verdict, finding};
-use crate::backup::{BackupTarget, ship};
+use crate::backup::{BackupTarget, keys, ship, snapshot};
 use crate::context::TenantScope;
 use crate::store::db;
 
@@ -30,7 +30,7 @@ pub async fn check(
     reach: Reach,
     journal: Finding,
     stores: Finding,
-) -> [Finding; 2] {
+) -> [Finding; 4] {
     if !probe.config.backup {
         let off = "backup is off: the journal is kept in the database but not shipped anywhere";
         return [
@@ -40,6 +40,12 @@ pub async fn check(
                 format!("{}; {off}", journal.evidence),
             ),
             stores,
+            finding("BAK-2", Verdict::Warn, off.to_owned()),
+            finding(
+                "BAK-4",
+                Verdict::Warn,
+                format!("{off}: there is nothing to restore from"),
+            ),
         ];
     }
     let target = match BackupTarget::open(probe.config) {
@@ -48,7 +54,9 @@ pub async fn check(
             let why = format!("the backup target cannot be opened: {why}");
             return [
                 finding("BAK-1", Verdict::Fail, why.clone()),
-                finding("ENC-4", Verdict::Fail, why),
+                finding("ENC-4", Verdict::Fail, why.clone()),
+                finding("BAK-2", Verdict::Fail, why.clone()),
+                finding("BAK-4", Verdict::Fail, why),
             ];
         }
     };
@@ -66,8 +74,9 @@ pub async fn check(
         ),
         (Ok(()), _) => stores,
     };
+    let (bak2, bak4) = snapshots(probe, scopes, reach, &target).await;
     if journal.verdict == Verdict::Fail {
-        return [journal, enc4];
+        return [journal, enc4, bak2, bak4];
     }
     let bak1 = match shipping(probe, scopes, &target).await {
         Ok((lag, unshipped)) if lag <= probe.config.backup_lag_alert_seconds as f64 => finding(
@@ -100,7 +109,97 @@ pub async fn check(
             format!("the backup target cannot be read: {why}"),
         ),
     };
-    [bak1, enc4]
+    [bak1, enc4, bak2, bak4]
+}
+
+/// BAK-2: every tenant's newest snapshot is younger than the schedule
+/// allows (an hour of slack); BAK-4: every tenant has a snapshot whose key
+/// version the target holds, so the target alone restores it.
+async fn snapshots(
+    probe: &Probe<'_>,
+    scopes: &[TenantScope],
+    reach: Reach,
+    target: &BackupTarget,
+) -> (Finding, Finding) {
+    let allowed = (probe.config.backup_snapshot_hours * 3600 + 3600) as f64;
+    let (mut oldest, mut missing, mut unopenable) = (0.0f64, 0usize, 0usize);
+    for scope in scopes {
+        let listed = match snapshot::list(target, scope.id_str()).await {
+            Ok(listed) => listed,
+            Err(why) => {
+                let why = format!("the snapshots cannot be read: {why}");
+                return (
+                    finding("BAK-2", Verdict::Fail, why.clone()),
+                    finding("BAK-4", Verdict::Fail, why),
+                );
+            }
+        };
+        let Some(newest) = listed.last() else {
+            missing += 1;
+            continue;
+        };
+        oldest = oldest.max(ship::age_seconds(&newest.header.taken_at));
+        let key = keys::key_object(scope.id_str(), newest.header.key_version);
+        if !matches!(target.get(&key).await, Ok(Some(_))) {
+            unopenable += 1;
+        }
+    }
+    let every = probe.config.backup_snapshot_hours;
+    let bak2 = if missing > 0 {
+        finding(
+            "BAK-2",
+            Verdict::Warn,
+            format!(
+                "{missing} of {} have no snapshot yet (taken within the hour of a start, then every {every} h, or `strongroom backup now`)",
+                reach.tenants(scopes.len())
+            ),
+        )
+    } else if oldest > allowed {
+        finding(
+            "BAK-2",
+            Verdict::Fail,
+            format!(
+                "the oldest newest snapshot is {:.1} h old, past the {every} h schedule",
+                oldest / 3600.0
+            ),
+        )
+    } else {
+        finding(
+            "BAK-2",
+            Verdict::Pass,
+            format!(
+                "each of {} has a snapshot sealed with its key in the backup target ({}), the oldest newest {:.1} h old (every {every} h)",
+                reach.tenants(scopes.len()),
+                shown(target, reach),
+                oldest / 3600.0
+            ),
+        )
+    };
+    let bak4 = if unopenable > 0 {
+        finding(
+            "BAK-4",
+            Verdict::Fail,
+            format!(
+                "{unopenable} newest snapshots are sealed with a key version the target no longer holds"
+            ),
+        )
+    } else if missing > 0 {
+        finding(
+            "BAK-4",
+            Verdict::Warn,
+            format!("{missing} tenants cannot be restored yet: no snapshot"),
+        )
+    } else {
+        finding(
+            "BAK-4",
+            Verdict::Pass,
+            format!(
+                "{} can be restored from the target alone to any journal seq from its newest snapshot to the head (`strongroom backup restore`), with every key version it needs there and none the erasure log names",
+                reach.tenants(scopes.len())
+            ),
+        )
+    };
+    (bak2, bak4)
 }
 
 /// The oldest unshipped entry's age over all tenants, and how many

@@ -26,7 +26,8 @@ pub async fn run(
     let [fil3, fil4] = super::sampled::file_records(&files, reach);
     let [journaled, bak7] = super::sampled::journal(probe, scopes, reach).await?;
     let [fil1, stores] = super::sampled::object_stores(probe, reach).await;
-    let [bak1, enc4] = super::backups::check(probe, scopes, reach, journaled, stores).await;
+    let [bak1, enc4, bak2, bak4] =
+        super::backups::check(probe, scopes, reach, journaled, stores).await;
     let mut findings = vec![
         super::sampled::tenant_keys(probe, scopes, reach).await?,
         row_level_security(store).await?,
@@ -54,6 +55,8 @@ pub async fn run(
         fil4,
         replica(config, &runs),
         bak1,
+        bak2,
+        bak4,
         bak7,
         https_only(config),
         allow_lists(store, scopes, reach).await?,
