@@ -27,6 +27,7 @@ use super::{BackupTarget, keys};
 use crate::context::{Permit, RequestMeta, TenantId, TenantScope};
 use crate::crypto::Vault;
 use crate::crypto::aead::DataKey;
+use crate::files::Objects;
 use crate::store::image::{self, CLEARED, Images, RESTORED};
 use crate::store::{Change, JournalOp, Store, StoreError, db};
 
@@ -264,6 +265,7 @@ fn entry_time(entry: &Entry) -> Option<time::OffsetDateTime> {
 pub async fn restore_tenant(
     store: &Store,
     vault: &Vault,
+    objects: &Objects,
     target: &BackupTarget,
     tenant: &str,
     point: &Point,
@@ -416,10 +418,13 @@ pub async fn restore_tenant(
         .and_then(Value::as_str)
         .map(str::to_owned);
     let erased = keys::erasures(target, tenant).await?;
+    // Files first: objects never change, so putting back one the restored
+    // rows name is harmless even if the restore then fails.
+    let files = put_back_files(objects, target, tenant, &state).await?;
 
     let summary = serde_json::json!({
         "snapshot": chosen.key, "snapshot_seq": snapshot_seq, "to_seq": to_seq,
-        "entries_replayed": replayed, "rows": rows,
+        "entries_replayed": replayed, "rows": rows, "files_put_back": files,
     });
     match mode {
         Mode::Live => write_live(store, images, &scope, state, summary, meta).await?,
@@ -461,6 +466,50 @@ pub async fn restore_tenant(
         newest_change_at,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Copies back from the target every object the restored file rows name
+/// that a file store lacks; how many copies it made.
+async fn put_back_files(
+    objects: &Objects,
+    target: &BackupTarget,
+    tenant: &str,
+    state: &State,
+) -> Result<usize, String> {
+    let wanted: Vec<String> = state
+        .tables
+        .get("files")
+        .into_iter()
+        .flat_map(Rows::all)
+        .filter_map(|row| row.get("object_key")?.as_str().map(str::to_owned))
+        .collect();
+    let mut copied = 0;
+    for store in objects.targets() {
+        let present: std::collections::HashSet<String> = store
+            .list_folder(&format!("t/{tenant}/"))
+            .await
+            .map_err(|e| format!("cannot list the file store: {e}"))?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        for key in wanted.iter().filter(|k| !present.contains(*k)) {
+            let bytes = target
+                .get(&super::ship::file_copy(key))
+                .await
+                .map_err(|e| format!("cannot read the copy of {key}: {e}"))?
+                .ok_or_else(|| {
+                    format!(
+                        "the backup target has no copy of object {key}, which a restored file names"
+                    )
+                })?;
+            store
+                .put_bytes(key, bytes)
+                .await
+                .map_err(|e| format!("cannot put back object {key}: {e}"))?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
 }
 
 /// Inserts `rows` into `table`, a chunk a statement.

@@ -24,6 +24,7 @@ use super::{BackupTarget, keys};
 use crate::context::{Permit, RequestMeta, TenantScope};
 use crate::crypto::Vault;
 use crate::crypto::aead::DataKey;
+use crate::files::Objects;
 use crate::store::{Store, db};
 
 /// Journal entries in one segment at most.
@@ -45,6 +46,8 @@ struct Position {
 pub struct Shipper {
     store: Store,
     vault: Vault,
+    /// The file store, whose objects are copied to the target.
+    objects: Objects,
     target: Arc<BackupTarget>,
     /// By tenant id: what the target holds, once read or written.
     positions: std::sync::Mutex<HashMap<String, Position>>,
@@ -69,12 +72,14 @@ impl Shipper {
     pub fn new(
         store: Store,
         vault: Vault,
+        objects: Objects,
         target: Arc<BackupTarget>,
         alert_after: Duration,
     ) -> Arc<Shipper> {
         Arc::new(Shipper {
             store,
             vault,
+            objects,
             target,
             positions: std::sync::Mutex::new(HashMap::new()),
             alert_after,
@@ -244,6 +249,10 @@ impl Shipper {
                 sealed_at: crate::clock::now(),
                 previous: position.sha256.clone(),
             };
+            // A file's object is in the target before the entry naming it.
+            for object in uploaded_objects(&entries) {
+                copy_object(&self.objects, &self.target, &object).await?;
+            }
             let sealed = segment::seal(&header, &entries, &key);
             let sha256 = segment::sha256_hex(&sealed);
             self.target
@@ -272,6 +281,44 @@ impl Shipper {
             shipped.0 += 1;
             shipped.1 += entries.len() as i64;
         }
+    }
+}
+
+/// The object keys of the files the entries add.
+fn uploaded_objects(entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.entity == "file" && e.op == "insert")
+        .filter_map(|e| e.rows.as_deref())
+        .filter_map(|rows| serde_json::from_str::<serde_json::Value>(rows).ok())
+        .flat_map(|image| {
+            image["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|row| row["object_key"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Where the target keeps a copy of the file store's object `key`.
+pub fn file_copy(key: &str) -> String {
+    format!("files/{key}")
+}
+
+/// Copies one object, as stored (sealed under its file key), from the
+/// file store to the target; objects never change, so once is enough. An
+/// object already gone (the file was deleted since) is skipped.
+async fn copy_object(objects: &Objects, target: &BackupTarget, key: &str) -> Result<(), String> {
+    let primary = &objects.targets()[0];
+    match primary.raw_bytes(key).await {
+        Ok(bytes) => target
+            .put(&file_copy(key), bytes.to_vec())
+            .await
+            .map_err(|e| format!("cannot copy object {key}: {e}")),
+        Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(format!("cannot read object {key}: {e}")),
     }
 }
 

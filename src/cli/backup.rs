@@ -87,6 +87,7 @@ pub async fn ship_now(state: &AppState) -> anyhow::Result<()> {
     let shipper = ship::Shipper::new(
         state.store.clone(),
         state.vault.clone(),
+        state.objects.clone(),
         target,
         std::time::Duration::from_secs(state.config.backup_lag_alert_seconds),
     );
@@ -196,6 +197,7 @@ pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> 
             let restored = restore::restore_tenant(
                 &state.store,
                 &state.vault,
+                &state.objects,
                 &target,
                 &tenant,
                 &point,
@@ -225,6 +227,7 @@ pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> 
             let restored = restore::restore_tenant(
                 &state.store,
                 &state.vault,
+                &state.objects,
                 &target,
                 scope.id_str(),
                 &point,
@@ -268,6 +271,7 @@ pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> 
             let restored = restore::restore_tenant(
                 &fresh.store,
                 &fresh.vault,
+                &fresh.objects,
                 &target,
                 &tenant,
                 &point,

@@ -988,6 +988,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             crate::backup::ship::Shipper::new(
                 state.store.clone(),
                 state.vault.clone(),
+                state.objects.clone(),
                 target,
                 std::time::Duration::from_secs(state.config.backup_lag_alert_seconds),
             ),

@@ -42,6 +42,7 @@ pub(crate) fn shipper(app: &TestApp) -> (Arc<BackupTarget>, Arc<Shipper>) {
     let shipper = Shipper::new(
         app.state.store.clone(),
         app.state.vault.clone(),
+        app.state.objects.clone(),
         target.clone(),
         Duration::from_secs(60),
     );

@@ -279,6 +279,50 @@ async fn ctl_bak_4_a_tenant_restores_to_a_point_in_time_while_another_keeps_writ
     }
 }
 
+/// A record with a photo: its id, the file's id and the bytes.
+async fn attach_photo(app: &TestApp, session: &Session) -> (String, String, Vec<u8>) {
+    let res = app
+        .post(
+            "/api/v1/collections",
+            Some(&session.access_token),
+            json!({"name": "assets", "fields": [
+                {"name": "title", "type": "text", "required": true},
+                {"name": "photos", "type": "file", "max_files": 3}
+            ]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = app
+        .post(
+            "/api/v1/collections/assets/records",
+            Some(&session.access_token),
+            json!({"title": "Pump 7"}),
+        )
+        .await;
+    let record: Value = res.json().await.unwrap();
+    let record = record["id"].as_str().unwrap().to_owned();
+    let mut photo = b"\x89PNG\r\n\x1a\n".to_vec();
+    photo.extend(format!("photo-plaintext-{}", uuid::Uuid::new_v4().simple()).bytes());
+    photo.extend(std::iter::repeat_n(7u8, 100_000));
+    let res = app
+        .upload(
+            &session.access_token,
+            &format!("/api/v1/collections/assets/records/{record}/files/photos"),
+            "pump.png",
+            "image/png",
+            &photo,
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::CREATED,
+        "{}",
+        res.text().await.unwrap()
+    );
+    let info: Value = res.json().await.unwrap();
+    (record, info["id"].as_str().unwrap().to_owned(), photo)
+}
+
 #[tokio::test]
 async fn ctl_bak_4_the_whole_instance_restores_onto_an_empty_one_from_the_target_alone() {
     let url = backup_url();
@@ -300,6 +344,8 @@ async fn ctl_bak_4_the_whole_instance_restores_onto_an_empty_one_from_the_target
         app.create_order(&globex, json!({"title": format!("globex-{i}")}))
             .await;
     }
+    // A file, whose object the target must hold too.
+    let (record, file_id, photo) = attach_photo(&app, &acme).await;
     shipped(&app, &target, &acme).await;
     shipped(&app, &target, &globex).await;
     let (acme_orders, globex_orders) = (orders(&app, &acme).await, orders(&app, &globex).await);
@@ -327,8 +373,28 @@ async fn ctl_bak_4_the_whole_instance_restores_onto_an_empty_one_from_the_target
     let globex2 = log_in(&restored, "globex", &globex.email, &globex.tenant_id).await;
     assert_eq!(orders(&restored, &acme2).await, acme_orders);
     assert_eq!(orders(&restored, &globex2).await, globex_orders);
+    let res = restored
+        .get(
+            &format!("/api/v1/collections/assets/records/{record}/files/{file_id}"),
+            &acme2.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.bytes().await.unwrap().to_vec(),
+        photo,
+        "the file, byte for byte"
+    );
     let (ok, out) = cli_run(&restored, &["audit", "verify"], &[]).await;
     assert!(ok, "{out}");
+
+    for (key, bytes) in raw_objects(&target).await {
+        let needle = &photo[8..40];
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{key} holds the photo in clear"
+        );
+    }
 
     // A second --all onto a populated instance is refused.
     let (ok, out) = cli_run(&restored, &["backup", "restore", "--all"], &[]).await;
