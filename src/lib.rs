@@ -136,6 +136,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         allowlists,
         mailer,
         schedule: Arc::new(ops::Schedule::default()),
+        holds: Arc::new(tenancy::holds::Holds::default()),
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
         vault,

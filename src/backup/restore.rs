@@ -55,11 +55,11 @@ impl Point {
         if let Some(n) = text.strip_prefix("seq:") {
             return match n.parse::<i64>() {
                 Ok(n) if n > 0 => Ok(Point::Seq(n)),
-                _ => Err(format!("--to seq:{n}: not a journal seq (a number from 1)")),
+                _ => Err(format!("seq:{n} is not a journal seq (a number from 1)")),
             };
         }
         crate::clock::parse_rfc3339(text).map(Point::Time).ok_or_else(|| {
-            format!("--to {text}: expected `latest`, `seq:N` or an RFC 3339 time (2026-12-01T10:00:00Z)")
+            format!("{text:?}: expected `latest`, `seq:N` or an RFC 3339 time (2026-12-01T10:00:00Z)")
         })
     }
 }
@@ -102,7 +102,7 @@ async fn walk_segments(
     tenant: &str,
     keys: &HashMap<i64, (DataKey, keys::KeyObject)>,
     mut visit: impl FnMut(&Segment, Vec<Entry>) -> bool,
-    progress: &dyn Fn(usize, usize),
+    progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<usize, String> {
     let names = target
         .keys(&segment::journal_prefix(tenant))
@@ -271,7 +271,7 @@ pub async fn restore_tenant(
     point: &Point,
     mode: Mode,
     meta: &RequestMeta,
-    progress: &dyn Fn(usize, usize),
+    progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Restored, String> {
     let started = Instant::now();
     let images = store

@@ -216,8 +216,9 @@ pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> 
         None => {
             if let Some(running) = crate::ops::supervise::running(&state.config.data_dir) {
                 anyhow::bail!(
-                    "a server runs on this data dir ({running}): stop it before restoring a tenant \
-                     into it, or restore with --into-new-instance DIR"
+                    "a server runs on this data dir ({running}): ask it to restore the tenant with \
+                     POST /api/v1/ops/tenants/{slug}/restore (bearer operator_token; the tenant \
+                     answers 503 meanwhile), stop it first, or restore with --into-new-instance DIR"
                 );
             }
             let (scope, _) = super::tenant_scopes(&state.store, Some(&slug))

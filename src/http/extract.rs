@@ -298,6 +298,7 @@ impl FromRequestParts<AppState> for Principal {
                 Some(&principal.email),
             );
         }
+        state.admit_unheld(principal.scope().id_str())?;
         // Before any data is read (NET-2).
         let meta = parts
             .extensions

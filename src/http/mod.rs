@@ -58,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::audit::access_log_router())
         .merge(crate::tenancy::router())
         .merge(crate::posture::http::router())
+        .merge(crate::backup::http::router())
         .merge(crate::mail::http::router());
     let (router, doc) = api.into_parts();
     let doc = Arc::new(doc.to_string());

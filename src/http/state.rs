@@ -33,6 +33,23 @@ pub struct AppState {
     pub mailer: Arc<crate::mail::Mailer>,
     /// The jobs this process schedules (OPS-1).
     pub schedule: Arc<crate::ops::Schedule>,
+    /// Tenants held while a restore replaces their state (BAK-4).
+    pub holds: Arc<crate::tenancy::holds::Holds>,
+}
+
+impl AppState {
+    /// `503` with `Retry-After` while the tenant is being restored.
+    pub fn admit_unheld(&self, tenant: &str) -> Result<(), super::ApiError> {
+        if self.holds.is_held(tenant) {
+            return Err(super::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "tenant-restoring",
+                "this tenant is being restored from its backup; try again shortly",
+            )
+            .with_retry_after(crate::tenancy::holds::RETRY_AFTER_SECONDS));
+        }
+        Ok(())
+    }
 }
 
 impl AppState {

@@ -474,6 +474,10 @@ async fn login(
         .await
         .map_err(|e| ApiError::from(IdentityError::from(e)))?
     {
+        if let Err(held) = state.admit_unheld(scope.id_str()) {
+            state.limits.give_back(meta.ip.as_deref(), &account).await;
+            return Err(held);
+        }
         let actor = crate::context::Actor::anonymous(Some(body.email.clone()));
         let admitted = state
             .allowlists

@@ -7,6 +7,7 @@
 //! `app.tenant_id` setting that row-level security checks (TEN-2).
 
 pub mod allowlist;
+pub mod holds;
 mod settings;
 
 use serde::Serialize;

@@ -456,3 +456,135 @@ async fn ctl_bak_4_destroyed_keys_shred_the_backups_and_no_restore_brings_them_b
     };
     assert!(!ok && out.contains(says), "{out}");
 }
+
+const OPERATOR: &str = "an-operator-token-of-at-least-32-bytes-for-tests";
+
+#[tokio::test]
+async fn ctl_bak_4_a_running_server_restores_one_tenant_and_holds_only_it_at_503() {
+    let url = backup_url();
+    let s3 = url.starts_with("s3://");
+    let app = spawn_app_with(move |c| {
+        c.backup = true;
+        c.backup_url = Some(url);
+        if s3 {
+            c.backup_access_key_id = Some("test".to_owned());
+            c.backup_secret_access_key = Some(secrecy::SecretString::from("test"));
+        }
+        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
+    })
+    .await;
+    let (target, shipper) = shipper(&app);
+    ship::start(app.state.store.clone(), &app.state.schedule, shipper);
+    let acme = app.admin("acme").await;
+    app.work_orders(&acme).await;
+    let globex = app.admin("globex").await;
+    app.work_orders(&globex).await;
+    app.create_order(&acme, json!({"title": "kept"})).await;
+    let (ok, out) = cli_run(&app, &["backup", "now", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    let point = shipped(&app, &target, &acme).await;
+    let kept = orders(&app, &acme).await;
+    app.create_order(&acme, json!({"title": "undone"})).await;
+    shipped(&app, &target, &acme).await;
+
+    // While held, the tenant answers 503 with Retry-After, logins too;
+    // the other tenant is served.
+    let hold = app.state.holds.hold(&acme.tenant_id).unwrap();
+    let res = app
+        .get(
+            "/api/v1/collections/work_orders/records",
+            &acme.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    let res = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"tenant": "acme", "email": acme.email, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(orders(&app, &globex).await.len(), 0);
+    // A second restore of a held tenant is refused.
+    let restore_path = "/api/v1/ops/tenants/acme/restore";
+    let res = app
+        .post(restore_path, Some(OPERATOR), json!({"to": "latest"}))
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    drop(hold);
+
+    // The operator route: bad input is a clear 4xx that changes nothing.
+    for (token, body, status) in [
+        (None, json!({"to": "latest"}), StatusCode::UNAUTHORIZED),
+        (
+            Some(OPERATOR),
+            json!({"to": "whenever"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Some(OPERATOR),
+            json!({"to": "seq:99999999"}),
+            StatusCode::CONFLICT,
+        ),
+        (
+            Some(OPERATOR),
+            json!({"too": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let res = app.post(restore_path, token, body.clone()).await;
+        assert_eq!(
+            res.status(),
+            status,
+            "{body}: {}",
+            res.text().await.unwrap()
+        );
+    }
+    let res = app
+        .post(
+            "/api/v1/ops/tenants/nobody/restore",
+            Some(OPERATOR),
+            json!({"to": "latest"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(orders(&app, &acme).await.len(), 2);
+
+    // The restore itself, through the running server.
+    let res = app
+        .post(
+            restore_path,
+            Some(OPERATOR),
+            json!({"to": format!("seq:{point}")}),
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{}",
+        res.text().await.unwrap()
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["to_seq"], point);
+    assert!(body["snapshot_after"].is_string(), "{body}");
+    // The old session ended at once (this server forgot it).
+    let res = app
+        .get(
+            "/api/v1/collections/work_orders/records",
+            &acme.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let again = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
+    assert_eq!(orders(&app, &again).await, kept);
+
+    // The CLI, beside a server marked as running, points at the route.
+    std::fs::write(app.data_dir.join("serving"), b"pid 1\n").unwrap();
+    let (ok, out) = cli_run(&app, &["backup", "restore", "--tenant", "acme"], &[]).await;
+    assert!(
+        !ok && out.contains("/api/v1/ops/tenants/acme/restore"),
+        "{out}"
+    );
+}
