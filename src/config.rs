@@ -46,6 +46,7 @@ const ENV_KEYS: &[&str] = &[
     "backup_secret_access_key",
     "backup_lag_alert_seconds",
     "backup_snapshot_hours",
+    "backup_drill_hours",
     "file_sweep_seconds",
     "key_cache_seconds",
     "migrate_until",
@@ -141,6 +142,8 @@ pub struct Config {
     /// How old a tenant's newest snapshot may get before the next is taken
     /// (BAK-2; default 24: daily).
     pub backup_snapshot_hours: u64,
+    /// How often the restore drill runs (BAK-6; default 24: daily).
+    pub backup_drill_hours: u64,
     /// How often objects of deleted files are removed from the stores.
     pub file_sweep_seconds: u64,
     /// How long unwrapped data keys stay in memory. A key revoked or
@@ -305,6 +308,7 @@ impl Default for Config {
             backup_secret_access_key: None,
             backup_lag_alert_seconds: 60,
             backup_snapshot_hours: 24,
+            backup_drill_hours: 24,
             file_sweep_seconds: 60,
             key_cache_seconds: 60,
             migrate_until: None,
@@ -407,6 +411,11 @@ impl Config {
         if !(1..=24 * 7).contains(&self.backup_snapshot_hours) {
             return Err(ConfigError(
                 "backup_snapshot_hours must be 1 to 168 (a snapshot at least weekly)".into(),
+            ));
+        }
+        if !(1..=24 * 183).contains(&self.backup_drill_hours) {
+            return Err(ConfigError(
+                "backup_drill_hours must be 1 to 4392 (a drill at least twice a year)".into(),
             ));
         }
         if self.file_sweep_seconds == 0 {
@@ -643,6 +652,7 @@ impl fmt::Debug for Config {
             )
             .field("backup_lag_alert_seconds", &self.backup_lag_alert_seconds)
             .field("backup_snapshot_hours", &self.backup_snapshot_hours)
+            .field("backup_drill_hours", &self.backup_drill_hours)
             .field("file_sweep_seconds", &self.file_sweep_seconds)
             .field("key_cache_seconds", &self.key_cache_seconds)
             .field("migrate_until", &self.migrate_until)

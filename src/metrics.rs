@@ -83,6 +83,9 @@ pub struct Metrics {
     pub backup_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub backup_segments: Counter,
     pub backup_failures: Counter,
+    pub backup_drill_rto_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub backup_drill_rpo_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub backup_drill_failures: Counter,
 }
 
 impl Metrics {
@@ -193,6 +196,24 @@ impl Metrics {
             "Failed attempts to ship to the backup target",
             backup_failures.clone(),
         );
+        let backup_drill_rto_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "backup_drill_rto_seconds",
+            "How long the last restore drill took to rebuild a tenant from the backup target",
+            backup_drill_rto_seconds.clone(),
+        );
+        let backup_drill_rpo_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "backup_drill_rpo_seconds",
+            "How far the backup target was behind the live journal when the last drill began",
+            backup_drill_rpo_seconds.clone(),
+        );
+        let backup_drill_failures = Counter::default();
+        registry.register(
+            "backup_drill_failures",
+            "Restore drills that did not rebuild the live state",
+            backup_drill_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -213,6 +234,9 @@ impl Metrics {
             backup_lag_seconds,
             backup_segments,
             backup_failures,
+            backup_drill_rto_seconds,
+            backup_drill_rpo_seconds,
+            backup_drill_failures,
         }
     }
 

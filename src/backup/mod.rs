@@ -31,6 +31,7 @@
 //! Not built yet (the rest of the backups issue): drills, files in the
 //! target, retention, the warm standby.
 
+pub mod drill;
 pub mod http;
 pub mod keys;
 pub mod restore;

@@ -260,25 +260,60 @@ fn entry_time(entry: &Entry) -> Option<time::OffsetDateTime> {
     crate::clock::parse_rfc3339(&entry.occurred_at)
 }
 
-/// Restores tenant `tenant` (its id) to `point` from `target` into `store`.
-#[allow(clippy::too_many_arguments)]
-pub async fn restore_tenant(
-    store: &Store,
+/// A tenant's state as the target rebuilds it at a point, not yet
+/// written anywhere.
+pub struct Rebuilt {
+    state: State,
+    pub snapshot_key: String,
+    pub snapshot_seq: i64,
+    pub to_seq: i64,
+    pub entries_replayed: usize,
+    pub newest_change_at: Option<String>,
+    sequences: snapshot::Sequences,
+    keys: HashMap<i64, (DataKey, keys::KeyObject)>,
+    erased: Vec<keys::Erasure>,
+}
+
+impl Rebuilt {
+    pub fn rows(&self) -> usize {
+        self.state.rows()
+    }
+
+    /// The rows of `table`, each as JSON text, sorted (for comparisons).
+    pub fn table_texts(&self, table: &str) -> Vec<String> {
+        let mut rows: Vec<String> = self
+            .state
+            .tables
+            .get(table)
+            .into_iter()
+            .flat_map(Rows::all)
+            .map(Value::to_string)
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    pub fn slug(&self) -> Option<String> {
+        self.state
+            .tables
+            .get("tenants")
+            .and_then(|t| t.all().next())
+            .and_then(|row| row.get("slug"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+}
+
+/// Reads and checks everything needed to bring tenant `tenant` (its id)
+/// to `point` from `target`, and rebuilds its state in memory.
+pub async fn rebuild(
     vault: &Vault,
-    objects: &Objects,
     target: &BackupTarget,
     tenant: &str,
     point: &Point,
-    mode: Mode,
-    meta: &RequestMeta,
+    backend: crate::store::Backend,
     progress: &(dyn Fn(usize, usize) + Sync),
-) -> Result<Restored, String> {
-    let started = Instant::now();
-    let images = store
-        .images()
-        .ok_or("the schema predates restorable backups (migrate_until holds it back)")?;
-    let id = TenantId::parse(tenant).ok_or_else(|| format!("{tenant:?} is not a tenant id"))?;
-    let scope = TenantScope::trusted(id);
+) -> Result<Rebuilt, String> {
     let keys = keys::load(vault, target, tenant).await?;
     let snapshots = snapshot::list(target, tenant).await?;
     if snapshots.is_empty() {
@@ -354,12 +389,12 @@ pub async fn restore_tenant(
     })?;
     let opened = snapshot::open(&snapshot_bytes, snapshot_key)
         .map_err(|e| format!("snapshot {}: {e}", chosen.key))?;
-    if opened.header.backend != store.backend().name() {
+    if opened.header.backend != backend.name() {
         return Err(format!(
             "snapshot {} holds {} rows; this instance is {}",
             chosen.key,
             opened.header.backend,
-            store.backend().name()
+            backend.name()
         ));
     }
     let snapshot_seq = opened.header.seq;
@@ -409,21 +444,59 @@ pub async fn restore_tenant(
         return Err(failure);
     }
     let _ = newest_change_at.get_or_insert_with(|| chosen.header.taken_at.clone());
-    let rows = state.rows();
-    let slug = state
-        .tables
-        .get("tenants")
-        .and_then(|t| t.all().next())
-        .and_then(|row| row.get("slug"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
     let erased = keys::erasures(target, tenant).await?;
+    Ok(Rebuilt {
+        state,
+        snapshot_key: chosen.key.clone(),
+        snapshot_seq,
+        to_seq,
+        entries_replayed: replayed,
+        newest_change_at,
+        sequences,
+        keys,
+        erased,
+    })
+}
+
+/// Restores tenant `tenant` (its id) to `point` from `target` into `store`.
+#[allow(clippy::too_many_arguments)]
+pub async fn restore_tenant(
+    store: &Store,
+    vault: &Vault,
+    objects: &Objects,
+    target: &BackupTarget,
+    tenant: &str,
+    point: &Point,
+    mode: Mode,
+    meta: &RequestMeta,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Restored, String> {
+    let started = Instant::now();
+    let images = store
+        .images()
+        .ok_or("the schema predates restorable backups (migrate_until holds it back)")?;
+    let id = TenantId::parse(tenant).ok_or_else(|| format!("{tenant:?} is not a tenant id"))?;
+    let scope = TenantScope::trusted(id);
+    let rebuilt = rebuild(vault, target, tenant, point, store.backend(), progress).await?;
+    let rows = rebuilt.rows();
+    let slug = rebuilt.slug();
+    let Rebuilt {
+        state,
+        snapshot_key,
+        snapshot_seq,
+        to_seq,
+        entries_replayed: replayed,
+        newest_change_at,
+        sequences,
+        keys,
+        erased,
+    } = rebuilt;
     // Files first: objects never change, so putting back one the restored
     // rows name is harmless even if the restore then fails.
     let files = put_back_files(objects, target, tenant, &state).await?;
 
     let summary = serde_json::json!({
-        "snapshot": chosen.key, "snapshot_seq": snapshot_seq, "to_seq": to_seq,
+        "snapshot": snapshot_key, "snapshot_seq": snapshot_seq, "to_seq": to_seq,
         "entries_replayed": replayed, "rows": rows, "files_put_back": files,
     });
     match mode {

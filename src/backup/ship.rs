@@ -284,6 +284,25 @@ impl Shipper {
     }
 }
 
+/// How long the oldest journal entry the target lacks has waited (0: none).
+pub async fn unshipped_age_of(
+    store: &Store,
+    target: &BackupTarget,
+    scope: &TenantScope,
+) -> Result<f64, String> {
+    let shipped = head(target, scope.id_str()).await?.map_or(0, |h| h.last);
+    let mut tx = store.read(scope).await.map_err(|e| e.to_string())?;
+    let oldest: Option<String> = db::query_scalar(
+        "SELECT occurred_at FROM journal WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT 1",
+    )
+    .bind(scope.id_str())
+    .bind(shipped)
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(oldest.map_or(0.0, |at| age_seconds(&at)))
+}
+
 /// The object keys of the files the entries add.
 fn uploaded_objects(entries: &[Entry]) -> Vec<String> {
     entries

@@ -133,7 +133,7 @@ pub async fn take(
     Ok(taken)
 }
 
-async fn read_state(
+pub(crate) async fn read_state(
     store: &Store,
     images: &Images,
     scope: &TenantScope,

@@ -247,6 +247,15 @@ enum BackupCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A restore drill now (BAK-6): rebuild each tenant from the target and
+    /// compare it with the live state; exits non-zero on any difference.
+    Drill {
+        /// Only this tenant (slug); default all.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore a tenant to a point in time from the backup target (BAK-4):
     /// into this instance (stop the server first), into a new SQLite
     /// instance, or every tenant onto an empty data dir (`--all`).
@@ -700,6 +709,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     backup::verify(&state, tenant.as_deref(), json).await
                 }
                 BackupCommand::Ship => backup::ship_now(&state).await,
+                BackupCommand::Drill { tenant, json } => {
+                    backup::drill(&state, tenant.as_deref(), json).await
+                }
                 BackupCommand::Now { tenant, json } => {
                     backup::snapshot_now(&state, tenant.as_deref(), json).await
                 }
@@ -981,6 +993,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             target.clone(),
             &state.schedule,
             std::time::Duration::from_secs(state.config.backup_snapshot_hours * 3600),
+        );
+        crate::backup::drill::start(
+            state.store.clone(),
+            state.vault.clone(),
+            target.clone(),
+            &state.schedule,
+            std::time::Duration::from_secs(state.config.backup_drill_hours * 3600),
         );
         crate::backup::ship::start(
             state.store.clone(),

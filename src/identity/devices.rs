@@ -104,6 +104,16 @@ fn prefix(ip: Option<&str>) -> Option<String> {
 pub fn seen_in(tx: &mut WriteTx, device: &KnownDevice) {
     let (now, ip_prefix) = (crate::clock::now(), prefix(tx.meta().ip.as_deref()));
     let tenant = tx.scope().id_str().to_owned();
+    // Journaled, so a restore (and a drill) has the device as it is.
+    tx.record(Change {
+        entity: "device",
+        entity_id: device.id.clone(),
+        op: JournalOp::Update,
+        before: None,
+        after: Some(serde_json::json!({"last_seen_at": now, "ip_prefix": ip_prefix})),
+        sensitive: Vec::new(),
+        diff_of: None,
+    });
     let batch = tx.defer();
     let values = [
         batch.param(now),

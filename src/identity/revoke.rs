@@ -80,13 +80,25 @@ pub(super) async fn forget_trust(
     if !schema_has_trust {
         return Ok(());
     }
-    db::query(
+    // Journaled device by device, so no restore brings the trust back.
+    let ended: Vec<String> = db::query_scalar(
         "UPDATE devices SET mfa_trusted_until = NULL WHERE tenant_id = $1 AND user_id = $2 \
-         AND mfa_trusted_until IS NOT NULL",
+         AND mfa_trusted_until IS NOT NULL RETURNING id",
     )
     .bind(tx.scope().id_str().to_owned())
     .bind(user_id)
-    .execute(tx.conn())
+    .fetch_all(tx.conn())
     .await?;
+    for id in ended {
+        tx.record(Change {
+            entity: "device",
+            entity_id: id,
+            op: JournalOp::Update,
+            before: None,
+            after: Some(serde_json::json!({"mfa_trusted_until": null})),
+            sensitive: Vec::new(),
+            diff_of: None,
+        });
+    }
     Ok(())
 }

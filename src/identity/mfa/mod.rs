@@ -428,6 +428,7 @@ pub(in crate::identity) async fn spend_in(
             if !passkeys::spend_counter(tx.conn(), &tenant, factor_id, *counter).await? {
                 return Err(IdentityError::PasskeyRefused);
             }
+            journal_spend(tx, "", &Spends::Counter(factor_id.clone(), *counter));
             return Ok(());
         }
     };
@@ -438,10 +439,30 @@ pub(in crate::identity) async fn spend_in(
     }
     let tenant = tx.scope().id_str().to_owned();
     if spend_what(tx.conn(), &tenant, &step.user_id, spends).await? {
+        journal_spend(tx, &step.user_id, spends);
         Ok(())
     } else {
         Err(IdentityError::InvalidCode)
     }
+}
+
+/// Journals what a code used up, so that no restore brings back a spent
+/// recovery code or an earlier TOTP step (BAK-4).
+fn journal_spend(tx: &mut WriteTx, user: &str, spends: &Spends) {
+    let (entity, entity_id) = match spends {
+        Spends::Nothing(_) => return,
+        Spends::Step(factor, _) | Spends::Counter(factor, _) => ("mfa_factor", factor.clone()),
+        Spends::Recovery(_) => ("recovery_codes", user.to_owned()),
+    };
+    tx.record(Change {
+        entity,
+        entity_id,
+        op: JournalOp::Update,
+        before: None,
+        after: Some(json!({"used_at": crate::clock::now()})),
+        sensitive: Vec::new(),
+        diff_of: None,
+    });
 }
 
 /// Uses up what a right code spends, each by a guarded update: whether it
@@ -1325,6 +1346,7 @@ pub async fn step_up(
                     if !spend_what(tx.conn(), &tenant, &user_id, &spends).await? {
                         return Err(IdentityError::InvalidCode);
                     }
+                    journal_spend(tx, &user_id, &spends);
                     passed_on_session(tx, &session_id).await
                 })
             },
