@@ -674,3 +674,177 @@ async fn ctl_bak_6_a_drill_rebuilds_each_tenant_from_the_target_and_names_what_d
     let bak6 = report.iter().find(|c| c["id"] == "BAK-6").unwrap();
     assert_eq!(bak6["verdict"], "fail", "{bak6}");
 }
+
+/// The backup settings of a server process or CLI run, as variables.
+fn backup_env(url: &str) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("STRONGROOM_BACKUP", "true".to_owned()),
+        ("STRONGROOM_BACKUP_URL", url.to_owned()),
+    ];
+    if url.starts_with("s3://") {
+        env.push(("STRONGROOM_BACKUP_ACCESS_KEY_ID", "test".to_owned()));
+        env.push(("STRONGROOM_BACKUP_SECRET_ACCESS_KEY", "test".to_owned()));
+    }
+    env
+}
+
+fn run_cli(
+    dir: &std::path::Path,
+    db: &str,
+    env: &[(&str, String)],
+    args: &[&str],
+) -> (bool, String) {
+    let out = crate::helpers::cli(dir, db)
+        .envs(env.iter().map(|(k, v)| (*k, v.clone())))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn ctl_bak_4_after_kill_9_the_target_alone_restores_every_write_acknowledged_a_second_before()
+{
+    use crate::helpers::{ServerProcess, fresh_database, http_client};
+    let url = backup_url();
+    let env = backup_env(&url);
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = temp_dir("kill9-backup");
+    let db = fresh_database(&dir).await;
+    let server = ServerProcess::start_with_env(&dir, &db, "warn", &env_refs).await;
+    let (token, _) = crate::durability::tenant_admin_token(&server, &dir, &db).await;
+    let client = http_client();
+    let res = client
+        .post(format!("{}/api/v1/collections", server.address))
+        .bearer_auth(&token)
+        .json(&json!({"name": "work_orders", "fields": [
+            {"name": "title", "type": "text", "required": true},
+            {"name": "notes", "type": "text", "sensitive": true}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let (ok, out) = run_cli(&dir, &db, &env, &["backup", "now"]);
+    assert!(ok, "{out}");
+
+    // A steady load of creates from 8 clients for 4 s; every
+    // acknowledgement is kept with when it came.
+    let started = Instant::now();
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let (client, address, token) = (client.clone(), server.address.clone(), token.clone());
+        load.spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while started.elapsed() < Duration::from_secs(4) {
+                let res = client
+                    .post(format!("{address}/api/v1/collections/work_orders/records"))
+                    .bearer_auth(&token)
+                    .json(&json!({"title": format!("w{worker}-{i}"), "notes": format!("n{worker}-{i}")}))
+                    .send()
+                    .await;
+                i += 1;
+                let Ok(res) = res else { break };
+                if res.status() == 201 {
+                    let body: Value = res.json().await.unwrap();
+                    acknowledged.push((Instant::now(), body));
+                }
+            }
+            acknowledged
+        });
+    }
+    // The kill lands while the load still runs.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut server = server;
+    server.child.kill().unwrap();
+    let killed = Instant::now();
+    server.child.wait().unwrap();
+    let mut acknowledged = Vec::new();
+    while let Some(done) = load.join_next().await {
+        acknowledged.extend(done.unwrap());
+    }
+    let due: Vec<&Value> = acknowledged
+        .iter()
+        .filter(|(at, _)| killed.duration_since(*at) > Duration::from_secs(1))
+        .map(|(_, body)| body)
+        .collect();
+    assert!(due.len() > 20, "a load ran: {} creates", due.len());
+
+    // The machine is gone: an empty data dir and database, the master key
+    // and the backup target.
+    let dir2 = temp_dir("kill9-restored");
+    let db2 = fresh_database(&dir2).await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir2.join("master.key");
+        std::fs::copy(dir.join("master.key"), &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (ok, out) = run_cli(&dir2, &db2, &env, &["backup", "restore", "--all"]);
+    assert!(ok, "{out}");
+    let server = ServerProcess::start(&dir2, &db2, "warn").await;
+    let res: Value = client
+        .post(format!("{}/api/v1/auth/login", server.address))
+        .json(&json!({"tenant": "acme", "email": "admin@acme.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = res["access_token"].as_str().unwrap().to_owned();
+    let mut restored = std::collections::HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut page_url = format!(
+            "{}/api/v1/collections/work_orders/records?limit=200",
+            server.address
+        );
+        if let Some(c) = &cursor {
+            page_url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client
+            .get(page_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for item in page["items"].as_array().unwrap() {
+            restored.insert(item["id"].as_str().unwrap().to_owned(), item.clone());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let missing: Vec<&&Value> = due
+        .iter()
+        .filter(|body| restored.get(body["id"].as_str().unwrap()) != Some(**body))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} writes acknowledged over a second before the kill are not restored as acknowledged: {:?}",
+        missing.len(),
+        due.len(),
+        missing.first()
+    );
+    println!(
+        "{} of {} acknowledged writes restored ({} due, over 1 s before the kill)",
+        acknowledged
+            .iter()
+            .filter(|(_, b)| restored.contains_key(b["id"].as_str().unwrap()))
+            .count(),
+        acknowledged.len(),
+        due.len()
+    );
+}
