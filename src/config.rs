@@ -47,6 +47,7 @@ const ENV_KEYS: &[&str] = &[
     "backup_lag_alert_seconds",
     "backup_snapshot_hours",
     "backup_drill_hours",
+    "backup_primary_url",
     "file_sweep_seconds",
     "key_cache_seconds",
     "migrate_until",
@@ -144,6 +145,8 @@ pub struct Config {
     pub backup_snapshot_hours: u64,
     /// How often the restore drill runs (BAK-6; default 24: daily).
     pub backup_drill_hours: u64,
+    /// On a standby (`serve --follow`): the primary its refused writes name.
+    pub backup_primary_url: Option<String>,
     /// How often objects of deleted files are removed from the stores.
     pub file_sweep_seconds: u64,
     /// How long unwrapped data keys stay in memory. A key revoked or
@@ -309,6 +312,7 @@ impl Default for Config {
             backup_lag_alert_seconds: 60,
             backup_snapshot_hours: 24,
             backup_drill_hours: 24,
+            backup_primary_url: None,
             file_sweep_seconds: 60,
             key_cache_seconds: 60,
             migrate_until: None,
@@ -653,6 +657,7 @@ impl fmt::Debug for Config {
             .field("backup_lag_alert_seconds", &self.backup_lag_alert_seconds)
             .field("backup_snapshot_hours", &self.backup_snapshot_hours)
             .field("backup_drill_hours", &self.backup_drill_hours)
+            .field("backup_primary_url", &self.backup_primary_url)
             .field("file_sweep_seconds", &self.file_sweep_seconds)
             .field("key_cache_seconds", &self.key_cache_seconds)
             .field("migrate_until", &self.migrate_until)

@@ -137,6 +137,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         mailer,
         schedule: Arc::new(ops::Schedule::default()),
         holds: Arc::new(tenancy::holds::Holds::default()),
+        standby: None,
         access_log: audit::access_log::AccessLogger::start(store.clone()),
         store,
         vault,

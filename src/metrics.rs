@@ -86,6 +86,7 @@ pub struct Metrics {
     pub backup_drill_rto_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub backup_drill_rpo_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub backup_drill_failures: Counter,
+    pub backup_follow_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -214,6 +215,12 @@ impl Metrics {
             "Restore drills that did not rebuild the live state",
             backup_drill_failures.clone(),
         );
+        let backup_follow_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "backup_follow_lag_seconds",
+            "On a standby: how long the oldest shipped entry not yet applied has waited",
+            backup_follow_lag_seconds.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -237,6 +244,7 @@ impl Metrics {
             backup_drill_rto_seconds,
             backup_drill_rpo_seconds,
             backup_drill_failures,
+            backup_follow_lag_seconds,
         }
     }
 

@@ -32,6 +32,7 @@
 //! target, retention, the warm standby.
 
 pub mod drill;
+pub mod follow;
 pub mod http;
 pub mod keys;
 pub mod restore;

@@ -73,6 +73,10 @@ pub enum Mode {
     /// Builds the tenant in an instance that does not have it: data,
     /// trail, counters and keys all from the target.
     Fresh,
+    /// As [`Mode::Fresh`], for a standby that goes on applying the
+    /// primary's journal: no event of its own, so its counters stay the
+    /// primary's.
+    Standby,
 }
 
 /// What a restore did.
@@ -216,6 +220,7 @@ impl State {
     fn from_snapshot(snapshot: Snapshot) -> State {
         let mut tables: BTreeMap<String, Rows> = RESTORED
             .iter()
+            .chain(image::FOLLOWED)
             .map(|t| ((*t).to_owned(), Rows::new(t)))
             .collect();
         for (table, rows) in snapshot.tables {
@@ -229,7 +234,7 @@ impl State {
     }
 
     fn apply(&mut self, entry: &Entry) -> Result<(), String> {
-        if !image::has_image(&entry.entity) {
+        if !image::restorable(&entry.entity) {
             return Ok(());
         }
         let text = entry.rows.as_deref().ok_or_else(|| {
@@ -242,11 +247,12 @@ impl State {
         let image: BTreeMap<String, Vec<Value>> = serde_json::from_str(text)
             .map_err(|e| format!("journal entry {}: its image does not parse: {e}", entry.seq))?;
         for (table, rows) in image {
-            let target = self
-                .tables
-                .get_mut(&table)
-                .ok_or_else(|| format!("journal entry {} names table {table}", entry.seq))?;
-            target.replace(&entry.entity_id, rows);
+            match self.tables.get_mut(&table) {
+                Some(target) => target.replace(&entry.entity_id, rows),
+                // What a standby follows and a restore does not keep.
+                None if image::FOLLOWED.contains(&table.as_str()) => {}
+                None => return Err(format!("journal entry {} names table {table}", entry.seq)),
+            }
         }
         Ok(())
     }
@@ -501,7 +507,7 @@ pub async fn restore_tenant(
     });
     match mode {
         Mode::Live => write_live(store, images, &scope, state, summary, meta).await?,
-        Mode::Fresh => {
+        Mode::Fresh | Mode::Standby => {
             let restored_keys: Vec<(i64, Vec<u8>)> = keys
                 .iter()
                 .filter_map(|(version, (_, object))| {
@@ -522,6 +528,7 @@ pub async fn restore_tenant(
                     anchor: (sequences.audit_anchor_seq, sequences.audit_anchor_hash),
                     keys: restored_keys,
                     erased,
+                    audited: mode == Mode::Fresh,
                 },
                 summary,
                 meta,
@@ -677,6 +684,8 @@ struct FreshParts {
     anchor: (i64, Option<String>),
     keys: Vec<(i64, Vec<u8>)>,
     erased: Vec<keys::Erasure>,
+    /// Whether the restore is an event of the restored trail.
+    audited: bool,
 }
 
 async fn write_fresh(
@@ -737,6 +746,14 @@ async fn write_fresh(
                         .await?;
                     }
                 }
+                // A standby keeps the sessions it follows (BAK-5).
+                if !parts.audited {
+                    for table in image::FOLLOWED {
+                        if let Some(rows) = state.tables.get(*table) {
+                            insert_all(conn, &images, table, rows.all()).await?;
+                        }
+                    }
+                }
                 for (version, wrapped) in &parts.keys {
                     db::query("UPDATE tenant_keys SET wrapped = $1 WHERE tenant_id = $2 AND version = $3")
                         .bind(wrapped.clone())
@@ -771,6 +788,9 @@ async fn write_fresh(
         })
         .await
         .map_err(|e| format!("the restore did not commit (nothing changed): {e}"))?;
+    if !parts.audited {
+        return Ok(());
+    }
     let tenant = scope.id_str().to_owned();
     store
         .write(

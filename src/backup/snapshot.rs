@@ -21,7 +21,7 @@ use super::segment::sha256_hex;
 use crate::context::TenantScope;
 use crate::crypto::Vault;
 use crate::crypto::aead::DataKey;
-use crate::store::image::{Images, RESTORED};
+use crate::store::image::{FOLLOWED, Images, RESTORED};
 use crate::store::{Store, db};
 
 const MAGIC: &[u8] = b"strongroom-snapshot-v1\n";
@@ -163,7 +163,8 @@ pub(crate) async fn read_state(
     };
     let sequences = read().map_err(|e| e.to_string())?;
     let mut tables = BTreeMap::new();
-    for table in RESTORED {
+    // What a standby follows too (sessions), which restores leave out.
+    for table in RESTORED.iter().chain(FOLLOWED) {
         let text: String = db::query_scalar(images.snapshot_query(table))
             .bind(tenant)
             .fetch_one(tx.conn())

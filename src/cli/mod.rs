@@ -36,7 +36,16 @@ enum Command {
         /// Address to bind (overrides STRONGROOM_LISTEN).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Run as a read-only warm standby of the primary whose backup
+        /// target this is (BAK-5): apply its journal as it arrives, refuse
+        /// writes, until `strongroom promote`.
+        #[arg(long, value_name = "BACKUP_URL")]
+        follow: Option<String>,
     },
+    /// Make the standby running on this data dir the primary (BAK-5): it
+    /// applies what the target holds one last time, then takes writes and
+    /// ships. Only once the old primary is down.
+    Promote,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Manage tenants (companies).
@@ -555,12 +564,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve { listen } => {
+        Command::Serve { listen, follow } => {
             if let Some(listen) = listen {
                 config.listen = listen;
             }
-            serve(config).await
+            if let Some(url) = &follow {
+                config.backup_url = Some(url.clone());
+            }
+            serve(config, follow.is_some()).await
         }
+        Command::Promote => promote(&config).await,
         Command::Bench(BenchCommand::AuditVerify { events, rounds }) => {
             anyhow::ensure!(
                 events > 0 && rounds > 0,
@@ -947,7 +960,37 @@ async fn audit_export(
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// `strongroom promote`: asks the standby on this data dir to become the
+/// primary, and waits until it has.
+async fn promote(config: &Config) -> anyhow::Result<()> {
+    let Some(running) = crate::ops::supervise::running(&config.data_dir) else {
+        anyhow::bail!(
+            "no server runs on {}: start the standby (`serve --follow BACKUP_URL`) or, to make this \
+             instance the primary, start it with `serve`",
+            config.data_dir.display()
+        );
+    };
+    let file = crate::backup::follow::promote_file(&config.data_dir);
+    std::fs::write(&file, b"promote\n").context("cannot ask the standby to promote")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while file.exists() {
+        if std::time::Instant::now() > deadline {
+            let _ = std::fs::remove_file(&file);
+            anyhow::bail!(
+                "the server on {} ({running}) did not take the promotion in 60 s: is it a standby?",
+                config.data_dir.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    println!(
+        "promoted: the server on {} is the primary now",
+        config.data_dir.display()
+    );
+    Ok(())
+}
+
+async fn serve(config: Config, follow: bool) -> anyhow::Result<()> {
     if config.environment == crate::config::Environment::Production {
         let mut problems = config.production_problems();
         problems.extend(crate::crypto::Keyring::production_problems(
@@ -971,12 +1014,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let fingerprint = crate::ops::install::fingerprint(&config)
         .context("cannot read this executable to take its digest")?;
     let notifier = crate::ops::supervise::Notifier::from_env();
-    let state = crate::open(config).await?;
+    let mut state = crate::open(config).await?;
     crate::ops::install::record_start(&state.store, &fingerprint).await?;
     report_unclean_stop(&state).await?;
     crate::identity::warm_up();
     // ENC-4 for backups: no canary through the target, no server.
-    let backups = match state.config.backup {
+    let backups = match state.config.backup || follow {
         true => {
             let target =
                 crate::backup::BackupTarget::open(&state.config).map_err(anyhow::Error::msg)?;
@@ -985,33 +1028,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         false => None,
     };
-    start_jobs(&state, backups.clone());
-    if let Some(target) = backups {
-        crate::backup::snapshot::start(
-            state.store.clone(),
-            state.vault.clone(),
-            target.clone(),
-            &state.schedule,
-            std::time::Duration::from_secs(state.config.backup_snapshot_hours * 3600),
-        );
-        crate::backup::drill::start(
-            state.store.clone(),
-            state.vault.clone(),
-            target.clone(),
-            &state.schedule,
-            std::time::Duration::from_secs(state.config.backup_drill_hours * 3600),
-        );
-        crate::backup::ship::start(
-            state.store.clone(),
-            &state.schedule,
-            crate::backup::ship::Shipper::new(
+    match (follow, backups) {
+        (true, Some(target)) => {
+            let standby = crate::backup::follow::Standby::new(
+                target.describe().to_owned(),
+                state.config.backup_primary_url.clone(),
+            );
+            state.standby = Some(standby.clone());
+            let follower = crate::backup::follow::Follower::new(
                 state.store.clone(),
                 state.vault.clone(),
                 state.objects.clone(),
-                target,
-                std::time::Duration::from_secs(state.config.backup_lag_alert_seconds),
-            ),
-        );
+                target.clone(),
+            );
+            let (promoted, data_dir) = (state.clone(), state.config.data_dir.clone());
+            tokio::spawn(crate::backup::follow::run(
+                follower,
+                standby,
+                data_dir,
+                move || start_primary_jobs(&promoted, Some(target)),
+            ));
+        }
+        (_, backups) => start_primary_jobs(&state, backups),
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -1082,6 +1120,42 @@ async fn report_unclean_stop(state: &crate::http::AppState) -> anyhow::Result<()
          rotations resume; queued mail and backups carry on from where they were"
     );
     Ok(())
+}
+
+/// A primary's jobs: the scheduled ones, and with backups on, snapshots,
+/// drills and shipping.
+fn start_primary_jobs(
+    state: &crate::http::AppState,
+    backups: Option<std::sync::Arc<crate::backup::BackupTarget>>,
+) {
+    start_jobs(state, backups.clone());
+    if let Some(target) = backups {
+        crate::backup::snapshot::start(
+            state.store.clone(),
+            state.vault.clone(),
+            target.clone(),
+            &state.schedule,
+            std::time::Duration::from_secs(state.config.backup_snapshot_hours * 3600),
+        );
+        crate::backup::drill::start(
+            state.store.clone(),
+            state.vault.clone(),
+            target.clone(),
+            &state.schedule,
+            std::time::Duration::from_secs(state.config.backup_drill_hours * 3600),
+        );
+        crate::backup::ship::start(
+            state.store.clone(),
+            &state.schedule,
+            crate::backup::ship::Shipper::new(
+                state.store.clone(),
+                state.vault.clone(),
+                state.objects.clone(),
+                target,
+                std::time::Duration::from_secs(state.config.backup_lag_alert_seconds),
+            ),
+        );
+    }
 }
 
 /// The server's scheduled jobs; each records a heartbeat.

@@ -121,10 +121,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => match state.schedule.overdue(&state.store).await {
             Ok(overdue) if overdue.is_empty() => {
                 let mut body = json!({"status": "ready", "database": state.store.backend().name()});
-                if state.config.backup {
+                match &state.standby {
+                    // BAK-5: how far this standby is behind the target.
+                    Some(standby) if standby.following() => {
+                        body["standby_of"] = json!(standby.target);
+                        body["follow_lag_seconds"] =
+                            json!(crate::metrics::get().backup_follow_lag_seconds.get());
+                    }
                     // BAK-1: how far shipping is behind the journal.
-                    body["backup_lag_seconds"] =
-                        json!(crate::metrics::get().backup_lag_seconds.get());
+                    _ if state.config.backup => {
+                        body["backup_lag_seconds"] =
+                            json!(crate::metrics::get().backup_lag_seconds.get());
+                    }
+                    _ => {}
                 }
                 Json(body).into_response()
             }
@@ -203,6 +212,12 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .uri()
         .path_and_query()
         .is_some_and(|pq| pq.as_str().contains("%00"));
+    // A standby takes no write (BAK-5); it names the primary.
+    let standby = state
+        .standby
+        .as_ref()
+        .filter(|s| s.following() && !req.method().is_safe())
+        .map(|s| s.refusal());
     let mut response = REQUEST_ID
         .scope(
             id.clone(),
@@ -223,6 +238,13 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
                             ApiError::bad_request("the path and query may not contain NUL (%00)")
                                 .into_response()
                         }
+                        None if standby.is_some() => ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "standby",
+                            standby.unwrap_or_default(),
+                        )
+                        .with_retry_after(5)
+                        .into_response(),
                         None => next.run(req).await,
                     }
                 },

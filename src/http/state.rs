@@ -35,6 +35,9 @@ pub struct AppState {
     pub schedule: Arc<crate::ops::Schedule>,
     /// Tenants held while a restore replaces their state (BAK-4).
     pub holds: Arc<crate::tenancy::holds::Holds>,
+    /// Set on a warm standby (`serve --follow`, BAK-5): writes are refused
+    /// while it follows.
+    pub standby: Option<Arc<crate::backup::follow::Standby>>,
 }
 
 impl AppState {

@@ -4,7 +4,7 @@
 //! the target holds.
 
 use super::finding::{Finding, Probe, Reach, Verdict, finding};
-use crate::backup::{BackupTarget, drill, keys, ship, snapshot};
+use crate::backup::{BackupTarget, drill, follow, keys, ship, snapshot};
 use crate::context::TenantScope;
 use crate::store::db;
 
@@ -297,4 +297,53 @@ pub fn drills(
             reach.tenants(scopes.len())
         ),
     )
+}
+
+/// BAK-5: a standby that follows the backup target reported within the
+/// last minute, and how far behind it was.
+pub async fn standby(probe: &Probe<'_>, reach: Reach) -> Finding {
+    if !probe.config.backup {
+        return finding(
+            "BAK-5",
+            Verdict::Warn,
+            "backup is off: nothing to follow".to_owned(),
+        );
+    }
+    let target = match BackupTarget::open(probe.config) {
+        Ok(target) => target,
+        Err(why) => return finding("BAK-5", Verdict::Fail, why),
+    };
+    let mut fresh = Vec::new();
+    for key in target.keys(follow::STANDBYS).await.unwrap_or_default() {
+        let Ok(Some(bytes)) = target.get(&key).await else {
+            continue;
+        };
+        let Ok(report) = serde_json::from_slice::<follow::Report>(&bytes) else {
+            continue;
+        };
+        if ship::age_seconds(&report.at) <= 60.0 {
+            fresh.push(report);
+        }
+    }
+    let shipped = format!(
+        "every commit is shipped to the backup target ({}) about every half second",
+        shown(&target, reach)
+    );
+    match fresh.iter().map(|r| r.lag_seconds).reduce(f64::max) {
+        Some(lag) => finding(
+            "BAK-5",
+            Verdict::Pass,
+            format!(
+                "{shipped}; {} standby (`serve --follow`) applied it within the last minute, {lag:.1} s behind at most; `strongroom promote` makes one the primary",
+                fresh.len()
+            ),
+        ),
+        None => finding(
+            "BAK-5",
+            Verdict::Warn,
+            format!(
+                "{shipped}, but no standby follows it (`strongroom serve --follow BACKUP_URL` on a second site)"
+            ),
+        ),
+    }
 }

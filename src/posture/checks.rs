@@ -57,6 +57,7 @@ pub async fn run(
         bak1,
         bak2,
         bak4,
+        super::backups::standby(probe, reach).await,
         super::backups::drills(probe, scopes, reach, &runs),
         bak7,
         https_only(config),

@@ -38,7 +38,17 @@ const SOURCES: &[(&str, &[(&str, &str)])] = &[
     ),
     ("tenant", &[("tenants", "id")]),
     (AUDIT_EVENT, &[("audit_events", "seq")]),
+    // Followed by a standby (BAK-5), never restored: a restore ends them.
+    ("session", &[("sessions", "id")]),
+    ("refresh_token", &[("refresh_tokens", "token_hash")]),
 ];
+
+/// Imaged for a standby only (not in a tenant's restorable state).
+pub const FOLLOWED: &[&str] = &["sessions", "refresh_tokens"];
+
+/// Tables other rows point at (by `id`): a standby updates their rows in
+/// place rather than deleting them, which would take the children along.
+pub const PARENTS: &[&str] = &["tenants", "users", "collections", "records", "sessions"];
 
 /// The journal's entity kind for an audit event: every event is journaled,
 /// so a restore from the target alone has the whole trail.
@@ -98,6 +108,13 @@ pub fn key_column(table: &str) -> Option<&'static str> {
         .map(|(_, key)| *key)
 }
 
+/// Whether `entity`'s image covers a table a restore brings back.
+pub fn restorable(entity: &str) -> bool {
+    SOURCES
+        .iter()
+        .any(|(e, parts)| *e == entity && parts.iter().any(|(t, _)| RESTORED.contains(t)))
+}
+
 /// Whether the journal keeps an image for `entity`.
 pub fn has_image(entity: &str) -> bool {
     SOURCES.iter().any(|(e, _)| *e == entity)
@@ -122,7 +139,7 @@ pub struct Images {
 impl Images {
     pub(super) async fn load(conn: &mut Conn, backend: Backend) -> Result<Images, StoreError> {
         let mut tables = HashMap::new();
-        for table in RESTORED {
+        for table in RESTORED.iter().chain(FOLLOWED) {
             let columns = match backend {
                 Backend::Sqlite => {
                     let rows = db::query(format!(
@@ -308,6 +325,48 @@ impl Images {
                 )
             }
         }
+    }
+
+    /// Inserts the rows of the JSON array `$1` into `table`, updating in
+    /// place a row whose `id` is there already (a standby's apply).
+    pub fn upsert_rows(&self, table: &str) -> String {
+        let updates: Vec<String> = self
+            .columns(table)
+            .iter()
+            .filter(|c| c.name != "id")
+            .map(|c| format!("\"{0}\" = excluded.\"{0}\"", c.name))
+            .collect();
+        let insert = self.insert_rows(table);
+        // SQLite needs a WHERE before ON CONFLICT after a SELECT.
+        let glue = match self.backend {
+            Backend::Sqlite => " WHERE true",
+            Backend::Postgres => "",
+        };
+        format!(
+            "{insert}{glue} ON CONFLICT (\"id\") DO UPDATE SET {}",
+            updates.join(", ")
+        )
+    }
+
+    /// Deletes the rows of the tenant (`$1`) in `table` whose key column
+    /// (`key`) is `$2`.
+    pub fn delete_by_key(&self, table: &str, key: &str) -> String {
+        let cast = match self.backend {
+            Backend::Postgres => {
+                let ty = self
+                    .columns(table)
+                    .iter()
+                    .find(|c| c.name == key)
+                    .map(|c| c.pg_type.as_str())
+                    .unwrap_or("text");
+                format!("CAST($2 AS {ty})")
+            }
+            Backend::Sqlite => "$2".to_owned(),
+        };
+        format!(
+            "DELETE FROM \"{table}\" WHERE \"{}\" = $1 AND \"{key}\" = {cast}",
+            tenant_column(table)
+        )
     }
 
     /// Deletes every row of the tenant (`$1`) from `table`.

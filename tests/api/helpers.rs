@@ -624,11 +624,23 @@ impl ServerProcess {
         log_level: &str,
         env: &[(&str, &str)],
     ) -> ServerProcess {
+        Self::start_with_args(data_dir, database_url, log_level, env, &[]).await
+    }
+
+    /// [`ServerProcess::start_with_env`] with more arguments to `serve`.
+    pub async fn start_with_args(
+        data_dir: &std::path::Path,
+        database_url: &str,
+        log_level: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> ServerProcess {
         let port = free_port();
         let log = data_dir.join(format!("server-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = cli(data_dir, database_url)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("STRONGROOM_LOG_LEVEL", log_level)
             .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
