@@ -47,6 +47,7 @@ const ENV_KEYS: &[&str] = &[
     "backup_lag_alert_seconds",
     "backup_snapshot_hours",
     "backup_drill_hours",
+    "backup_retention_days",
     "backup_primary_url",
     "file_sweep_seconds",
     "key_cache_seconds",
@@ -143,6 +144,9 @@ pub struct Config {
     /// How old a tenant's newest snapshot may get before the next is taken
     /// (BAK-2; default 24: daily).
     pub backup_snapshot_hours: u64,
+    /// How long snapshots and segments are kept (BAK-2; default 30, at
+    /// least 7): every point in that window stays restorable.
+    pub backup_retention_days: u64,
     /// How often the restore drill runs (BAK-6; default 24: daily).
     pub backup_drill_hours: u64,
     /// On a standby (`serve --follow`): the primary its refused writes name.
@@ -312,6 +316,7 @@ impl Default for Config {
             backup_lag_alert_seconds: 60,
             backup_snapshot_hours: 24,
             backup_drill_hours: 24,
+            backup_retention_days: 30,
             backup_primary_url: None,
             file_sweep_seconds: 60,
             key_cache_seconds: 60,
@@ -415,6 +420,11 @@ impl Config {
         if !(1..=24 * 7).contains(&self.backup_snapshot_hours) {
             return Err(ConfigError(
                 "backup_snapshot_hours must be 1 to 168 (a snapshot at least weekly)".into(),
+            ));
+        }
+        if !(7..=36_500).contains(&self.backup_retention_days) {
+            return Err(ConfigError(
+                "backup_retention_days must be at least 7 (and at most 36500)".into(),
             ));
         }
         if !(1..=24 * 183).contains(&self.backup_drill_hours) {
@@ -657,6 +667,7 @@ impl fmt::Debug for Config {
             .field("backup_lag_alert_seconds", &self.backup_lag_alert_seconds)
             .field("backup_snapshot_hours", &self.backup_snapshot_hours)
             .field("backup_drill_hours", &self.backup_drill_hours)
+            .field("backup_retention_days", &self.backup_retention_days)
             .field("backup_primary_url", &self.backup_primary_url)
             .field("file_sweep_seconds", &self.file_sweep_seconds)
             .field("key_cache_seconds", &self.key_cache_seconds)

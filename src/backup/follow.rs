@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::restore::{self, Mode, Point};
-use super::segment::{self, Entry, NO_SEGMENT};
+use super::segment::{self, Entry};
 use super::{BackupTarget, keys};
 use crate::context::{RequestMeta, TenantId, TenantScope};
 use crate::crypto::Vault;
@@ -179,9 +179,6 @@ impl Follower {
     async fn follow_tenant(&self, tenant: &str, pass: &mut FollowPass) -> Result<(), String> {
         let id = TenantId::parse(tenant).ok_or("not a tenant id")?;
         let scope = TenantScope::trusted(id);
-        let Some(head) = super::ship::head(&self.target, tenant).await? else {
-            return Ok(());
-        };
         let applied = match self.local_seq(&scope).await? {
             Some(seq) => seq,
             None => {
@@ -190,16 +187,12 @@ impl Follower {
                 return Ok(());
             }
         };
-        if head.last <= applied {
-            return Ok(());
-        }
         let memo = self
             .applied
             .lock()
             .ok()
             .and_then(|m| m.get(tenant).cloned())
             .filter(|a| a.seq == applied);
-        let keys = keys::load(&self.vault, &self.target, tenant).await?;
         let mut segments: Vec<(i64, i64, String)> = self
             .target
             .keys(&segment::journal_prefix(tenant))
@@ -218,8 +211,9 @@ impl Follower {
         let Some(first_new) = first_new else {
             return Ok(());
         };
+        let keys = keys::load(&self.vault, &self.target, tenant).await?;
         let mut previous = match (&memo, first_new) {
-            (_, 0) => NO_SEGMENT.to_owned(),
+            (_, 0) => super::ship::chain_start(&self.target, tenant).await?.1,
             (
                 Some(Applied {
                     segment: Some((last, sha)),

@@ -21,7 +21,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::segment::{self, Entry, NO_SEGMENT};
+use super::segment::{self, Entry};
 use super::snapshot::{self, Snapshot};
 use super::{BackupTarget, keys};
 use crate::context::{Permit, RequestMeta, TenantId, TenantScope};
@@ -113,7 +113,9 @@ async fn walk_segments(
         .await
         .map_err(|e| format!("cannot list the segments: {e}"))?;
     let head = super::ship::head(target, tenant).await?;
-    let mut previous = (0_i64, NO_SEGMENT.to_owned());
+    let mut previous = super::ship::chain_start(target, tenant).await?;
+    let start = previous.0;
+    let mut at_head: Option<String> = None;
     let mut walked = 0;
     let mut visiting = true;
     for (i, name) in names.iter().enumerate() {
@@ -149,16 +151,28 @@ async fn walk_segments(
             segment::open(&bytes, key).map_err(|e| format!("segment {name}: {e}"))?;
         let seg = Segment { last: header.last };
         previous = (header.last, segment::sha256_hex(&bytes));
+        if head.as_ref().is_some_and(|h| h.last == header.last) {
+            at_head = Some(previous.1.clone());
+        }
         if visiting {
             visiting = visit(&seg, entries);
         }
         walked += 1;
     }
     match head {
-        Some(head) if head.last != previous.0 || head.sha256 != previous.1 => Err(format!(
+        Some(head) if head.last > previous.0 => Err(format!(
             "the head names seq {} but the segments end at {}: the newest segments are missing",
             head.last, previous.0
         )),
+        // A segment past the head is one written just before a crash, its
+        // head not yet: it chains and opens, so it counts.
+        Some(head) if at_head.as_deref() != Some(head.sha256.as_str()) && head.last > start => {
+            Err(format!(
+                "the head names a segment ending at seq {} that is not the one the target holds: \
+                 segments were replaced",
+                head.last
+            ))
+        }
         None if !names.is_empty() => Err("segments without a head".into()),
         _ => Ok(walked),
     }
@@ -330,7 +344,7 @@ pub async fn rebuild(
 
     // First pass: the chain, and the seq the point stands for.
     let mut to_seq = None;
-    let mut newest_seen = 0;
+    let mut newest_seen = super::ship::chain_start(target, tenant).await?.0;
     walk_segments(
         target,
         tenant,

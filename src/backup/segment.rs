@@ -65,6 +65,21 @@ pub struct Head {
     pub shipped_at: String,
 }
 
+/// Where a tenant's chain of segments begins once older ones are pruned:
+/// the first seq kept and the hash its segment names as predecessor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Base {
+    pub tenant: String,
+    pub first: i64,
+    pub previous: String,
+    pub pruned_at: String,
+}
+
+pub fn base_key(tenant: &str) -> String {
+    format!("t/{tenant}/base.json")
+}
+
 /// Where a tenant's segments and head live in the backup target. The zero
 /// padding makes the keys sort by seq.
 pub fn segment_key(tenant: &str, first: i64, last: i64) -> String {

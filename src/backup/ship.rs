@@ -417,6 +417,21 @@ async fn read_entries(conn: &mut db::Conn, tenant: &str, after: i64) -> Result<V
         .map_err(|e| e.to_string())
 }
 
+/// Where the tenant's chain begins: after the last pruned segment, or at
+/// seq 1 with no predecessor. As (last seq before it, hash named).
+pub async fn chain_start(target: &BackupTarget, tenant: &str) -> Result<(i64, String), String> {
+    let Some(bytes) = target
+        .get(&segment::base_key(tenant))
+        .await
+        .map_err(|e| format!("cannot read the base: {e}"))?
+    else {
+        return Ok((0, NO_SEGMENT.to_owned()));
+    };
+    let base: segment::Base =
+        serde_json::from_slice(&bytes).map_err(|e| format!("the base does not parse: {e}"))?;
+    Ok((base.first - 1, base.previous))
+}
+
 /// The tenant's head object: the newest segment the target holds.
 pub async fn head(target: &BackupTarget, tenant: &str) -> Result<Option<Head>, String> {
     let Some(bytes) = target
@@ -553,7 +568,8 @@ pub async fn verify(
         last: 0,
         problems: Vec::new(),
     };
-    let mut previous = NO_SEGMENT.to_owned();
+    let (start, mut previous) = chain_start(target, &tenant).await?;
+    report.last = start;
     for key in &keys {
         let Some(bytes) = target.get(key).await.map_err(|e| e.to_string())? else {
             report.problems.push(format!("{key}: listed but gone"));

@@ -246,6 +246,7 @@ pub async fn take_due(
     vault: &Vault,
     target: &BackupTarget,
     every: std::time::Duration,
+    retention_days: u64,
 ) -> Result<String, String> {
     let due_before: String = crate::clock::format(
         time::OffsetDateTime::now_utc() - time::Duration::seconds(every.as_secs() as i64),
@@ -265,11 +266,114 @@ pub async fn take_due(
             Err(e) => failures.push(format!("tenant {}: {e}", scope.id_str())),
         }
     }
+    let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(retention_days as i64);
+    let mut pruned = Pruned::default();
+    for scope in store.tenant_scopes().await.map_err(|e| e.to_string())? {
+        match prune(target, scope.id_str(), cutoff).await {
+            Ok(p) => {
+                pruned.snapshots += p.snapshots;
+                pruned.segments += p.segments;
+            }
+            Err(e) => failures.push(format!("tenant {}: pruning: {e}", scope.id_str())),
+        }
+    }
     if failures.is_empty() {
-        Ok(format!("{taken} snapshots taken"))
+        Ok(format!(
+            "{taken} snapshots taken; {} snapshots and {} segments older than {retention_days} days pruned",
+            pruned.snapshots, pruned.segments
+        ))
     } else {
         Err(failures.join("; "))
     }
+}
+
+/// What pruning removed.
+#[derive(Debug, Default, Serialize)]
+pub struct Pruned {
+    pub snapshots: usize,
+    pub segments: usize,
+}
+
+/// BAK-2 retention: keeps every snapshot taken at or after `cutoff`, the
+/// newest one before it (so every point since `cutoff` stays restorable)
+/// and the segments after that one; removes the older snapshots and
+/// segments. The chain then begins at the base object, which names the
+/// hash of the last segment removed.
+pub async fn prune(
+    target: &BackupTarget,
+    tenant: &str,
+    cutoff: time::OffsetDateTime,
+) -> Result<Pruned, String> {
+    let listed = list(target, tenant).await?;
+    let Some(base) = listed
+        .iter()
+        .rev()
+        .find(|s| crate::clock::parse_rfc3339(&s.header.taken_at).is_some_and(|t| t < cutoff))
+        .cloned()
+    else {
+        return Ok(Pruned::default());
+    };
+    let mut pruned = Pruned::default();
+    let mut segments: Vec<(i64, i64, String)> = target
+        .keys(&super::segment::journal_prefix(tenant))
+        .await
+        .map_err(|e| format!("cannot list the segments: {e}"))?
+        .into_iter()
+        .filter_map(|key| {
+            let name = key.rsplit('/').next()?.strip_suffix(".seg")?;
+            let (first, last) = name.split_once('-')?;
+            Some((first.parse().ok()?, last.parse().ok()?, key.clone()))
+        })
+        .collect();
+    segments.sort();
+    let (old, kept): (Vec<_>, Vec<_>) = segments
+        .into_iter()
+        .partition(|(_, last, _)| *last <= base.header.seq);
+    if let Some((_, last_old, last_key)) = old.last() {
+        // The base first, then the removals: a crash between leaves
+        // segments the base already skips, never a chain without its start.
+        let (first, previous) = match kept.first() {
+            Some((_, _, key)) => {
+                let bytes = target
+                    .get(key)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("a segment vanished while pruning")?;
+                let (header, _) = super::segment::header(&bytes).map_err(|e| e.to_string())?;
+                (header.first, header.previous)
+            }
+            None => {
+                let bytes = target
+                    .get(last_key)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("a segment vanished while pruning")?;
+                (last_old + 1, sha256_hex(&bytes))
+            }
+        };
+        let record = super::segment::Base {
+            tenant: tenant.to_owned(),
+            first,
+            previous,
+            pruned_at: crate::clock::now(),
+        };
+        target
+            .put(
+                &super::segment::base_key(tenant),
+                serde_json::to_vec(&record).unwrap_or_default(),
+            )
+            .await
+            .map_err(|e| format!("cannot write the base: {e}"))?;
+        for (_, _, key) in &old {
+            target.delete(key).await.map_err(|e| e.to_string())?;
+            pruned.segments += 1;
+        }
+    }
+    for older in listed.iter().filter(|s| s.key < base.key) {
+        target.delete(&older.key).await.map_err(|e| e.to_string())?;
+        pruned.snapshots += 1;
+    }
+    Ok(pruned)
 }
 
 /// Runs [`take_due`] hourly as the `backup.snapshot` job.
@@ -279,6 +383,7 @@ pub fn start(
     target: std::sync::Arc<BackupTarget>,
     schedule: &crate::ops::Schedule,
     every: std::time::Duration,
+    retention_days: u64,
 ) {
     let run_store = store.clone();
     crate::ops::every(
@@ -288,7 +393,7 @@ pub fn start(
         std::time::Duration::from_secs(3600).min(every),
         move || {
             let (store, vault, target) = (run_store.clone(), vault.clone(), target.clone());
-            async move { take_due(&store, &vault, &target, every).await }
+            async move { take_due(&store, &vault, &target, every, retention_days).await }
         },
     );
 }

@@ -1136,6 +1136,7 @@ fn start_primary_jobs(
             target.clone(),
             &state.schedule,
             std::time::Duration::from_secs(state.config.backup_snapshot_hours * 3600),
+            state.config.backup_retention_days,
         );
         crate::backup::drill::start(
             state.store.clone(),

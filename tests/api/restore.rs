@@ -1051,3 +1051,77 @@ async fn ctl_bak_5_a_standby_follows_refuses_writes_and_once_promoted_has_every_
     let (ok, out) = run_cli(&standby_dir, &standby_db, &env, &["backup", "verify"]);
     assert!(ok, "{out}");
 }
+
+#[tokio::test]
+async fn ctl_bak_2_pruning_keeps_every_point_inside_retention_and_the_chain_whole() {
+    let app = spawn_with_backups(backup_url()).await;
+    let (target, shipper) = shipper(&app);
+    ship::start(app.state.store.clone(), &app.state.schedule, shipper);
+    let acme = app.admin("acme").await;
+    app.work_orders(&acme).await;
+    let wave = |n: usize, label: &'static str| {
+        let (app, acme) = (&app, &acme);
+        async move {
+            for i in 0..n {
+                app.create_order(acme, json!({"title": format!("{label}-{i}")}))
+                    .await;
+                // Several shipping passes, so several segments.
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        }
+    };
+    wave(10, "first").await;
+    let early = shipped(&app, &target, &acme).await;
+    let (ok, out) = cli_run(&app, &["backup", "now", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    wave(10, "second").await;
+    shipped(&app, &target, &acme).await;
+    let (ok, out) = cli_run(&app, &["backup", "now", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    let base = journal_seq(&app, &acme).await;
+    wave(5, "third").await;
+    shipped(&app, &target, &acme).await;
+    let before = orders(&app, &acme).await;
+
+    // Everything taken so far is past retention: the newest snapshot
+    // before the cutoff stays, with what follows it; the rest goes.
+    let cutoff = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let pruned = strongroom::backup::snapshot::prune(&target, &acme.tenant_id, cutoff)
+        .await
+        .unwrap();
+    assert_eq!(pruned.snapshots, 1, "{pruned:?}");
+    assert!(pruned.segments > 0, "{pruned:?}");
+    let (ok, out) = cli_run(&app, &["backup", "verify", "--tenant", "acme"], &[]).await;
+    assert!(ok, "the chain is whole from its base: {out}");
+    let (ok, out) = cli_run(&app, &["backup", "drill", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    // Points before the kept snapshot are gone, clearly.
+    let to = format!("seq:{early}");
+    let (ok, out) = cli_run(
+        &app,
+        &["backup", "restore", "--tenant", "acme", "--to", &to],
+        &[],
+    )
+    .await;
+    assert!(!ok && out.contains("no snapshot"), "{out}");
+    let (ok, out) = cli_run(&app, &["backup", "restore", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("snapshot at seq {base}")), "{out}");
+    let again = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
+    assert_eq!(orders(&app, &again).await, before);
+    // Shipping goes on after the base, and the chain stays whole.
+    app.create_order(&again, json!({"title": "after pruning"}))
+        .await;
+    shipped(&app, &target, &again).await;
+    let (ok, out) = cli_run(&app, &["backup", "verify", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+
+    // Less than a week of retention is refused.
+    let (ok, out) = cli_run(
+        &app,
+        &["backup", "list"],
+        &[("STRONGROOM_BACKUP_RETENTION_DAYS", "3".into())],
+    )
+    .await;
+    assert!(!ok && out.contains("at least 7"), "{out}");
+}
