@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::BackupTarget;
 use super::keys;
@@ -247,6 +247,7 @@ pub async fn take_due(
     target: &BackupTarget,
     every: std::time::Duration,
     retention_days: u64,
+    instance: (&crate::crypto::Keyring, &crate::config::Config),
 ) -> Result<String, String> {
     let due_before: String = crate::clock::format(
         time::OffsetDateTime::now_utc() - time::Duration::seconds(every.as_secs() as i64),
@@ -265,6 +266,22 @@ pub async fn take_due(
             Ok(_) => taken += 1,
             Err(e) => failures.push(format!("tenant {}: {e}", scope.id_str())),
         }
+    }
+    // The instance's own, on the same schedule.
+    let newest_instance = target
+        .keys(INSTANCE_FOLDER)
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix(INSTANCE_FOLDER)?
+                .strip_suffix(".snap")
+                .map(str::to_owned)
+        })
+        .max();
+    if newest_instance.is_none_or(|n| n < due_before) {
+        take_instance(store, instance.0, target, instance.1).await?;
+        taken += 1;
     }
     let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(retention_days as i64);
     let mut pruned = Pruned::default();
@@ -285,6 +302,98 @@ pub async fn take_due(
     } else {
         Err(failures.join("; "))
     }
+}
+
+const INSTANCE_MAGIC: &[u8] = b"strongroom-instance-v1\n";
+/// Where the instance's own snapshots go (BAK-3).
+pub const INSTANCE_FOLDER: &str = "instance/snapshots/";
+
+/// BAK-3: what the instance itself is, beside its tenants' snapshots: the
+/// tenants it holds and its configuration (secrets redacted as the log
+/// shows it), sealed with a key derived from the master key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Instance {
+    pub taken_at: String,
+    pub app_version: String,
+    pub backend: String,
+    pub tenants: Vec<Value>,
+    pub config: String,
+}
+
+/// Takes the instance snapshot now; its object key.
+pub async fn take_instance(
+    store: &Store,
+    keyring: &crate::crypto::Keyring,
+    target: &BackupTarget,
+    config: &crate::config::Config,
+) -> Result<String, String> {
+    let tenants = crate::tenancy::list(store)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|t| serde_json::to_value(t).unwrap_or_default())
+        .collect::<Vec<_>>();
+    let instance = Instance {
+        taken_at: crate::clock::now(),
+        app_version: crate::VERSION.to_owned(),
+        backend: store.backend().name().to_owned(),
+        tenants,
+        config: format!("{config:?}"),
+    };
+    let mut out = INSTANCE_MAGIC.to_vec();
+    out.extend(
+        serde_json::to_vec(
+            &json!({"taken_at": instance.taken_at, "tenants": instance.tenants.len()}),
+        )
+        .unwrap_or_default(),
+    );
+    out.push(b'\n');
+    let body = serde_json::to_vec(&instance).map_err(|e| e.to_string())?;
+    let sealed = keyring.instance_backup_key().seal(&out, &body);
+    out.extend(sealed);
+    let stamp: String = instance
+        .taken_at
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let key = format!("{INSTANCE_FOLDER}{stamp}.snap");
+    target
+        .put(&key, out)
+        .await
+        .map_err(|e| format!("cannot write the instance snapshot: {e}"))?;
+    Ok(key)
+}
+
+/// The newest instance snapshot, opened.
+pub async fn newest_instance(
+    target: &BackupTarget,
+    keyring: &crate::crypto::Keyring,
+) -> Result<Option<Instance>, String> {
+    let keys = target
+        .keys(INSTANCE_FOLDER)
+        .await
+        .map_err(|e| format!("cannot list the instance snapshots: {e}"))?;
+    let Some(key) = keys.last() else {
+        return Ok(None);
+    };
+    let Some(bytes) = target.get(key).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let rest = bytes
+        .strip_prefix(INSTANCE_MAGIC)
+        .ok_or_else(|| format!("{key}: not an instance snapshot"))?;
+    let end = rest
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| format!("{key}: no header"))?;
+    let (aad, sealed) = bytes.split_at(INSTANCE_MAGIC.len() + end + 1);
+    let body = keyring
+        .instance_backup_key()
+        .open(aad, sealed)
+        .map_err(|_| format!("{key} does not open with this master key: changed, or not ours"))?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| format!("{key}: {e}"))
 }
 
 /// What pruning removed.
@@ -384,6 +493,10 @@ pub fn start(
     schedule: &crate::ops::Schedule,
     every: std::time::Duration,
     retention_days: u64,
+    instance: (
+        std::sync::Arc<crate::crypto::Keyring>,
+        std::sync::Arc<crate::config::Config>,
+    ),
 ) {
     let run_store = store.clone();
     crate::ops::every(
@@ -393,7 +506,18 @@ pub fn start(
         std::time::Duration::from_secs(3600).min(every),
         move || {
             let (store, vault, target) = (run_store.clone(), vault.clone(), target.clone());
-            async move { take_due(&store, &vault, &target, every, retention_days).await }
+            let (keyring, config) = (instance.0.clone(), instance.1.clone());
+            async move {
+                take_due(
+                    &store,
+                    &vault,
+                    &target,
+                    every,
+                    retention_days,
+                    (&keyring, &config),
+                )
+                .await
+            }
         },
     );
 }

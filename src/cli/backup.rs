@@ -125,6 +125,17 @@ pub async fn snapshot_now(
             }
         }
     }
+    // The instance's own (BAK-3), with every `backup now` of all tenants.
+    if tenant.is_none() {
+        match snapshot::take_instance(&state.store, &state.keyring, &target, &state.config).await {
+            Ok(key) if json => println!("{}", serde_json::json!({"instance": key})),
+            Ok(key) => println!("instance: tenants and configuration: {key}"),
+            Err(e) => {
+                eprintln!("instance: {e}");
+                failures.push("the instance".to_owned());
+            }
+        }
+    }
     if failures.is_empty() {
         Ok(())
     } else {
@@ -192,6 +203,21 @@ pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> 
                 "the backup target {} holds no tenant snapshot",
                 target.describe()
             );
+        }
+        if let Some(instance) = snapshot::newest_instance(&target, &state.keyring)
+            .await
+            .map_err(anyhow::Error::msg)?
+        {
+            for t in &instance.tenants {
+                let id = t["id"].as_str().unwrap_or_default();
+                if !tenants.iter().any(|have| have == id) {
+                    eprintln!(
+                        "tenant {} ({id}) was in the instance at {} but has no snapshot in the target: not restored",
+                        t["slug"].as_str().unwrap_or("?"),
+                        instance.taken_at
+                    );
+                }
+            }
         }
         for tenant in tenants {
             let restored = restore::restore_tenant(

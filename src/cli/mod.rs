@@ -12,6 +12,7 @@ use crate::config::Config;
 
 mod backup;
 mod bench;
+mod bench_backup;
 mod bench_login;
 mod dev_cert;
 mod keys;
@@ -222,6 +223,20 @@ enum BenchCommand {
         /// one call per login.
         #[arg(long)]
         without_mfa: bool,
+    },
+    /// Backups through the real server on a fresh SQLite instance: create
+    /// throughput with shipping running vs paused, shipping lag at half the
+    /// capacity, and one tenant's restore beside `cp -r` of the target.
+    Backup {
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// The restored tenant's size: 90% files, 10% rows.
+        #[arg(long, default_value_t = 1024)]
+        restore_mb: u64,
     },
 }
 
@@ -597,6 +612,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "users and seconds must be positive, concurrency 1-256"
             );
             bench_login::login_mfa(users, seconds, concurrency, known_devices, !without_mfa).await
+        }
+        Command::Bench(BenchCommand::Backup {
+            seconds,
+            rounds,
+            concurrency,
+            restore_mb,
+        }) => {
+            anyhow::ensure!(
+                seconds > 0
+                    && rounds > 0
+                    && (1..=256).contains(&concurrency)
+                    && (10..=65_536).contains(&restore_mb),
+                "seconds and rounds must be positive, concurrency 1-256, restore-mb 10-65536"
+            );
+            bench_backup::backup(seconds, rounds, concurrency, restore_mb).await
         }
         Command::Bench(BenchCommand::FileCrypto { mb }) => {
             anyhow::ensure!((1..=4096).contains(&mb), "mb must be 1-4096");
@@ -1137,6 +1167,7 @@ fn start_primary_jobs(
             &state.schedule,
             std::time::Duration::from_secs(state.config.backup_snapshot_hours * 3600),
             state.config.backup_retention_days,
+            (state.keyring.clone(), state.config.clone()),
         );
         crate::backup::drill::start(
             state.store.clone(),

@@ -50,6 +50,7 @@ const POSTURE_LABEL: &[u8] = b"strongroom/v1/posture-report-signing";
 const KEK_LABEL: &[u8] = b"strongroom/v1/key-encryption";
 const URL_LABEL: &[u8] = b"strongroom/v1/signed-urls";
 const COOKIE_LABEL: &[u8] = b"strongroom/v1/session-cookies";
+const INSTANCE_BACKUP_LABEL: &[u8] = b"strongroom/v1/instance-backup";
 
 /// Why encrypted data could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +176,7 @@ pub struct Keyring {
     kek: Arc<dyn KeyEncryptionKey>,
     url_key: SecretBox<[u8; 32]>,
     cookie_key: SecretBox<[u8; 32]>,
+    instance_backup_key: SecretBox<[u8; 32]>,
 }
 
 impl Keyring {
@@ -304,6 +306,9 @@ impl Keyring {
         let mut cookie_key = Box::new([0u8; 32]);
         hkdf.expand(COOKIE_LABEL, cookie_key.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mut instance_backup_key = Box::new([0u8; 32]);
+        hkdf.expand(INSTANCE_BACKUP_LABEL, instance_backup_key.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
         Keyring {
             signing,
             verifying,
@@ -315,6 +320,7 @@ impl Keyring {
             )),
             url_key: SecretBox::new(url_key),
             cookie_key: SecretBox::new(cookie_key),
+            instance_backup_key: SecretBox::new(instance_backup_key),
         }
     }
 
@@ -337,6 +343,11 @@ impl Keyring {
     /// NET-4).
     pub fn cookie_signing_key(&self) -> &[u8; 32] {
         self.cookie_key.expose_secret()
+    }
+
+    /// Seals the instance's own snapshots in the backup target (BAK-3).
+    pub fn instance_backup_key(&self) -> DataKey {
+        DataKey::new(self.instance_backup_key.expose_secret())
     }
 
     /// Signs posture reports (POS-1); its public half is published.

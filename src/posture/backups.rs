@@ -347,3 +347,48 @@ pub async fn standby(probe: &Probe<'_>, reach: Reach) -> Finding {
         ),
     }
 }
+
+/// BAK-3: the instance's own snapshot (its tenants and configuration) is
+/// in the target, opens with the master key, and is on schedule.
+pub async fn instance(probe: &Probe<'_>, reach: Reach) -> Finding {
+    if !probe.config.backup {
+        return finding("BAK-3", Verdict::Warn, "backup is off".to_owned());
+    }
+    let target = match BackupTarget::open(probe.config) {
+        Ok(target) => target,
+        Err(why) => return finding("BAK-3", Verdict::Fail, why),
+    };
+    let every = probe.config.backup_snapshot_hours;
+    match snapshot::newest_instance(&target, probe.keyring).await {
+        Err(why) => finding("BAK-3", Verdict::Fail, why),
+        Ok(None) => finding(
+            "BAK-3",
+            Verdict::Warn,
+            format!(
+                "no instance snapshot yet (taken with the tenants' every {every} h, or `strongroom backup now`)"
+            ),
+        ),
+        Ok(Some(instance)) => {
+            let age = ship::age_seconds(&instance.taken_at) / 3600.0;
+            let verdict = if age > (every + 1) as f64 {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            };
+            let what = match reach {
+                Reach::Instance => format!(
+                    "{} tenants and the configuration (secrets redacted)",
+                    instance.tenants.len()
+                ),
+                Reach::Tenant => "the instance's tenants and configuration".to_owned(),
+            };
+            finding(
+                "BAK-3",
+                verdict,
+                format!(
+                    "the instance snapshot of {age:.1} h ago ({what}) is in the backup target, sealed with a key derived from the master key, every {every} h; each tenant's settings, users, collections and key versions are in its own snapshot and key objects"
+                ),
+            )
+        }
+    }
+}

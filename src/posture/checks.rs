@@ -56,6 +56,7 @@ pub async fn run(
         replica(config, &runs),
         bak1,
         bak2,
+        super::backups::instance(probe, reach).await,
         bak4,
         super::backups::standby(probe, reach).await,
         super::backups::drills(probe, scopes, reach, &runs),

@@ -396,6 +396,13 @@ async fn ctl_bak_4_the_whole_instance_restores_onto_an_empty_one_from_the_target
         );
     }
 
+    // The instance's own snapshot is there too, and the report shows it.
+    let (_, out) = cli_run(&app, &["verify", "--json"], &[]).await;
+    let report: Vec<Value> =
+        serde_json::from_str(out.lines().rfind(|l| l.starts_with('[')).unwrap()).unwrap();
+    let bak3 = report.iter().find(|c| c["id"] == "BAK-3").unwrap();
+    assert_eq!(bak3["verdict"], "pass", "{bak3}");
+
     // A second --all onto a populated instance is refused.
     let (ok, out) = cli_run(&restored, &["backup", "restore", "--all"], &[]).await;
     assert!(!ok && out.contains("empty instance"), "{out}");
