@@ -193,19 +193,7 @@ impl Follower {
             .ok()
             .and_then(|m| m.get(tenant).cloned())
             .filter(|a| a.seq == applied);
-        let mut segments: Vec<(i64, i64, String)> = self
-            .target
-            .keys(&segment::journal_prefix(tenant))
-            .await
-            .map_err(|e| format!("cannot list the segments: {e}"))?
-            .into_iter()
-            .filter_map(|key| {
-                let name = key.rsplit('/').next()?.strip_suffix(".seg")?;
-                let (first, last) = name.split_once('-')?;
-                Some((first.parse().ok()?, last.parse().ok()?, key.clone()))
-            })
-            .collect();
-        segments.sort();
+        let segments = super::ship::segment_keys(&self.target, tenant).await?;
         // The hash the first new segment must name: of the segment before it.
         let first_new = segments.iter().position(|(_, last, _)| *last > applied);
         let Some(first_new) = first_new else {

@@ -151,16 +151,7 @@ impl Shipper {
     /// How long the oldest entry the target lacks has waited.
     async fn unshipped_age(&self, scope: &TenantScope) -> Result<f64, String> {
         let shipped = self.position(scope).await.map(|p| p.last).unwrap_or(0);
-        let mut tx = self.store.read(scope).await.map_err(|e| e.to_string())?;
-        let oldest: Option<String> = db::query_scalar(
-            "SELECT occurred_at FROM journal WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT 1",
-        )
-        .bind(scope.id_str())
-        .bind(shipped)
-        .fetch_optional(tx.conn())
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok(oldest.map_or(0.0, |at| age_seconds(&at)))
+        oldest_after(&self.store, scope, shipped).await
     }
 
     /// What the target holds of the tenant: remembered, else its head.
@@ -291,6 +282,11 @@ pub async fn unshipped_age_of(
     scope: &TenantScope,
 ) -> Result<f64, String> {
     let shipped = head(target, scope.id_str()).await?.map_or(0, |h| h.last);
+    oldest_after(store, scope, shipped).await
+}
+
+/// The age of the tenant's oldest journal entry after seq `shipped`.
+async fn oldest_after(store: &Store, scope: &TenantScope, shipped: i64) -> Result<f64, String> {
     let mut tx = store.read(scope).await.map_err(|e| e.to_string())?;
     let oldest: Option<String> = db::query_scalar(
         "SELECT occurred_at FROM journal WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT 1",
@@ -301,6 +297,23 @@ pub async fn unshipped_age_of(
     .await
     .map_err(|e| e.to_string())?;
     Ok(oldest.map_or(0.0, |at| age_seconds(&at)))
+}
+
+/// The tenant's segments in the target by their names: first and last seq
+/// and key, in seq order.
+pub async fn segment_keys(
+    target: &BackupTarget,
+    tenant: &str,
+) -> Result<Vec<(i64, i64, String)>, String> {
+    let mut segments: Vec<(i64, i64, String)> = target
+        .keys(&segment::journal_prefix(tenant))
+        .await
+        .map_err(|e| format!("cannot list the segments: {e}"))?
+        .into_iter()
+        .filter_map(|key| range_of(&key).map(|(first, last)| (first, last, key)))
+        .collect();
+    segments.sort();
+    Ok(segments)
 }
 
 /// The object keys of the files the entries add.

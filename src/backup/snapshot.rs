@@ -423,18 +423,7 @@ pub async fn prune(
         return Ok(Pruned::default());
     };
     let mut pruned = Pruned::default();
-    let mut segments: Vec<(i64, i64, String)> = target
-        .keys(&super::segment::journal_prefix(tenant))
-        .await
-        .map_err(|e| format!("cannot list the segments: {e}"))?
-        .into_iter()
-        .filter_map(|key| {
-            let name = key.rsplit('/').next()?.strip_suffix(".seg")?;
-            let (first, last) = name.split_once('-')?;
-            Some((first.parse().ok()?, last.parse().ok()?, key.clone()))
-        })
-        .collect();
-    segments.sort();
+    let segments = super::ship::segment_keys(target, tenant).await?;
     let (old, kept): (Vec<_>, Vec<_>) = segments
         .into_iter()
         .partition(|(_, last, _)| *last <= base.header.seq);

@@ -682,6 +682,47 @@ async fn ctl_bak_6_a_drill_rebuilds_each_tenant_from_the_target_and_names_what_d
     assert_eq!(bak6["verdict"], "fail", "{bak6}");
 }
 
+/// Creates from 8 clients for 4 s on `address`; each acknowledgement with
+/// when it came.
+fn steady_load(
+    client: &reqwest::Client,
+    address: &str,
+    token: &str,
+) -> tokio::task::JoinSet<Vec<(Instant, Value)>> {
+    let started = Instant::now();
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let (client, address, token) = (client.clone(), address.to_owned(), token.to_owned());
+        load.spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while started.elapsed() < Duration::from_secs(4) {
+                let res = client
+                    .post(format!("{address}/api/v1/collections/work_orders/records"))
+                    .bearer_auth(&token)
+                    .json(&json!({"title": format!("w{worker}-{i}"), "notes": format!("n{worker}-{i}")}))
+                    .send()
+                    .await;
+                i += 1;
+                let Ok(res) = res else { break };
+                if res.status() == 201 {
+                    acknowledged.push((Instant::now(), res.json::<Value>().await.unwrap()));
+                }
+            }
+            acknowledged
+        });
+    }
+    load
+}
+
+/// The lost machine's master key, in a new instance's data dir.
+fn copy_master_key(from: &std::path::Path, to: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let key = to.join("master.key");
+    std::fs::copy(from.join("master.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// The backup settings of a server process or CLI run, as variables.
 fn backup_env(url: &str) -> Vec<(&'static str, String)> {
     let mut env = vec![
@@ -743,30 +784,7 @@ async fn ctl_bak_4_after_kill_9_the_target_alone_restores_every_write_acknowledg
 
     // A steady load of creates from 8 clients for 4 s; every
     // acknowledgement is kept with when it came.
-    let started = Instant::now();
-    let mut load = tokio::task::JoinSet::new();
-    for worker in 0..8 {
-        let (client, address, token) = (client.clone(), server.address.clone(), token.clone());
-        load.spawn(async move {
-            let mut acknowledged = Vec::new();
-            let mut i = 0;
-            while started.elapsed() < Duration::from_secs(4) {
-                let res = client
-                    .post(format!("{address}/api/v1/collections/work_orders/records"))
-                    .bearer_auth(&token)
-                    .json(&json!({"title": format!("w{worker}-{i}"), "notes": format!("n{worker}-{i}")}))
-                    .send()
-                    .await;
-                i += 1;
-                let Ok(res) = res else { break };
-                if res.status() == 201 {
-                    let body: Value = res.json().await.unwrap();
-                    acknowledged.push((Instant::now(), body));
-                }
-            }
-            acknowledged
-        });
-    }
+    let mut load = steady_load(&client, &server.address, &token);
     // The kill lands while the load still runs.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let mut server = server;
@@ -788,12 +806,7 @@ async fn ctl_bak_4_after_kill_9_the_target_alone_restores_every_write_acknowledg
     // and the backup target.
     let dir2 = temp_dir("kill9-restored");
     let db2 = fresh_database(&dir2).await;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let key = dir2.join("master.key");
-        std::fs::copy(dir.join("master.key"), &key).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    copy_master_key(&dir, &dir2);
     let (ok, out) = run_cli(&dir2, &db2, &env, &["backup", "restore", "--all"]);
     assert!(ok, "{out}");
     let server = ServerProcess::start(&dir2, &db2, "warn").await;
@@ -884,12 +897,7 @@ async fn ctl_bak_5_a_standby_follows_refuses_writes_and_once_promoted_has_every_
     // The standby: an instance of its own with the same master key.
     let standby_dir = temp_dir("standby");
     let standby_db = fresh_database(&standby_dir).await;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let key = standby_dir.join("master.key");
-        std::fs::copy(dir.join("master.key"), &key).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    copy_master_key(&dir, &standby_dir);
     let mut standby_env = env_refs.clone();
     standby_env.push(("STRONGROOM_BACKUP_PRIMARY_URL", primary.address.as_str()));
     let standby = ServerProcess::start_with_args(
@@ -980,29 +988,7 @@ async fn ctl_bak_5_a_standby_follows_refuses_writes_and_once_promoted_has_every_
     );
 
     // A steady load on the primary, killed in the middle of it.
-    let started = Instant::now();
-    let mut load = tokio::task::JoinSet::new();
-    for worker in 0..8 {
-        let (client, address, token) = (client.clone(), primary.address.clone(), token.clone());
-        load.spawn(async move {
-            let mut acknowledged = Vec::new();
-            let mut i = 0;
-            while started.elapsed() < Duration::from_secs(4) {
-                let res = client
-                    .post(format!("{address}/api/v1/collections/work_orders/records"))
-                    .bearer_auth(&token)
-                    .json(&json!({"title": format!("w{worker}-{i}"), "notes": format!("n{worker}-{i}")}))
-                    .send()
-                    .await;
-                i += 1;
-                let Ok(res) = res else { break };
-                if res.status() == 201 {
-                    acknowledged.push((Instant::now(), res.json::<Value>().await.unwrap()));
-                }
-            }
-            acknowledged
-        });
-    }
+    let mut load = steady_load(&client, &primary.address, &token);
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let mut primary = primary;
     primary.child.kill().unwrap();
