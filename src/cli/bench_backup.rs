@@ -132,7 +132,7 @@ pub async fn backup(
         &json!({"name": "work_orders", "fields": [
             {"name": "title", "type": "text", "required": true},
             {"name": "notes", "type": "text", "sensitive": true},
-            {"name": "blob", "type": "file", "max_size": 1_073_741_824u64, "max_files": 1000}]}),
+            {"name": "blob", "type": "file", "max_size": 1_073_741_824u64, "max_files": 100}]}),
     )
     .await?;
     anyhow::ensure!(status == 201, "collection: {status}");
