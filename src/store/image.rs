@@ -232,52 +232,56 @@ impl Images {
         }
     }
 
-    /// The statement that fills the images of journal entries `first..=last`
-    /// of `tenant` from the rows as they are now; `None` before the schema
-    /// has the column. `tenant` is a tenant id (checked by its type where it
-    /// came from), inlined because PostgreSQL runs this after its combined
-    /// statement, without parameters.
-    pub fn fill_journal(&self, tenant: &str, first: i64, last: i64) -> String {
-        let mut cases = String::new();
-        let mut kinds = Vec::new();
-        for (entity, parts) in SOURCES {
-            let mut objects = Vec::new();
-            for (table, key) in *parts {
-                let cast = match self.backend {
-                    Backend::Postgres => {
-                        let ty = self
-                            .columns(table)
-                            .iter()
-                            .find(|c| c.name == *key)
-                            .map(|c| c.pg_type.as_str())
-                            .unwrap_or("text");
-                        format!("::{ty}")
-                    }
-                    Backend::Sqlite => String::new(),
-                };
-                let filter = format!(
-                    "\"{table}\".\"{}\" = journal.tenant_id AND \"{table}\".\"{key}\" = journal.entity_id{cast}",
-                    tenant_column(table)
-                );
-                let rows = self.rows_of(table, &filter);
-                objects.push(match self.backend {
-                    Backend::Sqlite => format!("'{table}', json({rows})"),
-                    Backend::Postgres => format!("'{table}', {rows}"),
-                });
-            }
-            let image = match self.backend {
-                Backend::Sqlite => format!("json_object({})", objects.join(", ")),
-                Backend::Postgres => format!("json_build_object({})::text", objects.join(", ")),
+    /// The image of one `entity` as an SQL expression, its rows found by
+    /// the SQL expressions `tenant` and `key`; `None` when the journal keeps
+    /// no image of it.
+    pub fn image_of(&self, entity: &str, tenant: &str, key: &str) -> Option<String> {
+        let (_, parts) = SOURCES.iter().find(|(e, _)| *e == entity)?;
+        let mut objects = Vec::new();
+        for (table, column) in *parts {
+            let key = match self.backend {
+                Backend::Postgres => {
+                    let ty = self
+                        .columns(table)
+                        .iter()
+                        .find(|c| c.name == *column)
+                        .map(|c| c.pg_type.as_str())
+                        .unwrap_or("text");
+                    format!("CAST({key} AS {ty})")
+                }
+                Backend::Sqlite => key.to_owned(),
             };
-            cases.push_str(&format!(" WHEN '{entity}' THEN {image}"));
-            kinds.push(format!("'{entity}'"));
+            let filter = format!(
+                "\"{table}\".\"{}\" = {tenant} AND \"{table}\".\"{column}\" = {key}",
+                tenant_column(table)
+            );
+            let rows = self.rows_of(table, &filter);
+            objects.push(match self.backend {
+                // Text joined, not json(): the arrays are JSON already, and
+                // parsing them again cost more than building them.
+                Backend::Sqlite => format!("'\"{table}\":' || {rows}"),
+                Backend::Postgres => format!("'{table}', {rows}"),
+            });
         }
-        let tenant = tenant.replace('\'', "");
-        format!(
-            "UPDATE journal SET rows = CASE entity{cases} END \
-             WHERE tenant_id = '{tenant}' AND seq BETWEEN {first} AND {last} AND entity IN ({})",
-            kinds.join(", ")
-        )
+        Some(match self.backend {
+            Backend::Sqlite => format!("('{{' || {} || '}}')", objects.join(" || ',' || ")),
+            Backend::Postgres => format!("json_build_object({})::text", objects.join(", ")),
+        })
+    }
+
+    /// PostgreSQL: the statement that fills the images of `entity`'s
+    /// journal entries `seqs` of `tenant` from the rows as they are now,
+    /// run after the job's combined statement (whose parts cannot see each
+    /// other's effects), so without parameters: `tenant` is a tenant id,
+    /// checked by its type where it came from.
+    pub fn fill_journal(&self, tenant: &str, entity: &str, seqs: &[i64]) -> Option<String> {
+        let image = self.image_of(entity, "journal.tenant_id", "journal.entity_id")?;
+        let seqs: Vec<String> = seqs.iter().map(i64::to_string).collect();
+        Some(format!(
+            "UPDATE journal SET rows = {image} WHERE tenant_id = '{}' AND seq IN ({})",
+            tenant.replace('\'', ""),
+            seqs.join(", ")
+        ))
     }
 
     /// Every row of the tenant (`$1`) in `table`, as one JSON array.

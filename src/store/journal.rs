@@ -38,13 +38,16 @@ pub struct Change {
     pub diff_of: Option<&'static str>,
 }
 
-/// Adds the statement that journals `change` as entry `seq` to `batch`.
+/// Adds the statement that journals `change` as entry `seq` to `batch`;
+/// with `images` on SQLite, its image too (the batch's statements run in
+/// turn there, so the rows it reads are the job's).
 pub(super) fn append(
     batch: &mut Combined,
     tenant_id: &str,
     seq: i64,
     occurred_at: &str,
     change: &Change,
+    images: Option<&super::image::Images>,
 ) {
     let values = [
         batch.param(tenant_id.to_owned()),
@@ -56,9 +59,17 @@ pub(super) fn append(
         batch.param(change.after.as_ref().map(|v| v.to_string())),
         batch.param(crate::VERSION),
     ];
-    batch.push(format!(
-        "INSERT INTO journal (tenant_id, seq, occurred_at, entity, entity_id, op, after, app_version) \
-         VALUES ({})",
-        values.join(", ")
-    ));
+    let image = images.and_then(|images| images.image_of(change.entity, &values[0], &values[4]));
+    match image {
+        Some(image) => batch.push(format!(
+            "INSERT INTO journal (tenant_id, seq, occurred_at, entity, entity_id, op, after, app_version, rows) \
+             VALUES ({}, {image})",
+            values.join(", ")
+        )),
+        None => batch.push(format!(
+            "INSERT INTO journal (tenant_id, seq, occurred_at, entity, entity_id, op, after, app_version) \
+             VALUES ({})",
+            values.join(", ")
+        )),
+    }
 }

@@ -357,9 +357,17 @@ impl WriteTx {
             None => self.reserve(&tenant, entries, events).await?,
         };
         let now = crate::clock::now();
+        // SQLite reads each image in the journal's own insert; PostgreSQL
+        // after the combined statement (`fill_journal`).
+        let images = self.images.clone();
+        let inline = images
+            .as_deref()
+            .filter(|_| self.backend == Backend::Sqlite);
+        let mut imaged: Vec<(&'static str, i64)> = Vec::new();
         for (i, change) in self.changes.iter().enumerate() {
             let seq = journal_last - entries + 1 + i as i64;
-            journal::append(&mut batch, &tenant, seq, &now, change);
+            journal::append(&mut batch, &tenant, seq, &now, change, inline);
+            imaged.push((change.entity, seq));
         }
         let target = self.target.clone().or_else(|| {
             self.changes.first().map(|c| Target {
@@ -411,7 +419,7 @@ impl WriteTx {
             }
         }
         let audit_seq = audit_last;
-        if let Some(images) = &self.images {
+        if let Some(images) = images.as_deref() {
             let first_event_entry = journal_last - imaged_events + 1;
             for i in 0..imaged_events {
                 let event = Change {
@@ -423,11 +431,31 @@ impl WriteTx {
                     sensitive: Vec::new(),
                     diff_of: None,
                 };
-                journal::append(&mut batch, &tenant, first_event_entry + i, &now, &event);
+                journal::append(
+                    &mut batch,
+                    &tenant,
+                    first_event_entry + i,
+                    &now,
+                    &event,
+                    inline,
+                );
+                imaged.push((event.entity, first_event_entry + i));
             }
-            // After every statement of the job has run (on PostgreSQL
-            // after its combined statement, which the images must see).
-            batch.then(images.fill_journal(&tenant, journal_last - entries + 1, journal_last));
+            if self.backend == Backend::Postgres {
+                let mut kinds: Vec<&'static str> = imaged.iter().map(|(e, _)| *e).collect();
+                kinds.sort_unstable();
+                kinds.dedup();
+                for kind in kinds {
+                    let seqs: Vec<i64> = imaged
+                        .iter()
+                        .filter(|(e, _)| *e == kind)
+                        .map(|(_, s)| *s)
+                        .collect();
+                    if let Some(fill) = images.fill_journal(&tenant, kind, &seqs) {
+                        batch.then(fill);
+                    }
+                }
+            }
         }
         let head = chain::to_hex(&hash);
         let mut now_stored = None;
