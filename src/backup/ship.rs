@@ -166,7 +166,7 @@ impl Shipper {
             return Ok(known);
         }
         let head = head(&self.target, tenant).await?;
-        let known = match head {
+        let mut known = match head {
             Some(head) => Position {
                 last: head.last,
                 sha256: head.sha256,
@@ -176,6 +176,17 @@ impl Shipper {
                 sha256: NO_SEGMENT.to_owned(),
             },
         };
+        // A segment past the head (written just before a crash, or by the
+        // primary a promoted standby replaces) is where shipping goes on.
+        if let Some((_, last, key)) = segment_keys(&self.target, tenant).await?.pop()
+            && last > known.last
+            && let Some(bytes) = self.target.get(&key).await.map_err(|e| e.to_string())?
+        {
+            known = Position {
+                last,
+                sha256: segment::sha256_hex(&bytes),
+            };
+        }
         if let Ok(mut positions) = self.positions.lock() {
             positions.insert(tenant.to_owned(), known.clone());
         }
@@ -581,6 +592,10 @@ pub async fn verify(
         last: 0,
         problems: Vec::new(),
     };
+    // The head first: a pass that ships while this reads makes the
+    // segments go past it, never the head past the segments.
+    let head_now = head(target, &tenant).await?;
+    let mut at_head = None;
     let (start, mut previous) = chain_start(target, &tenant).await?;
     report.last = start;
     for key in &keys {
@@ -637,16 +652,26 @@ pub async fn verify(
             Err(e) => report.problems.push(problem(e)),
         }
         previous = segment::sha256_hex(&bytes);
+        if head_now.as_ref().is_some_and(|h| h.last == header.last) {
+            at_head = Some(previous.clone());
+        }
         report.last = report.last.max(header.last);
     }
-    match head(target, &tenant).await? {
-        Some(head) if head.last != report.last || head.sha256 != previous => {
+    match head_now {
+        Some(head) if head.last > report.last => {
             report.problems.push(format!(
                 "{}: it names seq {} as the newest shipped, the segments end at {} \
-                 (segments were cut off or the head is stale)",
+                 (segments were cut off)",
                 segment::head_key(&tenant),
                 head.last,
                 report.last
+            ));
+        }
+        Some(head) if head.last > start && at_head.as_deref() != Some(head.sha256.as_str()) => {
+            report.problems.push(format!(
+                "{}: the segment ending at seq {} is not the one it names (replaced)",
+                segment::head_key(&tenant),
+                head.last
             ));
         }
         None if !keys.is_empty() => report

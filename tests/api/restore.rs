@@ -757,19 +757,26 @@ fn run_cli(
     )
 }
 
-#[tokio::test]
-async fn ctl_bak_4_after_kill_9_the_target_alone_restores_every_write_acknowledged_a_second_before()
-{
+/// A primary server process with backups on, its tenant `acme` with a
+/// `work_orders` collection and a first snapshot: the process, its data
+/// dir and database, the backup settings and the admin's token.
+struct Primary {
+    server: crate::helpers::ServerProcess,
+    dir: std::path::PathBuf,
+    db: String,
+    env: Vec<(&'static str, String)>,
+    token: String,
+}
+
+async fn start_primary(url: &str, label: &str) -> Primary {
     use crate::helpers::{ServerProcess, fresh_database, http_client};
-    let url = backup_url();
-    let env = backup_env(&url);
+    let env = backup_env(url);
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let dir = temp_dir("kill9-backup");
+    let dir = temp_dir(label);
     let db = fresh_database(&dir).await;
     let server = ServerProcess::start_with_env(&dir, &db, "warn", &env_refs).await;
     let (token, _) = crate::durability::tenant_admin_token(&server, &dir, &db).await;
-    let client = http_client();
-    let res = client
+    let res = http_client()
         .post(format!("{}/api/v1/collections", server.address))
         .bearer_auth(&token)
         .json(&json!({"name": "work_orders", "fields": [
@@ -781,6 +788,28 @@ async fn ctl_bak_4_after_kill_9_the_target_alone_restores_every_write_acknowledg
     assert_eq!(res.status(), 201);
     let (ok, out) = run_cli(&dir, &db, &env, &["backup", "now"]);
     assert!(ok, "{out}");
+    Primary {
+        server,
+        dir,
+        db,
+        env,
+        token,
+    }
+}
+
+#[tokio::test]
+async fn ctl_bak_4_after_kill_9_the_target_alone_restores_every_write_acknowledged_a_second_before()
+{
+    use crate::helpers::{ServerProcess, fresh_database, http_client};
+    let url = backup_url();
+    let Primary {
+        server,
+        dir,
+        db: _,
+        env,
+        token,
+    } = start_primary(&url, "kill9-backup").await;
+    let client = http_client();
 
     // A steady load of creates from 8 clients for 4 s; every
     // acknowledgement is kept with when it came.
@@ -874,25 +903,15 @@ async fn ctl_bak_5_a_standby_follows_refuses_writes_and_once_promoted_has_every_
  {
     use crate::helpers::{ServerProcess, fresh_database, http_client};
     let url = backup_url();
-    let env = backup_env(&url);
+    let Primary {
+        server: primary,
+        dir,
+        db,
+        env,
+        token,
+    } = start_primary(&url, "primary").await;
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let dir = temp_dir("primary");
-    let db = fresh_database(&dir).await;
-    let primary = ServerProcess::start_with_env(&dir, &db, "warn", &env_refs).await;
-    let (token, _) = crate::durability::tenant_admin_token(&primary, &dir, &db).await;
     let client = http_client();
-    let res = client
-        .post(format!("{}/api/v1/collections", primary.address))
-        .bearer_auth(&token)
-        .json(&json!({"name": "work_orders", "fields": [
-            {"name": "title", "type": "text", "required": true},
-            {"name": "notes", "type": "text", "sensitive": true}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let (ok, out) = run_cli(&dir, &db, &env, &["backup", "now"]);
-    assert!(ok, "{out}");
 
     // The standby: an instance of its own with the same master key.
     let standby_dir = temp_dir("standby");
@@ -1208,4 +1227,54 @@ async fn ctl_bak_2_snapshots_taken_under_concurrent_writes_are_each_one_consiste
     }
     let (ok, out) = cli_run(&app, &["backup", "drill", "--tenant", "acme"], &[]).await;
     assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn ctl_bak_3_the_instance_snapshot_holds_tenants_and_configuration_sealed() {
+    let url = backup_url();
+    let s3 = url.starts_with("s3://");
+    let app = spawn_app_with(move |c| {
+        c.backup = true;
+        c.backup_url = Some(url);
+        if s3 {
+            c.backup_access_key_id = Some("test".to_owned());
+            c.backup_secret_access_key = Some(secrecy::SecretString::from("test"));
+        }
+        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
+    })
+    .await;
+    let (target, _) = shipper(&app);
+    app.admin("acme").await;
+    app.admin("globex").await;
+    let (ok, out) = cli_run(&app, &["backup", "now"], &[]).await;
+    assert!(ok && out.contains("instance:"), "{out}");
+    let instance = strongroom::backup::snapshot::newest_instance(&target, &app.state.keyring)
+        .await
+        .unwrap()
+        .expect("an instance snapshot");
+    let slugs: Vec<&str> = instance
+        .tenants
+        .iter()
+        .filter_map(|t| t["slug"].as_str())
+        .collect();
+    assert_eq!(slugs.len(), 2, "{slugs:?}");
+    assert!(slugs.contains(&"acme") && slugs.contains(&"globex"));
+    assert!(
+        instance.config.contains("backup_retention_days"),
+        "the configuration is in it"
+    );
+    assert!(!instance.config.contains(OPERATOR), "secrets are redacted");
+    // Sealed: neither a slug nor a setting shows in the stored bytes.
+    for (key, bytes) in raw_objects(&target).await {
+        if key.starts_with("instance/") {
+            for needle in [&b"globex"[..], b"backup_retention_days"] {
+                assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{key}");
+            }
+        }
+    }
+    let (_, out) = cli_run(&app, &["verify", "--json"], &[]).await;
+    let report: Vec<Value> =
+        serde_json::from_str(out.lines().rfind(|l| l.starts_with('[')).unwrap()).unwrap();
+    let bak3 = report.iter().find(|c| c["id"] == "BAK-3").unwrap();
+    assert_eq!(bak3["verdict"], "pass", "{bak3}");
 }
