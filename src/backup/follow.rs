@@ -322,36 +322,22 @@ impl Follower {
 
     /// The objects of files the entries add, from the target's copies.
     async fn put_back_files(&self, tenant: &str, entries: &[Entry]) -> Result<(), String> {
-        for entry in entries
+        let own = format!("t/{tenant}/");
+        for key in super::ship::uploaded_objects(entries)
             .iter()
-            .filter(|e| e.entity == "file" && e.op == "insert")
+            .filter(|k| k.starts_with(&own))
         {
-            let Some(image) = entry
-                .rows
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<Value>(r).ok())
-            else {
-                continue;
-            };
-            for row in image["files"].as_array().into_iter().flatten() {
-                let Some(key) = row["object_key"].as_str() else {
-                    continue;
-                };
-                if !key.starts_with(&format!("t/{tenant}/")) {
-                    continue;
-                }
-                if let Some(bytes) = self
-                    .target
-                    .get(&super::ship::file_copy(key))
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    for store in self.objects.targets() {
-                        store
-                            .put_bytes(key, bytes.clone())
-                            .await
-                            .map_err(|e| format!("cannot put object {key}: {e}"))?;
-                    }
+            let copy = self
+                .target
+                .get(&super::ship::file_copy(key))
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(bytes) = copy {
+                for store in self.objects.targets() {
+                    store
+                        .put_bytes(key, bytes.clone())
+                        .await
+                        .map_err(|e| format!("cannot put object {key}: {e}"))?;
                 }
             }
         }

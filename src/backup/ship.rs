@@ -328,7 +328,7 @@ pub async fn segment_keys(
 }
 
 /// The object keys of the files the entries add.
-fn uploaded_objects(entries: &[Entry]) -> Vec<String> {
+pub(super) fn uploaded_objects(entries: &[Entry]) -> Vec<String> {
     entries
         .iter()
         .filter(|e| e.entity == "file" && e.op == "insert")

@@ -7,6 +7,7 @@
 //! the restored state).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,6 +17,9 @@ pub const RETRY_AFTER_SECONDS: u64 = 5;
 #[derive(Default)]
 pub struct Holds {
     held: Mutex<HashMap<String, Instant>>,
+    /// How many are held: every request asks, almost always of none, so
+    /// that answer needs no lock.
+    count: AtomicUsize,
 }
 
 /// Releases its hold when dropped (the restore ended, well or not).
@@ -28,6 +32,7 @@ impl Drop for Hold {
     fn drop(&mut self) {
         if let Ok(mut held) = self.holds.held.lock() {
             held.remove(&self.tenant);
+            self.holds.count.store(held.len(), Ordering::SeqCst);
         }
     }
 }
@@ -41,6 +46,7 @@ impl Holds {
             return None;
         }
         held.insert(tenant.to_owned(), Instant::now());
+        self.count.store(held.len(), Ordering::SeqCst);
         Some(Hold {
             holds: self.clone(),
             tenant: tenant.to_owned(),
@@ -49,10 +55,12 @@ impl Holds {
 
     /// Whether `tenant` is held now.
     pub fn is_held(&self, tenant: &str) -> bool {
-        self.held
-            .lock()
-            .map(|held| !held.is_empty() && held.contains_key(tenant))
-            .unwrap_or(false)
+        self.count.load(Ordering::SeqCst) > 0
+            && self
+                .held
+                .lock()
+                .map(|held| held.contains_key(tenant))
+                .unwrap_or(false)
     }
 }
 

@@ -25,6 +25,14 @@ pub(crate) fn backup_url() -> String {
 }
 
 pub(crate) async fn spawn_with_backups(url: String) -> TestApp {
+    spawn_with_backups_and(url, |_| {}).await
+}
+
+/// [`spawn_with_backups`] with more of the configuration changed.
+pub(crate) async fn spawn_with_backups_and(
+    url: String,
+    more: impl FnOnce(&mut strongroom::config::Config),
+) -> TestApp {
     let s3 = url.starts_with("s3://");
     spawn_app_with(move |c| {
         c.backup = true;
@@ -33,6 +41,7 @@ pub(crate) async fn spawn_with_backups(url: String) -> TestApp {
             c.backup_access_key_id = Some("test".to_owned());
             c.backup_secret_access_key = Some(secrecy::SecretString::from("test"));
         }
+        more(c);
     })
     .await
 }

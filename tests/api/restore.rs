@@ -8,7 +8,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use strongroom::backup::ship;
 
-use crate::backups::{backup_url, journal_seq, raw_objects, shipper, spawn_with_backups};
+use crate::backups::{
+    backup_url, journal_seq, raw_objects, shipper, spawn_with_backups, spawn_with_backups_and,
+};
 use crate::helpers::{PASSWORD, RunOff, Session, TestApp, spawn_app_with, temp_dir};
 
 /// Waits until the target holds the tenant's journal up to its counter.
@@ -468,15 +470,7 @@ const OPERATOR: &str = "an-operator-token-of-at-least-32-bytes-for-tests";
 
 #[tokio::test]
 async fn ctl_bak_4_a_running_server_restores_one_tenant_and_holds_only_it_at_503() {
-    let url = backup_url();
-    let s3 = url.starts_with("s3://");
-    let app = spawn_app_with(move |c| {
-        c.backup = true;
-        c.backup_url = Some(url);
-        if s3 {
-            c.backup_access_key_id = Some("test".to_owned());
-            c.backup_secret_access_key = Some(secrecy::SecretString::from("test"));
-        }
+    let app = spawn_with_backups_and(backup_url(), |c| {
         c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
     })
     .await;
@@ -1231,15 +1225,7 @@ async fn ctl_bak_2_snapshots_taken_under_concurrent_writes_are_each_one_consiste
 
 #[tokio::test]
 async fn ctl_bak_3_the_instance_snapshot_holds_tenants_and_configuration_sealed() {
-    let url = backup_url();
-    let s3 = url.starts_with("s3://");
-    let app = spawn_app_with(move |c| {
-        c.backup = true;
-        c.backup_url = Some(url);
-        if s3 {
-            c.backup_access_key_id = Some("test".to_owned());
-            c.backup_secret_access_key = Some(secrecy::SecretString::from("test"));
-        }
+    let app = spawn_with_backups_and(backup_url(), |c| {
         c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
     })
     .await;
