@@ -49,6 +49,9 @@ const ENV_KEYS: &[&str] = &[
     "backup_drill_hours",
     "backup_retention_days",
     "backup_primary_url",
+    "backup_auto_restore",
+    "integrity_check_minutes",
+    "operator_email",
     "file_sweep_seconds",
     "key_cache_seconds",
     "migrate_until",
@@ -151,6 +154,16 @@ pub struct Config {
     pub backup_drill_hours: u64,
     /// On a standby (`serve --follow`): the primary its refused writes name.
     pub backup_primary_url: Option<String>,
+    /// Whether a tenant whose live rows fail the integrity check is
+    /// restored from its latest backup at once (BAK-4; default off: it is
+    /// refused, and the operators are told how to restore it).
+    pub backup_auto_restore: bool,
+    /// How often the integrity check runs (BAK-4; default 60; 0: only at
+    /// start).
+    pub integrity_check_minutes: u64,
+    /// Who is mailed when a check finds corruption (needs `smtp_url`).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub operator_email: Vec<String>,
     /// How often objects of deleted files are removed from the stores.
     pub file_sweep_seconds: u64,
     /// How long unwrapped data keys stay in memory. A key revoked or
@@ -238,6 +251,21 @@ pub struct Config {
     pub sms_webhook_secret: Option<SecretString>,
 }
 
+/// One `@` between a local part and a dotted domain, no spaces.
+fn looks_like_address(text: &str) -> bool {
+    match text.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+                && !text.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -318,6 +346,9 @@ impl Default for Config {
             backup_drill_hours: 24,
             backup_retention_days: 30,
             backup_primary_url: None,
+            backup_auto_restore: false,
+            integrity_check_minutes: 60,
+            operator_email: Vec::new(),
             file_sweep_seconds: 60,
             key_cache_seconds: 60,
             migrate_until: None,
@@ -431,6 +462,16 @@ impl Config {
             return Err(ConfigError(
                 "backup_drill_hours must be 1 to 4392 (a drill at least twice a year)".into(),
             ));
+        }
+        if self.integrity_check_minutes > 24 * 60 {
+            return Err(ConfigError(
+                "integrity_check_minutes must be 0 (at start only) to 1440 (daily)".into(),
+            ));
+        }
+        if let Some(bad) = self.operator_email.iter().find(|a| !looks_like_address(a)) {
+            return Err(ConfigError(format!(
+                "operator_email: {bad:?} is not an e-mail address"
+            )));
         }
         if self.file_sweep_seconds == 0 {
             return Err(ConfigError("file_sweep_seconds must be at least 1".into()));
@@ -669,6 +710,9 @@ impl fmt::Debug for Config {
             .field("backup_drill_hours", &self.backup_drill_hours)
             .field("backup_retention_days", &self.backup_retention_days)
             .field("backup_primary_url", &self.backup_primary_url)
+            .field("backup_auto_restore", &self.backup_auto_restore)
+            .field("integrity_check_minutes", &self.integrity_check_minutes)
+            .field("operator_email", &self.operator_email)
             .field("file_sweep_seconds", &self.file_sweep_seconds)
             .field("key_cache_seconds", &self.key_cache_seconds)
             .field("migrate_until", &self.migrate_until)

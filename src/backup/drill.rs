@@ -143,9 +143,21 @@ fn broken_link(events: &[String]) -> Option<String> {
     None
 }
 
+/// Who hears of a drill whose rebuild differs from the live rows (the
+/// integrity checks: `super::integrity`).
+pub trait Differs {
+    fn differs(&self, drill: &Drill) -> impl std::future::Future<Output = ()> + Send;
+}
+
 /// One run of the job: every tenant while there are few, else the next
-/// [`TENANTS_PER_RUN`] in turn (by the day). Fails when any drill fails.
-pub async fn run(store: &Store, vault: &Vault, target: &BackupTarget) -> Result<String, String> {
+/// [`TENANTS_PER_RUN`] in turn (by the day). Fails when any drill fails;
+/// `differs` hears of each drill whose rebuild differs from the live rows.
+pub async fn run(
+    store: &Store,
+    vault: &Vault,
+    target: &BackupTarget,
+    differs: &impl Differs,
+) -> Result<String, String> {
     let scopes = store.tenant_scopes().await.map_err(|e| e.to_string())?;
     let chosen: Vec<&TenantScope> = if scopes.len() <= TENANTS_PER_RUN {
         scopes.iter().collect()
@@ -173,6 +185,7 @@ pub async fn run(store: &Store, vault: &Vault, target: &BackupTarget) -> Result<
                         drill.tenant,
                         drill.mismatches.join("; ")
                     ));
+                    differs.differs(&drill).await;
                 }
                 drills.push(drill);
             }
@@ -190,19 +203,4 @@ pub async fn run(store: &Store, vault: &Vault, target: &BackupTarget) -> Result<
         return Err(failures.join(" | "));
     }
     Ok(serde_json::to_string(&drills).unwrap_or_default())
-}
-
-/// Runs [`run`] as the `backup.drill` job, every `every`.
-pub fn start(
-    store: Store,
-    vault: Vault,
-    target: std::sync::Arc<BackupTarget>,
-    schedule: &crate::ops::Schedule,
-    every: Duration,
-) {
-    let run_store = store.clone();
-    crate::ops::every(store, schedule, JOB, every, move || {
-        let (store, vault, target) = (run_store.clone(), vault.clone(), target.clone());
-        async move { run(&store, &vault, &target).await }
-    });
 }

@@ -3,14 +3,21 @@
 //! while the server keeps serving every other tenant; the tenant itself
 //! answers `503` with `Retry-After` until it is done. `strongroom backup
 //! restore` sends it here when a server runs on the data dir.
+//!
+//! The integrity checks ([`super::integrity`]): `POST /api/v1/ops/integrity`
+//! runs them now (`{"drill": true}`: the drills' row comparison too),
+//! `GET` lists the refused tenants, and `DELETE
+//! /api/v1/ops/tenants/{slug}/refusal` lifts a refusal. A restore lifts it
+//! too.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::integrity::{self, Integrity};
 use super::{BackupTarget, restore, snapshot};
 use crate::context::RequestMeta;
 use crate::http::api::{Api, Op};
@@ -36,6 +43,123 @@ pub fn router() -> Api {
         })),
         post(restore_tenant),
     )
+    .route(
+        Op::new(
+            "POST",
+            "/api/v1/ops/integrity",
+            "Run the integrity checks now (the database file, each tenant's journal, the backup \
+             target against the database; with `drill: true` each tenant's rows against its \
+             backup): a tenant that fails is refused with 503 and, with `backup_auto_restore`, \
+             restored. Bearer `operator_token`",
+        )
+        .tag("backups")
+        .operator()
+        .errors(&[400, 422])
+        .body(json!({
+            "type": "object", "additionalProperties": false,
+            "properties": {"drill": {"type": "boolean", "description": "compare every tenant's rows with its backup too (a restore drill each)"}}
+        })),
+        post(run_checks),
+    )
+    .route(
+        Op::new(
+            "GET",
+            "/api/v1/ops/integrity",
+            "The tenants refused after a failed integrity check, and why. Bearer `operator_token`",
+        )
+        .tag("backups")
+        .operator(),
+        get(refusals),
+    )
+    .route(
+        Op::new(
+            "DELETE",
+            "/api/v1/ops/tenants/{slug}/refusal",
+            "Serve a refused tenant again without restoring it (the operator judged the finding). \
+             Bearer `operator_token`",
+        )
+        .tag("backups")
+        .operator()
+        .errors(&[404]),
+        delete(lift_refusal),
+    )
+}
+
+/// The integrity checks over this server's state.
+pub fn integrity_of(state: &AppState, target: Option<std::sync::Arc<BackupTarget>>) -> Integrity {
+    Integrity {
+        store: state.store.clone(),
+        vault: state.vault.clone(),
+        objects: state.objects.clone(),
+        target,
+        holds: state.holds.clone(),
+        mailer: state.mailer.clone(),
+        operators: state.config.operator_email.clone(),
+        auto_restore: state.config.backup_auto_restore,
+        acting: true,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChecksBody {
+    #[serde(default)]
+    drill: bool,
+}
+
+async fn run_checks(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiJson(body): ApiJson<ChecksBody>,
+) -> Result<Json<Value>, ApiError> {
+    let target = if state.config.backup {
+        Some(std::sync::Arc::new(
+            BackupTarget::open(&state.config).map_err(|e| ApiError::internal(&e))?,
+        ))
+    } else {
+        None
+    };
+    let checks = integrity_of(&state, target);
+    let report = checks
+        .run(body.drill)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let json = serde_json::to_value(&report).unwrap_or_default();
+    let outcome = integrity::outcome(Ok(report));
+    crate::ops::heartbeat(
+        &state.store,
+        integrity::JOB,
+        outcome.is_ok(),
+        outcome.unwrap_or_else(|e| e),
+    )
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(json))
+}
+
+async fn refusals(State(state): State<AppState>, _: Operator) -> Json<Value> {
+    Json(json!({"refused": state.holds.refusals()}))
+}
+
+async fn lift_refusal(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath(slug): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let scope = crate::tenancy::find_active_by_slug(&state.store, &slug)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::not_found("no active tenant with this slug"))?;
+    if !state.holds.lift(scope.id_str()) {
+        return Err(ApiError::not_found("this tenant is not refused"));
+    }
+    tracing::warn!(
+        target: "security",
+        event = "backup.refusal_lifted",
+        tenant = %slug,
+        "an operator lifted an integrity refusal: the tenant is served unrestored"
+    );
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -84,6 +208,9 @@ async fn restore_tenant(
     )
     .await
     .map_err(|why| ApiError::new(StatusCode::CONFLICT, "restore-refused", why))?;
+    // A restored tenant is whole again: a refusal after a failed integrity
+    // check ends.
+    state.holds.lift(scope.id_str());
     // The next restore of this tenant starts from here.
     let snapshot = snapshot::take(&state.store, &state.vault, &target, &scope).await;
     let mut out = serde_json::to_value(&restored).unwrap_or_default();

@@ -28,12 +28,13 @@
 //!   the journal's row images ([`crate::store::image`]) up to it; [`keys`]
 //!   keeps each key version once in the target and applies the erasure log.
 //!
-//! Not built yet (the rest of the backups issue): drills, files in the
-//! target, retention, the warm standby.
+//! * **Drills (BAK-6)** ([`drill`]), **corruption** (BAK-4,
+//!   [`integrity`]) and the **warm standby** (BAK-5, [`follow`]).
 
 pub mod drill;
 pub mod follow;
 pub mod http;
+pub mod integrity;
 pub mod keys;
 pub mod restore;
 pub mod segment;

@@ -316,6 +316,51 @@ pub async fn restore(state: &AppState, args: RestoreArgs) -> anyhow::Result<()> 
     }
 }
 
+/// `backup check`: the integrity checks, reported (BAK-4).
+pub async fn check(state: &AppState, drill: bool, json: bool) -> anyhow::Result<()> {
+    let target = if state.config.backup {
+        Some(target(state)?)
+    } else {
+        None
+    };
+    let mut checks = crate::backup::http::integrity_of(state, target);
+    checks.acting = false;
+    let report = checks.run(drill).await.map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} tenants checked; database: {}",
+            report.tenants_checked, report.database
+        );
+        for f in &report.findings {
+            println!(
+                "{} ({}): {}\n  what mends it: {}",
+                f.slug
+                    .as_deref()
+                    .or(f.tenant.as_deref())
+                    .unwrap_or("the database"),
+                f.check,
+                f.detail,
+                f.remedy
+            );
+        }
+    }
+    let found = report.findings.len();
+    let outcome = crate::backup::integrity::outcome(Ok(report));
+    crate::ops::heartbeat(
+        &state.store,
+        crate::backup::integrity::JOB,
+        outcome.is_ok(),
+        outcome.unwrap_or_else(|e| e),
+    )
+    .await?;
+    if found > 0 {
+        anyhow::bail!("the integrity check found {found} problems");
+    }
+    Ok(())
+}
+
 /// `backup drill`: each tenant rebuilt from the target and compared with
 /// the live state (BAK-6).
 pub async fn drill(state: &AppState, tenant: Option<&str>, json: bool) -> anyhow::Result<()> {

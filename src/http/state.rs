@@ -41,7 +41,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// `503` with `Retry-After` while the tenant is being restored.
+    /// `503` with `Retry-After` while the tenant is being restored, or is
+    /// refused after a failed integrity check.
     pub fn admit_unheld(&self, tenant: &str) -> Result<(), super::ApiError> {
         if self.holds.is_held(tenant) {
             return Err(super::ApiError::new(
@@ -50,6 +51,15 @@ impl AppState {
                 "this tenant is being restored from its backup; try again shortly",
             )
             .with_retry_after(crate::tenancy::holds::RETRY_AFTER_SECONDS));
+        }
+        if self.holds.refusal(tenant).is_some() {
+            return Err(super::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "tenant-integrity",
+                "this tenant's stored data failed an integrity check; it is refused until it is \
+                 restored from its backup (the operators have been told)",
+            )
+            .with_retry_after(crate::tenancy::holds::REFUSED_RETRY_AFTER_SECONDS));
         }
         Ok(())
     }

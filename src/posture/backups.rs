@@ -4,7 +4,7 @@
 //! the target holds.
 
 use super::finding::{Finding, Probe, Reach, Verdict, finding};
-use crate::backup::{BackupTarget, drill, follow, keys, ship, snapshot};
+use crate::backup::{BackupTarget, drill, follow, integrity, keys, ship, snapshot};
 use crate::context::TenantScope;
 use crate::store::db;
 
@@ -231,6 +231,103 @@ async fn shipping(
         }
     }
     Ok((lag, unshipped))
+}
+
+/// BAK-4's corruption half, on top of what `restorable` (the snapshots)
+/// found: the last integrity check, as its heartbeat recorded it. A
+/// finding about these tenants (or, to an operator, the database) fails.
+pub fn integrity(
+    probe: &Probe<'_>,
+    scopes: &[TenantScope],
+    reach: Reach,
+    runs: &[crate::ops::JobRun],
+    restorable: Finding,
+) -> Finding {
+    let Some(run) = runs.iter().find(|r| r.job == integrity::JOB) else {
+        let verdict = match restorable.verdict {
+            Verdict::Fail => Verdict::Fail,
+            _ => Verdict::Warn,
+        };
+        return finding(
+            "BAK-4",
+            verdict,
+            format!(
+                "{}; no integrity check recorded yet (`backup.integrity` runs at start and every \
+                 `integrity_check_minutes`; `POST /api/v1/ops/integrity` runs one now)",
+                restorable.evidence
+            ),
+        );
+    };
+    let Some(report) = run
+        .detail
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<integrity::Report>(d).ok())
+    else {
+        return finding(
+            "BAK-4",
+            Verdict::Fail,
+            format!(
+                "the last integrity check ({}) did not run: {}",
+                run.last_run_at,
+                run.detail.as_deref().unwrap_or("no detail")
+            ),
+        );
+    };
+    let ours: Vec<&integrity::Finding> = report
+        .findings
+        .iter()
+        .filter(|f| match &f.tenant {
+            Some(tenant) => scopes.iter().any(|s| s.id_str() == tenant),
+            None => reach == Reach::Instance,
+        })
+        .collect();
+    if !ours.is_empty() {
+        let named: Vec<String> = ours
+            .iter()
+            .map(|f| match reach {
+                Reach::Instance => format!(
+                    "{} ({}): {}; {}",
+                    f.slug
+                        .as_deref()
+                        .or(f.tenant.as_deref())
+                        .unwrap_or("the database"),
+                    f.check,
+                    f.detail,
+                    f.outcome
+                ),
+                Reach::Tenant => format!("{}: {}", f.check, f.outcome),
+            })
+            .collect();
+        return finding(
+            "BAK-4",
+            Verdict::Fail,
+            format!(
+                "the integrity check at {} found: {}",
+                report.at,
+                named.join(" | ")
+            ),
+        );
+    }
+    let database = match reach {
+        Reach::Instance => format!(" (database: {})", report.database),
+        Reach::Tenant => String::new(),
+    };
+    finding(
+        "BAK-4",
+        restorable.verdict,
+        format!(
+            "{}; the integrity check at {} found nothing wrong with {}{database} (a failure \
+             refuses the tenant{})",
+            restorable.evidence,
+            report.at,
+            reach.tenants(scopes.len()),
+            if probe.config.backup_auto_restore {
+                " and restores it from its backup: backup_auto_restore is on"
+            } else {
+                "; backup_auto_restore is off: an operator restores it"
+            }
+        ),
+    )
 }
 
 /// BAK-6: the last restore drill, as its heartbeat recorded it.

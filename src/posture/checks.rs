@@ -57,7 +57,7 @@ pub async fn run(
         bak1,
         bak2,
         super::backups::instance(probe, reach).await,
-        bak4,
+        super::backups::integrity(probe, scopes, reach, &runs, bak4),
         super::backups::standby(probe, reach).await,
         super::backups::drills(probe, scopes, reach, &runs),
         bak7,

@@ -637,6 +637,8 @@ async fn ctl_bak_6_a_drill_rebuilds_each_tenant_from_the_target_and_names_what_d
     let (ok, out) = cli_run(&app, &["backup", "drill"], &[]).await;
     assert!(ok, "{out}");
     assert_eq!(out.matches("passed").count(), 2, "{out}");
+    let (ok, out) = cli_run(&app, &["backup", "check"], &[]).await;
+    assert!(ok && out.contains("2 tenants checked; database: "), "{out}");
     // The posture report shows the drill, with its RTO and RPO.
     let (_, out) = cli_run(&app, &["verify", "--json"], &[]).await;
     let report: Vec<Value> =
@@ -669,6 +671,12 @@ async fn ctl_bak_6_a_drill_rebuilds_each_tenant_from_the_target_and_names_what_d
         "{out}"
     );
     assert!(!out.contains("o-2"), "no value in the report: {out}");
+    // `backup check --drill` names the same difference, and only reports.
+    let (ok, out) = cli_run(&app, &["backup", "check", "--drill"], &[]).await;
+    assert!(
+        !ok && out.contains("acme (rows)") && out.contains("records: 10 rows live"),
+        "{out}"
+    );
     let (_, out) = cli_run(&app, &["verify", "--json"], &[]).await;
     let report: Vec<Value> =
         serde_json::from_str(out.lines().rfind(|l| l.starts_with('[')).unwrap()).unwrap();
@@ -1263,4 +1271,391 @@ async fn ctl_bak_3_the_instance_snapshot_holds_tenants_and_configuration_sealed(
         serde_json::from_str(out.lines().rfind(|l| l.starts_with('[')).unwrap()).unwrap();
     let bak3 = report.iter().find(|c| c["id"] == "BAK-3").unwrap();
     assert_eq!(bak3["verdict"], "pass", "{bak3}");
+}
+
+/// Runs the integrity checks through the operator route.
+async fn integrity_check(app: &TestApp, drill: bool) -> Value {
+    let res = app
+        .post(
+            "/api/v1/ops/integrity",
+            Some(OPERATOR),
+            json!({ "drill": drill }),
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{}",
+        res.text().await.unwrap()
+    );
+    res.json().await.unwrap()
+}
+
+/// The findings of a report about one tenant.
+fn findings_for(report: &Value, tenant: &str) -> Vec<Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["tenant"] == tenant)
+        .cloned()
+        .collect()
+}
+
+/// Runs `sql` (with `{tenant}` filled in) on the database directly,
+/// behind the write path: what a damaged disk or a person with database
+/// access does.
+async fn behind_the_write_path(app: &TestApp, tenant: &str, statements: &[&str]) {
+    let mut conn = app.raw().await;
+    for sql in statements {
+        let sql = sql.replace("{tenant}", tenant);
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_automatically() {
+    let sink = crate::helpers::MailSink::start().await;
+    let smtp = sink.url();
+    let app = spawn_with_backups_and(backup_url(), move |c| {
+        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
+        c.backup_auto_restore = true;
+        c.operator_email = vec!["ops@strongroom.test".to_owned()];
+        c.smtp_url = Some(smtp);
+    })
+    .await;
+    strongroom::cli::start_mail_delivery(&app.state);
+    let (target, shipper) = shipper(&app);
+    ship::start(app.state.store.clone(), &app.state.schedule, shipper);
+    let acme = app.admin_via(&sink, "acme").await;
+    app.work_orders(&acme).await;
+    let globex = app.admin_via(&sink, "globex").await;
+    app.work_orders(&globex).await;
+    app.create_order(
+        &acme,
+        json!({"title": "replace the pump seal", "notes": "valve 7"}),
+    )
+    .await;
+    app.create_order(&globex, json!({"title": "globex own order"}))
+        .await;
+    for slug in ["acme", "globex"] {
+        let (ok, out) = cli_run(&app, &["backup", "now", "--tenant", slug], &[]).await;
+        assert!(ok, "{out}");
+    }
+    app.create_order(&acme, json!({"title": "after the snapshot"}))
+        .await;
+    shipped(&app, &target, &acme).await;
+    shipped(&app, &target, &globex).await;
+    let before = orders(&app, &acme).await;
+    let globex_before = orders(&app, &globex).await;
+
+    // A clean instance: the checks find nothing, drills included.
+    let report = integrity_check(&app, true).await;
+    assert_eq!(report["findings"], json!([]), "{report}");
+    assert_eq!(report["tenants_checked"], 2);
+
+    // A title changed in the database, behind the write path.
+    let forge = if crate::helpers::is_postgres() {
+        "UPDATE records SET data = CAST(replace(CAST(data AS TEXT), 'replace the pump seal', 'forged') AS jsonb) WHERE tenant_id = '{tenant}'"
+    } else {
+        "UPDATE records SET data = replace(data, 'replace the pump seal', 'forged') WHERE tenant_id = '{tenant}'"
+    };
+    behind_the_write_path(&app, &acme.tenant_id, &[forge]).await;
+    let forged = orders(&app, &acme).await;
+    assert!(forged.iter().any(|o| o["title"] == "forged"), "{forged:?}");
+
+    // The hourly checks do not compare rows; the drill does, and the
+    // tenant is refused, then restored from its backup.
+    let report = integrity_check(&app, false).await;
+    assert_eq!(report["findings"], json!([]), "{report}");
+    let report = integrity_check(&app, true).await;
+    let found = findings_for(&report, &acme.tenant_id);
+    assert_eq!(found.len(), 1, "{report}");
+    assert_eq!(found[0]["check"], "rows");
+    assert_eq!(found[0]["slug"], "acme");
+    assert!(
+        found[0]["detail"].as_str().unwrap().contains("records"),
+        "{report}"
+    );
+    assert!(
+        found[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("restored to seq"),
+        "{report}"
+    );
+    assert!(findings_for(&report, &globex.tenant_id).is_empty());
+    // The value is never in the report.
+    assert!(!report.to_string().contains("forged"), "{report}");
+
+    // Served again, as it was before the forgery; its sessions ended.
+    let res = app
+        .get(
+            "/api/v1/collections/work_orders/records",
+            &acme.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let again = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
+    assert_eq!(orders(&app, &again).await, before);
+    assert_eq!(orders(&app, &globex).await, globex_before);
+    let res = app.get("/api/v1/ops/integrity", OPERATOR).await;
+    let refused: Value = res.json().await.unwrap();
+    assert_eq!(refused["refused"], json!([]));
+    // The restore is an event of the tenant's trail.
+    let admin_events = app.audit(&again).await;
+    assert!(
+        admin_events
+            .iter()
+            .any(|e| e["action"] == "backup.restored"),
+        "{admin_events:?}"
+    );
+
+    // The operators were told: what failed, then what was done.
+    let failed = sink
+        .nth_about(
+            "ops@strongroom.test",
+            "Strongroom: integrity check failed for tenant acme",
+            1,
+        )
+        .await;
+    assert!(failed.text.unwrap_or_default().contains("rows"));
+    let restored = sink
+        .nth_about("ops@strongroom.test", "Strongroom: tenant acme restored", 1)
+        .await;
+    assert!(
+        restored
+            .text
+            .unwrap_or_default()
+            .contains("restored from its backup")
+    );
+    // The next check finds the tenant whole.
+    let report = integrity_check(&app, true).await;
+    assert_eq!(report["findings"], json!([]), "{report}");
+}
+
+#[tokio::test]
+async fn ctl_bak_4_a_journal_hole_or_lost_writes_refuse_only_that_tenant_until_an_operator_acts() {
+    let sink = crate::helpers::MailSink::start().await;
+    let smtp = sink.url();
+    let app = spawn_with_backups_and(backup_url(), move |c| {
+        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
+        c.operator_email = vec!["ops@strongroom.test".to_owned()];
+        c.smtp_url = Some(smtp);
+    })
+    .await;
+    strongroom::cli::start_mail_delivery(&app.state);
+    let (target, shipper) = shipper(&app);
+    ship::start(app.state.store.clone(), &app.state.schedule, shipper);
+    let acme = app.admin_via(&sink, "acme").await;
+    app.work_orders(&acme).await;
+    let globex = app.admin_via(&sink, "globex").await;
+    app.work_orders(&globex).await;
+    let initech = app.admin_via(&sink, "initech").await;
+    app.work_orders(&initech).await;
+    for session in [&acme, &globex, &initech] {
+        app.create_order(session, json!({"title": "an order"}))
+            .await;
+    }
+    let rolled_back_to = shipped(&app, &target, &initech).await;
+    app.create_order(&initech, json!({"title": "lost"})).await;
+    app.create_order(&initech, json!({"title": "lost too"}))
+        .await;
+    shipped(&app, &target, &initech).await;
+    shipped(&app, &target, &acme).await;
+
+    // acme loses one journal entry; initech's database goes back in time
+    // (its newest changes and their journal entries gone, the counter
+    // rewound), as an old copy of the database would.
+    behind_the_write_path(
+        &app,
+        &acme.tenant_id,
+        &["DELETE FROM journal WHERE tenant_id = '{tenant}' AND seq = 3"],
+    )
+    .await;
+    let rewind = format!(
+        "UPDATE tenant_sequences SET journal_seq = {rolled_back_to} WHERE tenant_id = '{{tenant}}'"
+    );
+    let cut =
+        format!("DELETE FROM journal WHERE tenant_id = '{{tenant}}' AND seq > {rolled_back_to}");
+    behind_the_write_path(&app, &initech.tenant_id, &[&cut, &rewind]).await;
+
+    let report = integrity_check(&app, false).await;
+    let acme_found = findings_for(&report, &acme.tenant_id);
+    assert_eq!(acme_found.len(), 1, "{report}");
+    assert_eq!(acme_found[0]["check"], "journal");
+    assert!(
+        acme_found[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("misses 1 of the seqs"),
+        "{report}"
+    );
+    let initech_found = findings_for(&report, &initech.tenant_id);
+    assert_eq!(initech_found.len(), 1, "{report}");
+    assert_eq!(initech_found[0]["check"], "lost_writes");
+    assert!(
+        initech_found[0]["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("--all --into-new-instance"),
+        "{report}"
+    );
+    assert_eq!(initech_found[0]["outcome"], "refused");
+    assert!(findings_for(&report, &globex.tenant_id).is_empty());
+
+    // The refused tenants answer 503 (logins too); the other is served.
+    for session in [&acme, &initech] {
+        let res = app
+            .get(
+                "/api/v1/collections/work_orders/records",
+                &session.access_token,
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().contains_key("retry-after"));
+        let problem: Value = res.json().await.unwrap();
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("tenant-integrity"),
+            "{problem}"
+        );
+    }
+    let res = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"tenant": "acme", "email": acme.email, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(orders(&app, &globex).await.len(), 1);
+    app.create_order(&globex, json!({"title": "still writing"}))
+        .await;
+
+    // The operator sees them, and was mailed about each.
+    let res = app.get("/api/v1/ops/integrity", OPERATOR).await;
+    let listed: Value = res.json().await.unwrap();
+    assert_eq!(listed["refused"].as_array().unwrap().len(), 2, "{listed}");
+    for slug in ["acme", "initech"] {
+        sink.nth_about(
+            "ops@strongroom.test",
+            &format!("Strongroom: integrity check failed for tenant {slug}"),
+            1,
+        )
+        .await;
+    }
+    // Checking again neither mails again nor lifts the refusal.
+    integrity_check(&app, false).await;
+    assert_eq!(
+        sink.to("ops@strongroom.test").len(),
+        2,
+        "{:?}",
+        sink.to("ops@strongroom.test")
+    );
+
+    // Lifting: without a token, an unknown tenant, a tenant not refused.
+    let res = app
+        .request(
+            reqwest::Method::DELETE,
+            "/api/v1/ops/tenants/acme/refusal",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = app
+        .delete("/api/v1/ops/tenants/nobody/refusal", OPERATOR)
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = app
+        .delete("/api/v1/ops/tenants/globex/refusal", OPERATOR)
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = app
+        .delete("/api/v1/ops/tenants/acme/refusal", OPERATOR)
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(orders(&app, &acme).await.len(), 1);
+    let res = app
+        .get(
+            "/api/v1/collections/work_orders/records",
+            &initech.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn ctl_bak_4_a_damaged_database_file_is_found_by_quick_check_and_its_tenants_refused() {
+    if crate::helpers::is_postgres() {
+        // PostgreSQL checks its own pages; the file check is SQLite's.
+        return;
+    }
+    let mut app = spawn_app_with(|c| {
+        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
+    })
+    .await;
+    let acme = app.admin("acme").await;
+    app.work_orders(&acme).await;
+    app.create_order(&acme, json!({"title": "an order"})).await;
+    let globex = app.admin("globex").await;
+    let report = integrity_check(&app, false).await;
+    assert_eq!(report["database"], "ok", "{report}");
+    app.stop_server().await;
+
+    // The records table's first page overwritten on disk, as a failing
+    // disk would.
+    let (page_size, root) = {
+        let mut conn = app.raw().await;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let root: i64 =
+            sqlx::query_scalar("SELECT rootpage FROM sqlite_schema WHERE name = 'records'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        (page_size, root)
+    };
+    let file = app.data_dir.join("strongroom.db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = ((root - 1) * page_size) as usize;
+    bytes[at..at + 64].fill(0xEE);
+    std::fs::write(&file, bytes).unwrap();
+
+    let node = app.second_node().await;
+    let report = integrity_check(&node, false).await;
+    assert_ne!(report["database"], "ok", "{report}");
+    let found = findings_for(&report, &acme.tenant_id);
+    assert_eq!(found.len(), 1, "{report}");
+    assert_eq!(found[0]["check"], "unreadable");
+    assert!(
+        found[0]["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/ops/tenants/acme/restore"),
+        "{report}"
+    );
+    // globex has no record, so none of its rows is on the damaged page.
+    assert!(
+        findings_for(&report, &globex.tenant_id).is_empty(),
+        "{report}"
+    );
+    let res = node
+        .get(
+            "/api/v1/collections/work_orders/records",
+            &acme.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let res = node.get("/api/v1/me", &globex.access_token).await;
+    assert_eq!(res.status(), StatusCode::OK);
 }
