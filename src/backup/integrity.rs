@@ -66,6 +66,14 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The tenant's slug (its id if it has none), or "the database".
+    pub fn named(&self) -> &str {
+        self.slug
+            .as_deref()
+            .or(self.tenant.as_deref())
+            .unwrap_or("the database")
+    }
+
     /// Whether a restore of the tenant into the live instance mends it.
     fn mended_by_live_restore(&self) -> bool {
         self.tenant.is_some() && matches!(self.check.as_str(), "unreadable" | "rows")

@@ -336,10 +336,7 @@ pub async fn check(state: &AppState, drill: bool, json: bool) -> anyhow::Result<
         for f in &report.findings {
             println!(
                 "{} ({}): {}\n  what mends it: {}",
-                f.slug
-                    .as_deref()
-                    .or(f.tenant.as_deref())
-                    .unwrap_or("the database"),
+                f.named(),
                 f.check,
                 f.detail,
                 f.remedy

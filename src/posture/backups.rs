@@ -285,16 +285,9 @@ pub fn integrity(
         let named: Vec<String> = ours
             .iter()
             .map(|f| match reach {
-                Reach::Instance => format!(
-                    "{} ({}): {}; {}",
-                    f.slug
-                        .as_deref()
-                        .or(f.tenant.as_deref())
-                        .unwrap_or("the database"),
-                    f.check,
-                    f.detail,
-                    f.outcome
-                ),
+                Reach::Instance => {
+                    format!("{} ({}): {}; {}", f.named(), f.check, f.detail, f.outcome)
+                }
                 Reach::Tenant => format!("{}: {}", f.check, f.outcome),
             })
             .collect();

@@ -1313,13 +1313,22 @@ async fn behind_the_write_path(app: &TestApp, tenant: &str, statements: &[&str])
     }
 }
 
-#[tokio::test]
-async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_automatically() {
+/// A server with backups shipping, operators to mail (the sink) and
+/// `backup_auto_restore` as given; a tenant with work orders for each slug.
+async fn watched<const N: usize>(
+    auto_restore: bool,
+    slugs: [&str; N],
+) -> (
+    crate::helpers::MailSink,
+    TestApp,
+    std::sync::Arc<strongroom::backup::BackupTarget>,
+    [Session; N],
+) {
     let sink = crate::helpers::MailSink::start().await;
     let smtp = sink.url();
     let app = spawn_with_backups_and(backup_url(), move |c| {
         c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
-        c.backup_auto_restore = true;
+        c.backup_auto_restore = auto_restore;
         c.operator_email = vec!["ops@strongroom.test".to_owned()];
         c.smtp_url = Some(smtp);
     })
@@ -1327,10 +1336,19 @@ async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_
     strongroom::cli::start_mail_delivery(&app.state);
     let (target, shipper) = shipper(&app);
     ship::start(app.state.store.clone(), &app.state.schedule, shipper);
-    let acme = app.admin_via(&sink, "acme").await;
-    app.work_orders(&acme).await;
-    let globex = app.admin_via(&sink, "globex").await;
-    app.work_orders(&globex).await;
+    let mut sessions = Vec::new();
+    for slug in slugs {
+        let admin = app.admin_via(&sink, slug).await;
+        app.work_orders(&admin).await;
+        sessions.push(admin);
+    }
+    let sessions: [Session; N] = sessions.try_into().ok().unwrap();
+    (sink, app, target, sessions)
+}
+
+#[tokio::test]
+async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_automatically() {
+    let (sink, app, target, [acme, globex]) = watched(true, ["acme", "globex"]).await;
     app.create_order(
         &acme,
         json!({"title": "replace the pump seal", "notes": "valve 7"}),
@@ -1436,23 +1454,8 @@ async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_
 
 #[tokio::test]
 async fn ctl_bak_4_a_journal_hole_or_lost_writes_refuse_only_that_tenant_until_an_operator_acts() {
-    let sink = crate::helpers::MailSink::start().await;
-    let smtp = sink.url();
-    let app = spawn_with_backups_and(backup_url(), move |c| {
-        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
-        c.operator_email = vec!["ops@strongroom.test".to_owned()];
-        c.smtp_url = Some(smtp);
-    })
-    .await;
-    strongroom::cli::start_mail_delivery(&app.state);
-    let (target, shipper) = shipper(&app);
-    ship::start(app.state.store.clone(), &app.state.schedule, shipper);
-    let acme = app.admin_via(&sink, "acme").await;
-    app.work_orders(&acme).await;
-    let globex = app.admin_via(&sink, "globex").await;
-    app.work_orders(&globex).await;
-    let initech = app.admin_via(&sink, "initech").await;
-    app.work_orders(&initech).await;
+    let (sink, app, target, [acme, globex, initech]) =
+        watched(false, ["acme", "globex", "initech"]).await;
     for session in [&acme, &globex, &initech] {
         app.create_order(session, json!({"title": "an order"}))
             .await;
