@@ -34,19 +34,46 @@ async fn shipped(
     }
 }
 
+/// The tenant's work order listing (up to 100, in one page).
+async fn listed(app: &TestApp, session: &Session) -> reqwest::Response {
+    app.get(
+        "/api/v1/collections/work_orders/records?limit=100",
+        &session.access_token,
+    )
+    .await
+}
+
+/// The status of the tenant's work order listing.
+async fn listing(app: &TestApp, session: &Session) -> StatusCode {
+    listed(app, session).await.status()
+}
+
+/// The tenant's listing answers 503 with Retry-After: its problem.
+async fn unavailable(app: &TestApp, session: &Session) -> Value {
+    let res = listed(app, session).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    res.json().await.unwrap()
+}
+
 /// The tenant's work orders as the API shows them, oldest first.
 async fn orders(app: &TestApp, session: &Session) -> Vec<Value> {
-    let res = app
-        .get(
-            "/api/v1/collections/work_orders/records?limit=100",
-            &session.access_token,
-        )
-        .await;
+    let res = listed(app, session).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     let mut items = body["items"].as_array().unwrap().clone();
     items.sort_by_key(|r| r["id"].as_str().unwrap().to_owned());
     items
+}
+
+async fn login_status(app: &TestApp, slug: &str, email: &str) -> StatusCode {
+    app.post(
+        "/api/v1/auth/login",
+        None,
+        json!({"tenant": slug, "email": email, "password": PASSWORD}),
+    )
+    .await
+    .status()
 }
 
 async fn log_in(app: &TestApp, slug: &str, email: &str, tenant_id: &str) -> Session {
@@ -491,22 +518,11 @@ async fn ctl_bak_4_a_running_server_restores_one_tenant_and_holds_only_it_at_503
     // While held, the tenant answers 503 with Retry-After, logins too;
     // the other tenant is served.
     let hold = app.state.holds.hold(&acme.tenant_id).unwrap();
-    let res = app
-        .get(
-            "/api/v1/collections/work_orders/records",
-            &acme.access_token,
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(res.headers().contains_key("retry-after"));
-    let res = app
-        .post(
-            "/api/v1/auth/login",
-            None,
-            json!({"tenant": "acme", "email": acme.email, "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    unavailable(&app, &acme).await;
+    assert_eq!(
+        login_status(&app, "acme", &acme.email).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(orders(&app, &globex).await.len(), 0);
     // A second restore of a held tenant is refused.
     let restore_path = "/api/v1/ops/tenants/acme/restore";
@@ -571,13 +587,7 @@ async fn ctl_bak_4_a_running_server_restores_one_tenant_and_holds_only_it_at_503
     assert_eq!(body["to_seq"], point);
     assert!(body["snapshot_after"].is_string(), "{body}");
     // The old session ended at once (this server forgot it).
-    let res = app
-        .get(
-            "/api/v1/collections/work_orders/records",
-            &acme.access_token,
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(listing(&app, &acme).await, StatusCode::UNAUTHORIZED);
     let again = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
     assert_eq!(orders(&app, &again).await, kept);
 
@@ -1302,6 +1312,22 @@ fn findings_for(report: &Value, tenant: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The one finding of a report about `tenant`, which must be of `check`.
+fn the_finding(report: &Value, tenant: &str, check: &str) -> Value {
+    let found = findings_for(report, tenant);
+    assert_eq!(found.len(), 1, "{report}");
+    assert_eq!(found[0]["check"], check, "{report}");
+    found[0].clone()
+}
+
+/// Asserts a finding's `field` contains `text`.
+fn says(finding: &Value, field: &str, text: &str) {
+    assert!(
+        finding[field].as_str().unwrap_or_default().contains(text),
+        "{field} does not say {text:?}: {finding}"
+    );
+}
+
 /// Runs `sql` (with `{tenant}` filled in) on the database directly,
 /// behind the write path: what a damaged disk or a person with database
 /// access does.
@@ -1387,33 +1413,16 @@ async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_
     let report = integrity_check(&app, false).await;
     assert_eq!(report["findings"], json!([]), "{report}");
     let report = integrity_check(&app, true).await;
-    let found = findings_for(&report, &acme.tenant_id);
-    assert_eq!(found.len(), 1, "{report}");
-    assert_eq!(found[0]["check"], "rows");
-    assert_eq!(found[0]["slug"], "acme");
-    assert!(
-        found[0]["detail"].as_str().unwrap().contains("records"),
-        "{report}"
-    );
-    assert!(
-        found[0]["outcome"]
-            .as_str()
-            .unwrap()
-            .starts_with("restored to seq"),
-        "{report}"
-    );
+    let found = the_finding(&report, &acme.tenant_id, "rows");
+    assert_eq!(found["slug"], "acme");
+    says(&found, "detail", "records");
+    says(&found, "outcome", "restored to seq");
     assert!(findings_for(&report, &globex.tenant_id).is_empty());
     // The value is never in the report.
     assert!(!report.to_string().contains("forged"), "{report}");
 
     // Served again, as it was before the forgery; its sessions ended.
-    let res = app
-        .get(
-            "/api/v1/collections/work_orders/records",
-            &acme.access_token,
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(listing(&app, &acme).await, StatusCode::UNAUTHORIZED);
     let again = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
     assert_eq!(orders(&app, &again).await, before);
     assert_eq!(orders(&app, &globex).await, globex_before);
@@ -1484,40 +1493,16 @@ async fn ctl_bak_4_a_journal_hole_or_lost_writes_refuse_only_that_tenant_until_a
     behind_the_write_path(&app, &initech.tenant_id, &[&cut, &rewind]).await;
 
     let report = integrity_check(&app, false).await;
-    let acme_found = findings_for(&report, &acme.tenant_id);
-    assert_eq!(acme_found.len(), 1, "{report}");
-    assert_eq!(acme_found[0]["check"], "journal");
-    assert!(
-        acme_found[0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("misses 1 of the seqs"),
-        "{report}"
-    );
-    let initech_found = findings_for(&report, &initech.tenant_id);
-    assert_eq!(initech_found.len(), 1, "{report}");
-    assert_eq!(initech_found[0]["check"], "lost_writes");
-    assert!(
-        initech_found[0]["remedy"]
-            .as_str()
-            .unwrap()
-            .contains("--all --into-new-instance"),
-        "{report}"
-    );
-    assert_eq!(initech_found[0]["outcome"], "refused");
+    let hole = the_finding(&report, &acme.tenant_id, "journal");
+    says(&hole, "detail", "misses 1 of the seqs");
+    let lost = the_finding(&report, &initech.tenant_id, "lost_writes");
+    says(&lost, "remedy", "--all --into-new-instance");
+    assert_eq!(lost["outcome"], "refused");
     assert!(findings_for(&report, &globex.tenant_id).is_empty());
 
     // The refused tenants answer 503 (logins too); the other is served.
     for session in [&acme, &initech] {
-        let res = app
-            .get(
-                "/api/v1/collections/work_orders/records",
-                &session.access_token,
-            )
-            .await;
-        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(res.headers().contains_key("retry-after"));
-        let problem: Value = res.json().await.unwrap();
+        let problem = unavailable(&app, session).await;
         assert!(
             problem["type"]
                 .as_str()
@@ -1526,14 +1511,10 @@ async fn ctl_bak_4_a_journal_hole_or_lost_writes_refuse_only_that_tenant_until_a
             "{problem}"
         );
     }
-    let res = app
-        .post(
-            "/api/v1/auth/login",
-            None,
-            json!({"tenant": "acme", "email": acme.email, "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        login_status(&app, "acme", &acme.email).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(orders(&app, &globex).await.len(), 1);
     app.create_order(&globex, json!({"title": "still writing"}))
         .await;
@@ -1582,13 +1563,10 @@ async fn ctl_bak_4_a_journal_hole_or_lost_writes_refuse_only_that_tenant_until_a
         .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert_eq!(orders(&app, &acme).await.len(), 1);
-    let res = app
-        .get(
-            "/api/v1/collections/work_orders/records",
-            &initech.access_token,
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        listing(&app, &initech).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[tokio::test]
@@ -1637,16 +1615,8 @@ async fn ctl_bak_4_a_damaged_database_file_is_found_by_quick_check_and_its_tenan
     let node = app.second_node().await;
     let report = integrity_check(&node, false).await;
     assert_ne!(report["database"], "ok", "{report}");
-    let found = findings_for(&report, &acme.tenant_id);
-    assert_eq!(found.len(), 1, "{report}");
-    assert_eq!(found[0]["check"], "unreadable");
-    assert!(
-        found[0]["remedy"]
-            .as_str()
-            .unwrap()
-            .contains("/api/v1/ops/tenants/acme/restore"),
-        "{report}"
-    );
+    let found = the_finding(&report, &acme.tenant_id, "unreadable");
+    says(&found, "remedy", "/api/v1/ops/tenants/acme/restore");
     // globex has no record, so none of its rows is on the damaged page.
     assert!(
         findings_for(&report, &globex.tenant_id).is_empty(),
