@@ -66,6 +66,20 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// A finding, with what mends it; what was done is filled in later.
+    fn new(tenant: Option<&str>, slug: Option<String>, check: &str, detail: String) -> Finding {
+        let mut finding = Finding {
+            tenant: tenant.map(str::to_owned),
+            slug,
+            check: check.to_owned(),
+            detail,
+            remedy: String::new(),
+            outcome: String::new(),
+        };
+        finding.remedy = remedy(&finding);
+        finding
+    }
+
     /// The tenant's slug (its id if it has none), or "the database".
     pub fn named(&self) -> &str {
         self.slug
@@ -127,14 +141,12 @@ impl Integrity {
         for scope in &scopes {
             let tenant = scope.id_str();
             let mut found = |check: &str, detail: String| {
-                findings.push(Finding {
-                    tenant: Some(tenant.to_owned()),
-                    slug: slugs.get(tenant).cloned(),
-                    check: check.to_owned(),
+                findings.push(Finding::new(
+                    Some(tenant),
+                    slugs.get(tenant).cloned(),
+                    check,
                     detail,
-                    remedy: String::new(),
-                    outcome: String::new(),
-                })
+                ))
             };
             // The target's head is read before the database's counter, so
             // entries shipped in between cannot look lost.
@@ -185,17 +197,14 @@ impl Integrity {
             }
         }
         if !database_ok && findings.is_empty() {
-            findings.push(Finding {
-                tenant: None,
-                slug: None,
-                check: "database".to_owned(),
-                detail: format!("SQLite's quick_check: {database}"),
-                remedy: String::new(),
-                outcome: String::new(),
-            });
+            findings.push(Finding::new(
+                None,
+                None,
+                "database",
+                format!("SQLite's quick_check: {database}"),
+            ));
         }
         for finding in &mut findings {
-            finding.remedy = remedy(finding);
             finding.outcome = self.answer(finding).await;
         }
         Ok(Report {
@@ -216,7 +225,6 @@ impl drill::Differs for Integrity {
             .and_then(|all| all.into_iter().find(|t| t.id == drilled.tenant))
             .map(|t| t.slug);
         let mut finding = rows_finding(drilled, slug);
-        finding.remedy = remedy(&finding);
         finding.outcome = self.answer(&finding).await;
     }
 }
@@ -229,7 +237,7 @@ impl Integrity {
             return "reported (a server refuses the tenant when its own check finds this)"
                 .to_owned();
         }
-        let named = finding.slug.as_deref().or(finding.tenant.as_deref());
+        let named = finding.named();
         let newly = match &finding.tenant {
             Some(tenant) => self.holds.refuse(tenant, &finding.detail),
             None => true,
@@ -243,7 +251,7 @@ impl Integrity {
             tracing::error!(
                 target: "security",
                 event = "backup.integrity_failed",
-                tenant = named.unwrap_or("(the database)"),
+                tenant = named,
                 check = %finding.check,
                 detail = %finding.detail,
                 "an integrity check failed: {}",
@@ -252,7 +260,10 @@ impl Integrity {
             self.mail(
                 &format!(
                     "integrity check failed for {}",
-                    named.map_or("the database".to_owned(), |n| format!("tenant {n}"))
+                    match finding.tenant {
+                        Some(_) => format!("tenant {named}"),
+                        None => named.to_owned(),
+                    }
                 ),
                 &format!(
                     "Check: {}\nWhat it found: {}\nWhat mends it: {}\n",
@@ -273,15 +284,12 @@ impl Integrity {
                     tracing::warn!(
                         target: "security",
                         event = "backup.auto_restored",
-                        tenant = named.unwrap_or(tenant),
+                        tenant = named,
                         to_seq,
                         "a tenant that failed an integrity check was restored from its backup"
                     );
                     self.mail(
-                        &format!(
-                            "tenant {} restored from its backup",
-                            named.unwrap_or(tenant)
-                        ),
+                        &format!("tenant {} restored from its backup", named),
                         &format!(
                             "The tenant failed an integrity check ({}: {}) and was restored \
                              from its backup to journal seq {to_seq}; it is served again. Its \
@@ -296,7 +304,7 @@ impl Integrity {
                     tracing::error!(
                         target: "security",
                         event = "backup.auto_restore_failed",
-                        tenant = named.unwrap_or(tenant),
+                        tenant = named,
                         error = %why,
                         "the automatic restore failed: the tenant stays refused"
                     );
@@ -357,26 +365,25 @@ impl Integrity {
 }
 
 fn rows_finding(drilled: &drill::Drill, slug: Option<String>) -> Finding {
-    Finding {
-        tenant: Some(drilled.tenant.clone()),
+    Finding::new(
+        Some(&drilled.tenant),
         slug,
-        check: "rows".to_owned(),
-        detail: format!(
+        "rows",
+        format!(
             "the live rows differ from their backup at seq {}: {}",
             drilled.to_seq,
             drilled.mismatches.join("; ")
         ),
-        remedy: String::new(),
-        outcome: String::new(),
-    }
+    )
 }
 
 fn remedy(finding: &Finding) -> String {
-    let Some(name) = finding.slug.as_deref().or(finding.tenant.as_deref()) else {
+    if finding.tenant.is_none() {
         return "restore the whole instance from the backup target onto a new data dir \
                 (`strongroom backup restore --all --into-new-instance DIR`) and move to it"
             .to_owned();
-    };
+    }
+    let name = finding.named();
     if finding.mended_by_live_restore() {
         format!(
             "restore the tenant from its backup (`POST /api/v1/ops/tenants/{name}/restore` \
