@@ -25,6 +25,7 @@ use crate::context::{Permit, RequestMeta, TenantScope};
 use crate::crypto::Vault;
 use crate::crypto::aead::DataKey;
 use crate::files::Objects;
+use crate::store::image::Images;
 use crate::store::{Store, db};
 
 /// Journal entries in one segment at most.
@@ -201,7 +202,7 @@ impl Shipper {
         loop {
             let entries = {
                 let mut tx = self.store.read(scope).await.map_err(|e| e.to_string())?;
-                read_entries(tx.conn(), &tenant, position.last).await?
+                read_entries(tx.conn(), self.store.images(), &tenant, position.last).await?
             };
             if entries.is_empty() {
                 return Ok(shipped);
@@ -413,11 +414,17 @@ pub async fn active_key(
     Err("the tenant has no active key".into())
 }
 
-async fn read_entries(conn: &mut db::Conn, tenant: &str, after: i64) -> Result<Vec<Entry>, String> {
-    let rows = db::query(
-        "SELECT seq, occurred_at, entity, entity_id, op, after, app_version, rows FROM journal \
-         WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-    )
+async fn read_entries(
+    conn: &mut db::Conn,
+    images: Option<&Images>,
+    tenant: &str,
+    after: i64,
+) -> Result<Vec<Entry>, String> {
+    let rows = images.map_or_else(|| "journal.rows".to_owned(), Images::rows_at_read);
+    let rows = db::query(format!(
+        "SELECT seq, occurred_at, entity, entity_id, op, after, app_version, {rows} FROM journal \
+         WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    ))
     .bind(tenant)
     .bind(after)
     .bind(SEGMENT_ENTRIES)

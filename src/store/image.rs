@@ -284,6 +284,18 @@ impl Images {
         ))
     }
 
+    /// The `rows` column of a journal entry as read: its image, or for an
+    /// audit event, whose image is left to the reader (an event never
+    /// changes once written), the event as it is now.
+    pub fn rows_at_read(&self) -> String {
+        let event = self
+            .image_of(AUDIT_EVENT, "journal.tenant_id", "journal.entity_id")
+            .unwrap_or_else(|| "NULL".to_owned());
+        format!(
+            "CASE WHEN journal.rows IS NULL AND journal.entity = '{AUDIT_EVENT}' THEN {event} ELSE journal.rows END"
+        )
+    }
+
     /// Every row of the tenant (`$1`) in `table`, as one JSON array.
     pub fn snapshot_query(&self, table: &str) -> String {
         let filter = format!("\"{}\" = $1", tenant_column(table));

@@ -431,15 +431,17 @@ impl WriteTx {
                     sensitive: Vec::new(),
                     diff_of: None,
                 };
+                // No image here: an event never changes once written, so
+                // the shipper reads it with the entry (`Images::at_read`),
+                // which keeps its cost off the write (BAK-1).
                 journal::append(
                     &mut batch,
                     &tenant,
                     first_event_entry + i,
                     &now,
                     &event,
-                    inline,
+                    None,
                 );
-                imaged.push((event.entity, first_event_entry + i));
             }
             if self.backend == Backend::Postgres {
                 let mut kinds: Vec<&'static str> = imaged.iter().map(|(e, _)| *e).collect();
