@@ -124,6 +124,7 @@ impl Integrity {
     /// Runs every check (with `drills`, the restore drills' row comparison
     /// too), then refuses, reports and (if configured) restores.
     pub async fn run(&self, drills: bool) -> Result<Report, String> {
+        let _one_at_a_time = self.holds.checking().await;
         let slugs: HashMap<String, String> = crate::tenancy::list(&self.store)
             .await
             .map_err(|e| e.to_string())?
@@ -219,6 +220,20 @@ impl Integrity {
 impl drill::Differs for Integrity {
     /// A drill's differences, as the scheduled drill job finds them.
     async fn differs(&self, drilled: &drill::Drill) {
+        let _one_at_a_time = self.holds.checking().await;
+        // A check that ran meanwhile may have restored the tenant already:
+        // only a difference that is still there is answered.
+        let (Some(target), Some(scope)) = (
+            &self.target,
+            crate::context::TenantId::parse(&drilled.tenant).map(TenantScope::trusted),
+        ) else {
+            return;
+        };
+        let drilled = match drill::drill_tenant(&self.store, &self.vault, target, &scope).await {
+            Ok(again) if !again.passed => again,
+            _ => return,
+        };
+        let drilled = &drilled;
         let slug = crate::tenancy::list(&self.store)
             .await
             .ok()

@@ -9,7 +9,8 @@
 //! BAK-4 too: tenants *refused* because their stored data failed an
 //! integrity check (`backup::integrity`) answer `503` until a restore
 //! replaces their state, or an operator lifts the refusal. A refusal is
-//! kept by the process that found it (the node running the check).
+//! kept by the process that found it (the node running the check), which
+//! runs one check at a time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +38,10 @@ pub struct Holds {
     count: AtomicUsize,
     refused: Mutex<HashMap<String, Refusal>>,
     refused_count: AtomicUsize,
+    /// One integrity check at a time in this process: two checks finding
+    /// the same damage would otherwise refuse a tenant the other had just
+    /// restored and lifted, or mail the operators twice.
+    checks: tokio::sync::Mutex<()>,
 }
 
 /// Releases its hold when dropped (the restore ended, well or not).
@@ -55,6 +60,12 @@ impl Drop for Hold {
 }
 
 impl Holds {
+    /// Waits for any integrity check of this process to end; the next one
+    /// runs while the guard lives.
+    pub async fn checking(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.checks.lock().await
+    }
+
     /// Holds `tenant` until the returned guard drops; `None` when it is
     /// held already (a restore runs).
     pub fn hold(self: &Arc<Self>, tenant: &str) -> Option<Hold> {

@@ -1461,6 +1461,83 @@ async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_
     assert_eq!(report["findings"], json!([]), "{report}");
 }
 
+/// Checks racing on one node (the node that finds damage answers it):
+/// several operators, or an operator and the hourly job, at once.
+#[tokio::test]
+async fn ctl_bak_4_racing_integrity_checks_restore_a_damaged_tenant_once_and_leave_it_served() {
+    const RACERS: usize = 6;
+    let (sink, app, target, [acme, globex]) = watched(true, ["acme", "globex"]).await;
+    app.create_order(&acme, json!({"title": "replace the pump seal"}))
+        .await;
+    app.create_order(&globex, json!({"title": "globex own order"}))
+        .await;
+    let (ok, out) = cli_run(&app, &["backup", "now", "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}");
+    shipped(&app, &target, &acme).await;
+    let before = orders(&app, &acme).await;
+    let forge = if crate::helpers::is_postgres() {
+        "UPDATE records SET data = CAST(replace(CAST(data AS TEXT), 'replace the pump seal', 'forged') AS jsonb) WHERE tenant_id = '{tenant}'"
+    } else {
+        "UPDATE records SET data = replace(data, 'replace the pump seal', 'forged') WHERE tenant_id = '{tenant}'"
+    };
+    behind_the_write_path(&app, &acme.tenant_id, &[forge]).await;
+
+    // The checks race each other and another tenant's writes.
+    let checks = (0..RACERS).map(|_| integrity_check(&app, true));
+    let writes = (0..RACERS).map(|i| {
+        app.post(
+            "/api/v1/collections/work_orders/records",
+            Some(&globex.access_token),
+            json!({ "title": format!("written meanwhile {i}") }),
+        )
+    });
+    let (reports, written) = tokio::join!(
+        futures_util::future::join_all(checks),
+        futures_util::future::join_all(writes)
+    );
+    for res in written {
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    // One check found the damage and restored it; the others, run after
+    // it, found the tenant whole.
+    let outcomes: Vec<String> = reports
+        .iter()
+        .flat_map(|r| findings_for(r, &acme.tenant_id))
+        .map(|f| f["outcome"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(outcomes.len(), 1, "{reports:?}");
+    assert!(outcomes[0].starts_with("restored to seq"), "{outcomes:?}");
+    for report in &reports {
+        assert!(
+            findings_for(report, &globex.tenant_id).is_empty(),
+            "{report}"
+        );
+    }
+
+    // Served, whole, and refused by nobody.
+    let res = app.get("/api/v1/ops/integrity", OPERATOR).await;
+    let refused: Value = res.json().await.unwrap();
+    assert_eq!(refused["refused"], json!([]));
+    let again = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
+    assert_eq!(orders(&app, &again).await, before);
+    assert_eq!(orders(&app, &globex).await.len(), 1 + RACERS);
+
+    // The operators were told once of each.
+    sink.nth_about("ops@strongroom.test", "Strongroom: tenant acme restored", 1)
+        .await;
+    let told = |subject: &str| {
+        sink.to("ops@strongroom.test")
+            .iter()
+            .filter(|m| m.subject.starts_with(subject))
+            .count()
+    };
+    assert_eq!(
+        told("Strongroom: integrity check failed for tenant acme"),
+        1
+    );
+    assert_eq!(told("Strongroom: tenant acme restored"), 1);
+}
+
 #[tokio::test]
 async fn ctl_bak_4_a_journal_hole_or_lost_writes_refuse_only_that_tenant_until_an_operator_acts() {
     let (sink, app, target, [acme, globex, initech]) =
