@@ -1,6 +1,7 @@
 //! BAK-2: a tenant's logical snapshot — every row of its restorable state
 //! at one journal seq, sealed with the tenant's data key — taken daily by a
-//! scheduled job and by `strongroom backup now`.
+//! scheduled job and by `strongroom backup now`; a new tenant gets its first
+//! within seconds (BAK-4: restorable from the start, not from the next day).
 //!
 //! The rows are read in one consistent read (SQLite's read transaction,
 //! PostgreSQL's `REPEATABLE READ`) together with the tenant's counters, and
@@ -221,6 +222,10 @@ pub fn open(bytes: &[u8], key: &DataKey) -> Result<Snapshot, String> {
 
 /// The job name its heartbeats and lease go by.
 pub const JOB: &str = "backup.snapshot";
+/// The job that gives a new tenant its first snapshot.
+pub const FIRST_JOB: &str = "backup.first_snapshot";
+/// How often [`FIRST_JOB`] looks for tenants the target has no snapshot of.
+pub const FIRST_SNAPSHOT_SECONDS: u64 = 10;
 
 /// When the tenant's newest snapshot was taken, from its object's name
 /// (digits of the time), without reading it.
@@ -474,7 +479,8 @@ pub async fn prune(
     Ok(pruned)
 }
 
-/// Runs [`take_due`] hourly as the `backup.snapshot` job.
+/// Runs [`take_due`] hourly as the `backup.snapshot` job, and gives new
+/// tenants their first snapshot at once (`backup.first_snapshot`).
 pub fn start(
     store: Store,
     vault: Vault,
@@ -487,6 +493,13 @@ pub fn start(
         std::sync::Arc<crate::config::Config>,
     ),
 ) {
+    start_first(
+        store.clone(),
+        vault.clone(),
+        target.clone(),
+        schedule,
+        instance.clone(),
+    );
     let run_store = store.clone();
     crate::ops::every(
         store,
@@ -506,6 +519,63 @@ pub fn start(
                     (&keyring, &config),
                 )
                 .await
+            }
+        },
+    );
+}
+
+/// BAK-4: a tenant is restorable from its first minute, not from the next
+/// daily run: every [`FIRST_SNAPSHOT_SECONDS`] the tenants the target
+/// holds no snapshot of get one, and the instance snapshot is taken anew
+/// so it names them. What the target holds is read once per tenant; a
+/// tenant seen with a snapshot is not asked about again.
+fn start_first(
+    store: Store,
+    vault: Vault,
+    target: std::sync::Arc<BackupTarget>,
+    schedule: &crate::ops::Schedule,
+    instance: (
+        std::sync::Arc<crate::crypto::Keyring>,
+        std::sync::Arc<crate::config::Config>,
+    ),
+) {
+    let known: std::sync::Arc<std::sync::Mutex<HashSet<String>>> = Default::default();
+    let run_store = store.clone();
+    crate::ops::every(
+        store,
+        schedule,
+        FIRST_JOB,
+        std::time::Duration::from_secs(FIRST_SNAPSHOT_SECONDS),
+        move || {
+            let (store, vault, target) = (run_store.clone(), vault.clone(), target.clone());
+            let (keyring, config, known) = (instance.0.clone(), instance.1.clone(), known.clone());
+            async move {
+                let mut taken = 0;
+                let mut failures = Vec::new();
+                for scope in store.tenant_scopes().await.map_err(|e| e.to_string())? {
+                    let tenant = scope.id_str().to_owned();
+                    if known.lock().is_ok_and(|k| k.contains(&tenant)) {
+                        continue;
+                    }
+                    if newest_stamp(&target, &tenant).await?.is_none() {
+                        if let Err(e) = take(&store, &vault, &target, &scope).await {
+                            failures.push(format!("tenant {tenant}: {e}"));
+                            continue;
+                        }
+                        taken += 1;
+                    }
+                    if let Ok(mut known) = known.lock() {
+                        known.insert(tenant);
+                    }
+                }
+                if taken > 0 {
+                    take_instance(&store, &keyring, &target, &config).await?;
+                }
+                if failures.is_empty() {
+                    Ok(format!("{taken} first snapshots taken"))
+                } else {
+                    Err(failures.join("; "))
+                }
             }
         },
     );
