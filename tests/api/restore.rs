@@ -781,12 +781,22 @@ struct Primary {
 }
 
 async fn start_primary(url: &str, label: &str) -> Primary {
+    let primary = serving(url, label, Duration::ZERO).await;
+    let (ok, out) = run_cli(&primary.dir, &primary.db, &primary.env, &["backup", "now"]);
+    assert!(ok, "{out}");
+    primary
+}
+
+/// [`start_primary`] without the snapshot, its tenant created `after`
+/// the server's start.
+async fn serving(url: &str, label: &str, after: Duration) -> Primary {
     use crate::helpers::{ServerProcess, fresh_database, http_client};
     let env = backup_env(url);
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let dir = temp_dir(label);
     let db = fresh_database(&dir).await;
     let server = ServerProcess::start_with_env(&dir, &db, "warn", &env_refs).await;
+    tokio::time::sleep(after).await;
     let (token, _) = crate::durability::tenant_admin_token(&server, &dir, &db).await;
     let res = http_client()
         .post(format!("{}/api/v1/collections", server.address))
@@ -798,8 +808,6 @@ async fn start_primary(url: &str, label: &str) -> Primary {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let (ok, out) = run_cli(&dir, &db, &env, &["backup", "now"]);
-    assert!(ok, "{out}");
     Primary {
         server,
         dir,
@@ -816,26 +824,21 @@ async fn start_primary(url: &str, label: &str) -> Primary {
 async fn ctl_bak_4_a_new_tenant_is_restorable_within_seconds_without_waiting_for_the_daily_snapshot()
  {
     use crate::helpers::{ServerProcess, fresh_database, http_client};
-    let url = backup_url();
-    let env = backup_env(&url);
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let dir = temp_dir("first-snapshot");
-    let db = fresh_database(&dir).await;
-    let server = ServerProcess::start_with_env(&dir, &db, "warn", &env_refs).await;
     // The daily job's first run, two seconds after the start, is over
     // before the tenant exists.
-    tokio::time::sleep(strongroom::ops::FIRST_RUN_AFTER + Duration::from_secs(2)).await;
-    let (token, _) = crate::durability::tenant_admin_token(&server, &dir, &db).await;
+    let Primary {
+        server,
+        dir,
+        db: _,
+        env,
+        token,
+    } = serving(
+        &backup_url(),
+        "first-snapshot",
+        strongroom::ops::FIRST_RUN_AFTER + Duration::from_secs(2),
+    )
+    .await;
     let client = http_client();
-    let res = client
-        .post(format!("{}/api/v1/collections", server.address))
-        .bearer_auth(&token)
-        .json(&json!({"name": "work_orders", "fields": [
-            {"name": "title", "type": "text", "required": true}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
     let res = client
         .post(format!(
             "{}/api/v1/collections/work_orders/records",
