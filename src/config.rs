@@ -26,6 +26,7 @@ const ENV_KEYS: &[&str] = &[
     "log_format",
     "log_level",
     "invitation_ttl_hours",
+    "api_key_max_age_days",
     "session_ttl_hours",
     "master_key",
     "database_max_connections",
@@ -102,6 +103,9 @@ pub struct Config {
     /// A `tracing` filter directive, e.g. `info` or `strongroom=debug`.
     pub log_level: String,
     pub invitation_ttl_hours: u32,
+    /// The age past which the posture report fails an API key that never
+    /// expires (ACC-1).
+    pub api_key_max_age_days: u32,
     /// Absolute lifetime of a login session (its refresh tokens).
     pub session_ttl_hours: u32,
     /// Base64 of 32 bytes. When unset, the key file in the data dir is used
@@ -323,6 +327,7 @@ impl Default for Config {
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
             invitation_ttl_hours: 72,
+            api_key_max_age_days: 90,
             session_ttl_hours: 24 * 30,
             master_key: None,
             database_max_connections: 16,
@@ -660,6 +665,7 @@ impl fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("log_level", &self.log_level)
             .field("invitation_ttl_hours", &self.invitation_ttl_hours)
+            .field("api_key_max_age_days", &self.api_key_max_age_days)
             .field("session_ttl_hours", &self.session_ttl_hours)
             .field(
                 "master_key",

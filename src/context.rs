@@ -79,6 +79,9 @@ pub enum ActorKind {
     Operator,
     /// A scheduled job of the server itself.
     System,
+    /// An API key of the tenant (ACC-1), acting with the roles it names.
+    #[serde(rename = "api_key")]
+    ApiKey,
 }
 
 impl ActorKind {
@@ -88,6 +91,7 @@ impl ActorKind {
             ActorKind::Anonymous => "anonymous",
             ActorKind::Operator => "operator",
             ActorKind::System => "system",
+            ActorKind::ApiKey => "api_key",
         }
     }
 }
@@ -107,6 +111,15 @@ impl Actor {
             kind: ActorKind::Anonymous,
             id: None,
             email: claimed_email,
+        }
+    }
+
+    /// An API key, by id and name.
+    pub fn api_key(id: impl Into<String>, name: impl Into<String>) -> Actor {
+        Actor {
+            kind: ActorKind::ApiKey,
+            id: Some(id.into()),
+            email: Some(name.into()),
         }
     }
 
@@ -171,51 +184,101 @@ pub struct Target {
     pub id: String,
 }
 
+/// Which record values a permit shows (ACC-1): the collections whose
+/// records it reads, and whether personal and sensitive values come back
+/// in the clear or as `"[redacted]"`. Audit diffs of a record show its
+/// values only where the permit reads its collection (AUD-2).
+#[derive(Clone, Debug)]
+pub struct Reach {
+    /// `None`: every collection.
+    records: Option<Arc<std::collections::BTreeSet<String>>>,
+    personal: bool,
+}
+
+impl Reach {
+    /// Every collection, personal values included: the operator at the
+    /// console, the server's jobs, authentication steps.
+    pub fn full() -> Reach {
+        Reach {
+            records: None,
+            personal: true,
+        }
+    }
+
+    pub(crate) fn new(
+        records: Option<Arc<std::collections::BTreeSet<String>>>,
+        personal: bool,
+    ) -> Reach {
+        Reach { records, personal }
+    }
+
+    /// Whether records of `collection` may be read.
+    pub fn reads(&self, collection: &str) -> bool {
+        self.records.as_ref().is_none_or(|c| c.contains(collection))
+    }
+
+    /// Whether records of every collection may be read.
+    pub fn reads_every(&self) -> bool {
+        self.records.is_none()
+    }
+
+    /// Whether personal and sensitive values are shown.
+    pub fn personal(&self) -> bool {
+        self.personal
+    }
+}
+
 /// Proof that a permission check passed for one tenant and one actor.
 #[derive(Clone, Debug)]
 pub struct Permit {
     scope: TenantScope,
     actor: Actor,
+    reach: Reach,
 }
 
 impl Permit {
     /// The operator at the server's console (CLI): full power over the
     /// tenant it names, recorded as such in the audit trail.
     pub(crate) fn operator(scope: TenantScope, actor: Actor) -> Permit {
-        Permit { scope, actor }
+        Permit::with_reach(scope, actor, Reach::full())
     }
 
     /// The server's own scheduled jobs (retention), recorded as `system`.
     pub(crate) fn system(scope: TenantScope, job: &str) -> Permit {
-        Permit {
-            scope,
-            actor: Actor::system(job),
-        }
+        Permit::with_reach(scope, Actor::system(job), Reach::full())
     }
 
     /// Login, refresh and invitation acceptance: the presented credential
     /// is the check, and the work itself verifies it.
     pub(crate) fn authentication(scope: TenantScope, actor: Actor) -> Permit {
-        Permit { scope, actor }
+        Permit::with_reach(scope, actor, Reach::full())
     }
 
     /// A signed download link (FIL-2): the verified signature is the check;
     /// the actor is the user who asked for the link.
     pub(crate) fn signed_link(scope: TenantScope, user_id: String) -> Permit {
-        Permit {
-            scope,
-            actor: Actor {
-                kind: ActorKind::User,
-                id: Some(user_id),
-                email: None,
-            },
-        }
+        let actor = Actor {
+            kind: ActorKind::User,
+            id: Some(user_id),
+            email: None,
+        };
+        Permit::with_reach(scope, actor, Reach::full())
     }
 
-    /// A user acting on their own account (logout, own sessions), or a
-    /// user whose role allows the operation ([`crate::access::authorize`]).
+    /// A user acting on their own account (logout, own sessions): no
+    /// permission is needed for that, and it reads no records.
     pub(crate) fn user(scope: TenantScope, actor: Actor) -> Permit {
-        Permit { scope, actor }
+        Permit::with_reach(scope, actor, Reach::new(Some(Arc::default()), false))
+    }
+
+    /// A principal whose roles allow the operation
+    /// ([`crate::access::authorize`]), with what those roles read.
+    pub(crate) fn with_reach(scope: TenantScope, actor: Actor, reach: Reach) -> Permit {
+        Permit {
+            scope,
+            actor,
+            reach,
+        }
     }
 
     pub fn scope(&self) -> &TenantScope {
@@ -224,5 +287,9 @@ impl Permit {
 
     pub fn actor(&self) -> &Actor {
         &self.actor
+    }
+
+    pub fn reach(&self) -> &Reach {
+        &self.reach
     }
 }

@@ -96,6 +96,13 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
             forgetting.forget(tenant)
         })
         .await?;
+    let api_keys = Arc::new(identity::api_keys::KeyCache::default());
+    let forgetting = api_keys.clone();
+    store
+        .watch(identity::api_keys::KEY_KINDS, move |tenant| {
+            forgetting.forget(tenant)
+        })
+        .await?;
     let mailer = Arc::new(mail::Mailer::from_config(&config).map_err(StartupError::Mail)?);
     mailer.watch(&store).await?;
     let exempt = http::TrustedProxies::parse(&config.rate_limit_exempt).unwrap_or_default();
@@ -131,6 +138,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         .await?;
     Ok(AppState {
         sessions,
+        api_keys,
         limits,
         bans,
         allowlists,

@@ -12,7 +12,6 @@ use futures_util::Stream;
 use super::query::{AuditError, AuditEvent, AuditFilter, Page};
 use super::{Outcome, RequestMeta};
 use crate::context::Permit;
-use crate::context::TenantScope;
 use crate::store::Store;
 
 /// Rows fetched per page while streaming.
@@ -216,22 +215,26 @@ where
 /// The tenant's audit events matching `filter`, oldest first.
 pub fn audit_stream(
     store: Store,
-    scope: TenantScope,
+    permit: Permit,
     filter: AuditFilter,
     format: Format,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     paged_stream::<AuditEvent, _, _>(format, 0, move |after, limit| {
-        let (store, scope, filter) = (store.clone(), scope.clone(), filter.clone());
+        let (store, permit, filter) = (store.clone(), permit.clone(), filter.clone());
         async move {
-            let mut tx = store.read(&scope).await?;
-            let (events, _) = super::list(
+            let mut tx = store.read(permit.scope()).await?;
+            let (mut events, _) = super::list(
                 &mut tx,
-                scope.id_str(),
+                permit.scope().id_str(),
                 &filter,
                 Page::OldestFirst { after },
                 limit,
             )
             .await?;
+            // The export shows what the reader may read, as the list does.
+            for event in &mut events {
+                event.limit_to(permit.reach());
+            }
             Ok(events)
         }
     })

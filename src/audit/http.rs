@@ -14,9 +14,10 @@ use super::RequestMeta;
 use super::access_log::{self, AccessFilter};
 use super::export::{self, Format};
 use super::query::{AuditError, AuditFilter, Page};
-use crate::access::{Permission, Principal, authorize};
+use crate::access::Permission;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
+use crate::http::extract::Granted;
 use crate::http::state::AppState;
 use crate::store::sql::{decode_cursor, encode_cursor, one_page};
 
@@ -89,7 +90,7 @@ pub fn router() -> Api {
                      target_id, outcome, limit, cursor (the next_cursor of the previous page)",
                 )
                 .tag("audit")
-                .permission(Permission::AuditRead),
+                .permission(Permission::AuditRead, "audit.read"),
             ))
             .param("cursor", json!({"type": "string", "pattern": "^[0-9]{1,18}$"}), false),
             get(list),
@@ -102,7 +103,7 @@ pub fn router() -> Api {
                     "Stream the audit events (oldest first) as format=jsonl or csv, with the list filters",
                 )
                 .tag("audit")
-                .permission(Permission::AuditRead),
+                .permission(Permission::AuditRead, "audit.export"),
             )),
             get(export_events),
         )
@@ -113,7 +114,7 @@ pub fn router() -> Api {
                 "Walk the tenant's hash chain and signed checkpoints; name the first bad seq",
             )
             .tag("audit")
-            .permission(Permission::AuditRead),
+            .permission(Permission::AuditRead, "audit.verify"),
             get(verify),
         )
         .route(
@@ -160,8 +161,7 @@ pub(crate) fn parse_limit(value: Option<String>) -> Result<i64, AuditError> {
 
 async fn list(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut pairs = query_pairs(raw.as_deref())?;
@@ -174,14 +174,6 @@ async fn list(
         })
         .transpose()?;
     refuse_unknown(&pairs)?;
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::AuditRead,
-        "audit.read",
-        &meta,
-    )
-    .await?;
     let mut tx = state.store.read(permit.scope()).await?;
     let (mut items, cut) = super::list(
         &mut tx,
@@ -196,35 +188,25 @@ async fn list(
         None if cut => items.last().map(|e| e.seq.to_string()),
         next => next,
     };
+    for event in &mut items {
+        event.limit_to(permit.reach());
+    }
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 
 async fn export_events(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut pairs = query_pairs(raw.as_deref())?;
     let filter = AuditFilter::take(&mut pairs)?;
     let format = Format::parse(take_param(&mut pairs, "format").as_deref())?;
     refuse_unknown(&pairs)?;
-    let permit = start_export(&state, &principal, &meta, "audit.export", format).await?;
-    let stream = export::audit_stream(state.store.clone(), permit.scope().clone(), filter, format);
+    export::record_export(&state.store, &permit, &meta, "audit.export", format).await?;
+    let stream = export::audit_stream(state.store.clone(), permit, filter, format);
     Ok(export_response(format, "audit", Body::from_stream(stream)))
-}
-
-/// Checks the permission to export and records the export in the trail.
-async fn start_export(
-    state: &AppState,
-    principal: &Principal,
-    meta: &RequestMeta,
-    action: &'static str,
-    format: Format,
-) -> Result<crate::access::Permit, ApiError> {
-    let permit = authorize(&state.store, principal, Permission::AuditRead, action, meta).await?;
-    export::record_export(&state.store, &permit, meta, action, format).await?;
-    Ok(permit)
 }
 
 pub(crate) fn export_response(format: Format, name: &str, body: Body) -> Response {
@@ -241,17 +223,8 @@ pub(crate) fn export_response(format: Format, name: &str, body: Body) -> Respons
 
 async fn verify(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::AuditRead,
-        "audit.verify",
-        &meta,
-    )
-    .await?;
     let key = state.keyring.checkpoint_signing_key().verifying_key();
     // With backups on, held against the newest checkpoint kept there too.
     let target = match state.config.backup {
@@ -287,7 +260,7 @@ pub fn access_log_router() -> Api {
                      limit, cursor (opaque: the next_cursor of the previous page)",
                 )
                 .tag("audit")
-                .permission(Permission::AuditRead),
+                .permission(Permission::AuditRead, "access_log.read"),
             )),
             get(list_access),
         )
@@ -299,7 +272,7 @@ pub fn access_log_router() -> Api {
                     "Stream the access log (oldest first) as format=jsonl or csv, with the list filters",
                 )
                 .tag("audit")
-                .permission(Permission::AuditRead),
+                .permission(Permission::AuditRead, "access_log.export"),
             )),
             get(export_access),
         )
@@ -307,8 +280,7 @@ pub fn access_log_router() -> Api {
 
 async fn list_access(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut pairs = query_pairs(raw.as_deref())?;
@@ -320,14 +292,6 @@ async fn list_access(
         })
         .transpose()?;
     refuse_unknown(&pairs)?;
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::AuditRead,
-        "access_log.read",
-        &meta,
-    )
-    .await?;
     let mut tx = state.store.read(permit.scope()).await?;
     let mut items = access_log::list(
         &mut tx,
@@ -345,14 +309,14 @@ async fn list_access(
 async fn export_access(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut pairs = query_pairs(raw.as_deref())?;
     let filter = AccessFilter::take(&mut pairs)?;
     let format = Format::parse(take_param(&mut pairs, "format").as_deref())?;
     refuse_unknown(&pairs)?;
-    let permit = start_export(&state, &principal, &meta, "access_log.export", format).await?;
+    export::record_export(&state.store, &permit, &meta, "access_log.export", format).await?;
     let stream = access_log::stream(state.store.clone(), permit.scope().clone(), filter, format);
     Ok(export_response(
         format,

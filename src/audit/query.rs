@@ -48,6 +48,42 @@ pub struct AuditEvent {
     pub hash: Option<String>,
 }
 
+impl AuditEvent {
+    /// Limits a record's (or a file's) diff to what `reach` may read
+    /// (ACC-1, AUD-2): a reader who may not read the collection's records
+    /// sees which fields changed, each value as `"[redacted]"`.
+    pub fn limit_to(&mut self, reach: &crate::context::Reach) {
+        let kind = self
+            .target
+            .as_ref()
+            .and_then(|t| t.get("type"))
+            .and_then(Value::as_str);
+        if !matches!(kind, Some("record" | "file")) || reach.reads_every() {
+            return;
+        }
+        let Some(changes) = self.changes.as_mut() else {
+            return;
+        };
+        let readable = changes
+            .get("collection")
+            .and_then(Value::as_str)
+            .is_some_and(|c| kind == Some("record") && reach.reads(c));
+        if readable {
+            return;
+        }
+        for side in ["before", "after"] {
+            if let Some(Value::Object(map)) = changes.get_mut(side) {
+                for value in map.values_mut() {
+                    if !value.is_null() {
+                        *value = Value::String("[redacted]".into());
+                    }
+                }
+            }
+        }
+        changes["values_hidden"] = Value::Bool(true);
+    }
+}
+
 /// Which events to read. Every filter is optional; `from` is inclusive,
 /// `to` exclusive.
 #[derive(Debug, Clone, Default)]

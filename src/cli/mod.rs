@@ -980,7 +980,7 @@ async fn audit_export(
     let progress = std::io::stderr().is_terminal();
     let mut stream = std::pin::pin!(crate::audit::export::audit_stream(
         state.store.clone(),
-        scope,
+        permit,
         filter,
         format
     ));

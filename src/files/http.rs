@@ -11,13 +11,13 @@ use serde_json::json;
 
 use super::signed::{self, DEFAULT_TTL_SECONDS, Grant, MAX_TTL_SECONDS};
 use super::{FileError, Files, OpenFile, Slot, clean_name};
-use crate::access::{Permission, Principal, authorize};
+use crate::access::Permission;
 use crate::context::Permit;
 use crate::context::RequestMeta;
 use crate::context::{TenantId, TenantScope};
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiPath, Who};
+use crate::http::extract::{ApiPath, Granted, Who};
 use crate::http::state::AppState;
 use crate::store::StoreError;
 
@@ -32,7 +32,7 @@ pub fn router() -> Api {
                 "Upload a file into the file field named {file} (multipart/form-data, one part named \"file\"); streamed and encrypted",
             )
             .tag("files")
-            .permission(Permission::RecordsWrite)
+            .permission(Permission::RecordsWrite, "file.upload")
             .errors(&[409, 410, 423])
             .multipart(json!({"type": "object", "required": ["file"], "additionalProperties": false,
                               "properties": {"file": {"type": "string", "format": "binary"}}}))
@@ -46,7 +46,7 @@ pub fn router() -> Api {
                 "Download the file with id {file} as an attachment; ?signed=1&expires_in=60 returns a link that works without a token (at most 300 s)",
             )
             .tag("files")
-            .permission(Permission::RecordsRead)
+            .permission(Permission::RecordsRead, "file.download")
             .errors(&[410, 423])
             .param("signed", json!({"enum": ["1", "true", "0", "false"]}), false)
             .param("expires_in", json!({"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS}), false)
@@ -56,7 +56,7 @@ pub fn router() -> Api {
         .route(
             Op::new("DELETE", FILE_PATH, "Delete the file with id {file}")
                 .tag("files")
-                .permission(Permission::RecordsWrite)
+                .permission(Permission::RecordsWrite, "file.delete")
                 .errors(&[410, 423])
                 .ok(204),
             delete(remove),
@@ -120,18 +120,10 @@ impl From<FileError> for ApiError {
 async fn upload(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath((name, id, field)): ApiPath<(String, String, String)>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::RecordsWrite,
-        "file.upload",
-        &meta,
-    )
-    .await?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -201,7 +193,7 @@ async fn audit_read(
 async fn download(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath((name, id, file_id)): ApiPath<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -230,14 +222,6 @@ async fn download(
             }
         }
     }
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::RecordsRead,
-        "file.download",
-        &meta,
-    )
-    .await?;
     let files = state.files();
     let file = files.open(permit.scope(), &name, &id, &file_id).await?;
     if signed {
@@ -301,10 +285,11 @@ async fn signed_download(
     who.set(&grant.tenant, &grant.by, None);
     let scope = TenantScope::trusted(tenant_id);
     // The link is its issuer's read: it ends when they may no longer read.
-    if !crate::identity::may_still_read(&state.store, &scope, &grant.by).await? {
+    let files = state.files();
+    let collection = files.collection_of(&scope, &grant.file).await?;
+    if !crate::identity::may_still_read(&state.store, &scope, &grant.by, &collection).await? {
         return Err(FileError::BadSignature.into());
     }
-    let files = state.files();
     let file = files.open_by_id(&scope, &grant.file).await?;
     let permit = Permit::signed_link(scope, grant.by.clone());
     serve(&state, &files, &permit, &meta, "file.download_signed", file).await
@@ -381,17 +366,9 @@ fn content_disposition(name: &str) -> String {
 async fn remove(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath((name, id, file_id)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::RecordsWrite,
-        "file.delete",
-        &meta,
-    )
-    .await?;
     state
         .files()
         .delete(&permit, &meta, &name, &id, &file_id)

@@ -455,6 +455,24 @@ impl Files {
     }
 
     /// Finds a file by id alone (signed URLs carry no collection or record).
+    /// The name of the collection whose record holds file `file_id`.
+    pub async fn collection_of(
+        &self,
+        scope: &TenantScope,
+        file_id: &str,
+    ) -> Result<String, FileError> {
+        let mut tx = self.store.read(scope).await?;
+        db::query_scalar(
+            "SELECT c.name FROM files f JOIN collections c ON c.id = f.collection_id \
+             WHERE f.tenant_id = $1 AND f.id = $2",
+        )
+        .bind(scope.id_str())
+        .bind(file_id)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(FileError::NotFound)
+    }
+
     pub async fn open_by_id(
         &self,
         scope: &TenantScope,

@@ -37,8 +37,12 @@ pub struct Op {
 #[derive(Clone, Copy)]
 pub enum Auth {
     Public,
+    /// A signed-in user acting on their own account: no permission.
     Bearer,
-    Permission(Permission),
+    /// The permission the operation needs, and the audit action a denial
+    /// is recorded as. The router checks it before the handler runs and
+    /// hands the handler its [`super::extract::Granted`] permit.
+    Permission(Permission, &'static str),
     /// The operator's bearer token (`operator_token`).
     Operator,
 }
@@ -97,8 +101,10 @@ impl Op {
         self
     }
 
-    pub fn permission(mut self, permission: Permission) -> Op {
-        self.auth = Auth::Permission(permission);
+    /// The permission the operation needs; a denial is recorded in the
+    /// trail as `action` with outcome `denied`.
+    pub fn permission(mut self, permission: Permission, action: &'static str) -> Op {
+        self.auth = Auth::Permission(permission, action);
         self
     }
 
@@ -115,7 +121,7 @@ impl Op {
 
 /// A router fragment with its documentation.
 pub struct Api {
-    router: Router<AppState>,
+    routes: Vec<(&'static str, MethodRouter<AppState>, Option<Declared>)>,
     paths: BTreeMap<&'static str, Map<String, Value>>,
 }
 
@@ -128,27 +134,54 @@ impl Default for Api {
 impl Api {
     pub fn new() -> Api {
         Api {
-            router: Router::new(),
+            routes: Vec::new(),
             paths: BTreeMap::new(),
         }
     }
 
     pub fn route(mut self, op: Op, handler: MethodRouter<AppState>) -> Api {
-        self.router = self.router.route(op.path, handler);
+        let declared = match op.auth {
+            Auth::Permission(permission, action) => Some(Declared {
+                permission,
+                action,
+                // The records (and their files) of the collection the
+                // path names: a per-collection permission reaches them.
+                per_collection: op.path.starts_with("/api/v1/collections/{name}/records")
+                    && matches!(
+                        permission,
+                        Permission::RecordsRead | Permission::RecordsWrite
+                    ),
+            }),
+            _ => None,
+        };
+        self.routes.push((op.path, handler, declared));
         let entry = self.paths.entry(op.path).or_default();
         entry.insert(op.method.to_lowercase(), describe(&op));
         self
     }
 
     pub fn merge(mut self, other: Api) -> Api {
-        self.router = self.router.merge(other.router);
+        self.routes.extend(other.routes);
         for (path, ops) in other.paths {
             self.paths.entry(path).or_default().extend(ops);
         }
         self
     }
 
-    pub fn into_parts(self) -> (Router<AppState>, Value) {
+    /// The router, each route behind the check of the permission it
+    /// declares, and the OpenAPI document.
+    pub fn into_parts(self, state: &AppState) -> (Router<AppState>, Value) {
+        let mut router = Router::new();
+        for (path, handler, declared) in self.routes {
+            let handler = match declared {
+                Some(declared) => handler.route_layer(axum::middleware::from_fn_with_state(
+                    (state.clone(), declared),
+                    super::extract::guard,
+                )),
+                None => handler,
+            };
+            router = router.route(path, handler);
+        }
         let paths: Map<String, Value> = self
             .paths
             .into_iter()
@@ -166,6 +199,9 @@ impl Api {
             "components": {
                 "securitySchemes": {
                     "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA, 60 s)"},
+                    "api_key": {"type": "http", "scheme": "bearer", "bearerFormat": "sr_key_…",
+                                "description": "a tenant's API key (POST /api/v1/api-keys); it acts \
+                                                with its roles on operations that declare a permission"},
                     "operator": {"type": "http", "scheme": "bearer",
                                  "description": "the instance's operator_token"},
                     "session_cookie": {"type": "apiKey", "in": "cookie", "name": "__Host-sr_session",
@@ -185,8 +221,17 @@ impl Api {
                 }
             }
         });
-        (self.router, doc)
+        (router, doc)
     }
+}
+
+/// What a route declares it needs ([`Auth::Permission`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Declared {
+    pub permission: Permission,
+    pub action: &'static str,
+    /// The path names a collection whose records the permission is for.
+    pub per_collection: bool,
 }
 
 /// The pattern of text the API takes: anything but NUL (U+0000), which no
@@ -295,8 +340,9 @@ fn describe(op: &Op) -> Value {
         Auth::Public => {}
         Auth::Bearer => operation["security"] = json!([{"bearer": []}, {"session_cookie": []}]),
         Auth::Operator => operation["security"] = json!([{"operator": []}]),
-        Auth::Permission(p) => {
-            operation["security"] = json!([{"bearer": []}, {"session_cookie": []}]);
+        Auth::Permission(p, _) => {
+            operation["security"] =
+                json!([{"bearer": []}, {"session_cookie": []}, {"api_key": []}]);
             operation["x-permission"] = json!(p.name());
         }
     }

@@ -256,6 +256,7 @@ impl From<IdentityError> for ApiError {
             Internal(_) => ApiError::internal(&e),
             Access(e) => e.into(),
             Store(e) => e.into(),
+            Role(e) => e.into(),
             Mail(crate::mail::MailError::Store(e)) => e.into(),
             Mail(crate::mail::MailError::Crypto(e)) => e.into(),
             Mail(e @ crate::mail::MailError::Template(_)) => ApiError::internal(&e),

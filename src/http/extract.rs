@@ -4,13 +4,14 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
+use super::api::Declared;
 use super::error::ApiError;
 use super::state::AppState;
-use crate::access::Principal;
-use crate::context::RequestMeta;
+use crate::access::{Principal, PrincipalKind};
+use crate::context::{Permit, RequestMeta};
 
 /// Who a request turned out to be, filled in by authentication and read by
 /// the access log after the response.
@@ -174,7 +175,6 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        use secrecy::ExposeSecret;
         use subtle::ConstantTimeEq;
         let Some(expected) = &state.config.operator_token else {
             return Err(ApiError::new(
@@ -257,6 +257,82 @@ async fn browser_session(parts: &Parts, state: &AppState) -> Result<Principal, A
     Ok(principal)
 }
 
+/// Authenticates a request: a bearer token (an access token or an API
+/// key) or the browser session cookie; then the password-change and
+/// enrolment gates, the restore hold, the tenant's IP allow-list (NET-2)
+/// and the rate limits (NET-3), for users and keys alike.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let meta = parts
+        .extensions
+        .get::<RequestMeta>()
+        .cloned()
+        .unwrap_or_default();
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| SecretString::from(t.trim().to_owned()));
+    let principal = match bearer {
+        Some(bearer) if crate::identity::api_keys::is_api_key(bearer.expose_secret()) => {
+            crate::identity::api_keys::authenticate(
+                &state.api_keys,
+                &state.store,
+                &bearer,
+                meta.ip.as_deref(),
+            )
+            .await?
+        }
+        Some(bearer) => {
+            crate::identity::authenticate_cached(
+                &state.sessions,
+                &state.store,
+                state.keyring.token_verifying_key(),
+                &bearer,
+            )
+            .await?
+        }
+        None => browser_session(parts, state).await?,
+    };
+    // A temporary password from an admin's reset allows only its change.
+    if principal.must_change_password && !allowed_before_password_change(parts) {
+        return Err(crate::identity::IdentityError::PasswordChangeRequired.into());
+    }
+    // A tenant that requires a second factor lets a user without one
+    // only enrol (IAM-3).
+    if principal.must_enrol_mfa && !allowed_before_enrolment(parts) {
+        return Err(crate::identity::IdentityError::MfaEnrolmentRequired.into());
+    }
+    if let Some(who) = parts.extensions.get::<Who>() {
+        who.set(
+            principal.scope().id_str(),
+            &principal.user_id,
+            Some(&principal.email),
+        );
+    }
+    state.admit_unheld(principal.scope().id_str())?;
+    // Before any data is read (NET-2).
+    state
+        .allowlists
+        .admit(
+            &state.store,
+            principal.scope(),
+            principal.actor(),
+            &meta,
+            "tenant.ip_denied",
+        )
+        .await?;
+    // Per user (or key), address and tenant (NET-3), in memory.
+    state.limits.request(
+        meta.ip.as_deref(),
+        principal.scope().id_str(),
+        &principal.user_id,
+    )?;
+    Ok(principal)
+}
+
+/// A signed-in user acting on their own account (routes that declare no
+/// permission). An API key has no account, so it is refused here.
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -264,63 +340,90 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| SecretString::from(t.trim().to_owned()));
-        let principal = match bearer {
-            Some(bearer) => {
-                crate::identity::authenticate_cached(
-                    &state.sessions,
-                    &state.store,
-                    state.keyring.token_verifying_key(),
-                    &bearer,
-                )
-                .await?
-            }
-            None => browser_session(parts, state).await?,
-        };
-        // A temporary password from an admin's reset allows only its change.
-        if principal.must_change_password && !allowed_before_password_change(parts) {
-            return Err(crate::identity::IdentityError::PasswordChangeRequired.into());
+        let principal = authenticate(parts, state).await?;
+        if principal.kind == PrincipalKind::ApiKey {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "api-key-not-allowed",
+                "an API key has no account of its own: this operation is for a signed-in user",
+            ));
         }
-        // A tenant that requires a second factor lets a user without one
-        // only enrol (IAM-3).
-        if principal.must_enrol_mfa && !allowed_before_enrolment(parts) {
-            return Err(crate::identity::IdentityError::MfaEnrolmentRequired.into());
-        }
-        if let Some(who) = parts.extensions.get::<Who>() {
-            who.set(
-                principal.scope().id_str(),
-                &principal.user_id,
-                Some(&principal.email),
-            );
-        }
-        state.admit_unheld(principal.scope().id_str())?;
-        // Before any data is read (NET-2).
-        let meta = parts
-            .extensions
-            .get::<RequestMeta>()
-            .cloned()
-            .unwrap_or_default();
-        state
-            .allowlists
-            .admit(
-                &state.store,
-                principal.scope(),
-                principal.actor(),
-                &meta,
-                "tenant.ip_denied",
-            )
-            .await?;
-        // Per user, address and tenant (NET-3), in memory.
-        state.limits.request(
-            meta.ip.as_deref(),
-            principal.scope().id_str(),
-            &principal.user_id,
-        )?;
         Ok(principal)
     }
+}
+
+/// The principal of a route that declares a permission, and the permit the
+/// router's check of that permission gave it: the only way a handler gets
+/// to act on tenant data. The check runs in [`guard`] before the handler;
+/// a handler asking for this on a route that declares no permission finds
+/// none and fails (every such route is exercised by the registry tests).
+#[derive(Clone)]
+pub struct Granted(pub Principal, pub Permit);
+
+impl<S: Send + Sync> FromRequestParts<S> for Granted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Granted>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal(&"this route declares no permission"))
+    }
+}
+
+/// The check of a route's declared permission (the route registry puts it
+/// in front of every route that declares one, [`super::api::Api::route`]):
+/// authenticates, checks the permission — for the collection the path
+/// names, when it names one — records a denial, and leaves the
+/// [`Granted`] permit for the handler.
+pub(super) async fn guard(
+    axum::extract::State((state, declared)): axum::extract::State<(AppState, Declared)>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (mut parts, body) = request.into_parts();
+    match admit(&mut parts, &state, declared).await {
+        Ok(granted) => {
+            parts.extensions.insert(granted);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn admit(
+    parts: &mut Parts,
+    state: &AppState,
+    declared: Declared,
+) -> Result<Granted, ApiError> {
+    let principal = authenticate(parts, state).await?;
+    let collection = match declared.per_collection {
+        true => axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(k, _)| *k == "name")
+                    .map(|(_, v)| v.to_owned())
+            }),
+        false => None,
+    };
+    let meta = parts
+        .extensions
+        .get::<RequestMeta>()
+        .cloned()
+        .unwrap_or_default();
+    let permit = crate::access::authorize(
+        &state.store,
+        &principal,
+        declared.permission,
+        collection.as_deref(),
+        declared.action,
+        &meta,
+    )
+    .await?;
+    Ok(Granted(principal, permit))
 }

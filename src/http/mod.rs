@@ -51,6 +51,8 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::identity::router())
         .merge(crate::identity::sessions_router())
         .merge(crate::identity::mfa::http::router())
+        .merge(crate::access::http::router())
+        .merge(crate::identity::api_keys::http::router())
         .merge(crate::records::router())
         .merge(crate::files::http::router())
         .merge(crate::keys::http::router())
@@ -60,7 +62,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::posture::http::router())
         .merge(crate::backup::http::router())
         .merge(crate::mail::http::router());
-    let (router, doc) = api.into_parts();
+    let (router, doc) = api.into_parts(&state);
     let doc = Arc::new(doc.to_string());
     router
         .route(

@@ -23,6 +23,8 @@ pub struct AppState {
     pub proxies: Arc<TrustedProxies>,
     /// Recent session checks, forgotten when sessions or users change.
     pub sessions: Arc<crate::identity::SessionCache>,
+    /// Recent API key checks, forgotten when keys, roles or tenants change.
+    pub api_keys: Arc<crate::identity::api_keys::KeyCache>,
     /// Password-attempt limits (NET-3).
     pub limits: Arc<super::limits::RateLimits>,
     /// Automatic bans of abusive client addresses (NET-3).

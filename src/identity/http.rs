@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{IdentityError, UserPatch};
-use crate::access::{Permission, Principal, authorize};
+use crate::access::{Permission, Principal};
 use crate::context::RequestMeta;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath, Who};
+use crate::http::extract::{ApiJson, ApiPath, Granted, Who};
 use crate::http::state::AppState;
 
 /// What `Email::parse` accepts, as a JSON Schema pattern.
@@ -124,39 +124,43 @@ pub fn router() -> Api {
         .route(
             Op::new("GET", "/api/v1/users", "List the tenant's users")
                 .tag("users")
-                .permission(Permission::UsersRead),
+                .permission(Permission::UsersRead, "user.list"),
             get(list_users),
         )
         .route(
-            Op::new("POST", "/api/v1/users", "Invite a user with a role")
+            Op::new("POST", "/api/v1/users", "Invite a user with one role (role) or several (roles): built-in or the tenant's own, never beyond your own")
                 .tag("users")
-                .permission(Permission::UsersManage)
+                .permission(Permission::UsersManage, "user.create")
                 .errors(&[409, 410, 423])
-                .body(json!({"type": "object", "required": ["email", "role"],
+                .body(json!({"type": "object", "required": ["email"],
                              "additionalProperties": false,
                              "properties": {"email": {"type": "string", "maxLength": 254,
                                                       "pattern": EMAIL_PATTERN},
-                                            "role": {"enum": ["admin", "member", "viewer", "auditor"]}}}))
+                                            "role": {"type": "string", "pattern": ROLE_PATTERN},
+                                            "roles": {"type": "array", "minItems": 1, "maxItems": 20,
+                                                      "items": {"type": "string", "pattern": ROLE_PATTERN}}}}))
                 .ok(201),
             post(create_user),
         )
         .route(
             Op::new("GET", "/api/v1/users/{id}", "Read a user")
                 .tag("users")
-                .permission(Permission::UsersRead),
+                .permission(Permission::UsersRead, "user.read"),
             get(get_user),
         )
         .route(
             Op::new(
                 "PATCH",
                 "/api/v1/users/{id}",
-                "Change a user's role or status",
+                "Change a user's roles (role or roles) or status",
             )
             .tag("users")
-            .permission(Permission::UsersManage)
+            .permission(Permission::UsersManage, "user.update")
             .errors(&[409])
             .body(json!({"type": "object", "additionalProperties": false,
-                             "properties": {"role": {"enum": ["admin", "member", "viewer", "auditor"]},
+                             "properties": {"role": {"type": "string", "pattern": ROLE_PATTERN},
+                                            "roles": {"type": "array", "minItems": 1, "maxItems": 20,
+                                                      "items": {"type": "string", "pattern": ROLE_PATTERN}},
                                             "status": {"enum": ["active", "disabled"]}}})),
             axum::routing::patch(update_user),
         )
@@ -167,7 +171,7 @@ pub fn router() -> Api {
                 "Delete a user and their sessions",
             )
             .tag("users")
-            .permission(Permission::UsersManage)
+            .permission(Permission::UsersManage, "user.delete")
             .errors(&[409])
             .ok(204),
             axum::routing::delete(delete_user),
@@ -179,7 +183,7 @@ pub fn router() -> Api {
                 "A user's live sessions (an admin's view of IAM-5)",
             )
             .tag("users")
-            .permission(Permission::UsersManage),
+            .permission(Permission::UsersManage, "user.sessions.read"),
             get(user_sessions),
         )
         .route(
@@ -189,7 +193,7 @@ pub fn router() -> Api {
                 "End every live session of a user",
             )
             .tag("users")
-            .permission(Permission::UsersManage),
+            .permission(Permission::UsersManage, "user.sessions.revoke"),
             axum::routing::delete(end_user_sessions),
         )
         .route(
@@ -200,7 +204,7 @@ pub fn router() -> Api {
                  (never shown here), their sessions end, and they must change it first",
             )
             .tag("users")
-            .permission(Permission::UsersManage)
+            .permission(Permission::UsersManage, "user.password.reset")
             .errors(&[409, 410, 423])
             .ok(202),
             post(admin_reset_password),
@@ -212,7 +216,7 @@ pub fn router() -> Api {
                 "Lift a user's login lock after failed attempts (IAM-6)",
             )
             .tag("users")
-            .permission(Permission::UsersManage),
+            .permission(Permission::UsersManage, "user.unlock"),
             post(unlock_user),
         )
 }
@@ -402,17 +406,9 @@ async fn not_me(
 async fn unlock_user(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersManage,
-        "user.unlock",
-        &meta,
-    )
-    .await?;
     let was = super::unlock(&state.store, &permit, &meta, &id).await?;
     Ok(Json(json!({"unlocked": true, "was_locked_until": was})))
 }
@@ -420,17 +416,9 @@ async fn unlock_user(
 async fn admin_reset_password(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersManage,
-        "user.password.reset",
-        &meta,
-    )
-    .await?;
     super::admin_reset(&state.store, &state.post(), &permit, &meta, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"mailed": true}))))
 }
@@ -629,18 +617,9 @@ async fn end_session(
 
 async fn user_sessions(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersManage,
-        "user.sessions.read",
-        &meta,
-    )
-    .await?;
     // 404 for a user of another tenant, as everywhere.
     super::get_user(&state.store, &permit, &id).await?;
     let sessions = super::list_sessions(&state.store, permit.scope(), &id, None).await?;
@@ -650,17 +629,9 @@ async fn user_sessions(
 async fn end_user_sessions(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersManage,
-        "user.sessions.revoke",
-        &meta,
-    )
-    .await?;
     let ended = super::revoke_user_sessions(&state.store, &permit, &meta, &id).await?;
     Ok(Json(json!({"revoked": ended})))
 }
@@ -749,65 +720,52 @@ async fn me(
         .await
         .map_err(|e| ApiError::from(IdentityError::from(e)))?
         .ok_or(IdentityError::Unauthenticated)?;
-    let permissions: Vec<&str> = principal
-        .role
-        .permissions()
-        .iter()
-        .map(|p| p.name())
-        .collect();
     Ok(Json(json!({
         "user": user,
         "tenant_id": principal.scope().id_str(),
         "session_id": principal.session_id,
-        "permissions": permissions,
+        "roles": principal.roles,
+        "permissions": principal.abilities.names(),
     })))
 }
 
 async fn list_users(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersRead,
-        "user.list",
-        &meta,
-    )
-    .await?;
     let users = super::list_users(&state.store, &permit).await?;
     Ok(Json(json!({ "items": users })))
 }
+
+/// A role's name: built-in or one of the tenant's own.
+const ROLE_PATTERN: &str = "^[a-z][a-z0-9_]{0,62}$";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateUserBody {
     email: String,
-    role: String,
+    #[serde(default, deserialize_with = "crate::json::present")]
+    role: Option<String>,
+    #[serde(default, deserialize_with = "crate::json::present")]
+    roles: Option<Vec<String>>,
 }
 
 async fn create_user(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(principal, permit): Granted,
     ApiJson(body): ApiJson<CreateUserBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersManage,
-        "user.create",
-        &meta,
-    )
-    .await?;
+    let roles = super::users::named_roles(body.role, body.roles)?.ok_or_else(|| {
+        ApiError::validation("name the user's role (role or roles)").with_field("role")
+    })?;
     let created = super::create_user(
         &state.store,
         &state.post(),
-        &permit,
+        (&permit, &principal.abilities),
         &meta,
         &body.email,
-        &body.role,
+        &roles,
         state.config.invitation_ttl_hours,
     )
     .await?;
@@ -816,55 +774,37 @@ async fn create_user(
 
 async fn get_user(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersRead,
-        "user.read",
-        &meta,
-    )
-    .await?;
     Ok(Json(super::get_user(&state.store, &permit, &id).await?))
 }
 
 async fn update_user(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(principal, permit): Granted,
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersManage,
-        "user.update",
-        &meta,
-    )
-    .await?;
     Ok(Json(
-        super::update_user(&state.store, &permit, &meta, &id, patch).await?,
+        super::update_user(
+            &state.store,
+            (&permit, &principal.abilities),
+            &meta,
+            &id,
+            patch,
+        )
+        .await?,
     ))
 }
 
 async fn delete_user(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersManage,
-        "user.delete",
-        &meta,
-    )
-    .await?;
     super::delete_user(&state.store, &permit, &meta, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

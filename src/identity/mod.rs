@@ -17,6 +17,7 @@
 //! * IAM-7: devices are remembered; a login from a new one is audited and
 //!   mailed with a "this wasn't me" link ([`devices`]).
 
+pub mod api_keys;
 mod cbor;
 pub mod cookies;
 mod devices;
@@ -164,6 +165,8 @@ pub enum IdentityError {
     Access(#[from] AccessError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Role(#[from] crate::access::roles::RoleError),
     #[error(transparent)]
     Mail(#[from] crate::mail::MailError),
 }

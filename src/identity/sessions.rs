@@ -8,6 +8,8 @@
 //! [`SESSION_CHECK_TTL`], and forgets it as soon as the write path commits
 //! a change to a session, user or tenant ([`SessionCache`]).
 
+use std::sync::Arc;
+
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -21,7 +23,7 @@ use super::tokens::{
     verify_access_token,
 };
 use super::{Email, IdentityError, password};
-use crate::access::{Principal, Role};
+use crate::access::{Abilities, Principal, PrincipalKind, Role};
 use crate::context::Permit;
 use crate::context::{Actor, ActorKind, Outcome, RequestMeta};
 use crate::context::{TenantId, TenantScope};
@@ -1197,7 +1199,8 @@ fn touch_session(store: Store, claims: &AccessClaims) {
 #[derive(Clone)]
 struct LiveSession {
     email: String,
-    role: Role,
+    roles: Arc<[String]>,
+    abilities: Arc<Abilities>,
     expires_at: String,
     last_used_at: String,
     /// An admin's reset set a temporary password (IAM-2).
@@ -1211,7 +1214,9 @@ impl LiveSession {
     fn principal(self, claims: AccessClaims) -> Result<Principal, IdentityError> {
         let tenant = TenantId::parse(&claims.tid).ok_or(IdentityError::Unauthenticated)?;
         Ok(Principal {
-            role: self.role,
+            kind: PrincipalKind::User,
+            roles: self.roles,
+            abilities: self.abilities,
             email: self.email,
             scope: TenantScope::trusted(tenant),
             user_id: claims.sub,
@@ -1288,16 +1293,49 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
     if !bounds.admit(created_at, last_used_at) {
         return Err(IdentityError::Unauthenticated);
     }
+    let held = crate::access::held_roles(role);
+    let abilities = abilities(store, &scope, &held).await?;
+    let policy = super::mfa::Policy::from_stored(policy);
     Ok(LiveSession {
         email: email.clone(),
-        role: Role::parse(role).ok_or(IdentityError::Internal("unknown role stored"))?,
+        must_enrol_mfa: enrolled == "0" && held.iter().any(|r| policy.requires(r)),
+        roles: held.into(),
+        abilities: Arc::new(abilities),
         expires_at: expires_at.clone(),
         last_used_at: last_used_at.clone(),
         must_change_password: must_change != "0",
         mfa_enrolled: enrolled != "0",
-        must_enrol_mfa: enrolled == "0" && super::mfa::Policy::from_stored(policy).requires(role),
         mfa_at: mfa_at.clone(),
     })
+}
+
+/// What the roles `held` allow; the tenant's own roles are read only when
+/// a user holds one (built-in roles need no query).
+async fn abilities(
+    store: &Store,
+    scope: &TenantScope,
+    held: &[String],
+) -> Result<Abilities, IdentityError> {
+    let mut abilities = Abilities::default();
+    let mut custom = Vec::new();
+    for name in held {
+        match Role::parse(name) {
+            Some(role) => abilities.add(&Abilities::of_role(role)),
+            None => custom.push(name.clone()),
+        }
+    }
+    if custom.is_empty() || !store.schema_has(crate::access::roles::SCHEMA) {
+        return Ok(abilities);
+    }
+    let mut tx = store.read(scope).await?;
+    let more = crate::access::roles::resolve(tx.conn(), scope.id_str(), &custom)
+        .await
+        .map_err(|e| match e {
+            crate::access::roles::RoleError::Store(e) => IdentityError::Store(e),
+            _ => IdentityError::Internal("a user's roles could not be read"),
+        })?;
+    abilities.add(&more);
+    Ok(abilities)
 }
 
 /// How long a session check is reused at most. Within it a logout,
@@ -1309,7 +1347,7 @@ async fn live_session(store: &Store, claims: &AccessClaims) -> Result<LiveSessio
 pub const SESSION_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The entity kinds whose updates and deletions end cached session checks.
-pub const SESSION_KINDS: &[&str] = &["session", "user", "tenant"];
+pub const SESSION_KINDS: &[&str] = &["session", "user", "tenant", "role"];
 
 /// Entries kept at most; beyond it the cache starts over.
 const SESSION_CACHE_MAX: usize = 100_000;

@@ -35,6 +35,8 @@ pub enum TokenKind {
     Device,
     NotMe,
     MfaChallenge,
+    /// An API key (ACC-1).
+    ApiKey,
 }
 
 impl TokenKind {
@@ -46,6 +48,7 @@ impl TokenKind {
             TokenKind::Device => "sr_dev_",
             TokenKind::NotMe => "sr_nm_",
             TokenKind::MfaChallenge => "sr_mfa_",
+            TokenKind::ApiKey => "sr_key_",
         }
     }
 }

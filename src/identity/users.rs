@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use super::post::Post;
 use super::{Email, IdentityError, NewInvitation};
-use crate::access::Role;
+use crate::access::roles;
+use crate::access::{Abilities, held_roles};
 use crate::context::Permit;
 use crate::context::RequestMeta;
 use crate::mail;
@@ -18,18 +19,52 @@ use crate::store::{Change, JournalOp, ReadTx, Store, StoreError, WriteTx};
 pub struct User {
     pub id: String,
     pub email: String,
+    /// The roles held, as `users.role` stores them (comma-separated); the
+    /// API shows the first as `role` and all as `roles`.
+    #[serde(serialize_with = "first_role")]
     pub role: String,
+    #[serde(skip_deserializing)]
+    pub roles: Vec<String>,
     pub status: String,
     pub created_at: String,
     pub updated_at: String,
 }
 
+fn first_role<S: serde::Serializer>(stored: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(stored.split(',').next().unwrap_or_default())
+}
+
+/// Whether a stored role list holds `admin`.
+pub(crate) fn holds_admin(stored: &str) -> bool {
+    held_roles(stored).iter().any(|r| r == "admin")
+}
+
+/// The role list a request names, as `role` (one) or `roles` (several);
+/// `None` when it names none.
+pub fn named_roles(
+    role: Option<String>,
+    roles: Option<Vec<String>>,
+) -> Result<Option<Vec<String>>, IdentityError> {
+    match (role, roles) {
+        (Some(_), Some(_)) => Err(IdentityError::UnknownRole(
+            "name either role or roles, not both".into(),
+        )),
+        (Some(role), None) => Ok(Some(vec![role])),
+        (None, Some(roles)) if roles.is_empty() => {
+            Err(IdentityError::UnknownRole("roles is empty".into()))
+        }
+        (None, roles) => Ok(roles),
+    }
+}
+
 impl User {
     fn from_row(row: &db::Row) -> Result<User, db::Error> {
+        let role: String = row.try_get("role")?;
         Ok(User {
             id: row.try_get("id")?,
             email: row.try_get("email")?,
-            role: row.try_get("role")?,
+            roles: held_roles(&role),
+            role,
             status: row.try_get("status")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -53,7 +88,7 @@ const USER_COLUMNS: &str = "id, email, role, status, created_at, updated_at";
 pub(crate) async fn invite_user(
     tx: &mut WriteTx,
     email: &Email,
-    role: Role,
+    role: &str,
     invitation: &NewInvitation,
 ) -> Result<User, IdentityError> {
     let now = crate::clock::now();
@@ -61,7 +96,8 @@ pub(crate) async fn invite_user(
     let user = User {
         id: uuid::Uuid::now_v7().to_string(),
         email: email.as_str().to_owned(),
-        role: role.as_str().to_owned(),
+        roles: held_roles(role),
+        role: role.to_owned(),
         status: "invited".to_owned(),
         created_at: now.clone(),
         updated_at: now.clone(),
@@ -161,24 +197,28 @@ pub(crate) async fn mail_invitation(
     Ok(())
 }
 
+/// Invites a user holding `roles` (built-in or the tenant's own); the
+/// inviter (`maker`) gives no role beyond what they may do themselves.
 pub async fn create_user(
     store: &Store,
     post: &Post,
-    permit: &Permit,
+    (permit, maker): (&Permit, &Abilities),
     meta: &RequestMeta,
     email: &str,
-    role: &str,
+    roles: &[String],
     invitation_ttl_hours: u32,
 ) -> Result<InvitedUser, IdentityError> {
     let email = Email::parse(email)?;
-    let role = Role::parse(role).ok_or_else(|| IdentityError::UnknownRole(role.to_owned()))?;
+    let roles = roles.to_vec();
+    let maker = maker.clone();
     let invitation = NewInvitation::generate(permit.scope().tenant_id(), invitation_ttl_hours);
     let letterhead = post.letterhead(store, permit.scope()).await?;
     let post = post.clone();
     store
         .write(permit, meta, "user.create", move |tx| {
             Box::pin(async move {
-                let user = invite_user(tx, &email, role, &invitation).await?;
+                let (role, _) = roles::assignable(tx, &roles, &maker).await?;
+                let user = invite_user(tx, &email, &role, &invitation).await?;
                 if let Some(letterhead) = &letterhead {
                     mail_invitation(tx, &post, letterhead, &user, &invitation).await?;
                 }
@@ -232,20 +272,20 @@ pub struct UserPatch {
     #[serde(default, deserialize_with = "crate::json::present")]
     pub role: Option<String>,
     #[serde(default, deserialize_with = "crate::json::present")]
+    pub roles: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::json::present")]
     pub status: Option<String>,
 }
 
 pub async fn update_user(
     store: &Store,
-    permit: &Permit,
+    (permit, maker): (&Permit, &Abilities),
     meta: &RequestMeta,
     id: &str,
     patch: UserPatch,
 ) -> Result<User, IdentityError> {
-    let role = patch
-        .role
-        .map(|r| Role::parse(&r).ok_or(IdentityError::UnknownRole(r)))
-        .transpose()?;
+    let roles = named_roles(patch.role, patch.roles)?;
+    let maker = maker.clone();
     let status = match patch.status.as_deref() {
         None => None,
         Some(s @ ("active" | "disabled")) => Some(s.to_owned()),
@@ -257,8 +297,18 @@ pub async fn update_user(
             Box::pin(async move {
                 let (before, hash) = lock_user(tx, &id).await?;
                 let mut after = before.clone();
-                if let Some(role) = role {
-                    after.role = role.as_str().to_owned();
+                if let Some(roles) = &roles {
+                    // Neither the roles given nor the ones taken away may
+                    // reach beyond the maker's own (no demoting an admin
+                    // from a role one could not grant).
+                    let (stored, _) = roles::assignable(tx, roles, &maker).await?;
+                    let tenant = tx.scope().id_str().to_owned();
+                    let held = roles::resolve(tx.conn(), &tenant, &before.roles).await?;
+                    if !maker.covers(&held) {
+                        return Err(roles::RoleError::Escalation(before.role.clone()).into());
+                    }
+                    after.roles = held_roles(&stored);
+                    after.role = stored;
                 }
                 if let Some(status) = status {
                     if before.status == "invited" && status == "active" {
@@ -267,8 +317,8 @@ pub async fn update_user(
                     }
                     after.status = status;
                 }
-                let stays_admin = after.role == "admin" && after.status == "active";
-                if before.role == "admin" && before.status == "active" && !stays_admin {
+                let stays_admin = holds_admin(&after.role) && after.status == "active";
+                if holds_admin(&before.role) && before.status == "active" && !stays_admin {
                     ensure_another_admin(tx, &id).await?;
                 }
                 after.updated_at = crate::clock::now();
@@ -317,7 +367,7 @@ pub async fn delete_user(
         .write(permit, meta, "user.delete", move |tx| {
             Box::pin(async move {
                 let (before, hash) = lock_user(tx, &id).await?;
-                if before.role == "admin" && before.status == "active" {
+                if holds_admin(&before.role) && before.status == "active" {
                     ensure_another_admin(tx, &id).await?;
                 }
                 // Sessions, refresh tokens and invitations go with the user (FK cascade).
@@ -356,8 +406,8 @@ async fn lock_user(tx: &mut WriteTx, id: &str) -> Result<(User, Option<String>),
 
 async fn ensure_another_admin(tx: &mut WriteTx, except: &str) -> Result<(), IdentityError> {
     let others: i64 = db::query_scalar(
-        "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND role = 'admin' \
-         AND status = 'active' AND id <> $2",
+        "SELECT COUNT(*) FROM users WHERE tenant_id = $1 \
+         AND (',' || role || ',') LIKE '%,admin,%' AND status = 'active' AND id <> $2",
     )
     .bind(tx.scope().id_str().to_owned())
     .bind(except)
@@ -370,14 +420,17 @@ async fn ensure_another_admin(tx: &mut WriteTx, except: &str) -> Result<(), Iden
     }
 }
 
-/// Whether `user_id` may still read records now: the user exists and is
-/// active, holds a role that reads records, and the tenant is active. A
-/// signed link is only as good as its issuer is (FIL-2): disabling,
-/// deleting or demoting a user ends the links they issued.
+/// Whether `user_id` (a user's or an API key's id) may still read the
+/// records of `collection` now: the user exists and is active (the key is
+/// neither revoked nor expired), holds a role that reads them, and the
+/// tenant is active. A signed link is only as good as its issuer is
+/// (FIL-2): disabling, deleting or demoting a user, or revoking a key,
+/// ends the links they issued.
 pub async fn may_still_read(
     store: &Store,
     scope: &crate::context::TenantScope,
     user_id: &str,
+    collection: &str,
 ) -> Result<bool, IdentityError> {
     let mut tx = store.read(scope).await?;
     let role: Option<String> = db::query_scalar(
@@ -388,7 +441,25 @@ pub async fn may_still_read(
     .bind(user_id)
     .fetch_optional(tx.conn())
     .await?;
-    Ok(role
-        .and_then(|r| Role::parse(&r))
-        .is_some_and(|r| r.allows(crate::access::Permission::RecordsRead)))
+    let role = match role {
+        Some(role) => Some(role),
+        None if store.schema_has(roles::SCHEMA) => {
+            db::query_scalar(
+                "SELECT k.roles FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+                 WHERE k.tenant_id = $1 AND k.id = $2 AND k.revoked_at IS NULL \
+                 AND (k.expires_at IS NULL OR k.expires_at > $3) AND t.status = 'active'",
+            )
+            .bind(scope.id_str())
+            .bind(user_id)
+            .bind(crate::clock::now())
+            .fetch_optional(tx.conn())
+            .await?
+        }
+        None => None,
+    };
+    let Some(role) = role else {
+        return Ok(false);
+    };
+    let abilities = roles::resolve(tx.conn(), scope.id_str(), &held_roles(&role)).await?;
+    Ok(abilities.allows_on(crate::access::Permission::RecordsRead, collection))
 }

@@ -10,12 +10,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::KeysError;
-use crate::access::{Permission, Principal, authorize};
+use crate::access::Permission;
 use crate::context::RequestMeta;
 use crate::crypto::vault::parse_tenant_key;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, Granted};
 use crate::http::state::AppState;
 
 pub fn router() -> Api {
@@ -27,7 +27,7 @@ pub fn router() -> Api {
                 "Data-key versions, BYOK fingerprint and rotation progress",
             )
             .tag("keys")
-            .permission(Permission::KeysManage),
+            .permission(Permission::KeysManage, "keys.read"),
             get(status),
         )
         .route(
@@ -37,7 +37,7 @@ pub fn router() -> Api {
                 "Rotate the data key: new writes use a new version at once; existing data is re-encrypted in the background",
             )
             .tag("keys")
-            .permission(Permission::KeysManage)
+            .permission(Permission::KeysManage, "keys.rotate")
             .errors(&[409, 410, 423])
             .ok(202),
             post(rotate),
@@ -49,7 +49,7 @@ pub fn router() -> Api {
                 "Supply the tenant's own 256-bit key (base64); it then wraps the tenant's data keys",
             )
             .tag("keys")
-            .permission(Permission::KeysManage)
+            .permission(Permission::KeysManage, "keys.byok_supply")
             .errors(&[409, 410])
             .body(json!({
                 "type": "object", "required": ["key"], "additionalProperties": false,
@@ -65,7 +65,7 @@ pub fn router() -> Api {
                 "Revoke the tenant's own key: its data is unreadable until the key is supplied again",
             )
             .tag("keys")
-            .permission(Permission::KeysManage)
+            .permission(Permission::KeysManage, "keys.byok_revoke")
             .errors(&[404, 409, 410]),
             axum::routing::delete(revoke_byok),
         )
@@ -86,17 +86,8 @@ impl From<KeysError> for ApiError {
 
 async fn status(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
 ) -> Result<Response, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::KeysManage,
-        "keys.read",
-        &meta,
-    )
-    .await?;
     let status = super::status(&state.store, &state.vault, permit.scope()).await?;
     Ok(Json(status).into_response())
 }
@@ -104,16 +95,8 @@ async fn status(
 async fn rotate(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
 ) -> Result<Response, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::KeysManage,
-        "keys.rotate",
-        &meta,
-    )
-    .await?;
     let version = super::rotate(&state.store, &state.vault, &permit, &meta).await?;
     let files = state.files();
     super::spawn_reencrypt(files, permit.scope().clone());
@@ -136,17 +119,9 @@ struct ByokBody {
 async fn supply_byok(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiJson(body): ApiJson<ByokBody>,
 ) -> Result<Response, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::KeysManage,
-        "keys.byok_supply",
-        &meta,
-    )
-    .await?;
     let key = parse_tenant_key(body.key.expose_secret()).map_err(KeysError::from)?;
     let (fingerprint, change) =
         super::supply_byok(&state.store, &state.vault, &permit, &meta, key).await?;
@@ -156,16 +131,8 @@ async fn supply_byok(
 async fn revoke_byok(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
 ) -> Result<Response, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::KeysManage,
-        "keys.byok_revoke",
-        &meta,
-    )
-    .await?;
     let fingerprint = super::revoke_byok(&state.store, &state.vault, &permit, &meta).await?;
     Ok(Json(json!({
         "revoked": fingerprint,

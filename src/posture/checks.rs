@@ -38,7 +38,7 @@ pub async fn run(
         guessing(store, reach, config).await?,
         devices(store, scopes, reach, config).await?,
         sessions(store, scopes, reach, config).await?,
-        roles(store, scopes, reach).await?,
+        roles(store, scopes, reach, config).await?,
         audit_fields(store, scopes, reach).await?,
         access_log(store, scopes, reach, config).await?,
         retention(store, scopes, reach, &runs, config).await?,
@@ -191,7 +191,10 @@ async fn second_factors(
             let role: String = row.try_get(0)?;
             let has = row.try_get::<i64, _>(1)? != 0;
             enrolled += i64::from(has);
-            if policy.requires(&role) {
+            if crate::access::held_roles(&role)
+                .iter()
+                .any(|r| policy.requires(r))
+            {
                 covered += 1;
                 lacking += i64::from(!has);
             }
@@ -530,35 +533,109 @@ async fn sessions(
     })
 }
 
-/// ACC-1: every user holds a role the code knows.
-async fn roles(store: &Store, scopes: &[TenantScope], reach: Reach) -> Result<Finding, StoreError> {
-    let (mut users, mut unknown) = (0i64, Vec::new());
+/// ACC-1: every user and API key holds roles that exist (built-in or the
+/// tenant's own), every custom role's permissions are ones the code knows,
+/// and no API key that never expires is older than `api_key_max_age_days`.
+async fn roles(
+    store: &Store,
+    scopes: &[TenantScope],
+    reach: Reach,
+    config: &Config,
+) -> Result<Finding, StoreError> {
+    use crate::access::{Grant, held_roles};
+    let (mut users, mut custom, mut keys, mut problems) = (0i64, 0i64, 0i64, Vec::new());
+    let since = crate::clock::format(
+        time::OffsetDateTime::now_utc()
+            - time::Duration::days(i64::from(config.api_key_max_age_days)),
+    );
+    let has_roles = store.schema_has(crate::access::roles::SCHEMA);
     for scope in scopes {
         let mut tx = store.read(scope).await?;
-        let rows = db::query("SELECT role, COUNT(*) FROM users WHERE tenant_id = $1 GROUP BY role")
+        let mut known: Vec<String> = crate::access::Role::ALL
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect();
+        if has_roles {
+            let rows = db::query("SELECT name, permissions FROM roles WHERE tenant_id = $1")
+                .bind(scope.id_str())
+                .fetch_all(tx.conn())
+                .await?;
+            for row in rows {
+                let (name, permissions): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                custom += 1;
+                let listed: Vec<String> = serde_json::from_str(&permissions).unwrap_or_default();
+                if let Some(bad) = listed.iter().find(|p| Grant::parse(p).is_err()) {
+                    problems.push(format!("role {name:?} lists unknown permission {bad:?}"));
+                }
+                known.push(name);
+            }
+        }
+        let mut holders = vec![(
+            "users",
+            db::query("SELECT role, COUNT(*) FROM users WHERE tenant_id = $1 GROUP BY role")
+                .bind(scope.id_str())
+                .fetch_all(tx.conn())
+                .await?,
+        )];
+        if has_roles {
+            holders.push((
+                "API keys",
+                db::query(
+                    "SELECT roles, COUNT(*) FROM api_keys WHERE tenant_id = $1 \
+                     AND revoked_at IS NULL GROUP BY roles",
+                )
+                .bind(scope.id_str())
+                .fetch_all(tx.conn())
+                .await?,
+            ));
+            let old: i64 = db::query_scalar(
+                "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL \
+                 AND expires_at IS NULL AND created_at < $2",
+            )
             .bind(scope.id_str())
-            .fetch_all(tx.conn())
+            .bind(&since)
+            .fetch_one(tx.conn())
             .await?;
-        for row in rows {
-            let (role, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-            users += n;
-            if crate::access::Role::parse(&role).is_none() {
-                unknown.push(format!("{n} users with role {role:?}"));
+            if old > 0 {
+                problems.push(format!(
+                    "{old} API keys without an expiry are older than {} days \
+                     (api_key_max_age_days): give them an expiry or revoke them",
+                    config.api_key_max_age_days
+                ));
+            }
+        }
+        for (what, rows) in holders {
+            for row in rows {
+                let (stored, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+                if what == "users" {
+                    users += n;
+                } else {
+                    keys += n;
+                }
+                let held = held_roles(&stored);
+                if held.is_empty() || held.iter().any(|r| !known.contains(r)) {
+                    problems.push(format!(
+                        "{n} {what} with roles {stored:?}, not all of which exist"
+                    ));
+                }
             }
         }
     }
-    Ok(if unknown.is_empty() {
+    Ok(if problems.is_empty() {
         finding(
             "ACC-1",
             Verdict::Pass,
             format!(
-                "the {users} users of {} hold built-in roles (admin, member, viewer, auditor), \
-                 each a fixed set of permissions checked on every operation",
-                reach.tenants(scopes.len())
+                "the {users} users and {keys} active API keys of {} hold existing roles \
+                 (built-in, or {custom} of the tenants' own), each a set of named \
+                 permissions checked on every operation; no API key without an expiry \
+                 is older than {} days",
+                reach.tenants(scopes.len()),
+                config.api_key_max_age_days
             ),
         )
     } else {
-        finding("ACC-1", Verdict::Fail, unknown.join("; "))
+        finding("ACC-1", Verdict::Fail, problems.join("; "))
     })
 }
 

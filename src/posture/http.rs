@@ -12,11 +12,10 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::{Probe, Reach, Reported, Verdict};
-use crate::access::{Permission, Principal, authorize};
-use crate::context::RequestMeta;
+use crate::access::Permission;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::Operator;
+use crate::http::extract::{Granted, Operator};
 use crate::http::state::AppState;
 use crate::store::db;
 
@@ -56,7 +55,7 @@ pub fn router() -> Api {
                  or `format=html`, the printable trust page",
             )
             .tag("posture")
-            .permission(Permission::AuditRead)
+            .permission(Permission::AuditRead, "posture.read")
             .param("format", json!({"enum": ["json", "html"]}), false)
             .produces(&["application/json", "text/html"]),
             get(tenant),
@@ -176,8 +175,7 @@ fn carry_over(report: &mut [Reported], kept: &Value, taken_at: &str) {
 
 async fn tenant(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs = query(raw.as_deref(), &["format"])?;
@@ -186,14 +184,6 @@ async fn tenant(
         Some("html") => true,
         Some(_) => return Err(ApiError::validation("format is json or html")),
     };
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::AuditRead,
-        "posture.read",
-        &meta,
-    )
-    .await?;
     let scope = permit.scope().clone();
     let (slug, name): (String, String) = {
         let mut tx = state.store.read(&scope).await?;

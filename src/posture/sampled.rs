@@ -435,7 +435,7 @@ pub async fn exports(
         };
         let mut stream = std::pin::pin!(crate::audit::export::audit_stream(
             probe.store.clone(),
-            scope.clone(),
+            crate::context::Permit::system(scope.clone(), "posture"),
             filter,
             crate::audit::export::Format::Jsonl,
         ));

@@ -9,11 +9,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{DEFAULT_PAGE, Field, ListQuery, MAX_PAGE, Precondition, Record, RecordError};
-use crate::access::{Permission, Principal, authorize};
+use crate::access::Permission;
 use crate::context::RequestMeta;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::extract::{ApiJson, ApiPath, Granted};
 use crate::http::state::AppState;
 
 pub fn router() -> Api {
@@ -81,13 +81,13 @@ pub fn router() -> Api {
         .route(
             Op::new("GET", "/api/v1/collections", "List collections")
                 .tag("collections")
-                .permission(Permission::CollectionsRead),
+                .permission(Permission::CollectionsRead, "collection.list"),
             get(list_collections),
         )
         .route(
             Op::new("POST", "/api/v1/collections", "Define a collection")
                 .tag("collections")
-                .permission(Permission::CollectionsManage)
+                .permission(Permission::CollectionsManage, "collection.create")
                 .errors(&[409])
                 .body(collection_body)
                 .ok(201),
@@ -100,7 +100,7 @@ pub fn router() -> Api {
                 "Read a collection's schema",
             )
             .tag("collections")
-            .permission(Permission::CollectionsRead),
+            .permission(Permission::CollectionsRead, "collection.read"),
             get(get_collection),
         )
         .route(
@@ -110,7 +110,7 @@ pub fn router() -> Api {
                 "Replace a collection's fields",
             )
             .tag("collections")
-            .permission(Permission::CollectionsManage)
+            .permission(Permission::CollectionsManage, "collection.update")
             .errors(&[409])
             .body(fields_body),
             axum::routing::patch(update_collection),
@@ -122,7 +122,7 @@ pub fn router() -> Api {
                 "Delete a collection and its records",
             )
             .tag("collections")
-            .permission(Permission::CollectionsManage)
+            .permission(Permission::CollectionsManage, "collection.delete")
             .ok(204),
             axum::routing::delete(delete_collection),
         )
@@ -133,7 +133,7 @@ pub fn router() -> Api {
                 "List records: filter[field]=value, sort=created_at|-created_at, limit, cursor",
             )
             .tag("records")
-            .permission(Permission::RecordsRead)
+            .permission(Permission::RecordsRead, "record.list")
             .errors(&[410, 423])
             .param(
                 "sort",
@@ -154,7 +154,7 @@ pub fn router() -> Api {
                 "Create a record",
             )
             .tag("records")
-            .permission(Permission::RecordsWrite)
+            .permission(Permission::RecordsWrite, "record.create")
             .errors(&[409, 410, 423])
             .body(record_body.clone())
             .ok(201),
@@ -167,7 +167,7 @@ pub fn router() -> Api {
                 "Read a record (ETag)",
             )
             .tag("records")
-            .permission(Permission::RecordsRead)
+            .permission(Permission::RecordsRead, "record.read")
             .errors(&[410, 423]),
             get(get_record),
         )
@@ -178,7 +178,7 @@ pub fn router() -> Api {
                 "Update fields of a record (If-Match for optimistic concurrency; null removes)",
             )
             .tag("records")
-            .permission(Permission::RecordsWrite)
+            .permission(Permission::RecordsWrite, "record.update")
             .errors(&[409, 410, 412, 423])
             .body(record_body),
             axum::routing::patch(update_record),
@@ -190,7 +190,7 @@ pub fn router() -> Api {
                 "Delete a record",
             )
             .tag("records")
-            .permission(Permission::RecordsWrite)
+            .permission(Permission::RecordsWrite, "record.delete")
             .ok(204),
             axum::routing::delete(delete_record),
         )
@@ -211,17 +211,8 @@ struct FieldsBody {
 
 async fn list_collections(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::CollectionsRead,
-        "collection.list",
-        &meta,
-    )
-    .await?;
     let items = super::list_collections(&state.store, &permit).await?;
     Ok(Json(json!({"items": items})))
 }
@@ -229,17 +220,9 @@ async fn list_collections(
 async fn create_collection(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiJson(body): ApiJson<CollectionBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::CollectionsManage,
-        "collection.create",
-        &meta,
-    )
-    .await?;
     let collection =
         super::create_collection(&state.store, &permit, &meta, &body.name, body.fields).await?;
     Ok((StatusCode::CREATED, Json(collection)))
@@ -247,18 +230,9 @@ async fn create_collection(
 
 async fn get_collection(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(name): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::CollectionsRead,
-        "collection.read",
-        &meta,
-    )
-    .await?;
     Ok(Json(
         super::get_collection(&state.store, &permit, &name).await?,
     ))
@@ -267,18 +241,10 @@ async fn get_collection(
 async fn update_collection(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<FieldsBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::CollectionsManage,
-        "collection.update",
-        &meta,
-    )
-    .await?;
     Ok(Json(
         super::update_collection(&state.store, &permit, &meta, &name, body.fields).await?,
     ))
@@ -287,17 +253,9 @@ async fn update_collection(
 async fn delete_collection(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::CollectionsManage,
-        "collection.delete",
-        &meta,
-    )
-    .await?;
     super::delete_collection(&state.store, &permit, &meta, &name).await?;
     // The records' files went with them; their objects leave the stores now.
     state.files().sweep(permit.scope()).await;
@@ -377,20 +335,11 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, RecordError> {
 
 async fn list_records(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(name): ApiPath<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let query = parse_list_query(raw.as_deref())?;
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::RecordsRead,
-        "record.list",
-        &meta,
-    )
-    .await?;
     let page = super::list_records(&state.store, &state.vault, &permit, &name, query).await?;
     let items: Vec<Value> = page.items.iter().map(Record::to_json).collect();
     Ok(Json(
@@ -401,18 +350,10 @@ async fn list_records(
 async fn create_record(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::RecordsWrite,
-        "record.create",
-        &meta,
-    )
-    .await?;
     let record =
         super::create_record(&state.store, &state.vault, &permit, &meta, &name, body).await?;
     Ok(record_response(StatusCode::CREATED, &record))
@@ -420,18 +361,9 @@ async fn create_record(
 
 async fn get_record(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::RecordsRead,
-        "record.read",
-        &meta,
-    )
-    .await?;
     let record = super::get_record(&state.store, &state.vault, &permit, &name, &id).await?;
     Ok(record_response(StatusCode::OK, &record))
 }
@@ -439,20 +371,12 @@ async fn get_record(
 async fn update_record(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     headers: HeaderMap,
     ApiPath((name, id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let precondition = precondition(&headers)?;
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::RecordsWrite,
-        "record.update",
-        &meta,
-    )
-    .await?;
     let record = super::update_record(
         &state.store,
         &state.vault,
@@ -469,19 +393,11 @@ async fn update_record(
 async fn delete_record(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     headers: HeaderMap,
     ApiPath((name, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let precondition = precondition(&headers)?;
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::RecordsWrite,
-        "record.delete",
-        &meta,
-    )
-    .await?;
     super::delete_record(&state.store, &permit, &meta, &name, &id, precondition).await?;
     state.files().sweep(permit.scope()).await;
     Ok(StatusCode::NO_CONTENT)

@@ -542,6 +542,7 @@ pub async fn create_record(
 ) -> Result<Record, RecordError> {
     let collection = collection.to_owned();
     let vault = vault.in_write();
+    let personal = permit.reach().personal();
     store
         .write(permit, meta, "record.create", move |tx| {
             Box::pin(async move {
@@ -615,6 +616,9 @@ pub async fn create_record(
                 if let Some(clear) = clear {
                     record.data = clear;
                 }
+                if !personal {
+                    redact(&collection, &mut record);
+                }
                 Ok(record)
             })
         })
@@ -636,7 +640,15 @@ pub async fn get_record(
     let (collection, record) =
         find_collection_and_record(tx.conn(), backend, tenant, collection, id).await?;
     let mut record = visible(record, &collection);
-    open_record(vault, tx.conn(), tenant, &collection, &mut record).await?;
+    reveal(
+        vault,
+        tx.conn(),
+        tenant,
+        &collection,
+        &mut record,
+        permit.reach(),
+    )
+    .await?;
     Ok(record)
 }
 
@@ -675,6 +687,39 @@ async fn find_collection_and_record(
     let record = record_from_columns(&row, &collection.name, "record_")?;
     Ok((collection, record))
 }
+
+/// Opens the sealed values of a record for a reader who may see personal
+/// values; for one who may not (no `records.read_personal`, ACC-1) they
+/// read `"[redacted]"` and are never decrypted.
+async fn reveal(
+    vault: &Vault,
+    conn: &mut Conn,
+    tenant: &str,
+    collection: &Collection,
+    record: &mut Record,
+    reach: &crate::context::Reach,
+) -> Result<(), RecordError> {
+    if reach.personal() {
+        open_record(vault, conn, tenant, collection, record).await
+    } else {
+        redact(collection, record);
+        Ok(())
+    }
+}
+
+/// Replaces each personal or sensitive value by `"[redacted]"`.
+fn redact(collection: &Collection, record: &mut Record) {
+    for field in collection.fields.iter().filter(|f| f.is_encrypted()) {
+        if let Some(value) = record.data.get_mut(&field.name)
+            && !value.is_null()
+        {
+            *value = Value::String(REDACTED.into());
+        }
+    }
+}
+
+/// What a personal or sensitive value reads to a reader who may not see it.
+pub const REDACTED: &str = "[redacted]";
 
 /// Opens the sealed values of a record read from the database.
 pub async fn open_record(
@@ -730,6 +775,7 @@ pub async fn update_record(
 ) -> Result<Record, RecordError> {
     let (collection, id) = (collection.to_owned(), id.to_owned());
     let vault = vault.in_write();
+    let reach = permit.reach().clone();
     store
         .write(permit, meta, "record.update", move |tx| {
             Box::pin(async move {
@@ -793,7 +839,7 @@ pub async fn update_record(
                     sensitive: collection.sensitive(),
                     diff_of: Some("data"),
                 });
-                open_record(&vault, tx.conn(), &tenant, &collection, &mut after).await?;
+                reveal(&vault, tx.conn(), &tenant, &collection, &mut after, &reach).await?;
                 Ok(after)
             })
         })
@@ -919,7 +965,15 @@ pub async fn list_records(
         next => next,
     };
     for record in &mut items {
-        open_record(vault, tx.conn(), tenant, &collection, record).await?;
+        reveal(
+            vault,
+            tx.conn(),
+            tenant,
+            &collection,
+            record,
+            permit.reach(),
+        )
+        .await?;
     }
     Ok(Page { items, next_cursor })
 }

@@ -26,6 +26,8 @@ const SOURCES: &[(&str, &[(&str, &str)])] = &[
     ("record", &[("records", "id"), ("record_keys", "record_id")]),
     ("collection", &[("collections", "id")]),
     ("user", &[("users", "id")]),
+    ("role", &[("roles", "id")]),
+    ("api_key", &[("api_keys", "id")]),
     ("invitation", &[("invitations", "id")]),
     ("mfa_factor", &[("mfa_factors", "id")]),
     ("recovery_codes", &[("recovery_codes", "user_id")]),
@@ -59,7 +61,9 @@ pub const AUDIT_EVENT: &str = "audit_event";
 pub const RESTORED: &[&str] = &[
     "tenants",
     "tenant_settings",
+    "roles",
     "users",
+    "api_keys",
     "collections",
     "records",
     "record_keys",

@@ -44,6 +44,10 @@ const SQLITE: &[(i64, &str)] = &[
         15,
         include_str!("migrations/sqlite/0015_restorable_journal.sql"),
     ),
+    (
+        16,
+        include_str!("migrations/sqlite/0016_roles_and_api_keys.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -81,6 +85,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         15,
         include_str!("migrations/postgres/0015_restorable_journal.sql"),
+    ),
+    (
+        16,
+        include_str!("migrations/postgres/0016_roles_and_api_keys.sql"),
     ),
 ];
 

@@ -641,6 +641,17 @@ fn audit_diff(change: &Change) -> Value {
     if !hidden.is_empty() {
         diff["sensitive"] = Value::Object(hidden);
     }
+    // A record's diff names its collection, so a reader who may not read
+    // that collection's records sees which fields changed, not how.
+    if change.diff_of.is_some()
+        && let Some(collection) = change
+            .after
+            .as_ref()
+            .or(change.before.as_ref())
+            .and_then(|image| image.get("collection"))
+    {
+        diff["collection"] = collection.clone();
+    }
     diff
 }
 

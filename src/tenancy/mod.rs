@@ -167,9 +167,10 @@ pub async fn create(
                     sensitive: vec![],
                     diff_of: None,
                 });
-                let user = identity::invite_user(tx, &admin_email, Role::Admin, &invitation)
-                    .await
-                    .map_err(TenantCreateError::Identity)?;
+                let user =
+                    identity::invite_user(tx, &admin_email, Role::Admin.as_str(), &invitation)
+                        .await
+                        .map_err(TenantCreateError::Identity)?;
                 if let Some(letterhead) = &letterhead {
                     identity::mail_invitation(tx, &post, letterhead, &user, &invitation).await?;
                 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::TenancyError;
-use crate::access::{Permission, Principal, authorize};
+use crate::access::Permission;
 use crate::context::Permit;
 use crate::context::RequestMeta;
 
@@ -19,7 +19,7 @@ use crate::context::RequestMeta;
 const IPV4_BLOCK: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$";
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, Granted};
 use crate::http::state::AppState;
 use crate::store::db;
 use crate::store::{Change, JournalOp, Store, StoreError};
@@ -387,7 +387,7 @@ pub fn router() -> Api {
         .route(
             Op::new("GET", "/api/v1/tenant/settings", "The tenant's settings")
                 .tag("tenant")
-                .permission(Permission::SettingsManage),
+                .permission(Permission::SettingsManage, "tenant.settings.read"),
             get(read),
         )
         .route(
@@ -397,7 +397,7 @@ pub fn router() -> Api {
                 "Change the tenant's settings",
             )
             .tag("tenant")
-            .permission(Permission::SettingsManage)
+            .permission(Permission::SettingsManage, "tenant.settings.update")
             .errors(&[409])
             .body(json!({"type": "object", "additionalProperties": false, "properties": {
                 "audit_retention_days": {"type": "integer", "minimum": MIN_AUDIT_RETENTION_DAYS,
@@ -433,34 +433,17 @@ pub fn router() -> Api {
 
 async fn read(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::SettingsManage,
-        "tenant.settings.read",
-        &meta,
-    )
-    .await?;
     Ok(Json(get_settings(&state.store, &permit).await?))
 }
 
 async fn update(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiJson(patch): ApiJson<SettingsPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::SettingsManage,
-        "tenant.settings.update",
-        &meta,
-    )
-    .await?;
     Ok(Json(
         update_settings(&state.store, &permit, &meta, patch).await?,
     ))

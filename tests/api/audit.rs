@@ -62,7 +62,8 @@ async fn ctl_aud_1_every_change_writes_an_audit_event_with_every_field() {
     assert_eq!(create["target"], json!({"type": "record", "id": id}));
     assert_eq!(
         create["changes"],
-        json!({"before": null, "after": {"title": "Pump", "priority": 1}})
+        json!({"before": null, "after": {"title": "Pump", "priority": 1},
+               "collection": "work_orders"})
     );
     // An update's diff holds only what changed.
     let update = events
@@ -71,7 +72,7 @@ async fn ctl_aud_1_every_change_writes_an_audit_event_with_every_field() {
         .unwrap();
     assert_eq!(
         update["changes"],
-        json!({"before": {"priority": 1}, "after": {"priority": 5}})
+        json!({"before": {"priority": 1}, "after": {"priority": 5}, "collection": "work_orders"})
     );
     // Every kind of change so far is there.
     for action in [

@@ -820,3 +820,82 @@ async fn ctl_fil_2_a_signed_link_ends_when_its_issuer_may_no_longer_read() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn ctl_acc_1_files_follow_their_collections_permission_and_a_keys_signed_links_end_with_it() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    let record = assets(&app, &admin).await;
+    let bytes = png_with("pump drawing", 3_000);
+    let info = upload_ok(&app, &admin, &record, "photos", "pump.png", &bytes).await;
+    let path = files_path(&record, info["id"].as_str().unwrap());
+    for (name, permissions) in [
+        ("assets_reader", json!(["records.read:assets"])),
+        ("other_reader", json!(["records.read:work_orders"])),
+    ] {
+        let res = app
+            .post(
+                "/api/v1/roles",
+                Some(&admin.access_token),
+                json!({"name": name, "permissions": permissions}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let key = |roles: Value| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let res = app
+                .post(
+                    "/api/v1/api-keys",
+                    Some(&admin.access_token),
+                    json!({"name": "files", "roles": roles}),
+                )
+                .await;
+            assert_eq!(res.status(), StatusCode::CREATED);
+            let body: Value = res.json().await.unwrap();
+            (
+                body["id"].as_str().unwrap().to_owned(),
+                body["secret"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (reader_id, reader) = key(json!(["assets_reader"])).await;
+    let (_, other) = key(json!(["other_reader"])).await;
+    // The collection's readers read its files; others do not, nor write.
+    let res = app.get(&path, &reader).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    problem(app.get(&path, &other).await, StatusCode::FORBIDDEN).await;
+    let upload = app
+        .upload(
+            &reader,
+            &files_path(&record, "photos"),
+            "x.png",
+            "image/png",
+            &bytes,
+        )
+        .await;
+    problem(upload, StatusCode::FORBIDDEN).await;
+    // A key's signed link works without a token, and ends with the key.
+    let link: Value = app
+        .get(&format!("{path}?signed=1&expires_in=60"), &reader)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{}{}", app.address, link["url"].as_str().unwrap());
+    assert_eq!(
+        app.client.get(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let res = app
+        .delete(
+            &format!("/api/v1/api-keys/{reader_id}"),
+            &admin.access_token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let after = app.client.get(&url).send().await.unwrap();
+    assert_eq!(after.status(), StatusCode::FORBIDDEN);
+}

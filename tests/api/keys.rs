@@ -178,7 +178,7 @@ async fn ctl_enc_2_sensitive_and_personal_values_are_ciphertext_everywhere_but_t
     // Untouched sealed values keep their ciphertext: not a change.
     assert_eq!(
         update_a["changes"],
-        json!({"after": {"ward": "b"}, "before": {"ward": "a"}})
+        json!({"after": {"ward": "b"}, "before": {"ward": "a"}, "collection": "patients"})
     );
     let update_b = events
         .iter()

@@ -2,6 +2,7 @@
 //! (SQLite by default; PostgreSQL when STRONGROOM_TEST_PG_URL is set).
 
 mod abuse;
+mod access;
 mod access_log;
 mod audit;
 mod auth;

@@ -141,7 +141,7 @@ async fn ctl_acc_1_each_built_in_role_gets_exactly_its_permissions() {
         .unwrap();
     assert_eq!(
         me["permissions"],
-        json!(["collections.read", "records.read"])
+        json!(["collections.read", "records.read", "records.read_personal"])
     );
 }
 
@@ -169,7 +169,9 @@ async fn ctl_acc_1_a_denied_operation_is_403_and_an_audit_event_with_outcome_den
         .expect("denial audited");
     assert_eq!(denied["action"], "record.create");
     assert_eq!(denied["actor"]["id"], viewer.user_id.as_str());
-    assert_eq!(denied["target"]["id"], "records.write");
+    // The collection the path names: records.write or
+    // records.write:work_orders would each have allowed it.
+    assert_eq!(denied["target"]["id"], "records.write:work_orders");
     assert_eq!(denied["request_id"], request_id.as_str());
 }
 

@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Method;
-use crate::access::{Permission, Principal, authorize};
+use crate::access::{Permission, Principal};
 use crate::context::RequestMeta;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath, Who};
+use crate::http::extract::{ApiJson, ApiPath, Granted, Who};
 use crate::http::state::AppState;
 use crate::identity::IdentityError;
 use crate::identity::http::{LoginMode, session_response};
@@ -276,7 +276,7 @@ pub fn router() -> Api {
                 "Which second factors a user has (never their secrets)",
             )
             .tag("users")
-            .permission(Permission::UsersManage),
+            .permission(Permission::UsersManage, "user.mfa.read"),
             get(of_user),
         )
         .route(
@@ -287,7 +287,7 @@ pub fn router() -> Api {
                  recent second factor if they have one",
             )
             .tag("users")
-            .permission(Permission::UsersManage)
+            .permission(Permission::UsersManage, "user.mfa.remove")
             .ok(204),
             delete(remove_of_user),
         )
@@ -611,18 +611,9 @@ async fn step_up(
 
 async fn of_user(
     State(state): State<AppState>,
-    meta: RequestMeta,
-    principal: Principal,
+    Granted(_, permit): Granted,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersManage,
-        "user.mfa.read",
-        &meta,
-    )
-    .await?;
     let user = crate::identity::get_user(&state.store, &permit, &id).await?;
     Ok(Json(
         super::factors(&state.store, permit.scope(), &user.id).await?,
@@ -632,18 +623,10 @@ async fn of_user(
 async fn remove_of_user(
     State(state): State<AppState>,
     meta: RequestMeta,
-    principal: Principal,
+    Granted(principal, permit): Granted,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     super::require_recent(&principal).map_err(ApiError::from)?;
-    let permit = authorize(
-        &state.store,
-        &principal,
-        Permission::UsersManage,
-        "user.mfa.remove",
-        &meta,
-    )
-    .await?;
     super::admin_remove(&state.store, &permit, &meta, &id)
         .await
         .map_err(|e: IdentityError| ApiError::from(e))?;
