@@ -12,7 +12,8 @@ use super::roles::{self, NewRole, RoleError, RolePatch};
 use crate::context::RequestMeta;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath, Granted};
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::guard::Granted;
 use crate::http::state::AppState;
 
 /// A permission name as a role lists it (the general ones, or reading or

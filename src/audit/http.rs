@@ -17,7 +17,7 @@ use super::query::{AuditError, AuditFilter, Page};
 use crate::access::Permission;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::Granted;
+use crate::http::guard::Granted;
 use crate::http::state::AppState;
 use crate::store::sql::{decode_cursor, encode_cursor, one_page};
 

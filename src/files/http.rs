@@ -17,7 +17,8 @@ use crate::context::RequestMeta;
 use crate::context::{TenantId, TenantScope};
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiPath, Granted, Who};
+use crate::http::extract::{ApiPath, Who};
+use crate::http::guard::Granted;
 use crate::http::state::AppState;
 use crate::store::StoreError;
 

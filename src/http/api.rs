@@ -8,6 +8,7 @@ use axum::Router;
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
 
+use super::guard::Declared;
 use super::state::AppState;
 use crate::access::Permission;
 
@@ -41,7 +42,7 @@ pub enum Auth {
     Bearer,
     /// The permission the operation needs, and the audit action a denial
     /// is recorded as. The router checks it before the handler runs and
-    /// hands the handler its [`super::extract::Granted`] permit.
+    /// hands the handler its [`super::guard::Granted`] permit.
     Permission(Permission, &'static str),
     /// The operator's bearer token (`operator_token`).
     Operator,
@@ -176,7 +177,7 @@ impl Api {
             let handler = match declared {
                 Some(declared) => handler.route_layer(axum::middleware::from_fn_with_state(
                     (state.clone(), declared),
-                    super::extract::guard,
+                    super::guard::guard,
                 )),
                 None => handler,
             };
@@ -223,15 +224,6 @@ impl Api {
         });
         (router, doc)
     }
-}
-
-/// What a route declares it needs ([`Auth::Permission`]).
-#[derive(Clone, Copy, Debug)]
-pub struct Declared {
-    pub permission: Permission,
-    pub action: &'static str,
-    /// The path names a collection whose records the permission is for.
-    pub per_collection: bool,
 }
 
 /// The pattern of text the API takes: anything but NUL (U+0000), which no

@@ -7,6 +7,7 @@ pub mod bans;
 mod client_ip;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod limits;
 pub mod listen;
 pub mod probe;

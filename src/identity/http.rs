@@ -15,7 +15,8 @@ use crate::access::{Permission, Principal};
 use crate::context::RequestMeta;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath, Granted, Who};
+use crate::http::extract::{ApiJson, ApiPath, Who};
+use crate::http::guard::Granted;
 use crate::http::state::AppState;
 
 /// What `Email::parse` accepts, as a JSON Schema pattern.

@@ -15,7 +15,8 @@ use crate::context::RequestMeta;
 use crate::crypto::vault::parse_tenant_key;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, Granted};
+use crate::http::extract::ApiJson;
+use crate::http::guard::Granted;
 use crate::http::state::AppState;
 
 pub fn router() -> Api {

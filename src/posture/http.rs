@@ -15,7 +15,8 @@ use super::{Probe, Reach, Reported, Verdict};
 use crate::access::Permission;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{Granted, Operator};
+use crate::http::extract::Operator;
+use crate::http::guard::Granted;
 use crate::http::state::AppState;
 use crate::store::db;
 

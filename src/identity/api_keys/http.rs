@@ -13,7 +13,8 @@ use crate::access::Permission;
 use crate::context::RequestMeta;
 use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath, Granted};
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::guard::Granted;
 use crate::http::state::AppState;
 
 pub fn router() -> Api {
