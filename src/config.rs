@@ -76,7 +76,6 @@ const ENV_KEYS: &[&str] = &[
     "metrics_listen",
     "body_idle_timeout_seconds",
     "anonymous_log_retention_days",
-    "operator_token",
     "posture_interval_seconds",
     "advisory_db",
     "smtp_url",
@@ -222,9 +221,6 @@ pub struct Config {
     /// How long access-log rows of requests nobody was authenticated for
     /// are kept (they belong to no tenant's retention).
     pub anonymous_log_retention_days: u32,
-    /// The bearer token of `GET /api/v1/ops/posture` until the operator
-    /// realm exists: at least 32 bytes; the route is closed when unset.
-    pub operator_token: Option<SecretString>,
     /// How often the posture job runs every live check and keeps the
     /// signed report (POS-1).
     pub posture_interval_seconds: u64,
@@ -377,7 +373,6 @@ impl Default for Config {
             metrics_listen: None,
             body_idle_timeout_seconds: 10,
             anonymous_log_retention_days: 90,
-            operator_token: None,
             posture_interval_seconds: 3600,
             advisory_db: None,
             smtp_url: None,
@@ -410,6 +405,13 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         figment = figment.merge(Env::prefixed("STRONGROOM_").only(ENV_KEYS));
+        if std::env::var_os("STRONGROOM_OPERATOR_TOKEN").is_some() {
+            return Err(ConfigError(
+                "STRONGROOM_OPERATOR_TOKEN is gone: operators have accounts of their own with a \
+                 second factor (`strongroom operator create --email … --role operator`)"
+                    .into(),
+            ));
+        }
         let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
         config.validate()?;
         Ok(config)
@@ -525,13 +527,6 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError(format!("{name} must be at least 1")));
             }
-        }
-        if let Some(token) = &self.operator_token
-            && token.expose_secret().len() < 32
-        {
-            return Err(ConfigError(
-                "operator_token must be at least 32 bytes (e.g. `openssl rand -base64 32`)".into(),
-            ));
         }
         if self.metrics_listen == Some(self.listen) {
             return Err(ConfigError(
@@ -762,10 +757,6 @@ impl fmt::Debug for Config {
             .field(
                 "anonymous_log_retention_days",
                 &self.anonymous_log_retention_days,
-            )
-            .field(
-                "operator_token",
-                &self.operator_token.as_ref().map(|_| "[redacted]"),
             )
             .field("posture_interval_seconds", &self.posture_interval_seconds)
             .field("advisory_db", &self.advisory_db)

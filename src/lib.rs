@@ -20,6 +20,7 @@ pub mod json;
 pub mod keys;
 pub mod mail;
 pub mod metrics;
+pub mod operators;
 pub mod ops;
 pub mod posture;
 pub mod records;

@@ -61,10 +61,14 @@ pub enum Permission {
     /// The tenant's API keys.
     #[serde(rename = "api_keys.manage")]
     ApiKeysManage,
+    /// Support access: approve or deny requests, revoke grants, see every
+    /// grant and what was accessed under it (ACC-2).
+    #[serde(rename = "support.manage")]
+    SupportManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 13] = [
         Permission::UsersRead,
         Permission::UsersManage,
         Permission::CollectionsRead,
@@ -77,6 +81,7 @@ impl Permission {
         Permission::KeysManage,
         Permission::RolesManage,
         Permission::ApiKeysManage,
+        Permission::SupportManage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +98,7 @@ impl Permission {
             Permission::KeysManage => "keys.manage",
             Permission::RolesManage => "roles.manage",
             Permission::ApiKeysManage => "api_keys.manage",
+            Permission::SupportManage => "support.manage",
         }
     }
 
@@ -334,6 +340,19 @@ pub enum PrincipalKind {
     /// An API key: it has no account of its own (no `/me`, no sessions, no
     /// factors) and acts only on routes that declare a permission.
     ApiKey,
+    /// A support operator acting under a support grant the tenant approved
+    /// (or a legal order), with exactly its scope (ACC-2).
+    Support,
+}
+
+/// The support grant a [`PrincipalKind::Support`] principal acts under.
+#[derive(Clone, Debug)]
+pub struct SupportGrant {
+    pub id: String,
+    pub reason: String,
+    /// Whether the grant reaches the records' files.
+    pub files: bool,
+    pub expires_at: String,
 }
 
 /// An authenticated user (or API key) acting inside their tenant.
@@ -349,8 +368,10 @@ pub struct Principal {
     pub roles: Arc<[String]>,
     /// What they allow together.
     pub abilities: Arc<Abilities>,
-    /// Empty for an API key.
+    /// Empty for an API key or a support grant.
     pub session_id: String,
+    /// The grant a support operator acts under.
+    pub support: Option<Arc<SupportGrant>>,
     /// The user holds a temporary password from an admin's reset: only the
     /// password change (and logout, and `/me`) is allowed (IAM-2).
     pub must_change_password: bool,
@@ -372,6 +393,11 @@ impl Principal {
         match self.kind {
             PrincipalKind::User => Actor::user(self.user_id.clone(), self.email.clone()),
             PrincipalKind::ApiKey => Actor::api_key(self.user_id.clone(), self.email.clone()),
+            PrincipalKind::Support => Actor {
+                kind: crate::context::ActorKind::Operator,
+                id: Some(format!("operator:{}", self.user_id)),
+                email: Some(self.email.clone()),
+            },
         }
     }
 
@@ -419,11 +445,20 @@ pub async fn authorize(
         None => permission.name().to_owned(),
     };
     let logged = needed.clone();
+    // Under a support grant the denial concerns the grant: it shows (or,
+    // for a sealed legal order, stays hidden) with the grant's other events.
+    let grant = principal.support.as_ref().map(|g| g.id.clone());
     store
         .write(&witness, meta, action, move |tx| {
             Box::pin(async move {
                 tx.set_outcome(Outcome::Denied);
-                tx.set_target("permission", logged);
+                match grant {
+                    Some(grant) => {
+                        tx.set_target("support_grant", grant.clone());
+                        tx.set_details(serde_json::json!({"grant": grant, "permission": logged}));
+                    }
+                    None => tx.set_target("permission", logged),
+                }
                 Ok::<_, StoreError>(())
             })
         })

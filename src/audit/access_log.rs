@@ -261,6 +261,9 @@ pub struct AccessFilter {
     pub user: Option<String>,
     pub path_prefix: Option<String>,
     pub status: Option<i64>,
+    /// Support grants the reader may not be told of yet: their requests
+    /// are left out.
+    pub sealed_grants: Vec<String>,
 }
 
 impl AccessFilter {
@@ -326,6 +329,12 @@ pub async fn list(
     }
     if let Some(status) = filter.status {
         sql.push(&format!(" AND status = {status}"));
+    }
+    for grant in &filter.sealed_grants {
+        sql.bind(
+            " AND NOT (actor_type = 'support' AND actor_id = ?)",
+            grant.clone(),
+        );
     }
     if let Some(cursor) = after {
         sql.after("occurred_at", newest_first, cursor);

@@ -165,7 +165,9 @@ async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut pairs = query_pairs(raw.as_deref())?;
-    let filter = AuditFilter::take(&mut pairs)?;
+    let mut filter = AuditFilter::take(&mut pairs)?;
+    filter.sealed_grants =
+        crate::operators::support::hidden_ids(&state.store, permit.scope()).await?;
     let limit = parse_limit(take_param(&mut pairs, "limit"))?;
     let before = take_param(&mut pairs, "cursor")
         .map(|c| {
@@ -201,7 +203,9 @@ async fn export_events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut pairs = query_pairs(raw.as_deref())?;
-    let filter = AuditFilter::take(&mut pairs)?;
+    let mut filter = AuditFilter::take(&mut pairs)?;
+    filter.sealed_grants =
+        crate::operators::support::hidden_ids(&state.store, permit.scope()).await?;
     let format = Format::parse(take_param(&mut pairs, "format").as_deref())?;
     refuse_unknown(&pairs)?;
     export::record_export(&state.store, &permit, &meta, "audit.export", format).await?;
@@ -284,7 +288,9 @@ async fn list_access(
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut pairs = query_pairs(raw.as_deref())?;
-    let filter = AccessFilter::take(&mut pairs)?;
+    let mut filter = AccessFilter::take(&mut pairs)?;
+    filter.sealed_grants =
+        crate::operators::support::hidden_ids(&state.store, permit.scope()).await?;
     let limit = parse_limit(take_param(&mut pairs, "limit"))?;
     let after = take_param(&mut pairs, "cursor")
         .map(|c| {
@@ -313,7 +319,9 @@ async fn export_access(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut pairs = query_pairs(raw.as_deref())?;
-    let filter = AccessFilter::take(&mut pairs)?;
+    let mut filter = AccessFilter::take(&mut pairs)?;
+    filter.sealed_grants =
+        crate::operators::support::hidden_ids(&state.store, permit.scope()).await?;
     let format = Format::parse(take_param(&mut pairs, "format").as_deref())?;
     refuse_unknown(&pairs)?;
     export::record_export(&state.store, &permit, &meta, "access_log.export", format).await?;

@@ -96,6 +96,9 @@ pub struct AuditFilter {
     pub target_type: Option<String>,
     pub target_id: Option<String>,
     pub outcome: Option<String>,
+    /// Support grants the reader may not be told of yet (legal orders,
+    /// ACC-2): events about them are left out.
+    pub sealed_grants: Vec<String>,
 }
 
 /// Parses an RFC 3339 query parameter into the stored time format.
@@ -147,6 +150,12 @@ impl AuditFilter {
             if let Some(value) = value {
                 sql.bind(template, value.clone());
             }
+        }
+        for grant in &self.sealed_grants {
+            sql.bind(
+                " AND NOT (target_type = 'support_grant' AND target_id = ?)",
+                grant.clone(),
+            );
         }
     }
 }

@@ -1,5 +1,5 @@
 //! BAK-4 for a running server: `POST /api/v1/ops/tenants/{slug}/restore`
-//! (bearer `operator_token`) restores one tenant from the backup target
+//! (an operator session (ACC-3)) restores one tenant from the backup target
 //! while the server keeps serving every other tenant; the tenant itself
 //! answers `503` with `Retry-After` until it is done. `strongroom backup
 //! restore` sends it here when a server runs on the data dir.
@@ -24,6 +24,7 @@ use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, ApiPath, Operator};
 use crate::http::state::AppState;
+use crate::operators::OperatorRole;
 
 pub fn router() -> Api {
     Api::new().route(
@@ -32,10 +33,10 @@ pub fn router() -> Api {
             "/api/v1/ops/tenants/{slug}/restore",
             "Restore one tenant from the backup target to a point in time (`latest`, `seq:N` or \
              an RFC 3339 time), replacing its state; the tenant answers 503 meanwhile, every \
-             other tenant keeps working. Bearer `operator_token`",
+             other tenant keeps working. An operator session (role operator)",
         )
         .tag("backups")
-        .operator()
+        .operator(&[OperatorRole::Operator])
         .errors(&[400, 404, 409, 422])
         .body(json!({
             "type": "object", "required": ["to"], "additionalProperties": false,
@@ -50,10 +51,10 @@ pub fn router() -> Api {
             "Run the integrity checks now (the database file, each tenant's journal, the backup \
              target against the database; with `drill: true` each tenant's rows against its \
              backup): a tenant that fails is refused with 503 and, with `backup_auto_restore`, \
-             restored. Bearer `operator_token`",
+             restored. An operator session (role operator)",
         )
         .tag("backups")
-        .operator()
+        .operator(&[OperatorRole::Operator])
         .errors(&[400, 422])
         .body(json!({
             "type": "object", "additionalProperties": false,
@@ -65,10 +66,10 @@ pub fn router() -> Api {
         Op::new(
             "GET",
             "/api/v1/ops/integrity",
-            "The tenants refused after a failed integrity check, and why. Bearer `operator_token`",
+            "The tenants refused after a failed integrity check, and why. An operator session (role operator)",
         )
         .tag("backups")
-        .operator(),
+        .operator(&[OperatorRole::Operator]),
         get(refusals),
     )
     .route(
@@ -76,10 +77,10 @@ pub fn router() -> Api {
             "DELETE",
             "/api/v1/ops/tenants/{slug}/refusal",
             "Serve a refused tenant again without restoring it (the operator judged the finding). \
-             Bearer `operator_token`",
+             An operator session (role operator)",
         )
         .tag("backups")
-        .operator()
+        .operator(&[OperatorRole::Operator])
         .errors(&[404]),
         delete(lift_refusal),
     )

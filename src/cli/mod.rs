@@ -52,6 +52,9 @@ enum Command {
     /// Manage tenants (companies).
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// The instance's operator accounts (ACC-3).
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// The audit trail: verify its integrity, sign checkpoints.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -342,6 +345,29 @@ enum AuditCommand {
         /// Only events before this RFC 3339 time.
         #[arg(long)]
         to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Create an operator account and print its single-use invitation; its
+    /// holder sets a password and confirms a second factor before any use
+    /// (POST /api/v1/ops/auth/accept, then /api/v1/ops/auth/mfa/confirm).
+    Create {
+        #[arg(long)]
+        email: String,
+        /// operator, support or security_officer.
+        #[arg(long)]
+        role: String,
+        /// Print one JSON object as the last line of output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List operator accounts: role, status, when their second factor was
+    /// confirmed.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -820,6 +846,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             state.store.close().await;
             let before = cleared?;
             println!("cleared the IP allow-list of {tenant} (it had {before} entries)");
+            Ok(())
+        }
+        Command::Operator(OperatorCommand::Create { email, role, json }) => {
+            let state = crate::open(config).await?;
+            let created = crate::operators::create(&state.store, &email, &role).await;
+            state.store.close().await;
+            let (operator, token) = created?;
+            if json {
+                let mut out = serde_json::to_value(&operator)?;
+                out["invitation_token"] = token.into();
+                println!("{out}");
+            } else {
+                println!(
+                    "operator {} ({}) invited; invitation token (valid 72 hours):\n{token}\n\
+                     accept with: POST /api/v1/ops/auth/accept {{\"token\": \"…\", \"password\": \"…\"}}, \
+                     then confirm the second factor: POST /api/v1/ops/auth/mfa/confirm {{\"code\": \"…\"}}",
+                    operator.email, operator.role
+                );
+            }
+            Ok(())
+        }
+        Command::Operator(OperatorCommand::List { json }) => {
+            let state = crate::open(config).await?;
+            let operators = crate::operators::list(&state.store).await;
+            state.store.close().await;
+            let operators = operators?;
+            if json {
+                println!("{}", serde_json::to_string(&operators)?);
+            } else {
+                for o in operators {
+                    println!(
+                        "{}\t{}\t{}\t{}\tmfa {}",
+                        o.email,
+                        o.role,
+                        o.status,
+                        o.id,
+                        o.mfa_confirmed_at.as_deref().unwrap_or("not confirmed")
+                    );
+                }
+            }
             Ok(())
         }
         Command::Tenant(TenantCommand::List { json }) => {

@@ -51,6 +51,7 @@ const KEK_LABEL: &[u8] = b"strongroom/v1/key-encryption";
 const URL_LABEL: &[u8] = b"strongroom/v1/signed-urls";
 const COOKIE_LABEL: &[u8] = b"strongroom/v1/session-cookies";
 const INSTANCE_BACKUP_LABEL: &[u8] = b"strongroom/v1/instance-backup";
+const OPERATOR_SECRETS_LABEL: &[u8] = b"strongroom/v1/operator-secrets";
 
 /// Why encrypted data could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +178,7 @@ pub struct Keyring {
     url_key: SecretBox<[u8; 32]>,
     cookie_key: SecretBox<[u8; 32]>,
     instance_backup_key: SecretBox<[u8; 32]>,
+    operator_key: SecretBox<[u8; 32]>,
 }
 
 impl Keyring {
@@ -309,9 +311,13 @@ impl Keyring {
         let mut instance_backup_key = Box::new([0u8; 32]);
         hkdf.expand(INSTANCE_BACKUP_LABEL, instance_backup_key.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mut operator_key = Box::new([0u8; 32]);
+        hkdf.expand(OPERATOR_SECRETS_LABEL, operator_key.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
         Keyring {
             signing,
             verifying,
+            operator_key: SecretBox::new(operator_key),
             checkpoint: derive(CHECKPOINT_LABEL),
             posture: derive(POSTURE_LABEL),
             kek: Arc::new(LocalKek::new(
@@ -343,6 +349,11 @@ impl Keyring {
     /// NET-4).
     pub fn cookie_signing_key(&self) -> &[u8; 32] {
         self.cookie_key.expose_secret()
+    }
+
+    /// Seals operators' second-factor secrets (ACC-3).
+    pub fn operator_secret_key(&self) -> DataKey {
+        DataKey::new(self.operator_key.expose_secret())
     }
 
     /// Seals the instance's own snapshots in the backup target (BAK-3).

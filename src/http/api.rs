@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use super::guard::Declared;
 use super::state::AppState;
 use crate::access::Permission;
+use crate::operators::OperatorRole;
 
 /// One documented operation.
 pub struct Op {
@@ -44,8 +45,9 @@ pub enum Auth {
     /// is recorded as. The router checks it before the handler runs and
     /// hands the handler its [`super::guard::Granted`] permit.
     Permission(Permission, &'static str),
-    /// The operator's bearer token (`operator_token`).
-    Operator,
+    /// An operator's session (ACC-3) with a confirmed second factor, in
+    /// one of these roles; the router checks it before the handler runs.
+    Operator(&'static [OperatorRole]),
 }
 
 impl Op {
@@ -97,8 +99,9 @@ impl Op {
         self
     }
 
-    pub fn operator(mut self) -> Op {
-        self.auth = Auth::Operator;
+    /// The operator roles that may call the operation.
+    pub fn operator(mut self, roles: &'static [OperatorRole]) -> Op {
+        self.auth = Auth::Operator(roles);
         self
     }
 
@@ -120,9 +123,16 @@ impl Op {
     }
 }
 
+/// The check the router puts in front of a route.
+enum Guarded {
+    Not,
+    Tenant(Declared),
+    Operator(&'static [OperatorRole]),
+}
+
 /// A router fragment with its documentation.
 pub struct Api {
-    routes: Vec<(&'static str, MethodRouter<AppState>, Option<Declared>)>,
+    routes: Vec<(&'static str, MethodRouter<AppState>, Guarded)>,
     paths: BTreeMap<&'static str, Map<String, Value>>,
 }
 
@@ -142,7 +152,8 @@ impl Api {
 
     pub fn route(mut self, op: Op, handler: MethodRouter<AppState>) -> Api {
         let declared = match op.auth {
-            Auth::Permission(permission, action) => Some(Declared {
+            Auth::Operator(roles) => Guarded::Operator(roles),
+            Auth::Permission(permission, action) => Guarded::Tenant(Declared {
                 permission,
                 action,
                 // The records (and their files) of the collection the
@@ -152,8 +163,9 @@ impl Api {
                         permission,
                         Permission::RecordsRead | Permission::RecordsWrite
                     ),
+                files: op.path.contains("/files/"),
             }),
-            _ => None,
+            _ => Guarded::Not,
         };
         self.routes.push((op.path, handler, declared));
         let entry = self.paths.entry(op.path).or_default();
@@ -175,11 +187,19 @@ impl Api {
         let mut router = Router::new();
         for (path, handler, declared) in self.routes {
             let handler = match declared {
-                Some(declared) => handler.route_layer(axum::middleware::from_fn_with_state(
-                    (state.clone(), declared),
-                    super::guard::guard,
-                )),
-                None => handler,
+                Guarded::Tenant(declared) => {
+                    handler.route_layer(axum::middleware::from_fn_with_state(
+                        (state.clone(), declared),
+                        super::guard::guard,
+                    ))
+                }
+                Guarded::Operator(roles) => {
+                    handler.route_layer(axum::middleware::from_fn_with_state(
+                        (state.clone(), roles),
+                        super::guard::operator_guard,
+                    ))
+                }
+                Guarded::Not => handler,
             };
             router = router.route(path, handler);
         }
@@ -203,8 +223,9 @@ impl Api {
                     "api_key": {"type": "http", "scheme": "bearer", "bearerFormat": "sr_key_…",
                                 "description": "a tenant's API key (POST /api/v1/api-keys); it acts \
                                                 with its roles on operations that declare a permission"},
-                    "operator": {"type": "http", "scheme": "bearer",
-                                 "description": "the instance's operator_token"},
+                    "operator": {"type": "http", "scheme": "bearer", "bearerFormat": "sr_ops_…",
+                                 "description": "an operator's session (POST /api/v1/ops/auth/login), \
+                                                 its second factor confirmed"},
                     "session_cookie": {"type": "apiKey", "in": "cookie", "name": "__Host-sr_session",
                                        "description": "a browser session (login with mode cookie); \
                                                        unsafe methods also need X-CSRF-Token"}
@@ -331,7 +352,11 @@ fn describe(op: &Op) -> Value {
     match op.auth {
         Auth::Public => {}
         Auth::Bearer => operation["security"] = json!([{"bearer": []}, {"session_cookie": []}]),
-        Auth::Operator => operation["security"] = json!([{"operator": []}]),
+        Auth::Operator(roles) => {
+            operation["security"] = json!([{"operator": []}]);
+            operation["x-operator-roles"] =
+                json!(roles.iter().map(|r| r.as_str()).collect::<Vec<_>>());
+        }
         Auth::Permission(p, _) => {
             operation["security"] =
                 json!([{"bearer": []}, {"session_cookie": []}, {"api_key": []}]);

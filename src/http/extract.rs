@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::access::{Principal, PrincipalKind};
 use crate::context::RequestMeta;
+use crate::operators::OperatorPrincipal;
 
 /// Who a request turned out to be, filled in by authentication and read by
 /// the access log after the response.
@@ -22,15 +23,23 @@ pub struct Identified {
     pub tenant_id: String,
     pub user_id: String,
     pub email: Option<String>,
+    /// The access log's actor type: `user`, `api_key`, or `support` (then
+    /// `user_id` is the support grant's id and `email` the operator's).
+    pub kind: &'static str,
 }
 
 impl Who {
     pub fn set(&self, tenant_id: &str, user_id: &str, email: Option<&str>) {
+        self.set_as("user", tenant_id, user_id, email);
+    }
+
+    pub fn set_as(&self, kind: &'static str, tenant_id: &str, user_id: &str, email: Option<&str>) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(Identified {
                 tenant_id: tenant_id.to_owned(),
                 user_id: user_id.to_owned(),
                 email: email.map(str::to_owned),
+                kind,
             });
         }
     }
@@ -165,45 +174,68 @@ fn allowed_before_enrolment(parts: &Parts) -> bool {
     }
 }
 
-/// The instance's operator, until the operator realm exists: the request
-/// carries `Authorization: Bearer <operator_token>`, compared in constant
-/// time. With no token configured the operator routes are closed (`403`).
-pub struct Operator;
+/// The operator of a route that declares operator roles (ACC-3): the
+/// router's [`super::guard::operator_guard`] authenticated them, saw their
+/// second factor passed and their role allowed, and left them here.
+#[derive(Clone)]
+pub struct Operator(pub OperatorPrincipal);
 
-impl FromRequestParts<AppState> for Operator {
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Operator>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal(&"this route declares no operator roles"))
+    }
+}
+
+/// Any live operator session, also one whose second factor is still to be
+/// confirmed: for confirming it, `me` and logout only.
+pub struct OperatorSession(pub OperatorPrincipal);
+
+impl FromRequestParts<AppState> for OperatorSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        use subtle::ConstantTimeEq;
-        let Some(expected) = &state.config.operator_token else {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "operator-token-unset",
-                "no operator_token is configured: the instance view is closed",
-            ));
-        };
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        let expected = expected.expose_secret().as_bytes();
-        // Equal lengths first: `ct_eq` of slices of different lengths is
-        // false at once, which only tells the length, never a byte.
-        if given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected)) {
-            Ok(Operator)
-        } else {
-            Err(ApiError::new(
+        Ok(OperatorSession(operator_of(parts, state).await?))
+    }
+}
+
+/// The operator an `sr_ops_…` bearer token belongs to.
+pub(super) async fn operator_of(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<OperatorPrincipal, ApiError> {
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| SecretString::from(t.trim().to_owned()))
+        .ok_or_else(|| {
+            ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 format!(
-                    "{} needs Authorization: Bearer <operator_token>",
+                    "{} needs an operator's token: Authorization: Bearer sr_ops_…",
                     parts.uri.path()
                 ),
-            ))
-        }
-    }
+            )
+        })?;
+    let operator = crate::operators::authenticate(&state.store, &bearer).await?;
+    // Limited per operator and address as users are (NET-3).
+    let meta = parts
+        .extensions
+        .get::<RequestMeta>()
+        .cloned()
+        .unwrap_or_default();
+    state
+        .limits
+        .request(meta.ip.as_deref(), "operators", &operator.id)?;
+    Ok(operator)
 }
 
 /// The request's id, client address and user agent, as `request_context`
@@ -273,6 +305,9 @@ pub(super) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Prin
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| SecretString::from(t.trim().to_owned()));
     let principal = match bearer {
+        Some(bearer) if crate::operators::is_operator_token(bearer.expose_secret()) => {
+            support_principal(parts, state, &bearer).await?
+        }
         Some(bearer) if crate::identity::api_keys::is_api_key(bearer.expose_secret()) => {
             crate::identity::api_keys::authenticate(
                 &state.api_keys,
@@ -303,11 +338,24 @@ pub(super) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Prin
         return Err(crate::identity::IdentityError::MfaEnrolmentRequired.into());
     }
     if let Some(who) = parts.extensions.get::<Who>() {
-        who.set(
-            principal.scope().id_str(),
-            &principal.user_id,
-            Some(&principal.email),
-        );
+        match (&principal.kind, &principal.support) {
+            (PrincipalKind::Support, Some(grant)) => who.set_as(
+                "support",
+                principal.scope().id_str(),
+                &grant.id,
+                Some(&principal.email),
+            ),
+            (kind, _) => who.set_as(
+                if *kind == PrincipalKind::ApiKey {
+                    "api_key"
+                } else {
+                    "user"
+                },
+                principal.scope().id_str(),
+                &principal.user_id,
+                Some(&principal.email),
+            ),
+        }
     }
     state.admit_unheld(principal.scope().id_str())?;
     // Before any data is read (NET-2).
@@ -330,6 +378,53 @@ pub(super) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Prin
     Ok(principal)
 }
 
+/// An operator's token on a tenant route: only under an active support
+/// grant for them (`X-Support-Grant: <handle>`), with exactly its scope
+/// (ACC-2). Without one it is `403`: no operator reads tenant data else.
+async fn support_principal(
+    parts: &Parts,
+    state: &AppState,
+    bearer: &SecretString,
+) -> Result<Principal, ApiError> {
+    // A live operator session is who it is: without a grant for them it is
+    // refused (403), as a user without the permission would be.
+    let operator = crate::operators::authenticate(&state.store, bearer).await?;
+    let refused = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no-active-grant",
+            "an operator reaches a tenant's data only under an active support grant for them \
+             (X-Support-Grant: <handle>)",
+        )
+    };
+    let handle = parts
+        .headers
+        .get("x-support-grant")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(refused)?;
+    if !operator.mfa_passed || operator.role != crate::operators::OperatorRole::Support {
+        return Err(refused());
+    }
+    let (scope, grant, abilities) =
+        crate::operators::support::active_for(&state.store, &operator, handle)
+            .await
+            .map_err(|_| refused())?;
+    Ok(Principal {
+        scope,
+        kind: PrincipalKind::Support,
+        user_id: operator.id,
+        email: operator.email,
+        roles: std::sync::Arc::from(Vec::new()),
+        abilities: std::sync::Arc::new(abilities),
+        session_id: String::new(),
+        support: Some(grant),
+        must_change_password: false,
+        mfa_enrolled: true,
+        mfa_at: None,
+        must_enrol_mfa: false,
+    })
+}
+
 /// A signed-in user acting on their own account (routes that declare no
 /// permission). An API key has no account, so it is refused here.
 impl FromRequestParts<AppState> for Principal {
@@ -340,13 +435,18 @@ impl FromRequestParts<AppState> for Principal {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let principal = authenticate(parts, state).await?;
-        if principal.kind == PrincipalKind::ApiKey {
-            return Err(ApiError::new(
+        match principal.kind {
+            PrincipalKind::User => Ok(principal),
+            PrincipalKind::ApiKey => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "api-key-not-allowed",
                 "an API key has no account of its own: this operation is for a signed-in user",
-            ));
+            )),
+            PrincipalKind::Support => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "support-grant-scope",
+                "a support grant reaches the tenant's data in its scope, no user's account",
+            )),
         }
-        Ok(principal)
     }
 }

@@ -7,10 +7,11 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use super::extract::authenticate;
+use super::extract::{Operator, authenticate, operator_of};
 use super::state::AppState;
 use crate::access::{Permission, Principal};
 use crate::context::{Permit, RequestMeta};
+use crate::operators::{OperatorError, OperatorRole};
 
 /// What a route declares it needs.
 #[derive(Clone, Copy, Debug)]
@@ -19,6 +20,8 @@ pub struct Declared {
     pub action: &'static str,
     /// The path names a collection whose records the permission is for.
     pub per_collection: bool,
+    /// The operation reads or writes a record's files.
+    pub files: bool,
 }
 
 /// The principal of a route that declares a permission, and the permit the
@@ -94,5 +97,53 @@ async fn admit(
         &meta,
     )
     .await?;
+    // Under a support grant (ACC-2): its scope decides files too, and every
+    // request is an event in the tenant's trail naming the grant (AUD-5).
+    if let Some(grant) = &principal.support {
+        if declared.files && !grant.files {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "this support grant does not reach the records' files",
+            ));
+        }
+        crate::operators::support::record_access(
+            &state.store,
+            &permit,
+            &meta,
+            grant,
+            declared.action,
+            (parts.method.as_str(), parts.uri.path()),
+        )
+        .await?;
+    }
     Ok(Granted(principal, permit))
+}
+
+/// The check of an operator route's declared roles (ACC-3): an operator
+/// session whose second factor is confirmed, in one of `roles`.
+pub async fn operator_guard(
+    axum::extract::State((state, roles)): axum::extract::State<(AppState, &'static [OperatorRole])>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (mut parts, body) = request.into_parts();
+    let admitted = match operator_of(&parts, &state).await {
+        Ok(operator) if !operator.mfa_passed => {
+            Err(ApiError::from(OperatorError::MfaEnrolmentRequired))
+        }
+        Ok(operator) => operator
+            .require(roles)
+            .map(|()| operator)
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match admitted {
+        Ok(operator) => {
+            parts.extensions.insert(Operator(operator));
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) => e.into_response(),
+    }
 }

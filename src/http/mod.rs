@@ -53,6 +53,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::identity::sessions_router())
         .merge(crate::identity::mfa::http::router())
         .merge(crate::access::http::router())
+        .merge(crate::operators::http::router())
         .merge(crate::identity::api_keys::http::router())
         .merge(crate::records::router())
         .merge(crate::files::http::router())
@@ -307,7 +308,7 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
             id: uuid::Uuid::now_v7().to_string(),
             occurred_at,
             tenant_id: known.as_ref().map(|w| w.tenant_id.clone()),
-            actor_type: if known.is_some() { "user" } else { "anonymous" }.to_owned(),
+            actor_type: known.as_ref().map_or("anonymous", |w| w.kind).to_owned(),
             actor_id: known.as_ref().map(|w| w.user_id.clone()),
             actor_email: known.as_ref().and_then(|w| w.email.clone()),
             activity: activity(&method, route.as_deref()).to_owned(),

@@ -1221,6 +1221,7 @@ impl LiveSession {
             scope: TenantScope::trusted(tenant),
             user_id: claims.sub,
             session_id: claims.sid,
+            support: None,
             must_change_password: self.must_change_password,
             mfa_enrolled: self.mfa_enrolled,
             mfa_at: self.mfa_at,

@@ -11,6 +11,7 @@ use crate::http::api::{Api, Op};
 use crate::http::error::ApiError;
 use crate::http::extract::Operator;
 use crate::http::state::AppState;
+use crate::operators::OperatorRole;
 
 pub fn router() -> Api {
     Api::new().route(
@@ -18,10 +19,10 @@ pub fn router() -> Api {
             "GET",
             "/api/v1/ops/mail",
             "The mail outbox of every tenant: counts by state, the oldest waiting mail's age, \
-             and the latest problems (no addressees). Bearer `operator_token`",
+             and the latest problems (no addressees). An operator session (role operator)",
         )
         .tag("ops")
-        .operator(),
+        .operator(&[OperatorRole::Operator]),
         get(outbox),
     )
 }

@@ -26,6 +26,34 @@ pub const TEMPLATES: &[(&str, &[&str])] = &[
         "new_device",
         &["tenant", "email", "when", "device", "address", "link"],
     ),
+    (
+        "support_request",
+        &[
+            "tenant",
+            "operator",
+            "reason",
+            "collections",
+            "access",
+            "hours",
+            "grant",
+            "reference",
+            "authority",
+        ],
+    ),
+    (
+        "support_legal_order",
+        &[
+            "tenant",
+            "operator",
+            "reason",
+            "collections",
+            "access",
+            "hours",
+            "grant",
+            "reference",
+            "authority",
+        ],
+    ),
 ];
 
 /// A language's file: its name, and every other table a template (serde's

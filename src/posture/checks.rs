@@ -39,6 +39,9 @@ pub async fn run(
         devices(store, scopes, reach, config).await?,
         sessions(store, scopes, reach, config).await?,
         roles(store, scopes, reach, config).await?,
+        operators(store).await?,
+        support(store, scopes, reach, "ACC-2").await?,
+        support(store, scopes, reach, "AUD-5").await?,
         audit_fields(store, scopes, reach).await?,
         access_log(store, scopes, reach, config).await?,
         retention(store, scopes, reach, &runs, config).await?,
@@ -636,6 +639,66 @@ async fn roles(
         )
     } else {
         finding("ACC-1", Verdict::Fail, problems.join("; "))
+    })
+}
+
+/// ACC-3: the operators are accounts of their own, each in one role, and
+/// every active one has a confirmed second factor.
+async fn operators(store: &Store) -> Result<Finding, StoreError> {
+    let (active, without, roles) = crate::operators::census(store).await?;
+    let by_role: Vec<String> = roles.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    Ok(if without > 0 {
+        finding(
+            "ACC-3",
+            Verdict::Fail,
+            format!("{without} of {active} active operators have no confirmed second factor"),
+        )
+    } else {
+        finding(
+            "ACC-3",
+            Verdict::Pass,
+            format!(
+                "{active} active operator accounts ({}), each with a confirmed TOTP factor and \
+                 one role; the shared operator token is gone, and no operator route reads \
+                 tenant records, files, users or audit diffs",
+                if by_role.is_empty() {
+                    "none yet".to_owned()
+                } else {
+                    by_role.join(", ")
+                }
+            ),
+        )
+    })
+}
+
+/// ACC-2 and AUD-5: support access only under grants, each ended by its
+/// expiry or revocation: no access is recorded under a grant after it
+/// ended, and the active and sealed ones are counted.
+async fn support(
+    store: &Store,
+    scopes: &[TenantScope],
+    reach: Reach,
+    control: &'static str,
+) -> Result<Finding, StoreError> {
+    let (active, sealed, late) = crate::operators::support::census(store, scopes).await?;
+    Ok(if late > 0 {
+        finding(
+            control,
+            Verdict::Fail,
+            format!("{late} accesses were recorded under support grants after they had ended"),
+        )
+    } else {
+        finding(
+            control,
+            Verdict::Pass,
+            format!(
+                "operators reach {} only under support grants (consent or a legal order), \
+                 scoped, at most 72 h, every request in the tenant's trail with the grant and \
+                 its reason; {active} active now, {sealed} legal orders the tenant may not be \
+                 told of yet; no access after a grant ended",
+                reach.tenants(scopes.len())
+            ),
+        )
     })
 }
 

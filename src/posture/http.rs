@@ -1,5 +1,5 @@
 //! The posture report over HTTP (POS-1): the instance view for the
-//! operator (`GET /api/v1/ops/posture`, bearer `operator_token`), a
+//! operator (`GET /api/v1/ops/posture`, an operator session (ACC-3)), a
 //! tenant's own view for its admins and auditors (`GET
 //! /api/v1/tenant/posture`, JSON or `?format=html`, the printable trust
 //! page), and the public key that signs them.
@@ -18,6 +18,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::Operator;
 use crate::http::guard::Granted;
 use crate::http::state::AppState;
+use crate::operators::OperatorRole;
 use crate::store::db;
 
 /// The controls whose live check is made by the HTTP layer's probe of the
@@ -41,10 +42,10 @@ pub fn router() -> Api {
                 "GET",
                 "/api/v1/ops/posture",
                 "The instance's signed posture report as the posture job last took it (with its \
-                 age); `fresh=true` takes one now. Bearer `operator_token`",
+                 age); `fresh=true` takes one now. An operator session (role operator or security_officer)",
             )
             .tag("posture")
-            .operator()
+            .operator(&[OperatorRole::Operator, OperatorRole::SecurityOfficer])
             .param("fresh", json!({"enum": ["true", "false"]}), false),
             get(instance),
         )

@@ -48,6 +48,11 @@ const SQLITE: &[(i64, &str)] = &[
         16,
         include_str!("migrations/sqlite/0016_roles_and_api_keys.sql"),
     ),
+    (17, include_str!("migrations/sqlite/0017_operators.sql")),
+    (
+        18,
+        include_str!("migrations/sqlite/0018_support_access.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
@@ -89,6 +94,11 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         16,
         include_str!("migrations/postgres/0016_roles_and_api_keys.sql"),
+    ),
+    (17, include_str!("migrations/postgres/0017_operators.sql")),
+    (
+        18,
+        include_str!("migrations/postgres/0018_support_access.sql"),
     ),
 ];
 

@@ -187,6 +187,9 @@ pub struct WriteTx {
     /// and what it concerns ([`WriteTx::also_audit`]).
     also: Vec<(&'static str, Target)>,
     changes: Vec<Change>,
+    /// What the job's own event says beyond its target when no recorded
+    /// change is the target's ([`WriteTx::set_details`]).
+    details: Option<Value>,
     /// Statements to send with the journal and audit appends.
     deferred: Combined,
     /// Present on the group-commit writer only.
@@ -306,6 +309,13 @@ impl WriteTx {
 
     /// Commits the work but records the attempt as failed (e.g. a wrong
     /// password): the audit event must survive even though the caller errs.
+    /// The job's own event carries `details` as its `changes` (when no
+    /// recorded change is its target's): what an event that changes no row
+    /// is about, such as a read under a support grant (AUD-5).
+    pub fn set_details(&mut self, details: Value) {
+        self.details = Some(details);
+    }
+
     pub fn set_outcome(&mut self, outcome: Outcome) {
         self.outcome = outcome;
     }
@@ -382,12 +392,15 @@ impl WriteTx {
             .chain(also.into_iter().map(|(a, t)| (a, Some(t))));
         for (i, (action, target)) in all.enumerate() {
             let audit_seq = audit_last - events + 1 + i as i64;
-            let diff = target.as_ref().and_then(|t| {
-                self.changes
-                    .iter()
-                    .find(|c| c.entity == t.kind && c.entity_id == t.id)
-                    .map(audit_diff)
-            });
+            let diff = target
+                .as_ref()
+                .and_then(|t| {
+                    self.changes
+                        .iter()
+                        .find(|c| c.entity == t.kind && c.entity_id == t.id)
+                        .map(audit_diff)
+                })
+                .or_else(|| (i == 0).then(|| self.details.clone()).flatten());
             // Only built when a log sink takes audit events (AUD-6).
             if tracing::enabled!(target: "audit", tracing::Level::INFO) {
                 logged.push(serde_json::json!({
@@ -792,6 +805,7 @@ impl Writer {
                     action,
                     outcome: Outcome::Success,
                     target: None,
+                    details: None,
                     also: Vec::new(),
                     changes: Vec::new(),
                     deferred: Combined::default(),

@@ -815,3 +815,258 @@ async fn ctl_acc_1_racing_role_deletion_and_assignment_never_leave_a_deleted_rol
         }
     }
 }
+
+/// ACC-3: an operator's account may do nothing before its second factor
+/// is confirmed; a login needs the password and a fresh code.
+#[tokio::test]
+async fn ctl_acc_3_an_operator_confirms_a_second_factor_before_any_use_and_logs_in_with_a_fresh_code()
+ {
+    let app = spawn_app().await;
+    let (created, invitation) =
+        strongroom::operators::create(&app.state.store, "ops@strongroom.test", "operator")
+            .await
+            .unwrap();
+    assert_eq!(created.status, "invited");
+    // Bad input changes nothing.
+    for (email, role) in [
+        ("ops@strongroom.test", "operator"),
+        ("x@y.test", "root"),
+        ("nope", "support"),
+    ] {
+        assert!(
+            strongroom::operators::create(&app.state.store, email, role)
+                .await
+                .is_err()
+        );
+    }
+    let res = app
+        .post(
+            "/api/v1/ops/auth/accept",
+            None,
+            json!({"token": invitation, "password": "short"}),
+        )
+        .await;
+    problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let accepted: Value = app
+        .post(
+            "/api/v1/ops/auth/accept",
+            None,
+            json!({"token": invitation, "password": PASSWORD}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The invitation works once.
+    let again = app
+        .post(
+            "/api/v1/ops/auth/accept",
+            None,
+            json!({"token": invitation, "password": PASSWORD}),
+        )
+        .await;
+    problem(again, StatusCode::UNAUTHORIZED).await;
+    let restricted = accepted["token"].as_str().unwrap();
+    assert!(restricted.starts_with("sr_ops_"));
+    assert!(
+        accepted["otpauth_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
+    let secret = base32_decode(accepted["totp_secret"].as_str().unwrap());
+    // Before the factor is confirmed: no operator route, no login.
+    let res = app.get("/api/v1/ops/posture", restricted).await;
+    assert_eq!(
+        problem(res, StatusCode::FORBIDDEN).await["type"],
+        "urn:strongroom:problem:mfa-enrolment-required"
+    );
+    let me: Value = app
+        .get("/api/v1/ops/auth/me", restricted)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["mfa_confirmed"], false);
+    let early = app
+        .post(
+            "/api/v1/ops/auth/login",
+            None,
+            json!({"email": "ops@strongroom.test", "password": PASSWORD, "code": totp_code(&secret, 0)}),
+        )
+        .await;
+    problem(early, StatusCode::UNAUTHORIZED).await;
+    let wrong = app
+        .post(
+            "/api/v1/ops/auth/mfa/confirm",
+            Some(restricted),
+            json!({"code": "000000"}),
+        )
+        .await;
+    problem(wrong, StatusCode::UNAUTHORIZED).await;
+    let res = app
+        .post(
+            "/api/v1/ops/auth/mfa/confirm",
+            Some(restricted),
+            json!({"code": totp_code(&secret, 0)}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // Confirmed: the session is a full one now.
+    assert_eq!(
+        app.get("/api/v1/ops/posture", restricted).await.status(),
+        StatusCode::OK
+    );
+    // A login: the password and a code whose step was not used yet.
+    let login = |code: String, password: &'static str| {
+        app.post(
+            "/api/v1/ops/auth/login",
+            None,
+            json!({"email": "ops@strongroom.test", "password": password, "code": code}),
+        )
+    };
+    problem(
+        login(totp_code(&secret, 0), PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    problem(
+        login(totp_code(&secret, 1), "wrong-password-entirely-1").await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let res = login(totp_code(&secret, 1), PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let token: Value = res.json().await.unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    // The same code twice: once.
+    problem(
+        login(totp_code(&secret, 1), PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(
+        app.get("/api/v1/ops/mail", &token).await.status(),
+        StatusCode::OK
+    );
+    // Logout ends the session at once.
+    let res = app
+        .post("/api/v1/ops/auth/logout", Some(&token), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get("/api/v1/ops/mail", &token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // No secret in the database in clear.
+    let dump = database_dump(&app.data_dir, &app.database_url).await;
+    assert!(!dump.contains(accepted["totp_secret"].as_str().unwrap()));
+    assert!(!dump.contains(&token[7..]));
+    // The live check sees one active operator, with its factor.
+    let out = app
+        .cli()
+        .await
+        .args(["verify", "--json"])
+        .run()
+        .await
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let acc3 = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "ACC-3")
+        .unwrap()
+        .clone();
+    assert_eq!(acc3["verdict"], "pass", "{acc3}");
+    assert!(
+        acc3["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("1 active operator accounts (1 operator)"),
+        "{acc3}"
+    );
+}
+
+/// ACC-3: each operator route takes only the roles it declares.
+#[tokio::test]
+async fn ctl_acc_3_operator_routes_take_only_the_roles_they_declare() {
+    let app = spawn_app().await;
+    app.admin("acme").await;
+    let doc: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut tokens = std::collections::HashMap::new();
+    for role in ["operator", "support", "security_officer"] {
+        tokens.insert(role, app.operator(role).await);
+    }
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let Some(roles) = op.get("x-operator-roles") else {
+                continue;
+            };
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let concrete = path.replace("{slug}", "acme");
+            for (role, token) in &tokens {
+                let allowed = roles.as_array().unwrap().iter().any(|r| r == role);
+                let status = status_of(&app, method.clone(), &concrete, token).await;
+                if allowed {
+                    assert_ne!(status, StatusCode::FORBIDDEN, "{role} {method} {path}");
+                    assert_ne!(status, StatusCode::UNAUTHORIZED, "{role} {method} {path}");
+                } else {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{role} {method} {path}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 18, "{checked} checks");
+}
+
+/// ACC-3: there is no route by which an operator reads tenant data: every
+/// tenant route (enumerated from the registry) refuses an operator token
+/// without a support grant with 403.
+#[tokio::test]
+async fn ctl_acc_3_an_operator_token_opens_no_tenant_data_route() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    app.work_orders(&admin).await;
+    let order = app.create_order(&admin, json!({"title": "x"})).await;
+    let doc: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for role in ["operator", "support", "security_officer"] {
+        let token = app.operator(role).await;
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            let concrete = path
+                .replace("{name}", "work_orders")
+                .replace("{id}", order["id"].as_str().unwrap())
+                .replace("{file}", "00000000-0000-7000-8000-000000000000");
+            for (method, op) in ops.as_object().unwrap() {
+                let security = op["security"].to_string();
+                if op.get("x-operator-roles").is_some() || !security.contains("\"bearer\"") {
+                    continue;
+                }
+                let method: Method = method.to_uppercase().parse().unwrap();
+                let status = status_of(&app, method.clone(), &concrete, &token).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{role} {method} {path}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 150, "{checked} checks");
+}

@@ -482,6 +482,71 @@ impl TestApp {
             .expect("upload sent")
     }
 
+    /// A new operator account in `role`, invited at the console, its
+    /// invitation accepted, its second factor confirmed and logged in:
+    /// the session's bearer token (ACC-3).
+    pub async fn operator(&self, role: &str) -> String {
+        self.operator_account(role).await.0
+    }
+
+    /// [`TestApp::operator`], with the account's e-mail address.
+    pub async fn operator_account(&self, role: &str) -> (String, String) {
+        let email = format!("{role}-{}@ops.test", uuid::Uuid::new_v4().simple());
+        let (_, invitation) = strongroom::operators::create(&self.state.store, &email, role)
+            .await
+            .expect("operator created");
+        let accepted: Value = self
+            .post(
+                "/api/v1/ops/auth/accept",
+                None,
+                json!({"token": invitation, "password": PASSWORD}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let secret = base32_decode(accepted["totp_secret"].as_str().unwrap());
+        let restricted = accepted["token"].as_str().unwrap().to_owned();
+        let res = self
+            .post(
+                "/api/v1/ops/auth/mfa/confirm",
+                Some(&restricted),
+                json!({"code": totp_code(&secret, 0)}),
+            )
+            .await;
+        assert_eq!(
+            res.status(),
+            StatusCode::NO_CONTENT,
+            "confirming the factor"
+        );
+        // The next step's code: the current one is spent.
+        let res = self
+            .post(
+                "/api/v1/ops/auth/login",
+                None,
+                json!({"email": email, "password": PASSWORD, "code": totp_code(&secret, 1)}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "operator login");
+        let body: Value = res.json().await.unwrap();
+        (body["token"].as_str().unwrap().to_owned(), email)
+    }
+
+    /// One `operator`-role session per app, made on first use.
+    pub async fn ops_token(&self) -> String {
+        static TOKENS: LazyLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+            LazyLock::new(Default::default);
+        if let Some(token) = TOKENS.lock().unwrap().get(&self.address) {
+            return token.clone();
+        }
+        let token = self.operator("operator").await;
+        TOKENS
+            .lock()
+            .unwrap()
+            .insert(self.address.clone(), token.clone());
+        token
+    }
+
     pub async fn audit(&self, admin: &Session) -> Vec<Value> {
         let body: Value = self
             .get("/api/v1/audit?limit=500", &admin.access_token)
@@ -1067,4 +1132,27 @@ pub async fn register_passkey(
         .await;
     assert_eq!(res.status(), reqwest::StatusCode::OK);
     id
+}
+
+/// RFC 4648 base32 (no padding), as TOTP secrets are given out.
+pub fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut out, mut bits, mut value) = (Vec::new(), 0u32, 0u32);
+    for c in text.bytes() {
+        let index = ALPHABET.iter().position(|a| *a == c).expect("base32") as u32;
+        value = (value << 5) | index;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((value >> bits) as u8);
+            value &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// The TOTP code `offset` steps from now.
+pub fn totp_code(secret: &[u8], offset: i64) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    strongroom::identity::totp::code(secret, strongroom::identity::totp::step_at(now) + offset)
 }

@@ -144,12 +144,12 @@ async fn ctl_iam_2_a_relay_that_is_down_defers_mail_sealed_and_operators_see_why
         .local_addr()
         .unwrap()
         .port();
-    let operator = "operator-token-for-the-mail-test-0123456789";
     let app = spawn_app_with(|config| {
         config.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
-        config.operator_token = Some(operator.to_owned().into());
     })
     .await;
+    let operator = app.ops_token().await;
+    let operator = operator.as_str();
     strongroom::cli::start_mail_delivery(&app.state);
     let created = app.create_tenant("acme").await;
     assert!(created.invitation_mailed && created.invitation_token.is_none());

@@ -31,6 +31,7 @@ mod restore;
 mod secrets;
 mod sms;
 mod supply;
+mod support;
 mod tenancy;
 mod upgrade;
 mod users;

@@ -493,14 +493,13 @@ async fn ctl_bak_4_destroyed_keys_shred_the_backups_and_no_restore_brings_them_b
     assert!(!ok && out.contains(says), "{out}");
 }
 
-const OPERATOR: &str = "an-operator-token-of-at-least-32-bytes-for-tests";
+/// A secret the instance snapshot must not show.
+const REPLICA_SECRET: &str = "a-replica-secret-the-snapshot-must-not-show";
 
 #[tokio::test]
 async fn ctl_bak_4_a_running_server_restores_one_tenant_and_holds_only_it_at_503() {
-    let app = spawn_with_backups_and(backup_url(), |c| {
-        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
-    })
-    .await;
+    let app = spawn_with_backups_and(backup_url(), |_| {}).await;
+    let operator = app.ops_token().await;
     let (target, shipper) = shipper(&app);
     ship::start(app.state.store.clone(), &app.state.schedule, shipper);
     let acme = app.admin("acme").await;
@@ -527,7 +526,7 @@ async fn ctl_bak_4_a_running_server_restores_one_tenant_and_holds_only_it_at_503
     // A second restore of a held tenant is refused.
     let restore_path = "/api/v1/ops/tenants/acme/restore";
     let res = app
-        .post(restore_path, Some(OPERATOR), json!({"to": "latest"}))
+        .post(restore_path, Some(&operator), json!({"to": "latest"}))
         .await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
     drop(hold);
@@ -536,17 +535,17 @@ async fn ctl_bak_4_a_running_server_restores_one_tenant_and_holds_only_it_at_503
     for (token, body, status) in [
         (None, json!({"to": "latest"}), StatusCode::UNAUTHORIZED),
         (
-            Some(OPERATOR),
+            Some(operator.as_str()),
             json!({"to": "whenever"}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
-            Some(OPERATOR),
+            Some(operator.as_str()),
             json!({"to": "seq:99999999"}),
             StatusCode::CONFLICT,
         ),
         (
-            Some(OPERATOR),
+            Some(operator.as_str()),
             json!({"too": 1}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
@@ -562,7 +561,7 @@ async fn ctl_bak_4_a_running_server_restores_one_tenant_and_holds_only_it_at_503
     let res = app
         .post(
             "/api/v1/ops/tenants/nobody/restore",
-            Some(OPERATOR),
+            Some(&operator),
             json!({"to": "latest"}),
         )
         .await;
@@ -573,7 +572,7 @@ async fn ctl_bak_4_a_running_server_restores_one_tenant_and_holds_only_it_at_503
     let res = app
         .post(
             restore_path,
-            Some(OPERATOR),
+            Some(&operator),
             json!({"to": format!("seq:{point}")}),
         )
         .await;
@@ -1335,7 +1334,8 @@ async fn ctl_bak_2_snapshots_taken_under_concurrent_writes_are_each_one_consiste
 #[tokio::test]
 async fn ctl_bak_3_the_instance_snapshot_holds_tenants_and_configuration_sealed() {
     let app = spawn_with_backups_and(backup_url(), |c| {
-        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
+        c.object_store_replica_secret_access_key =
+            Some(secrecy::SecretString::from(REPLICA_SECRET));
     })
     .await;
     let (target, _) = shipper(&app);
@@ -1358,7 +1358,10 @@ async fn ctl_bak_3_the_instance_snapshot_holds_tenants_and_configuration_sealed(
         instance.config.contains("backup_retention_days"),
         "the configuration is in it"
     );
-    assert!(!instance.config.contains(OPERATOR), "secrets are redacted");
+    assert!(
+        !instance.config.contains(REPLICA_SECRET),
+        "secrets are redacted"
+    );
     // Sealed: neither a slug nor a setting shows in the stored bytes.
     for (key, bytes) in raw_objects(&target).await {
         if key.starts_with("instance/") {
@@ -1376,10 +1379,11 @@ async fn ctl_bak_3_the_instance_snapshot_holds_tenants_and_configuration_sealed(
 
 /// Runs the integrity checks through the operator route.
 async fn integrity_check(app: &TestApp, drill: bool) -> Value {
+    let operator = app.ops_token().await;
     let res = app
         .post(
             "/api/v1/ops/integrity",
-            Some(OPERATOR),
+            Some(&operator),
             json!({ "drill": drill }),
         )
         .await;
@@ -1444,7 +1448,6 @@ async fn watched<const N: usize>(
     let sink = crate::helpers::MailSink::start().await;
     let smtp = sink.url();
     let app = spawn_with_backups_and(backup_url(), move |c| {
-        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
         c.backup_auto_restore = auto_restore;
         c.operator_email = vec!["ops@strongroom.test".to_owned()];
         c.smtp_url = Some(smtp);
@@ -1466,6 +1469,7 @@ async fn watched<const N: usize>(
 #[tokio::test]
 async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_automatically() {
     let (sink, app, target, [acme, globex]) = watched(true, ["acme", "globex"]).await;
+    let operator = app.ops_token().await;
     app.create_order(
         &acme,
         json!({"title": "replace the pump seal", "notes": "valve 7"}),
@@ -1517,7 +1521,7 @@ async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_
     let again = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
     assert_eq!(orders(&app, &again).await, before);
     assert_eq!(orders(&app, &globex).await, globex_before);
-    let res = app.get("/api/v1/ops/integrity", OPERATOR).await;
+    let res = app.get("/api/v1/ops/integrity", &operator).await;
     let refused: Value = res.json().await.unwrap();
     assert_eq!(refused["refused"], json!([]));
     // The restore is an event of the tenant's trail.
@@ -1558,6 +1562,7 @@ async fn ctl_bak_4_rows_changed_behind_the_write_path_are_refused_then_restored_
 async fn ctl_bak_4_racing_integrity_checks_restore_a_damaged_tenant_once_and_leave_it_served() {
     const RACERS: usize = 6;
     let (sink, app, target, [acme, globex]) = watched(true, ["acme", "globex"]).await;
+    let operator = app.ops_token().await;
     app.create_order(&acme, json!({"title": "replace the pump seal"}))
         .await;
     app.create_order(&globex, json!({"title": "globex own order"}))
@@ -1606,7 +1611,7 @@ async fn ctl_bak_4_racing_integrity_checks_restore_a_damaged_tenant_once_and_lea
     }
 
     // Served, whole, and refused by nobody.
-    let res = app.get("/api/v1/ops/integrity", OPERATOR).await;
+    let res = app.get("/api/v1/ops/integrity", &operator).await;
     let refused: Value = res.json().await.unwrap();
     assert_eq!(refused["refused"], json!([]));
     let again = log_in(&app, "acme", &acme.email, &acme.tenant_id).await;
@@ -1633,6 +1638,7 @@ async fn ctl_bak_4_racing_integrity_checks_restore_a_damaged_tenant_once_and_lea
 async fn ctl_bak_4_a_journal_hole_or_lost_writes_refuse_only_that_tenant_until_an_operator_acts() {
     let (sink, app, target, [acme, globex, initech]) =
         watched(false, ["acme", "globex", "initech"]).await;
+    let operator = app.ops_token().await;
     for session in [&acme, &globex, &initech] {
         app.create_order(session, json!({"title": "an order"}))
             .await;
@@ -1688,7 +1694,7 @@ async fn ctl_bak_4_a_journal_hole_or_lost_writes_refuse_only_that_tenant_until_a
         .await;
 
     // The operator sees them, and was mailed about each.
-    let res = app.get("/api/v1/ops/integrity", OPERATOR).await;
+    let res = app.get("/api/v1/ops/integrity", &operator).await;
     let listed: Value = res.json().await.unwrap();
     assert_eq!(listed["refused"].as_array().unwrap().len(), 2, "{listed}");
     for slug in ["acme", "initech"] {
@@ -1719,15 +1725,15 @@ async fn ctl_bak_4_a_journal_hole_or_lost_writes_refuse_only_that_tenant_until_a
         .await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     let res = app
-        .delete("/api/v1/ops/tenants/nobody/refusal", OPERATOR)
+        .delete("/api/v1/ops/tenants/nobody/refusal", &operator)
         .await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let res = app
-        .delete("/api/v1/ops/tenants/globex/refusal", OPERATOR)
+        .delete("/api/v1/ops/tenants/globex/refusal", &operator)
         .await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let res = app
-        .delete("/api/v1/ops/tenants/acme/refusal", OPERATOR)
+        .delete("/api/v1/ops/tenants/acme/refusal", &operator)
         .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert_eq!(orders(&app, &acme).await.len(), 1);
@@ -1743,10 +1749,7 @@ async fn ctl_bak_4_a_damaged_database_file_is_found_by_quick_check_and_its_tenan
         // PostgreSQL checks its own pages; the file check is SQLite's.
         return;
     }
-    let mut app = spawn_app_with(|c| {
-        c.operator_token = Some(secrecy::SecretString::from(OPERATOR));
-    })
-    .await;
+    let mut app = crate::helpers::spawn_app().await;
     let acme = app.admin("acme").await;
     app.work_orders(&acme).await;
     app.create_order(&acme, json!({"title": "an order"})).await;

@@ -376,6 +376,7 @@ pub async fn authenticate(
         roles: key.roles,
         abilities: key.abilities,
         session_id: String::new(),
+        support: None,
         must_change_password: false,
         mfa_enrolled: false,
         mfa_at: None,
