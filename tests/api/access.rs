@@ -122,19 +122,13 @@ async fn ctl_acc_1_a_custom_role_reads_its_collection_only_and_sees_redactions_w
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let items: Value = app
-        .get("/api/v1/collections/work_orders/records", token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let items = app
+        .get_json("/api/v1/collections/work_orders/records", token)
+        .await;
     assert_eq!(items["items"][0]["notes"], "door code 4711");
-    let invoices: Value = app
-        .get("/api/v1/collections/invoices/records", token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let invoices = app
+        .get_json("/api/v1/collections/invoices/records", token)
+        .await;
     assert_eq!(invoices["items"][0]["customer_email"], "anna@example.test");
 
     // Built-in roles stay as they are.
@@ -155,18 +149,8 @@ async fn ctl_acc_1_a_custom_role_reads_its_collection_only_and_sees_redactions_w
             "urn:strongroom:problem:built-in-role"
         );
     }
-    let listed: Value = app
-        .get("/api/v1/roles", &admin.access_token)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<&str> = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let listed = app.get_json("/api/v1/roles", &admin.access_token).await;
+    let names = strings(&listed["items"], "name");
     assert_eq!(names, ["admin", "member", "viewer", "auditor", "wo_reader"]);
 
     // Bad input is refused and changes nothing.
@@ -224,12 +208,7 @@ async fn ctl_acc_1_a_custom_role_reads_its_collection_only_and_sees_redactions_w
         status_of(&app, Method::GET, "/api/v1/audit", token).await,
         StatusCode::OK
     );
-    let users: Value = app
-        .get("/api/v1/users", &admin.access_token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let users = app.get_json("/api/v1/users", &admin.access_token).await;
     let reader_now = users["items"]
         .as_array()
         .unwrap()
@@ -525,12 +504,9 @@ async fn ctl_acc_1_an_api_key_works_expires_is_revoked_and_cannot_escalate() {
     assert_eq!(narrow.status(), StatusCode::CREATED);
     let narrow: Value = narrow.json().await.unwrap();
     let narrow = narrow["secret"].as_str().unwrap();
-    let list: Value = app
-        .get("/api/v1/collections/work_orders/records", narrow)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = app
+        .get_json("/api/v1/collections/work_orders/records", narrow)
+        .await;
     let pump = list["items"]
         .as_array()
         .unwrap()
@@ -606,18 +582,8 @@ async fn ctl_acc_1_an_api_key_works_expires_is_revoked_and_cannot_escalate() {
         .await,
         StatusCode::UNAUTHORIZED
     );
-    let listed: Value = app
-        .get("/api/v1/api-keys", &admin.access_token)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let states: Vec<&str> = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["state"].as_str().unwrap())
-        .collect();
+    let listed = app.get_json("/api/v1/api-keys", &admin.access_token).await;
+    let states = strings(&listed["items"], "state");
     assert_eq!(states, ["revoked", "active", "expired"]);
 
     // The tenant's IP allow-list applies to keys as to users (the test
@@ -675,15 +641,7 @@ async fn ctl_acc_1_every_route_checks_the_permission_the_registry_declares() {
         .await
         .unwrap();
     let key = key["secret"].as_str().unwrap();
-    let doc: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let before = app.count("SELECT COUNT(*) FROM records").await;
     let (mut declared, mut own) = (0, 0);
     for (path, ops) in doc["paths"].as_object().unwrap() {
@@ -881,12 +839,7 @@ async fn ctl_acc_3_an_operator_confirms_a_second_factor_before_any_use_and_logs_
         problem(res, StatusCode::FORBIDDEN).await["type"],
         "urn:strongroom:problem:mfa-enrolment-required"
     );
-    let me: Value = app
-        .get("/api/v1/ops/auth/me", restricted)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me = app.get_json("/api/v1/ops/auth/me", restricted).await;
     assert_eq!(me["mfa_confirmed"], false);
     let early = app
         .post(
@@ -993,15 +946,7 @@ async fn ctl_acc_3_an_operator_confirms_a_second_factor_before_any_use_and_logs_
 async fn ctl_acc_3_operator_routes_take_only_the_roles_they_declare() {
     let app = spawn_app().await;
     app.admin("acme").await;
-    let doc: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let mut tokens = std::collections::HashMap::new();
     for role in ["operator", "support", "security_officer"] {
         tokens.insert(role, app.operator(role).await);
@@ -1039,15 +984,7 @@ async fn ctl_acc_3_an_operator_token_opens_no_tenant_data_route() {
     let admin = app.admin("acme").await;
     app.work_orders(&admin).await;
     let order = app.create_order(&admin, json!({"title": "x"})).await;
-    let doc: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let mut checked = 0;
     for role in ["operator", "support", "security_officer"] {
         let token = app.operator(role).await;

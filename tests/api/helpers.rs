@@ -209,6 +209,27 @@ impl TestApp {
         self.request(Method::GET, path, Some(token), None).await
     }
 
+    /// A GET's JSON body.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get(path, token)
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
+    /// The served OpenAPI document: the route registry.
+    pub async fn openapi(&self) -> Value {
+        self.client
+            .get(format!("{}/openapi.json", self.address))
+            .send()
+            .await
+            .expect("openapi.json")
+            .json()
+            .await
+            .expect("a JSON document")
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
         self.request(Method::POST, path, token, Some(body)).await
     }
@@ -1155,4 +1176,13 @@ pub fn base32_decode(text: &str) -> Vec<u8> {
 pub fn totp_code(secret: &[u8], offset: i64) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     strongroom::identity::totp::code(secret, strongroom::identity::totp::step_at(now) + offset)
+}
+
+/// The `key` of each item of a JSON list.
+pub fn strings(list: &Value, key: &str) -> Vec<String> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|item| item[key].as_str().unwrap_or_default().to_owned())
+        .collect()
 }

@@ -64,12 +64,9 @@ async fn ask(app: &TestApp, support: &str, scope: Value, hours: i64) -> Value {
 }
 
 async fn grants(app: &TestApp, admin: &Session) -> Vec<Value> {
-    let body: Value = app
-        .get("/api/v1/support-access/grants", &admin.access_token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = app
+        .get_json("/api/v1/support-access/grants", &admin.access_token)
+        .await;
     body["items"].as_array().unwrap().clone()
 }
 
@@ -486,11 +483,8 @@ async fn ctl_acc_2_a_legal_order_that_may_not_be_told_stays_hidden_from_the_tena
         .await;
     problem(again, StatusCode::CONFLICT).await;
     // The chain still verifies: hiding was a read filter, never an edit.
-    let verified: Value = app
-        .get("/api/v1/audit/verify", &admin.access_token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let verified = app
+        .get_json("/api/v1/audit/verify", &admin.access_token)
+        .await;
     assert_eq!(verified["ok"], true, "{verified}");
 }
