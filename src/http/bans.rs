@@ -115,6 +115,11 @@ pub struct Bans {
 const MAX_COUNTED: usize = 100_000;
 
 impl Bans {
+    /// When and for how long this server bans.
+    pub fn policy(&self) -> BanPolicy {
+        self.policy
+    }
+
     pub fn new(policy: BanPolicy, exempt: TrustedProxies) -> Bans {
         Bans {
             policy,
@@ -487,5 +492,104 @@ mod tests {
     fn only_failed_authentication_and_misses_are_strikes() {
         assert!(is_strike(401) && is_strike(404) && is_strike(405));
         assert!(!is_strike(200) && !is_strike(403) && !is_strike(429) && !is_strike(500));
+    }
+}
+
+/// `/api/v1/ops/bans`: a security officer lists, records and lifts bans
+/// (ACC-3, NET-3), as `strongroom bans` does at the console.
+pub fn router() -> super::api::Api {
+    use axum::routing::{delete, get};
+    use serde_json::json;
+
+    use super::api::{Api, Op};
+    use crate::operators::OperatorRole;
+    Api::new()
+        .route(
+            Op::new("GET", "/api/v1/ops/bans", "Client addresses banned, newest first")
+                .tag("operators")
+                .operator(&[OperatorRole::SecurityOfficer, OperatorRole::Operator]),
+            get(list_bans),
+        )
+        .route(
+            Op::new(
+                "POST",
+                "/api/v1/ops/bans",
+                "Ban a client address now (as a flood would: the ban grows if it comes back within a day)",
+            )
+            .tag("operators")
+            .operator(&[OperatorRole::SecurityOfficer])
+            .errors(&[409])
+            .body(json!({"type": "object", "required": ["ip", "reason"], "additionalProperties": false,
+                         "properties": {"ip": {"type": "string", "maxLength": 45,
+                                               "pattern": "^[0-9a-fA-F:.]+$"},
+                                        "reason": {"type": "string", "minLength": 3, "maxLength": 500}}}))
+            .ok(201),
+            axum::routing::post(add_ban),
+        )
+        .route(
+            Op::new("DELETE", "/api/v1/ops/bans/{ip}", "Lift a ban now")
+                .tag("operators")
+                .operator(&[OperatorRole::SecurityOfficer])
+                .ok(204),
+            delete(lift_ban),
+        )
+}
+
+async fn list_bans(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    _: super::extract::Operator,
+) -> Result<axum::Json<serde_json::Value>, super::ApiError> {
+    let bans = list(&state.store).await?;
+    Ok(axum::Json(serde_json::json!({"items": bans})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBan {
+    ip: String,
+    reason: String,
+}
+
+async fn add_ban(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    super::extract::Operator(officer): super::extract::Operator,
+    super::ApiJson(body): super::ApiJson<NewBan>,
+) -> Result<axum::response::Response, super::ApiError> {
+    use axum::response::IntoResponse;
+    let ip: IpAddr = body.ip.parse().map_err(|_| {
+        super::ApiError::validation("ip is an IPv4 or IPv6 address").with_field("ip")
+    })?;
+    let reason = format!(
+        "{} (security officer {})",
+        body.reason.trim(),
+        officer.email
+    );
+    let banned = ban(&state.store, ip, state.bans.policy(), reason).await?;
+    state.bans.refresh(&state.store).await?;
+    tracing::warn!(target: "security", %ip, officer = %officer.email, "an address was banned by a security officer");
+    match banned {
+        Some(ban) => Ok((axum::http::StatusCode::CREATED, axum::Json(ban)).into_response()),
+        None => Err(super::ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "banned-already",
+            "the address is banned already",
+        )),
+    }
+}
+
+async fn lift_ban(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    super::extract::Operator(officer): super::extract::Operator,
+    super::ApiPath(ip): super::ApiPath<String>,
+) -> Result<axum::http::StatusCode, super::ApiError> {
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| super::ApiError::not_found("no ban of that address"))?;
+    let by = format!("security officer {}", officer.email);
+    if lift(&state.store, ip, &by).await? {
+        state.bans.refresh(&state.store).await?;
+        Ok(axum::http::StatusCode::NO_CONTENT)
+    } else {
+        Err(super::ApiError::not_found("the address is not banned"))
     }
 }

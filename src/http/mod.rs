@@ -54,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::identity::mfa::http::router())
         .merge(crate::access::http::router())
         .merge(crate::operators::http::router())
+        .merge(bans::router())
         .merge(crate::identity::api_keys::http::router())
         .merge(crate::records::router())
         .merge(crate::files::http::router())

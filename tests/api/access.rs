@@ -1007,3 +1007,70 @@ async fn ctl_acc_3_an_operator_token_opens_no_tenant_data_route() {
     }
     assert!(checked > 150, "{checked} checks");
 }
+
+/// ACC-3: the security officer records bans (and lifts them) over the API.
+#[tokio::test]
+async fn ctl_acc_3_a_security_officer_bans_and_lifts_an_address() {
+    let app = spawn_app_with(|c| c.trusted_proxies = vec!["127.0.0.1".into()]).await;
+    let admin = app.admin("acme").await;
+    let officer = app.operator("security_officer").await;
+    let from = |ip: &'static str| {
+        app.client
+            .get(format!("{}/api/v1/me", app.address))
+            .bearer_auth(&admin.access_token)
+            .header("x-forwarded-for", ip)
+    };
+    assert_eq!(
+        from("198.51.100.7").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    for body in [
+        json!({"ip": "not-an-ip", "reason": "abuse"}),
+        json!({"ip": "198.51.100.7"}),
+    ] {
+        let res = app
+            .post("/api/v1/ops/bans", Some(&officer), body.clone())
+            .await;
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
+    let res = app
+        .post(
+            "/api/v1/ops/bans",
+            Some(&officer),
+            json!({"ip": "198.51.100.7", "reason": "credential stuffing seen by the SOC"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let again = app
+        .post(
+            "/api/v1/ops/bans",
+            Some(&officer),
+            json!({"ip": "198.51.100.7", "reason": "again"}),
+        )
+        .await;
+    problem(again, StatusCode::CONFLICT).await;
+    let banned = from("198.51.100.7").send().await.unwrap();
+    assert_eq!(
+        problem(banned, StatusCode::FORBIDDEN).await["type"],
+        "urn:strongroom:problem:banned"
+    );
+    assert_eq!(
+        from("198.51.100.8").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let listed = app.get_json("/api/v1/ops/bans", &officer).await;
+    assert!(
+        listed["items"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("credential stuffing")
+    );
+    let res = app.delete("/api/v1/ops/bans/198.51.100.7", &officer).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        from("198.51.100.7").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let res = app.delete("/api/v1/ops/bans/198.51.100.7", &officer).await;
+    problem(res, StatusCode::NOT_FOUND).await;
+}
