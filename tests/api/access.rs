@@ -1074,3 +1074,62 @@ async fn ctl_acc_3_a_security_officer_bans_and_lifts_an_address() {
     let res = app.delete("/api/v1/ops/bans/198.51.100.7", &officer).await;
     problem(res, StatusCode::NOT_FOUND).await;
 }
+
+/// ACC-3: racing logins with one code (and racing accepts of one
+/// invitation) succeed once, on PostgreSQL as on SQLite.
+#[tokio::test]
+async fn ctl_acc_3_racing_logins_with_one_code_open_one_session() {
+    let app = spawn_app().await;
+    let (_, invitation) =
+        strongroom::operators::create(&app.state.store, "race@ops.test", "operator")
+            .await
+            .unwrap();
+    let accepts = (0..4).map(|_| {
+        app.post(
+            "/api/v1/ops/auth/accept",
+            None,
+            json!({"token": invitation, "password": PASSWORD}),
+        )
+    });
+    let answers = futures_util::future::join_all(accepts).await;
+    let mut accepted = Vec::new();
+    for res in answers {
+        if res.status() == StatusCode::OK {
+            accepted.push(res.json::<Value>().await.unwrap());
+        } else {
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+    assert_eq!(accepted.len(), 1, "one accept spends the invitation");
+    let secret = base32_decode(accepted[0]["totp_secret"].as_str().unwrap());
+    let restricted = accepted[0]["token"].as_str().unwrap().to_owned();
+    let res = app
+        .post(
+            "/api/v1/ops/auth/mfa/confirm",
+            Some(&restricted),
+            json!({"code": totp_code(&secret, 0)}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let code = totp_code(&secret, 1);
+    let logins = (0..6).map(|_| {
+        app.post(
+            "/api/v1/ops/auth/login",
+            None,
+            json!({"email": "race@ops.test", "password": PASSWORD, "code": code}),
+        )
+    });
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(logins)
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+    let opened = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(opened, 1, "{statuses:?}");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM operator_sessions WHERE mfa_passed = 1")
+            .await,
+        2,
+        "the confirmed session and one login"
+    );
+}
