@@ -1,6 +1,9 @@
 //! Routes and their OpenAPI 3.1 description come from the same call:
 //! [`Api::route`] adds the handler to the router and the operation to the
-//! document, so `/openapi.json` covers every route by construction.
+//! document, so `/openapi.json` covers every route by construction. What
+//! an operation declares it needs is also what the router checks (ACC-1,
+//! ACC-3): a tenant permission (`x-permission`, [`super::guard::guard`])
+//! or operator roles (`x-operator-roles`, [`super::guard::operator_guard`]).
 
 use std::collections::BTreeMap;
 

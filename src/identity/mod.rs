@@ -16,6 +16,8 @@
 //!   tenant policy by role, step-up for sensitive operations ([`mfa`]).
 //! * IAM-7: devices are remembered; a login from a new one is audited and
 //!   mailed with a "this wasn't me" link ([`devices`]).
+//! * ACC-1: API keys, a tenant's credentials for programs, acting with the
+//!   roles they name ([`api_keys`]).
 
 pub mod api_keys;
 mod cbor;
