@@ -1133,3 +1133,48 @@ async fn ctl_acc_3_racing_logins_with_one_code_open_one_session() {
         "the confirmed session and one login"
     );
 }
+
+/// ACC-1, NET-3: an API key is limited like a user: a burst beyond the
+/// per-user rate gets 429, and the key's own budget is its own.
+#[tokio::test]
+async fn ctl_acc_1_an_api_key_is_rate_limited_like_a_user() {
+    let app = spawn_app_with(|c| {
+        c.requests_per_second_per_user = 5;
+        c.requests_per_second_per_ip = 1000;
+    })
+    .await;
+    let admin = app.admin("acme").await;
+    app.work_orders(&admin).await;
+    let key = app
+        .post(
+            "/api/v1/api-keys",
+            Some(&admin.access_token),
+            json!({"name": "burst", "roles": ["viewer"]}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let records = format!("{}/api/v1/collections/work_orders/records", app.address);
+    let burst = (0..20).map(|_| app.client.get(&records).bearer_auth(&key).send());
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(burst)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!((1..=8).contains(&ok) && ok + limited == 20, "{statuses:?}");
+    // The admin's own budget is untouched by the key's burst.
+    assert_eq!(
+        app.get("/api/v1/me", &admin.access_token).await.status(),
+        StatusCode::OK
+    );
+}
