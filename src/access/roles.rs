@@ -280,15 +280,13 @@ pub async fn create(
                     }
                     e => RoleError::Store(e),
                 })?;
-                tx.record(Change {
-                    entity: "role",
-                    entity_id: role.id.clone(),
-                    op: JournalOp::Insert,
-                    before: None,
-                    after: Some(role.image()),
-                    sensitive: Vec::new(),
-                    diff_of: None,
-                });
+                tx.record(Change::of(
+                    "role",
+                    role.id.clone(),
+                    JournalOp::Insert,
+                    None,
+                    Some(role.image()),
+                ));
                 tx.set_target("role", role.id.clone());
                 Ok(role)
             })
@@ -342,15 +340,13 @@ pub async fn update(
                 .bind(&id)
                 .execute(tx.conn())
                 .await?;
-                tx.record(Change {
-                    entity: "role",
-                    entity_id: id.clone(),
-                    op: JournalOp::Update,
-                    before: Some(before.image()),
-                    after: Some(after.image()),
-                    sensitive: Vec::new(),
-                    diff_of: None,
-                });
+                tx.record(Change::of(
+                    "role",
+                    id.clone(),
+                    JournalOp::Update,
+                    Some(before.image()),
+                    Some(after.image()),
+                ));
                 tx.set_target("role", id.clone());
                 Ok(after)
             })
@@ -411,15 +407,13 @@ pub async fn delete(
                     .bind(&id)
                     .execute(tx.conn())
                     .await?;
-                tx.record(Change {
-                    entity: "role",
-                    entity_id: id.clone(),
-                    op: JournalOp::Delete,
-                    before: Some(role.image()),
-                    after: None,
-                    sensitive: Vec::new(),
-                    diff_of: None,
-                });
+                tx.record(Change::of(
+                    "role",
+                    id.clone(),
+                    JournalOp::Delete,
+                    Some(role.image()),
+                    None,
+                ));
                 tx.set_target("role", id.clone());
                 Ok(())
             })
@@ -482,15 +476,13 @@ async fn reassign(
         .bind(id)
         .execute(tx.conn())
         .await?;
-        tx.record(Change {
+        tx.record(Change::of(
             entity,
-            entity_id: id.clone(),
-            op: JournalOp::Update,
-            before: Some(json!({ column: stored })),
-            after: Some(json!({ column: joined })),
-            sensitive: Vec::new(),
-            diff_of: None,
-        });
+            id.clone(),
+            JournalOp::Update,
+            Some(json!({ column: stored })),
+            Some(json!({ column: joined })),
+        ));
         tx.also_audit("role.reassigned", entity, id.clone());
     }
     Ok(())

@@ -380,15 +380,13 @@ async fn insert(tx: &mut WriteTx, new: Insert) -> Result<GrantView, SupportError
     .execute(tx.conn())
     .await?;
     let grant = find(tx, &id).await?;
-    tx.record(Change {
-        entity: "support_grant",
-        entity_id: id.clone(),
-        op: JournalOp::Insert,
-        before: None,
-        after: Some(grant.image()),
-        sensitive: Vec::new(),
-        diff_of: None,
-    });
+    tx.record(Change::of(
+        "support_grant",
+        id.clone(),
+        JournalOp::Insert,
+        None,
+        Some(grant.image()),
+    ));
     tx.set_target("support_grant", id);
     Ok(grant)
 }
@@ -538,15 +536,13 @@ async fn change(
                 .execute(tx.conn())
                 .await?;
                 let after = find(tx, &id).await?;
-                tx.record(Change {
-                    entity: "support_grant",
-                    entity_id: id.clone(),
-                    op: JournalOp::Update,
-                    before: Some(before.image()),
-                    after: Some(after.image()),
-                    sensitive: Vec::new(),
-                    diff_of: None,
-                });
+                tx.record(Change::of(
+                    "support_grant",
+                    id.clone(),
+                    JournalOp::Update,
+                    Some(before.image()),
+                    Some(after.image()),
+                ));
                 tx.set_target("support_grant", id.clone());
                 if let Some((post, true, template)) = &then_mail {
                     mail_admins(tx, post, true, template, &after).await?;

@@ -38,6 +38,27 @@ pub struct Change {
     pub diff_of: Option<&'static str>,
 }
 
+impl Change {
+    /// A change of a row with nothing sensitive in it, diffed whole.
+    pub fn of(
+        entity: &'static str,
+        entity_id: impl Into<String>,
+        op: JournalOp,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> Change {
+        Change {
+            entity,
+            entity_id: entity_id.into(),
+            op,
+            before,
+            after,
+            sensitive: Vec::new(),
+            diff_of: None,
+        }
+    }
+}
+
 /// Adds the statement that journals `change` as entry `seq` to `batch`;
 /// with `images` on SQLite, its image too (the batch's statements run in
 /// turn there, so the rows it reads are the job's).

@@ -188,15 +188,13 @@ pub async fn create(
                 .bind(&key.expires_at)
                 .execute(tx.conn())
                 .await?;
-                tx.record(Change {
-                    entity: "api_key",
-                    entity_id: key.id.clone(),
-                    op: JournalOp::Insert,
-                    before: None,
-                    after: Some(key.image()),
-                    sensitive: Vec::new(),
-                    diff_of: None,
-                });
+                tx.record(Change::of(
+                    "api_key",
+                    key.id.clone(),
+                    JournalOp::Insert,
+                    None,
+                    Some(key.image()),
+                ));
                 tx.set_target("api_key", key.id.clone());
                 Ok(CreatedKey { key, secret })
             })
@@ -265,15 +263,13 @@ pub async fn revoke(
                     .bind(&id)
                     .execute(tx.conn())
                     .await?;
-                tx.record(Change {
-                    entity: "api_key",
-                    entity_id: id.clone(),
-                    op: JournalOp::Update,
-                    before: Some(before.image()),
-                    after: Some(after.image()),
-                    sensitive: Vec::new(),
-                    diff_of: None,
-                });
+                tx.record(Change::of(
+                    "api_key",
+                    id.clone(),
+                    JournalOp::Update,
+                    Some(before.image()),
+                    Some(after.image()),
+                ));
                 tx.set_target("api_key", id.clone());
                 Ok(after)
             })
