@@ -186,8 +186,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Operator {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         parts
             .extensions
-            .get::<Operator>()
-            .cloned()
+            .remove::<Operator>()
             .ok_or_else(|| ApiError::internal(&"this route declares no operator roles"))
     }
 }

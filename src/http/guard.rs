@@ -36,10 +36,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Granted {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // Taken, not copied: a handler extracts its permit once.
         parts
             .extensions
-            .get::<Granted>()
-            .cloned()
+            .remove::<Granted>()
             .ok_or_else(|| ApiError::internal(&"this route declares no permission"))
     }
 }
