@@ -488,3 +488,90 @@ async fn ctl_acc_2_a_legal_order_that_may_not_be_told_stays_hidden_from_the_tena
         .await;
     assert_eq!(verified["ok"], true, "{verified}");
 }
+
+#[tokio::test]
+async fn ctl_aud_5_every_request_under_a_grant_is_in_the_tenants_trail_and_access_log() {
+    let app = spawn_app().await;
+    let admin = app.admin("acme").await;
+    two_collections(&app, &admin).await;
+    let support = app.operator("support").await;
+    let grant = ask(
+        &app,
+        &support,
+        json!({"collections": ["work_orders"], "access": "read_only"}),
+        1,
+    )
+    .await;
+    let (id, handle) = (
+        grant["id"].as_str().unwrap().to_owned(),
+        grant["handle"].as_str().unwrap().to_owned(),
+    );
+    let res = app
+        .post(
+            &format!("/api/v1/support-access/requests/{id}/approve"),
+            Some(&admin.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let records = "/api/v1/collections/work_orders/records";
+    let list = as_support(&app, &support, Some(&handle), Method::GET, records, None).await;
+    let list: Value = list.json().await.unwrap();
+    let one = format!("{records}/{}", list["items"][0]["id"].as_str().unwrap());
+    let read = as_support(&app, &support, Some(&handle), Method::GET, &one, None).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    let write = as_support(
+        &app,
+        &support,
+        Some(&handle),
+        Method::PATCH,
+        &one,
+        Some(json!({"title": "x"})),
+    )
+    .await;
+    assert_eq!(write.status(), StatusCode::FORBIDDEN);
+    // Three requests, three events about the grant: two reads, one denial.
+    let events = app.audit(&admin).await;
+    let about: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["target"]["type"] == "support_grant" && e["target"]["id"] == id.as_str())
+        .filter(|e| e["action"] != "support.request" && e["action"] != "support.approve")
+        .collect();
+    let actions: Vec<(&str, &str)> = about
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("record.update", "denied"),
+            ("support.access", "success"),
+            ("support.access", "success")
+        ]
+    );
+    let operations: Vec<&str> = about[1..]
+        .iter()
+        .map(|e| e["changes"]["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(operations, ["record.read", "record.list"]);
+    assert!(
+        about[1..]
+            .iter()
+            .all(|e| e["changes"]["reason"] == "Ticket 4711: the pump list shows nothing")
+    );
+    // The access log has each request, as the grant's.
+    let logged = app.access_log(&admin.access_token, "").await;
+    let under: Vec<&Value> = logged
+        .iter()
+        .filter(|r| r["actor_type"] == "support" && r["actor_id"] == id.as_str())
+        .collect();
+    assert_eq!(under.len(), 3, "{logged:?}");
+    // And the tenant's grant list counts what was accessed.
+    let listed = grants(&app, &admin).await;
+    assert_eq!(listed[0]["accesses_count"], 2);
+}
