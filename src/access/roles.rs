@@ -460,14 +460,11 @@ async fn reassign(
 ) -> Result<(), RoleError> {
     let column = if table == "users" { "role" } else { "roles" };
     for (id, stored) in holders {
-        let mut roles: Vec<String> = held_roles(stored)
+        let renamed: Vec<String> = held_roles(stored)
             .into_iter()
             .map(|r| if r == from { to.to_owned() } else { r })
             .collect();
-        roles.dedup();
-        let mut seen = std::collections::BTreeSet::new();
-        roles.retain(|r| seen.insert(r.clone()));
-        let joined = roles.join(",");
+        let joined = unique(&renamed).join(",");
         db::query(format!(
             "UPDATE {table} SET {column} = $1 WHERE tenant_id = $2 AND id = $3"
         ))
@@ -550,13 +547,7 @@ pub async fn assignable(
     if names.len() > MAX_HELD {
         return Err(RoleError::TooManyHeld);
     }
-    let mut seen = std::collections::BTreeSet::new();
-    let mut ordered = Vec::new();
-    for name in names {
-        if seen.insert(name.clone()) {
-            ordered.push(name.clone());
-        }
-    }
+    let ordered = unique(names);
     let tenant = tx.scope().id_str().to_owned();
     let mut abilities = Abilities::default();
     for name in &ordered {
@@ -569,4 +560,14 @@ pub async fn assignable(
         return Err(RoleError::Escalation(ordered.join(", ")));
     }
     Ok((ordered.join(","), abilities))
+}
+
+/// `names` without repeats, in their first order.
+fn unique(names: &[String]) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    names
+        .iter()
+        .filter(|n| seen.insert(n.as_str()))
+        .cloned()
+        .collect()
 }

@@ -268,25 +268,33 @@ async fn tenant_grants(
 }
 
 async fn approve(
-    State(state): State<AppState>,
+    state: State<AppState>,
     meta: RequestMeta,
-    Granted(_, permit): Granted,
-    ApiPath(id): ApiPath<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        support::decide(&state.store, &permit, &meta, &id, true).await?,
-    ))
+    granted: Granted,
+    id: ApiPath<String>,
+) -> Result<Json<support::GrantView>, ApiError> {
+    decided(state, meta, granted, id, true).await
 }
 
 async fn deny(
+    state: State<AppState>,
+    meta: RequestMeta,
+    granted: Granted,
+    id: ApiPath<String>,
+) -> Result<Json<support::GrantView>, ApiError> {
+    decided(state, meta, granted, id, false).await
+}
+
+/// The tenant's admins' answer to a request, either way.
+async fn decided(
     State(state): State<AppState>,
     meta: RequestMeta,
     Granted(_, permit): Granted,
     ApiPath(id): ApiPath<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        support::decide(&state.store, &permit, &meta, &id, false).await?,
-    ))
+    approve: bool,
+) -> Result<Json<support::GrantView>, ApiError> {
+    let grant = support::decide(&state.store, &permit, &meta, &id, approve).await?;
+    Ok(Json(grant))
 }
 
 async fn revoke(

@@ -347,7 +347,10 @@ async fn insert(tx: &mut WriteTx, new: Insert) -> Result<GrantView, SupportError
     let id = uuid::Uuid::now_v7().to_string();
     let now = crate::clock::now();
     let tenant = tx.scope().id_str().to_owned();
-    let (reference, authority, recorded_by) = new.legal.clone().unzip3();
+    let (reference, authority, recorded_by) = match new.legal.clone() {
+        Some((reference, authority, by)) => (Some(reference), Some(authority), Some(by)),
+        None => (None, None, None),
+    };
     let expires = new
         .approved
         .then(|| crate::clock::in_seconds(new.hours * 3600));
@@ -389,19 +392,6 @@ async fn insert(tx: &mut WriteTx, new: Insert) -> Result<GrantView, SupportError
     ));
     tx.set_target("support_grant", id);
     Ok(grant)
-}
-
-trait Unzip3 {
-    fn unzip3(self) -> (Option<String>, Option<String>, Option<String>);
-}
-
-impl Unzip3 for Option<(String, String, String)> {
-    fn unzip3(self) -> (Option<String>, Option<String>, Option<String>) {
-        match self {
-            Some((a, b, c)) => (Some(a), Some(b), Some(c)),
-            None => (None, None, None),
-        }
-    }
 }
 
 /// A support operator asks a tenant for access; its admins are mailed.
