@@ -171,7 +171,6 @@ pub fn every_from<F, Fut>(
                 continue;
             }
             let ran = run().await;
-            crate::metrics::get().job_run(job, ran.is_ok());
             let (ok, detail) = match ran {
                 Ok(detail) => (true, detail),
                 Err(e) => {
@@ -182,6 +181,9 @@ pub fn every_from<F, Fut>(
             if let Err(e) = heartbeat(&store, job, ok, detail).await {
                 tracing::warn!(job, error = %e, "could not record a heartbeat");
             }
+            // Counted once the heartbeat is stored, so a scrape that sees
+            // the run also sees its last-success time.
+            crate::metrics::get().job_run(job, ok);
         }
     });
 }
@@ -214,19 +216,17 @@ pub fn every_or_woken<F, Fut, W, WFut>(
             }
             if store.hold_lease(job).await {
                 let ran = run(periodic).await;
-                crate::metrics::get().job_run(job, ran.is_ok());
+                let ok = ran.is_ok();
                 if let Err(e) = &ran {
                     tracing::error!(job, error = %e, "scheduled job failed");
                 }
-                if periodic || ran.is_err() {
-                    let (ok, detail) = match ran {
-                        Ok(detail) => (true, detail),
-                        Err(e) => (false, e),
-                    };
+                if periodic || !ok {
+                    let detail = ran.unwrap_or_else(|e| e);
                     if let Err(e) = heartbeat(&store, job, ok, detail).await {
                         tracing::warn!(job, error = %e, "could not record a heartbeat");
                     }
                 }
+                crate::metrics::get().job_run(job, ok);
             }
             let next = last_periodic.map_or(every, |at| every.saturating_sub(at.elapsed()));
             woken(next).await;

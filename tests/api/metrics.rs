@@ -120,9 +120,14 @@ async fn ctl_ops_1_metrics_parse_as_prometheus_text_and_move_with_requests_and_j
     let (text, after) = loop {
         let text = scrape().await;
         let after = samples(&text);
-        if after
+        // The counter moves after the heartbeat is stored: wait for both.
+        let counted = after
             .keys()
-            .any(|k| k.starts_with("strongroom_job_runs_total{job=\"audit.checkpoint\""))
+            .any(|k| k.starts_with("strongroom_job_runs_total{job=\"audit.checkpoint\""));
+        if (counted
+            && after.contains_key(
+                "strongroom_job_last_success_timestamp_seconds{job=\"audit.checkpoint\"}",
+            ))
             || Instant::now() > deadline
         {
             break (text, after);
